@@ -1,0 +1,107 @@
+"""Every knob of wcsegnet_jax, at the paper's values (WCSegNet, Nasser et al. 2025).
+
+Other configs import this one and change a few fields. Values are validated once, at start-up,
+by `wcsegnet_jax.config_lib.validate`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'wcseg'
+  c.seed = 0
+
+  # --- Data -------------------------------------------------------------------------------------
+  c.data = d = ml_collections.ConfigDict()
+  # Folder holding `Dataset 1/`, `Dataset 2/` and the class CSVs of the WBC Image Dataset.
+  # '' reads the environment variable WCSEG_DATA_DIR; if that is unset too, the public
+  # archive is downloaded by TFDS.
+  d.raw_dir = ''
+  # Folder of the `folder` source (images/, masks/, optional labels.csv); see README.
+  d.folder_dir = ''
+  # Where the TFDS builds (array_record) go. '' reads WCSEG_TFDS_DIR, else ~/tensorflow_datasets.
+  d.tfds_dir = ''
+  d.datasets = ('jiangxi', 'cellavision')   # trained on their union, evaluated one by one
+  d.image_size = 120
+  d.cell_types = ('neutrophil', 'basophil', 'lymphocyte')
+  d.test_fraction = 0.2                      # the paper's 80:20 split, stratified by cell type
+  d.split_seed = 0
+  # Mask gray levels are snapped to the nearest of 0/128/255. A mask with more than
+  # `mask_max_off_level_fraction` of its pixels farther than `mask_level_tolerance` from every
+  # level does not follow the scheme and is an error.
+  d.mask_level_tolerance = 40
+  d.mask_max_off_level_fraction = 0.01
+  # Normalisation, applied on the device (uint8 crosses the host->device link: 4x fewer bytes).
+  d.mean = (0.5, 0.5, 0.5)
+  d.std = (0.25, 0.25, 0.25)
+
+  # --- Augmentation (Keras ImageDataGenerator semantics; units explicit) -------------------------
+  c.augment = a = ml_collections.ConfigDict()
+  a.enabled = True
+  a.rotation_deg = 40.0        # uniform in [-40, 40] degrees
+  a.width_shift = 0.2          # fraction of the width, uniform in [-0.2, 0.2]
+  a.height_shift = 0.2         # fraction of the height
+  # Keras reads `shear_range=0.2` as 0.2 DEGREES: the paper's shear is nearly the identity.
+  # We keep that faithful reading; set e.g. 11.5 for a shear of 0.2 radians.
+  a.shear_deg = 0.2
+  a.zoom = 0.2                 # scale factors uniform in [1-0.2, 1+0.2]
+  a.zoom_independent_xy = True  # Keras draws the x and y zoom independently
+  a.horizontal_flip = True
+  a.fill_mode = 'nearest'      # border fill: 'nearest' (Keras' default), 'reflect', 'constant'
+  a.augment_repeats = 10       # an epoch sees each training image this many times (ten-fold)
+
+  # --- Input pipeline -----------------------------------------------------------------------------
+  c.input = i = ml_collections.ConfigDict()
+  i.num_workers = 0            # grain worker processes; 0 = in the main process
+  i.worker_buffer_size = 2
+  i.read_threads = 4           # threads per process reading and augmenting (OpenCV frees the GIL)
+  i.prefetch = 64              # examples read ahead per process
+  i.shuffle_seed = 0
+
+  # --- Model ----------------------------------------------------------------------------------------
+  c.model = m = ml_collections.ConfigDict()
+  m.num_classes = 4
+  m.base_width = 64            # widths base * 2**level: 64, 128, 256, 512, bottleneck 1024
+  m.num_levels = 4             # 2x2 poolings; the input is padded to a multiple of 2**num_levels
+  m.blocks_per_stage = 2
+  m.residual = True            # WCSegNet's residual Conv-Blocks; False gives the plain U-Net
+  m.activation = 'leaky_relu'  # 'leaky_relu' | 'relu'
+  m.leaky_relu_slope = 0.3     # Keras' LeakyReLU default; the paper gives none
+  m.block_norm = 'none'        # 'none' | 'batch' inside the Conv-Blocks (the paper has none)
+  m.encoder_dropout = 0.5      # after the deepest encoder stage
+  m.decoder_dropout = 0.5      # "two dropouts mid-path" of the decoder
+  m.decoder_dropout_stages = (0, 1)   # decoder stages (0 = deepest) followed by a dropout
+  m.head_dropout = 0.1         # in the head: conv3x3 + BatchNorm + act + dropout
+  m.upsample = 'transpose'     # 'transpose' (learned 2x2, stride 2) | 'nearest' (resize)
+  m.pad_mode = 'reflect'       # how the input is padded to a multiple of 2**num_levels
+  m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
+
+  # --- Training -----------------------------------------------------------------------------------
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 16            # global, over all devices and hosts
+  t.num_epochs = 100
+  t.learning_rate = 1e-4
+  t.lr_schedule = 'constant'   # 'constant' | 'cosine' (with warm-up)
+  t.warmup_epochs = 0.0
+  t.loss = 'ce'                # 'ce' | 'dice_ce'
+  t.dice_weight = 1.0          # weight of the soft Dice term in 'dice_ce'
+  t.class_weights = ()         # () = unweighted; else one weight per class
+  t.log_every_steps = 50
+  t.eval_every_epochs = 1
+  t.checkpoint_every_epochs = 1
+  t.keep_checkpoints = 3       # the last N, plus the best by test Dice
+  t.max_steps = 0              # > 0 stops early (smoke runs, benchmarks)
+  t.progress_bar = True
+  t.distributed = False        # call jax.distributed.initialize() for multi-host runs
+
+  # --- Evaluation / prediction --------------------------------------------------------------------
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 32
+  e.raw_dir = ''               # evaluate every image of this folder (raw or folder layout)
+  e.raw_layout = 'auto'        # 'auto' | 'wbc' | 'folder'
+  e.checkpoint = 'best'        # 'best' | 'latest' | a path
+  e.tta = False                # average predictions over flips
+  e.worst_k = 8
+  e.figure_rows = 8
+  return c

@@ -1,0 +1,272 @@
+"""Reading raw data: the WBC Image Dataset's layout and a plain images+masks folder.
+
+Everything a user's data can get wrong is checked here and reported as a `DataError` that names
+the file and the problem; nothing downstream sees a half-valid example.
+"""
+
+import csv
+import dataclasses
+import os
+import pathlib
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from wcsegnet_jax import classes
+
+RAW_DIR_ENV = 'WCSEG_DATA_DIR'
+# TFDS config name -> folder of the WBC Image Dataset (Zheng et al., Micron 2018).
+WBC_SUBSETS = {'jiangxi': 'Dataset 1', 'cellavision': 'Dataset 2'}
+WBC_CSV = 'Class Labels of {subset}.csv'
+IMAGE_SUFFIXES = ('.bmp', '.png', '.jpg', '.jpeg', '.tif', '.tiff')
+MASK_LEVELS = np.array([0, 128, 255], np.int16)   # background, cytoplasm, nucleus
+NUCLEUS_LEVEL = 255
+
+
+class DataError(ValueError):
+  """A problem with the user's data or data paths; the message names the file and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawRecord:
+  """One image of a raw dataset, before reading."""
+  file_id: str
+  image_path: pathlib.Path
+  mask_path: pathlib.Path
+  cell_type: str            # a name of classes.ALL_CELL_TYPES
+  mask_is_label_map: bool = False
+
+
+def resolve_raw_dir(raw_dir: str) -> pathlib.Path | None:
+  """The raw folder from config, else $WCSEG_DATA_DIR, else None (download)."""
+  raw_dir = raw_dir or os.environ.get(RAW_DIR_ENV, '')
+  if not raw_dir:
+    return None
+  path = pathlib.Path(raw_dir).expanduser()
+  if not path.is_dir():
+    raise DataError(f'raw data folder {path} does not exist (set config.data.raw_dir or '
+                    f'${RAW_DIR_ENV} to the folder holding "Dataset 1/" and "Dataset 2/")')
+  return path
+
+
+def _files_by_id(folder: pathlib.Path, suffixes: Sequence[str]) -> dict[str, pathlib.Path]:
+  files = {}
+  for p in sorted(folder.iterdir()):
+    if p.is_file() and p.suffix.lower() in suffixes:
+      if p.stem in files:
+        raise DataError(f'{p}: two files share the id {p.stem!r} ({files[p.stem].name})')
+      files[p.stem] = p
+  return files
+
+
+def _normalise_id(raw_id: str) -> str:
+  """CSV ids may lose leading zeros ('7' for '007.bmp'); compare them as integers when numeric."""
+  raw_id = raw_id.strip()
+  return str(int(raw_id)) if raw_id.isdigit() else raw_id
+
+
+def read_cell_type_csv(path: pathlib.Path) -> dict[str, str]:
+  """Reads `image ID,class label` rows (codes 1..5 or type names) into {normalised id: type}."""
+  types = {}
+  with open(path, newline='', encoding='utf-8-sig') as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    raise DataError(f'{path}: empty label CSV (expected a header and `image ID,class label` rows)')
+  for line_no, row in enumerate(rows[1:], start=2):
+    if not row or not ''.join(row).strip():
+      continue
+    if len(row) < 2:
+      raise DataError(f'{path}:{line_no}: expected `image ID,class label`, got {row!r}')
+    raw_id, raw_label = row[0].strip(), row[1].strip()
+    if raw_label.isdigit() and int(raw_label) in classes.CSV_CELL_TYPES:
+      cell_type = classes.CSV_CELL_TYPES[int(raw_label)]
+    elif raw_label.lower() in classes.ALL_CELL_TYPES:
+      cell_type = raw_label.lower()
+    else:
+      raise DataError(f'{path}:{line_no}: label {raw_label!r} of image {raw_id!r} is not one of '
+                      f'1..5 ({classes.CSV_CELL_TYPES}) or a cell-type name')
+    key = _normalise_id(raw_id)
+    if key in types:
+      raise DataError(f'{path}:{line_no}: image {raw_id!r} is listed twice')
+    types[key] = cell_type
+  return types
+
+
+def list_wbc_records(raw_dir: pathlib.Path, subset: str) -> list[RawRecord]:
+  """Records of one subset ('jiangxi' | 'cellavision') of the WBC Image Dataset's layout."""
+  folder = raw_dir / WBC_SUBSETS[subset]
+  csv_path = raw_dir / WBC_CSV.format(subset=WBC_SUBSETS[subset])
+  if not folder.is_dir():
+    raise DataError(f'{folder} does not exist: {raw_dir} is not in the WBC Image Dataset layout '
+                    f'("Dataset 1/", "Dataset 2/" and their class CSVs)')
+  if not csv_path.is_file():
+    raise DataError(f'{csv_path} does not exist: the cell types of {folder} are unknown')
+  images = _files_by_id(folder, ('.bmp', '.jpg', '.jpeg', '.tif', '.tiff'))
+  masks = _files_by_id(folder, ('.png',))
+  types = read_cell_type_csv(csv_path)
+  return _match(images, masks, types, folder, folder, csv_path)
+
+
+def list_folder_records(folder_dir: pathlib.Path) -> list[RawRecord]:
+  """Records of a plain folder: images/, masks/ and an optional labels.csv (see README).
+
+  With labels.csv, masks use the WBC scheme (0 background, 128 cytoplasm, 255 nucleus) and the
+  nucleus takes the listed cell type. Without it, masks are label maps of class ids 0..3.
+  """
+  image_dir, mask_dir = folder_dir / 'images', folder_dir / 'masks'
+  for d in (image_dir, mask_dir):
+    if not d.is_dir():
+      raise DataError(f'{d} does not exist: a folder dataset holds images/ and masks/ '
+                      f'(and optionally labels.csv)')
+  csv_path = folder_dir / 'labels.csv'
+  types = read_cell_type_csv(csv_path) if csv_path.is_file() else None
+  images = _files_by_id(image_dir, IMAGE_SUFFIXES)
+  masks = _files_by_id(mask_dir, ('.png', '.bmp', '.tif', '.tiff'))
+  return _match(images, masks, types, image_dir, mask_dir, csv_path if types is not None else None)
+
+
+def _match(images: dict[str, pathlib.Path], masks: dict[str, pathlib.Path],
+           types: dict[str, str] | None, image_dir: pathlib.Path, mask_dir: pathlib.Path,
+           csv_path: pathlib.Path | None) -> list[RawRecord]:
+  """Pairs images with masks (same id) and, when `types` is given, with one CSV row each."""
+  records = []
+  for file_id, image_path in sorted(images.items()):
+    if file_id not in masks:
+      raise DataError(f'{image_path}: no mask {file_id}.png in {mask_dir}')
+    if types is not None:
+      key = _normalise_id(file_id)
+      if key not in types:
+        raise DataError(f'{image_path}: image id {file_id!r} has no row in {csv_path}')
+      cell_type = types[key]
+    else:
+      cell_type = _cell_type_of_label_map(masks[file_id])
+    records.append(RawRecord(file_id, image_path, masks[file_id], cell_type,
+                             mask_is_label_map=types is None))
+  for file_id, mask_path in sorted(masks.items()):
+    if file_id not in images:
+      raise DataError(f'{mask_path}: mask without an image {file_id}.* in {image_dir}')
+  if types is not None:
+    missing = sorted(set(types) - {_normalise_id(r.file_id) for r in records})
+    if missing:
+      raise DataError(f'{csv_path}: lists {len(missing)} image(s) with no image file in '
+                      f'{image_dir}, e.g. {missing[:5]}')
+  return records
+
+
+def _cell_type_of_label_map(mask_path: pathlib.Path) -> str:
+  """The one cell type whose class id a label-map mask holds (besides background)."""
+  mask = read_mask(mask_path)
+  present = np.unique(mask[mask > 0])
+  if present.size and present.max() >= classes.NUM_CLASSES:
+    raise DataError(f'{mask_path}: label-map mask with values {present[:5].tolist()} outside '
+                    f'0..{classes.NUM_CLASSES - 1} (without labels.csv, masks hold class ids)')
+  if len(present) != 1:
+    raise DataError(f'{mask_path}: label-map mask holds classes {present.tolist()}; expected '
+                    f'exactly one cell type per image')
+  return classes.CLASS_NAMES[int(present[0])]
+
+
+def list_raw_records(source: str, raw_dir: pathlib.Path) -> list[RawRecord]:
+  """Records of a source: 'jiangxi' | 'cellavision' (WBC layout) or 'folder'."""
+  if source == 'folder':
+    return list_folder_records(raw_dir)
+  if source in WBC_SUBSETS:
+    return list_wbc_records(raw_dir, source)
+  raise DataError(f'unknown dataset {source!r}; expected one of {sorted(WBC_SUBSETS)} or "folder"')
+
+
+def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str],
+                      where: str) -> list[RawRecord]:
+  """Keeps the configured cell types; an empty result is an error."""
+  kept = [r for r in records if r.cell_type in cell_types]
+  if not kept:
+    raise DataError(f'{where}: no image of the cell types {tuple(cell_types)} '
+                    f'({len(records)} images before filtering)')
+  return kept
+
+
+def read_rgb(path: pathlib.Path) -> np.ndarray:
+  """An 8-bit RGB image (H, W, 3); grayscale and RGBA are converted, anything else is an error."""
+  image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+  if image is None:
+    raise DataError(f'{path}: not a readable image file')
+  if image.dtype != np.uint8:
+    raise DataError(f'{path}: {image.dtype} pixels; expected 8-bit RGB')
+  if image.ndim == 2:
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+  if image.ndim == 3 and image.shape[2] == 3:
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+  if image.ndim == 3 and image.shape[2] == 4:
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+  raise DataError(f'{path}: image of shape {image.shape}; expected grayscale, RGB or RGBA')
+
+
+def read_mask(path: pathlib.Path) -> np.ndarray:
+  """A single-channel 8-bit mask (H, W); a 3-channel mask must be gray (equal channels)."""
+  mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+  if mask is None:
+    raise DataError(f'{path}: not a readable mask file')
+  if mask.dtype != np.uint8:
+    raise DataError(f'{path}: {mask.dtype} mask; expected 8-bit')
+  if mask.ndim == 3 and mask.shape[2] in (3, 4):
+    rgb = mask[..., :3]
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+      raise DataError(f'{path}: a colour mask; expected gray levels (0/128/255 or class ids)')
+    mask = rgb[..., 0]
+  if mask.ndim != 2:
+    raise DataError(f'{path}: mask of shape {mask.shape}; expected a single channel')
+  return mask
+
+
+def snap_mask_levels(mask: np.ndarray, path: pathlib.Path, tolerance: int,
+                     max_off_level_fraction: float) -> np.ndarray:
+  """Snaps gray levels to the nearest of 0/128/255; a mask that does not fit that is an error.
+
+  Some of the dataset's masks carry a few stray gray levels (anti-aliasing, JPEG history); a mask
+  whose pixels are mostly far from every level follows another scheme and would give silently
+  wrong labels.
+  """
+  distance = np.abs(mask[..., None].astype(np.int16) - MASK_LEVELS)
+  nearest = distance.argmin(-1)
+  off = (distance.min(-1) > tolerance).mean()
+  if off > max_off_level_fraction:
+    raise DataError(f'{path}: {off:.1%} of the mask is farther than {tolerance} from the levels '
+                    f'0/128/255 (background/cytoplasm/nucleus); is this a mask of another scheme?')
+  return MASK_LEVELS[nearest].astype(np.uint8)
+
+
+def label_map_from_mask(mask: np.ndarray, record: RawRecord, tolerance: int,
+                        max_off_level_fraction: float) -> np.ndarray:
+  """The uint8 label map: nucleus pixels take the cell's class id, the rest is background."""
+  class_id = classes.cell_type_to_class_id(record.cell_type)
+  if record.mask_is_label_map:   # checked when listed: holds 0 and `class_id` only
+    return np.where(mask > 0, class_id, classes.BACKGROUND).astype(np.uint8)
+  snapped = snap_mask_levels(mask, record.mask_path, tolerance, max_off_level_fraction)
+  return np.where(snapped == NUCLEUS_LEVEL, class_id, classes.BACKGROUND).astype(np.uint8)
+
+
+def resize_pair(image: np.ndarray, label_map: np.ndarray, size: int):
+  """Image: area when shrinking, bilinear when enlarging; label map: nearest (no new labels)."""
+  h, w = label_map.shape
+  if (h, w) == (size, size):
+    return image, label_map
+  interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+  image = cv2.resize(image, (size, size), interpolation=interp)
+  label_map = cv2.resize(label_map, (size, size), interpolation=cv2.INTER_NEAREST)
+  return image, label_map
+
+
+def load_example(record: RawRecord, image_size: int, tolerance: int,
+                 max_off_level_fraction: float) -> dict[str, np.ndarray | str | int]:
+  """Reads, checks and resizes one record into an example (before the TFDS encoding)."""
+  image = read_rgb(record.image_path)
+  mask = read_mask(record.mask_path)
+  if image.shape[:2] != mask.shape:
+    raise DataError(f'{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image '
+                    f'{record.image_path.name} is {image.shape[1]}x{image.shape[0]}')
+  label_map = label_map_from_mask(mask, record, tolerance, max_off_level_fraction)
+  image, label_map = resize_pair(image, label_map, image_size)
+  return {'image': image, 'label_map': label_map,
+          'cell_type': classes.cell_type_to_class_id(record.cell_type),
+          'file_id': record.file_id}

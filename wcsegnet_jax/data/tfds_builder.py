@@ -1,0 +1,182 @@
+"""TFDS builder for WBC nucleus segmentation: the WBC Image Dataset's two subsets and plain folders.
+
+Written as array_record with zlib-encoded `Tensor` features, so neither building nor reading needs
+TensorFlow. Each build is named by what it was built from (source, image size, kept cell types,
+split, and the raw files' names and sizes), so a changed raw folder or config gets a new build
+instead of a stale one.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from wcsegnet_jax import classes
+from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import splits
+
+TFDS_DIR_ENV = 'WCSEG_TFDS_DIR'
+# The public repository of Zheng et al. (2018), for users online without a local copy.
+ARCHIVE_URL = 'https://github.com/zxaoyou/segmentation_WBC/archive/refs/heads/master.zip'
+ARCHIVE_FOLDER = 'segmentation_WBC-master'
+SPLIT_IDS_FILE = 'split_ids.csv'
+
+
+class WbcSegmentationConfig(tfds.core.BuilderConfig):
+  """One build: a source and every setting that changes its examples or split."""
+
+  def __init__(self, *, source: str, raw_dir: pathlib.Path | None, image_size: int,
+               cell_types: tuple[str, ...], test_fraction: float, split_seed: int,
+               mask_level_tolerance: int, mask_max_off_level_fraction: float, name: str):
+    super().__init__(name=name, version=WbcSegmentation.VERSION,
+                     description=f'{source} at {image_size}x{image_size}')
+    self.source = source
+    self.raw_dir = raw_dir
+    self.image_size = image_size
+    self.cell_types = cell_types
+    self.test_fraction = test_fraction
+    self.split_seed = split_seed
+    self.mask_level_tolerance = mask_level_tolerance
+    self.mask_max_off_level_fraction = mask_max_off_level_fraction
+
+
+class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
+  """WBC images with per-pixel labels: 0 background, 1 neutrophil, 2 basophil, 3 lymphocyte."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8,
+                                          encoding='zlib'),
+            'label_map': tfds.features.Tensor(shape=(size, size), dtype=np.uint8,
+                                              encoding='zlib'),
+            'cell_type': tfds.features.Scalar(dtype=np.int32, doc=str(classes.CLASS_NAMES)),
+            'dataset': tfds.features.Text(),
+            'file_id': tfds.features.Text(),
+        }),
+        homepage='https://github.com/zxaoyou/segmentation_WBC',
+        citation='Zheng et al., Fast and robust segmentation of white blood cell images by '
+                 'self-supervised learning, Micron 107 (2018) 55-71.',
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    cfg = self.builder_config
+    raw_dir = cfg.raw_dir
+    if raw_dir is None:   # online: the public repository's archive
+      raw_dir = pathlib.Path(dl_manager.download_and_extract(ARCHIVE_URL)) / ARCHIVE_FOLDER
+    split = split_records(cfg.source, raw_dir, cfg.cell_types, cfg.test_fraction,
+                          cfg.split_seed)
+    return {name: self._generate_examples(records) for name, records in split.items()
+            if records}
+
+  def _generate_examples(self, records: list[raw.RawRecord]):
+    cfg = self.builder_config
+    for record in records:
+      example = raw.load_example(record, cfg.image_size, cfg.mask_level_tolerance,
+                                 cfg.mask_max_off_level_fraction)
+      yield record.file_id, {**example, 'dataset': dataset_name(cfg.source, cfg.raw_dir)}
+
+
+def dataset_name(source: str, raw_dir: pathlib.Path | None) -> str:
+  """The name reports use: the subset's name, or the folder's for the `folder` source."""
+  return raw_dir.name if source == 'folder' and raw_dir is not None else source
+
+
+def split_records(source: str, raw_dir: pathlib.Path, cell_types, test_fraction: float,
+                  split_seed: int) -> dict[str, list[raw.RawRecord]]:
+  """Lists, filters and splits the raw records of one source."""
+  records = raw.list_raw_records(source, raw_dir)
+  records = raw.filter_cell_types(records, cell_types, where=f'{source} data in {raw_dir}')
+  return splits.stratified_split(records, test_fraction, split_seed)
+
+
+def source_dir(source: str, data_config: ml_collections.ConfigDict) -> pathlib.Path | None:
+  """The raw folder of a source (None: download the public archive)."""
+  if source == 'folder':
+    if not data_config.folder_dir:
+      raise raw.DataError('dataset "folder" needs config.data.folder_dir (a folder holding '
+                          'images/ and masks/)')
+    path = pathlib.Path(data_config.folder_dir).expanduser()
+    if not path.is_dir():
+      raise raw.DataError(f'folder dataset {path} does not exist (config.data.folder_dir)')
+    return path
+  return raw.resolve_raw_dir(data_config.raw_dir)
+
+
+def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
+  path = data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, '~/tensorflow_datasets')
+  return pathlib.Path(path).expanduser()
+
+
+def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any]) -> str:
+  """A short hash of the build's settings and of its raw files' names, sizes and types."""
+  h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  if raw_dir is not None:
+    h.update(str(raw_dir.resolve()).encode())
+    for r in raw.list_raw_records(source, raw_dir):
+      h.update(f'{r.file_id}|{r.image_path.stat().st_size}|{r.mask_path.stat().st_size}|'
+               f'{r.cell_type}\n'.encode())
+  else:
+    h.update(ARCHIVE_URL.encode())
+  return h.hexdigest()[:10]
+
+
+def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentation:
+  """The builder of one configured source (not yet prepared)."""
+  raw_dir = source_dir(source, data_config)
+  settings = dict(
+      source=source, image_size=int(data_config.image_size),
+      cell_types=tuple(sorted(data_config.cell_types)),
+      test_fraction=float(data_config.test_fraction), split_seed=int(data_config.split_seed),
+      mask_level_tolerance=int(data_config.mask_level_tolerance),
+      mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction))
+  name = f'{source}-{settings["image_size"]}-{_fingerprint(source, raw_dir, settings)}'
+  config = WbcSegmentationConfig(name=name, raw_dir=raw_dir, **settings)
+  return WbcSegmentation(config=config, data_dir=str(tfds_dir(data_config)))
+
+
+def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentation:
+  """Builds a source's array_record files once (later calls reuse them) and its split list."""
+  builder = get_builder(source, data_config)
+  builder.download_and_prepare(file_format='array_record')
+  ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
+  if not ids_path.exists():
+    write_split_ids(builder, ids_path)
+  return builder
+
+
+def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
+  """Writes `split,file_id,cell_type` for every example, atomically."""
+  tmp = path.with_suffix('.tmp')
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['split', 'file_id', 'cell_type'])
+    for split in sorted(builder.info.splits):
+      source = builder.as_data_source(split)
+      rows = sorted((as_str(source[i]['file_id']), int(source[i]['cell_type']))
+                    for i in range(len(source)))
+      writer.writerows([split, fid, classes.CLASS_NAMES[t]] for fid, t in rows)
+  os.replace(tmp, path)
+
+
+def as_str(text: bytes | str) -> str:
+  """TFDS returns Text features as bytes when read without TensorFlow."""
+  return text.decode('utf-8') if isinstance(text, bytes) else text
+
+
+def data_source(builder: WbcSegmentation, split: str):
+  """A random-access source of decoded numpy examples (what `tfds.data_source` returns)."""
+  if split not in builder.info.splits:
+    raise raw.DataError(f'{builder.info.full_name} has no {split!r} split '
+                        f'(has {sorted(builder.info.splits)}): too few images to split?')
+  return builder.as_data_source(split)

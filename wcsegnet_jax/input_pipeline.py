@@ -1,0 +1,114 @@
+"""grain pipelines over the TFDS data sources: augmented training batches, padded eval batches.
+
+Batches carry uint8 images; normalisation to float happens on the device (`normalize_images`), so
+the host->device copy moves a quarter of the bytes.
+"""
+
+import dataclasses
+from typing import Iterator
+
+import grain
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wcsegnet_jax import augment
+from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import tfds_builder
+
+TRAIN_KEYS = ('image', 'label_map', 'cell_type')
+
+
+@dataclasses.dataclass
+class DatasetSplits:
+  """One configured dataset, prepared: its name and random-access train/test sources."""
+  name: str
+  builder: tfds_builder.WbcSegmentation
+  train: object | None
+  test: object | None
+
+
+def load_datasets(data_config: ml_collections.ConfigDict) -> list[DatasetSplits]:
+  """Prepares (once) and opens every configured dataset."""
+  datasets = []
+  for source in data_config.datasets:
+    builder = tfds_builder.prepare(source, data_config)
+    splits = builder.info.splits
+    datasets.append(DatasetSplits(
+        name=tfds_builder.dataset_name(source, builder.builder_config.raw_dir), builder=builder,
+        train=builder.as_data_source('train') if 'train' in splits else None,
+        test=builder.as_data_source('test') if 'test' in splits else None))
+  return datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class _Augment(grain.transforms.RandomMap):
+  """Picklable (for grain's worker processes) augmentation of one training example."""
+  aug: ml_collections.FrozenConfigDict
+
+  def random_map(self, element, rng: np.random.Generator):
+    element = {k: element[k] for k in TRAIN_KEYS}
+    if not self.aug.enabled:
+      return element
+    return augment.augment_example(element, rng, self.aug)
+
+
+def train_epoch_size(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
+  """Examples per epoch: every training image `augment_repeats` times (the ten-fold)."""
+  return sum(len(d.train) for d in datasets if d.train is not None) * (
+      config.augment.augment_repeats)
+
+
+def steps_per_epoch(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
+  return max(1, train_epoch_size(datasets, config) // config.train.batch_size)
+
+
+def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDict,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Infinite, seeded, augmented batches of this process's share of the global batch.
+
+  Each epoch is the union of the datasets' train splits, each image `augment_repeats` times,
+  shuffled as a whole and reshuffled (and re-augmented) every epoch. Deterministic given the seed,
+  and its iterator's state can be saved and restored for an exact resume.
+  """
+  sources = [grain.MapDataset.source(d.train) for d in datasets if d.train is not None]
+  if not sources:
+    raise raw.DataError(f'no training images in {[d.name for d in datasets]}')
+  ds = grain.MapDataset.concatenate(sources).repeat(config.augment.augment_repeats)
+  ds = ds.shuffle(seed=config.input.shuffle_seed)
+  ds = ds.random_map(_Augment(ml_collections.FrozenConfigDict(config.augment)),
+                     seed=config.input.shuffle_seed + 1)
+  ds = ds.repeat(None)   # reseeds shuffle and augmentation each epoch
+  ds = ds[process_index::process_count]
+  ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.input.read_threads,
+                                            prefetch_buffer_size=config.input.prefetch))
+  if config.input.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.input.num_workers,
+        per_worker_buffer_size=config.input.worker_buffer_size))
+  return it
+
+
+def eval_batches(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split once, in order, in batches of exactly `batch_size` (one compile).
+
+  The last batch is padded by repeating its first example; `valid` marks the real ones.
+  """
+  n = len(source)
+  for start in range(0, n, batch_size):
+    items = [source[i] for i in range(start, min(start + batch_size, n))]
+    valid = np.zeros(batch_size, bool)
+    valid[:len(items)] = True
+    items += [items[0]] * (batch_size - len(items))
+    yield {'image': np.stack([e['image'] for e in items]),
+           'label_map': np.stack([e['label_map'] for e in items]),
+           'cell_type': np.array([e['cell_type'] for e in items], np.int32),
+           'file_id': np.array([tfds_builder.as_str(e['file_id']) for e in items]),
+           'valid': valid}
+
+
+def normalize_images(images: jnp.ndarray, mean, std) -> jnp.ndarray:
+  """uint8 (..., 3) in 0..255 -> float32 standardised per channel (runs inside jit)."""
+  scale = 1.0 / (255.0 * jnp.asarray(std, jnp.float32))
+  return (images.astype(jnp.float32) - 255.0 * jnp.asarray(mean, jnp.float32)) * scale
