@@ -1,0 +1,64 @@
+"""Shared test set-up: the repository root on sys.path, the `slow` marker, generated raw data."""
+
+import os
+import pathlib
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+  sys.path.insert(0, TESTS)
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from configs import base  # pylint: disable=g-import-not-at-top
+import fixtures  # pylint: disable=g-import-not-at-top
+from wcsegnet_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+
+# The public WBC Image Dataset, where this machine has it (tests on it are skipped otherwise).
+REAL_WBC_DIR = pathlib.Path(
+    os.environ.get('WCSEG_TEST_REAL_DATA', '/work/shared/datasets/segmentation_WBC'))
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'slow: takes more than a few seconds (still run by default; '
+      'deselect with -m "not slow")')
+
+
+def data_config(raw_dir, tfds_dir, **overrides):
+  """The base config's data section pointed at a raw folder and a private TFDS folder."""
+  c = base.get_config()
+  c.data.raw_dir = str(raw_dir)
+  c.data.tfds_dir = str(tfds_dir)
+  for key, value in overrides.items():
+    setattr(c.data, key, value)
+  return c
+
+
+@pytest.fixture(scope='session')
+def wbc_raw(tmp_path_factory):
+  """The generated WBC-layout raw folder, written once: (path, manifest {source: [FakeImage]})."""
+  root = tmp_path_factory.mktemp('wbc_raw')
+  return root, fixtures.make_wbc_raw(root)
+
+
+@pytest.fixture(scope='session')
+def wbc_tfds_dir(tmp_path_factory):
+  """One TFDS folder shared by the tests that only read the generated data's builds."""
+  return tmp_path_factory.mktemp('wbc_tfds')
+
+
+@pytest.fixture
+def wbc_config(wbc_raw, wbc_tfds_dir):
+  """A fresh config (paper values) reading the generated raw data, builds shared by the session."""
+  return data_config(wbc_raw[0], wbc_tfds_dir)
+
+
+@pytest.fixture(scope='session')
+def wbc_builders(wbc_raw, wbc_tfds_dir):
+  """The generated data's two sources, prepared once: {source: builder}."""
+  c = data_config(wbc_raw[0], wbc_tfds_dir)
+  return {source: tfds_builder.prepare(source, c.data) for source in c.data.datasets}

@@ -1,0 +1,440 @@
+"""Tests of wcsegnet_jax.data: reading raw layouts, the stratified split, the TFDS builds, errors.
+
+Most tests run on small generated data (tests/fixtures.py); those marked `real` also run on the
+public WBC Image Dataset where this machine has a copy, and are skipped elsewhere.
+"""
+
+import collections
+import csv
+import pathlib
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import conftest
+import fixtures
+from wcsegnet_jax import classes
+from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import splits
+from wcsegnet_jax.data import tfds_builder
+
+SOURCES = ('jiangxi', 'cellavision')
+KEPT = classes.DEFAULT_CELL_TYPES
+needs_real_data = pytest.mark.skipif(
+    not (conftest.REAL_WBC_DIR / 'Dataset 1').is_dir(),
+    reason=f'the WBC Image Dataset is not at {conftest.REAL_WBC_DIR}')
+
+
+def read_split(builder, split):
+  """[(file_id, example)] of one split, read through the builder's random-access source."""
+  if split not in builder.info.splits:
+    return []
+  source = builder.as_data_source(split)
+  return [(tfds_builder.as_str(source[i]['file_id']), source[i]) for i in range(len(source))]
+
+
+def read_split_ids(builder):
+  path = pathlib.Path(builder.data_dir) / tfds_builder.SPLIT_IDS_FILE
+  with open(path, newline='') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['split', 'file_id', 'cell_type']
+  return rows[1:]
+
+
+def csv_types(csv_path):
+  """{id as written in the CSV: type name}, parsed here independently of the reader."""
+  with open(csv_path, newline='', encoding='utf-8-sig') as f:
+    rows = list(csv.reader(f))
+  return {r[0].strip(): classes.CSV_CELL_TYPES[int(r[1])] for r in rows[1:] if r}
+
+
+def check_build(builder, expected_types, size=120):
+  """The checks every build must pass. `expected_types`: {file_id: type name} of kept images."""
+  examples = read_split(builder, 'train') + read_split(builder, 'test')
+  ids = [fid for fid, _ in examples]
+  assert sorted(ids) == sorted(expected_types)   # every kept image once; nothing else
+  for fid, ex in examples:
+    class_id = classes.CLASS_ID[expected_types[fid]]
+    assert ex['image'].shape == (size, size, 3) and ex['image'].dtype == np.uint8, fid
+    assert ex['label_map'].shape == (size, size) and ex['label_map'].dtype == np.uint8, fid
+    assert ex['label_map'].max() < classes.NUM_CLASSES, fid
+    assert int(ex['cell_type']) == class_id, fid
+    # The nucleus takes the cell's type; there is no other class in the image.
+    assert set(np.unique(ex['label_map'][ex['label_map'] > 0]).tolist()) == {class_id}, fid
+  # Stratified 80:20: per type, round(0.2 n) test images (none for a type with one image).
+  by_type = collections.Counter(expected_types.values())
+  test_types = collections.Counter(expected_types[fid] for fid, _ in read_split(builder, 'test'))
+  for cell_type, n in by_type.items():
+    assert test_types[cell_type] == (int(round(0.2 * n)) if n > 1 else 0), cell_type
+  # split_ids.csv lists every example once, in its split, with its type.
+  rows = read_split_ids(builder)
+  assert sorted(r[1] for r in rows) == sorted(ids)
+  for split in ('train', 'test'):
+    assert sorted((r[1], r[2]) for r in rows if r[0] == split) == sorted(
+        (fid, expected_types[fid]) for fid, _ in read_split(builder, split))
+  return examples
+
+
+# --- The generated data ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('source', SOURCES)
+def test_generated_build(wbc_raw, wbc_builders, source):
+  manifest = wbc_raw[1][source]
+  expected = {f.file_id: f.cell_type for f in manifest if f.cell_type in KEPT}
+  assert len(expected) == 12   # 5 neutrophils, 5 lymphocytes, 2 basophils; the monocyte is left out
+  examples = dict(check_build(wbc_builders[source], expected))
+  for fake in manifest:
+    if fake.file_id not in examples:
+      continue
+    ex = examples[fake.file_id]
+    assert tfds_builder.as_str(ex['dataset']) == source
+    if source == 'jiangxi':   # 120x120 already: pixels pass through unchanged, in RGB order
+      np.testing.assert_array_equal(ex['image'], fake.image)
+      # Stray gray levels snap back to their level: the label map is the clean mask's.
+      np.testing.assert_array_equal(ex['label_map'], fake.label_map())
+    else:                     # 300 -> 120: labels resized by nearest neighbour, no new labels
+      expected_map = cv2.resize(fake.label_map(), (120, 120), interpolation=cv2.INTER_NEAREST)
+      np.testing.assert_array_equal(ex['label_map'], expected_map)
+      small = cv2.resize(fake.image, (120, 120), interpolation=cv2.INTER_AREA)
+      assert np.abs(ex['image'].astype(int) - small).max() <= 1
+
+
+def test_generated_split_sizes(wbc_builders):
+  for builder in wbc_builders.values():
+    # Neutrophils 5 -> 1 test, lymphocytes 5 -> 1, basophils 2 -> round(0.4) = 0.
+    assert builder.info.splits['train'].num_examples == 10
+    assert builder.info.splits['test'].num_examples == 2
+
+
+def test_prepare_twice_reuses_the_build(wbc_config, wbc_builders):
+  again = tfds_builder.prepare('jiangxi', wbc_config.data)
+  assert again.data_dir == wbc_builders['jiangxi'].data_dir
+  assert read_split_ids(again) == read_split_ids(wbc_builders['jiangxi'])
+
+
+def test_split_seed_gives_its_own_build(wbc_raw, tmp_path):
+  """Builds are named by their settings: another split seed must not reuse a stale build."""
+  raw_dir, manifest = wbc_raw
+  test_ids = {}
+  for seed in (0, 0, 3):
+    c = conftest.data_config(raw_dir, tmp_path / f'tfds_{len(test_ids)}', split_seed=seed)
+    builder = tfds_builder.prepare('jiangxi', c.data)
+    ids = sorted(fid for fid, _ in read_split(builder, 'test'))
+    listed = tfds_builder.split_records('jiangxi', raw_dir, KEPT, 0.2, seed)
+    assert ids == sorted(r.file_id for r in listed['test'])
+    test_ids.setdefault(seed, ids)
+    assert test_ids[seed] == ids   # same seed, same ids (from another TFDS folder)
+  assert test_ids[0] != test_ids[3]
+  # Both seeds built in one folder: each its own build.
+  c0 = conftest.data_config(raw_dir, tmp_path / 'shared', split_seed=0)
+  c3 = conftest.data_config(raw_dir, tmp_path / 'shared', split_seed=3)
+  b0 = tfds_builder.prepare('jiangxi', c0.data)
+  b3 = tfds_builder.prepare('jiangxi', c3.data)
+  assert b0.data_dir != b3.data_dir
+  assert sorted(f for f, _ in read_split(b3, 'test')) == test_ids[3]
+  assert {r[1] for r in read_split_ids(b3) if r[0] == 'test'} == set(test_ids[3])
+
+
+def test_csv_ids_without_leading_zeros(wbc_raw):
+  raw_dir, manifest = wbc_raw
+  records = raw.list_wbc_records(raw_dir, 'jiangxi')
+  assert {r.file_id: r.cell_type for r in records} == {
+      f.file_id: f.cell_type for f in manifest['jiangxi']}
+  assert all(r.file_id.startswith('0') for r in records)   # '002' matched to CSV row '2'
+  assert b'\r\n' in (raw_dir / 'Class Labels of Dataset 1.csv').read_bytes()
+
+
+# --- The split ------------------------------------------------------------------------------------
+
+
+def fake_records(n_per_type, prefix=''):
+  return [raw.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+          for t, n in n_per_type.items() for i in range(n)]
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4, 5, 7, 8, 12, 13, 17, 30, 141])
+def test_split_stratified_counts(n):
+  records = fake_records({'neutrophil': n, 'lymphocyte': n + 3, 'basophil': 1})
+  split = splits.stratified_split(records, 0.2, seed=0)
+  for cell_type, count in (('neutrophil', n), ('lymphocyte', n + 3), ('basophil', 1)):
+    n_test = sum(r.cell_type == cell_type for r in split['test'])
+    n_train = sum(r.cell_type == cell_type for r in split['train'])
+    assert n_test == (int(round(0.2 * count)) if count > 1 else 0)
+    assert n_test + n_train == count
+  assert sorted(r.file_id for r in split['train'] + split['test']) == sorted(
+      r.file_id for r in records)
+
+
+def test_split_deterministic_and_seeded():
+  records = fake_records({'neutrophil': 40, 'lymphocyte': 20, 'basophil': 6})
+  test_ids = lambda s: [r.file_id for r in s['test']]
+  a = splits.stratified_split(records, 0.2, seed=0)
+  b = splits.stratified_split(list(reversed(records)), 0.2, seed=0)   # listing order is irrelevant
+  c = splits.stratified_split(records, 0.2, seed=1)
+  assert test_ids(a) == test_ids(b)
+  assert test_ids(a) != test_ids(c)
+  assert len(test_ids(a)) == len(test_ids(c)) == 8 + 4 + 1
+
+
+# --- The folder source ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('with_labels_csv', [True, False])
+def test_folder_source(tmp_path, with_labels_csv):
+  folder = tmp_path / 'my_cells'
+  manifest = fixtures.make_folder_raw(folder, with_labels_csv=with_labels_csv)
+  c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder), datasets=('folder',))
+  builder = tfds_builder.prepare('folder', c.data)
+  expected = {f.file_id: f.cell_type for f in manifest if f.cell_type in KEPT}
+  examples = check_build(builder, expected)
+  assert len(expected) == 8   # the eosinophil (with labels.csv) is left out
+  for _, ex in examples:
+    assert tfds_builder.as_str(ex['dataset']) == 'my_cells'
+  by_id = {f.file_id: f for f in manifest}
+  for fid, ex in examples:   # 100 -> 120: nearest keeps the label map's shape
+    want = cv2.resize(by_id[fid].label_map(), (120, 120), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(ex['label_map'], want)
+
+
+# --- Bad inputs -----------------------------------------------------------------------------------
+
+
+def _small_raw(tmp_path):
+  root = tmp_path / 'raw'
+  manifest = fixtures.make_wbc_raw(root, n_per_type={1: 3, 2: 2}, size2=120)
+  return root, manifest['jiangxi'][0].file_id
+
+
+def _set_csv(root, rows):
+  fixtures.write_csv(root / 'Class Labels of Dataset 1.csv', rows)
+
+
+def _csv_rows(root):
+  return list(csv.reader(open(root / 'Class Labels of Dataset 1.csv', newline='')))[1:]
+
+
+def _missing_mask(root, fid):
+  (root / 'Dataset 1' / f'{fid}.png').unlink()
+  return root / 'Dataset 1' / f'{fid}.bmp'
+
+
+def _missing_image(root, fid):
+  (root / 'Dataset 1' / f'{fid}.bmp').unlink()
+  return root / 'Dataset 1' / f'{fid}.png'
+
+
+def _size_mismatch(root, fid):
+  fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', np.zeros((100, 120), np.uint8))
+  return root / 'Dataset 1' / f'{fid}.png'
+
+
+def _garbage_image(root, fid):
+  (root / 'Dataset 1' / f'{fid}.bmp').write_bytes(b'BM not really a bitmap' * 40)
+  return root / 'Dataset 1' / f'{fid}.bmp'
+
+
+def _garbage_mask(root, fid):
+  (root / 'Dataset 1' / f'{fid}.png').write_bytes(b'\x89PNG truncated' * 40)
+  return root / 'Dataset 1' / f'{fid}.png'
+
+
+def _image_16bit(root, fid):
+  (root / 'Dataset 1' / f'{fid}.bmp').unlink()
+  path = root / 'Dataset 1' / f'{fid}.tif'
+  assert cv2.imwrite(str(path), np.full((120, 120, 3), 1000, np.uint16))
+  return path
+
+
+def _mask_16bit(root, fid):
+  path = root / 'Dataset 1' / f'{fid}.png'
+  assert cv2.imwrite(str(path), np.full((120, 120), 255 * 256, np.uint16))
+  return path
+
+
+def _colour_mask(root, fid):
+  path = root / 'Dataset 1' / f'{fid}.png'
+  mask = np.zeros((120, 120, 3), np.uint8)
+  mask[10:20, 10:20] = (0, 0, 255)
+  assert cv2.imwrite(str(path), mask)
+  return path
+
+
+def _noise_mask(root, fid):
+  noise = np.random.default_rng(0).integers(0, 256, size=(120, 120), dtype=np.uint8)
+  fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', noise)
+  return root / 'Dataset 1' / f'{fid}.png'
+
+
+def _label_out_of_range(label):
+  def corrupt(root, fid):
+    rows = _csv_rows(root)
+    rows[1][1] = label
+    _set_csv(root, rows)
+    return root / 'Class Labels of Dataset 1.csv'
+  return corrupt
+
+
+def _image_without_row(root, fid):
+  _set_csv(root, [r for r in _csv_rows(root) if r[0] != str(int(fid))])
+  return root / 'Dataset 1' / f'{fid}.bmp'
+
+
+def _row_without_image(root, fid):
+  _set_csv(root, _csv_rows(root) + [['999', '1']])
+  return root / 'Class Labels of Dataset 1.csv'
+
+
+def _duplicate_row(root, fid):
+  rows = _csv_rows(root)
+  _set_csv(root, rows + [rows[0]])
+  return root / 'Class Labels of Dataset 1.csv'
+
+
+def _missing_csv(root, fid):
+  (root / 'Class Labels of Dataset 1.csv').unlink()
+  return root / 'Class Labels of Dataset 1.csv'
+
+
+def _missing_subset(root, fid):
+  shutil.rmtree(root / 'Dataset 1')
+  return root / 'Dataset 1'
+
+
+BAD_INPUTS = {
+    'missing_mask': (_missing_mask, 'no mask'),
+    'missing_image': (_missing_image, 'without an image'),
+    'size_mismatch': (_size_mismatch, '120x100'),
+    'unreadable_image': (_garbage_image, 'not a readable image'),
+    'unreadable_mask': (_garbage_mask, 'not a readable mask'),
+    'image_16bit': (_image_16bit, 'uint16'),
+    'mask_16bit': (_mask_16bit, 'uint16'),
+    'colour_mask': (_colour_mask, 'colour mask'),
+    'noise_mask': (_noise_mask, '0/128/255'),
+    'label_6': (_label_out_of_range('6'), "label '6'"),
+    'label_0': (_label_out_of_range('0'), "label '0'"),
+    'label_text': (_label_out_of_range('platelet'), "label 'platelet'"),
+    'image_without_csv_row': (_image_without_row, 'has no row'),
+    'csv_row_without_image': (_row_without_image, r"no image file.*'999'"),
+    'duplicate_csv_row': (_duplicate_row, 'listed twice'),
+    'missing_csv': (_missing_csv, 'does not exist'),
+    'missing_subset_folder': (_missing_subset, 'does not exist'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_INPUTS))
+def test_bad_input_raises_data_error_naming_the_file(tmp_path, case):
+  """Each bad input raises DataError naming the file, through `prepare` (as users meet it)."""
+  root, fid = _small_raw(tmp_path)
+  corrupt, what = BAD_INPUTS[case]
+  path = corrupt(root, fid)
+  c = conftest.data_config(root, tmp_path / 'tfds')
+  with pytest.raises(raw.DataError, match=re.escape(str(path))) as info:
+    tfds_builder.prepare('jiangxi', c.data)
+  assert re.search(what, str(info.value)), str(info.value)
+  assert type(info.value) is raw.DataError   # not wrapped by TFDS
+
+
+def test_empty_after_filtering(tmp_path):
+  root, _ = _small_raw(tmp_path)   # neutrophils and lymphocytes only
+  c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('basophil',))
+  with pytest.raises(raw.DataError, match=re.escape(str(root)) + '.*basophil'):
+    tfds_builder.prepare('jiangxi', c.data)
+
+
+def test_raw_dir_does_not_exist(tmp_path):
+  missing = tmp_path / 'nowhere'
+  c = conftest.data_config(missing, tmp_path / 'tfds')
+  with pytest.raises(raw.DataError, match=re.escape(str(missing))):
+    tfds_builder.prepare('jiangxi', c.data)
+  c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(missing))
+  with pytest.raises(raw.DataError, match=re.escape(str(missing))):
+    tfds_builder.prepare('folder', c.data)
+
+
+def test_folder_label_map_with_two_classes(tmp_path):
+  folder = tmp_path / 'cells'
+  manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
+  bad = folder / 'masks' / f'{manifest[0].file_id}.png'
+  label_map = manifest[0].label_map()
+  label_map[:5, :5] = 3 if label_map.max() != 3 else 1
+  fixtures.write_gray(bad, label_map)
+  c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
+  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*exactly one cell type'):
+    tfds_builder.prepare('folder', c.data)
+  label_map[:5, :5] = 7
+  fixtures.write_gray(bad, label_map)
+  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*outside'):
+    tfds_builder.prepare('folder', c.data)
+
+
+@pytest.mark.parametrize('kind', ['gray', 'rgba'])
+def test_gray_and_rgba_images_are_converted(tmp_path, kind):
+  root, fid = _small_raw(tmp_path)
+  rgb = np.random.default_rng(0).integers(0, 256, size=(120, 120, 3), dtype=np.uint8)
+  path = root / 'Dataset 1' / f'{fid}.bmp'
+  if kind == 'gray':
+    assert cv2.imwrite(str(path), rgb[..., 0])
+    want = np.repeat(rgb[..., :1], 3, axis=-1)
+  else:
+    bgra = np.concatenate([rgb[..., ::-1], np.full((120, 120, 1), 7, np.uint8)], -1)
+    assert cv2.imwrite(str(path), bgra)
+    want = rgb
+  assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape == want.shape[:2] + (
+      () if kind == 'gray' else (4,))   # the file really is gray / RGBA
+  builder = tfds_builder.prepare('jiangxi', conftest.data_config(root, tmp_path / 'tfds').data)
+  examples = dict(read_split(builder, 'train') + read_split(builder, 'test'))
+  np.testing.assert_array_equal(examples[fid]['image'], want)
+
+
+def test_stray_gray_levels_snap(tmp_path):
+  """A few stray levels are snapped; just over the allowed fraction of off-level pixels is not."""
+  mask = np.zeros((100, 100), np.uint8)
+  mask[20:60, 20:60] = 128
+  mask[30:50, 30:50] = 255
+  record = raw.RawRecord('1', tmp_path / '1.bmp', tmp_path / '1.png', 'basophil')
+  noisy = mask.copy()
+  noisy[0, :99] = 50                                     # 0.99% off-level: allowed
+  noisy[25, 25], noisy[35, 35], noisy[1, 1] = 160, 220, 3   # within tolerance: snapped
+  got = raw.label_map_from_mask(noisy, record, 40, 0.01)
+  np.testing.assert_array_equal(got, np.where(mask == 255, classes.CLASS_ID['basophil'], 0))
+  noisy[1, :2] = 50                                      # 1.01%: another scheme
+  with pytest.raises(raw.DataError, match=re.escape(str(record.mask_path))):
+    raw.label_map_from_mask(noisy, record, 40, 0.01)
+
+
+# --- The real data --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def real_builders(tmp_path_factory):
+  c = conftest.data_config(conftest.REAL_WBC_DIR, tmp_path_factory.mktemp('real_tfds'))
+  return {source: tfds_builder.prepare(source, c.data) for source in SOURCES}
+
+
+@needs_real_data
+@pytest.mark.parametrize('source', SOURCES)
+def test_real_build(real_builders, source):
+  subset = raw.WBC_SUBSETS[source]
+  folder = conftest.REAL_WBC_DIR / subset
+  types = csv_types(conftest.REAL_WBC_DIR / f'Class Labels of {subset}.csv')
+  files = {p.stem: p for p in folder.glob('*.bmp')}
+  assert len(files) == len(types)
+  expected = {stem: types[str(int(stem))] for stem in files if types[str(int(stem))] in KEPT}
+  assert len(expected) == sum(t in KEPT for t in types.values())
+  builder = real_builders[source]
+  assert sum(s.num_examples for s in builder.info.splits.values()) == len(expected)
+  check_build(builder, expected)
+
+
+@needs_real_data
+@pytest.mark.parametrize('source', SOURCES)
+def test_real_split_determinism(source):
+  split = lambda seed: tfds_builder.split_records(source, conftest.REAL_WBC_DIR, KEPT, 0.2, seed)
+  test_ids = lambda s: [r.file_id for r in s['test']]
+  assert test_ids(split(0)) == test_ids(split(0))
+  assert test_ids(split(0)) != test_ids(split(1))
+  assert len(test_ids(split(0))) == len(test_ids(split(1)))

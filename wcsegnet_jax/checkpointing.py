@@ -1,0 +1,126 @@
+"""orbax checkpoints of the train state and the grain iterator, for exact resume and evaluation.
+
+Layout: `workdir/checkpoints/<step>/{state,data_iter}` written asynchronously by a
+`CheckpointManager`; orbax writes each step into a temporary folder and renames it when complete,
+so a run killed mid-write leaves the earlier checkpoints intact and the half-written one ignored.
+We keep the last `keep_checkpoints` steps plus the best by test Dice.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+BEST_METRIC = 'test_dice'
+CONFIG_FILE = 'config.json'
+# Resuming with another value for any of these would silently train something else.
+RESUME_SENSITIVE = ('model', 'data', 'augment', 'input', 'seed', 'train.batch_size',
+                    'train.learning_rate', 'train.lr_schedule', 'train.warmup_epochs',
+                    'train.loss', 'train.dice_weight', 'train.class_weights', 'train.num_epochs')
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(workdir).expanduser().resolve() / 'checkpoints'
+
+
+def make_manager(workdir: str | pathlib.Path, keep: int = 3,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager keeping the last `keep` checkpoints and the best one by test Dice."""
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode='max',
+      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=('state', 'data_iter'))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         data_iter: grain.DatasetIterator | None, metrics: dict[str, float] | None) -> None:
+  """Starts an asynchronous save of the state (and the iterator's position) at `step`."""
+  items = {'state': ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+  manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iter: grain.DatasetIterator | None = None) -> Any:
+  """Restores the state at `step` into the structure (and shardings) of `abstract_state`."""
+  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(
+        f'checkpoint {manager.directory / str(step)} does not match the configured model: '
+        f'{str(e)[:500]}') from None
+  return restored['state']
+
+
+def select_step(manager: ocp.CheckpointManager, which: str) -> int:
+  """'best' | 'latest' | a step number -> the step to restore (clear error if none)."""
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {manager.directory}: train first, or pass '
+                          f'--checkpoint=PATH')
+  if which == 'latest':
+    return manager.latest_step()
+  if which == 'best':
+    best = manager.best_step()
+    return best if best is not None else manager.latest_step()
+  if str(which).isdigit() and int(which) in steps:
+    return int(which)
+  raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      flat.update(_flatten(v, key + '.'))
+    else:
+      flat[key] = list(v) if isinstance(v, tuple) else v
+  return flat
+
+
+def config_mismatches(saved: dict, current: dict) -> list[str]:
+  """Keys under RESUME_SENSITIVE whose values differ between a saved and the current config."""
+  saved_flat, current_flat = _flatten(saved), _flatten(current)
+  keys = sorted(set(saved_flat) | set(current_flat))
+  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in RESUME_SENSITIVE)]
+  return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in sensitive
+          if saved_flat.get(k) != current_flat.get(k)]
+
+
+def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """A resume must not change what is trained: error naming the differing keys."""
+  path = workdir / CONFIG_FILE
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  diffs = config_mismatches(saved, json.loads(config.to_json()))
+  if diffs:
+    raise CheckpointError(
+        f'{workdir} holds a checkpoint trained with another config; these keys differ: '
+        + '; '.join(diffs) + '. Use a new --workdir, or restore the old values.')
+
+
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Saves the resolved config as JSON (atomically: write then rename)."""
+  tmp = workdir / (CONFIG_FILE + '.tmp')
+  tmp.write_text(config.to_json(indent=2, sort_keys=True))
+  tmp.replace(workdir / CONFIG_FILE)

@@ -1,0 +1,113 @@
+"""Start-up validation of a config: every problem reported at once, before anything compiles."""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from wcsegnet_jax import classes
+from wcsegnet_jax.data import raw
+
+# configs/base.py holds every knob; a key it lacks is a typo or a stale config.
+BASE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'base.py'
+CHOICES = {
+    'model.activation': ('relu', 'leaky_relu'),
+    'model.block_norm': ('none', 'batch'),
+    'model.upsample': ('transpose', 'nearest'),
+    'model.pad_mode': ('reflect', 'constant', 'edge'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'train.lr_schedule': ('constant', 'cosine'),
+    'train.loss': ('ce', 'dice_ce'),
+    'augment.fill_mode': ('nearest', 'reflect', 'constant'),
+    'eval.raw_layout': ('auto', 'wbc', 'folder'),
+}
+
+
+class ConfigError(ValueError):
+  """The config cannot run; the message lists every problem found."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location('wcsegnet_base_config', BASE_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def problems(config: ml_collections.ConfigDict, device_count: int = 1,
+             process_count: int = 1) -> list[str]:
+  """Everything wrong with `config`, as readable lines (empty when it can run)."""
+  found = []
+  known, given = _leaves(base_config()), _leaves(config)
+  found += [f'unknown config key {k!r}' for k in sorted(set(given) - set(known))]
+  found += [f'missing config key {k!r}' for k in sorted(set(known) - set(given))]
+  if found:
+    return found
+  for key, options in CHOICES.items():
+    if _get(config, key) not in options:
+      found.append(f'{key}={_get(config, key)!r}; expected one of {options}')
+  d, m, t = config.data, config.model, config.train
+  if t.learning_rate <= 0:
+    found.append(f'train.learning_rate={t.learning_rate} must be > 0')
+  if t.batch_size <= 0 or t.batch_size % device_count or t.batch_size % process_count:
+    found.append(f'train.batch_size={t.batch_size} must be a positive multiple of the device '
+                 f'count ({device_count}) and process count ({process_count})')
+  if config.eval.batch_size <= 0 or config.eval.batch_size % device_count:
+    found.append(f'eval.batch_size={config.eval.batch_size} must be a positive multiple of the '
+                 f'device count ({device_count})')
+  if d.image_size < 2 ** m.num_levels:
+    found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
+                 f'{m.num_levels} (needs >= {2 ** m.num_levels}: one pixel after the poolings)')
+  if m.num_levels < 1 or m.base_width < 1 or m.blocks_per_stage < 1:
+    found.append('model.num_levels, base_width and blocks_per_stage must be >= 1')
+  if m.num_classes != classes.NUM_CLASSES:
+    found.append(f'model.num_classes={m.num_classes}; the label maps have {classes.NUM_CLASSES}')
+  for key in ('encoder_dropout', 'decoder_dropout', 'head_dropout'):
+    if not 0 <= m[key] < 1:
+      found.append(f'model.{key}={m[key]} must be in [0, 1)')
+  bad_types = set(d.cell_types) - set(classes.DEFAULT_CELL_TYPES)
+  if bad_types or not d.cell_types:
+    found.append(f'data.cell_types={tuple(d.cell_types)}: must be a non-empty subset of '
+                 f'{classes.DEFAULT_CELL_TYPES} (other types have no class in the label map)')
+  bad_sets = set(d.datasets) - set(raw.WBC_SUBSETS) - {'folder'}
+  if bad_sets or not d.datasets:
+    found.append(f'data.datasets={tuple(d.datasets)}: expected names among '
+                 f'{sorted(raw.WBC_SUBSETS) + ["folder"]}')
+  if not 0 <= d.test_fraction < 1:
+    found.append(f'data.test_fraction={d.test_fraction} must be in [0, 1)')
+  if t.class_weights and len(t.class_weights) != classes.NUM_CLASSES:
+    found.append(f'train.class_weights has {len(t.class_weights)} values; expected '
+                 f'{classes.NUM_CLASSES} (one per class) or () for none')
+  for key in ('num_epochs', 'log_every_steps', 'eval_every_epochs', 'checkpoint_every_epochs',
+              'keep_checkpoints'):
+    if t[key] < 1:
+      found.append(f'train.{key}={t[key]} must be >= 1')
+  if config.augment.augment_repeats < 1:
+    found.append('augment.augment_repeats must be >= 1')
+  if config.input.num_workers < 0 or config.input.read_threads < 1:
+    found.append('input.num_workers must be >= 0 and input.read_threads >= 1')
+  return found
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int = 1,
+             process_count: int = 1) -> None:
+  """Raises ConfigError listing every problem of `config`."""
+  found = problems(config, device_count, process_count)
+  if found:
+    raise ConfigError('invalid config:\n  ' + '\n  '.join(found))

@@ -1,0 +1,387 @@
+"""Segmentation and cell-type metrics: the one place they are defined.
+
+Training (inside `jax.jit`), evaluation, tools and tests all use these functions.
+
+Where the definitions come from:
+- The paper (WCSegNet, Nasser et al. 2025, Table 1) reports pixel accuracy, precision, recall,
+  Dice and mIoU of the *nucleus* against the background. The paper does not say how mIoU is
+  averaged; its mIoU lies between the nucleus IoU and 1, which fits the mean of the background
+  IoU and the nucleus IoU, so that is what `paper_metrics` computes: the 4-class confusion
+  matrix is collapsed to nucleus (any class > 0) vs background.
+- The per-class metrics (`class_metrics`) are the usual multi-class precision / recall / Dice /
+  IoU of each class against all others, read off the confusion matrix.
+- The per-cell type (`predicted_cell_type`) is our reading of "the network classifies the cell":
+  a majority vote of the predicted nucleus pixels.
+
+Conventions, used everywhere below:
+- A confusion matrix `cm` has rows = true class, columns = predicted class.
+- Label values outside [0, num_classes) (e.g. an "ignore" value such as 255 or -1) are not
+  counted, in the confusion matrices and in the soft Dice loss alike.
+- Device functions count in int32 (exact up to 2**31 pixels; float32 sums would be exact only up
+  to 2**24). Accumulate the matrices of many batches on the host in int64.
+- Host functions return plain Python floats / ints / None in dicts (JSON-serialisable). A metric
+  whose value is 0/0 because the class appears in neither labels nor predictions is undefined:
+  it is reported as None and never enters a mean, so no NaN leaks into a summary.
+"""
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wcsegnet_jax.classes import BACKGROUND, CLASS_NAMES, NUM_CLASSES
+
+PAPER_METRICS = ('accuracy', 'precision', 'recall', 'dice', 'nucleus_iou', 'background_iou',
+                 'miou')
+CLASS_METRICS = ('precision', 'recall', 'dice', 'iou')
+
+
+# ------------------------------------------------------------------------------------------------
+# Device side: pure jnp, jit-friendly.
+# ------------------------------------------------------------------------------------------------
+
+def _valid_pixels(labels: jax.Array, preds: jax.Array, num_classes: int) -> jax.Array:
+  """True where both the label and the prediction are class ids in [0, num_classes)."""
+  return (labels >= 0) & (labels < num_classes) & (preds >= 0) & (preds < num_classes)
+
+
+def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int = NUM_CLASSES,
+                     weights: Optional[jax.Array] = None) -> jax.Array:
+  """Pixel confusion matrix, (C, C) int32: cm[t, p] = #pixels with label t predicted as p.
+
+  Args:
+    labels: int label maps, any shape, usually (B, H, W).
+    preds: int predicted maps, the same shape as `labels`.
+    num_classes: C.
+    weights: optional validity mask of examples: shape (B,) (one value per leading-axis entry)
+      or any shape that broadcasts to `labels`. A pixel counts once where weight != 0 and not
+      at all where weight == 0 (padding examples of the last eval batch); it is a mask, not a
+      real-valued weight.
+
+  Pixels whose label or prediction is outside [0, C) are not counted. One `bincount` over
+  `label * C + pred` (a scatter-add, fast on GPU); counts are int32 so they stay exact past
+  2**24 pixels.
+  """
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  preds = jnp.asarray(preds).astype(jnp.int32)
+  valid = _valid_pixels(labels, preds, num_classes)
+  if weights is not None:
+    weights = jnp.asarray(weights)
+    if weights.ndim == 1 and labels.ndim > 1:
+      weights = weights.reshape(weights.shape + (1,) * (labels.ndim - 1))
+    valid = valid & jnp.broadcast_to(weights != 0, labels.shape)
+  # Invalid pixels get weight 0 (and a safe index: jnp.bincount clips negatives into bin 0).
+  index = jnp.where(valid, labels * num_classes + preds, 0)
+  counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(jnp.int32),
+                        length=num_classes * num_classes)
+  return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def per_image_confusion(labels: jax.Array, preds: jax.Array,
+                        num_classes: int = NUM_CLASSES) -> jax.Array:
+  """One confusion matrix per image, (B, C, C) int32; `.sum(0)` is `confusion_matrix`.
+
+  labels, preds: (B, ...) int maps. Out-of-range pixels are not counted, as in
+  `confusion_matrix`. One `bincount` over `b * C*C + label * C + pred`.
+  """
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  preds = jnp.asarray(preds).astype(jnp.int32)
+  batch = labels.shape[0]
+  cc = num_classes * num_classes
+  valid = _valid_pixels(labels, preds, num_classes)
+  image = jnp.arange(batch, dtype=jnp.int32).reshape((batch,) + (1,) * (labels.ndim - 1))
+  index = jnp.where(valid, image * cc + labels * num_classes + preds, 0)
+  counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(jnp.int32),
+                        length=batch * cc)
+  return counts.reshape(batch, num_classes, num_classes).astype(jnp.int32)
+
+
+def soft_dice_loss(logits: jax.Array, labels: jax.Array, num_classes: int = NUM_CLASSES,
+                   class_weights: Optional[Sequence[float]] = None,
+                   eps: float = 1.0) -> jax.Array:
+  """Soft Dice loss, a differentiable scalar.
+
+  p = softmax(logits) (B, H, W, C), y = one_hot(labels) (B, H, W, C); sums run over the whole
+  batch and all pixels (a "batch Dice", not a mean of per-image Dice):
+
+    dice_c = (2 * sum(p_c * y_c) + eps) / (sum(p_c) + sum(y_c) + eps)
+    loss   = sum_c w_c * (1 - dice_c) / sum_c w_c          (w_c = 1 when class_weights is None)
+
+  The smoothing `eps` makes a class absent from both labels and predictions score dice = 1
+  (loss 0) instead of 0/0. Pixels whose label is outside [0, C) are left out of all sums.
+  Computed in float32 whatever the logits' dtype. `class_weights` None or empty = unweighted.
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  valid = ((labels >= 0) & (labels < num_classes)).astype(jnp.float32)[..., None]
+  probs = probs * valid
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # out-of-range -> all zeros
+  axes = tuple(range(probs.ndim - 1))
+  intersection = jnp.sum(probs * onehot, axis=axes)
+  denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+  dice = (2.0 * intersection + eps) / (denominator + eps)
+  if class_weights is None or len(class_weights) == 0:
+    return jnp.mean(1.0 - dice)
+  w = jnp.asarray(class_weights, jnp.float32)
+  return jnp.sum(w * (1.0 - dice)) / jnp.sum(w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host side: numpy on confusion matrices; plain Python values out.
+# ------------------------------------------------------------------------------------------------
+
+def _ratio(numerator: float, denominator: float) -> Optional[float]:
+  """numerator / denominator as a float, or None when the denominator is 0 (undefined)."""
+  return None if denominator == 0 else float(numerator) / float(denominator)
+
+
+def _mean_defined(values) -> Optional[float]:
+  """Mean of the values that are not None; None if there are none."""
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
+
+
+def _as_cm(cm: Any) -> np.ndarray:
+  cm = np.asarray(cm, dtype=np.int64)
+  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+    raise ValueError(f'expected a square (C, C) confusion matrix, got shape {cm.shape}')
+  return cm
+
+
+def _binary_counts(cm: np.ndarray):
+  """(tp, fp, fn, tn) of nucleus (any class > 0) vs background, from a (..., C, C) matrix."""
+  tn = cm[..., BACKGROUND, BACKGROUND]
+  fp = cm[..., BACKGROUND, 1:].sum(-1)         # background predicted as some nucleus class
+  fn = cm[..., 1:, BACKGROUND].sum(-1)         # nucleus predicted as background
+  tp = cm[..., 1:, 1:].sum((-2, -1))           # nucleus predicted as nucleus, any type
+  return tp, fp, fn, tn
+
+
+def _class_scores(tp: float, fp: float, fn: float) -> dict:
+  """precision, recall, dice, iou of one class; all None when tp + fp + fn == 0 (absent).
+
+  When the class is present (in labels or predictions) a 0/0 precision (nothing predicted) or
+  recall (nothing labelled) is 0.0: the class was missed, or hallucinated.
+  """
+  if tp + fp + fn == 0:
+    return {k: None for k in CLASS_METRICS}
+  return {
+      'precision': float(tp) / (tp + fp) if tp + fp else 0.0,
+      'recall': float(tp) / (tp + fn) if tp + fn else 0.0,
+      'dice': 2.0 * tp / (2.0 * tp + fp + fn),
+      'iou': float(tp) / (tp + fp + fn),
+  }
+
+
+def paper_metrics(cm: Any) -> dict:
+  """The paper's metrics of nucleus (any class > 0) vs background, from a (C, C) matrix.
+
+  With TP, FP, FN, TN of the 2x2 collapse (positive = nucleus):
+    accuracy       = (TP + TN) / (TP + FP + FN + TN)
+    precision      = TP / (TP + FP)
+    recall         = TP / (TP + FN)
+    dice           = 2TP / (2TP + FP + FN)
+    nucleus_iou    = TP / (TP + FP + FN)
+    background_iou = TN / (TN + FN + FP)
+    miou           = mean(background_iou, nucleus_iou)
+
+  Edge cases: with no nucleus in labels nor predictions (TP + FP + FN = 0) precision, recall,
+  dice and nucleus_iou are None; likewise background_iou when TN + FN + FP = 0; miou is the mean
+  of the IoUs that are defined; accuracy is None for an empty matrix. When the nucleus is present
+  on either side, a 0/0 precision (nothing predicted) or recall (nothing labelled) is 0.0.
+  """
+  cm = _as_cm(cm)
+  tp, fp, fn, tn = (int(x) for x in _binary_counts(cm))
+  nucleus = _class_scores(tp, fp, fn)
+  background_iou = _ratio(tn, tn + fn + fp)
+  return {
+      'accuracy': _ratio(tp + tn, tp + fp + fn + tn),
+      'precision': nucleus['precision'],
+      'recall': nucleus['recall'],
+      'dice': nucleus['dice'],
+      'nucleus_iou': nucleus['iou'],
+      'background_iou': background_iou,
+      'miou': _mean_defined([background_iou, nucleus['iou']]),
+  }
+
+
+def class_metrics(cm: Any) -> dict:
+  """Per-class precision, recall, Dice and IoU, each class against all others.
+
+  For class c: TP = cm[c, c], FP = sum(cm[:, c]) - TP, FN = sum(cm[c, :]) - TP, and
+    precision = TP / (TP + FP), recall = TP / (TP + FN),
+    dice = 2TP / (2TP + FP + FN),  iou = TP / (TP + FP + FN).
+
+  Edge cases:
+  - a class absent from both labels and predictions (TP + FP + FN = 0) has all four metrics
+    undefined: None in the per-class dicts, left out of the means, named in `absent_classes`;
+  - a present class with no predicted pixels has precision 0.0 (not NaN), and one with no
+    labelled pixels (only false positives) has recall 0.0; Dice and IoU are then 0.0 as well.
+
+  Returns {'precision'|'recall'|'dice'|'iou': {class_name: float | None},
+           'mean_precision'|'mean_recall'|'mean_dice'|'mean_iou': mean over the classes that
+             are not absent (background included; None if every class is absent),
+           'pixel_accuracy': trace / total (None for an empty matrix),
+           'support': {class_name: labelled pixels}, 'absent_classes': [class_name, ...]}.
+  """
+  cm = _as_cm(cm)
+  names = _class_names(cm.shape[0])
+  out = {k: {} for k in CLASS_METRICS}
+  absent = []
+  for c, name in enumerate(names):
+    tp = int(cm[c, c])
+    scores = _class_scores(tp, int(cm[:, c].sum()) - tp, int(cm[c, :].sum()) - tp)
+    if scores['dice'] is None:
+      absent.append(name)
+    for k in CLASS_METRICS:
+      out[k][name] = scores[k]
+  for k in CLASS_METRICS:
+    out[f'mean_{k}'] = _mean_defined(out[k].values())
+  out['pixel_accuracy'] = _ratio(np.trace(cm), cm.sum())
+  out['support'] = {name: int(cm[c, :].sum()) for c, name in enumerate(names)}
+  out['absent_classes'] = absent
+  return out
+
+
+def _class_names(num_classes: int) -> Sequence[str]:
+  if num_classes == len(CLASS_NAMES):
+    return CLASS_NAMES
+  return tuple(f'class_{c}' for c in range(num_classes))
+
+
+def _as_cms(per_image_cms: Any) -> np.ndarray:
+  cms = np.asarray(per_image_cms, dtype=np.int64)
+  if cms.ndim != 3 or cms.shape[1] != cms.shape[2]:
+    raise ValueError(f'expected (N, C, C) confusion matrices, got shape {cms.shape}')
+  return cms
+
+
+def dice_per_image(per_image_cms: Any, empty_score: float = 1.0) -> np.ndarray:
+  """Nucleus Dice of each image, (N,) float64: 2TP / (2TP + FP + FN) of nucleus vs background.
+
+  An image with no nucleus in its label nor its prediction (0/0) scores `empty_score` (1.0:
+  nothing there and nothing predicted is a perfect answer), as in `per_image_summary`.
+  """
+  tp, fp, fn, _ = _binary_counts(_as_cms(per_image_cms))
+  denominator = 2 * tp + fp + fn
+  return np.where(denominator == 0, float(empty_score),
+                  2.0 * tp / np.maximum(denominator, 1))
+
+
+def _summary(values: Sequence[Optional[float]], fill: Optional[float]) -> dict:
+  """mean / std (ddof=0) over images; None values are filled with `fill`, or left out if None."""
+  n_undefined = sum(v is None for v in values)
+  used = [fill if v is None else v for v in values]
+  used = [v for v in used if v is not None]
+  return {
+      'mean': float(np.mean(used)) if used else None,
+      'std': float(np.std(used)) if used else None,
+      'n_images': len(used),
+      'n_undefined': n_undefined,
+  }
+
+
+def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0) -> dict:
+  """Mean and std over images of the per-image paper metrics and per-class Dice / IoU.
+
+  Each image's metrics are those of `paper_metrics` / `class_metrics` on its own (C, C) matrix;
+  std is the population std (ddof=0). Undefined values (0/0) are handled so:
+  - paper metrics: an image with no nucleus in label nor prediction scores `empty_score` (1.0:
+    a perfect answer) for precision, recall, dice and nucleus_iou (likewise background_iou for an
+    image with no background on either side, and every metric of an image with no counted
+    pixel); `empty_score=None` leaves such images out instead.
+  - per-class Dice / IoU: an image where the class is absent from label and prediction is left
+    out of that class's mean, whatever `empty_score` is. Each image holds one cell, so most
+    classes are absent from most images; scoring those 1.0 would make every class look perfect.
+  Either way `n_undefined` counts the images affected and `n_images` the values averaged.
+
+  Returns {'n_images': N, 'empty_score': empty_score,
+           'paper': {metric: {'mean', 'std', 'n_images', 'n_undefined'}},
+           'per_class': {'dice'|'iou': {class_name: {'mean', 'std', 'n_images', 'n_undefined'}}}}.
+  """
+  cms = _as_cms(per_image_cms)
+  paper = [paper_metrics(cm) for cm in cms]
+  per_class = [class_metrics(cm) for cm in cms]
+  names = _class_names(cms.shape[1])
+  return {
+      'n_images': int(cms.shape[0]),
+      'empty_score': empty_score,
+      'paper': {k: _summary([m[k] for m in paper], empty_score) for k in PAPER_METRICS},
+      'per_class': {k: {name: _summary([m[k][name] for m in per_class], None) for name in names}
+                    for k in ('dice', 'iou')},
+  }
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-cell classification: one cell per image, its type voted by the nucleus pixels.
+# ------------------------------------------------------------------------------------------------
+
+def predicted_cell_type(pred_map: Any, probs: Any = None,
+                        num_classes: int = NUM_CLASSES) -> tuple[int, float]:
+  """The cell type of one image, voted by its predicted nucleus pixels: (class_id, confidence).
+
+  pred_map: (H, W) int predicted classes. class_id = argmax_c #{pixels with pred == c}, over
+  c > 0 (ties go to the smaller class id). confidence = that count / #{pixels with pred > 0},
+  or, if `probs` (H, W, C) softmax probabilities are given, the mean of probs[..., class_id]
+  over all predicted nucleus pixels. No predicted nucleus pixel gives (0, 0.0).
+  """
+  pred_map = np.asarray(pred_map)
+  nucleus = (pred_map > BACKGROUND) & (pred_map < num_classes)
+  n_nucleus = int(nucleus.sum())
+  if n_nucleus == 0:
+    return BACKGROUND, 0.0
+  votes = np.bincount(pred_map[nucleus].ravel(), minlength=num_classes)
+  class_id = int(np.argmax(votes))   # votes[0] == 0, so the winner is a nucleus class
+  if probs is None:
+    return class_id, float(votes[class_id]) / n_nucleus
+  probs = np.asarray(probs, dtype=np.float64)
+  return class_id, float(probs[..., class_id][nucleus].mean())
+
+
+def true_cell_type(label_map: Any, num_classes: int = NUM_CLASSES) -> int:
+  """The cell type of one label map: the majority class of its nucleus pixels (label > 0).
+
+  Ties go to the smaller class id; a label map without nucleus pixels gives 0 (background).
+  """
+  return predicted_cell_type(label_map, num_classes=num_classes)[0]
+
+
+def cell_confusion(true_types: Any, pred_types: Any, num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """Cell-level confusion matrix (C, C) int64: cm[t, p] = #cells of true type t predicted p.
+
+  Type 0 means "no nucleus" (none labelled / none predicted).
+  """
+  true_types = np.asarray(true_types, dtype=np.int64).ravel()
+  pred_types = np.asarray(pred_types, dtype=np.int64).ravel()
+  if true_types.shape != pred_types.shape:
+    raise ValueError(f'{true_types.size} true types but {pred_types.size} predicted types')
+  for name, types in (('true', true_types), ('predicted', pred_types)):
+    if types.size and (types.min() < 0 or types.max() >= num_classes):
+      raise ValueError(f'{name} cell types must lie in [0, {num_classes}), got '
+                       f'[{types.min()}, {types.max()}]')
+  counts = np.bincount(true_types * num_classes + pred_types, minlength=num_classes**2)
+  return counts.reshape(num_classes, num_classes)
+
+
+def cell_metrics(cell_cm: Any) -> dict:
+  """Cell-level classification metrics from a `cell_confusion` matrix.
+
+    cell_accuracy = trace / n_cells                    (None when there are no cells)
+    recall[c]     = cm[c, c] / sum(cm[c, :])           (None for a type with no cells)
+    mean_recall   = mean of the defined recalls (balanced accuracy)
+    n_no_nucleus_predicted = sum(cm[:, 0]): cells whose prediction has no nucleus pixel.
+
+  Returns those, plus 'n_cells' and 'confusion_matrix' (nested lists, rows = true type).
+  """
+  cm = _as_cm(cell_cm)
+  names = _class_names(cm.shape[0])
+  recall = {name: _ratio(cm[c, c], cm[c, :].sum()) for c, name in enumerate(names)}
+  return {
+      'cell_accuracy': _ratio(np.trace(cm), cm.sum()),
+      'recall': recall,
+      'mean_recall': _mean_defined(recall.values()),
+      'n_cells': int(cm.sum()),
+      'n_no_nucleus_predicted': int(cm[:, BACKGROUND].sum()),
+      'confusion_matrix': cm.tolist(),
+  }

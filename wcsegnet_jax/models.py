@@ -1,0 +1,226 @@
+"""WCSegNet (Nasser et al. 2025): a U-Net of residual Conv-Blocks for white-blood-cell nuclei.
+
+Written with Flax Linen rather than NNX: Linen modules compile to pure `init`/`apply` functions
+over explicit variable collections, which is what the training code wants (a `batch_stats`
+collection threaded through a `jax.jit`-ed step with donated state).
+
+The network, in the paper's words and ours:
+  ConvBlock     conv3x3 -> act -> conv3x3 -> + input (1x1 projection if widths differ) -> act
+  EncoderStage  `blocks_per_stage` ConvBlocks at base_width * 2**level, then a 2x2 max-pool
+  Bottleneck    ConvBlocks at base_width * 2**num_levels (1024 for the paper)
+  DecoderStage  2x2 upsample, concat the skip, ConvBlocks at the level's width
+  Head          conv3x3 + BatchNorm + act + dropout, then a 1x1 conv to the class logits
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+
+def activation_fn(name: str, leaky_relu_slope: float) -> Callable[[jax.Array], jax.Array]:
+  if name == 'relu':
+    return nn.relu
+  if name == 'leaky_relu':
+    return functools.partial(nn.leaky_relu, negative_slope=leaky_relu_slope)
+  raise ValueError(f"model.activation must be 'relu' or 'leaky_relu', got {name!r}")
+
+
+class ConvBlock(nn.Module):
+  """The paper's residual Conv-Block; with `residual=False`, the plain U-Net double conv."""
+  features: int
+  residual: bool = True
+  block_norm: str = 'none'        # 'batch' puts a BatchNorm after each conv (the paper has none)
+  activation: str = 'leaky_relu'
+  leaky_relu_slope: float = 0.3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    act = activation_fn(self.activation, self.leaky_relu_slope)
+    batch_norm = self.block_norm == 'batch'
+
+    def conv_norm(y, i):
+      # A bias right before a BatchNorm is cancelled by its mean subtraction: drop it.
+      y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not batch_norm,
+                  dtype=self.dtype, name=f'conv{i}')(y)
+      if batch_norm:
+        y = nn.BatchNorm(use_running_average=not train, name=f'norm{i}')(y)
+      return y
+
+    branch = act(conv_norm(x, 1))
+    branch = conv_norm(branch, 2)
+    if not self.residual:
+      return act(branch)
+    shortcut = x
+    if x.shape[-1] != self.features:
+      # Widths differ (first block of a stage): a 1x1 conv projects the input for the add.
+      shortcut = nn.Conv(self.features, (1, 1), dtype=self.dtype, name='proj')(x)
+    return act(shortcut + branch)
+
+
+class EncoderStage(nn.Module):
+  """ConvBlocks at one level's width; returns the (optionally dropped) features = the skip."""
+  features: int
+  block: Callable[..., nn.Module]
+  num_blocks: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for i in range(self.num_blocks):
+      x = self.block(self.features, name=f'block{i}')(x, train=train)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class DecoderStage(nn.Module):
+  """2x2 upsample, concat the skip, ConvBlocks at the level's width, optional dropout."""
+  features: int
+  block: Callable[..., nn.Module]
+  num_blocks: int
+  upsample: str = 'transpose'
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, skip: jax.Array, *, train: bool) -> jax.Array:
+    if self.upsample == 'transpose':
+      # Learned 2x2, stride 2 (no activation, as Keras' Conv2DTranspose default).
+      x = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
+                           dtype=self.dtype, name='up')(x)
+    elif self.upsample == 'nearest':
+      b, h, w, c = x.shape
+      x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='nearest')
+    else:
+      raise ValueError(f"model.upsample must be 'transpose' or 'nearest', got {self.upsample!r}")
+    x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)   # skip first, as Keras' U-Net
+    for i in range(self.num_blocks):
+      x = self.block(self.features, name=f'block{i}')(x, train=train)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Head(nn.Module):
+  """conv3x3 + BatchNorm + act + dropout, then a 1x1 conv to float32 logits."""
+  features: int
+  num_classes: int
+  act: Callable[[jax.Array], jax.Array]
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
+                name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not train, name='norm')(x)   # computes in float32
+    x = self.act(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    # The logits conv runs in float32 whatever the compute dtype: it is tiny (width -> classes)
+    # and the softmax / cross-entropy that follow want full-precision logits.
+    return nn.Conv(self.num_classes, (1, 1), dtype=jnp.float32, name='logits')(x)
+
+
+def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
+  """Split the padding up to the next multiple as evenly as possible (120 -> 128: 4 and 4)."""
+  total = -size % multiple
+  return total // 2, total - total // 2
+
+
+class WCSegNet(nn.Module):
+  """WCSegNet; the fields mirror `config.model` (see configs/base.py for their meaning)."""
+  num_classes: int = 4
+  base_width: int = 64
+  num_levels: int = 4
+  blocks_per_stage: int = 2
+  residual: bool = True
+  activation: str = 'leaky_relu'
+  leaky_relu_slope: float = 0.3
+  block_norm: str = 'none'
+  encoder_dropout: float = 0.5
+  decoder_dropout: float = 0.5
+  decoder_dropout_stages: tuple[int, ...] = (0, 1)
+  head_dropout: float = 0.1
+  upsample: str = 'transpose'
+  pad_mode: str = 'reflect'
+  dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """(B, H, W, 3) normalised images -> (B, H, W, num_classes) float32 logits."""
+    _, height, width, _ = images.shape
+    multiple = 2 ** self.num_levels
+    if height < multiple or width < multiple:
+      raise ValueError(
+          f'images of {height}x{width} are smaller than 2**model.num_levels = {multiple}, the '
+          f'downsampling of the {self.num_levels} 2x2 poolings; use larger images or a smaller '
+          'model.num_levels.')
+    dtype = jnp.dtype(self.dtype)
+    block = functools.partial(
+        ConvBlock, residual=self.residual, block_norm=self.block_norm,
+        activation=self.activation, leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
+    width_at = lambda level: self.base_width * 2 ** level
+
+    # Every pooling must halve an even size and every upsample must land back on its skip's
+    # size, so the input is padded up to a multiple of 2**num_levels (120 -> 128, 4 pixels each
+    # side) and the logits are cropped back. 'reflect' padding continues the image instead of
+    # drawing a zero frame the net would learn to special-case.
+    pad_h, pad_w = _pad_amounts(height, multiple), _pad_amounts(width, multiple)
+    pad_mode = {'reflect': 'reflect', 'constant': 'constant', 'edge': 'edge'}[self.pad_mode]
+    x = jnp.pad(images, ((0, 0), pad_h, pad_w, (0, 0)), mode=pad_mode).astype(dtype)
+
+    skips = []
+    for level in range(self.num_levels):
+      # The paper puts a dropout "after the second 512 block", i.e. after the deepest encoder
+      # stage. As in the Keras U-Net it follows (drop4 feeds both pool4 and the merge), the
+      # dropped features are both pooled and used as the skip.
+      deepest = level == self.num_levels - 1
+      x = EncoderStage(width_at(level), block, self.blocks_per_stage,
+                       dropout=self.encoder_dropout if deepest else 0.0,
+                       name=f'encoder{level}')(x, train=train)
+      skips.append(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    x = EncoderStage(width_at(self.num_levels), block, self.blocks_per_stage,
+                     name='bottleneck')(x, train=train)
+
+    # Decoder stage 0 is the deepest; the paper's "two dropouts mid-path" follow stages (0, 1).
+    for stage, level in enumerate(reversed(range(self.num_levels))):
+      x = DecoderStage(width_at(level), block, self.blocks_per_stage, upsample=self.upsample,
+                       dropout=self.decoder_dropout if stage in self.decoder_dropout_stages
+                       else 0.0,
+                       dtype=dtype, name=f'decoder{stage}')(x, skips[level], train=train)
+
+    logits = Head(self.base_width, self.num_classes,
+                  activation_fn(self.activation, self.leaky_relu_slope),
+                  dropout=self.head_dropout, dtype=dtype, name='head')(x, train=train)
+    return logits[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width].astype(jnp.float32)
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """WCSegNet from `config.model`; every key is a field, so an unknown key is a TypeError."""
+  kwargs = model_config.to_dict()
+  kwargs['decoder_dropout_stages'] = tuple(kwargs['decoder_dropout_stages'])
+  return WCSegNet(**kwargs)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a pytree of arrays (or of `jax.ShapeDtypeStruct`s from eval_shape)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def model_flops_per_image(model: nn.Module, height: int, width: int) -> float:
+  """Forward FLOPs of one image at eval, from XLA's cost analysis of the lowered graph.
+
+  Nothing is run or allocated: variables and images are abstract shapes.
+  """
+  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False))
+  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images)
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):   # older jax returned one dict per device
+    cost = cost[0]
+  return float(cost['flops'])

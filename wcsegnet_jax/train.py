@@ -1,0 +1,226 @@
+"""Training: state, jitted train step, and the loop with its periodic actions.
+
+The loop reads top to bottom: set-up, restore, then steps with logging, evaluation and
+checkpointing at epoch ends. The step functions are pure and jit-compiled once; the state is
+donated so parameters and optimizer moments are updated in place. Data parallel: a 1-D mesh over
+all devices, the batch sharded along it, the state replicated.
+"""
+
+import functools
+import math
+import pathlib
+from typing import Any
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import config_lib
+from wcsegnet_jax import evaluate
+from wcsegnet_jax import input_pipeline
+from wcsegnet_jax import losses
+from wcsegnet_jax import metric_writers
+from wcsegnet_jax import models
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  rng: jax.Array   # base key; step s uses fold_in(rng, s), so a resume needs no RNG bookkeeping
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+  """Adam at `learning_rate` (the paper: 1e-4, constant); cosine with warm-up as an option."""
+  lr = train_config.learning_rate
+  if train_config.lr_schedule == 'cosine':
+    warmup = int(train_config.warmup_epochs * steps_per_epoch)
+    lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+  return optax.adam(lr)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
+                       tx: optax.GradientTransformation) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  size = config.data.image_size
+  variables = model.init(init_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables.get('batch_stats', {}), rng=state_rng)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn, data_config) -> tuple[TrainState, dict]:
+  """One Adam step on a batch of uint8 images and label maps."""
+  images = input_pipeline.normalize_images(batch['image'], data_config.mean, data_config.std)
+  labels = batch['label_map'].astype(jnp.int32)
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def compute_loss(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    return loss_fn(logits, labels), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return state, {'loss': loss, 'pixel_accuracy': accuracy}
+
+
+def variables_of(state: TrainState) -> dict:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / '.write_test'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise OSError(f'workdir {workdir} is not writable: {e.strerror}') from None
+
+
+def _check_finite(history: list[tuple[int, dict]], manager) -> None:
+  """Raises TrainingDivergedError at the first step whose loss is not finite."""
+  for step, m in history:
+    if not math.isfinite(float(m['loss'])):
+      raise TrainingDivergedError(
+          f'loss is {float(m["loss"])} at step {step}; stopping. The last good checkpoint '
+          f'(step {manager.latest_step()}) is kept in {manager.directory}. Try a lower '
+          f'train.learning_rate or model.dtype=float32.')
+
+
+class Trainer:
+  """Holds what the loop needs; `train_and_evaluate` drives it."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    self.config, self.workdir = config, workdir
+    # Auto axes: XLA propagates the batch sharding through the model (no sharding-typed code).
+    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.data_sharding = NamedSharding(self.mesh, P('data'))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.model = models.create_model(config.model)
+    self.datasets = input_pipeline.load_datasets(config.data)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.datasets, config)
+    total = config.train.num_epochs * self.steps_per_epoch
+    self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
+    tx = make_optimizer(config.train, self.steps_per_epoch, self.total_steps)
+    init = functools.partial(create_train_state, config, self.model, tx=tx)
+    self.state = jax.jit(init, out_shardings=self.replicated)(jax.random.PRNGKey(config.seed))
+    step_fn = functools.partial(train_step, loss_fn=losses.make_loss_fn(config.train),
+                                data_config=config.data)
+    self.train_step = jax.jit(step_fn, in_shardings=(self.replicated, self.data_sharding),
+                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config),
+                             in_shardings=(self.replicated, self.data_sharding))
+    self.train_iter = iter(input_pipeline.train_dataset(
+        self.datasets, config, jax.process_index(), jax.process_count()))
+
+  def to_device(self, batch: dict) -> dict:
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), batch)
+
+  def evaluate(self) -> dict[str, float]:
+    """Test-split metrics of every dataset, and their mean Dice for picking the best model."""
+    scalars, dices = {}, []
+    for d in self.datasets:
+      if d.test is None:
+        continue
+      result = evaluate.evaluate_source(self.eval_step, variables_of(self.state), d.test, d.name,
+                                        self.config.eval.batch_size, self.to_device)
+      summary = evaluate.summarize(result)
+      scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
+      if summary['paper']['dice'] is not None:
+        dices.append(summary['paper']['dice'])
+    if dices:
+      scalars[checkpointing.BEST_METRIC] = float(np.mean(dices))
+    return scalars
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (or resumes) in `workdir`; returns the final state."""
+  if config.train.distributed:
+    jax.distributed.initialize()
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  _check_workdir(workdir)
+  trainer = Trainer(config, workdir)
+  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
+  if manager.latest_step() is not None:
+    checkpointing.check_resume_config(workdir, config)
+    step = manager.latest_step()
+    trainer.state = checkpointing.restore(manager, step, trainer.state, trainer.train_iter)
+    logging.info('Resumed from %s at step %d.', manager.directory, step)
+  if jax.process_index() == 0:
+    checkpointing.write_config(workdir, config)
+  writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,
+               trainer.total_steps, f'{models.count_params(trainer.state.params):,}')
+  try:
+    _train_loop(trainer, manager, writer)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  return trainer.state
+
+
+def _train_loop(trainer: Trainer, manager, writer) -> None:
+  config, spe = trainer.config, trainer.steps_per_epoch
+  step = int(jax.device_get(trainer.state.step))
+  history, timer = [], metric_writers.StepTimer(step)
+  bar = None
+  while step < trainer.total_steps:
+    epoch = step // spe
+    if bar is None and config.train.progress_bar and jax.process_index() == 0:
+      bar = tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False)
+    batch = trainer.to_device(next(trainer.train_iter))
+    trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
+    history.append((step, step_metrics))
+    step += 1
+    if bar is not None:
+      bar.update(1)
+    epoch_end = step % spe == 0 or step == trainer.total_steps
+    if step % config.train.log_every_steps == 0 or epoch_end:
+      history = jax.device_get(history)
+      _check_finite(history, manager)
+      writer.write(step, {**metric_writers.mean_of(history),
+                          'images_per_second': timer.rate(step, config.train.batch_size),
+                          'epoch': step / spe})
+      history = []
+    if epoch_end:
+      if bar is not None:
+        bar.close()
+        bar = None
+      _end_of_epoch(trainer, manager, writer, step)
+
+
+def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:
+  """Evaluates and checkpoints when due (always at the last step)."""
+  t = trainer.config.train
+  epoch, last = step // trainer.steps_per_epoch, step == trainer.total_steps
+  do_eval = last or epoch % t.eval_every_epochs == 0
+  do_ckpt = last or epoch % t.checkpoint_every_epochs == 0
+  scalars = trainer.evaluate() if (do_eval or do_ckpt) else {}
+  if scalars:
+    writer.write(step, scalars)
+  if do_ckpt:
+    try:
+      checkpointing.save(manager, step, trainer.state, trainer.train_iter,
+                         metrics={checkpointing.BEST_METRIC: scalars[checkpointing.BEST_METRIC]}
+                         if checkpointing.BEST_METRIC in scalars else None)
+    except Exception as e:   # orbax reports a failed earlier async write here
+      raise OSError(f'writing the checkpoint of step {step} to {manager.directory} failed: {e}. '
+                    f'Earlier complete checkpoints there are intact.') from e
