@@ -9,6 +9,8 @@ import csv
 import pathlib
 import re
 import shutil
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -146,6 +148,46 @@ def test_csv_ids_without_leading_zeros(wbc_raw):
       f.file_id: f.cell_type for f in manifest['jiangxi']}
   assert all(r.file_id.startswith('0') for r in records)   # '002' matched to CSV row '2'
   assert b'\r\n' in (raw_dir / 'Class Labels of Dataset 1.csv').read_bytes()
+
+
+def test_raw_dir_from_the_environment(wbc_raw, wbc_builders, monkeypatch, tmp_path):
+  monkeypatch.setenv(raw.RAW_DIR_ENV, str(wbc_raw[0]))
+  monkeypatch.setenv(tfds_builder.TFDS_DIR_ENV, str(tmp_path / 'env_tfds'))
+  c = conftest.data_config('', '')
+  builder = tfds_builder.get_builder('jiangxi', c.data)
+  assert builder.builder_config.raw_dir == wbc_raw[0]
+  assert builder.builder_config.name == wbc_builders['jiangxi'].builder_config.name
+  assert str(builder.data_dir).startswith(str(tmp_path / 'env_tfds'))
+
+
+def test_too_few_images_to_split(tmp_path):
+  """One image per type: all go to train; the missing test split is a DataError when asked for."""
+  root = tmp_path / 'raw'
+  fixtures.make_wbc_raw(root, n_per_type={1: 1, 2: 1, 5: 1})
+  c = conftest.data_config(root, tmp_path / 'tfds')
+  builder = tfds_builder.prepare('jiangxi', c.data)
+  assert len(tfds_builder.data_source(builder, 'train')) == 3
+  with pytest.raises(raw.DataError, match="no 'test' split"):
+    tfds_builder.data_source(builder, 'test')
+  assert [r[0] for r in read_split_ids(builder)] == ['train'] * 3
+
+
+def test_changed_raw_folder_gets_a_new_build(tmp_path):
+  """A build is named by its raw files: a relabelled image is not served from the stale build."""
+  root = tmp_path / 'raw'
+  manifest = fixtures.make_wbc_raw(root, n_per_type={1: 3, 2: 3})['jiangxi']
+  c = conftest.data_config(root, tmp_path / 'tfds')
+  before = tfds_builder.prepare('jiangxi', c.data)
+  relabelled = manifest[0]
+  new_code = 2 if relabelled.type_code == 1 else 1
+  fixtures.write_csv(root / 'Class Labels of Dataset 1.csv',
+                     [(f.csv_id, new_code if f is relabelled else f.type_code) for f in manifest])
+  after = tfds_builder.prepare('jiangxi', c.data)
+  assert after.data_dir != before.data_dir
+  examples = dict(read_split(after, 'train') + read_split(after, 'test'))
+  want = classes.CLASS_ID[classes.CSV_CELL_TYPES[new_code]]
+  assert int(examples[relabelled.file_id]['cell_type']) == want
+  assert set(np.unique(examples[relabelled.file_id]['label_map']).tolist()) == {0, want}
 
 
 # --- The split ------------------------------------------------------------------------------------
@@ -355,6 +397,11 @@ def test_raw_dir_does_not_exist(tmp_path):
     tfds_builder.prepare('folder', c.data)
 
 
+def test_unknown_source(wbc_config):
+  with pytest.raises(raw.DataError, match="unknown dataset 'kaggle'"):
+    tfds_builder.prepare('kaggle', wbc_config.data)
+
+
 def test_folder_label_map_with_two_classes(tmp_path):
   folder = tmp_path / 'cells'
   manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
@@ -388,6 +435,28 @@ def test_gray_and_rgba_images_are_converted(tmp_path, kind):
   builder = tfds_builder.prepare('jiangxi', conftest.data_config(root, tmp_path / 'tfds').data)
   examples = dict(read_split(builder, 'train') + read_split(builder, 'test'))
   np.testing.assert_array_equal(examples[fid]['image'], want)
+
+
+def _write_png(path, pixels, color_type):
+  """A minimal 8-bit PNG by hand (OpenCV cannot write 2-channel files)."""
+  h, w = pixels.shape[:2]
+  rows = b''.join(b'\x00' + pixels[y].tobytes() for y in range(h))
+  chunk = lambda tag, data: (struct.pack('>I', len(data)) + tag + data +
+                             struct.pack('>I', zlib.crc32(tag + data)))
+  path.write_bytes(b'\x89PNG\r\n\x1a\n' +
+                   chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0)) +
+                   chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+
+
+def test_two_channel_and_gray_files(tmp_path):
+  """Gray+alpha (2-channel) PNGs read as their gray in RGB; 3-channel gray masks as one channel."""
+  gray = np.random.default_rng(0).integers(0, 256, size=(20, 30), dtype=np.uint8)
+  path = tmp_path / 'la.png'
+  _write_png(path, np.stack([gray, np.full_like(gray, 200)], -1), color_type=4)
+  np.testing.assert_array_equal(raw.read_rgb(path), np.repeat(gray[..., None], 3, -1))
+  path = tmp_path / 'mask.png'
+  assert cv2.imwrite(str(path), np.repeat(gray[..., None], 3, -1))
+  np.testing.assert_array_equal(raw.read_mask(path), gray)
 
 
 def test_stray_gray_levels_snap(tmp_path):

@@ -35,6 +35,9 @@ PLAIN_UNET_PARAMS = 62_482_948
 WCSEGNET_PARAMS = PLAIN_UNET_PARAMS + 1_395_776   # 63_878_724
 
 
+IMAGES_SHAPE = (2, 32, 32, 3)   # shared by most tests: op-by-op compiles are cached by shape
+
+
 def tiny_config(**overrides):
   config = base.get_config().model
   config.base_width = 4
@@ -43,25 +46,65 @@ def tiny_config(**overrides):
   return config
 
 
-def init(model, shape, seed=0):
-  return model.init(jax.random.key(seed), jnp.zeros(shape, jnp.float32), train=False)
+def abstract_variables(model, shape):
+  """The variables' shapes and dtypes, traced without computing anything."""
+  return jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False))
+
+
+def random_variables(model, shape, seed=0):
+  """He-scaled random variables of the right shapes, without `model.init`.
+
+  On CPU, `init` compiles a threefry kernel per parameter shape, about a second each: tens of
+  seconds for a whole U-Net. Filling the shapes from numpy keeps this file fast (and for the
+  same reason, images come from numpy too).
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      values = rng.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))
+    elif name == 'bias':
+      values = 0.1 * rng.normal(size=leaf.shape)
+    elif name in ('scale', 'var'):
+      values = np.ones(leaf.shape)
+    else:   # BatchNorm running 'mean'
+      values = np.zeros(leaf.shape)
+    return jnp.asarray(values, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, shape))
 
 
 def random_images(shape, seed=1):
-  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def forward(model, variables, images, *, train, dropout_seed=0):
+  """The logits; train mode also updates (and here drops) the batch_stats.
+
+  Op by op, not jitted: the compiled ops are cached across tests, which share shapes, where a
+  jit would compile each model afresh (seconds each on CPU).
+  """
+  if not train:
+    return model.apply(variables, images, train=False)
+  logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
+                                rngs={'dropout': jax.random.key(dropout_seed)})
+  assert set(updates) == {'batch_stats'}
+  return logits
 
 
 @pytest.mark.parametrize('height,width,num_levels,pad_mode', [
     (120, 120, 4, 'reflect'),
     (64, 64, 2, 'constant'),
     (100, 72, 3, 'edge'),
-    (16, 16, 4, 'reflect'),     # exactly 2**num_levels
+    (4, 22, 2, 'reflect'),      # height exactly 2**num_levels, width padded 1 + 1
 ])
 def test_output_shape(height, width, num_levels, pad_mode):
   model = models.create_model(tiny_config(num_levels=num_levels, pad_mode=pad_mode))
   images = random_images((2, height, width, 3))
-  variables = init(model, images.shape)
-  logits = model.apply(variables, images, train=False)
+  variables = random_variables(model, images.shape)
+  logits = forward(model, variables, images, train=False)
   assert logits.shape == (2, height, width, 4)
   assert logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
@@ -72,7 +115,7 @@ def test_paper_parameter_count(residual, expected):
   config = base.get_config().model
   config.residual = residual
   model = models.create_model(config)
-  variables = jax.eval_shape(lambda: init(model, (1, 120, 120, 3)))
+  variables = abstract_variables(model, (1, 120, 120, 3))
   num_params = models.count_params(variables['params'])
   print(f'residual={residual}: {num_params:,} parameters')
   assert num_params == expected
@@ -89,7 +132,7 @@ def _conv_same(x, conv_params):
 def test_residual_block_is_input_plus_branch(in_features):
   block = models.ConvBlock(6, activation='leaky_relu', leaky_relu_slope=0.3)
   x = random_images((2, 8, 8, in_features))
-  params = block.init(jax.random.key(0), x, train=False)['params']
+  params = random_variables(block, x.shape)['params']
   act = lambda y: jax.nn.leaky_relu(y, 0.3)
   branch = _conv_same(act(_conv_same(x, params['conv1'])), params['conv2'])
   if in_features == 6:
@@ -106,7 +149,7 @@ def test_residual_block_is_input_plus_branch(in_features):
 def test_plain_block_has_no_add():
   block = models.ConvBlock(6, residual=False, activation='relu')
   x = random_images((2, 8, 8, 3))
-  params = block.init(jax.random.key(0), x, train=False)['params']
+  params = random_variables(block, x.shape)['params']
   assert set(params) == {'conv1', 'conv2'}
   expected = jax.nn.relu(_conv_same(jax.nn.relu(_conv_same(x, params['conv1'])), params['conv2']))
   np.testing.assert_allclose(block.apply({'params': params}, x, train=False), expected,
@@ -115,32 +158,26 @@ def test_plain_block_has_no_add():
 
 def test_eval_deterministic_and_train_uses_dropout_rng():
   model = models.create_model(tiny_config())
-  images = random_images((2, 32, 32, 3))
-  variables = init(model, images.shape)
-  np.testing.assert_array_equal(model.apply(variables, images, train=False),
-                                model.apply(variables, images, train=False))
-
-  def train_logits(seed):
-    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                                  rngs={'dropout': jax.random.key(seed)})
-    assert set(updates) == {'batch_stats'}
-    return logits
-
+  images = random_images(IMAGES_SHAPE)
+  variables = random_variables(model, images.shape)
+  np.testing.assert_array_equal(forward(model, variables, images, train=False),
+                                forward(model, variables, images, train=False))
+  train_logits = lambda seed: forward(model, variables, images, train=True, dropout_seed=seed)
   np.testing.assert_array_equal(train_logits(1), train_logits(1))
   assert not np.allclose(train_logits(1), train_logits(2))
 
 
 def test_bfloat16_compute_close_to_float32():
-  images = random_images((2, 32, 32, 3))
+  images = random_images(IMAGES_SHAPE)
   model32 = models.create_model(tiny_config())
   model16 = models.create_model(tiny_config(dtype='bfloat16'))
-  variables = init(model32, images.shape)
+  variables = random_variables(model32, images.shape)
   # Same parameter tree, kept in float32, whatever the compute dtype.
-  variables16 = init(model16, images.shape)
+  variables16 = abstract_variables(model16, images.shape)
   assert jax.tree_util.tree_structure(variables16) == jax.tree_util.tree_structure(variables)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables16))
-  logits32 = model32.apply(variables, images, train=False)
-  logits16 = model16.apply(variables, images, train=False)
+  logits32 = forward(model32, variables, images, train=False)
+  logits16 = forward(model16, variables, images, train=False)
   assert logits16.dtype == jnp.float32
   assert np.all(np.isfinite(logits16))
   scale = float(jnp.max(jnp.abs(logits32)))
@@ -151,15 +188,14 @@ def test_bfloat16_compute_close_to_float32():
     dict(upsample='nearest'),
     dict(activation='relu'),
     dict(block_norm='batch'),
-    dict(residual=False, num_levels=3, blocks_per_stage=1),
+    dict(residual=False, blocks_per_stage=1),
 ])
 def test_variants_build_and_run(overrides):
   model = models.create_model(tiny_config(**overrides))
-  images = random_images((2, 40, 24, 3))
-  variables = init(model, images.shape)
-  logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                          rngs={'dropout': jax.random.key(0)})
-  assert logits.shape == (2, 40, 24, 4)
+  images = random_images(IMAGES_SHAPE)
+  variables = random_variables(model, images.shape)
+  logits = forward(model, variables, images, train=True)
+  assert logits.shape == IMAGES_SHAPE[:3] + (4,)
   assert np.all(np.isfinite(logits))
   if overrides.get('upsample') == 'nearest':
     assert not any('up' in stage for stage in variables['params'].values())
@@ -169,7 +205,7 @@ def test_variants_build_and_run(overrides):
 def test_image_smaller_than_downsampling_raises(shape):
   model = models.create_model(tiny_config(num_levels=4))
   with pytest.raises(ValueError, match='smaller than 2\\*\\*model.num_levels'):
-    init(model, shape)
+    abstract_variables(model, shape)
 
 
 def test_flops_scale_with_pixels():

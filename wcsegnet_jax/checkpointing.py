@@ -17,10 +17,11 @@ from orbax.checkpoint import checkpoint_managers
 
 BEST_METRIC = 'test_dice'
 CONFIG_FILE = 'config.json'
-# Resuming with another value for any of these would silently train something else.
+# Resuming with another value for any of these would silently train something else. More
+# epochs may be added to a finished run (with a cosine schedule that stretches its tail).
 RESUME_SENSITIVE = ('model', 'data', 'augment', 'input', 'seed', 'train.batch_size',
                     'train.learning_rate', 'train.lr_schedule', 'train.warmup_epochs',
-                    'train.loss', 'train.dice_weight', 'train.class_weights', 'train.num_epochs')
+                    'train.loss', 'train.dice_weight', 'train.class_weights')
 
 
 class CheckpointError(RuntimeError):

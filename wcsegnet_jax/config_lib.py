@@ -89,6 +89,8 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   if bad_sets or not d.datasets:
     found.append(f'data.datasets={tuple(d.datasets)}: expected names among '
                  f'{sorted(raw.WBC_SUBSETS) + ["folder"]}')
+  if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
+    found.append(f'data.mean and data.std need 3 values each, std > 0 (got {d.mean}, {d.std})')
   if not 0 <= d.test_fraction < 1:
     found.append(f'data.test_fraction={d.test_fraction} must be in [0, 1)')
   if t.class_weights and len(t.class_weights) != classes.NUM_CLASSES:

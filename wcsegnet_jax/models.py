@@ -168,8 +168,7 @@ class WCSegNet(nn.Module):
     # side) and the logits are cropped back. 'reflect' padding continues the image instead of
     # drawing a zero frame the net would learn to special-case.
     pad_h, pad_w = _pad_amounts(height, multiple), _pad_amounts(width, multiple)
-    pad_mode = {'reflect': 'reflect', 'constant': 'constant', 'edge': 'edge'}[self.pad_mode]
-    x = jnp.pad(images, ((0, 0), pad_h, pad_w, (0, 0)), mode=pad_mode).astype(dtype)
+    x = jnp.pad(images, ((0, 0), pad_h, pad_w, (0, 0)), mode=self.pad_mode).astype(dtype)
 
     skips = []
     for level in range(self.num_levels):
@@ -214,7 +213,9 @@ def count_params(params: Any) -> int:
 def model_flops_per_image(model: nn.Module, height: int, width: int) -> float:
   """Forward FLOPs of one image at eval, from XLA's cost analysis of the lowered graph.
 
-  Nothing is run or allocated: variables and images are abstract shapes.
+  A multiply-add counts 2; taps falling on a conv's zero padding are not counted. Nothing is run
+  or allocated: the variables and the image are abstract shapes. The paper model at 120x120
+  (padded to 128x128) is about 46.2 GFLOPs.
   """
   images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   variables = jax.eval_shape(

@@ -2,7 +2,7 @@
 
 Written as array_record with zlib-encoded `Tensor` features, so neither building nor reading needs
 TensorFlow. Each build is named by what it was built from (source, image size, kept cell types,
-split, and the raw files' names and sizes), so a changed raw folder or config gets a new build
+split, and the raw files' names, sizes and modification times), so a changed raw folder or config gets a new build
 instead of a stale one.
 """
 
@@ -119,13 +119,14 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
 
 
 def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any]) -> str:
-  """A short hash of the build's settings and of its raw files' names, sizes and types."""
+  """A short hash of the build's settings and its raw files' names, sizes, times and types."""
   h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   if raw_dir is not None:
     h.update(str(raw_dir.resolve()).encode())
     for r in raw.list_raw_records(source, raw_dir):
-      h.update(f'{r.file_id}|{r.image_path.stat().st_size}|{r.mask_path.stat().st_size}|'
-               f'{r.cell_type}\n'.encode())
+      image, mask = r.image_path.stat(), r.mask_path.stat()
+      h.update(f'{r.file_id}|{image.st_size}|{image.st_mtime_ns}|{mask.st_size}|'
+               f'{mask.st_mtime_ns}|{r.cell_type}\n'.encode())
   else:
     h.update(ARCHIVE_URL.encode())
   return h.hexdigest()[:10]

@@ -1,0 +1,202 @@
+"""Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
+
+import functools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REAL_WBC_DIR, ROOT
+from configs import base
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import config_lib
+from wcsegnet_jax import input_pipeline
+from wcsegnet_jax import losses
+from wcsegnet_jax import metric_writers
+from wcsegnet_jax import metrics
+from wcsegnet_jax import models
+from wcsegnet_jax import train
+from wcsegnet_jax.data import tfds_builder
+
+
+def tiny_config(raw_dir, tfds_dir, **train_overrides):
+  """A net of a few thousand parameters on 32x32 images: whole runs take seconds on a CPU."""
+  c = base.get_config()
+  c.data.raw_dir, c.data.tfds_dir = str(raw_dir), str(tfds_dir)
+  c.data.image_size = 32
+  c.model.update(base_width=2, num_levels=2, blocks_per_stage=1)
+  c.augment.augment_repeats = 1
+  c.train.update({'batch_size': 4, 'num_epochs': 2, 'log_every_steps': 2,
+                  'progress_bar': False, 'learning_rate': 1e-3, **train_overrides})
+  c.eval.batch_size = 8
+  return c
+
+
+def cli_args(c) -> list[str]:
+  """The command-line overrides that turn configs/base.py into `c`."""
+  return [f'--config={ROOT}/configs/base.py',
+          f'--config.data.raw_dir={c.data.raw_dir}', f'--config.data.tfds_dir={c.data.tfds_dir}',
+          f'--config.data.image_size={c.data.image_size}',
+          f'--config.model.base_width={c.model.base_width}',
+          f'--config.model.num_levels={c.model.num_levels}',
+          f'--config.model.blocks_per_stage={c.model.blocks_per_stage}',
+          f'--config.augment.augment_repeats={c.augment.augment_repeats}',
+          f'--config.train.batch_size={c.train.batch_size}',
+          f'--config.train.num_epochs={c.train.num_epochs}',
+          f'--config.train.learning_rate={c.train.learning_rate}',
+          '--config.train.progress_bar=False', f'--config.eval.batch_size={c.eval.batch_size}']
+
+
+def run_main(args, **kwargs):
+  return subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', *args], cwd=ROOT,
+                        capture_output=True, text=True, **kwargs)
+
+
+def final_params(workdir: pathlib.Path):
+  """The parameters of a workdir's latest checkpoint, as a numpy tree."""
+  manager = checkpointing.make_manager(workdir, read_only=True)
+  path = manager.directory / str(manager.latest_step()) / 'state'
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+def test_tiny_net_overfits_eight_images(wbc_raw, wbc_tfds_dir):
+  c = tiny_config(*wbc_raw[:1], wbc_tfds_dir)
+  c.data.image_size = 64
+  c.model.update(base_width=8, encoder_dropout=0.0, decoder_dropout=0.0, head_dropout=0.0)
+  c.train.learning_rate = 3e-3
+  source = tfds_builder.prepare('jiangxi', c.data).as_data_source('train')
+  batch = {k: np.stack([source[i][k] for i in range(8)]) for k in ('image', 'label_map')}
+  model = models.create_model(c.model)
+  state = train.create_train_state(c, model, jax.random.PRNGKey(0),
+                                   train.make_optimizer(c.train, 1, 1))
+  step = jax.jit(functools.partial(train.train_step, loss_fn=losses.make_loss_fn(c.train),
+                                   data_config=c.data))
+  start = time.time()
+  for _ in range(150):
+    state, _ = step(state, batch)
+  images = input_pipeline.normalize_images(batch['image'], c.data.mean, c.data.std)
+  logits = model.apply(train.variables_of(state), images, train=False)
+  cm = np.asarray(metrics.confusion_matrix(batch['label_map'], logits.argmax(-1)))
+  assert metrics.paper_metrics(cm)['dice'] > 0.9
+  assert time.time() - start < 60
+
+
+def test_train_and_evaluate_writes_logs_config_and_checkpoints(wbc_raw, wbc_tfds_dir, tmp_path):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, keep_checkpoints=1)
+  state = train.train_and_evaluate(c, str(tmp_path))
+  spe = input_pipeline.steps_per_epoch(input_pipeline.load_datasets(c.data), c)
+  assert int(state.step) == 2 * spe
+  records = metric_writers.read_metrics(tmp_path)
+  assert any('test/jiangxi/dice' in r for r in records)
+  assert any('images_per_second' in r for r in records)
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  assert (tmp_path / 'config.json').exists()
+  assert list((tmp_path / 'tensorboard').iterdir())
+  # Keeps the last one and the best by test Dice (which may be the same step).
+  manager = checkpointing.make_manager(tmp_path, read_only=True)
+  assert manager.latest_step() == 2 * spe
+  assert set(manager.all_steps()) <= {spe, 2 * spe}
+
+
+def test_resume_continues_from_the_checkpoint_step(wbc_raw, wbc_tfds_dir, tmp_path):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1)
+  first = int(train.train_and_evaluate(c, str(tmp_path)).step)
+  # Same config again: resumes at the last step, nothing left to do.
+  assert int(train.train_and_evaluate(c, str(tmp_path)).step) == first
+  # More epochs extend the run from its checkpoint.
+  c.train.num_epochs = 2
+  assert int(train.train_and_evaluate(c, str(tmp_path)).step) == 2 * first
+
+
+def test_resume_with_another_model_names_the_differing_keys(wbc_raw, wbc_tfds_dir, tmp_path):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1)
+  train.train_and_evaluate(c, str(tmp_path))
+  c.model.base_width = 3
+  c.data.image_size = 48
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    train.train_and_evaluate(c, str(tmp_path))
+  assert 'model.base_width: 2 -> 3' in str(err.value)
+  assert 'data.image_size: 32 -> 48' in str(err.value)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters(wbc_raw, wbc_tfds_dir, tmp_path):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=12)
+  args = cli_args(c)
+  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
+  assert run_main([*args, f'--workdir={whole}']).returncode == 0
+
+  proc = subprocess.Popen([sys.executable, '-m', 'wcsegnet_jax.main', *args,
+                           f'--workdir={killed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = killed / 'checkpoints'
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, 'the run ended before it could be killed'
+  steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
+  final_step = max(int(p.name) for p in (whole / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and max(steps) < final_step, 'nothing left to resume'
+
+  resumed = run_main([*args, f'--workdir={killed}'])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  a, b = final_params(whole), final_params(killed)
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
+  assert max(diffs) <= 1e-6
+
+
+def test_nan_loss_stops_and_names_the_step(wbc_raw, wbc_tfds_dir, tmp_path):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, learning_rate=1e30, num_epochs=3)
+  with pytest.raises(train.TrainingDivergedError, match=r'at step \d+'):
+    train.train_and_evaluate(c, str(tmp_path))
+  records = metric_writers.read_metrics(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else []
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+
+
+def test_unwritable_workdir_is_a_clear_error(wbc_raw, wbc_tfds_dir, tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir)
+  with pytest.raises(OSError, match='not writable'):
+    train.train_and_evaluate(c, str(blocker / 'workdir'))
+
+
+def test_invalid_config_fails_before_anything_compiles(tmp_path):
+  c = base.get_config()
+  c.train.learning_rate = 0.0
+  with pytest.raises(config_lib.ConfigError, match='learning_rate'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_main_reports_bad_config_without_traceback(tmp_path):
+  result = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path}',
+                     '--config.model.num_levels=7'])
+  assert result.returncode == 2
+  assert 'image_size=64 is too small for model.num_levels=7' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_WBC_DIR.is_dir(), reason='no shared WBC data on this machine')
+def test_smoke_config_runs_end_to_end_on_the_shared_data(tmp_path):
+  start = time.time()
+  result = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path / "wd"}',
+                     f'--config.data.raw_dir={REAL_WBC_DIR}',
+                     f'--config.data.tfds_dir={tmp_path / "tfds"}',
+                     '--config.train.progress_bar=False'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert time.time() - start < 180
+  records = metric_writers.read_metrics(tmp_path / 'wd')
+  assert any('test/cellavision/dice' in r for r in records)
