@@ -18,8 +18,10 @@ import fixtures  # pylint: disable=g-import-not-at-top
 from wcsegnet_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
 # The public WBC Image Dataset, where this machine has it (tests on it are skipped otherwise).
-REAL_WBC_DIR = pathlib.Path(
-    os.environ.get('WCSEG_TEST_REAL_DATA', '/work/shared/datasets/segmentation_WBC'))
+# CI and developers keep shared/ beside the checkout.
+REAL_WBC_DIR = pathlib.Path(os.environ.get(
+    'WCSEG_TEST_REAL_DATA',
+    os.path.join(ROOT, '..', 'shared', 'datasets', 'segmentation_WBC'))).resolve()
 
 
 def pytest_configure(config):

@@ -30,3 +30,10 @@ def cell_type_to_class_id(cell_type: str) -> int:
 def colorize(label_map: np.ndarray) -> np.ndarray:
   """An RGB image (..., 3) uint8 showing a label map in the class colours."""
   return CLASS_COLORS[np.clip(label_map, 0, NUM_CLASSES - 1)]
+
+
+def overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """The RGB image with nucleus pixels blended towards their class colour (background kept)."""
+  colored = colorize(label_map).astype(np.float32)
+  blended = (1 - alpha) * image.astype(np.float32) + alpha * colored
+  return np.where(label_map[..., None] > 0, blended, image).round().astype(np.uint8)
