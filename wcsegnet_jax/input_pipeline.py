@@ -7,6 +7,7 @@ the host->device copy moves a quarter of the bytes.
 import dataclasses
 from typing import Iterator
 
+from absl import flags
 import grain
 import jax.numpy as jnp
 import ml_collections
@@ -84,6 +85,9 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.input.read_threads,
                                             prefetch_buffer_size=config.input.prefetch))
   if config.input.num_workers > 0:
+    # grain's workers read absl flags; outside `app.run` (notebooks, tests) none were parsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.input.num_workers,
         per_worker_buffer_size=config.input.worker_buffer_size))

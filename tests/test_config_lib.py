@@ -1,0 +1,69 @@
+"""Config validation: every problem listed at once; the shipped configs are valid."""
+
+import importlib
+
+import pytest
+
+from configs import base
+from wcsegnet_jax import config_lib
+
+
+@pytest.mark.parametrize('name', ['base', 'wcseg', 'unet_relu', 'unet_leakyrelu', 'smoke'])
+def test_shipped_configs_are_valid(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  assert config_lib.problems(config) == []
+
+
+def test_ablations_differ_from_wcseg_only_in_the_block():
+  wcseg = importlib.import_module('configs.wcseg').get_config()
+  relu = importlib.import_module('configs.unet_relu').get_config()
+  leaky = importlib.import_module('configs.unet_leakyrelu').get_config()
+  assert (wcseg.model.residual, wcseg.model.activation) == (True, 'leaky_relu')
+  assert (relu.model.residual, relu.model.activation) == (False, 'relu')
+  assert (leaky.model.residual, leaky.model.activation) == (False, 'leaky_relu')
+  for other in (relu, leaky):
+    assert other.train == wcseg.train and other.data == wcseg.data
+
+
+def test_unknown_key_is_named():
+  c = base.get_config()
+  c.train.bach_size = 16
+  with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.bach_size'"):
+    config_lib.validate(c)
+
+
+def test_every_problem_is_listed_at_once():
+  c = base.get_config()
+  c.train.learning_rate = -1.0
+  c.train.batch_size = 10
+  c.data.image_size = 8
+  c.model.activation = 'gelu'
+  c.data.cell_types = ('neutrophil', 'monocyte')
+  found = config_lib.problems(c, device_count=4)
+  text = '\n'.join(found)
+  assert 'train.learning_rate=-1.0 must be > 0' in text
+  assert 'train.batch_size=10 must be a positive multiple of the device count (4)' in text
+  assert 'data.image_size=8 is too small for model.num_levels=4' in text
+  assert "model.activation='gelu'" in text
+  assert 'monocyte' in text
+  assert len(found) == 5
+
+
+def test_batch_size_must_split_over_processes():
+  c = base.get_config()
+  c.train.batch_size = 18
+  assert any('process count (4)' in p for p in config_lib.problems(c, process_count=4))
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('data.std', (0.2, 0.0, 0.2), 'std > 0'),
+    ('data.test_fraction', 1.0, 'test_fraction'),
+    ('train.class_weights', (1.0, 2.0), 'class_weights has 2 values'),
+    ('model.head_dropout', 1.0, 'head_dropout'),
+    ('data.datasets', ('jiangxi', 'bcisc'), 'data.datasets'),
+])
+def test_single_problems(key, value, message):
+  c = base.get_config()
+  section, name = key.split('.')
+  c[section][name] = value
+  assert any(message in p for p in config_lib.problems(c))
