@@ -8,10 +8,19 @@ from configs import base
 from wcsegnet_jax import config_lib
 
 
-@pytest.mark.parametrize('name', ['base', 'wcseg', 'unet_relu', 'unet_leakyrelu', 'smoke'])
+@pytest.mark.parametrize('name', ['base', 'wcseg', 'unet_relu', 'unet_leakyrelu', 'smoke',
+                                  'wcseg_plus', 'cpu_small'])
 def test_shipped_configs_are_valid(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   assert config_lib.problems(config) == []
+
+
+@pytest.mark.parametrize('network', ['wcseg', 'unet_relu', 'unet_leakyrelu'])
+def test_cpu_small_keeps_the_ablation_it_is_given(network):
+  small = importlib.import_module('configs.cpu_small').get_config(network)
+  full = importlib.import_module(f'configs.{network}').get_config()
+  assert (small.model.residual, small.model.activation) == (
+      full.model.residual, full.model.activation)
 
 
 def test_ablations_differ_from_wcseg_only_in_the_block():
