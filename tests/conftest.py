@@ -64,3 +64,18 @@ def wbc_builders(wbc_raw, wbc_tfds_dir):
   """The generated data's two sources, prepared once: {source: builder}."""
   c = data_config(wbc_raw[0], wbc_tfds_dir)
   return {source: tfds_builder.prepare(source, c.data) for source in c.data.datasets}
+
+
+def _share_compilations(cache_dir: str) -> None:
+  """Tests build the same tiny programs many times (and in subprocesses): compile each once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', cache_dir)
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+_share_compilations(os.path.join(
+    os.environ.get('PYTEST_JAX_CACHE_ROOT', '/tmp'), f'wcsegnet_jax_test_cache_{os.getuid()}'))

@@ -1,21 +1,33 @@
 """Evaluation: the jitted eval step, per-dataset evaluation, and metric summaries.
 
 Training's periodic evaluation and `--mode=evaluate` share these functions, so a number in a
-training log and one in an evaluation report mean the same thing.
+training log and one in an evaluation report mean the same thing. `evaluate_checkpoint` (the
+`--mode=evaluate` entry point) restores a checkpoint, evaluates the test split of every configured
+dataset (or every image of `config.eval.raw_dir`) and writes reports to `workdir/eval/<dataset>/`.
 """
 
 import dataclasses
-from typing import Callable
+import functools
+import json
+import pathlib
+from typing import Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
 from wcsegnet_jax import metrics
+from wcsegnet_jax import models
+from wcsegnet_jax import parallel
+from wcsegnet_jax import reports
+from wcsegnet_jax.data import raw
 
 
 def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: bool) -> jax.Array:
@@ -113,3 +125,234 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
   out.update({f'{prefix}{k}': paper[k] for k in ('accuracy', 'dice', 'miou')})
   out[f'{prefix}cell_accuracy'] = summary['cells']['cell_accuracy']
   return {k: v for k, v in out.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------------------
+# Restoring a checkpoint for evaluation or prediction.
+# ------------------------------------------------------------------------------------------------
+
+# Config keys that define what a restored model computes. Another value than training's either
+# fails to restore (widths, depth) or, worse, silently computes something else (activation,
+# padding, normalisation); both are reported up front, naming the keys.
+EVAL_SENSITIVE = ('model.num_classes', 'model.base_width', 'model.num_levels',
+                  'model.blocks_per_stage', 'model.residual', 'model.activation',
+                  'model.leaky_relu_slope', 'model.block_norm', 'model.upsample',
+                  'model.pad_mode', 'data.mean', 'data.std')
+
+
+def resolve_checkpoint(workdir: str | pathlib.Path,
+                       checkpoint: str | int) -> tuple[pathlib.Path, str]:
+  """(the workdir holding the checkpoints, 'best' | 'latest' | a step) from --checkpoint.
+
+  `checkpoint` is 'best', 'latest', a step number (of `workdir`), or a path: a step folder
+  `.../checkpoints/<step>`, a `.../checkpoints` folder, or another workdir (its best step).
+  """
+  which = str(checkpoint).strip()
+  if which in ('best', 'latest') or which.isdigit():
+    return pathlib.Path(workdir).expanduser().resolve(), which
+  path = pathlib.Path(which).expanduser().resolve()
+  if path.is_dir() and path.name.isdigit() and path.parent.name == 'checkpoints':
+    return path.parent.parent, path.name
+  if path.is_dir() and path.name == 'checkpoints':
+    return path.parent, 'best'
+  if (path / 'checkpoints').is_dir():
+    return path, 'best'
+  raise checkpointing.CheckpointError(
+      f'--checkpoint={checkpoint!r} is neither best, latest, a step number, nor a checkpoint '
+      f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
+
+
+def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """The model and normalisation must be those the checkpoint was trained with."""
+  path = workdir / checkpointing.CONFIG_FILE
+  if not path.exists():
+    return
+  saved, current = json.loads(path.read_text()), json.loads(config.to_json())
+
+  def get(d, dotted):
+    for part in dotted.split('.'):
+      d = d.get(part) if isinstance(d, dict) else None
+    return list(d) if isinstance(d, tuple) else d
+
+  diffs = [f'{k}: {get(saved, k)!r} (trained) vs {get(current, k)!r}' for k in EVAL_SENSITIVE
+           if get(saved, k) != get(current, k)]
+  if diffs:
+    raise checkpointing.CheckpointError(
+        f'the checkpoint in {workdir} was trained with another model config ({path}); '
+        + '; '.join(diffs) + '. Pass the config it was trained with.')
+
+
+def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                   checkpoint: str | int = 'best', sharding=None) -> tuple[dict, int]:
+  """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
+
+  The checkpoint holds the whole train state, so it is restored into the tree training saved.
+  Of the optimizer's settings only `train.lr_schedule` changes that tree (a schedule adds a
+  step count to Adam's state; step counts and rates do not), so the schedule training used is
+  taken from the checkpoint's config.json, else from `config`, and the other one is tried if
+  that does not fit. Arrays are placed with `sharding` (default: the first device).
+  """
+  ckpt_workdir, which = resolve_checkpoint(workdir, checkpoint)
+  directory = checkpointing.checkpoint_dir(ckpt_workdir)
+  if not directory.is_dir():
+    raise checkpointing.CheckpointError(
+        f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
+        f'(--mode=train with this workdir), or pass --checkpoint=PATH')
+  check_eval_config(ckpt_workdir, config)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  schedule = _trained_lr_schedule(ckpt_workdir) or config.train.lr_schedule
+  schedules = [schedule] + [s for s in ('constant', 'cosine') if s != schedule]
+  manager = checkpointing.make_manager(ckpt_workdir, read_only=True)
+  try:
+    step = checkpointing.select_step(manager, which)
+    for i, schedule in enumerate(schedules):
+      try:
+        state = checkpointing.restore(manager, step,
+                                      _abstract_train_state(config, schedule, sharding))
+        break
+      except checkpointing.CheckpointError:
+        if i == len(schedules) - 1:
+          raise
+  finally:
+    manager.close()
+  logging.info('Restored step %d from %s.', step, directory)
+  return {'params': state.params, 'batch_stats': state.batch_stats}, step
+
+
+def _trained_lr_schedule(workdir: pathlib.Path) -> str | None:
+  path = workdir / checkpointing.CONFIG_FILE
+  if not path.exists():
+    return None
+  return json.loads(path.read_text()).get('train', {}).get('lr_schedule')
+
+
+def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, sharding):
+  """The shapes (no values) of the train state training saves, placed with `sharding`."""
+  from wcsegnet_jax import train   # here: train imports this module
+  train_config = ml_collections.ConfigDict(config.train.to_dict())
+  train_config.lr_schedule = lr_schedule
+  tx = train.make_optimizer(train_config, 1, 1)
+  init = functools.partial(train.create_train_state, config, models.create_model(config.model),
+                           tx=tx)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      jax.eval_shape(init, jax.random.PRNGKey(0)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluating a folder of raw images (config.eval.raw_dir) without building TFDS.
+# ------------------------------------------------------------------------------------------------
+
+class RawExamples:
+  """A random-access source over raw records: each item is read, checked and resized on access.
+
+  Items carry the keys `input_pipeline.eval_batches` reads: image, label_map, cell_type,
+  file_id.
+  """
+
+  def __init__(self, records: Sequence[raw.RawRecord], data_config: ml_collections.ConfigDict):
+    self.records = list(records)
+    self.data_config = data_config
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    d = self.data_config
+    return raw.load_example(self.records[index], d.image_size, d.mask_level_tolerance,
+                            d.mask_max_off_level_fraction)
+
+
+def detect_raw_layout(raw_dir: pathlib.Path) -> str:
+  """'wbc' (Dataset 1/, Dataset 2/) or 'folder' (images/, masks/); a clear error otherwise."""
+  if any((raw_dir / sub).is_dir() for sub in raw.WBC_SUBSETS.values()):
+    return 'wbc'
+  if (raw_dir / 'images').is_dir() and (raw_dir / 'masks').is_dir():
+    return 'folder'
+  raise raw.DataError(
+      f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
+      f'{" or ".join(repr(s + "/") for s in raw.WBC_SUBSETS.values())} with their class CSVs '
+      f'(layout wbc), or images/ and masks/ (layout folder)')
+
+
+def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`."""
+  raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
+  if not raw_dir.is_dir():
+    raise raw.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
+  layout = config.eval.raw_layout
+  if layout == 'auto':
+    layout = detect_raw_layout(raw_dir)
+  if layout == 'folder':
+    sources = [('folder', raw_dir.name, None)]
+  else:
+    sources = [(s, f'{raw_dir.name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
+               if (raw_dir / sub).is_dir()]
+    if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
+      sources = [(s, f'{raw_dir.name}-{s}', s) for s in raw.WBC_SUBSETS]
+  out = []
+  for source, name, paper_key in sources:
+    records = raw.list_raw_records(source, raw_dir)
+    records = raw.filter_cell_types(records, config.data.cell_types,
+                                    where=f'{source} data in {raw_dir}')
+    out.append((name, paper_key, RawExamples(records, config.data)))
+  return out
+
+
+def eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)]: raw_dir's images, else each dataset's test split."""
+  if config.eval.raw_dir:
+    return raw_eval_sources(config)
+  out = []
+  for d in input_pipeline.load_datasets(config.data):
+    if d.test is None:
+      logging.warning('%s has no test split (data.test_fraction=%s); not evaluated.', d.name,
+                      config.data.test_fraction)
+      continue
+    paper_key = d.name if d.name in reports.PAPER_TABLE1 else None
+    out.append((d.name, paper_key, d.test))
+  if not out:
+    raise raw.DataError(f'nothing to evaluate: no test split in {list(config.data.datasets)}')
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# --mode=evaluate
+# ------------------------------------------------------------------------------------------------
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        checkpoint: str | int | None = None) -> dict[str, dict]:
+  """Evaluates a checkpoint on every test set; reports go to `workdir/eval/<dataset>/`.
+
+  `checkpoint`: 'best' | 'latest' | a step | a path (see `resolve_checkpoint`); None takes
+  `config.eval.checkpoint`. Returns {dataset name: the dict written to its metrics.json}.
+  """
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  dp = parallel.data_parallel()
+  # The checkpoint first: a missing one is reported before any data is prepared.
+  checkpoint = checkpoint or config.eval.checkpoint
+  variables, step = load_variables(config, workdir, checkpoint, sharding=dp.replicated)
+  sources = eval_sources(config)
+  model = models.create_model(config.model)
+  eval_step = jax.jit(make_eval_step(model, config), in_shardings=(dp.replicated, dp.batch))
+
+  meta = {'config_name': config.name, 'checkpoint_step': int(step),
+          'checkpoint_dir': str(checkpointing.checkpoint_dir(
+              resolve_checkpoint(workdir, checkpoint)[0])),
+          'tta': bool(config.eval.tta), 'image_size': int(config.data.image_size)}
+  written = {}
+  for name, paper_key, source in sources:
+    result = evaluate_source(eval_step, variables, source, name, config.eval.batch_size,
+                             dp.to_device, keep_maps=True)
+    summary = summarize(result)
+    if jax.process_index() == 0:
+      out_dir = workdir / 'eval' / name
+      written[name] = reports.write_dataset_reports(
+          out_dir, result, summary, predicted_cell_types(result.confusion), meta, paper_key,
+          config.eval.figure_rows, config.eval.worst_k)
+      logging.info('Wrote %s.', out_dir)
+  if jax.process_index() == 0:
+    print(f'\nCheckpoint step {step}, config {config.name}, TTA '
+          f'{"on" if config.eval.tta else "off"}; reports in {workdir / "eval"}')
+    print(reports.summary_table(written))
+  return written

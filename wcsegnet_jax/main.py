@@ -11,7 +11,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train (or resume), or evaluate.')
-flags.DEFINE_string('checkpoint', 'best', "For evaluate: 'best', 'latest', a step, or a path.")
+flags.DEFINE_string('checkpoint', None, "For evaluate: 'best', 'latest', a step, or a path "
+                    '(default: config.eval.checkpoint).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

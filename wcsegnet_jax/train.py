@@ -16,7 +16,6 @@ import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -29,6 +28,7 @@ from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
 from wcsegnet_jax import metric_writers
 from wcsegnet_jax import models
+from wcsegnet_jax import parallel
 
 
 class TrainingDivergedError(RuntimeError):
@@ -106,11 +106,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     self.config, self.workdir = config, workdir
-    # Auto axes: XLA propagates the batch sharding through the model (no sharding-typed code).
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                              axis_types=(jax.sharding.AxisType.Auto,))
-    self.data_sharding = NamedSharding(self.mesh, P('data'))
-    self.replicated = NamedSharding(self.mesh, P())
+    self.parallel = dp = parallel.data_parallel()
     self.model = models.create_model(config.model)
     self.datasets = input_pipeline.load_datasets(config.data)
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.datasets, config)
@@ -118,19 +114,15 @@ class Trainer:
     self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
     tx = make_optimizer(config.train, self.steps_per_epoch, self.total_steps)
     init = functools.partial(create_train_state, config, self.model, tx=tx)
-    self.state = jax.jit(init, out_shardings=self.replicated)(jax.random.PRNGKey(config.seed))
+    self.state = jax.jit(init, out_shardings=dp.replicated)(jax.random.PRNGKey(config.seed))
     step_fn = functools.partial(train_step, loss_fn=losses.make_loss_fn(config.train),
                                 data_config=config.data)
-    self.train_step = jax.jit(step_fn, in_shardings=(self.replicated, self.data_sharding),
-                              out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.train_step = jax.jit(step_fn, in_shardings=(dp.replicated, dp.batch),
+                              out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
     self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config),
-                             in_shardings=(self.replicated, self.data_sharding))
+                             in_shardings=(dp.replicated, dp.batch))
     self.train_iter = iter(input_pipeline.train_dataset(
         self.datasets, config, jax.process_index(), jax.process_count()))
-
-  def to_device(self, batch: dict) -> dict:
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), batch)
 
   def evaluate(self) -> dict[str, float]:
     """Test-split metrics of every dataset, and their mean Dice for picking the best model."""
@@ -139,7 +131,7 @@ class Trainer:
       if d.test is None:
         continue
       result = evaluate.evaluate_source(self.eval_step, variables_of(self.state), d.test, d.name,
-                                        self.config.eval.batch_size, self.to_device)
+                                        self.config.eval.batch_size, self.parallel.to_device)
       summary = evaluate.summarize(result)
       scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
       if summary['paper']['dice'] is not None:
@@ -186,7 +178,7 @@ def _train_loop(trainer: Trainer, manager, writer) -> None:
     epoch = step // spe
     if bar is None and config.train.progress_bar and jax.process_index() == 0:
       bar = tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False)
-    batch = trainer.to_device(next(trainer.train_iter))
+    batch = trainer.parallel.to_device(next(trainer.train_iter))
     trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
     history.append((step, step_metrics))
     step += 1

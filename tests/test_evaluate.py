@@ -1,0 +1,234 @@
+"""Tests of --mode=evaluate: checkpoint restore, reports per dataset, raw folders, clear errors.
+
+A tiny model (width 2, one level, 32x32 images, 4 steps) is trained once per session on the
+generated WBC-layout data (tests/fixtures.py); tests/test_predict.py reuses it through
+`trained_tiny_model`.
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import fixtures
+from configs import smoke
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import evaluate
+from wcsegnet_jax import reports
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# configs/smoke.py made smaller still; given to training in-process and to the command line.
+TINY = {
+    'model.base_width': 2,
+    'model.num_levels': 1,
+    'data.image_size': 32,
+    'train.max_steps': 4,
+    'train.batch_size': 8,
+    'train.progress_bar': False,
+    'eval.batch_size': 4,
+    'eval.figure_rows': 3,
+    'eval.worst_k': 2,
+}
+REPORT_FILES = ('metrics.json', 'report.md', 'figure.png', 'worst.png', 'per_image.csv')
+
+
+def tiny_config(raw_dir, tfds_dir, **more):
+  config = smoke.get_config()
+  config.name = 'tiny'
+  for dotted, value in {**TINY, 'data.raw_dir': str(raw_dir), 'data.tfds_dir': str(tfds_dir),
+                        **more}.items():
+    section, key = dotted.split('.')
+    setattr(config[section], key, value)
+  return config
+
+
+def config_flags(raw_dir, tfds_dir, **more) -> list[str]:
+  """The command-line flags giving the same config as `tiny_config`."""
+  values = {**TINY, 'data.raw_dir': str(raw_dir), 'data.tfds_dir': str(tfds_dir), **more}
+  return ['--config=configs/smoke.py', '--config.name=tiny'] + [
+      f'--config.{k}={v}' for k, v in values.items()]
+
+
+def trained_tiny_model(tmp_path_factory) -> dict:
+  """Generates data and trains the tiny model, once per session (reused by other modules)."""
+  base = tmp_path_factory.getbasetemp() / 'tiny_model'
+  paths = {'workdir': base / 'workdir', 'raw_dir': base / 'wbc_raw', 'tfds_dir': base / 'tfds'}
+  if not (base / 'trained').exists():
+    from wcsegnet_jax import train   # pylint: disable=g-import-not-at-top
+    fixtures.make_wbc_raw(paths['raw_dir'])
+    train.train_and_evaluate(tiny_config(paths['raw_dir'], paths['tfds_dir']),
+                             str(paths['workdir']))
+    (base / 'trained').write_text('ok')
+  return paths
+
+
+def run_command(module: str, *args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+  return trained_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def evaluated(tiny_model):
+  """`--mode=evaluate` of the last step, run once through the command line."""
+  proc = run_command('wcsegnet_jax.main', '--mode=evaluate', '--checkpoint=latest',
+                     f'--workdir={tiny_model["workdir"]}',
+                     *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir']))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _unit_interval_values(tree, path=''):
+  """(path, value) of every float in a metrics summary that should lie in [0, 1]."""
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      if k not in ('loss', 'std', 'support', 'confusion_matrix', 'n_images', 'n_undefined',
+                   'n_cells', 'n_no_nucleus_predicted', 'image_size', 'checkpoint_step'):
+        yield from _unit_interval_values(v, f'{path}.{k}')
+  elif isinstance(tree, list):
+    for i, v in enumerate(tree):
+      yield from _unit_interval_values(v, f'{path}[{i}]')
+  elif isinstance(tree, float):
+    yield path, tree
+
+
+def test_evaluate_command_writes_reports_per_dataset(evaluated, tiny_model):
+  for name in ('jiangxi', 'cellavision'):
+    out = tiny_model['workdir'] / 'eval' / name
+    for f in REPORT_FILES:
+      assert (out / f).is_file() and (out / f).stat().st_size > 0, out / f
+    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['dataset'] == name and m['config_name'] == 'tiny' and m['tta'] is False
+    assert m['checkpoint_step'] == 4 and m['n_images'] > 0
+    values = list(_unit_interval_values({k: m[k] for k in ('paper', 'per_class', 'per_image',
+                                                            'cells', 'worst')}))
+    assert values
+    for path, value in values:
+      assert 0.0 <= value <= 1.0, (path, value)
+    assert len(m['worst']) == min(TINY['eval.worst_k'], m['n_images'])
+    report = (out / 'report.md').read_text()
+    paper_dice = {'jiangxi': '0.9653', 'cellavision': '0.9662'}[name]
+    assert f'| WCSegNet (paper) | n/a | n/a | n/a | {paper_dice} |' in report
+    assert '| Method | Accuracy | Precision | Recall | Dice | mIoU |' in report
+    image = cv2.imread(str(out / 'figure.png'))
+    rows = min(TINY['eval.figure_rows'], m['n_images'])
+    assert image is not None and image.shape[0] >= 200 * rows   # one row of panels per image
+  # The summary table on stdout names both datasets.
+  assert 'jiangxi' in evaluated.stdout and 'cellavision' in evaluated.stdout
+
+
+def test_evaluate_matches_training_metrics(evaluated, tiny_model):
+  """The last training evaluation and --mode=evaluate of that step report the same Dice."""
+  lines = [json.loads(l) for l in (tiny_model['workdir'] / 'metrics.jsonl').read_text().splitlines()]
+  last = [l for l in lines if l['step'] == 4 and 'test/jiangxi/dice' in l][-1]
+  m = json.loads((tiny_model['workdir'] / 'eval' / 'jiangxi' / 'metrics.json').read_text())
+  assert math.isclose(m['paper']['dice'], last['test/jiangxi/dice'], rel_tol=1e-5)
+
+
+def test_evaluate_raw_dir_command(tiny_model, tmp_path):
+  """--config.eval.raw_dir on a WBC-layout folder: every image of each subset is evaluated."""
+  raw_dir = tmp_path / 'more_cells'
+  manifest = fixtures.make_wbc_raw(raw_dir, n_per_type={1: 2, 2: 1, 5: 1}, seed=3)
+  workdir = tmp_path / 'reports_here'
+  proc = run_command('wcsegnet_jax.main', '--mode=evaluate', f'--workdir={workdir}',
+                     f'--checkpoint={tiny_model["workdir"] / "checkpoints" / "2"}',
+                     *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                                   **{'eval.raw_dir': str(raw_dir)}))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for source in ('jiangxi', 'cellavision'):
+    m = json.loads((workdir / 'eval' / f'more_cells-{source}' / 'metrics.json').read_text())
+    assert m['n_images'] == len(manifest[source])
+    assert m['checkpoint_step'] == 2
+
+
+def test_evaluate_folder_layout_with_tta(tiny_model, tmp_path):
+  """A plain images/ + masks/ folder (layout auto-detected), evaluated in-process with TTA."""
+  folder = tmp_path / 'my_folder'
+  written = fixtures.make_folder_raw(folder)
+  kept = [f for f in written if f.cell_type in ('neutrophil', 'basophil', 'lymphocyte')]
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                       **{'eval.raw_dir': str(folder), 'eval.tta': True})
+  out = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))
+  assert list(out) == ['my_folder']
+  assert out['my_folder']['n_images'] == len(kept) and out['my_folder']['tta'] is True
+  report = (tmp_path / 'wd' / 'eval' / 'my_folder' / 'report.md').read_text()
+  assert '(paper)' not in report      # no paper rows for a dataset the paper did not use
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(tiny_model, tmp_path):
+  empty = tmp_path / 'never_trained'
+  empty.mkdir()
+  proc = run_command('wcsegnet_jax.main', '--mode=evaluate', f'--workdir={empty}',
+                     *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir']))
+  assert proc.returncode == 2
+  assert str(empty) in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_load_variables_checkpoint_forms(tiny_model):
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
+  workdir = tiny_model['workdir']
+  for checkpoint, step in (('best', None), ('latest', 4), ('2', 2), (workdir, None),
+                           (workdir / 'checkpoints' / '2', 2)):
+    variables, got = evaluate.load_variables(config, workdir, str(checkpoint))
+    assert set(variables) == {'params', 'batch_stats'}
+    assert got in (2, 4) and (step is None or got == step)
+  with pytest.raises(checkpointing.CheckpointError, match='not in'):
+    evaluate.load_variables(config, workdir, '99')
+  other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                      **{'model.activation': 'relu'})
+  with pytest.raises(checkpointing.CheckpointError, match='model.activation'):
+    evaluate.load_variables(other, workdir, 'latest')
+
+
+def test_paper_table_holds_only_known_values():
+  known = {('jiangxi', 'WCSegNet'): {'dice': 0.9653, 'miou': 0.9599},
+           ('cellavision', 'WCSegNet'): {'dice': 0.9662, 'miou': 0.9609},
+           ('jiangxi', 'Fan et al. 2019'): {'dice': 0.982},
+           ('cellavision', 'Fan et al. 2019'): {'dice': 0.982}}
+  for dataset, rows in reports.PAPER_TABLE1.items():
+    for method, values in rows:
+      assert values == known.get((dataset, method), {}), (dataset, method)
+
+
+def test_figure_and_worst_selection():
+  types = np.array([1, 1, 1, 3, 3, 2])
+  assert reports.figure_indices(types, 4) == [0, 5, 3, 1]
+  assert reports.worst_indices(np.array([0.9, 0.1, 0.5, 0.1]), 3) == [1, 3, 2]
+  png = reports.figure_png(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8),
+                           np.ones((2, 8, 8), np.uint8), ['a', 'b'], 'title')
+  assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+  path = tmp_path / 'metrics.json'
+  reports.write_json_atomic(path, {'a': 1})
+  with pytest.raises(TypeError):
+    reports.write_bytes_atomic(path, 'text, not bytes')   # fails inside the write
+  assert json.loads(path.read_text()) == {'a': 1}
+  assert [p.name for p in tmp_path.iterdir()] == ['metrics.json']
+
+
+def test_load_variables_with_another_lr_schedule(tiny_model):
+  """A cosine schedule adds optimizer state; restoring finds the tree training used anyway."""
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                       **{'train.lr_schedule': 'cosine'})
+  variables, step = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  assert step == 4 and 'params' in variables
+  no_config = tiny_model['workdir'].parent / 'no_config_copy'
+  if not no_config.exists():
+    shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
+  variables, step = evaluate.load_variables(config, no_config, 'latest')   # falls back
+  assert step == 4

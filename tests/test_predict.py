@@ -1,0 +1,135 @@
+"""Tests of `python -m wcsegnet_jax.predict`: masks at the original size, cells.csv, bad files.
+
+Uses the tiny model that tests/test_evaluate.py trains once per session.
+"""
+
+import csv
+import pathlib
+import re
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import fixtures
+import test_evaluate
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
+from wcsegnet_jax import predict
+from wcsegnet_jax.data import raw
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+  return test_evaluate.trained_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture
+def image_folder(tiny_model, tmp_path):
+  """Images of three sizes (120x120, 300x300, 50x80) and one corrupt .png."""
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  raw_dir = tiny_model['raw_dir']
+  shutil.copy(sorted((raw_dir / 'Dataset 1').glob('*.bmp'))[0], folder / 'small.bmp')
+  shutil.copy(sorted((raw_dir / 'Dataset 2').glob('*.bmp'))[0], folder / 'large.bmp')
+  rng = np.random.default_rng(0)
+  mask = fixtures.cell_mask(rng, 80)[:50]
+  fixtures.write_rgb(folder / 'wide.png', fixtures.cell_image(rng, mask))
+  (folder / 'broken.png').write_bytes(b'\x89PNG not really' + bytes(range(200)))
+  return folder
+
+
+def read_cells(path: pathlib.Path) -> dict[str, dict]:
+  with open(path, newline='') as f:
+    return {pathlib.Path(r['file']).name: r for r in csv.DictReader(f)}
+
+
+def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
+  out = tmp_path / 'out' / 'nested'   # created by the command
+  proc = test_evaluate.run_command(
+      'wcsegnet_jax.predict', f'--workdir={tiny_model["workdir"]}', f'--output={out}',
+      '--pixel_size_um=0.5', '--batch_size=2', str(image_folder))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'broken.png' in proc.stderr and 'Traceback' not in proc.stderr
+  assert '4 images, 1 skipped' in proc.stdout
+  cells = read_cells(out / 'cells.csv')
+  assert sorted(cells) == ['large.bmp', 'small.bmp', 'wide.png']
+  for name, row in cells.items():
+    stem = pathlib.Path(name).stem
+    original = raw.read_rgb(image_folder / name)
+    mask = cv2.cvtColor(cv2.imread(str(out / f'{stem}_mask.png')), cv2.COLOR_BGR2RGB)
+    overlay = cv2.imread(str(out / f'{stem}_overlay.png'))
+    assert mask.shape == original.shape and overlay.shape == original.shape
+    colours = {tuple(c) for c in mask.reshape(-1, 3)}
+    assert colours <= {tuple(c) for c in classes.CLASS_COLORS}
+    assert row['predicted_type'] in classes.CLASS_NAMES[1:] + ('none',)
+    area = int(row['nucleus_area_px'])
+    assert area == int((mask != 0).any(-1).sum())
+    assert float(row['nucleus_area_um2']) == pytest.approx(area * 0.25, abs=1e-3)
+    assert float(row['perimeter_um']) == pytest.approx(float(row['perimeter_px']) * 0.5,
+                                                        abs=0.01)
+    assert 0.0 <= float(row['confidence']) <= 1.0
+    assert row['mask_file'] == f'{stem}_mask.png'
+  assert not (out / 'broken_mask.png').exists()
+  assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_predict_all_unreadable_and_missing_inputs(tiny_model, tmp_path):
+  bad = tmp_path / 'bad.png'
+  bad.write_bytes(b'garbage')
+  summary = predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(bad)])
+  assert summary.done == [] and summary.skipped[0][0] == str(bad)   # the command exits 1
+  assert 'bad.png' in summary.text()
+  cells = (tmp_path / 'out' / 'cells.csv').read_text().splitlines()
+  assert cells == [','.join(predict.CSV_COLUMNS)]
+  with pytest.raises(raw.DataError, match='no such file'):
+    predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(tmp_path / 'nope')])
+  with pytest.raises(raw.DataError, match='no image'):
+    (tmp_path / 'empty').mkdir()
+    predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(tmp_path / 'empty')])
+
+
+def test_predict_workdir_without_checkpoint(tiny_model, tmp_path):
+  workdir = tmp_path / 'crashed_run'
+  workdir.mkdir()
+  shutil.copy(tiny_model['workdir'] / 'config.json', workdir / 'config.json')
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  with pytest.raises(checkpointing.CheckpointError, match=re.escape(str(workdir))):
+    predict.run(str(workdir), str(tmp_path / 'out'), [str(image)])
+  with pytest.raises(checkpointing.CheckpointError, match='config.json'):
+    predict.run(str(tmp_path / 'nothing_here'), str(tmp_path / 'out'), [str(image)])
+
+
+def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
+  """With TTA over the four flips, segmenting a mirrored image gives the mirrored mask."""
+  rng = np.random.default_rng(1)
+  image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 32))   # the model's size: no resize
+  fixtures.write_rgb(tmp_path / 'cell.png', image)
+  fixtures.write_rgb(tmp_path / 'mirrored.png', image[:, ::-1])
+  config = predict.load_workdir_config(tiny_model['workdir'])
+  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
+  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  summary = predict.predict_files(config, variables, [tmp_path / 'cell.png',
+                                                      tmp_path / 'mirrored.png'],
+                                  tmp_path / 'out', tta=True)
+  assert len(summary.done) == 2
+  mask = cv2.imread(str(tmp_path / 'out' / 'cell_mask.png'))
+  mirrored = cv2.imread(str(tmp_path / 'out' / 'mirrored_mask.png'))
+  assert (mask[:, ::-1] == mirrored).all(-1).mean() > 0.99
+
+
+def test_same_stem_gets_a_unique_name(tiny_model, tmp_path):
+  config = predict.load_workdir_config(tiny_model['workdir'])
+  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
+  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  rng = np.random.default_rng(2)
+  image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 40))
+  for sub in ('a', 'b'):
+    (tmp_path / sub).mkdir()
+    fixtures.write_rgb(tmp_path / sub / 'cell.png', image)
+  predict.predict_files(config, variables, [tmp_path / 'a' / 'cell.png',
+                                            tmp_path / 'b' / 'cell.png'], tmp_path / 'out')
+  rows = list(csv.DictReader(open(tmp_path / 'out' / 'cells.csv')))
+  assert [r['mask_file'] for r in rows] == ['cell_mask.png', 'cell_2_mask.png']
+  assert (tmp_path / 'out' / 'cell_2_overlay.png').is_file()

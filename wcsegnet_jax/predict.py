@@ -1,0 +1,260 @@
+r"""Segments and classifies new images with a trained model; writes masks, overlays and cells.csv.
+
+  python -m wcsegnet_jax.predict --workdir=DIR --output=OUT [--checkpoint=best] \
+      [--pixel_size_um=0.1] [--batch_size=16] [--tta] IMAGE_OR_FOLDER...
+
+The model's config is read from `DIR/config.json` (written by training), so no --config is
+needed. Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
+recursive) are all taken: point it at a folder of images only, e.g. not at a WBC `Dataset 1/`
+folder, whose .png masks would be segmented as images too.
+
+Each image, of any size, is resized to the training size, segmented, and its class
+probabilities are resized back to the original size (bilinear) before the argmax, so the mask
+has the original size and smooth edges. Per image it writes `<stem>_mask.png` (class colours)
+and `<stem>_overlay.png` (the image with the nucleus tinted in its class colour); a second image
+with the same stem gets `<stem>_2_mask.png`, and so on. `cells.csv` has one row per image: its
+predicted type (majority of the nucleus pixels), the mean probability of that type over them, and
+nucleus measurements (see `morphometry.py`), in micrometres too with --pixel_size_um.
+
+Exit status: 0 when at least one image was segmented (unreadable files are reported on stderr,
+skipped and listed in the summary); 1 when none was; 2 for a usage problem (no checkpoint in
+the workdir, a missing input path, no image found).
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+from typing import Iterable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import cv2
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
+from wcsegnet_jax import errors
+from wcsegnet_jax import evaluate
+from wcsegnet_jax import metrics
+from wcsegnet_jax import models
+from wcsegnet_jax import morphometry
+from wcsegnet_jax import reports
+from wcsegnet_jax.data import raw
+
+CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
+               'perimeter_px', 'perimeter_um', 'circularity', 'solidity', 'lobes', 'mask_file')
+OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
+
+
+@dataclasses.dataclass
+class PredictionSummary:
+  """What a run did: the images done, and the ones skipped with the reason."""
+  done: list[str]
+  skipped: list[tuple[str, str]]
+
+  def text(self) -> str:
+    line = f'{len(self.done) + len(self.skipped)} images, {len(self.skipped)} skipped'
+    if self.skipped:
+      line += ': ' + '; '.join(f'{path} ({why})' for path, why in self.skipped)
+    return line
+
+
+def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The config training saved in `workdir` (lists where the config had tuples)."""
+  path = pathlib.Path(workdir).expanduser().resolve() / checkpointing.CONFIG_FILE
+  if not path.is_file():
+    raise checkpointing.CheckpointError(
+        f'{path} does not exist: {path.parent} is not a training workdir (train first with '
+        f'--workdir={path.parent}, or point --workdir at one)')
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise checkpointing.CheckpointError(f'{path} is not a readable config: {e}') from None
+
+
+def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
+  """Image files named, plus the images of the folders named (sorted, not recursive)."""
+  paths = []
+  for given in inputs:
+    path = pathlib.Path(given).expanduser()
+    if path.is_dir():
+      paths += sorted(p for p in path.iterdir()
+                      if p.is_file() and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+    elif path.is_file():
+      paths.append(path)
+    else:
+      raise raw.DataError(f'{path}: no such file or folder')
+  if not paths:
+    raise raw.DataError(f'no image ({", ".join(raw.IMAGE_SUFFIXES)}) in {", ".join(inputs)}')
+  return paths
+
+
+def resize_to(image: np.ndarray, size: int) -> np.ndarray:
+  """The network's input, resized exactly as the training data were (`raw.resize_pair`)."""
+  no_labels = np.zeros(image.shape[:2], np.uint8)
+  return raw.resize_pair(image, no_labels, size)[0]
+
+
+def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Class probabilities (S, S, C) resized bilinearly to (height, width, C)."""
+  if probs.shape[:2] == (height, width):
+    return probs
+  return cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay(image: np.ndarray, pred_map: np.ndarray) -> np.ndarray:
+  """The image with each nucleus pixel blended with its class colour."""
+  tinted = image.astype(np.float32)
+  nucleus = pred_map > classes.BACKGROUND
+  colours = classes.colorize(pred_map).astype(np.float32)
+  tinted[nucleus] = (1 - OVERLAY_ALPHA) * tinted[nucleus] + OVERLAY_ALPHA * colours[nucleus]
+  return np.round(tinted).astype(np.uint8)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+  ok, data = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise OSError('PNG encoding failed')
+  return data.tobytes()
+
+
+def cell_row(file: str, mask_file: str, pred_map: np.ndarray, probs: np.ndarray,
+             pixel_size_um: float | None) -> dict:
+  """One cells.csv row: the voted type, its confidence, and the nucleus measurements."""
+  class_id, confidence = metrics.predicted_cell_type(pred_map, probs)
+  m = morphometry.nucleus_measurements(pred_map > classes.BACKGROUND)
+  um = lambda v, power: '' if pixel_size_um is None else f'{v * pixel_size_um**power:.4f}'
+  return {
+      'file': file,
+      'predicted_type': 'none' if class_id == classes.BACKGROUND else
+                        classes.CLASS_NAMES[class_id],
+      'confidence': f'{confidence:.4f}',
+      'nucleus_area_px': m['area_px'],
+      'nucleus_area_um2': um(m['area_px'], 2),
+      'perimeter_px': f"{m['perimeter_px']:.2f}",
+      'perimeter_um': um(m['perimeter_px'], 1),
+      'circularity': f"{m['circularity']:.4f}",
+      'solidity': f"{m['solidity']:.4f}",
+      'lobes': m['lobes'],
+      'mask_file': mask_file,
+  }
+
+
+def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
+                        probs: np.ndarray, pixel_size_um: float | None) -> dict:
+  """Writes one image's mask and overlay at its own size; returns its cells.csv row."""
+  probs = probs_at_size(probs, *image.shape[:2])
+  pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
+  reports.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
+  reports.write_bytes_atomic(output / f'{stem}_overlay.png', encode_png(overlay(image, pred_map)))
+  return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
+  stem, k = path.stem, 2
+  while stem in used:
+    stem, k = f'{path.stem}_{k}', k + 1
+  used.add(stem)
+  return stem
+
+
+def predict_files(config: ml_collections.ConfigDict, variables: dict,
+                  paths: Sequence[pathlib.Path], output: str | pathlib.Path,
+                  batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
+                  progress: bool = False) -> PredictionSummary:
+  """Segments `paths` with `variables`; writes masks, overlays and cells.csv into `output`."""
+  output = pathlib.Path(output).expanduser()
+  output.mkdir(parents=True, exist_ok=True)
+  size = int(config.data.image_size)
+  model = models.create_model(config.model)
+  batch_size = max(1, min(batch_size, len(paths)))
+  # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
+  predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta))
+  summary, rows, used_stems = PredictionSummary([], []), [], set()
+  bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
+  for chunk in _chunks(list(paths), batch_size):
+    images = []
+    for path in chunk:
+      try:
+        images.append((path, raw.read_rgb(path)))
+      except raw.DataError as e:
+        tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
+        summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))
+        bar.update(1)
+    if not images:
+      continue
+    batch = np.zeros((batch_size, size, size, 3), np.uint8)
+    for i, (_, image) in enumerate(images):
+      batch[i] = resize_to(image, size)
+    probs = np.asarray(jax.device_get(predict(variables, batch)), np.float32)
+    for (path, image), image_probs in zip(images, probs):
+      rows.append(write_image_outputs(output, _unique_stem(path, used_stems), path, image,
+                                      image_probs, pixel_size_um))
+      summary.done.append(str(path))
+      bar.update(1)
+  bar.close()
+  reports.write_csv_atomic(output / 'cells.csv', CSV_COLUMNS,
+                           [[r[k] for k in CSV_COLUMNS] for r in rows])
+  return summary
+
+
+def run(workdir: str, output: str, inputs: Sequence[str], checkpoint: str = 'best',
+        batch_size: int = 16, tta: bool = False,
+        pixel_size_um: float | None = None) -> PredictionSummary:
+  """The command's work, callable from Python: config, checkpoint, then the images."""
+  if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+    raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
+  ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir, checkpoint)
+  config_dir = ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file() else workdir
+  config = load_workdir_config(config_dir)
+  paths = list_images(inputs)
+  variables, step = evaluate.load_variables(config, workdir, checkpoint)
+  logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
+  progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
+  return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
+                       progress)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when run as a command, so that importing this module
+  beside `wcsegnet_jax.main` (which has --workdir and --checkpoint too) is no flag clash."""
+  flags.DEFINE_string('workdir', None, 'Training workdir: config.json and checkpoints/.')
+  flags.DEFINE_string('output', None, 'Folder for masks, overlays and cells.csv (created).')
+  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step, or a checkpoint path.")
+  flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
+                     'areas and perimeters in micrometres to cells.csv.')
+  flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
+  flags.DEFINE_bool('tta', False, 'Average the predictions over the four flips.')
+  flags.mark_flags_as_required(['workdir', 'output'])
+
+
+def main(argv):
+  inputs = argv[1:]
+  if not inputs:
+    raise app.UsageError('give at least one image file or folder')
+  logging.get_absl_logger().addFilter(lambda record: 'orbax' not in record.pathname)
+  with errors.user_errors_as_messages():
+    summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
+                  FLAGS.tta, FLAGS.pixel_size_um)
+  print(summary.text())
+  print(f'wrote {pathlib.Path(FLAGS.output) / "cells.csv"}')
+  sys.exit(0 if summary.done else 1)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,294 @@
+"""Evaluation reports: metrics.json, report.md beside the paper's Table 1, and figure grids.
+
+Every file is written atomically (to a temporary file in the same folder, then renamed), so a
+crash or a full disk leaves the previous report, never half of a new one.
+"""
+
+import csv
+import io
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+from matplotlib import patches
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from wcsegnet_jax import classes
+from wcsegnet_jax import metrics
+
+# Table 1 of the paper (WCSegNet, Nasser et al. 2025, doi:10.18280/isi.300102): nucleus-vs-
+# background metrics per dataset. Only the values we hold from the paper for certain are filled
+# in; a missing key is a cell we do not know ("n/a" in reports), never a guess. We read the
+# paper's paired values "Dice 0.9653/0.9662, mIoU 0.9599/0.9609" as (Jiangxi, CellaVision), the
+# order in which it lists the datasets. Fan et al. 2019 is the prior work the paper quotes at
+# Dice 0.982 on both.
+PAPER_COLUMNS = ('accuracy', 'precision', 'recall', 'dice', 'miou')
+PAPER_TABLE1 = {
+    'jiangxi': (
+        ('U-Net (ReLU)', {}),
+        ('U-Net (LeakyReLU)', {}),
+        ('WCSegNet', {'dice': 0.9653, 'miou': 0.9599}),
+        ('Fan et al. 2019', {'dice': 0.982}),
+    ),
+    'cellavision': (
+        ('U-Net (ReLU)', {}),
+        ('U-Net (LeakyReLU)', {}),
+        ('WCSegNet', {'dice': 0.9662, 'miou': 0.9609}),
+        ('Fan et al. 2019', {'dice': 0.982}),
+    ),
+}
+COLUMN_TITLES = {'accuracy': 'Accuracy', 'precision': 'Precision', 'recall': 'Recall',
+                 'dice': 'Dice', 'miou': 'mIoU', 'iou': 'IoU'}
+
+
+# ------------------------------------------------------------------------------------------------
+# Atomic writes.
+# ------------------------------------------------------------------------------------------------
+
+def write_bytes_atomic(path: str | pathlib.Path, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
+  write_bytes_atomic(path, text.encode('utf-8'))
+
+
+def write_json_atomic(path: str | pathlib.Path, obj: Any) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + '\n')
+
+
+def write_csv_atomic(path: str | pathlib.Path, header: Sequence[str], rows) -> None:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator='\n')
+  writer.writerow(header)
+  writer.writerows(rows)
+  write_text_atomic(path, buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures: rows of original | ground truth | prediction, as the paper's Figure 7.
+# ------------------------------------------------------------------------------------------------
+
+def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarray,
+               row_titles: Sequence[str], title: str = '') -> bytes:
+  """A PNG grid: one row per image; columns original | ground truth | prediction."""
+  n = len(images)
+  fig = Figure(figsize=(6.0, 2.0 * max(n, 1) + 0.8), dpi=100)
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(max(n, 1), 3, squeeze=False)
+  for r in range(n):
+    panels = (images[r], classes.colorize(label_maps[r]), classes.colorize(predictions[r]))
+    for c, panel in enumerate(panels):
+      ax = axes[r, c]
+      ax.imshow(panel, interpolation='nearest')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(('original', 'ground truth', 'prediction')[c], fontsize=10)
+    axes[r, 0].set_ylabel(row_titles[r], fontsize=7)
+  if n == 0:
+    axes[0, 1].text(0.5, 0.5, 'no images', ha='center', va='center')
+    for ax in axes[0]:
+      ax.set_axis_off()
+  legend = [patches.Patch(color=classes.CLASS_COLORS[i] / 255.0, label=name)
+            for i, name in enumerate(classes.CLASS_NAMES)]
+  fig.legend(handles=legend, loc='lower center', ncol=len(legend), fontsize=8, frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png')
+  return buffer.getvalue()
+
+
+def figure_indices(cell_types: np.ndarray, n: int) -> list[int]:
+  """Up to `n` images taking the cell types in turn (first images of each type first)."""
+  by_type = [list(np.flatnonzero(cell_types == t)) for t in np.unique(cell_types)]
+  picked = []
+  while len(picked) < n and any(by_type):
+    for group in by_type:
+      if group and len(picked) < n:
+        picked.append(int(group.pop(0)))
+  return picked
+
+
+def worst_indices(nucleus_dice: np.ndarray, k: int) -> list[int]:
+  """The `k` images of lowest nucleus Dice, worst first (ties keep the dataset's order)."""
+  return [int(i) for i in np.argsort(nucleus_dice, kind='stable')[:k]]
+
+
+# ------------------------------------------------------------------------------------------------
+# report.md
+# ------------------------------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 4) -> str:
+  if value is None:
+    return 'n/a'
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  return f'{float(value):.{digits}f}'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * len(header)) + '|']
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _type_name(class_id: int) -> str:
+  return 'none' if class_id == classes.BACKGROUND else classes.CLASS_NAMES[class_id]
+
+
+def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str) -> str:
+  """The paper's Table 1 rows for `paper_key` (if any) and ours: pooled and per-image means."""
+  header = ['Method'] + [COLUMN_TITLES[k] for k in PAPER_COLUMNS]
+  rows = [[f'{method} (paper)'] + [_fmt(values.get(k)) for k in PAPER_COLUMNS]
+          for method, values in PAPER_TABLE1.get(paper_key, ())]
+  rows.append([f'**{ours_label}**, pooled pixels']
+              + [_fmt(summary['paper'][k]) for k in PAPER_COLUMNS])
+  per_image = summary['per_image']['paper']
+  rows.append([f'{ours_label}, mean ± std over images']
+              + [f"{_fmt(per_image[k]['mean'])} ± {_fmt(per_image[k]['std'])}"
+                 if per_image[k]['mean'] is not None else 'n/a' for k in PAPER_COLUMNS])
+  return _table(header, rows)
+
+
+def per_class_table(summary: dict) -> str:
+  pc = summary['per_class']
+  rows = [[name, _fmt(pc['support'][name])] + [_fmt(pc[k][name]) for k in metrics.CLASS_METRICS]
+          for name in pc['support']]
+  rows.append(['mean (present classes)', ''] + [_fmt(pc[f'mean_{k}'])
+                                               for k in metrics.CLASS_METRICS])
+  header = ['Class', 'Labelled pixels'] + [COLUMN_TITLES.get(k, k.capitalize())
+                                           for k in metrics.CLASS_METRICS]
+  return _table(header, rows)
+
+
+def cell_table(summary: dict) -> str:
+  cells = summary['cells']
+  cm = np.asarray(cells['confusion_matrix'])
+  names = [_type_name(c) for c in range(cm.shape[0])]
+  rows = [[names[t]] + [str(v) for v in cm[t]] + [_fmt(cells['recall'][classes.CLASS_NAMES[t]])]
+          for t in range(cm.shape[0]) if cm[t].sum() > 0]
+  return _table(['true \\ predicted'] + names + ['Recall'], rows)
+
+
+def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key: str | None,
+                    n_shown: int) -> str:
+  ours = f"ours ({meta['config_name']}, step {meta['checkpoint_step']})"
+  cells = summary['cells']
+  lines = [
+      f"# Evaluation of {summary['dataset']}",
+      '',
+      f"Checkpoint step {meta['checkpoint_step']} ({meta['checkpoint_dir']}), config "
+      f"`{meta['config_name']}`, {summary['n_images']} images at {meta['image_size']}x"
+      f"{meta['image_size']}, test-time augmentation {'on' if meta['tta'] else 'off'}, "
+      f"mean loss {_fmt(summary['loss'])}.",
+      '',
+      '## Nucleus vs background (the paper\'s Table 1)',
+      '',
+      paper_comparison_table(summary, paper_key, ours),
+      '',
+      'Paper rows: WCSegNet (Nasser et al. 2025), Table 1; "n/a" marks values we do not hold. '
+      'Ours: "pooled" counts every pixel of the split at once; the per-image rows average each '
+      'image\'s own value (an image with no nucleus in label nor prediction scores 1). mIoU is '
+      'the mean of the background IoU and the nucleus IoU (see `wcsegnet_jax/metrics.py`).',
+      '',
+      '## Per class (pooled pixels)',
+      '',
+      per_class_table(summary),
+      '',
+      '## Per cell (type = majority vote of the predicted nucleus pixels)',
+      '',
+      f"Cell accuracy {_fmt(cells['cell_accuracy'])} over {cells['n_cells']} cells, mean recall "
+      f"{_fmt(cells['mean_recall'])}, {cells['n_no_nucleus_predicted']} cells with no predicted "
+      'nucleus ("none").',
+      '',
+      cell_table(summary),
+      '',
+      f'## The {len(worst)} images of lowest nucleus Dice',
+      '',
+      _table(['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
+             [[i + 1, w['file_id'], w['true_type'], w['predicted_type'],
+               _fmt(w['nucleus_dice'])] for i, w in enumerate(worst)]),
+      '',
+      '![worst images](worst.png)',
+      '',
+      f'## Examples ({n_shown} images, cell types in turn)',
+      '',
+      '![original | ground truth | prediction](figure.png)',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# One dataset's reports.
+# ------------------------------------------------------------------------------------------------
+
+def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
+                          predicted_types: np.ndarray, meta: dict, paper_key: str | None,
+                          figure_rows: int, worst_k: int) -> dict:
+  """Writes metrics.json, per_image.csv, report.md, figure.png and worst.png into `out_dir`.
+
+  `result` is an `evaluate.EvalResult` with maps kept, `summary` its `evaluate.summarize`,
+  `predicted_types` each image's voted cell type (`evaluate.predicted_cell_types`); `meta` holds
+  checkpoint_step, checkpoint_dir, config_name, tta and image_size. `paper_key` picks the rows of
+  PAPER_TABLE1 ('jiangxi' | 'cellavision' | None). Returns the dict written to metrics.json.
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  dice = metrics.dice_per_image(result.confusion)
+  predicted = np.asarray(predicted_types)
+  rows = [{'file_id': str(result.file_ids[i]),
+           'true_type': _type_name(int(result.cell_types[i])),
+           'predicted_type': _type_name(int(predicted[i])),
+           'nucleus_dice': float(dice[i]), 'loss': float(result.loss[i])}
+          for i in range(len(result.file_ids))]
+  worst_idx = worst_indices(dice, worst_k)
+  worst = [rows[i] for i in worst_idx]
+  shown = figure_indices(result.cell_types, figure_rows)
+
+  def grid(indices, title, label):
+    return figure_png(result.images[indices], result.label_maps[indices],
+                      result.prediction[indices], [label(i) for i in indices], title)
+
+  write_bytes_atomic(out_dir / 'figure.png', grid(
+      shown, summary['dataset'],
+      lambda i: f"{rows[i]['file_id']}\n{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
+  write_bytes_atomic(out_dir / 'worst.png', grid(
+      worst_idx, f"{summary['dataset']}: lowest nucleus Dice",
+      lambda i: f"{rows[i]['file_id']}  Dice {rows[i]['nucleus_dice']:.3f}\n"
+                f"{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
+  write_csv_atomic(out_dir / 'per_image.csv', list(rows[0]) if rows else ['file_id'],
+                   [list(r.values()) for r in rows])
+  write_text_atomic(out_dir / 'report.md',
+                    markdown_report(summary, meta, worst, paper_key, len(shown)))
+  # metrics.json last: when it is there, the files it describes are complete.
+  report = {**meta, **summary, 'worst': worst}
+  write_json_atomic(out_dir / 'metrics.json', report)
+  return report
+
+
+def summary_table(reports: dict[str, dict]) -> str:
+  """A short plain-text table of the datasets' headline numbers, for the terminal."""
+  header = ('dataset', 'images', 'accuracy', 'dice', 'miou', 'cell acc')
+  rows = [(name, str(r['n_images']), _fmt(r['paper']['accuracy']), _fmt(r['paper']['dice']),
+           _fmt(r['paper']['miou']), _fmt(r['cells']['cell_accuracy']))
+          for name, r in reports.items()]
+  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+            for i, h in enumerate(header)]
+  fmt = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths))
+  return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows])
