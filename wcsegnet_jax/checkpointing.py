@@ -98,11 +98,12 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def config_mismatches(saved: dict, current: dict) -> list[str]:
-  """Keys under RESUME_SENSITIVE whose values differ between a saved and the current config."""
+def config_mismatches(saved: dict, current: dict,
+                      sensitive_keys=RESUME_SENSITIVE) -> list[str]:
+  """Keys at or under `sensitive_keys` whose values differ between a saved and a new config."""
   saved_flat, current_flat = _flatten(saved), _flatten(current)
   keys = sorted(set(saved_flat) | set(current_flat))
-  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in RESUME_SENSITIVE)]
+  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)]
   return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in sensitive
           if saved_flat.get(k) != current_flat.get(k)]
 

@@ -167,15 +167,8 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
   path = workdir / checkpointing.CONFIG_FILE
   if not path.exists():
     return
-  saved, current = json.loads(path.read_text()), json.loads(config.to_json())
-
-  def get(d, dotted):
-    for part in dotted.split('.'):
-      d = d.get(part) if isinstance(d, dict) else None
-    return list(d) if isinstance(d, tuple) else d
-
-  diffs = [f'{k}: {get(saved, k)!r} (trained) vs {get(current, k)!r}' for k in EVAL_SENSITIVE
-           if get(saved, k) != get(current, k)]
+  diffs = checkpointing.config_mismatches(json.loads(path.read_text()),
+                                          json.loads(config.to_json()), EVAL_SENSITIVE)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the checkpoint in {workdir} was trained with another model config ({path}); '
