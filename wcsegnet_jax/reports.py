@@ -19,7 +19,7 @@ import numpy as np
 from wcsegnet_jax import classes
 from wcsegnet_jax import metrics
 
-# Table 1 of the paper (WCSegNet, Nasser et al. 2025, doi:10.18280/isi.300102): nucleus-vs-
+# Table 1 of the paper (WCSegNet, Nasser et al., ISI 30(1), 2025): nucleus-vs-
 # background metrics per dataset. Only the values we hold from the paper for certain are filled
 # in; a missing key is a cell we do not know ("n/a" in reports), never a guess. We read the
 # paper's paired values "Dice 0.9653/0.9662, mIoU 0.9599/0.9609" as (Jiangxi, CellaVision), the
