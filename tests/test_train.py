@@ -1,14 +1,12 @@
 """Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
 
 import functools
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
 
-import cv2
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -19,7 +17,6 @@ from configs import base
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import losses
 from wcsegnet_jax import metric_writers
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
@@ -75,10 +72,9 @@ def test_tiny_net_overfits_eight_images(wbc_raw, wbc_tfds_dir):
   source = tfds_builder.prepare('jiangxi', c.data).as_data_source('train')
   batch = {k: np.stack([source[i][k] for i in range(8)]) for k in ('image', 'label_map')}
   model = models.create_model(c.model)
-  state = train.create_train_state(c, model, jax.random.PRNGKey(0),
-                                   train.make_optimizer(c.train, 1, 1))
-  step = jax.jit(functools.partial(train.train_step, loss_fn=losses.make_loss_fn(c.train),
-                                   data_config=c.data))
+  state = jax.jit(functools.partial(train.create_train_state, c, model,
+                                    tx=train.make_optimizer(c.train, 1, 1)))(0)
+  step = jax.jit(train.make_train_step(c))
   state, _ = step(state, batch)   # compiles
   start = time.time()
   for _ in range(119):

@@ -11,6 +11,7 @@ from wcsegnet_jax.data import raw
 # configs/base.py holds every knob; a key it lacks is a typo or a stale config.
 BASE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'base.py'
 CHOICES = {
+    'rng_impl': ('rbg', 'threefry'),
     'model.activation': ('relu', 'leaky_relu'),
     'model.block_norm': ('none', 'batch'),
     'model.upsample': ('transpose', 'nearest'),

@@ -228,7 +228,7 @@ def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, s
   init = functools.partial(train.create_train_state, config, models.create_model(config.model),
                            tx=tx)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      jax.eval_shape(init, jax.random.PRNGKey(0)))
+                      jax.eval_shape(init, 0))
 
 
 # ------------------------------------------------------------------------------------------------

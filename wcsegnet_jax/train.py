@@ -12,7 +12,6 @@ import pathlib
 from typing import Any
 
 from absl import logging
-import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,9 @@ class TrainingDivergedError(RuntimeError):
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-  rng: jax.Array   # base key; step s uses fold_in(rng, s), so a resume needs no RNG bookkeeping
+  # Raw data of the base key (config.rng_impl); step s uses fold_in(key, s), so a resume needs
+  # no RNG bookkeeping and the checkpoint holds plain uint32.
+  rng: jax.Array
 
 
 def make_optimizer(train_config: ml_collections.ConfigDict,
@@ -50,20 +51,24 @@ def make_optimizer(train_config: ml_collections.ConfigDict,
   return optax.adam(lr)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, rng: jax.Array,
+def create_train_state(config: ml_collections.ConfigDict, model, seed,
                        tx: optax.GradientTransformation) -> TrainState:
-  init_rng, state_rng = jax.random.split(rng)
+  """Initialised parameters and optimizer state; `seed` may be traced (jit it)."""
+  init_key, state_key = jax.random.split(jax.random.key(seed, impl=config.rng_impl))
   size = config.data.image_size
-  variables = model.init(init_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+  variables = model.init(init_key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}), rng=state_rng)
+                           batch_stats=variables.get('batch_stats', {}),
+                           rng=jax.random.key_data(state_key))
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn, data_config) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, loss_fn, data_config,
+               rng_impl: str) -> tuple[TrainState, dict]:
   """One Adam step on a batch of uint8 images and label maps."""
   images = input_pipeline.normalize_images(batch['image'], data_config.mean, data_config.std)
   labels = batch['label_map'].astype(jnp.int32)
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl),
+                                   state.step)
 
   def compute_loss(params):
     logits, updates = state.apply_fn(
@@ -75,6 +80,12 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, data_config) -> tuple
   state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return state, {'loss': loss, 'pixel_accuracy': accuracy}
+
+
+def make_train_step(config: ml_collections.ConfigDict):
+  """`train_step` with the config's loss, normalisation and PRNG bound (jit it)."""
+  return functools.partial(train_step, loss_fn=losses.make_loss_fn(config.train),
+                           data_config=config.data, rng_impl=config.rng_impl)
 
 
 def variables_of(state: TrainState) -> dict:
@@ -114,9 +125,8 @@ class Trainer:
     self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
     tx = make_optimizer(config.train, self.steps_per_epoch, self.total_steps)
     init = functools.partial(create_train_state, config, self.model, tx=tx)
-    self.state = jax.jit(init, out_shardings=dp.replicated)(jax.random.PRNGKey(config.seed))
-    step_fn = functools.partial(train_step, loss_fn=losses.make_loss_fn(config.train),
-                                data_config=config.data)
+    self.state = jax.jit(init, out_shardings=dp.replicated)(config.seed)
+    step_fn = make_train_step(config)
     self.train_step = jax.jit(step_fn, in_shardings=(dp.replicated, dp.batch),
                               out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
     self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config),

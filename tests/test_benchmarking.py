@@ -1,0 +1,167 @@
+"""Tests of wcsegnet_jax.benchmarking, tools/benchmark.py and the PyTorch reference model.
+
+The nets are tiny and their dropouts off: on a 2-core CPU, XLA takes ~6 s more to compile the
+train step with dropout's random bits, and the numbers measured here only need to be sane.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import ROOT
+from configs import base
+from configs import smoke
+from wcsegnet_jax import benchmarking
+from wcsegnet_jax import models
+
+NO_DROPOUT = {'encoder_dropout': 0.0, 'decoder_dropout': 0.0, 'head_dropout': 0.0}
+
+
+def tiny_config():
+  c = base.get_config()
+  c.data.image_size = 32
+  c.model.update(base_width=2, num_levels=2, blocks_per_stage=1, **NO_DROPOUT)
+  return c
+
+
+def flax_param_count(config) -> int:
+  model = models.create_model(config.model)
+  size = config.data.image_size
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+  return models.count_params(shapes['params'])
+
+
+def test_timed_steps_measures_milliseconds():
+  t = benchmarking.timed_steps(lambda: time.sleep(0.01), steps=5, warmup=1)
+  assert t['steps'] == 5 and t['warmup'] == 1
+  assert 10.0 <= t['min_ms'] <= t['p10_ms'] <= t['median_ms'] <= t['p90_ms'] < 1000.0
+
+
+def test_time_fn_on_a_trivial_function():
+  calls = []
+
+  def next_args(args, out):
+    calls.append(1)
+    return (out,)
+
+  x = jnp.zeros((1000,), jnp.float32)
+  t = benchmarking.time_fn(jax.jit(lambda v: v * 2.0 + 1.0), (x,), steps=10, warmup=2,
+                           next_args=next_args)
+  assert len(calls) == 12   # the output threads into every next call, warm-up included
+  assert 0.0 < t['p10_ms'] <= t['median_ms'] <= t['p90_ms'] < 1000.0
+  assert t['lower_s'] > 0.0 and t['compile_s'] > 0.0
+  assert t['flops'] == pytest.approx(2000.0)   # one multiply and one add per element
+  assert t['memory']['argument_size_in_bytes'] == 4000
+
+
+def test_ceilings_are_positive():
+  mm = benchmarking.matmul_peak_flops(256, 'float32', steps=3, warmup=1)
+  assert mm['flops'] == 2 * 256**3 and mm['flops_per_s'] > 0
+  bw = benchmarking.memory_bandwidth(2**20, steps=3, warmup=1)
+  assert bw['bytes_moved'] == 2 * 2**20 and bw['bytes_per_s'] > 0
+  assert benchmarking.peak_bytes_in_use() is None or benchmarking.peak_bytes_in_use() > 0
+
+
+def test_hand_count_of_flops_matches_xla_for_the_paper_model():
+  """The reconciliation of docs/benchmarks.md: XLA's forward count is the convs' taps inside
+  the (120 -> 128 padded) image plus ~0.2% elementwise work; counting every tap gives ~48.4."""
+  c = base.get_config()
+  xla = models.model_flops_per_image(models.create_model(c.model), 120, 120)
+  exact = benchmarking.conv_flops_per_image(c.model, 120, 120, count_padding_taps=False)
+  dense = benchmarking.conv_flops_per_image(c.model, 120, 120)
+  assert exact['total'] < xla < 1.005 * exact['total']
+  assert dense['total'] == pytest.approx(48.39e9, rel=1e-3)
+  # The first conv by hand: 2 * 9 * 3 * 64 MACs per pixel of the 128x128 padded input.
+  assert dense['encoder0'] > 2 * 9 * 3 * 64 * 128 * 128
+
+
+def test_benchmark_train_step_on_a_tiny_config():
+  c = tiny_config()
+  peak = benchmarking.matmul_peak_flops(steps=3, warmup=1)['flops_per_s']
+  r = benchmarking.benchmark_train_step(c, 2, 'float32', steps=3, warmup=1,
+                                        peak_flops_per_s=peak)
+  assert r['mode'] == 'train' and r['batch_size'] == 2 and r['dtype'] == 'float32'
+  assert r['num_params'] == flax_param_count(c)
+  assert r['images_per_s'] > 0 and r['ms_per_step'] > 0
+  assert r['flops_per_step'] > 0 and r['flops_source'] == 'compiled'
+  # A tiny net on a CPU is all overhead; the matmul peak may also be beaten a little by a
+  # lucky timing, hence the slack above 1.
+  assert 0 < r['mfu'] <= 1.5
+  forward = models.model_flops_per_image(models.create_model(c.model), 32, 32)
+  assert 2.5 < r['flops_per_image'] / forward < 3.5   # backward ~ 2x forward
+
+
+def test_speed_ratios():
+  results = [{'mode': 'train', 'batch_size': 2, 'dtype': 'float32', 'images_per_s': 30.0},
+             {'mode': 'torch_train', 'batch_size': 2, 'dtype': 'float32', 'images_per_s': 20.0},
+             {'mode': 'infer', 'batch_size': 2, 'dtype': 'float32', 'images_per_s': 9.0},
+             {'mode': 'input', 'batch_size': 8, 'num_workers': 0, 'images_per_s': 5.0}]
+  (ratio,) = benchmarking.speed_ratios(results)
+  assert ratio['mode'] == 'train' and ratio['jax_over_torch'] == pytest.approx(1.5)
+
+
+def test_cli_end_to_end(wbc_raw, tmp_path):
+  output = tmp_path / 'bench.json'
+  args = [sys.executable, 'tools/benchmark.py', '--config=configs/smoke.py',
+          f'--config.data.raw_dir={wbc_raw[0]}', f'--config.data.tfds_dir={tmp_path / "tfds"}',
+          '--config.data.image_size=32', '--config.model.base_width=2',
+          '--config.train.batch_size=2', '--config.input.read_threads=1',
+          *[f'--config.model.{k}={v}' for k, v in NO_DROPOUT.items()],
+          '--batch_sizes=2', '--dtypes=float32', '--steps=3', '--warmup=1',
+          '--modes=train,infer,input', '--input_workers=0', '--input_batches=2',
+          '--torch', '--notorch_compile', '--matmul_size=256', '--bandwidth_mib=4',
+          f'--output={output}']
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'images/s' in done.stdout
+  report = json.loads(output.read_text())
+  assert {'command', 'environment', 'config', 'ceilings', 'model_flops', 'results',
+          'ratios', 'notes'} <= set(report)
+  assert {'device_kind', 'jax', 'date'} <= set(report['environment'])
+  assert report['ceilings']['matmul']['size'] == 256
+  assert report['ceilings']['memory_bandwidth']['bytes_per_s'] > 0
+  rows = {r['mode']: r for r in report['results']}
+  for row in report['results']:
+    assert 'error' not in row, row
+  for mode in ('train', 'infer'):
+    assert rows[mode]['images_per_s'] > 0 and rows[mode]['flops_per_step'] > 0
+    assert rows[mode]['mfu'] > 0
+  assert rows['input']['images_per_s'] > 0 and rows['input']['num_workers'] == 0
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    assert 'torch_train' not in rows and 'skipped' in report['notes'][0]
+  else:
+    assert rows['torch_train']['num_params'] == rows['train']['num_params']
+    assert rows['torch_train']['flops_per_image'] == rows['train']['flops_per_image']
+    assert {r['mode'] for r in report['ratios']} == {'train', 'infer'}
+
+
+@pytest.mark.parametrize('overrides', [
+    {}, {'residual': False}, {'block_norm': 'batch'}, {'upsample': 'nearest'},
+    {'num_levels': 3, 'blocks_per_stage': 1, 'activation': 'relu'}])
+def test_torch_reference_has_our_parameter_count(overrides):
+  pytest.importorskip('torch', reason='PyTorch is optional; the reference is checked with it')
+  from tools import torch_reference  # pylint: disable=g-import-not-at-top
+  for config in (smoke.get_config(), tiny_config()):
+    config.model.update(overrides)
+    assert torch_reference.count_params(
+        torch_reference.build_model(config.model)) == flax_param_count(config)
+
+
+def test_torch_reference_matches_the_paper_model():
+  torch = pytest.importorskip('torch', reason='PyTorch is optional')
+  from tools import torch_reference  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  assert torch_reference.count_params(
+      torch_reference.build_model(c.model)) == flax_param_count(c) == 63_878_724
+  # Padded up to a multiple of 2**num_levels and cropped back, as ours.
+  tiny = torch_reference.build_model(tiny_config().model).eval()
+  with torch.no_grad():
+    assert tuple(tiny(torch.zeros(1, 3, 30, 29)).shape) == (1, 4, 30, 29)

@@ -1,0 +1,236 @@
+"""WCSegNet in PyTorch, written the way a careful PyTorch user would, to time against ours.
+
+Same architecture as `wcsegnet_jax.models` for any `config.model` (the parameter counts match,
+which tests/test_benchmarking.py checks), trained the same way: uint8 batches normalised on the
+device, Adam, pixel cross-entropy. Written for speed as PyTorch users do: channels_last memory
+format, bf16 autocast (parameters stay float32, as ours), `torch.compile`, fused Adam,
+`zero_grad(set_to_none=True)`, `cudnn.benchmark` on GPUs.
+
+Only tools/benchmark.py imports this module, and only when asked for the torch modes: PyTorch is
+an optional dependency of the benchmark, not of the project. Initialisation follows PyTorch's
+defaults (not Flax's LeCun normal) and BatchNorm's momentum is set to Flax's 0.99 equivalent;
+neither changes the speed.
+"""
+
+import gc
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from wcsegnet_jax import benchmarking
+
+
+class ConvBlock(nn.Module):
+  """conv3x3 -> act -> conv3x3 -> + input (1x1 projection if widths differ) -> act."""
+
+  def __init__(self, in_features: int, features: int, m: ml_collections.ConfigDict):
+    super().__init__()
+    batch_norm = m.block_norm == 'batch'
+    self.conv1 = nn.Conv2d(in_features, features, 3, padding=1, bias=not batch_norm)
+    self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=not batch_norm)
+    self.norm1 = nn.BatchNorm2d(features, momentum=0.01) if batch_norm else nn.Identity()
+    self.norm2 = nn.BatchNorm2d(features, momentum=0.01) if batch_norm else nn.Identity()
+    self.residual = m.residual
+    self.proj = (nn.Conv2d(in_features, features, 1)
+                 if m.residual and in_features != features else nn.Identity())
+    self.act = _activation(m)
+
+  def forward(self, x):
+    y = self.act(self.norm1(self.conv1(x)))
+    y = self.norm2(self.conv2(y))
+    if self.residual:
+      y = y + self.proj(x)
+    return self.act(y)
+
+
+def _activation(m: ml_collections.ConfigDict) -> nn.Module:
+  if m.activation == 'relu':
+    return nn.ReLU(inplace=True)
+  return nn.LeakyReLU(m.leaky_relu_slope, inplace=True)
+
+
+def _stage(in_features: int, features: int, m: ml_collections.ConfigDict) -> nn.Sequential:
+  return nn.Sequential(*[ConvBlock(in_features if i == 0 else features, features, m)
+                         for i in range(m.blocks_per_stage)])
+
+
+class WCSegNet(nn.Module):
+  """(B, 3, H, W) normalised images -> (B, num_classes, H, W) float32 logits."""
+
+  def __init__(self, m: ml_collections.ConfigDict):
+    super().__init__()
+    self.num_levels, self.pad_mode, self.upsample = m.num_levels, m.pad_mode, m.upsample
+    width_at = lambda level: m.base_width * 2 ** level
+    self.encoders = nn.ModuleList()
+    cin = 3
+    for level in range(m.num_levels):
+      self.encoders.append(_stage(cin, width_at(level), m))
+      cin = width_at(level)
+    self.encoder_dropout = nn.Dropout(m.encoder_dropout)   # after the deepest encoder stage
+    self.bottleneck = _stage(cin, width_at(m.num_levels), m)
+    cin = width_at(m.num_levels)
+    self.ups, self.decoders, self.decoder_dropouts = nn.ModuleList(), nn.ModuleList(), []
+    for stage, level in enumerate(reversed(range(m.num_levels))):
+      features = width_at(level)
+      if m.upsample == 'transpose':
+        self.ups.append(nn.ConvTranspose2d(cin, features, 2, stride=2))
+        cin = features
+      else:
+        self.ups.append(nn.Upsample(scale_factor=2, mode='nearest'))
+      self.decoders.append(_stage(features + cin, features, m))
+      self.decoder_dropouts.append(
+          m.decoder_dropout if stage in tuple(m.decoder_dropout_stages) else 0.0)
+      cin = features
+    self.head = nn.Sequential(
+        nn.Conv2d(cin, m.base_width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(m.base_width, momentum=0.01), _activation(m), nn.Dropout(m.head_dropout))
+    self.logits = nn.Conv2d(m.base_width, m.num_classes, 1)
+
+  def forward(self, x):
+    _, _, height, width = x.shape
+    multiple = 2 ** self.num_levels
+    top, left = (-height % multiple) // 2, (-width % multiple) // 2
+    x = F.pad(x, (left, -width % multiple - left, top, -height % multiple - top),
+              mode=self.pad_mode)
+    skips = []
+    for level, encoder in enumerate(self.encoders):
+      x = encoder(x)
+      if level == self.num_levels - 1:
+        x = self.encoder_dropout(x)
+      skips.append(x)
+      x = F.max_pool2d(x, 2)
+    x = self.bottleneck(x)
+    for up, decoder, p, skip in zip(self.ups, self.decoders, self.decoder_dropouts,
+                                    reversed(skips)):
+      x = decoder(torch.cat([skip, up(x)], dim=1))   # skip first, as ours
+      x = F.dropout(x, p, self.training) if p else x
+    x = self.head(x)
+    with torch.autocast(x.device.type, enabled=False):   # float32 logits conv, as ours
+      logits = self.logits(x.float())
+    return logits[:, :, top:top + height, left:left + width]
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> WCSegNet:
+  return WCSegNet(model_config)
+
+
+def count_params(module: nn.Module) -> int:
+  """Trainable scalars (BatchNorm's running statistics are buffers, as Flax's batch_stats)."""
+  return sum(p.numel() for p in module.parameters())
+
+
+def default_device() -> torch.device:
+  return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def release_memory() -> None:
+  """Hands the caching allocator's free GPU memory back, for JAX to use after us."""
+  gc.collect()
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
+
+
+def _synchronize(device: torch.device) -> None:
+  if device.type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
+def _normalize(images_uint8, mean, std):
+  """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 standardised; channels_last by construction."""
+  x = images_uint8.permute(0, 3, 1, 2).float()
+  mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255.0
+  scale = 1.0 / (torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255.0)
+  return ((x - mean) * scale).contiguous(memory_format=torch.channels_last)
+
+
+def _setup(config, batch_size, dtype, device, use_compile):
+  device = device or default_device()
+  # Fixed shapes: let cuDNN try its algorithms once and keep the fastest, as XLA autotunes.
+  # float32 convolutions use TF32 on recent GPUs by both libraries' defaults; left as they are.
+  torch.backends.cudnn.benchmark = True
+  torch.manual_seed(config.seed)
+  model = build_model(config.model).to(device, memory_format=torch.channels_last)
+  rng = np.random.default_rng(config.seed)
+  size = config.data.image_size
+  images = torch.from_numpy(
+      rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(0, config.model.num_classes, (batch_size, size, size),
+                                         dtype=np.int64)).to(device)
+  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+  forward = torch.compile(model) if use_compile else model
+  return device, model, forward, images, labels, autocast
+
+
+def _time(step, device, steps: int, warmup: int) -> dict:
+  """The first call (compilation with torch.compile) timed alone, then the shared statistics."""
+  def synced():
+    step()
+    _synchronize(device)
+  start = time.perf_counter()
+  synced()
+  first_s = time.perf_counter() - start
+  timing = benchmarking.timed_steps(synced, steps, max(warmup - 1, 0))
+  return {**timing, 'first_step_s': first_s}
+
+
+def _result(mode, config, batch_size, dtype, model, timing, device, use_compile) -> dict[str, Any]:
+  seconds = timing['median_ms'] / 1e3
+  return {'mode': mode, 'batch_size': int(batch_size), 'dtype': dtype,
+          'image_size': int(config.data.image_size), 'num_params': count_params(model),
+          'images_per_s': batch_size / seconds, 'ms_per_step': timing['median_ms'],
+          'torch_compile': bool(use_compile), 'torch_version': torch.__version__,
+          'torch_device': str(device),
+          'peak_bytes_in_use': (int(torch.cuda.max_memory_allocated(device))
+                                if device.type == 'cuda' else None),
+          'timing': timing}
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
+                         steps: int, warmup: int, *, use_compile: bool = True,
+                         device: torch.device | None = None) -> dict:
+  """Times one Adam step (normalise, forward, cross-entropy, backward, update) like ours."""
+  device, model, forward, images, labels, autocast = _setup(
+      config, batch_size, dtype, device, use_compile)
+  model.train()
+  # Fused Adam: one kernel for all parameters (CUDA, and CPU since torch 2.4).
+  optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate, fused=True)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  if device.type == 'cuda':
+    torch.cuda.reset_peak_memory_stats(device)
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      logits = forward(_normalize(images, mean, std))
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    optimizer.step()
+
+  timing = _time(step, device, steps, warmup)
+  return _result('torch_train', config, batch_size, dtype, model, timing, device, use_compile)
+
+
+def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
+                        steps: int, warmup: int, *, use_compile: bool = True,
+                        device: torch.device | None = None) -> dict:
+  """Times prediction (normalise, forward at eval, softmax, argmax) like ours."""
+  device, model, forward, images, _, autocast = _setup(
+      config, batch_size, dtype, device, use_compile)
+  model.eval()
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  if device.type == 'cuda':
+    torch.cuda.reset_peak_memory_stats(device)
+
+  @torch.inference_mode()
+  def step():
+    with autocast:
+      logits = forward(_normalize(images, mean, std))
+    return torch.softmax(logits.float(), dim=1).argmax(dim=1).to(torch.uint8)
+
+  timing = _time(step, device, steps, warmup)
+  return _result('torch_infer', config, batch_size, dtype, model, timing, device, use_compile)
