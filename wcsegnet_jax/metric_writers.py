@@ -27,8 +27,9 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps({'step': step, **{k: v if math.isfinite(v) else str(v)
-                                                   for k, v in scalars.items()}}) + '\n')
+    record = {'step': step, 'time': time.time()}
+    record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
 
