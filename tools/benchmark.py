@@ -24,10 +24,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:   # `python tools/benchmark.py` from anywhere: configs/ imports
-  sys.path.insert(0, str(ROOT))
-
 MODES = ('train', 'infer', 'input', 'torch_train', 'torch_infer')
 
 FLAGS = flags.FLAGS

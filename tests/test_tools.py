@@ -1,0 +1,55 @@
+"""The thin command-line tools: they run and write what they say."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+from conftest import ROOT
+from wcsegnet_jax import curves
+from wcsegnet_jax import metric_writers
+
+
+def run_tool(script, *args):
+  return subprocess.run([sys.executable, f'{ROOT}/tools/{script}', *args], cwd=ROOT,
+                        capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ROOT})
+
+
+def test_show_augmentations_writes_the_grid(wbc_raw, wbc_tfds_dir, tmp_path):
+  out = tmp_path / 'aug.png'
+  result = run_tool('show_augmentations.py', f'--config={ROOT}/configs/wcseg.py',
+                    f'--config.data.raw_dir={wbc_raw[0]}',
+                    f'--config.data.tfds_dir={wbc_tfds_dir}', f'--output={out}',
+                    '--num_images=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  grid = cv2.imread(str(out))
+  assert grid.shape == (2 * 120 + 4, 8 * 120 + 7 * 4, 3)
+
+
+def _write_fake_run(workdir, dices):
+  workdir.mkdir()
+  with open(workdir / metric_writers.METRICS_FILE, 'w') as f:
+    for epoch, dice in enumerate(dices, start=1):
+      f.write(json.dumps({'step': 10 * epoch, 'loss': 1.0 / epoch, 'epoch': float(epoch)}) + '\n')
+      f.write(json.dumps({'step': 10 * epoch, 'test/jiangxi/dice': dice}) + '\n')
+
+
+def test_epoch_curves_and_first_epoch_reaching(tmp_path):
+  _write_fake_run(tmp_path / 'run', [0.5, 0.97, 0.95, 0.98])
+  c = curves.epoch_curves(metric_writers.read_metrics(tmp_path / 'run'))
+  np.testing.assert_array_equal(c['epoch'], [1, 2, 3, 4])
+  np.testing.assert_allclose(c['train_loss'], [1, 1 / 2, 1 / 3, 1 / 4])
+  assert curves.first_epoch_reaching(c, 'test/jiangxi/dice', 0.96) == 2
+  assert curves.first_epoch_reaching(c, 'test/jiangxi/dice', 0.99) is None
+
+
+def test_plot_curves_tool(tmp_path):
+  _write_fake_run(tmp_path / 'a', [0.5, 0.9])
+  _write_fake_run(tmp_path / 'b', [0.6, 0.8])
+  out = tmp_path / 'curves.png'
+  result = run_tool('plot_curves.py', f'--output={out}', f'a={tmp_path / "a"}', str(tmp_path / 'b'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert cv2.imread(str(out)) is not None
