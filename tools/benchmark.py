@@ -12,6 +12,7 @@ on the same device in the same process, and reports the JAX/PyTorch images/s rat
 See docs/benchmarks.md.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -23,6 +24,15 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+def _load_torch_reference():
+  """tools/torch_reference.py, beside this file (it imports torch: optional)."""
+  path = pathlib.Path(__file__).resolve().with_name('torch_reference.py')
+  spec = importlib.util.spec_from_file_location('torch_reference', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
 
 MODES = ('train', 'infer', 'input', 'torch_train', 'torch_infer')
 
@@ -70,7 +80,7 @@ def main(argv):
   torch_reference = None
   if torch_modes:
     try:
-      from tools import torch_reference   # pylint: disable=g-import-not-at-top
+      torch_reference = _load_torch_reference()
     except ImportError as e:
       notes.append(f'{", ".join(torch_modes)} skipped: PyTorch is not importable ({e}); '
                    'pip install torch to compare.')
