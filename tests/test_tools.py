@@ -53,3 +53,30 @@ def test_plot_curves_tool(tmp_path):
   result = run_tool('plot_curves.py', f'--output={out}', f'a={tmp_path / "a"}', str(tmp_path / 'b'))
   assert result.returncode == 0, result.stderr[-2000:]
   assert cv2.imread(str(out)) is not None
+
+
+def _write_fake_evaluated_run(workdir, dice, times=True):
+  _write_fake_run(workdir, [0.9, dice])
+  if times:   # add wall-clock times to the records
+    lines = (workdir / metric_writers.METRICS_FILE).read_text().splitlines()
+    records = [dict(json.loads(l), time=100.0 + 10 * i) for i, l in enumerate(lines)]
+    (workdir / metric_writers.METRICS_FILE).write_text(
+        '\n'.join(json.dumps(r) for r in records) + '\n')
+  (workdir / 'eval' / 'jiangxi').mkdir(parents=True)
+  per_class = {name: 0.5 for name in ('background', 'neutrophil', 'basophil', 'lymphocyte')}
+  (workdir / 'eval' / 'jiangxi' / 'metrics.json').write_text(json.dumps({
+      'paper': {'accuracy': 0.99, 'precision': 0.9, 'dice': dice, 'miou': 0.9},
+      'per_class': {'dice': per_class}, 'cells': {'cell_accuracy': 1.0}}))
+
+
+def test_run_summary_means_over_seeds(tmp_path):
+  from wcsegnet_jax import run_summary   # pylint: disable=g-import-not-at-top
+  _write_fake_evaluated_run(tmp_path / 's0', 0.97)
+  _write_fake_evaluated_run(tmp_path / 's1', 0.95, times=False)
+  summary = run_summary.summarize({'net': [tmp_path / 's0', tmp_path / 's1']}, 'jiangxi')
+  mean, std, n = summary['net']['dice']
+  assert (round(mean, 6), round(std, 6), n) == (0.96, 0.01, 2)
+  assert summary['net']['epochs_to_target'] == (2.0, 0.0, 1)   # s1 never reached 0.96
+  assert summary['net']['seconds_to_target'] == (30.0, 0.0, 1)
+  table = run_summary.markdown(summary, ('dice', 'cell_accuracy'))
+  assert '| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 |' in table

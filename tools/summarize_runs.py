@@ -1,0 +1,42 @@
+"""Markdown tables (mean +- std over seeds) of evaluated workdirs, for docs/results.md.
+
+  python tools/summarize_runs.py --datasets=jiangxi,cellavision \
+      wcseg='runs/cpu_wcseg_s*' unet_relu='runs/cpu_unet_relu_s*'
+"""
+
+import glob
+import pathlib
+
+from absl import app
+from absl import flags
+
+from wcsegnet_jax import run_summary
+
+flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
+
+TABLES = {
+    'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,
+    'per-class Dice and cell-type accuracy': ('dice_neutrophil', 'dice_basophil',
+                                              'dice_lymphocyte', 'cell_accuracy'),
+    f'time to test Dice {run_summary.DICE_TARGET}': ('epochs_to_target', 'seconds_to_target',
+                                                    'train_seconds'),
+}
+
+
+def main(argv):
+  groups = {}
+  for arg in argv[1:]:
+    name, pattern = arg.split('=', 1)
+    groups[name] = sorted(pathlib.Path(p) for p in glob.glob(pattern) if pathlib.Path(p).is_dir())
+    if not groups[name]:
+      raise app.UsageError(f'{pattern} matches no workdir')
+  for dataset in flags.FLAGS.datasets:
+    summary = run_summary.summarize(groups, dataset)
+    for title, keys in TABLES.items():
+      print(f'\n**{dataset}: {title}** (runs: ' + ', '.join(
+          f'{n} x{len(w)}' for n, w in groups.items()) + ')\n')
+      print(run_summary.markdown(summary, keys, digits=1 if 'time' in title else 4))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,68 @@
+"""Mean +- std over seeds of evaluated runs: the rows of docs/results.md.
+
+Each run is a workdir evaluated with `--mode=evaluate` (its `eval/<dataset>/metrics.json`).
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+from wcsegnet_jax import classes
+from wcsegnet_jax import curves
+from wcsegnet_jax import metric_writers
+
+PAPER_KEYS = ('accuracy', 'precision', 'dice', 'miou')
+DICE_TARGET = 0.96
+
+
+def run_metrics(workdir: pathlib.Path, dataset: str) -> dict[str, float | None]:
+  """One run's numbers for one dataset: the paper's metrics, per-class Dice, cell accuracy,
+  and the first epoch (and wall-clock seconds) at which its test Dice reached DICE_TARGET."""
+  m = json.loads((workdir / 'eval' / dataset / 'metrics.json').read_text())
+  out = {k: m['paper'][k] for k in PAPER_KEYS}
+  out.update({f'dice_{c}': m['per_class']['dice'][c] for c in classes.CLASS_NAMES[1:]})
+  out['cell_accuracy'] = m['cells']['cell_accuracy']
+  records = metric_writers.read_metrics(workdir)
+  c = curves.epoch_curves(records)
+  key = f'test/{dataset}/dice'
+  epoch = curves.first_epoch_reaching(c, key, DICE_TARGET) if key in c else None
+  out['epochs_to_target'] = epoch
+  out['seconds_to_target'] = _seconds_to(records, key, DICE_TARGET)
+  out['train_seconds'] = records[-1]['time'] - records[0]['time'] if 'time' in records[0] else None
+  return out
+
+
+def _seconds_to(records: list[dict], key: str, threshold: float) -> float | None:
+  timed = [r for r in records if 'time' in r]
+  hits = [r for r in timed if r.get(key, -1) >= threshold]
+  return hits[0]['time'] - timed[0]['time'] if hits and timed else None
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
+  """Mean, std (ddof 0) and count of the defined values; None if there are none."""
+  values = [v for v in values if v is not None]
+  return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
+
+
+def summarize(groups: dict[str, list[pathlib.Path]], dataset: str) -> dict[str, dict]:
+  """{group name: {metric: (mean, std, n) or None}} over the group's runs."""
+  out = {}
+  for name, workdirs in groups.items():
+    rows = [run_metrics(wd, dataset) for wd in workdirs]
+    out[name] = {k: mean_std([r[k] for r in rows]) for k in rows[0]}
+  return out
+
+
+def fmt(cell, digits: int = 4) -> str:
+  if cell is None:
+    return 'n/a'
+  mean, std, n = cell
+  return f'{mean:.{digits}f} +- {std:.{digits}f}' if n > 1 else f'{mean:.{digits}f}'
+
+
+def markdown(summary: dict[str, dict], keys: tuple[str, ...], digits: int = 4) -> str:
+  lines = ['| run | ' + ' | '.join(keys) + ' |', '| --- |' + ' ---: |' * len(keys)]
+  for name, row in summary.items():
+    lines.append(f'| {name} | ' + ' | '.join(fmt(row[k], digits) for k in keys) + ' |')
+  return '\n'.join(lines)
