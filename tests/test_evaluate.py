@@ -164,7 +164,7 @@ def test_evaluate_folder_layout_with_tta(tiny_model, tmp_path):
   out = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))
   assert list(out) == ['my_folder']
   assert out['my_folder']['n_images'] == len(kept) and out['my_folder']['tta'] is True
-  report = (tmp_path / 'wd' / 'eval' / 'my_folder' / 'report.md').read_text()
+  report = (tmp_path / 'wd' / 'eval' / 'my_folder-tta' / 'report.md').read_text()
   assert '(paper)' not in report      # no paper rows for a dataset the paper did not use
 
 

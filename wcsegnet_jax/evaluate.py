@@ -314,7 +314,8 @@ def eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | Non
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | int | None = None) -> dict[str, dict]:
-  """Evaluates a checkpoint on every test set; reports go to `workdir/eval/<dataset>/`.
+  """Evaluates a checkpoint on every test set; reports go to `workdir/eval/<dataset>/`
+  (`<dataset>-tta/` with test-time augmentation, so both can be compared).
 
   `checkpoint`: 'best' | 'latest' | a step | a path (see `resolve_checkpoint`); None takes
   `config.eval.checkpoint`. Returns {dataset name: the dict written to its metrics.json}.
@@ -339,7 +340,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                              dp.to_device, keep_maps=True)
     summary = summarize(result)
     if jax.process_index() == 0:
-      out_dir = workdir / 'eval' / name
+      out_dir = workdir / 'eval' / (f'{name}-tta' if config.eval.tta else name)
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)
