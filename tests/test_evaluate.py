@@ -28,6 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
     'model.base_width': 2,
     'model.num_levels': 1,
+    'model.decoder_dropout_stages': (0,),
     'data.image_size': 32,
     'train.max_steps': 4,
     'train.batch_size': 8,

@@ -7,6 +7,7 @@ We keep the last `keep_checkpoints` steps plus the best by test Dice.
 """
 
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -19,9 +20,14 @@ BEST_METRIC = 'test_dice'
 CONFIG_FILE = 'config.json'
 # Resuming with another value for any of these would silently train something else. More
 # epochs may be added to a finished run (with a cosine schedule that stretches its tail).
-RESUME_SENSITIVE = ('model', 'data', 'augment', 'input', 'seed', 'train.batch_size',
+RESUME_SENSITIVE = ('model', 'data', 'augment', 'input.num_workers', 'input.shuffle_seed',
+                    'seed', 'rng_impl', 'train.batch_size',
                     'train.learning_rate', 'train.lr_schedule', 'train.warmup_epochs',
                     'train.loss', 'train.dice_weight', 'train.class_weights')
+
+
+# Where the data lives and how fast it is read change nothing that is trained.
+RESUME_FREE = ('data.raw_dir', 'data.tfds_dir', 'data.folder_dir')
 
 
 class CheckpointError(RuntimeError):
@@ -66,7 +72,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError) as e:
     raise CheckpointError(
-        f'checkpoint {manager.directory / str(step)} does not match the configured model: '
+        f'checkpoint {manager.directory / str(step)} cannot be restored into this run (another '
+        f'model config, or another number of processes for the data iterator?): '
         f'{str(e)[:500]}') from None
   return restored['state']
 
@@ -103,17 +110,28 @@ def config_mismatches(saved: dict, current: dict,
   """Keys at or under `sensitive_keys` whose values differ between a saved and a new config."""
   saved_flat, current_flat = _flatten(saved), _flatten(current)
   keys = sorted(set(saved_flat) | set(current_flat))
-  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)]
+  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)
+               and k not in RESUME_FREE]
   return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in sensitive
           if saved_flat.get(k) != current_flat.get(k)]
 
 
+def load_saved_config(workdir: pathlib.Path) -> dict | None:
+  """The config a workdir was trained with (its config.json), or None."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+  directory = checkpoint_dir(workdir)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """A resume must not change what is trained: error naming the differing keys."""
-  path = workdir / CONFIG_FILE
-  if not path.exists():
+  saved = load_saved_config(workdir)
+  if saved is None or not has_checkpoint(workdir):
     return
-  saved = json.loads(path.read_text())
   diffs = config_mismatches(saved, json.loads(config.to_json()))
   if diffs:
     raise CheckpointError(
@@ -123,6 +141,6 @@ def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """Saves the resolved config as JSON (atomically: write then rename)."""
-  tmp = workdir / (CONFIG_FILE + '.tmp')
+  tmp = workdir / f'.{CONFIG_FILE}.{os.getpid()}.tmp'
   tmp.write_text(config.to_json(indent=2, sort_keys=True))
   tmp.replace(workdir / CONFIG_FILE)

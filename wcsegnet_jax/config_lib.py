@@ -101,8 +101,17 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
               'keep_checkpoints'):
     if t[key] < 1:
       found.append(f'train.{key}={t[key]} must be >= 1')
-  if config.augment.augment_repeats < 1:
+  a = config.augment
+  if a.augment_repeats < 1:
     found.append('augment.augment_repeats must be >= 1')
+  if not 0 <= a.zoom < 1 or a.rotation_deg < 0 or a.shear_deg < 0 or min(
+      a.width_shift, a.height_shift) < 0:
+    found.append('augment: zoom must be in [0, 1) and rotation, shear and shifts >= 0')
+  if t.max_steps < 0 or t.warmup_epochs < 0:
+    found.append('train.max_steps and train.warmup_epochs must be >= 0')
+  if any(not 0 <= s < m.num_levels for s in m.decoder_dropout_stages):
+    found.append(f'model.decoder_dropout_stages={tuple(m.decoder_dropout_stages)}: stages are '
+                 f'0..{m.num_levels - 1} (0 = deepest)')
   if config.input.num_workers < 0 or config.input.read_threads < 1:
     found.append('input.num_workers must be >= 0 and input.read_threads >= 1')
   return found

@@ -5,6 +5,7 @@ import sys
 
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import train
 from wcsegnet_jax.data import raw
 
 USER_ERRORS = (raw.DataError, config_lib.ConfigError, checkpointing.CheckpointError)
@@ -22,7 +23,6 @@ def user_error(exc: BaseException) -> BaseException | None:
 @contextlib.contextmanager
 def user_errors_as_messages():
   """Prints user errors (bad data, config, checkpoint; unwritable workdir; divergence) cleanly."""
-  from wcsegnet_jax import train   # imported here: train imports jax, errors should not
   try:
     yield
   except (OSError, train.TrainingDivergedError) + USER_ERRORS as e:

@@ -25,7 +25,6 @@ from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
-from wcsegnet_jax import parallel
 from wcsegnet_jax import reports
 from wcsegnet_jax.data import raw
 
@@ -77,7 +76,12 @@ class EvalResult:
 
 def evaluate_source(eval_step: Callable, variables, source, name: str, batch_size: int,
                     to_device: Callable, keep_maps: bool = False) -> EvalResult:
-  """Runs `eval_step` over a whole split; keeps predictions and inputs when asked."""
+  """Runs `eval_step` over a whole split; keeps predictions and inputs when asked.
+
+  Test splits are small (tens to hundreds of images), so each process evaluates all of it on
+  one of its own devices (`local_eval_device`): no cross-host gather, the same numbers
+  everywhere, and only process 0 writes them.
+  """
   rows = {k: [] for k in ('file_id', 'cell_type', 'confusion', 'loss', 'prediction', 'image',
                           'label_map')}
   for batch in input_pipeline.eval_batches(source, batch_size):
@@ -95,6 +99,15 @@ def evaluate_source(eval_step: Callable, variables, source, name: str, batch_siz
   cat = {k: np.concatenate(v) if v else None for k, v in rows.items()}
   return EvalResult(name, cat['file_id'], cat['cell_type'], cat['confusion'], cat['loss'],
                     cat['prediction'], cat['image'], cat['label_map'])
+
+
+def local_eval_device() -> jax.Device:
+  return jax.local_devices()[0]
+
+
+def local_copy(tree, device: jax.Device):
+  """A replicated (possibly multi-host) pytree as arrays on one local device."""
+  return jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), device), tree)
 
 
 def predicted_cell_types(per_image_confusion: np.ndarray) -> np.ndarray:
@@ -137,7 +150,9 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
 EVAL_SENSITIVE = ('model.num_classes', 'model.base_width', 'model.num_levels',
                   'model.blocks_per_stage', 'model.residual', 'model.activation',
                   'model.leaky_relu_slope', 'model.block_norm', 'model.upsample',
-                  'model.pad_mode', 'data.mean', 'data.std')
+                  'model.pad_mode', 'data.mean', 'data.std',
+                  # The split: another seed or fraction would evaluate on training images.
+                  'data.split_seed', 'data.test_fraction', 'data.image_size')
 
 
 def resolve_checkpoint(workdir: str | pathlib.Path,
@@ -164,15 +179,15 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
 
 def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """The model and normalisation must be those the checkpoint was trained with."""
-  path = workdir / checkpointing.CONFIG_FILE
-  if not path.exists():
+  saved = checkpointing.load_saved_config(workdir)
+  if saved is None:
     return
-  diffs = checkpointing.config_mismatches(json.loads(path.read_text()),
-                                          json.loads(config.to_json()), EVAL_SENSITIVE)
+  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_SENSITIVE)
   if diffs:
     raise checkpointing.CheckpointError(
-        f'the checkpoint in {workdir} was trained with another model config ({path}); '
-        + '; '.join(diffs) + '. Pass the config it was trained with.')
+        f'the checkpoint in {workdir} was trained with another config '
+        f'({workdir / checkpointing.CONFIG_FILE}); ' + '; '.join(diffs) +
+        '. Pass the config it was trained with.')
 
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -193,15 +208,17 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         f'(--mode=train with this workdir), or pass --checkpoint=PATH')
   check_eval_config(ckpt_workdir, config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  schedule = _trained_lr_schedule(ckpt_workdir) or config.train.lr_schedule
+  saved = checkpointing.load_saved_config(ckpt_workdir) or {}
+  schedule = saved.get('train', {}).get('lr_schedule', config.train.lr_schedule)
   schedules = [schedule] + [s for s in ('constant', 'cosine') if s != schedule]
+  rng_impl = saved.get('rng_impl', config.rng_impl)
   manager = checkpointing.make_manager(ckpt_workdir, read_only=True)
   try:
     step = checkpointing.select_step(manager, which)
     for i, schedule in enumerate(schedules):
       try:
         state = checkpointing.restore(manager, step,
-                                      _abstract_train_state(config, schedule, sharding))
+                                      _abstract_train_state(config, schedule, sharding, rng_impl))
         break
       except checkpointing.CheckpointError:
         if i == len(schedules) - 1:
@@ -212,19 +229,13 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   return {'params': state.params, 'batch_stats': state.batch_stats}, step
 
 
-def _trained_lr_schedule(workdir: pathlib.Path) -> str | None:
-  path = workdir / checkpointing.CONFIG_FILE
-  if not path.exists():
-    return None
-  return json.loads(path.read_text()).get('train', {}).get('lr_schedule')
-
-
-def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, sharding):
+def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, sharding,
+                          rng_impl: str):
   """The shapes (no values) of the train state training saves, placed with `sharding`."""
   from wcsegnet_jax import train   # here: train imports this module
-  train_config = ml_collections.ConfigDict(config.train.to_dict())
-  train_config.lr_schedule = lr_schedule
-  tx = train.make_optimizer(train_config, 1, 1)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.lr_schedule, config.rng_impl = lr_schedule, rng_impl   # as trained
+  tx = train.make_optimizer(config.train, 1, 1)
   init = functools.partial(train.create_train_state, config, models.create_model(config.model),
                            tx=tx)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -322,13 +333,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   workdir = pathlib.Path(workdir).expanduser().resolve()
-  dp = parallel.data_parallel()
+  device = local_eval_device()
   # The checkpoint first: a missing one is reported before any data is prepared.
   checkpoint = checkpoint or config.eval.checkpoint
-  variables, step = load_variables(config, workdir, checkpoint, sharding=dp.replicated)
+  variables, step = load_variables(config, workdir, checkpoint,
+                                   sharding=jax.sharding.SingleDeviceSharding(device))
   sources = eval_sources(config)
   model = models.create_model(config.model)
-  eval_step = jax.jit(make_eval_step(model, config), in_shardings=(dp.replicated, dp.batch))
+  eval_step = jax.jit(make_eval_step(model, config))
 
   meta = {'config_name': config.name, 'checkpoint_step': int(step),
           'checkpoint_dir': str(checkpointing.checkpoint_dir(
@@ -337,7 +349,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   written = {}
   for name, paper_key, source in sources:
     result = evaluate_source(eval_step, variables, source, name, config.eval.batch_size,
-                             dp.to_device, keep_maps=True)
+                             lambda b: jax.device_put(b, device), keep_maps=True)
     summary = summarize(result)
     if jax.process_index() == 0:
       out_dir = workdir / 'eval' / (f'{name}-tta' if config.eval.tta else name)

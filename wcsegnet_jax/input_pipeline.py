@@ -9,6 +9,8 @@ from typing import Iterator
 
 from absl import flags
 import grain
+import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,16 +31,26 @@ class DatasetSplits:
   test: object | None
 
 
+def _prepare_once(source: str, data_config: ml_collections.ConfigDict):
+  """Builds on process 0 only; the other processes wait, then open the finished build."""
+  if jax.process_count() == 1:
+    return tfds_builder.prepare(source, data_config)
+  if jax.process_index() == 0:
+    tfds_builder.prepare(source, data_config)
+  multihost_utils.sync_global_devices(f'wcsegnet_jax: {source} prepared')
+  return tfds_builder.prepare(source, data_config)
+
+
 def load_datasets(data_config: ml_collections.ConfigDict) -> list[DatasetSplits]:
   """Prepares (once) and opens every configured dataset."""
   datasets = []
   for source in data_config.datasets:
-    builder = tfds_builder.prepare(source, data_config)
+    builder = _prepare_once(source, data_config)
     splits = builder.info.splits
     datasets.append(DatasetSplits(
         name=tfds_builder.dataset_name(source, builder.builder_config.raw_dir), builder=builder,
-        train=builder.as_data_source('train') if 'train' in splits else None,
-        test=builder.as_data_source('test') if 'test' in splits else None))
+        train=tfds_builder.data_source(builder, 'train') if 'train' in splits else None,
+        test=tfds_builder.data_source(builder, 'test') if 'test' in splits else None))
   return datasets
 
 
@@ -69,7 +81,9 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   """Infinite, seeded, augmented batches of this process's share of the global batch.
 
   Each epoch is the union of the datasets' train splits, each image `augment_repeats` times,
-  shuffled as a whole and reshuffled (and re-augmented) every epoch. Deterministic given the seed,
+  shuffled as a whole and reshuffled (and re-augmented) every epoch. Batches run on across
+  epoch boundaries; the loop's "epoch" is `steps_per_epoch` batches (the remainder of
+  N * augment_repeats / batch_size starts the next epoch's first batch). Deterministic given the seed,
   and its iterator's state can be saved and restored for an exact resume.
   """
   sources = [grain.MapDataset.source(d.train) for d in datasets if d.train is not None]

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -15,11 +16,21 @@ METRICS_FILE = 'metrics.jsonl'
 class MetricWriter:
   """Writes scalars to TensorBoard, `workdir/metrics.jsonl` and the log (process 0 only)."""
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int | None = None):
+    """`resume_step`: the checkpoint a run resumed from; records logged after it (by the run
+    that was interrupted, and about to be logged again) are dropped."""
     self.enabled = enabled
     if enabled:
-      self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'))
-      self._jsonl = open(workdir / METRICS_FILE, 'a')
+      path = workdir / METRICS_FILE
+      if resume_step is not None and path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)['step'] <= resume_step]
+        tmp = path.with_name(f'.{METRICS_FILE}.{os.getpid()}.tmp')
+        tmp.write_text(''.join(line + '\n' for line in kept))
+        os.replace(tmp, path)
+      purge = {'purge_step': resume_step + 1} if resume_step is not None else {}
+      self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), **purge)
+      self._jsonl = open(path, 'a')
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:

@@ -22,7 +22,6 @@ the workdir, a missing input path, no image found).
 """
 
 import dataclasses
-import json
 import math
 import pathlib
 import sys
@@ -67,15 +66,17 @@ class PredictionSummary:
 
 def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """The config training saved in `workdir` (lists where the config had tuples)."""
-  path = pathlib.Path(workdir).expanduser().resolve() / checkpointing.CONFIG_FILE
-  if not path.is_file():
-    raise checkpointing.CheckpointError(
-        f'{path} does not exist: {path.parent} is not a training workdir (train first with '
-        f'--workdir={path.parent}, or point --workdir at one)')
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  path = workdir / checkpointing.CONFIG_FILE
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = checkpointing.load_saved_config(workdir)
   except ValueError as e:
     raise checkpointing.CheckpointError(f'{path} is not a readable config: {e}') from None
+  if saved is None:
+    raise checkpointing.CheckpointError(
+        f'{path} does not exist: {workdir} is not a training workdir (train first with '
+        f'--workdir={workdir}, or point --workdir at one)')
+  return ml_collections.ConfigDict(saved)
 
 
 def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
@@ -106,15 +107,6 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
   if probs.shape[:2] == (height, width):
     return probs
   return cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def overlay(image: np.ndarray, pred_map: np.ndarray) -> np.ndarray:
-  """The image with each nucleus pixel blended with its class colour."""
-  tinted = image.astype(np.float32)
-  nucleus = pred_map > classes.BACKGROUND
-  colours = classes.colorize(pred_map).astype(np.float32)
-  tinted[nucleus] = (1 - OVERLAY_ALPHA) * tinted[nucleus] + OVERLAY_ALPHA * colours[nucleus]
-  return np.round(tinted).astype(np.uint8)
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -152,7 +144,7 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
   reports.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
-  reports.write_bytes_atomic(output / f'{stem}_overlay.png', encode_png(overlay(image, pred_map)))
+  reports.write_bytes_atomic(output / f'{stem}_overlay.png', encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
   return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
 
 

@@ -7,6 +7,7 @@ all devices, the batch sharded along it, the state replicated.
 """
 
 import functools
+import os
 import math
 import pathlib
 from typing import Any
@@ -95,7 +96,7 @@ def variables_of(state: TrainState) -> dict:
 def _check_workdir(workdir: pathlib.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / '.write_test'
+    probe = workdir / f'.write_test.{jax.process_index()}.{os.getpid()}'
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:
@@ -129,19 +130,21 @@ class Trainer:
     step_fn = make_train_step(config)
     self.train_step = jax.jit(step_fn, in_shardings=(dp.replicated, dp.batch),
                               out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
-    self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config),
-                             in_shardings=(dp.replicated, dp.batch))
+    self.eval_device = evaluate.local_eval_device()
+    self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config))
     self.train_iter = iter(input_pipeline.train_dataset(
         self.datasets, config, jax.process_index(), jax.process_count()))
 
   def evaluate(self) -> dict[str, float]:
     """Test-split metrics of every dataset, and their mean Dice for picking the best model."""
     scalars, dices = {}, []
+    variables = evaluate.local_copy(variables_of(self.state), self.eval_device)
     for d in self.datasets:
       if d.test is None:
         continue
-      result = evaluate.evaluate_source(self.eval_step, variables_of(self.state), d.test, d.name,
-                                        self.config.eval.batch_size, self.parallel.to_device)
+      result = evaluate.evaluate_source(self.eval_step, variables, d.test, d.name,
+                                        self.config.eval.batch_size,
+                                        lambda b: jax.device_put(b, self.eval_device))
       summary = evaluate.summarize(result)
       scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
       if summary['paper']['dice'] is not None:
@@ -158,16 +161,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   config_lib.validate(config, jax.device_count(), jax.process_count())
   workdir = pathlib.Path(workdir).expanduser().resolve()
   _check_workdir(workdir)
+  checkpointing.check_resume_config(workdir, config)   # before any data is built or compiled
   trainer = Trainer(config, workdir)
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    checkpointing.check_resume_config(workdir, config)
-    step = manager.latest_step()
+  step = manager.latest_step()
+  if step is not None:
     trainer.state = checkpointing.restore(manager, step, trainer.state, trainer.train_iter)
     logging.info('Resumed from %s at step %d.', manager.directory, step)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config)
-  writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                       resume_step=step)
   logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,
                trainer.total_steps, f'{models.count_params(trainer.state.params):,}')
   try:
@@ -215,7 +219,7 @@ def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:
   epoch, last = step // trainer.steps_per_epoch, step == trainer.total_steps
   do_eval = last or epoch % t.eval_every_epochs == 0
   do_ckpt = last or epoch % t.checkpoint_every_epochs == 0
-  scalars = trainer.evaluate() if (do_eval or do_ckpt) else {}
+  scalars = trainer.evaluate() if do_eval else {}
   if scalars:
     writer.write(step, scalars)
   if do_ckpt:
@@ -223,6 +227,6 @@ def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:
       checkpointing.save(manager, step, trainer.state, trainer.train_iter,
                          metrics={checkpointing.BEST_METRIC: scalars[checkpointing.BEST_METRIC]}
                          if checkpointing.BEST_METRIC in scalars else None)
-    except Exception as e:   # orbax reports a failed earlier async write here
+    except OSError as e:   # orbax reports a failed earlier async write here too
       raise OSError(f'writing the checkpoint of step {step} to {manager.directory} failed: {e}. '
                     f'Earlier complete checkpoints there are intact.') from e

@@ -158,7 +158,7 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
 
 def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
   """Writes `split,file_id,cell_type` for every example, atomically."""
-  tmp = path.with_suffix('.tmp')
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
   with open(tmp, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['split', 'file_id', 'cell_type'])

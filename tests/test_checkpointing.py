@@ -1,0 +1,61 @@
+"""Resume checks and the metric log on resume (the orbax round trips are in test_train.py)."""
+
+import json
+
+import pytest
+
+from configs import base
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import metric_writers
+
+
+def _as_json(config):
+  return json.loads(config.to_json())
+
+
+def test_changed_model_data_or_prng_is_named():
+  saved, current = base.get_config(), base.get_config()
+  current.model.base_width = 32
+  current.data.split_seed = 3
+  current.rng_impl = 'threefry'
+  diffs = checkpointing.config_mismatches(_as_json(saved), _as_json(current))
+  assert diffs == ['data.split_seed: 0 -> 3', 'model.base_width: 64 -> 32',
+                   "rng_impl: 'rbg' -> 'threefry'"]
+
+
+def test_moved_data_and_input_speed_do_not_block_a_resume():
+  saved, current = base.get_config(), base.get_config()
+  current.data.raw_dir = '/elsewhere/segmentation_WBC'
+  current.data.tfds_dir = '/fast/disk'
+  current.input.read_threads = 16
+  current.train.num_epochs = 500          # extending a run is allowed
+  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == []
+
+
+def test_check_resume_config_needs_a_checkpoint(tmp_path):
+  config = base.get_config()
+  checkpointing.write_config(tmp_path, config)
+  config.model.base_width = 8
+  checkpointing.check_resume_config(tmp_path, config)   # no checkpoint yet: a fresh start
+  (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
+  with pytest.raises(checkpointing.CheckpointError, match='model.base_width: 64 -> 8'):
+    checkpointing.check_resume_config(tmp_path, config)
+
+
+def test_write_config_round_trips_and_leaves_no_temporary(tmp_path):
+  config = base.get_config()
+  checkpointing.write_config(tmp_path, config)
+  assert checkpointing.load_saved_config(tmp_path) == _as_json(config)
+  assert [p.name for p in tmp_path.iterdir()] == [checkpointing.CONFIG_FILE]
+
+
+def test_resumed_metric_log_drops_what_the_killed_run_logged_after_its_checkpoint(tmp_path):
+  writer = metric_writers.MetricWriter(tmp_path)
+  for step in (10, 20, 30, 40):
+    writer.write(step, {'loss': 1.0 / step})
+  writer.close()
+  writer = metric_writers.MetricWriter(tmp_path, resume_step=20)
+  writer.write(30, {'loss': 0.5})
+  writer.close()
+  steps = [r['step'] for r in metric_writers.read_metrics(tmp_path)]
+  assert steps == [10, 20, 30]
