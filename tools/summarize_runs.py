@@ -13,6 +13,7 @@ from absl import flags
 from wcsegnet_jax import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
+flags.DEFINE_bool('tta', False, 'Read the test-time-augmented evaluations (eval/<dataset>-tta).')
 
 TABLES = {
     'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,
@@ -31,9 +32,10 @@ def main(argv):
     if not groups[name]:
       raise app.UsageError(f'{pattern} matches no workdir')
   for dataset in flags.FLAGS.datasets:
-    summary = run_summary.summarize(groups, dataset)
+    summary = run_summary.summarize(groups, dataset, flags.FLAGS.tta)
     for title, keys in TABLES.items():
-      print(f'\n**{dataset}: {title}** (runs: ' + ', '.join(
+      tta = ', TTA' if flags.FLAGS.tta else ''
+      print(f'\n**{dataset}{tta}: {title}** (runs: ' + ', '.join(
           f'{n} x{len(w)}' for n, w in groups.items()) + ')\n')
       print(run_summary.markdown(summary, keys, digits=1 if 'time' in title else 4))
 

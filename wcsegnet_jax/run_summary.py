@@ -16,10 +16,14 @@ PAPER_KEYS = ('accuracy', 'precision', 'dice', 'miou')
 DICE_TARGET = 0.96
 
 
-def run_metrics(workdir: pathlib.Path, dataset: str) -> dict[str, float | None]:
+def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False) -> dict[str, float | None]:
   """One run's numbers for one dataset: the paper's metrics, per-class Dice, cell accuracy,
   and the first epoch (and wall-clock seconds) at which its test Dice reached DICE_TARGET."""
-  m = json.loads((workdir / 'eval' / dataset / 'metrics.json').read_text())
+  path = workdir / 'eval' / (f'{dataset}-tta' if tta else dataset) / 'metrics.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
+                            f'{" --config.eval.tta=True" if tta else ""})')
+  m = json.loads(path.read_text())
   out = {k: m['paper'][k] for k in PAPER_KEYS}
   out.update({f'dice_{c}': m['per_class']['dice'][c] for c in classes.CLASS_NAMES[1:]})
   out['cell_accuracy'] = m['cells']['cell_accuracy']
@@ -45,11 +49,12 @@ def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
   return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
 
 
-def summarize(groups: dict[str, list[pathlib.Path]], dataset: str) -> dict[str, dict]:
+def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
+              tta: bool = False) -> dict[str, dict]:
   """{group name: {metric: (mean, std, n) or None}} over the group's runs."""
   out = {}
   for name, workdirs in groups.items():
-    rows = [run_metrics(wd, dataset) for wd in workdirs]
+    rows = [run_metrics(wd, dataset, tta) for wd in workdirs]
     out[name] = {k: mean_std([r[k] for r in rows]) for k in rows[0]}
   return out
 
