@@ -79,6 +79,8 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append('model.num_levels, base_width and blocks_per_stage must be >= 1')
   if m.num_classes != classes.NUM_CLASSES:
     found.append(f'model.num_classes={m.num_classes}; the label maps have {classes.NUM_CLASSES}')
+  if not 0 <= m.bn_momentum < 1:
+    found.append(f'model.bn_momentum={m.bn_momentum} must be in [0, 1)')
   for key in ('encoder_dropout', 'decoder_dropout', 'head_dropout'):
     if not 0 <= m[key] < 1:
       found.append(f'model.{key}={m[key]} must be in [0, 1)')

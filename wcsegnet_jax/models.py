@@ -35,6 +35,7 @@ class ConvBlock(nn.Module):
   features: int
   residual: bool = True
   block_norm: str = 'none'        # 'batch' puts a BatchNorm after each conv (the paper has none)
+  bn_momentum: float = 0.99
   activation: str = 'leaky_relu'
   leaky_relu_slope: float = 0.3
   dtype: Any = jnp.float32
@@ -49,7 +50,8 @@ class ConvBlock(nn.Module):
       y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not batch_norm,
                   dtype=self.dtype, name=f'conv{i}')(y)
       if batch_norm:
-        y = nn.BatchNorm(use_running_average=not train, name=f'norm{i}')(y)
+        y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         name=f'norm{i}')(y)
       return y
 
     branch = act(conv_norm(x, 1))
@@ -109,13 +111,17 @@ class Head(nn.Module):
   num_classes: int
   act: Callable[[jax.Array], jax.Array]
   dropout: float = 0.0
+  bn_momentum: float = 0.99
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
                 name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, name='norm')(x)   # computes in float32
+    # Computes in float32. Its running statistics are what evaluation uses: if the activations
+    # it sees keep growing (no normalisation in the paper's blocks), statistics averaged with a
+    # long memory lag behind and the eval-mode net can predict all background (docs/results.md).
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name='norm')(x)
     x = self.act(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     # The logits conv runs in float32 whatever the compute dtype: it is tiny (width -> classes)
@@ -139,6 +145,7 @@ class WCSegNet(nn.Module):
   activation: str = 'leaky_relu'
   leaky_relu_slope: float = 0.3
   block_norm: str = 'none'
+  bn_momentum: float = 0.99
   encoder_dropout: float = 0.5
   decoder_dropout: float = 0.5
   decoder_dropout_stages: tuple[int, ...] = (0, 1)
@@ -160,7 +167,7 @@ class WCSegNet(nn.Module):
     dtype = jnp.dtype(self.dtype)
     block = functools.partial(
         ConvBlock, residual=self.residual, block_norm=self.block_norm,
-        activation=self.activation, leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
+        bn_momentum=self.bn_momentum, activation=self.activation, leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
     width_at = lambda level: self.base_width * 2 ** level
 
     # Every pooling must halve an even size and every upsample must land back on its skip's
@@ -194,7 +201,8 @@ class WCSegNet(nn.Module):
 
     logits = Head(self.base_width, self.num_classes,
                   activation_fn(self.activation, self.leaky_relu_slope),
-                  dropout=self.head_dropout, dtype=dtype, name='head')(x, train=train)
+                  dropout=self.head_dropout, bn_momentum=self.bn_momentum, dtype=dtype,
+                  name='head')(x, train=train)
     return logits[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width].astype(jnp.float32)
 
 
