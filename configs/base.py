@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   i.prefetch = 8               # batches read ahead per process
   i.shuffle_seed = 0
 
-  # --- Model ----------------------------------------------------------------------------------------
+  # --- Model --------------------------------------------------------------------------------
   c.model = m = ml_collections.ConfigDict()
   m.num_classes = 4
   m.base_width = 64            # widths base * 2**level: 64, 128, 256, 512, bottleneck 1024

@@ -35,7 +35,8 @@ def main(argv):
     examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
     names, grid = augment.figure_grid(examples, config.augment, np.random.default_rng(FLAGS.seed))
     augment.write_png(FLAGS.output, grid)
-    print(f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns ({", ".join(names)})')
+    print(f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns '
+          f'({", ".join(names)})')
 
 
 if __name__ == '__main__':

@@ -8,7 +8,8 @@ format, bf16 autocast (parameters stay float32, as ours), `torch.compile`, fused
 
 Only tools/benchmark.py imports this module, and only when asked for the torch modes: PyTorch is
 an optional dependency of the benchmark, not of the project. Initialisation follows PyTorch's
-defaults (not Flax's LeCun normal) and BatchNorm's momentum is 1 - config.model.bn_momentum (PyTorch counts it the other way);
+defaults (not Flax's LeCun normal) and BatchNorm's momentum is 1 - config.model.bn_momentum
+(PyTorch counts it the other way);
 neither changes the speed.
 """
 
@@ -33,8 +34,9 @@ class ConvBlock(nn.Module):
     batch_norm = m.block_norm == 'batch'
     self.conv1 = nn.Conv2d(in_features, features, 3, padding=1, bias=not batch_norm)
     self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=not batch_norm)
-    self.norm1 = nn.BatchNorm2d(features, momentum=1 - m.bn_momentum) if batch_norm else nn.Identity()
-    self.norm2 = nn.BatchNorm2d(features, momentum=1 - m.bn_momentum) if batch_norm else nn.Identity()
+    norm = lambda: (nn.BatchNorm2d(features, momentum=1 - m.bn_momentum) if batch_norm
+                    else nn.Identity())
+    self.norm1, self.norm2 = norm(), norm()
     self.residual = m.residual
     self.proj = (nn.Conv2d(in_features, features, 1)
                  if m.residual and in_features != features else nn.Identity())
@@ -88,7 +90,8 @@ class WCSegNet(nn.Module):
       cin = features
     self.head = nn.Sequential(
         nn.Conv2d(cin, m.base_width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(m.base_width, momentum=1 - m.bn_momentum), _activation(m), nn.Dropout(m.head_dropout))
+        nn.BatchNorm2d(m.base_width, momentum=1 - m.bn_momentum), _activation(m),
+        nn.Dropout(m.head_dropout))
     self.logits = nn.Conv2d(m.base_width, m.num_classes, 1)
 
   def forward(self, x):

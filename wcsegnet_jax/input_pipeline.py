@@ -83,7 +83,8 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   Each epoch is the union of the datasets' train splits, each image `augment_repeats` times,
   shuffled as a whole and reshuffled (and re-augmented) every epoch. Batches run on across
   epoch boundaries; the loop's "epoch" is `steps_per_epoch` batches (the remainder of
-  N * augment_repeats / batch_size starts the next epoch's first batch). Deterministic given the seed,
+  N * augment_repeats / batch_size starts the next epoch's first batch). Deterministic given
+  the seed,
   and its iterator's state can be saved and restored for an exact resume.
   """
   sources = [grain.MapDataset.source(d.train) for d in datasets if d.train is not None]

@@ -167,7 +167,8 @@ class WCSegNet(nn.Module):
     dtype = jnp.dtype(self.dtype)
     block = functools.partial(
         ConvBlock, residual=self.residual, block_norm=self.block_norm,
-        bn_momentum=self.bn_momentum, activation=self.activation, leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
+        bn_momentum=self.bn_momentum, activation=self.activation,
+        leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
     width_at = lambda level: self.base_width * 2 ** level
 
     # Every pooling must halve an even size and every upsample must land back on its skip's

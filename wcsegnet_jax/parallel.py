@@ -1,4 +1,4 @@
-"""Data parallelism: a 1-D mesh over every device, the batch split along it, the state replicated."""
+"""Data parallelism: a 1-D mesh over all devices, the batch split along it, the state replicated."""
 
 import dataclasses
 

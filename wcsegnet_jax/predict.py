@@ -144,7 +144,8 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
   reports.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
-  reports.write_bytes_atomic(output / f'{stem}_overlay.png', encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
+  reports.write_bytes_atomic(output / f'{stem}_overlay.png',
+                             encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
   return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
 
 
