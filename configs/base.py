@@ -73,9 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.activation = 'leaky_relu'  # 'leaky_relu' | 'relu'
   m.leaky_relu_slope = 0.3     # Keras' LeakyReLU default; the paper gives none
   m.block_norm = 'none'        # 'none' | 'batch' inside the Conv-Blocks (the paper has none)
-  # BatchNorm running-average momentum (Keras' and Flax's default 0.99). Lower values track
-  # fast-moving activation statistics; see docs/results.md on eval-mode collapse.
-  m.bn_momentum = 0.99
+  # BatchNorm running-average momentum. The paper gives none; Keras' and Flax's 0.99 let the
+  # running statistics lag behind the growing activations of the unnormalised blocks, and some
+  # runs then predicted all background at evaluation; 0.9 (PyTorch's default) did not
+  # (docs/results.md).
+  m.bn_momentum = 0.9
   m.encoder_dropout = 0.5      # after the deepest encoder stage
   m.decoder_dropout = 0.5      # "two dropouts mid-path" of the decoder
   m.decoder_dropout_stages = (0, 1)   # decoder stages (0 = deepest) followed by a dropout
