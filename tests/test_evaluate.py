@@ -213,15 +213,6 @@ def test_figure_and_worst_selection():
   assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-  path = tmp_path / 'metrics.json'
-  reports.write_json_atomic(path, {'a': 1})
-  with pytest.raises(TypeError):
-    reports.write_bytes_atomic(path, 'text, not bytes')   # fails inside the write
-  assert json.loads(path.read_text()) == {'a': 1}
-  assert [p.name for p in tmp_path.iterdir()] == ['metrics.json']
-
-
 def test_load_variables_with_another_lr_schedule(tiny_model):
   """A cosine schedule adds optimizer state; restoring finds the tree training used anyway."""
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],

@@ -14,13 +14,13 @@ bilinearly, the label map with nearest sampling (no new labels), both with the s
 """
 
 import dataclasses
-import os
 
 import cv2
 import ml_collections
 import numpy as np
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import files
 
 # Grain workers each warp one small image at a time: OpenCV's own thread pool only adds overhead.
 cv2.setNumThreads(1)
@@ -136,7 +136,7 @@ def _tile(images: list[np.ndarray], gap: int, axis: int) -> np.ndarray:
 
 def write_png(path: str, rgb: np.ndarray) -> None:
   """Writes an RGB array as PNG, atomically."""
-  tmp = f'{path}.tmp.png'
-  if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-    raise OSError(f'could not write {path}')
-  os.replace(tmp, path)
+  ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise OSError(f'could not encode {path} as PNG')
+  files.write_bytes_atomic(path, png.tobytes())

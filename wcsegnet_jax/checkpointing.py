@@ -7,7 +7,6 @@ We keep the last `keep_checkpoints` steps plus the best by test Dice.
 """
 
 import json
-import os
 import pathlib
 from typing import Any
 
@@ -15,6 +14,8 @@ import grain
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from wcsegnet_jax import files
 
 BEST_METRIC = 'test_dice'
 CONFIG_FILE = 'config.json'
@@ -141,6 +142,4 @@ def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """Saves the resolved config as JSON (atomically: write then rename)."""
-  tmp = workdir / f'.{CONFIG_FILE}.{os.getpid()}.tmp'
-  tmp.write_text(config.to_json(indent=2, sort_keys=True))
-  tmp.replace(workdir / CONFIG_FILE)
+  files.write_text_atomic(workdir / CONFIG_FILE, config.to_json(indent=2, sort_keys=True))

@@ -1,9 +1,11 @@
 """Training curves from `metrics.jsonl`: per-epoch loss and test Dice, like the paper's Figs 5-6."""
 
+import io
 import pathlib
 
 import numpy as np
 
+from wcsegnet_jax import files
 from wcsegnet_jax import metric_writers
 
 
@@ -56,7 +58,7 @@ def plot_runs(workdirs: dict[str, pathlib.Path], path: pathlib.Path) -> None:
     ax.set(title=f'{key.split("/")[1]}: test nucleus Dice', xlabel='epoch')
   axes[0].legend()
   fig.tight_layout()
-  tmp = path.with_suffix('.tmp.png')
-  fig.savefig(tmp, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=110)
   plt.close(fig)
-  tmp.replace(path)
+  files.write_bytes_atomic(path, png.getvalue())

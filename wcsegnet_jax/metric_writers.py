@@ -2,13 +2,14 @@
 
 import json
 import math
-import os
 import pathlib
 import time
 
 from absl import logging
 import numpy as np
 import tensorboardX
+
+from wcsegnet_jax import files
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -25,9 +26,7 @@ class MetricWriter:
       if resume_step is not None and path.exists():
         kept = [line for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line)['step'] <= resume_step]
-        tmp = path.with_name(f'.{METRICS_FILE}.{os.getpid()}.tmp')
-        tmp.write_text(''.join(line + '\n' for line in kept))
-        os.replace(tmp, path)
+        files.write_text_atomic(path, ''.join(line + '\n' for line in kept))
       purge = {'purge_step': resume_step + 1} if resume_step is not None else {}
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), **purge)
       self._jsonl = open(path, 'a')

@@ -40,10 +40,10 @@ from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
+from wcsegnet_jax import files
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import morphometry
-from wcsegnet_jax import reports
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
@@ -143,8 +143,8 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   """Writes one image's mask and overlay at its own size; returns its cells.csv row."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
-  reports.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
-  reports.write_bytes_atomic(output / f'{stem}_overlay.png',
+  files.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
+  files.write_bytes_atomic(output / f'{stem}_overlay.png',
                              encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
   return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
 
@@ -197,7 +197,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       summary.done.append(str(path))
       bar.update(1)
   bar.close()
-  reports.write_csv_atomic(output / 'cells.csv', CSV_COLUMNS,
+  files.write_csv_atomic(output / 'cells.csv', CSV_COLUMNS,
                            [[r[k] for k in CSV_COLUMNS] for r in rows])
   return summary
 

@@ -1,13 +1,10 @@
 """Evaluation reports: metrics.json, report.md beside the paper's Table 1, and figure grids.
 
-Every file is written atomically (to a temporary file in the same folder, then renamed), so a
-crash or a full disk leaves the previous report, never half of a new one.
+Every file is written atomically (`wcsegnet_jax.files`), so a crash or a full disk leaves the
+previous report, never half of a new one.
 """
 
-import csv
 import io
-import json
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -18,6 +15,10 @@ import numpy as np
 
 from wcsegnet_jax import classes
 from wcsegnet_jax import metrics
+from wcsegnet_jax.files import write_bytes_atomic
+from wcsegnet_jax.files import write_csv_atomic
+from wcsegnet_jax.files import write_json_atomic
+from wcsegnet_jax.files import write_text_atomic
 
 # Table 1 of the paper (WCSegNet, Nasser et al., ISI 30(1), 2025): nucleus-vs-
 # background metrics per dataset. Only the values we hold from the paper for certain are filled
@@ -47,35 +48,6 @@ COLUMN_TITLES = {'accuracy': 'Accuracy', 'precision': 'Precision', 'recall': 'Re
 # ------------------------------------------------------------------------------------------------
 # Atomic writes.
 # ------------------------------------------------------------------------------------------------
-
-def write_bytes_atomic(path: str | pathlib.Path, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    with open(tmp, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-
-
-def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
-  write_bytes_atomic(path, text.encode('utf-8'))
-
-
-def write_json_atomic(path: str | pathlib.Path, obj: Any) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + '\n')
-
-
-def write_csv_atomic(path: str | pathlib.Path, header: Sequence[str], rows) -> None:
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator='\n')
-  writer.writerow(header)
-  writer.writerows(rows)
-  write_text_atomic(path, buffer.getvalue())
-
 
 # ------------------------------------------------------------------------------------------------
 # Figures: rows of original | ground truth | prediction, as the paper's Figure 7.

@@ -6,7 +6,6 @@ split, and the raw files' names, sizes and modification times), so a changed raw
 instead of a stale one.
 """
 
-import csv
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import files
 from wcsegnet_jax.data import raw
 from wcsegnet_jax.data import splits
 
@@ -158,16 +158,13 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
 
 def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
   """Writes `split,file_id,cell_type` for every example, atomically."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['split', 'file_id', 'cell_type'])
-    for split in sorted(builder.info.splits):
-      source = builder.as_data_source(split)
-      rows = sorted((as_str(source[i]['file_id']), int(source[i]['cell_type']))
-                    for i in range(len(source)))
-      writer.writerows([split, fid, classes.CLASS_NAMES[t]] for fid, t in rows)
-  os.replace(tmp, path)
+  rows = []
+  for split in sorted(builder.info.splits):
+    source = builder.as_data_source(split)
+    ids = sorted((as_str(source[i]['file_id']), int(source[i]['cell_type']))
+                 for i in range(len(source)))
+    rows += [(split, fid, classes.CLASS_NAMES[t]) for fid, t in ids]
+  files.write_csv_atomic(path, ('split', 'file_id', 'cell_type'), rows)
 
 
 def as_str(text: bytes | str) -> str:
