@@ -15,6 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import files
 
 BEST_METRIC = 'test_dice'
@@ -95,21 +96,10 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
   raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')
 
 
-def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      flat.update(_flatten(v, key + '.'))
-    else:
-      flat[key] = list(v) if isinstance(v, tuple) else v
-  return flat
-
-
 def config_mismatches(saved: dict, current: dict,
                       sensitive_keys=RESUME_SENSITIVE) -> list[str]:
   """Keys at or under `sensitive_keys` whose values differ between a saved and a new config."""
-  saved_flat, current_flat = _flatten(saved), _flatten(current)
+  saved_flat, current_flat = config_lib.flatten(saved), config_lib.flatten(current)
   keys = sorted(set(saved_flat) | set(current_flat))
   sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)
                and k not in RESUME_FREE]

@@ -35,13 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def _leaves(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+def flatten(config, prefix: str = '') -> dict:
+  """{'section.key': value} of a ConfigDict or of its JSON form (tuples as lists)."""
   out = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_leaves(value, f'{prefix}{key}.'))
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
-      out[f'{prefix}{key}'] = value
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
   return out
 
 
@@ -55,7 +56,7 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
              process_count: int = 1) -> list[str]:
   """Everything wrong with `config`, as readable lines (empty when it can run)."""
   found = []
-  known, given = _leaves(base_config()), _leaves(config)
+  known, given = flatten(base_config()), flatten(config)
   found += [f'unknown config key {k!r}' for k in sorted(set(given) - set(known))]
   found += [f'missing config key {k!r}' for k in sorted(set(known) - set(given))]
   if found:
