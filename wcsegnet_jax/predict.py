@@ -96,12 +96,6 @@ def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
   return paths
 
 
-def resize_to(image: np.ndarray, size: int) -> np.ndarray:
-  """The network's input, resized exactly as the training data were (`raw.resize_pair`)."""
-  no_labels = np.zeros(image.shape[:2], np.uint8)
-  return raw.resize_pair(image, no_labels, size)[0]
-
-
 def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
   """Class probabilities (S, S, C) resized bilinearly to (height, width, C)."""
   if probs.shape[:2] == (height, width):
@@ -189,7 +183,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       continue
     batch = np.zeros((batch_size, size, size, 3), np.uint8)
     for i, (_, image) in enumerate(images):
-      batch[i] = resize_to(image, size)
+      batch[i] = raw.resize_image(image, size)
     probs = np.asarray(jax.device_get(predict(variables, batch)), np.float32)
     for (path, image), image_probs in zip(images, probs):
       rows.append(write_image_outputs(output, _unique_stem(path, used_stems), path, image,

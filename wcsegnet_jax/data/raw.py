@@ -246,15 +246,20 @@ def label_map_from_mask(mask: np.ndarray, record: RawRecord, tolerance: int,
   return np.where(snapped == NUCLEUS_LEVEL, class_id, classes.BACKGROUND).astype(np.uint8)
 
 
-def resize_pair(image: np.ndarray, label_map: np.ndarray, size: int):
-  """Image: area when shrinking, bilinear when enlarging; label map: nearest (no new labels)."""
-  h, w = label_map.shape
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """To size x size: area when shrinking, bilinear when enlarging (training and prediction)."""
+  h, w = image.shape[:2]
   if (h, w) == (size, size):
-    return image, label_map
+    return image
   interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-  image = cv2.resize(image, (size, size), interpolation=interp)
-  label_map = cv2.resize(label_map, (size, size), interpolation=cv2.INTER_NEAREST)
-  return image, label_map
+  return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def resize_pair(image: np.ndarray, label_map: np.ndarray, size: int):
+  """The image as `resize_image`; the label map nearest (no new labels)."""
+  if label_map.shape != (size, size):
+    label_map = cv2.resize(label_map, (size, size), interpolation=cv2.INTER_NEAREST)
+  return resize_image(image, size), label_map
 
 
 def load_example(record: RawRecord, image_size: int, tolerance: int,
