@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.datasets = ('jiangxi', 'cellavision')   # trained on their union, evaluated one by one
   d.image_size = 120
   d.cell_types = ('neutrophil', 'basophil', 'lymphocyte')
+  # Times each dataset's train split enters an epoch, one per entry of `datasets`; () = once
+  # each (the paper: the plain union). (1, 3) shows the 47 CellaVision images three times.
+  d.dataset_repeats = ()
   d.test_fraction = 0.2                      # the paper's 80:20 split, stratified by cell type
   d.split_seed = 0
   # Mask gray levels are snapped to the nearest of 0/128/255. A mask with more than
@@ -53,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   a.zoom_independent_xy = True  # Keras draws the x and y zoom independently
   a.horizontal_flip = True
   a.fill_mode = 'nearest'      # border fill: 'nearest' (Keras' default), 'reflect', 'constant'
+  # Colour jitter (not in the paper; 0 = off): brightness, contrast and saturation factors
+  # uniform in [1-x, 1+x], and a hue rotation uniform in [-hue_deg, hue_deg] degrees.
+  a.brightness = 0.0
+  a.contrast = 0.0
+  a.saturation = 0.0
+  a.hue_deg = 0.0
   a.augment_repeats = 10       # an epoch sees each training image this many times (ten-fold)
 
   # --- Input pipeline -----------------------------------------------------------------------------
@@ -84,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.head_dropout = 0.1         # in the head: conv3x3 + BatchNorm + act + dropout
   m.upsample = 'transpose'     # 'transpose' (learned 2x2, stride 2) | 'nearest' (resize)
   m.pad_mode = 'reflect'       # how the input is padded to a multiple of 2**num_levels
+  # 1 = the paper. p > 1 folds each p x p pixel patch into channels at the input and unfolds p*p
+  # logits per class at the output: the U-Net runs at 1/p resolution (the CPU recipe uses 2).
+  m.patch_size = 1
   m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
 
   # --- Training -----------------------------------------------------------------------------------

@@ -214,3 +214,32 @@ def test_flops_scale_with_pixels():
   flops128 = models.model_flops_per_image(model, 128, 128)
   assert flops64 > 0
   assert 3.5 < flops128 / flops64 < 4.5
+
+
+def test_space_to_depth_round_trip_and_layout():
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  folded = models.space_to_depth(x, 2)
+  assert folded.shape == (2, 2, 3, 12)
+  # Position (0, 1) holds the 2x2 patch of rows 0-1, columns 2-3, pixel by pixel.
+  np.testing.assert_array_equal(folded[0, 0, 1].reshape(2, 2, 3), x[0, 0:2, 2:4])
+  np.testing.assert_array_equal(models.depth_to_space(folded, 2), x)
+
+
+@pytest.mark.parametrize('size', [120, 100])
+def test_patch_size_keeps_full_resolution_logits(size):
+  model = models.create_model(tiny_config(patch_size=2, num_levels=2))
+  images = jnp.zeros((1, size, size, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  assert model.apply(variables, images, train=False).shape == (1, size, size, 4)
+  kernel = variables['params']['encoder0']['block0']['conv1']['kernel']
+  assert kernel.shape[2] == 12   # 3 channels x 2 x 2 pixels per position
+  assert variables['params']['head']['logits']['kernel'].shape[-1] == 4 * 4
+
+
+def test_cpu_recipe_parameter_count():
+  """configs/cpu.py's net: base width 16, BatchNorm blocks, 2x2 patches (shipped pretrained)."""
+  from configs import cpu   # pylint: disable=g-import-not-at-top
+  config = cpu.get_config()
+  model = models.create_model(config.model)
+  shapes = abstract_variables(model, (1, 120, 120, 3))
+  assert models.count_params(shapes['params']) == 4_000_384

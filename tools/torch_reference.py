@@ -67,9 +67,10 @@ class WCSegNet(nn.Module):
   def __init__(self, m: ml_collections.ConfigDict):
     super().__init__()
     self.num_levels, self.pad_mode, self.upsample = m.num_levels, m.pad_mode, m.upsample
+    self.patch_size = m.patch_size
     width_at = lambda level: m.base_width * 2 ** level
     self.encoders = nn.ModuleList()
-    cin = 3
+    cin = 3 * m.patch_size ** 2   # pixel_unshuffle folds p x p patches into channels
     for level in range(m.num_levels):
       self.encoders.append(_stage(cin, width_at(level), m))
       cin = width_at(level)
@@ -92,14 +93,16 @@ class WCSegNet(nn.Module):
         nn.Conv2d(cin, m.base_width, 3, padding=1, bias=False),
         nn.BatchNorm2d(m.base_width, momentum=1 - m.bn_momentum), _activation(m),
         nn.Dropout(m.head_dropout))
-    self.logits = nn.Conv2d(m.base_width, m.num_classes, 1)
+    self.logits = nn.Conv2d(m.base_width, m.num_classes * m.patch_size ** 2, 1)
 
   def forward(self, x):
     _, _, height, width = x.shape
-    multiple = 2 ** self.num_levels
+    multiple = 2 ** self.num_levels * self.patch_size
     top, left = (-height % multiple) // 2, (-width % multiple) // 2
     x = F.pad(x, (left, -width % multiple - left, top, -height % multiple - top),
               mode=self.pad_mode)
+    if self.patch_size > 1:
+      x = F.pixel_unshuffle(x, self.patch_size)
     skips = []
     for level, encoder in enumerate(self.encoders):
       x = encoder(x)
@@ -115,6 +118,8 @@ class WCSegNet(nn.Module):
     x = self.head(x)
     with torch.autocast(x.device.type, enabled=False):   # float32 logits conv, as ours
       logits = self.logits(x.float())
+    if self.patch_size > 1:
+      logits = F.pixel_shuffle(logits, self.patch_size)
     return logits[:, :, top:top + height, left:left + width]
 
 

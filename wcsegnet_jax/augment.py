@@ -84,6 +84,29 @@ def warp_pair(image: np.ndarray, label_map: np.ndarray, matrix: np.ndarray,
   return warped_image, warped_labels
 
 
+def color_jitter(image: np.ndarray, rng: np.random.Generator,
+                 aug: ml_collections.ConfigDict) -> np.ndarray:
+  """Random brightness, contrast and saturation factors in [1-a, 1+a] and a hue rotation in
+  [-h, h] degrees (not in the paper: stains and cameras differ between labs). uint8 in and out.
+  """
+  if not (aug.brightness or aug.contrast or aug.saturation or aug.hue_deg):
+    return image
+  x = image.astype(np.float32)
+  x = x * rng.uniform(1 - aug.brightness, 1 + aug.brightness)
+  mean = x.mean()
+  x = (x - mean) * rng.uniform(1 - aug.contrast, 1 + aug.contrast) + mean
+  gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+  x = (x - gray[..., None]) * rng.uniform(1 - aug.saturation, 1 + aug.saturation) + gray[..., None]
+  if aug.hue_deg:
+    # A rotation about the gray axis of RGB space: the hue turns, luminance (nearly) stays.
+    theta = np.deg2rad(rng.uniform(-aug.hue_deg, aug.hue_deg))
+    axis = np.full(3, 1 / np.sqrt(3), np.float32)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * (k @ k)
+    x = x @ rotation.T.astype(np.float32)
+  return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+
 def augment_example(example: dict, rng: np.random.Generator,
                     aug: ml_collections.ConfigDict) -> dict:
   """One random augmentation of an example's image and label map; other fields pass through."""
@@ -91,7 +114,7 @@ def augment_example(example: dict, rng: np.random.Generator,
   params = sample_params(rng, aug, h, w)
   image, label_map = warp_pair(example['image'], example['label_map'],
                                inverse_affine_matrix(params, h, w), aug.fill_mode)
-  return {**example, 'image': image, 'label_map': label_map}
+  return {**example, 'image': color_jitter(image, rng, aug), 'label_map': label_map}
 
 
 def one_at_a_time(aug: ml_collections.ConfigDict, height: int,

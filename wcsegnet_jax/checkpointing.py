@@ -96,13 +96,13 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
   raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')
 
 
-def config_mismatches(saved: dict, current: dict,
-                      sensitive_keys=RESUME_SENSITIVE) -> list[str]:
+def config_mismatches(saved: dict, current: dict, sensitive_keys=RESUME_SENSITIVE,
+                      free_keys=RESUME_FREE) -> list[str]:
   """Keys at or under `sensitive_keys` whose values differ between a saved and a new config."""
   saved_flat, current_flat = config_lib.flatten(saved), config_lib.flatten(current)
   keys = sorted(set(saved_flat) | set(current_flat))
   sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)
-               and k not in RESUME_FREE]
+               and k not in free_keys]
   return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in sensitive
           if saved_flat.get(k) != current_flat.get(k)]
 

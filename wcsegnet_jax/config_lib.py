@@ -73,11 +73,12 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   if config.eval.batch_size <= 0 or config.eval.batch_size % device_count:
     found.append(f'eval.batch_size={config.eval.batch_size} must be a positive multiple of the '
                  f'device count ({device_count})')
-  if d.image_size < 2 ** m.num_levels:
+  if m.num_levels < 1 or m.base_width < 1 or m.blocks_per_stage < 1 or m.patch_size < 1:
+    found.append('model.num_levels, base_width, blocks_per_stage and patch_size must be >= 1')
+  elif d.image_size < m.patch_size * 2 ** m.num_levels:
     found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
-                 f'{m.num_levels} (needs >= {2 ** m.num_levels}: one pixel after the poolings)')
-  if m.num_levels < 1 or m.base_width < 1 or m.blocks_per_stage < 1:
-    found.append('model.num_levels, base_width and blocks_per_stage must be >= 1')
+                 f'{m.num_levels} with model.patch_size={m.patch_size} (needs >= '
+                 f'{m.patch_size * 2 ** m.num_levels}: one position after the poolings)')
   if m.num_classes != classes.NUM_CLASSES:
     found.append(f'model.num_classes={m.num_classes}; the label maps have {classes.NUM_CLASSES}')
   if not 0 <= m.bn_momentum < 1:
@@ -105,6 +106,14 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     if t[key] < 1:
       found.append(f'train.{key}={t[key]} must be >= 1')
   a = config.augment
+  if d.dataset_repeats and (len(d.dataset_repeats) != len(d.datasets)
+                            or min(d.dataset_repeats) < 1):
+    found.append(f'data.dataset_repeats={tuple(d.dataset_repeats)}: one integer >= 1 per '
+                 f'dataset of data.datasets={tuple(d.datasets)}, or () for once each')
+  if not all(0 <= a[k] < 1 for k in ('brightness', 'contrast', 'saturation')) or not (
+      0 <= a.hue_deg <= 180):
+    found.append('augment: brightness, contrast and saturation must be in [0, 1), hue_deg in '
+                 '[0, 180]')
   if a.augment_repeats < 1:
     found.append('augment.augment_repeats must be >= 1')
   if not 0 <= a.zoom < 1 or a.rotation_deg < 0 or a.shear_deg < 0 or min(

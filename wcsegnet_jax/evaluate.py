@@ -26,6 +26,7 @@ from wcsegnet_jax import losses
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import reports
+from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 
@@ -147,12 +148,16 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
 # Config keys that define what a restored model computes. Another value than training's either
 # fails to restore (widths, depth) or, worse, silently computes something else (activation,
 # padding, normalisation); both are reported up front, naming the keys.
-EVAL_SENSITIVE = ('model.num_classes', 'model.base_width', 'model.num_levels',
-                  'model.blocks_per_stage', 'model.residual', 'model.activation',
-                  'model.leaky_relu_slope', 'model.block_norm', 'model.upsample',
-                  'model.pad_mode', 'data.mean', 'data.std',
+# Every model key counts (a new one is protected without anyone listing it) except those that
+# change only training (dropouts, BatchNorm momentum) or the arithmetic's precision (dtype).
+EVAL_SENSITIVE = ('model', 'data.mean', 'data.std',
                   # The split: another seed or fraction would evaluate on training images.
                   'data.split_seed', 'data.test_fraction', 'data.image_size')
+EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dropout_stages',
+             'model.head_dropout', 'model.bn_momentum', 'model.dtype')
+
+
+PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
 
 
 def resolve_checkpoint(workdir: str | pathlib.Path,
@@ -182,7 +187,8 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
   saved = checkpointing.load_saved_config(workdir)
   if saved is None:
     return
-  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_SENSITIVE)
+  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_SENSITIVE,
+                                          free_keys=EVAL_FREE)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the checkpoint in {workdir} was trained with another config '
@@ -199,7 +205,11 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   step count to Adam's state; step counts and rates do not), so the schedule training used is
   taken from the checkpoint's config.json, else from `config`, and the other one is tried if
   that does not fit. Arrays are placed with `sharding` (default: the first device).
+  `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
   """
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if str(checkpoint).strip() == PRETRAINED:
+    return _pretrained_variables(config, sharding)
   ckpt_workdir, which = resolve_checkpoint(workdir, checkpoint)
   directory = checkpointing.checkpoint_dir(ckpt_workdir)
   if not directory.is_dir():
@@ -207,7 +217,6 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
         f'(--mode=train with this workdir), or pass --checkpoint=PATH')
   check_eval_config(ckpt_workdir, config)
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   saved = checkpointing.load_saved_config(ckpt_workdir) or {}
   schedule = saved.get('train', {}).get('lr_schedule', config.train.lr_schedule)
   schedules = [schedule] + [s for s in ('constant', 'cosine') if s != schedule]
@@ -227,6 +236,20 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     manager.close()
   logging.info('Restored step %d from %s.', step, directory)
   return {'params': state.params, 'batch_stats': state.batch_stats}, step
+
+
+def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
+  """The shipped model's variables, if `config` computes what it was trained to compute."""
+  shipped = shipped_model.load_config()
+  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_SENSITIVE,
+                                          free_keys=EVAL_FREE)
+  if diffs:
+    raise checkpointing.CheckpointError(
+        f'the pretrained model ({shipped_model.PRETRAINED_DIR}) was trained with another config: '
+        + '; '.join(diffs) + '. Use --config=configs/pretrained.py (its own config).')
+  variables = shipped_model.load_variables(shipped)
+  step = int(shipped_model.load_info().get('step', 0))
+  return jax.device_put(variables, sharding), step
 
 
 def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, sharding,
@@ -343,8 +366,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   eval_step = jax.jit(make_eval_step(model, config))
 
   meta = {'config_name': config.name, 'checkpoint_step': int(step),
-          'checkpoint_dir': str(checkpointing.checkpoint_dir(
-              resolve_checkpoint(workdir, checkpoint)[0])),
+          'checkpoint_dir': (str(shipped_model.PRETRAINED_DIR) if checkpoint == PRETRAINED else
+                             str(checkpointing.checkpoint_dir(
+                                 resolve_checkpoint(workdir, checkpoint)[0]))),
           'tta': bool(config.eval.tta), 'image_size': int(config.data.image_size)}
   written = {}
   for name, paper_key, source in sources:

@@ -66,10 +66,18 @@ class _Augment(grain.transforms.RandomMap):
     return augment.augment_example(element, rng, self.aug)
 
 
+def dataset_repeats(datasets: list[DatasetSplits], config: ml_collections.ConfigDict
+                    ) -> list[int]:
+  """How often each dataset's train split enters an epoch (`data.dataset_repeats`; () = once)."""
+  repeats = tuple(config.data.dataset_repeats) or (1,) * len(datasets)
+  return list(repeats)
+
+
 def train_epoch_size(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
-  """Examples per epoch: every training image `augment_repeats` times (the ten-fold)."""
-  return sum(len(d.train) for d in datasets if d.train is not None) * (
-      config.augment.augment_repeats)
+  """Examples per epoch: every training image `augment_repeats` times (the ten-fold), times
+  its dataset's repeat."""
+  return sum(len(d.train) * k for d, k in zip(datasets, dataset_repeats(datasets, config))
+             if d.train is not None) * config.augment.augment_repeats
 
 
 def steps_per_epoch(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
@@ -87,7 +95,8 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   the seed,
   and its iterator's state can be saved and restored for an exact resume.
   """
-  sources = [grain.MapDataset.source(d.train) for d in datasets if d.train is not None]
+  sources = [grain.MapDataset.source(d.train).repeat(k)
+             for d, k in zip(datasets, dataset_repeats(datasets, config)) if d.train is not None]
   if not sources:
     raise raw.DataError(f'no training images in {[d.name for d in datasets]}')
   ds = grain.MapDataset.concatenate(sources).repeat(config.augment.augment_repeats)

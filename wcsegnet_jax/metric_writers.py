@@ -1,11 +1,14 @@
 """Where training metrics go: TensorBoard event files and a JSON-lines file in the workdir."""
 
+import collections
 import json
 import math
 import pathlib
 import time
+from typing import Any, Callable
 
 from absl import logging
+import jax
 import numpy as np
 import tensorboardX
 
@@ -17,10 +20,12 @@ METRICS_FILE = 'metrics.jsonl'
 class MetricWriter:
   """Writes scalars to TensorBoard, `workdir/metrics.jsonl` and the log (process 0 only)."""
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int | None = None):
+  def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int | None = None,
+               started_at: float | None = None):
     """`resume_step`: the checkpoint a run resumed from; records logged after it (by the run
-    that was interrupted, and about to be logged again) are dropped."""
-    self.enabled = enabled
+    that was interrupted, and about to be logged again) are dropped. `started_at` (a
+    `time.time()`): each JSON line gets `elapsed_seconds` since then, for time-to-accuracy."""
+    self.enabled, self.started_at = enabled, started_at
     if enabled:
       path = workdir / METRICS_FILE
       if resume_step is not None and path.exists():
@@ -37,7 +42,10 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
-    record = {'step': step, 'time': time.time()}
+    now = time.time()
+    record = {'step': step, 'time': now}
+    if self.started_at is not None:
+      record['elapsed_seconds'] = round(now - self.started_at, 3)
     record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
@@ -72,3 +80,51 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
   """The JSON-lines records of a workdir (for curves and tests)."""
   path = pathlib.Path(workdir) / METRICS_FILE
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class FinishedStepProgress:
+  """Advances a progress bar by *finished* steps, not dispatched ones.
+
+  JAX dispatches a step and returns at once; a bar moved at dispatch runs ahead of the device
+  and its ETA is wrong by orders of magnitude when steps are slow (a CPU). Here the bar moves
+  when a step's outputs are ready, keeping `in_flight` steps queued on the device so waiting
+  never idles it.
+  """
+
+  def __init__(self, bar: Any, in_flight: int = 1,
+               wait: Callable[[Any], Any] = jax.block_until_ready):
+    self.bar, self.in_flight, self.wait = bar, in_flight, wait
+    self.pending = collections.deque()
+
+  def dispatched(self, step_outputs: Any) -> None:
+    """Call after dispatching a step, with any of its outputs."""
+    self.pending.append(step_outputs)
+    while len(self.pending) > self.in_flight:
+      self.wait(self.pending.popleft())
+      self.bar.update(1)
+
+  def close(self) -> None:
+    """Waits for the steps still queued, counts them, and closes the bar."""
+    while self.pending:
+      self.wait(self.pending.popleft())
+      self.bar.update(1)
+    self.bar.close()
+
+
+def training_time_warning(seconds_per_step: float, steps_left: int, backend: str,
+                          limit_s: float = 3600.0) -> str | None:
+  """One line for a run that would train for over `limit_s` without an accelerator, else None."""
+  estimate = seconds_per_step * steps_left
+  if backend != 'cpu' or estimate <= limit_s:
+    return None
+  return (f'this run needs about {_duration(estimate)} on this CPU ({seconds_per_step:.2f} s per '
+          f'step x {steps_left} steps): its config is sized for a GPU. On a CPU use '
+          f'--config=configs/cpu.py (as good as the paper in ~15 minutes on 2 cores).')
+
+
+def _duration(seconds: float) -> str:
+  if seconds >= 2 * 86400:
+    return f'{seconds / 86400:.1f} days'
+  if seconds >= 3600:
+    return f'{seconds / 3600:.1f} hours'
+  return f'{seconds / 60:.0f} minutes'

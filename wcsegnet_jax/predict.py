@@ -1,10 +1,12 @@
 r"""Segments and classifies new images with a trained model; writes masks, overlays and cells.csv.
 
-  python -m wcsegnet_jax.predict --workdir=DIR --output=OUT [--checkpoint=best] \
+  python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR] [--checkpoint=best] \
       [--pixel_size_um=0.1] [--batch_size=16] [--tta] IMAGE_OR_FOLDER...
 
-The model's config is read from `DIR/config.json` (written by training), so no --config is
-needed. Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
+Without --workdir it uses the pretrained model shipped in the package (wcsegnet_jax/pretrained/,
+configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
+With one, the model's config is read from `DIR/config.json` (written by training), so no --config
+is needed. Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
 recursive) are all taken: point it at a folder of images only, e.g. not at a WBC `Dataset 1/`
 folder, whose .png masks would be segmented as images too.
 
@@ -44,6 +46,7 @@ from wcsegnet_jax import files
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import morphometry
+from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
@@ -196,18 +199,29 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   return summary
 
 
-def run(workdir: str, output: str, inputs: Sequence[str], checkpoint: str = 'best',
+def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str = 'best',
         batch_size: int = 16, tta: bool = False,
         pixel_size_um: float | None = None) -> PredictionSummary:
-  """The command's work, callable from Python: config, checkpoint, then the images."""
+  """The command's work, callable from Python: config, checkpoint, then the images.
+
+  Without a `workdir` (or with `checkpoint='pretrained'`), the model shipped in the package.
+  """
   if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
     raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
-  ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir, checkpoint)
-  config_dir = ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file() else workdir
-  config = load_workdir_config(config_dir)
-  paths = list_images(inputs)
-  variables, step = evaluate.load_variables(config, workdir, checkpoint)
-  logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
+  if not workdir or checkpoint == evaluate.PRETRAINED:
+    config = shipped_model.load_config()
+    paths = list_images(inputs)
+    variables = shipped_model.load_variables(config)
+    logging.info('Segmenting %d images with the pretrained model in %s.', len(paths),
+                 shipped_model.PRETRAINED_DIR)
+  else:
+    ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir, checkpoint)
+    config_dir = (ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file()
+                  else workdir)
+    config = load_workdir_config(config_dir)
+    paths = list_images(inputs)
+    variables, step = evaluate.load_variables(config, workdir, checkpoint)
+    logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
                        progress)
@@ -219,14 +233,16 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command's flags; defined only when run as a command, so that importing this module
   beside `wcsegnet_jax.main` (which has --workdir and --checkpoint too) is no flag clash."""
-  flags.DEFINE_string('workdir', None, 'Training workdir: config.json and checkpoints/.')
+  flags.DEFINE_string('workdir', None, 'Training workdir: config.json and checkpoints/. '
+                      'Without it, the pretrained model shipped in the package is used.')
   flags.DEFINE_string('output', None, 'Folder for masks, overlays and cells.csv (created).')
-  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step, or a checkpoint path.")
+  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step, a checkpoint path, or "
+                      "'pretrained' (the shipped model; the default without --workdir).")
   flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
                      'areas and perimeters in micrometres to cells.csv.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
   flags.DEFINE_bool('tta', False, 'Average the predictions over the four flips.')
-  flags.mark_flags_as_required(['workdir', 'output'])
+  flags.mark_flags_as_required(['output'])
 
 
 def main(argv):

@@ -10,6 +10,7 @@ import functools
 import os
 import math
 import pathlib
+import time
 from typing import Any
 
 from absl import logging
@@ -156,6 +157,7 @@ class Trainer:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) in `workdir`; returns the final state."""
+  started_at = time.time()   # time-to-accuracy counts data preparation and compilation too
   if config.train.distributed:
     jax.distributed.initialize()
   config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -171,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config)
   writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                       resume_step=step)
+                                       resume_step=step, started_at=started_at)
   logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,
                trainer.total_steps, f'{models.count_params(trainer.state.params):,}')
   try:
@@ -187,17 +189,24 @@ def _train_loop(trainer: Trainer, manager, writer) -> None:
   config, spe = trainer.config, trainer.steps_per_epoch
   step = int(jax.device_get(trainer.state.step))
   history, timer = [], metric_writers.StepTimer(step)
-  bar = None
+  progress, first_step = None, step
   while step < trainer.total_steps:
     epoch = step // spe
-    if bar is None and config.train.progress_bar and jax.process_index() == 0:
-      bar = tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False)
+    if progress is None and config.train.progress_bar and jax.process_index() == 0:
+      progress = metric_writers.FinishedStepProgress(
+          tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False))
     batch = trainer.parallel.to_device(next(trainer.train_iter))
+    dispatched_at = time.perf_counter()
     trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
+    if step - first_step in (0, 1):
+      # The first step compiles; the second is timed once for the duration estimate.
+      jax.block_until_ready(step_metrics)
+      if step - first_step == 1:
+        _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step)
     history.append((step, step_metrics))
     step += 1
-    if bar is not None:
-      bar.update(1)
+    if progress is not None:
+      progress.dispatched(step_metrics)
     epoch_end = step % spe == 0 or step == trainer.total_steps
     if step % config.train.log_every_steps == 0 or epoch_end:
       history = jax.device_get(history)
@@ -207,10 +216,17 @@ def _train_loop(trainer: Trainer, manager, writer) -> None:
                           'epoch': step / spe})
       history = []
     if epoch_end:
-      if bar is not None:
-        bar.close()
-        bar = None
+      if progress is not None:
+        progress.close()
+        progress = None
       _end_of_epoch(trainer, manager, writer, step)
+
+
+def _warn_if_too_slow(seconds_per_step: float, steps_left: int) -> None:
+  warning = metric_writers.training_time_warning(seconds_per_step, steps_left,
+                                                 jax.default_backend())
+  if warning and jax.process_index() == 0:
+    logging.warning('%s', warning)
 
 
 def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:

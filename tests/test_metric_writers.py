@@ -1,0 +1,69 @@
+"""Tests of wcsegnet_jax.metric_writers: progress by finished steps, the CPU time warning."""
+
+import pytest
+
+from wcsegnet_jax import metric_writers
+
+
+class FakeBar:
+  def __init__(self):
+    self.n, self.closed = 0, False
+
+  def update(self, k):
+    self.n += k
+
+  def close(self):
+    self.closed = True
+
+
+def test_progress_counts_only_steps_whose_outputs_are_ready():
+  bar, waited = FakeBar(), []
+  progress = metric_writers.FinishedStepProgress(bar, in_flight=1, wait=waited.append)
+  progress.dispatched('step0')
+  assert bar.n == 0 and waited == []          # dispatched, not finished: not counted
+  progress.dispatched('step1')
+  assert waited == ['step0'] and bar.n == 1   # step 0 waited for before it was counted
+  progress.dispatched('step2')
+  assert waited == ['step0', 'step1'] and bar.n == 2
+  progress.close()
+  assert waited == ['step0', 'step1', 'step2'] and bar.n == 3 and bar.closed
+
+
+def test_progress_with_more_steps_in_flight():
+  bar, waited = FakeBar(), []
+  progress = metric_writers.FinishedStepProgress(bar, in_flight=3, wait=waited.append)
+  for i in range(5):
+    progress.dispatched(i)
+  assert waited == [0, 1] and bar.n == 2
+
+
+def test_progress_waits_on_real_jax_outputs():
+  import jax.numpy as jnp   # pylint: disable=g-import-not-at-top
+  bar = FakeBar()
+  progress = metric_writers.FinishedStepProgress(bar)
+  for i in range(3):
+    progress.dispatched({'loss': jnp.float32(i) * 2})
+  progress.close()
+  assert bar.n == 3
+
+
+@pytest.mark.parametrize('seconds_per_step,steps,backend,expected', [
+    (48.0, 15_100, 'cpu', '8.4 days'),       # the paper's config on 2 cores
+    (2.0, 3_600, 'cpu', '2.0 hours'),
+    (0.5, 7_000, 'cpu', None),               # under an hour: no warning
+    (48.0, 15_100, 'gpu', None),             # only without an accelerator
+])
+def test_training_time_warning(seconds_per_step, steps, backend, expected):
+  warning = metric_writers.training_time_warning(seconds_per_step, steps, backend)
+  if expected is None:
+    assert warning is None
+  else:
+    assert expected in warning and 'configs/cpu.py' in warning and '\n' not in warning
+
+
+def test_elapsed_seconds_in_metric_lines(tmp_path):
+  writer = metric_writers.MetricWriter(tmp_path, started_at=0.0)
+  writer.write(1, {'loss': 1.0})
+  writer.close()
+  (record,) = metric_writers.read_metrics(tmp_path)
+  assert record['elapsed_seconds'] == pytest.approx(record['time'], abs=1e-2)

@@ -1,0 +1,144 @@
+"""The pretrained model shipped in the package (`wcsegnet_jax/pretrained/`): export and load.
+
+A lab can predict with it minutes after installing, with no training and no network. The folder
+holds three files, written by `tools/build_pretrained.py`:
+  config.json        the full training config (the model, normalisation and image size)
+  variables.msgpack  parameters and BatchNorm statistics (flax msgpack; float16 where the values
+                     fit, which halves the file and changes no prediction we measured)
+  info.json          the file's SHA-256, the test metrics of the stored weights, the images that
+                     trained it, the command that rebuilt it, and the data's licence
+"""
+
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+from flax import serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import config_lib
+from wcsegnet_jax import files
+from wcsegnet_jax import models
+
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / 'pretrained'
+CONFIG_FILE = 'config.json'
+VARIABLES_FILE = 'variables.msgpack'
+INFO_FILE = 'info.json'
+MACHINE_PATHS = ('data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'eval.raw_dir')
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class PretrainedModelError(checkpointing.CheckpointError):
+  """A shipped (or exported) model folder is missing a file or holds a corrupt one."""
+
+
+def _fix() -> str:
+  return ('reinstall wcsegnet_jax, or rebuild the model with tools/build_pretrained.py')
+
+
+def abstract_variables(config: ml_collections.ConfigDict) -> dict:
+  """{'params', 'batch_stats'} shapes of `config.model` (nothing allocated)."""
+  model = models.create_model(config.model)
+  size = config.data.image_size
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                           train=False))
+
+
+def _storage_array(x: Any) -> np.ndarray:
+  """float16 where every value fits (finite, |v| <= 65504), else float32."""
+  x = np.asarray(x, np.float32)
+  if np.all(np.isfinite(x)) and np.max(np.abs(x), initial=0.0) <= FLOAT16_MAX:
+    return x.astype(np.float16)
+  return x
+
+
+def as_stored(variables: dict) -> dict:
+  """{'params', 'batch_stats'} rounded as `export` stores them, back in float32: the weights
+  whose metrics the shipped model reports."""
+  stored = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  return jax.tree.map(lambda x: jnp.asarray(_storage_array(x), jnp.float32),
+                      jax.device_get(stored))
+
+
+def export(config: ml_collections.ConfigDict, variables: dict, out_dir: str | pathlib.Path,
+           info: dict) -> pathlib.Path:
+  """Writes config, variables and info (with the variables' SHA-256) into `out_dir`."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stored = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  data = serialization.msgpack_serialize(
+      jax.tree.map(_storage_array, jax.device_get(stored)))
+  files.write_bytes_atomic(out_dir / VARIABLES_FILE, data)
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key in MACHINE_PATHS:   # where the data lay on the machine that built it
+    section, name = key.split('.')
+    config[section][name] = ''
+  files.write_text_atomic(out_dir / CONFIG_FILE, config.to_json(indent=2, sort_keys=True))
+  info = dict(info, variables_sha256=hashlib.sha256(data).hexdigest(),
+              variables_bytes=len(data),
+              parameters=models.count_params(stored['params']))
+  files.write_json_atomic(out_dir / INFO_FILE, info)
+  return out_dir
+
+
+def _read(path: pathlib.Path) -> bytes:
+  if not path.is_file():
+    raise PretrainedModelError(f'{path}: the pretrained model file is missing; {_fix()}')
+  return path.read_bytes()
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(_read(path))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise PretrainedModelError(f'{path}: not valid JSON ({e}); {_fix()}') from None
+
+
+def load_config(directory: str | pathlib.Path = PRETRAINED_DIR) -> ml_collections.ConfigDict:
+  """The config the model in `directory` was trained with (validated)."""
+  path = pathlib.Path(directory) / CONFIG_FILE
+  config = ml_collections.ConfigDict(_read_json(path))
+  found = config_lib.problems(config)
+  if found:
+    raise PretrainedModelError(f'{path}: not a usable config ({"; ".join(found)}); {_fix()}')
+  return config
+
+
+def load_info(directory: str | pathlib.Path = PRETRAINED_DIR) -> dict:
+  return _read_json(pathlib.Path(directory) / INFO_FILE)
+
+
+def load_variables(config: ml_collections.ConfigDict,
+                   directory: str | pathlib.Path = PRETRAINED_DIR) -> dict:
+  """Parameters and BatchNorm statistics as float32, checked against the checksum and shapes."""
+  directory = pathlib.Path(directory)
+  path = directory / VARIABLES_FILE
+  data = _read(path)
+  expected = load_info(directory).get('variables_sha256')
+  if hashlib.sha256(data).hexdigest() != expected:
+    raise PretrainedModelError(f'{path}: corrupt (its SHA-256 is not the one in '
+                               f'{directory / INFO_FILE}); {_fix()}')
+  try:
+    stored = serialization.msgpack_restore(data)
+  except Exception as e:   # msgpack raises several unrelated types on bad bytes
+    raise PretrainedModelError(f'{path}: unreadable ({type(e).__name__}); {_fix()}') from None
+  want = abstract_variables(config)
+  want = {'params': want['params'], 'batch_stats': want.get('batch_stats', {})}
+  got_shapes = jax.tree.map(np.shape, stored)
+  want_shapes = jax.tree.map(lambda x: tuple(x.shape), want)
+  if got_shapes != want_shapes:
+    raise PretrainedModelError(f'{path}: its arrays do not fit the model of '
+                               f'{directory / CONFIG_FILE}; {_fix()}')
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stored)
+
+
+def load(directory: str | pathlib.Path = PRETRAINED_DIR
+         ) -> tuple[ml_collections.ConfigDict, dict, dict]:
+  """(config, variables, info) of the model in `directory` (default: the shipped one)."""
+  config = load_config(directory)
+  return config, load_variables(config, directory), load_info(directory)
