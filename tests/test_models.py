@@ -5,7 +5,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=g-import-not-at-top
+import flax.linen as nn  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -243,3 +244,26 @@ def test_cpu_recipe_parameter_count():
   model = models.create_model(config.model)
   shapes = abstract_variables(model, (1, 120, 120, 3))
   assert models.count_params(shapes['params']) == 4_000_384
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_transposed_conv_2x2_is_flax_conv_transpose(dtype):
+  """Same parameter tree, same initial values, same output as nn.ConvTranspose 2x2 stride 2."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 6))
+  ours = models.TransposedConv2x2(4, dtype=dtype)
+  flax_conv = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding='VALID', dtype=dtype)
+  variables = ours.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, flax_conv.init(jax.random.PRNGKey(1), x))
+  variables = jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(2), v.shape),
+                           variables)   # a non-zero bias too
+  got, want = ours.apply(variables, x), flax_conv.apply(variables, x)
+  assert got.shape == (2, 10, 14, 4) and got.dtype == want.dtype
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=tol, atol=tol)
+
+
+def test_max_pool_2x2_is_flax_max_pool():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3))
+  np.testing.assert_array_equal(models.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), strides=(2, 2)))

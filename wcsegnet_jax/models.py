@@ -79,6 +79,36 @@ class EncoderStage(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
+class TransposedConv2x2(nn.Module):
+  """nn.ConvTranspose((2, 2), strides=(2, 2), padding='VALID'), the same parameters and output,
+  computed as one matrix product laid out as pixels.
+
+  With stride = kernel the 2x2 windows do not overlap, so each input position writes its own
+  2x2 output patch. XLA:CPU runs the gradient of the general transposed convolution ~10x
+  slower than this product's (docs/benchmarks.md); the result is the same to float rounding.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (2, 2, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # lax.conv_transpose (flax's, transpose_kernel=False) applies the kernel flipped in space.
+    y = jnp.einsum('bhwc,ijco->bhiwjo', x, kernel[::-1, ::-1])
+    b, h, _, w, _, c = y.shape
+    return y.reshape(b, 2 * h, 2 * w, c) + bias
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """nn.max_pool(x, (2, 2), strides=(2, 2)) on even sizes, as a reshape and a max: its
+  gradient is elementwise, where XLA:CPU's select-and-scatter is ~3x slower."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class DecoderStage(nn.Module):
   """2x2 upsample, concat the skip, ConvBlocks at the level's width, optional dropout."""
   features: int
@@ -92,8 +122,7 @@ class DecoderStage(nn.Module):
   def __call__(self, x: jax.Array, skip: jax.Array, *, train: bool) -> jax.Array:
     if self.upsample == 'transpose':
       # Learned 2x2, stride 2 (no activation, as Keras' Conv2DTranspose default).
-      x = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
-                           dtype=self.dtype, name='up')(x)
+      x = TransposedConv2x2(self.features, dtype=self.dtype, name='up')(x)
     elif self.upsample == 'nearest':
       b, h, w, c = x.shape
       x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='nearest')
@@ -216,7 +245,7 @@ class WCSegNet(nn.Module):
                        dropout=self.encoder_dropout if deepest else 0.0,
                        name=f'encoder{level}')(x, train=train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)   # sizes are even: padded to a multiple of 2**num_levels
 
     x = EncoderStage(width_at(self.num_levels), block, self.blocks_per_stage,
                      name='bottleneck')(x, train=train)
