@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
   # JAX's default partitionable threefry takes ~20 s for even a tiny net on a CPU, and is fast
   # on GPUs; 'threefry' gives JAX's default streams.
   c.rng_impl = 'rbg'
+  # Extra XLA flags ('--xla_...=value ...'), set before JAX starts (wcsegnet_jax/xla_flags.py);
+  # flags in the XLA_FLAGS environment variable take precedence. configs/cpu.py sets its own.
+  c.xla_flags = ''
 
   # --- Data -------------------------------------------------------------------------------------
   c.data = d = ml_collections.ConfigDict()

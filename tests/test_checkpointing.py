@@ -32,6 +32,16 @@ def test_moved_data_and_input_speed_do_not_block_a_resume():
   assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == []
 
 
+def test_keys_added_after_a_config_was_saved_count_at_their_default():
+  """A config.json from before model.patch_size existed still matches the same model."""
+  saved, current = _as_json(base.get_config()), base.get_config()
+  del saved['model']['patch_size']
+  del saved['data']['dataset_repeats']
+  assert checkpointing.config_mismatches(saved, _as_json(current)) == []
+  current.model.patch_size = 2
+  assert checkpointing.config_mismatches(saved, _as_json(current)) == ['model.patch_size: 1 -> 2']
+
+
 def test_check_resume_config_needs_a_checkpoint(tmp_path):
   config = base.get_config()
   checkpointing.write_config(tmp_path, config)

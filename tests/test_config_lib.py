@@ -1,7 +1,9 @@
 """Config validation: every problem listed at once; the shipped configs are valid."""
 
 import importlib
+import json
 
+import ml_collections
 import pytest
 
 from configs import base
@@ -9,7 +11,7 @@ from wcsegnet_jax import config_lib
 
 
 @pytest.mark.parametrize('name', ['base', 'wcseg', 'unet_relu', 'unet_leakyrelu', 'smoke',
-                                  'wcseg_plus', 'cpu_small'])
+                                  'wcseg_plus', 'cpu_small', 'cpu'])
 def test_shipped_configs_are_valid(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   assert config_lib.problems(config) == []
@@ -76,3 +78,31 @@ def test_single_problems(key, value, message):
   section, name = key.split('.')
   c[section][name] = value
   assert any(message in p for p in config_lib.problems(c))
+
+
+def test_dataset_repeats_need_one_per_dataset():
+  c = base.get_config()
+  c.data.dataset_repeats = (1,)
+  assert any('data.dataset_repeats=(1,)' in p for p in config_lib.problems(c))
+  c.data.dataset_repeats = (1, 0)
+  assert any('data.dataset_repeats=(1, 0)' in p for p in config_lib.problems(c))
+  c.data.dataset_repeats = (1, 3)
+  assert config_lib.problems(c) == []
+
+
+def test_patch_size_must_fit_the_image():
+  c = base.get_config()
+  c.model.patch_size = 8
+  c.data.image_size = 120   # needs 8 * 2**4 = 128
+  assert any('with model.patch_size=8 (needs >= 128' in p for p in config_lib.problems(c))
+
+
+def test_with_defaults_fills_keys_added_since_a_config_was_saved():
+  saved = json.loads(base.get_config().to_json())
+  del saved['xla_flags']
+  del saved['model']['patch_size']
+  saved['model']['base_width'] = 8
+  filled = config_lib.with_defaults(saved)
+  assert filled['xla_flags'] == '' and filled['model']['patch_size'] == 1
+  assert filled['model']['base_width'] == 8   # what was saved stays
+  assert config_lib.problems(ml_collections.ConfigDict(filled)) == []

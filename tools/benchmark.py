@@ -95,8 +95,10 @@ def main(argv):
   # JAX's GPU client reads the environment when it starts, at the first device query below.
   from wcsegnet_jax import benchmarking   # pylint: disable=g-import-not-at-top
   from wcsegnet_jax import input_pipeline   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax import xla_flags   # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
+  xla_flags.apply(config.xla_flags)   # the config's, as training sets them
   batch_sizes = sorted(int(b) for b in FLAGS.batch_sizes)
   report = {'command': shlex.join([sys.executable, *sys.argv]),
             'environment': benchmarking.environment(), 'config': json.loads(config.to_json()),

@@ -98,8 +98,13 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
 
 def config_mismatches(saved: dict, current: dict, sensitive_keys=RESUME_SENSITIVE,
                       free_keys=RESUME_FREE) -> list[str]:
-  """Keys at or under `sensitive_keys` whose values differ between a saved and a new config."""
-  saved_flat, current_flat = config_lib.flatten(saved), config_lib.flatten(current)
+  """Keys at or under `sensitive_keys` whose values differ between a saved and a new config.
+
+  A key the saved config lacks (one added to the code after it was written) counts at its
+  base default, the value that reproduces the older code's behaviour.
+  """
+  saved_flat = config_lib.flatten(config_lib.with_defaults(saved))
+  current_flat = config_lib.flatten(current)
   keys = sorted(set(saved_flat) | set(current_flat))
   sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)
                and k not in free_keys]

@@ -1,6 +1,7 @@
 """Start-up validation of a config: every problem reported at once, before anything compiles."""
 
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
@@ -46,6 +47,18 @@ def flatten(config, prefix: str = '') -> dict:
   return out
 
 
+def with_defaults(saved: dict) -> dict:
+  """A saved config's JSON with the keys added to the code since filled in at their base
+  defaults (which keep the older behaviour), so older workdirs and models still load."""
+  def merge(defaults: dict, given: dict) -> dict:
+    out = dict(defaults)
+    for key, value in given.items():
+      both_dicts = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+      out[key] = merge(defaults[key], value) if both_dicts else value
+    return out
+  return merge(json.loads(base_config().to_json()), saved)
+
+
 def _get(config, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
@@ -64,6 +77,9 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   for key, options in CHOICES.items():
     if _get(config, key) not in options:
       found.append(f'{key}={_get(config, key)!r}; expected one of {options}')
+  not_xla = [f for f in config.xla_flags.split() if not f.startswith('--xla_')]
+  if not_xla:
+    found.append(f'xla_flags={config.xla_flags!r}: {not_xla} are not --xla_... flags')
   d, m, t = config.data, config.model, config.train
   if t.learning_rate <= 0:
     found.append(f'train.learning_rate={t.learning_rate} must be > 0')
