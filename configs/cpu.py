@@ -1,4 +1,4 @@
-"""The CPU recipe: a WCSegNet-family model as good as the paper's, trained on 2 cores in minutes.
+"""The CPU recipe: a WCSegNet-family model near the paper's accuracy in minutes on 2 cores.
 
   python -m wcsegnet_jax.main --config=configs/cpu.py --workdir=runs/cpu
 
@@ -11,7 +11,13 @@ What differs from the paper (configs/wcseg.py) and why; docs/results.md has the 
 - Dropouts 0.1 (paper 0.5): a short schedule is underfitting, not overfitting.
 - Adam 2e-3 with cosine decay and warm-up, Dice + cross-entropy.
 - Augmentation: any rotation (a cell has no up), smaller shifts and zoom (keep the nucleus in
-  frame), reflected borders; 4 augmented copies of each image per epoch.
+  frame), reflected borders; 3 augmented copies of each image per epoch.
+- data.dataset_repeats (1, 3): CellaVision's 47 training images shown 3 times per epoch, or
+  its test Dice falls while Jiangxi's (148 images) rises.
+- 16 epochs of 54 steps: ~13 minutes of training, data preparation and compilation included.
+
+Expected on the test splits (3 seeds, docs/results.md): nucleus Dice ~0.96 on both datasets,
+cell-type accuracy ~0.98 on Jiangxi and ~0.65 on CellaVision.
 """
 
 from configs import base
@@ -20,6 +26,10 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.name = 'cpu'
+  # XLA:CPU runs matrix products through YNNPACK and convolutions through its own (Eigen)
+  # kernels: ~1.3x faster training and ~1.5x faster inference on 2 cores than letting YNNPACK
+  # take the convolutions too (docs/benchmarks.md).
+  config.xla_flags = '--xla_cpu_experimental_ynn_fusion_type=individual_dot'
   m = config.model
   m.patch_size = 2
   m.base_width = 16
@@ -36,11 +46,12 @@ def get_config():
   a.height_shift = 0.1
   a.zoom = 0.15
   a.fill_mode = 'reflect'
-  a.augment_repeats = 4
+  a.augment_repeats = 3
+  config.data.dataset_repeats = (1, 3)   # jiangxi, cellavision
 
   t = config.train
   t.batch_size = 16
-  t.num_epochs = 18
+  t.num_epochs = 16
   t.learning_rate = 2e-3
   t.lr_schedule = 'cosine'
   t.warmup_epochs = 1.0

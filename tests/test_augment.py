@@ -246,3 +246,40 @@ def test_write_png_round_trips(tmp_path):
   augment.write_png(str(path), rgb)
   np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), rgb)
   assert [p.name for p in tmp_path.iterdir()] == ['grid.png']
+
+
+def _jitter_config(**values):
+  aug = base.get_config().augment
+  aug.update(values)
+  return aug
+
+
+def test_color_jitter_off_is_the_identity():
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  out = augment.color_jitter(image, np.random.default_rng(1), _jitter_config())
+  assert out is image
+
+
+def test_color_jitter_hue_keeps_gray_pixels_gray_and_turns_colours():
+  image = np.zeros((4, 4, 3), np.uint8)
+  image[:2] = 128                       # gray: on the rotation axis
+  image[2:] = (200, 60, 60)             # a red
+  aug = _jitter_config(hue_deg=60.0)
+  out = augment.color_jitter(image, np.random.default_rng(2), aug)
+  assert out.dtype == np.uint8 and out.shape == image.shape
+  np.testing.assert_allclose(out[:2], 128, atol=1)
+  assert np.abs(out[2:].astype(int) - image[2:]).max() > 5
+  # A hue rotation keeps the mean of the channels (the projection on the gray axis).
+  np.testing.assert_allclose(out[2:].mean(-1), image[2:].mean(-1), atol=1)
+
+
+def test_color_jitter_leaves_the_label_map_alone():
+  rng = np.random.default_rng(3)
+  example = {'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+             'label_map': (rng.random((32, 32)) > 0.5).astype(np.uint8)}
+  aug = _jitter_config(rotation_deg=0.0, width_shift=0.0, height_shift=0.0, shear_deg=0.0,
+                       zoom=0.0, horizontal_flip=False, brightness=0.3, contrast=0.3,
+                       saturation=0.3, hue_deg=20.0)
+  out = augment.augment_example(example, rng, aug)
+  np.testing.assert_array_equal(out['label_map'], example['label_map'])
+  assert not np.array_equal(out['image'], example['image'])

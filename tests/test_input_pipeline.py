@@ -217,3 +217,18 @@ def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets)
   assert_same_batches(in_process, take(with_workers, 3))
   del with_workers
   assert time.time() - start < 60   # about 3 s on 2 CPU cores; mark `slow` if it grows past 20 s
+
+
+def test_dataset_repeats_weigh_the_datasets(datasets, config):
+  """data.dataset_repeats=(1, 3): the second dataset's images enter each epoch 3 times."""
+  config.data.dataset_repeats = (1, 3)
+  epoch = input_pipeline.epoch_examples(datasets, config)
+  assert len(epoch) == input_pipeline.train_epoch_size(datasets, config)
+  counts = {}
+  for example in epoch:
+    key = (tfds_builder.as_str(example['dataset']), tfds_builder.as_str(example['file_id']))
+    counts[key] = counts.get(key, 0) + 1
+  for d, repeat in zip(datasets, (1, 3)):
+    ids = [k for k in counts if k[0] == tfds_builder.as_str(d.train[0]['dataset'])]
+    assert len(ids) == len(d.train)
+    assert {counts[k] for k in ids} == {repeat * config.augment.augment_repeats}

@@ -54,11 +54,16 @@ def test_progress_waits_on_real_jax_outputs():
     (48.0, 15_100, 'gpu', None),             # only without an accelerator
 ])
 def test_training_time_warning(seconds_per_step, steps, backend, expected):
-  warning = metric_writers.training_time_warning(seconds_per_step, steps, backend)
+  warning = metric_writers.training_time_warning(seconds_per_step, steps, backend, 'wcseg')
   if expected is None:
     assert warning is None
   else:
     assert expected in warning and 'configs/cpu.py' in warning and '\n' not in warning
+
+
+def test_training_time_warning_for_the_cpu_recipe_itself():
+  warning = metric_writers.training_time_warning(2.0, 3_600, 'cpu', 'cpu')
+  assert '2.0 hours' in warning and 'configs/cpu.py' not in warning and 'num_epochs' in warning
 
 
 def test_elapsed_seconds_in_metric_lines(tmp_path):

@@ -133,3 +133,16 @@ def test_same_stem_gets_a_unique_name(tiny_model, tmp_path):
   rows = list(csv.DictReader(open(tmp_path / 'out' / 'cells.csv')))
   assert [r['mask_file'] for r in rows] == ['cell_mask.png', 'cell_2_mask.png']
   assert (tmp_path / 'out' / 'cell_2_overlay.png').is_file()
+
+
+def test_checkpoint_path_without_workdir_is_that_checkpoint(tiny_model, tmp_path, monkeypatch):
+  """--checkpoint=PATH alone predicts with PATH, never silently with the shipped model."""
+  def no_shipped_model(*args, **kwargs):
+    raise AssertionError('the shipped model was loaded')
+  monkeypatch.setattr(predict.shipped_model, 'load_config', no_shipped_model)
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  summary = predict.run(None, str(tmp_path / 'out'), [str(image)],
+                        checkpoint=str(tiny_model['workdir']))
+  assert summary.done == [str(image)]
+  with pytest.raises(checkpointing.CheckpointError, match='pass --workdir'):
+    predict.run(None, str(tmp_path / 'out2'), [str(image)], checkpoint='latest')

@@ -64,9 +64,10 @@ def _write_fake_evaluated_run(workdir, dice, times=True):
         '\n'.join(json.dumps(r) for r in records) + '\n')
   (workdir / 'eval' / 'jiangxi').mkdir(parents=True)
   per_class = {name: 0.5 for name in ('background', 'neutrophil', 'basophil', 'lymphocyte')}
+  support = {'background': 900, 'neutrophil': 60, 'basophil': 0, 'lymphocyte': 40}
   (workdir / 'eval' / 'jiangxi' / 'metrics.json').write_text(json.dumps({
       'paper': {'accuracy': 0.99, 'precision': 0.9, 'dice': dice, 'miou': 0.9},
-      'per_class': {'dice': per_class}, 'cells': {'cell_accuracy': 1.0}}))
+      'per_class': {'dice': per_class, 'support': support}, 'cells': {'cell_accuracy': 1.0}}))
 
 
 def test_run_summary_means_over_seeds(tmp_path):
@@ -78,5 +79,7 @@ def test_run_summary_means_over_seeds(tmp_path):
   assert (round(mean, 6), round(std, 6), n) == (0.96, 0.01, 2)
   assert summary['net']['epochs_to_target'] == (2.0, 0.0, 1)   # s1 never reached 0.96
   assert summary['net']['seconds_to_target'] == (30.0, 0.0, 1)
-  table = run_summary.markdown(summary, ('dice', 'cell_accuracy'))
-  assert '| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 |' in table
+  table = run_summary.markdown(summary, ('dice', 'cell_accuracy', 'epochs_to_target',
+                                         'dice_basophil'))
+  assert ('| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 | 2.0000 (1 of 2 runs) | n/a |'
+          in table)   # the fake runs' test splits hold no basophil

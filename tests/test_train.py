@@ -198,3 +198,23 @@ def test_smoke_config_runs_end_to_end_on_the_shared_data(tmp_path):
   assert time.time() - start < 180
   records = metric_writers.read_metrics(tmp_path / 'wd')
   assert any('test/cellavision/dice' in r for r in records)
+
+
+def test_slow_run_on_a_cpu_says_so_once_with_the_estimate(wbc_raw, wbc_tfds_dir, tmp_path,
+                                                          monkeypatch):
+  """The duration estimate is made once, from a timed step after compilation, and logged."""
+  calls, logged = [], []
+  real = metric_writers.training_time_warning
+
+  def over_a_millisecond(seconds_per_step, steps_left, backend, config_name):
+    calls.append((seconds_per_step, steps_left, backend))
+    return real(seconds_per_step, steps_left, backend, config_name, limit_s=1e-3)
+
+  monkeypatch.setattr(metric_writers, 'training_time_warning', over_a_millisecond)
+  monkeypatch.setattr(train.logging, 'warning', lambda fmt, *a: logged.append(fmt % a))
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1, progress_bar=True)
+  state = train.train_and_evaluate(c, str(tmp_path))
+  ((seconds_per_step, steps_left, backend),) = calls
+  assert seconds_per_step > 0 and steps_left == int(state.step) - 1 and backend == 'cpu'
+  (line,) = [m for m in logged if 'configs/cpu.py' in m]
+  assert 'this run needs about' in line

@@ -358,7 +358,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   workdir = pathlib.Path(workdir).expanduser().resolve()
   device = local_eval_device()
   # The checkpoint first: a missing one is reported before any data is prepared.
-  checkpoint = checkpoint or config.eval.checkpoint
+  checkpoint = str(checkpoint or config.eval.checkpoint).strip()
   variables, step = load_variables(config, workdir, checkpoint,
                                    sharding=jax.sharding.SingleDeviceSharding(device))
   sources = eval_sources(config)

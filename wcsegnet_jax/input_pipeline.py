@@ -84,6 +84,16 @@ def steps_per_epoch(datasets: list[DatasetSplits], config: ml_collections.Config
   return max(1, train_epoch_size(datasets, config) // config.train.batch_size)
 
 
+def epoch_examples(datasets: list[DatasetSplits], config: ml_collections.ConfigDict
+                   ) -> grain.MapDataset:
+  """One epoch's training examples, unshuffled and unaugmented (`train_epoch_size` of them)."""
+  sources = [grain.MapDataset.source(d.train).repeat(k)
+             for d, k in zip(datasets, dataset_repeats(datasets, config)) if d.train is not None]
+  if not sources:
+    raise raw.DataError(f'no training images in {[d.name for d in datasets]}')
+  return grain.MapDataset.concatenate(sources).repeat(config.augment.augment_repeats)
+
+
 def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDict,
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Infinite, seeded, augmented batches of this process's share of the global batch.
@@ -95,12 +105,7 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   the seed,
   and its iterator's state can be saved and restored for an exact resume.
   """
-  sources = [grain.MapDataset.source(d.train).repeat(k)
-             for d, k in zip(datasets, dataset_repeats(datasets, config)) if d.train is not None]
-  if not sources:
-    raise raw.DataError(f'no training images in {[d.name for d in datasets]}')
-  ds = grain.MapDataset.concatenate(sources).repeat(config.augment.augment_repeats)
-  ds = ds.shuffle(seed=config.input.shuffle_seed)
+  ds = epoch_examples(datasets, config).shuffle(seed=config.input.shuffle_seed)
   ds = ds.random_map(_Augment(ml_collections.FrozenConfigDict(config.augment)),
                      seed=config.input.shuffle_seed + 1)
   ds = ds.repeat(None)   # reseeds shuffle and augmentation each epoch

@@ -40,6 +40,7 @@ import tqdm
 
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import files
@@ -79,7 +80,7 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
     raise checkpointing.CheckpointError(
         f'{path} does not exist: {workdir} is not a training workdir (train first with '
         f'--workdir={workdir}, or point --workdir at one)')
-  return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(config_lib.with_defaults(saved))
 
 
 def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
@@ -204,23 +205,29 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
         pixel_size_um: float | None = None) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
-  Without a `workdir` (or with `checkpoint='pretrained'`), the model shipped in the package.
+  With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
+  model shipped in the package; a checkpoint path needs no `workdir`.
   """
   if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
     raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
-  if not workdir or checkpoint == evaluate.PRETRAINED:
+  which = str(checkpoint).strip()
+  if not workdir and (which == 'latest' or which.isdigit()):
+    raise checkpointing.CheckpointError(
+        f'--checkpoint={which} names a checkpoint of a workdir: pass --workdir too')
+  if which == evaluate.PRETRAINED or (not workdir and which == 'best'):
     config = shipped_model.load_config()
     paths = list_images(inputs)
     variables = shipped_model.load_variables(config)
     logging.info('Segmenting %d images with the pretrained model in %s.', len(paths),
                  shipped_model.PRETRAINED_DIR)
   else:
-    ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir, checkpoint)
+    ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir or '.', which)
+    workdir = workdir or ckpt_workdir
     config_dir = (ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file()
                   else workdir)
     config = load_workdir_config(config_dir)
     paths = list_images(inputs)
-    variables, step = evaluate.load_variables(config, workdir, checkpoint)
+    variables, step = evaluate.load_variables(config, workdir, which)
     logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,

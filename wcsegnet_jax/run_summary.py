@@ -27,7 +27,9 @@ def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False) -> dict[
                             f'{" --config.eval.tta=True" if tta else ""})')
   m = json.loads(path.read_text())
   out = {k: m['paper'][k] for k in PAPER_KEYS}
-  out.update({f'dice_{c}': m['per_class']['dice'][c] for c in classes.CLASS_NAMES[1:]})
+  support = m['per_class'].get('support', {})
+  out.update({f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
+              for c in classes.CLASS_NAMES[1:]})   # None: no such cell in the test split
   out['cell_accuracy'] = m['cells']['cell_accuracy']
   records = metric_writers.read_metrics(workdir)
   c = curves.epoch_curves(records)
@@ -68,18 +70,25 @@ def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
   for name, workdirs in groups.items():
     rows = [run_metrics(wd, dataset, tta) for wd in workdirs]
     out[name] = {k: mean_std([r[k] for r in rows]) for k in rows[0]}
+    out[name][RUNS] = len(rows)
   return out
 
 
-def fmt(cell, digits: int = 4) -> str:
+RUNS = 'runs'   # summarize's key for how many runs a group has
+
+
+def fmt(cell, digits: int = 4, runs: int | None = None) -> str:
+  """'mean +- std' over the runs that have the value, saying so when not all of `runs` do."""
   if cell is None:
     return 'n/a'
   mean, std, n = cell
-  return f'{mean:.{digits}f} +- {std:.{digits}f}' if n > 1 else f'{mean:.{digits}f}'
+  text = f'{mean:.{digits}f} +- {std:.{digits}f}' if n > 1 else f'{mean:.{digits}f}'
+  return text if runs is None or n == runs else f'{text} ({n} of {runs} runs)'
 
 
 def markdown(summary: dict[str, dict], keys: tuple[str, ...], digits: int = 4) -> str:
   lines = ['| run | ' + ' | '.join(keys) + ' |', '| --- |' + ' ---: |' * len(keys)]
   for name, row in summary.items():
-    lines.append(f'| {name} | ' + ' | '.join(fmt(row[k], digits) for k in keys) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(fmt(row[k], digits, row.get(RUNS)) for k in keys)
+                 + ' |')
   return '\n'.join(lines)

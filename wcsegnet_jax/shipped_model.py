@@ -29,6 +29,7 @@ PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / 'pretrained'
 CONFIG_FILE = 'config.json'
 VARIABLES_FILE = 'variables.msgpack'
 INFO_FILE = 'info.json'
+CARD_FILE = 'README.md'
 MACHINE_PATHS = ('data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'eval.raw_dir')
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -83,7 +84,35 @@ def export(config: ml_collections.ConfigDict, variables: dict, out_dir: str | pa
               variables_bytes=len(data),
               parameters=models.count_params(stored['params']))
   files.write_json_atomic(out_dir / INFO_FILE, info)
+  files.write_text_atomic(out_dir / CARD_FILE, model_card(info))
   return out_dir
+
+
+def model_card(info: dict) -> str:
+  """A short README for the model folder, from its info.json."""
+  lines = [f'# Pretrained model: {info.get("name", "?")}', '',
+           'Written by `tools/build_pretrained.py`; do not edit by hand. '
+           f'{info.get("parameters", 0):,} parameters, step {info.get("step", "?")}, '
+           f'built {info.get("built", "?")} on {info.get("machine", "?")}.', '',
+           f'Rebuild: `{info.get("command", "?")}`', '']
+  tests = info.get('test_metrics', {})
+  if tests:
+    lines += ['Test-split metrics of the stored weights (nucleus vs background as the paper; '
+              'cell accuracy: majority class of the predicted nucleus pixels):', '',
+              '| dataset | images | Dice | mIoU | accuracy | precision | cell accuracy |',
+              '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for name, m in tests.items():
+      lines.append(f'| {name} | {m["n_images"]} | {m["dice"]:.4f} | {m["miou"]:.4f} | '
+                   f'{m["accuracy"]:.4f} | {m["precision"]:.4f} | {m["cell_accuracy"]:.4f} |')
+    lines.append('')
+  images = info.get('images', {})
+  if images:
+    lines += ['Trained on the train splits (' + ', '.join(
+        f'{name}: {len(split.get("train", []))} images' for name, split in images.items()) +
+        '); the ids of every split are in info.json.', '']
+  if 'licence' in info:
+    lines += ['Licence: ' + info['licence'], '']
+  return '\n'.join(lines)
 
 
 def _read(path: pathlib.Path) -> bytes:
@@ -102,15 +131,22 @@ def _read_json(path: pathlib.Path) -> dict:
 def load_config(directory: str | pathlib.Path = PRETRAINED_DIR) -> ml_collections.ConfigDict:
   """The config the model in `directory` was trained with (validated)."""
   path = pathlib.Path(directory) / CONFIG_FILE
-  config = ml_collections.ConfigDict(_read_json(path))
-  found = config_lib.problems(config)
+  try:
+    config = ml_collections.ConfigDict(config_lib.with_defaults(_read_json(path)))
+    found = config_lib.problems(config)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:   # not a config's shape
+    found = [f'{type(e).__name__}: {e}']
   if found:
     raise PretrainedModelError(f'{path}: not a usable config ({"; ".join(found)}); {_fix()}')
   return config
 
 
 def load_info(directory: str | pathlib.Path = PRETRAINED_DIR) -> dict:
-  return _read_json(pathlib.Path(directory) / INFO_FILE)
+  path = pathlib.Path(directory) / INFO_FILE
+  info = _read_json(path)
+  if not isinstance(info, dict):
+    raise PretrainedModelError(f'{path}: not a JSON object; {_fix()}')
+  return info
 
 
 def load_variables(config: ml_collections.ConfigDict,
@@ -120,6 +156,9 @@ def load_variables(config: ml_collections.ConfigDict,
   path = directory / VARIABLES_FILE
   data = _read(path)
   expected = load_info(directory).get('variables_sha256')
+  if not expected:
+    raise PretrainedModelError(f'{directory / INFO_FILE}: has no variables_sha256 to check '
+                               f'{path} against; {_fix()}')
   if hashlib.sha256(data).hexdigest() != expected:
     raise PretrainedModelError(f'{path}: corrupt (its SHA-256 is not the one in '
                                f'{directory / INFO_FILE}); {_fix()}')

@@ -202,7 +202,8 @@ def _train_loop(trainer: Trainer, manager, writer) -> None:
       # The first step compiles; the second is timed once for the duration estimate.
       jax.block_until_ready(step_metrics)
       if step - first_step == 1:
-        _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step)
+        _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step,
+                          config.name)
     history.append((step, step_metrics))
     step += 1
     if progress is not None:
@@ -222,9 +223,9 @@ def _train_loop(trainer: Trainer, manager, writer) -> None:
       _end_of_epoch(trainer, manager, writer, step)
 
 
-def _warn_if_too_slow(seconds_per_step: float, steps_left: int) -> None:
+def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str) -> None:
   warning = metric_writers.training_time_warning(seconds_per_step, steps_left,
-                                                 jax.default_backend())
+                                                 jax.default_backend(), config_name)
   if warning and jax.process_index() == 0:
     logging.warning('%s', warning)
 

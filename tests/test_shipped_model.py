@@ -1,0 +1,154 @@
+"""Tests of the pretrained model shipped in the package (wcsegnet_jax/pretrained/).
+
+Its weights are what a lab runs first, so the tests check what it promises: a valid config that
+is the CPU recipe's, a file within the size limit whose checksum holds, predictions with no
+workdir, evaluation through `--checkpoint=pretrained`, and, on the real data where this machine
+has it, the very metrics its info.json reports, recomputed from the raw test images.
+"""
+
+import csv
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import conftest
+import fixtures
+from configs import cpu
+from configs import pretrained as pretrained_config
+from wcsegnet_jax import config_lib
+from wcsegnet_jax import evaluate
+from wcsegnet_jax import models
+from wcsegnet_jax import predict
+from wcsegnet_jax import shipped_model
+from wcsegnet_jax.data import raw
+
+MAX_BYTES = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope='module')
+def shipped():
+  return shipped_model.load()
+
+
+def test_shipped_config_is_valid_and_is_the_cpu_recipe(shipped):
+  config, _, _ = shipped
+  assert config_lib.problems(config) == []
+  recipe = cpu.get_config()
+  assert config.model.to_dict() == recipe.model.to_dict() | {
+      'decoder_dropout_stages': list(recipe.model.decoder_dropout_stages)}
+  assert config.data.image_size == recipe.data.image_size
+  assert config.data.raw_dir == '' and config.data.tfds_dir == ''   # no builder's paths
+  for_evaluation = pretrained_config.get_config()
+  assert for_evaluation.eval.checkpoint == 'pretrained'   # its config fits no other weights
+  for_evaluation.eval.checkpoint = config.eval.checkpoint
+  assert for_evaluation.to_dict() == config.to_dict()
+
+
+def test_shipped_files_are_small_and_documented(shipped):
+  config, variables, info = shipped
+  path = shipped_model.PRETRAINED_DIR / shipped_model.VARIABLES_FILE
+  assert path.stat().st_size <= MAX_BYTES
+  assert info['variables_bytes'] == path.stat().st_size
+  assert info['parameters'] == models.count_params(variables['params'])
+  assert 'GPL-3.0' in info['licence'] and 'build_pretrained.py' in info['command']
+  for dataset in ('jiangxi', 'cellavision'):
+    m = info['test_metrics'][dataset]
+    assert 0 <= m['dice'] <= 1 and 0 <= m['cell_accuracy'] <= 1
+    train, test = info['images'][dataset]['train'], info['images'][dataset]['test']
+    assert train and test and not set(train) & set(test)
+    assert m['n_images'] == len(test)
+  assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(variables))
+
+
+def test_predict_without_workdir_uses_the_shipped_model(tmp_path):
+  rng = np.random.default_rng(3)
+  fixtures.write_rgb(tmp_path / 'cell.png', fixtures.cell_image(rng, fixtures.cell_mask(rng, 90)))
+  summary = predict.run(None, str(tmp_path / 'out'), [str(tmp_path / 'cell.png')])
+  assert summary.done == [str(tmp_path / 'cell.png')]
+  mask = raw.read_rgb(tmp_path / 'out' / 'cell_mask.png')
+  assert mask.shape == (90, 90, 3)
+
+
+def test_evaluate_pretrained_on_a_folder(tmp_path):
+  fixtures.make_folder_raw(tmp_path / 'held_out', with_labels_csv=False)
+  config = pretrained_config.get_config()
+  config.eval.raw_dir = str(tmp_path / 'held_out')
+  written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
+  report = tmp_path / 'eval' / 'eval' / 'held_out'
+  assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
+  assert written['held_out']['n_images'] == 8
+
+
+def test_pretrained_with_another_model_config_is_refused(tmp_path):
+  config = pretrained_config.get_config()
+  config.model.base_width = 8
+  with pytest.raises(shipped_model.checkpointing.CheckpointError, match='model.base_width'):
+    evaluate.load_variables(config, tmp_path, 'pretrained')
+
+
+@pytest.mark.parametrize('damage', ['missing_variables', 'corrupt_variables', 'bad_config_json',
+                                    'config_not_a_config', 'missing_info', 'info_without_checksum'])
+def test_damaged_model_files_are_named(tmp_path, damage):
+  folder = tmp_path / 'model'
+  shutil.copytree(shipped_model.PRETRAINED_DIR, folder)
+  variables = folder / shipped_model.VARIABLES_FILE
+  if damage == 'missing_variables':
+    variables.unlink()
+    expected = f'{variables}: the pretrained model file is missing'
+  elif damage == 'corrupt_variables':
+    data = bytearray(variables.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    variables.write_bytes(bytes(data))
+    expected = f'{variables}: corrupt'
+  elif damage == 'bad_config_json':
+    (folder / shipped_model.CONFIG_FILE).write_text('{"model": ')
+    expected = f'{folder / shipped_model.CONFIG_FILE}: not valid JSON'
+  elif damage == 'config_not_a_config':
+    (folder / shipped_model.CONFIG_FILE).write_text('{"model": 3}')
+    expected = f'{folder / shipped_model.CONFIG_FILE}: not a usable config'
+  elif damage == 'missing_info':
+    (folder / shipped_model.INFO_FILE).unlink()
+    expected = f'{folder / shipped_model.INFO_FILE}: the pretrained model file is missing'
+  else:
+    info = json.loads((folder / shipped_model.INFO_FILE).read_text())
+    del info['variables_sha256']
+    (folder / shipped_model.INFO_FILE).write_text(json.dumps(info))
+    expected = f'{folder / shipped_model.INFO_FILE}: has no variables_sha256'
+  with pytest.raises(shipped_model.PretrainedModelError) as e:
+    shipped_model.load(folder)
+  assert str(e.value).startswith(expected)
+
+
+def test_export_round_trips(tmp_path, shipped):
+  config, variables, info = shipped
+  out = shipped_model.export(config, variables, tmp_path / 'copy', {'step': info['step']})
+  config2, variables2, info2 = shipped_model.load(out)
+  assert config2.to_dict() == config.to_dict()
+  assert info2['variables_sha256'] == info['variables_sha256']   # already float16-rounded
+  jax.tree.map(np.testing.assert_array_equal, variables, variables2)
+
+
+@pytest.mark.skipif(not conftest.REAL_WBC_DIR.is_dir(), reason='no real WBC data here')
+@pytest.mark.parametrize('dataset', ['jiangxi', 'cellavision'])
+def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
+  """The model types the real test images as its info.json says, image for image."""
+  config, variables, info = shipped
+  test_ids = set(info['images'][dataset]['test'])
+  records = [r for r in raw.list_raw_records(dataset, conftest.REAL_WBC_DIR)
+             if r.file_id in test_ids]
+  if len(records) != len(test_ids):
+    pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
+  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model), config))
+  result = evaluate.evaluate_source(eval_step, variables,
+                                    evaluate.RawExamples(records, config.data), dataset,
+                                    config.eval.batch_size, jax.device_put)
+  summary = evaluate.summarize(result)
+  expected = info['test_metrics'][dataset]
+  assert summary['paper']['dice'] == pytest.approx(expected['dice'], abs=1e-4)
+  assert summary['cells']['cell_accuracy'] == pytest.approx(expected['cell_accuracy'])
+  predicted = evaluate.predicted_cell_types(result.confusion)
+  majority_baseline = np.max(np.bincount(result.cell_types)) / len(result.cell_types)
+  assert np.mean(predicted == result.cell_types) > majority_baseline   # it reads the cells
