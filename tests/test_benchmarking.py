@@ -165,3 +165,22 @@ def test_torch_reference_matches_the_paper_model():
   tiny = torch_reference.build_model(tiny_config().model).eval()
   with torch.no_grad():
     assert tuple(tiny(torch.zeros(1, 3, 30, 29)).shape) == (1, 4, 30, 29)
+
+
+def test_torch_reference_tta_is_flip_equivariant_like_ours():
+  """The reference's timed inference averages over the four flips when eval.tta is on: its
+  prediction for a mirrored image is then the mirrored prediction, as without TTA it is not."""
+  torch = pytest.importorskip('torch', reason='PyTorch is optional')
+  from tools import torch_reference  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = torch_reference.build_model(tiny_config().model).eval()
+  x = torch.randn(2, 3, 32, 32)
+  no_autocast = torch.autocast('cpu', enabled=False)
+  with torch.no_grad():
+    for tta in (True, False):
+      probs = torch_reference.predict_probs(model, x, tta, no_autocast)
+      mirrored = torch_reference.predict_probs(model, torch.flip(x, (3,)), tta, no_autocast)
+      assert probs.shape == (2, 4, 32, 32)
+      assert torch.allclose(probs.sum(dim=1), torch.ones(2, 32, 32), atol=1e-5)
+      equivariant = torch.allclose(torch.flip(mirrored, (3,)), probs, atol=1e-5)
+      assert equivariant == tta

@@ -146,3 +146,19 @@ def test_checkpoint_path_without_workdir_is_that_checkpoint(tiny_model, tmp_path
   assert summary.done == [str(image)]
   with pytest.raises(checkpointing.CheckpointError, match='pass --workdir'):
     predict.run(None, str(tmp_path / 'out2'), [str(image)], checkpoint='latest')
+
+
+def test_tta_defaults_to_the_models_config(tiny_model, tmp_path, monkeypatch):
+  """Without --tta/--notta, predict averages over flips exactly when the model's eval did."""
+  seen = []
+
+  def record(config, variables, paths, output, batch_size, tta, *args):
+    seen.append((bool(config.eval.tta), tta))
+    return predict.PredictionSummary([], [])
+  monkeypatch.setattr(predict, 'predict_files', record)
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(image)])
+  predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(image)], tta=True)
+  predict.run(None, str(tmp_path / 'out'), [str(image)])   # the shipped model
+  assert seen[0] == (False, False) and seen[1] == (False, True)
+  assert seen[2][1] == seen[2][0]

@@ -223,10 +223,24 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
   return _result('torch_train', config, batch_size, dtype, model, timing, device, use_compile)
 
 
+def predict_probs(forward, x, tta: bool, autocast) -> torch.Tensor:
+  """Softmax (B, C, H, W) of normalised NCHW images; with `tta`, averaged over the four flips
+  (identity, left-right, up-down, both), as `evaluate.predict_probs`."""
+  flips = [(), (3,), (2,), (2, 3)] if tta else [()]   # NCHW: W is dim 3, H dim 2
+
+  def probs(dims):
+    flipped = torch.flip(x, dims) if dims else x
+    with autocast:
+      p = torch.softmax(forward(flipped).float(), dim=1)
+    return torch.flip(p, dims) if dims else p
+  return sum(probs(dims) for dims in flips) / len(flips)
+
+
 def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
                         steps: int, warmup: int, *, use_compile: bool = True,
                         device: torch.device | None = None) -> dict:
-  """Times prediction (normalise, forward at eval, softmax, argmax) like ours."""
+  """Times prediction (normalise, forward at eval, softmax, argmax) like ours; with
+  `config.eval.tta`, softmax averaged over the four flips, as ours."""
   device, model, forward, images, _, autocast = _setup(
       config, batch_size, dtype, device, use_compile)
   model.eval()
@@ -236,9 +250,9 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
 
   @torch.inference_mode()
   def step():
-    with autocast:
-      logits = forward(_normalize(images, mean, std))
-    return torch.softmax(logits.float(), dim=1).argmax(dim=1).to(torch.uint8)
+    x = _normalize(images, mean, std)
+    probs = predict_probs(forward, x, bool(config.eval.tta), autocast)
+    return probs.argmax(dim=1).to(torch.uint8)
 
   timing = _time(step, device, steps, warmup)
   return _result('torch_infer', config, batch_size, dtype, model, timing, device, use_compile)

@@ -201,7 +201,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
 
 
 def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str = 'best',
-        batch_size: int = 16, tta: bool = False,
+        batch_size: int = 16, tta: bool | None = None,
         pixel_size_um: float | None = None) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
@@ -230,6 +230,7 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
     variables, step = evaluate.load_variables(config, workdir, which)
     logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
+  tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
                        progress)
 
@@ -248,7 +249,8 @@ def define_flags() -> None:
   flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
                      'areas and perimeters in micrometres to cells.csv.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
-  flags.DEFINE_bool('tta', False, 'Average the predictions over the four flips.')
+  flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips. Default: as the '
+                    "model's config (eval.tta; on for the pretrained model).")
   flags.mark_flags_as_required(['output'])
 
 
