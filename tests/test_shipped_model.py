@@ -77,7 +77,8 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
   config = pretrained_config.get_config()
   config.eval.raw_dir = str(tmp_path / 'held_out')
   written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
-  report = tmp_path / 'eval' / 'eval' / 'held_out'
+  assert config.eval.tta   # the pretrained model is evaluated over flips, as it was measured
+  report = tmp_path / 'eval' / 'eval' / 'held_out-tta'
   assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
   assert written['held_out']['n_images'] == 8
 
@@ -152,3 +153,22 @@ def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
   predicted = evaluate.predicted_cell_types(result.confusion)
   majority_baseline = np.max(np.bincount(result.cell_types)) / len(result.cell_types)
   assert np.mean(predicted == result.cell_types) > majority_baseline   # it reads the cells
+
+
+@pytest.mark.skipif(not conftest.REAL_WBC_DIR.is_dir(), reason='no real WBC data here')
+def test_predict_types_real_test_cells_like_their_labels(shipped, tmp_path):
+  """The predict command, shipped model, no workdir: real Jiangxi test cells of both types
+  come back with their labelled type (the model types all 36 Jiangxi test cells right)."""
+  _, _, info = shipped
+  test_ids = set(info['images']['jiangxi']['test'])
+  records = [r for r in raw.list_raw_records('jiangxi', conftest.REAL_WBC_DIR)
+             if r.file_id in test_ids]
+  chosen = ([r for r in records if r.cell_type == 'neutrophil'][:2] +
+            [r for r in records if r.cell_type == 'lymphocyte'][:2])
+  if len(chosen) < 4:
+    pytest.skip('this copy of the data lacks the Jiangxi test images')
+  summary = predict.run(None, str(tmp_path / 'out'), [str(r.image_path) for r in chosen])
+  assert len(summary.done) == 4
+  with open(tmp_path / 'out' / 'cells.csv', newline='') as f:
+    predicted = {row['file']: row['predicted_type'] for row in csv.DictReader(f)}
+  assert {str(r.image_path): r.cell_type for r in chosen} == predicted
