@@ -14,6 +14,7 @@ import pathlib
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from wcsegnet_jax import classes
 
@@ -89,10 +90,25 @@ def write_gray(path: pathlib.Path, mask: np.ndarray) -> None:
     raise OSError(f'could not write {path}')
 
 
-def write_csv(path: pathlib.Path, rows) -> None:
+def write_csv(path: pathlib.Path, rows, header: bool = True) -> None:
   """`image ID,class label` rows with CRLF line endings, as the dataset's CSVs have."""
-  lines = [CSV_HEADER] + [f'{i},{label}' for i, label in rows]
+  lines = ([CSV_HEADER] if header else []) + [f'{i},{label}' for i, label in rows]
   path.write_bytes(('\r\n'.join(lines) + '\r\n').encode())
+
+
+def write_palette_png(path: pathlib.Path, indices: np.ndarray, palette: np.ndarray) -> None:
+  """A palette (P-mode) PNG: `indices` (H, W) uint8 into `palette` (N, 3) RGB colours."""
+  h, w = indices.shape
+  image = Image.frombytes('P', (w, h), np.ascontiguousarray(indices, np.uint8).tobytes())
+  image.putpalette(palette.astype(np.uint8).reshape(-1).tolist())
+  image.save(path)
+
+
+def truncate(path: pathlib.Path, keep: float = 0.5) -> pathlib.Path:
+  """Cuts a file to its first `keep` fraction, like an interrupted copy or download."""
+  data = path.read_bytes()
+  path.write_bytes(data[:int(len(data) * keep)])
+  return path
 
 
 def make_wbc_raw(root, n_per_type=None, size1: int = 120, size2: int = 300,

@@ -6,6 +6,7 @@ public WBC Image Dataset where this machine has a copy, and are skipped elsewher
 
 import collections
 import csv
+import io
 import pathlib
 import re
 import shutil
@@ -14,6 +15,7 @@ import zlib
 
 import cv2
 import numpy as np
+from PIL import Image
 import pytest
 
 import conftest
@@ -346,7 +348,40 @@ def _missing_subset(root, fid):
   return root / 'Dataset 1'
 
 
+def _all_background_mask(root, fid):
+  fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', np.zeros((120, 120), np.uint8))
+  return root / 'Dataset 1' / f'{fid}.png'
+
+
+def _zero_one_mask(root, fid):
+  path = root / 'Dataset 1' / f'{fid}.png'
+  nucleus = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 192
+  fixtures.write_gray(path, nucleus.astype(np.uint8))   # 1 nucleus, 0 the rest: a common export
+  return path
+
+
+def _truncated_image(suffix):
+  def corrupt(root, fid):
+    bmp = root / 'Dataset 1' / f'{fid}.bmp'
+    path = bmp.with_suffix(suffix)
+    image = cv2.imread(str(bmp))
+    bmp.unlink()
+    assert cv2.imwrite(str(path), image)
+    return fixtures.truncate(path)
+  return corrupt
+
+
+def _truncated_mask(root, fid):
+  return fixtures.truncate(root / 'Dataset 1' / f'{fid}.png')
+
+
 BAD_INPUTS = {
+    'all_background_mask': (_all_background_mask, 'no nucleus pixel.*all background'),
+    'zero_one_mask': (_zero_one_mask, '0 background, 128 cytoplasm, 255 nucleus.*0/1 mask'),
+    'truncated_bmp_image': (_truncated_image('.bmp'), 'truncated or corrupt BMP'),
+    'truncated_jpeg_image': (_truncated_image('.jpg'), 'truncated JPEG'),
+    'truncated_tif_image': (_truncated_image('.tif'), 'not a readable image'),
+    'truncated_png_mask': (_truncated_mask, 'truncated PNG'),
     'missing_mask': (_missing_mask, 'no mask'),
     'missing_image': (_missing_image, 'without an image'),
     'size_mismatch': (_size_mismatch, '120x100'),
@@ -412,10 +447,122 @@ def test_folder_label_map_with_two_classes(tmp_path):
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
   with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*exactly one cell type'):
     tfds_builder.prepare('folder', c.data)
-  label_map[:5, :5] = 7
+  label_map[:5, :5], label_map[-5:, -5:] = 7, 200
   fixtures.write_gray(bad, label_map)
-  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*outside'):
+  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*outside') as info:
     tfds_builder.prepare('folder', c.data)
+  # The values out of range, and the valid ids beside them.
+  assert re.search(r'values \[7, 200\] outside the class ids \(0 background, 1 neutrophil, '
+                   r'2 basophil, 3 lymphocyte\)', str(info.value)), str(info.value)
+
+
+def test_folder_palette_label_maps_read_as_class_ids(tmp_path):
+  """Label maps saved as palette PNGs (class colours, index = class id) build like gray ones."""
+  folder = tmp_path / 'cells'
+  manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
+  for fake in manifest:
+    fixtures.write_palette_png(folder / 'masks' / f'{fake.file_id}.png', fake.label_map(),
+                               classes.CLASS_COLORS)
+  mask = cv2.imread(str(folder / 'masks' / f'{manifest[0].file_id}.png'), cv2.IMREAD_UNCHANGED)
+  assert mask.ndim == 3   # OpenCV alone sees a colour mask
+  c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
+  builder = tfds_builder.prepare('folder', c.data)
+  examples = check_build(builder, {f.file_id: f.cell_type for f in manifest})
+  by_id = {f.file_id: f for f in manifest}
+  for fid, ex in examples:
+    want = cv2.resize(by_id[fid].label_map(), (120, 120), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(ex['label_map'], want)
+
+
+def test_folder_zero_one_masks_with_labels_csv(tmp_path):
+  """With labels.csv, 0/1 masks would all snap to background: an error naming the file."""
+  folder = tmp_path / 'cells'
+  manifest = fixtures.make_folder_raw(folder, with_labels_csv=True)
+  for fake in manifest:
+    fixtures.write_gray(folder / 'masks' / f'{fake.file_id}.png',
+                        (fake.mask == 255).astype(np.uint8))
+  c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
+  with pytest.raises(raw.DataError) as info:
+    tfds_builder.prepare('folder', c.data)
+  message = str(info.value)
+  assert str(folder / 'masks') in message and 'no nucleus pixel' in message
+  assert 'looks like a 0/1 mask' in message
+  assert '0 background, 128 cytoplasm, 255 nucleus' in message
+
+
+def test_label_map_without_nucleus(tmp_path):
+  folder = tmp_path / 'cells'
+  manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
+  bad = folder / 'masks' / f'{manifest[0].file_id}.png'
+  fixtures.write_gray(bad, np.zeros_like(manifest[0].mask))
+  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*without a nucleus pixel'):
+    raw.list_folder_records(folder)
+
+
+# --- Truncated and corrupt files ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize('suffix', ['.bmp', '.png', '.jpg', '.jpeg', '.tif'])
+@pytest.mark.parametrize('keep', [0.5, 0.98])
+def test_truncated_files_are_rejected_quietly(tmp_path, capfd, suffix, keep):
+  """A cut image or mask is an error naming the file; no bare decoder line reaches stderr."""
+  rng = np.random.default_rng(0)
+  mask = fixtures.cell_mask(rng, 64)
+  image_path, mask_path = tmp_path / f'image{suffix}', tmp_path / f'mask{suffix}'
+  fixtures.write_rgb(image_path, fixtures.cell_image(rng, mask))
+  fixtures.write_gray(mask_path, mask)
+  assert raw.read_rgb(image_path).shape == (64, 64, 3)   # whole, they read
+  assert raw.read_mask(mask_path).shape == (64, 64)
+  for path, read in ((image_path, raw.read_rgb), (mask_path, raw.read_mask)):
+    fixtures.truncate(path, keep)
+    with pytest.raises(raw.DataError, match=re.escape(str(path)) + ': not a readable'):
+      read(path)
+  assert capfd.readouterr().err == ''
+
+
+def test_corrupt_png_fails_its_crc(tmp_path):
+  path = tmp_path / 'mask.png'
+  fixtures.write_gray(path, fixtures.cell_mask(np.random.default_rng(0), 64))
+  data = bytearray(path.read_bytes())
+  data[60] ^= 0xFF   # inside the IDAT chunk: the file is whole but wrong
+  path.write_bytes(bytes(data))
+  with pytest.raises(raw.DataError, match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
+    raw.read_mask(path)
+
+
+def test_jpeg_structure_walks_to_the_end_marker(tmp_path):
+  """FFD9 inside a comment is not the end; data after the real end (e.g. a trailer) is fine."""
+  image = fixtures.cell_image(np.random.default_rng(0), np.zeros((40, 40), np.uint8))
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, 'JPEG', comment=b'\xff\xd9' * 8)
+  data = buffer.getvalue()
+  assert raw.file_structure_problem(data) is None
+  assert raw.file_structure_problem(data + b'trailer\xff\x00') is None
+  cut = data.index(b'\xff\xd9') + 100   # past the comment's FFD9, short of the image's end
+  assert 'truncated JPEG' in raw.file_structure_problem(data[:cut])
+
+
+# --- Label CSVs -----------------------------------------------------------------------------------
+
+
+def test_label_csv_without_header_keeps_its_first_row(tmp_path):
+  root, _ = _small_raw(tmp_path)
+  csv_path = root / 'Class Labels of Dataset 1.csv'
+  rows = _csv_rows(root)
+  fixtures.write_csv(csv_path, rows, header=False)
+  assert raw.read_cell_type_csv(csv_path) == {
+      i: classes.CSV_CELL_TYPES[int(label)] for i, label in rows}
+  assert len(raw.list_wbc_records(root, 'jiangxi')) == len(rows)
+  rows[0][1] = '6'   # a first row with a bad label is a row, not a header
+  fixtures.write_csv(csv_path, rows, header=False)
+  with pytest.raises(raw.DataError, match=re.escape(str(csv_path)) + ":1: label '6'"):
+    raw.read_cell_type_csv(csv_path)
+  folder = tmp_path / 'cells'
+  manifest = fixtures.make_folder_raw(folder)
+  fixtures.write_csv(folder / 'labels.csv', [(f.csv_id, f.cell_type) for f in manifest],
+                     header=False)
+  assert {r.file_id: r.cell_type for r in raw.list_folder_records(folder)} == {
+      f.file_id: f.cell_type for f in manifest}
 
 
 @pytest.mark.parametrize('kind', ['gray', 'rgba'])
@@ -473,6 +620,21 @@ def test_stray_gray_levels_snap(tmp_path):
   noisy[1, :2] = 50                                      # 1.01%: another scheme
   with pytest.raises(raw.DataError, match=re.escape(str(record.mask_path))):
     raw.label_map_from_mask(noisy, record, 40, 0.01)
+
+
+def test_far_gray_levels_snapped_are_logged(tmp_path, caplog):
+  """Pixels snapped from farther than the tolerance are counted in one line per file."""
+  mask = np.zeros((100, 100), np.uint8)
+  mask[30:50, 30:50] = 255
+  path = tmp_path / '1.png'
+  caplog.set_level('INFO')
+  raw.snap_mask_levels(np.where(mask == 0, 3, mask).astype(np.uint8), path, 40, 0.01)
+  assert not caplog.records   # near the levels only: nothing to say
+  noisy = mask.copy()
+  noisy[0, :37] = 60
+  raw.snap_mask_levels(noisy, path, 40, 0.01)
+  assert len(caplog.records) == 1
+  assert str(path) in caplog.text and 'snapped 37 mask pixels' in caplog.text
 
 
 # --- The real data --------------------------------------------------------------------------------

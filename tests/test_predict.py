@@ -90,6 +90,50 @@ def test_predict_all_unreadable_and_missing_inputs(tiny_model, tmp_path):
     predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(tmp_path / 'empty')])
 
 
+def _tiny_variables(tiny_model):
+  config = predict.load_workdir_config(tiny_model['workdir'])
+  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
+  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  return config, variables
+
+
+def test_truncated_images_are_skipped_with_the_reason(tiny_model, tmp_path, capfd):
+  """A half-written file is skipped and named, never segmented as a half-gray image."""
+  rng = np.random.default_rng(3)
+  image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 40))
+  paths = [tmp_path / name for name in ('whole.jpg', 'half.jpg', 'half.png', 'half.bmp')]
+  for path in paths:
+    fixtures.write_rgb(path, image)
+  for path in paths[1:]:
+    fixtures.truncate(path)
+  summary = predict.predict_files(*_tiny_variables(tiny_model), paths, tmp_path / 'out')
+  assert summary.done == [str(paths[0])]
+  reasons = dict(summary.skipped)
+  assert sorted(reasons) == sorted(str(p) for p in paths[1:])
+  assert 'truncated JPEG' in reasons[str(paths[1])]
+  assert 'truncated PNG' in reasons[str(paths[2])]
+  err = capfd.readouterr().err
+  assert all(f'skipped: {p}' in err for p in paths[1:])
+  assert 'Premature end' not in err and 'libpng' not in err
+
+
+def test_grayscale_images_warn_but_are_segmented(tiny_model, tmp_path, capfd):
+  """One line per gray image (one channel, or three equal ones) saying the model wants colour."""
+  rng = np.random.default_rng(4)
+  colour = fixtures.cell_image(rng, fixtures.cell_mask(rng, 40))
+  gray = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)
+  fixtures.write_gray(tmp_path / 'one_channel.png', gray)
+  fixtures.write_rgb(tmp_path / 'three_equal.jpg', np.repeat(gray[..., None], 3, -1))
+  fixtures.write_rgb(tmp_path / 'colour.png', colour)
+  paths = sorted(tmp_path.glob('*.*'))
+  summary = predict.predict_files(*_tiny_variables(tiny_model), paths, tmp_path / 'out')
+  assert summary.done == [str(p) for p in paths] and not summary.skipped
+  warnings = [line for line in capfd.readouterr().err.splitlines() if 'grayscale' in line]
+  assert len(warnings) == 2 and 'colour' in warnings[0]
+  assert {pathlib.Path(line.split(': ')[1]).name for line in warnings} == {
+      'one_channel.png', 'three_equal.jpg'}
+
+
 def test_predict_workdir_without_checkpoint(tiny_model, tmp_path):
   workdir = tmp_path / 'crashed_run'
   workdir.mkdir()

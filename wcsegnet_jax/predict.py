@@ -18,9 +18,10 @@ with the same stem gets `<stem>_2_mask.png`, and so on. `cells.csv` has one row 
 predicted type (majority of the nucleus pixels), the mean probability of that type over them, and
 nucleus measurements (see `morphometry.py`), in micrometres too with --pixel_size_um.
 
-Exit status: 0 when at least one image was segmented (unreadable files are reported on stderr,
-skipped and listed in the summary); 1 when none was; 2 for a usage problem (no checkpoint in
-the workdir, a missing input path, no image found).
+Exit status: 0 when at least one image was segmented (unreadable files, truncated ones included,
+are reported on stderr, skipped and listed in the summary; a grayscale image is segmented with a
+one-line warning, as the model expects colour); 1 when none was; 2 for a usage problem (no
+checkpoint in the workdir, a missing input path, no image found).
 """
 
 import dataclasses
@@ -53,6 +54,8 @@ from wcsegnet_jax.data import raw
 CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
                'perimeter_px', 'perimeter_um', 'circularity', 'solidity', 'lobes', 'mask_file')
 OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
+# Stained smears differ by tens of levels between channels; a gray image, JPEG too, by ~0.
+GRAY_MEAN_SPREAD = 2.0
 
 
 @dataclasses.dataclass
@@ -147,6 +150,23 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
 
 
+def looks_gray(image: np.ndarray) -> bool:
+  """Whether an RGB image carries (almost) no colour: on average its channels differ by less
+  than GRAY_MEAN_SPREAD levels, as in a grayscale file or one saved with three equal channels."""
+  spread = image.max(-1).astype(np.int16) - image.min(-1)
+  return float(spread.mean()) < GRAY_MEAN_SPREAD
+
+
+def read_input(path: pathlib.Path) -> np.ndarray:
+  """An input image as RGB (a DataError if unreadable); warns, on one line, when it is gray:
+  the model learnt from stained colour smears and tends to find no nucleus in a gray image."""
+  image = raw.read_rgb(path)
+  if looks_gray(image):
+    tqdm.tqdm.write(f'warning: {path}: a grayscale image; the model expects colour images of '
+                    f'stained blood smears, so it may find no nucleus', file=sys.stderr)
+  return image
+
+
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
   for start in range(0, len(items), size):
     yield items[start:start + size]
@@ -178,7 +198,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     images = []
     for path in chunk:
       try:
-        images.append((path, raw.read_rgb(path)))
+        images.append((path, read_input(path)))
       except raw.DataError as e:
         tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
         summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))

@@ -4,14 +4,20 @@ Everything a user's data can get wrong is checked here and reported as a `DataEr
 the file and the problem; nothing downstream sees a half-valid example.
 """
 
+import contextlib
 import csv
 import dataclasses
+import io
 import os
 import pathlib
+import struct
 from typing import Sequence
+import zlib
 
+from absl import logging
 import cv2
 import numpy as np
+from PIL import Image   # only for palette label maps, which OpenCV expands into colours
 
 from wcsegnet_jax import classes
 
@@ -66,14 +72,25 @@ def _normalise_id(raw_id: str) -> str:
   return str(int(raw_id)) if raw_id.isdigit() else raw_id
 
 
+def _is_label(text: str) -> bool:
+  """Whether a CSV field reads as a class label: an integer code or a cell-type name."""
+  text = text.strip()
+  return text.isdigit() or text.lower() in classes.ALL_CELL_TYPES
+
+
 def read_cell_type_csv(path: pathlib.Path) -> dict[str, str]:
-  """Reads `image ID,class label` rows (codes 1..5 or type names) into {normalised id: type}."""
+  """Reads `image ID,class label` rows (codes 1..5 or type names) into {normalised id: type}.
+
+  The header is optional: line 1 is a header only when its second field is not a label, so a
+  file without one keeps its first image.
+  """
   types = {}
   with open(path, newline='', encoding='utf-8-sig') as f:
     rows = list(csv.reader(f))
   if not rows:
-    raise DataError(f'{path}: empty label CSV (expected a header and `image ID,class label` rows)')
-  for line_no, row in enumerate(rows[1:], start=2):
+    raise DataError(f'{path}: empty label CSV (expected `image ID,class label` rows)')
+  first = 0 if len(rows[0]) > 1 and _is_label(rows[0][1]) else 1
+  for line_no, row in enumerate(rows[first:], start=first + 1):
     if not row or not ''.join(row).strip():
       continue
     if len(row) < 2:
@@ -156,11 +173,17 @@ def _match(images: dict[str, pathlib.Path], masks: dict[str, pathlib.Path],
 
 def _cell_type_of_label_map(mask_path: pathlib.Path) -> str:
   """The one cell type whose class id a label-map mask holds (besides background)."""
-  mask = read_mask(mask_path)
+  mask = read_mask(mask_path, label_map=True)
   present = np.unique(mask[mask > 0])
-  if present.size and present.max() >= classes.NUM_CLASSES:
-    raise DataError(f'{mask_path}: label-map mask with values {present[:5].tolist()} outside '
-                    f'0..{classes.NUM_CLASSES - 1} (without labels.csv, masks hold class ids)')
+  outside = present[present >= classes.NUM_CLASSES]
+  if outside.size:
+    valid = ', '.join(f'{i} {name}' for i, name in enumerate(classes.CLASS_NAMES))
+    raise DataError(f'{mask_path}: label-map mask with values {outside[:10].tolist()} outside '
+                    f'the class ids ({valid}); without labels.csv, masks hold class ids '
+                    f'(0/128/255 masks need a labels.csv)')
+  if not present.size:
+    raise DataError(f'{mask_path}: label-map mask without a nucleus pixel (all 0, background); '
+                    f'expected the nucleus as its class id 1..{classes.NUM_CLASSES - 1}')
   if len(present) != 1:
     raise DataError(f'{mask_path}: label-map mask holds classes {present.tolist()}; expected '
                     f'exactly one cell type per image')
@@ -186,11 +209,125 @@ def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str],
   return kept
 
 
+# --- Reading image files ------------------------------------------------------------------------
+# OpenCV decodes a truncated JPEG into a half-gray image (libjpeg only prints a bare warning), so
+# each file's structure is checked before it is decoded: truncated or corrupt files are rejected
+# with the file named, and the decoders never print about them.
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+  """Walks the JPEG's segments and scan data to its end-of-image marker (FFD9); None if found.
+
+  Stray bytes between markers are skipped as libjpeg does; data after the end is allowed.
+  """
+  pos = 2   # after SOI
+  while (pos := data.find(b'\xff', pos)) >= 0 and pos + 1 < len(data):
+    marker = data[pos + 1]
+    if marker == 0xD9:
+      return None
+    if marker == 0xFF:                                    # fill byte
+      pos += 1
+    elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:   # stuffing, TEM, restart: no length
+      pos += 2
+    else:                                                 # a segment: skip its payload
+      pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+  return f'truncated JPEG (no end-of-image marker FFD9 in its {len(data)} bytes)'
+
+
+def _png_problem(data: bytes) -> str | None:
+  """Walks the PNG's chunks to IEND, checking each one's CRC; None if all is well."""
+  pos, view = 8, memoryview(data)
+  while pos + 12 <= len(data):
+    length, tag = struct.unpack('>I4s', data[pos:pos + 8])
+    end = pos + 12 + length
+    if end > len(data):
+      break
+    if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], 'big'):
+      return f'corrupt PNG (its {tag.decode("latin-1")} chunk fails its CRC)'
+    if tag == b'IEND':
+      return None
+    pos = end
+  return f'truncated PNG (no IEND chunk in its {len(data)} bytes)'
+
+
+def _bmp_problem(data: bytes) -> str | None:
+  """Compares an uncompressed BMP's size with what its header needs; None if it is enough."""
+  header_size = int.from_bytes(data[14:18], 'little')
+  if len(data) < (26 if header_size == 12 else 34):
+    return f'truncated BMP (a header of {len(data)} bytes)'
+  offset = int.from_bytes(data[10:14], 'little')
+  if header_size == 12:   # OS/2 core header
+    width, height, _, bpp = struct.unpack('<HHHH', data[18:26])
+    compression = 0
+  else:
+    width, height, _, bpp, compression = struct.unpack('<iiHHI', data[18:34])
+  if compression not in (0, 3, 6):   # run-length coded: the header does not give the size
+    return None
+  need = offset + (abs(width) * bpp + 31) // 32 * 4 * abs(height)
+  if len(data) < need:
+    return f'truncated or corrupt BMP ({len(data)} bytes where its header needs {need})'
+  return None
+
+
+# Formats checked by their leading bytes, not their suffix. TIFF is left to libtiff, which
+# rejects truncated strips itself.
+_STRUCTURE_CHECKS = ((b'\xff\xd8', _jpeg_problem), (b'\x89PNG\r\n\x1a\n', _png_problem),
+                     (b'BM', _bmp_problem))
+
+
+def file_structure_problem(data: bytes) -> str | None:
+  """Why an image file's bytes are truncated or corrupt, or None (also for unchecked formats)."""
+  for magic, problem in _STRUCTURE_CHECKS:
+    if data.startswith(magic):
+      return problem(data)
+  return None
+
+
+@contextlib.contextmanager
+def _opencv_quiet():
+  """Silences OpenCV's own log lines (e.g. libtiff's errors) while decoding a file we report."""
+  level = cv2.utils.logging.getLogLevel()
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+  try:
+    yield
+  finally:
+    cv2.utils.logging.setLogLevel(level)
+
+
+def _read_checked(path: pathlib.Path, what: str) -> bytes:
+  """The bytes of an image or mask file whose structure is sound; else a DataError naming it."""
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise DataError(f'{path}: not a readable {what} file ({e.strerror or e})') from None
+  problem = file_structure_problem(data) if data else 'an empty file'
+  if problem:
+    raise DataError(f'{path}: not a readable {what} file: {problem}')
+  return data
+
+
+def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
+  """Decodes with OpenCV as stored (depth, channels, alpha); a failure names the file."""
+  with _opencv_quiet():
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if array is None:
+    raise DataError(f'{path}: not a readable {what} file (truncated, corrupt or not an image)')
+  return array
+
+
+def _palette_indices(data: bytes) -> np.ndarray | None:
+  """A palette image's index plane, else None: in a label map the indices are the class ids,
+  while OpenCV would expand them into a colour mask."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return np.asarray(image) if image.mode == 'P' else None
+  except (OSError, ValueError, SyntaxError):   # a format PIL does not read: OpenCV decides
+    return None
+
+
 def read_rgb(path: pathlib.Path) -> np.ndarray:
   """An 8-bit RGB image (H, W, 3); grayscale and RGBA are converted, anything else is an error."""
-  image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-  if image is None:
-    raise DataError(f'{path}: not a readable image file')
+  image = _decode(_read_checked(path, 'image'), path, 'image')
   if image.dtype != np.uint8:
     raise DataError(f'{path}: {image.dtype} pixels; expected 8-bit RGB')
   if image.ndim == 2:
@@ -202,11 +339,15 @@ def read_rgb(path: pathlib.Path) -> np.ndarray:
   raise DataError(f'{path}: image of shape {image.shape}; expected grayscale, RGB or RGBA')
 
 
-def read_mask(path: pathlib.Path) -> np.ndarray:
-  """A single-channel 8-bit mask (H, W); a 3-channel mask must be gray (equal channels)."""
-  mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+def read_mask(path: pathlib.Path, label_map: bool = False) -> np.ndarray:
+  """A single-channel 8-bit mask (H, W); a 3-channel mask must be gray (equal channels).
+
+  A label map stored as a palette image gives its palette indices (its class ids).
+  """
+  data = _read_checked(path, 'mask')
+  mask = _palette_indices(data) if label_map else None
   if mask is None:
-    raise DataError(f'{path}: not a readable mask file')
+    mask = _decode(data, path, 'mask')
   if mask.dtype != np.uint8:
     raise DataError(f'{path}: {mask.dtype} mask; expected 8-bit')
   if mask.ndim == 3 and mask.shape[2] in (3, 4):
@@ -219,30 +360,57 @@ def read_mask(path: pathlib.Path) -> np.ndarray:
   return mask
 
 
+# --- Masks to label maps ------------------------------------------------------------------------
+
+
 def snap_mask_levels(mask: np.ndarray, path: pathlib.Path, tolerance: int,
                      max_off_level_fraction: float) -> np.ndarray:
   """Snaps gray levels to the nearest of 0/128/255; a mask that does not fit that is an error.
 
   Some of the dataset's masks carry a few stray gray levels (anti-aliasing, JPEG history); a mask
   whose pixels are mostly far from every level follows another scheme and would give silently
-  wrong labels.
+  wrong labels. The few far ones that are snapped are logged, one line per file.
   """
   distance = np.abs(mask[..., None].astype(np.int16) - MASK_LEVELS)
   nearest = distance.argmin(-1)
-  off = (distance.min(-1) > tolerance).mean()
+  n_off = int((distance.min(-1) > tolerance).sum())
+  off = n_off / mask.size
   if off > max_off_level_fraction:
     raise DataError(f'{path}: {off:.1%} of the mask is farther than {tolerance} from the levels '
                     f'0/128/255 (background/cytoplasm/nucleus); is this a mask of another scheme?')
+  if n_off:
+    logging.warning('%s: snapped %d mask pixels (%.2f%%) farther than %d from 0/128/255 to the '
+                    'nearest level', path, n_off, 100 * off, tolerance)
   return MASK_LEVELS[nearest].astype(np.uint8)
+
+
+def _no_nucleus_message(mask: np.ndarray, path: pathlib.Path) -> str:
+  """Why a 0/128/255 mask has no nucleus, with a hint for the usual export mistakes."""
+  values = np.unique(mask)
+  text = (f'{path}: no nucleus pixel in the mask (values {values[:10].tolist()}); expected '
+          f'levels 0 background, 128 cytoplasm, {NUCLEUS_LEVEL} nucleus')
+  if values.tolist() == [0]:
+    return text + ' (this mask is all background)'
+  if set(values.tolist()) <= {0, 1}:
+    return text + f' (it looks like a 0/1 mask: save the nucleus as {NUCLEUS_LEVEL})'
+  if values.max() < classes.NUM_CLASSES:
+    return text + (' (it looks like a label map of class ids: a folder dataset reads masks as '
+                   'class ids when it has no labels.csv)')
+  return text
 
 
 def label_map_from_mask(mask: np.ndarray, record: RawRecord, tolerance: int,
                         max_off_level_fraction: float) -> np.ndarray:
-  """The uint8 label map: nucleus pixels take the cell's class id, the rest is background."""
+  """The uint8 label map: nucleus pixels take the cell's class id, the rest is background.
+
+  A mask without a nucleus pixel is an error: it would teach the model that the cell has none.
+  """
   class_id = classes.cell_type_to_class_id(record.cell_type)
   if record.mask_is_label_map:   # checked when listed: holds 0 and `class_id` only
     return np.where(mask > 0, class_id, classes.BACKGROUND).astype(np.uint8)
   snapped = snap_mask_levels(mask, record.mask_path, tolerance, max_off_level_fraction)
+  if not (snapped == NUCLEUS_LEVEL).any():
+    raise DataError(_no_nucleus_message(mask, record.mask_path))
   return np.where(snapped == NUCLEUS_LEVEL, class_id, classes.BACKGROUND).astype(np.uint8)
 
 
@@ -266,7 +434,7 @@ def load_example(record: RawRecord, image_size: int, tolerance: int,
                  max_off_level_fraction: float) -> dict[str, np.ndarray | str | int]:
   """Reads, checks and resizes one record into an example (before the TFDS encoding)."""
   image = read_rgb(record.image_path)
-  mask = read_mask(record.mask_path)
+  mask = read_mask(record.mask_path, label_map=record.mask_is_label_map)
   if image.shape[:2] != mask.shape:
     raise DataError(f'{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image '
                     f'{record.image_path.name} is {image.shape[1]}x{image.shape[0]}')
