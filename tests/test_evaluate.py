@@ -181,8 +181,9 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tiny_model, tmp_path):
 def test_load_variables_checkpoint_forms(tiny_model):
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
   workdir = tiny_model['workdir']
-  for checkpoint, step in (('best', None), ('latest', 4), ('2', 2), (workdir, None),
-                           (workdir / 'checkpoints' / '2', 2)):
+  # A workdir or its checkpoints/ named as a path means its latest step, as the defaults do.
+  for checkpoint, step in (('best', None), ('latest', 4), ('2', 2), (workdir, 4),
+                           (workdir / 'checkpoints', 4), (workdir / 'checkpoints' / '2', 2)):
     variables, got = evaluate.load_variables(config, workdir, str(checkpoint))
     assert set(variables) == {'params', 'batch_stats'}
     assert got in (2, 4) and (step is None or got == step)

@@ -4,6 +4,7 @@ Uses the tiny model that tests/test_evaluate.py trains once per session.
 """
 
 import csv
+import json
 import pathlib
 import re
 import shutil
@@ -196,7 +197,7 @@ def test_tta_defaults_to_the_models_config(tiny_model, tmp_path, monkeypatch):
   """Without --tta/--notta, predict averages over flips exactly when the model's eval did."""
   seen = []
 
-  def record(config, variables, paths, output, batch_size, tta, *args):
+  def record(config, variables, paths, output, batch_size, tta, *args, **kwargs):
     seen.append((bool(config.eval.tta), tta))
     return predict.PredictionSummary([], [])
   monkeypatch.setattr(predict, 'predict_files', record)
@@ -206,3 +207,56 @@ def test_tta_defaults_to_the_models_config(tiny_model, tmp_path, monkeypatch):
   predict.run(None, str(tmp_path / 'out'), [str(image)])   # the shipped model
   assert seen[0] == (False, False) and seen[1] == (False, True)
   assert seen[2][1] == seen[2][0]
+
+
+def test_output_with_files_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+  """Results of two runs never mix: a non-empty --output is refused at once, naming it."""
+  image = tmp_path / 'cell.png'
+  rng = np.random.default_rng(5)
+  fixtures.write_rgb(image, fixtures.cell_image(rng, fixtures.cell_mask(rng, 60)))
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'notes.txt').write_text('mine')
+  monkeypatch.setattr(predict.shipped_model, 'load_variables',
+                      lambda *a: pytest.fail('the model loaded before --output was checked'))
+  with pytest.raises(raw.DataError, match=re.escape(str(out)) + '.*already holds 1 files.*'
+                     '--overwrite'):
+    predict.run(None, str(out), [str(image)])
+  with pytest.raises(raw.DataError, match='is a file, not a folder'):
+    predict.run(None, str(out / 'notes.txt'), [str(image)])
+  assert (out / 'notes.txt').read_text() == 'mine'
+
+
+def test_overwrite_removes_only_what_an_earlier_predict_wrote(tiny_model, tmp_path):
+  raw_dir, workdir = tiny_model['raw_dir'], str(tiny_model['workdir'])
+  first, second = sorted((raw_dir / 'Dataset 1').glob('*.bmp'))[:2]
+  out = tmp_path / 'out'
+  predict.run(workdir, str(out), [str(first)])
+  (out / 'notes.txt').write_text('mine')
+  written = sorted(p.name for p in out.iterdir())
+  assert f'{first.stem}_mask.png' in written and predict.OUTPUTS_FILE in written
+  with pytest.raises(raw.DataError, match='already holds'):
+    predict.run(workdir, str(out), [str(second)])
+  predict.run(workdir, str(out), [str(second)], overwrite=True)
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ['cells.csv', 'notes.txt', predict.OUTPUTS_FILE, f'{second.stem}_mask.png',
+       f'{second.stem}_overlay.png'])
+  assert list(read_cells(out / 'cells.csv')) == [second.name]
+  listing = json.loads((out / predict.OUTPUTS_FILE).read_text())
+  assert listing['complete'] and 'step' in listing['model']
+  assert listing['files'] == [f'{second.stem}_mask.png', f'{second.stem}_overlay.png']
+
+
+def test_workdir_without_checkpoint_uses_its_eval_checkpoint(tiny_model, tmp_path, monkeypatch):
+  """predict, like evaluation, takes the config's eval.checkpoint (latest), not 'best'."""
+  asked = []
+  real = predict.evaluate.load_variables
+  monkeypatch.setattr(predict.evaluate, 'load_variables',
+                      lambda config, workdir, which, **kw: asked.append(which) or
+                      real(config, workdir, which, **kw))
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  predict.run(str(tiny_model['workdir']), str(tmp_path / 'a'), [str(image)])
+  predict.run(str(tiny_model['workdir']), str(tmp_path / 'b'), [str(image)], checkpoint='best')
+  assert asked == ['latest', 'best']
+  with pytest.raises(checkpointing.CheckpointError, match='pass --workdir'):
+    predict.run(None, str(tmp_path / 'c'), [str(image)], checkpoint='best')

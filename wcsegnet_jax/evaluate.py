@@ -165,7 +165,8 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
   """(the workdir holding the checkpoints, 'best' | 'latest' | a step) from --checkpoint.
 
   `checkpoint` is 'best', 'latest', a step number (of `workdir`), or a path: a step folder
-  `.../checkpoints/<step>`, a `.../checkpoints` folder, or another workdir (its best step).
+  `.../checkpoints/<step>`, a `.../checkpoints` folder, or another workdir (its latest step,
+  as everywhere by default: 'best' was picked by test Dice, so its test figures are optimistic).
   """
   which = str(checkpoint).strip()
   if which in ('best', 'latest') or which.isdigit():
@@ -174,9 +175,9 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
   if path.is_dir() and path.name.isdigit() and path.parent.name == 'checkpoints':
     return path.parent.parent, path.name
   if path.is_dir() and path.name == 'checkpoints':
-    return path.parent, 'best'
+    return path.parent, 'latest'
   if (path / 'checkpoints').is_dir():
-    return path, 'best'
+    return path, 'latest'
   raise checkpointing.CheckpointError(
       f'--checkpoint={checkpoint!r} is neither best, latest, a step number, nor a checkpoint '
       f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
@@ -197,7 +198,7 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
 
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                   checkpoint: str | int = 'best', sharding=None) -> tuple[dict, int]:
+                   checkpoint: str | int = 'latest', sharding=None) -> tuple[dict, int]:
   """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
 
   The checkpoint holds the whole train state, so it is restored into the tree training saved.

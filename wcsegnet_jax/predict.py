@@ -1,12 +1,13 @@
 r"""Segments and classifies new images with a trained model; writes masks, overlays and cells.csv.
 
-  python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR] [--checkpoint=best] \
-      [--pixel_size_um=0.1] [--batch_size=16] [--tta] IMAGE_OR_FOLDER...
+  python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR] [--checkpoint=latest] \
+      [--pixel_size_um=0.1] [--batch_size=16] [--tta] [--overwrite] IMAGE_OR_FOLDER...
 
 Without --workdir it uses the pretrained model shipped in the package (wcsegnet_jax/pretrained/,
 configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
 With one, the model's config is read from `DIR/config.json` (written by training), so no --config
-is needed. Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
+is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as evaluation: the
+best one was picked by test Dice). Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
 recursive) are all taken: point it at a folder of images only, e.g. not at a WBC `Dataset 1/`
 folder, whose .png masks would be segmented as images too.
 
@@ -17,6 +18,10 @@ and `<stem>_overlay.png` (the image with the nucleus tinted in its class colour)
 with the same stem gets `<stem>_2_mask.png`, and so on. `cells.csv` has one row per image: its
 predicted type (majority of the nucleus pixels), the mean probability of that type over them, and
 nucleus measurements (see `morphometry.py`), in micrometres too with --pixel_size_um.
+`predict_outputs.json` lists the files written and the model that wrote them.
+
+OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
+earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.
 
 Exit status: 0 when at least one image was segmented (unreadable files, truncated ones included,
 are reported on stderr, skipped and listed in the summary; a grayscale image is segmented with a
@@ -25,6 +30,7 @@ checkpoint in the workdir, a missing input path, no image found).
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -54,6 +60,7 @@ from wcsegnet_jax.data import raw
 CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
                'perimeter_px', 'perimeter_um', 'circularity', 'solidity', 'lobes', 'mask_file')
 OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
+OUTPUTS_FILE = 'predict_outputs.json'   # what a run wrote, so --overwrite removes only that
 # Stained smears differ by tens of levels between channels; a gray image, JPEG too, by ~0.
 GRAY_MEAN_SPREAD = 2.0
 
@@ -167,6 +174,38 @@ def read_input(path: pathlib.Path) -> np.ndarray:
   return image
 
 
+def _earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
+  """The files an earlier predict listed in `output`'s OUTPUTS_FILE (plain names only)."""
+  listing = output / OUTPUTS_FILE
+  if not listing.is_file():
+    return []
+  try:
+    names = json.loads(listing.read_text())['files']
+  except (ValueError, KeyError, TypeError) as e:
+    raise raw.DataError(f'{listing}: not a readable list of earlier outputs ({e}); remove '
+                        f'the folder by hand or choose another --output') from None
+  safe = [n for n in names if isinstance(n, str) and n and pathlib.Path(n).name == n]
+  return [output / n for n in safe + ['cells.csv', OUTPUTS_FILE]]
+
+
+def prepare_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
+  """The output folder, created; one holding files is refused unless `overwrite`, which first
+  removes what an earlier predict wrote there, so two runs' results never mix."""
+  output = pathlib.Path(output).expanduser()
+  if output.exists() and not output.is_dir():
+    raise raw.DataError(f'--output={output} is a file, not a folder')
+  present = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+  if present and not overwrite:
+    shown = ', '.join(present[:3]) + (', ...' if len(present) > 3 else '')
+    raise raw.DataError(
+        f'--output={output} already holds {len(present)} files ({shown}); give a new or empty '
+        f'folder, or --overwrite to replace the results of an earlier predict there')
+  for path in _earlier_outputs(output) if present else []:
+    path.unlink(missing_ok=True)
+  output.mkdir(parents=True, exist_ok=True)
+  return output
+
+
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
   for start in range(0, len(items), size):
     yield items[start:start + size]
@@ -183,10 +222,16 @@ def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], output: str | pathlib.Path,
                   batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
-                  progress: bool = False) -> PredictionSummary:
-  """Segments `paths` with `variables`; writes masks, overlays and cells.csv into `output`."""
+                  progress: bool = False, model_source: str = '') -> PredictionSummary:
+  """Segments `paths` with `variables`; writes masks, overlays and cells.csv into `output`.
+
+  Each batch's files are listed in OUTPUTS_FILE before they are written, so even an
+  interrupted run leaves a complete list for --overwrite.
+  """
   output = pathlib.Path(output).expanduser()
   output.mkdir(parents=True, exist_ok=True)
+  listing = {'model': model_source, 'tta': bool(tta), 'complete': False, 'files': []}
+  files.write_json_atomic(output / OUTPUTS_FILE, listing)
   size = int(config.data.image_size)
   model = models.create_model(config.model)
   batch_size = max(1, min(batch_size, len(paths)))
@@ -209,50 +254,62 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     for i, (_, image) in enumerate(images):
       batch[i] = raw.resize_image(image, size)
     probs = np.asarray(jax.device_get(predict(variables, batch)), np.float32)
-    for (path, image), image_probs in zip(images, probs):
-      rows.append(write_image_outputs(output, _unique_stem(path, used_stems), path, image,
-                                      image_probs, pixel_size_um))
+    stems = [_unique_stem(path, used_stems) for path, _ in images]
+    listing['files'] += [f'{stem}_{kind}.png' for stem in stems for kind in ('mask', 'overlay')]
+    files.write_json_atomic(output / OUTPUTS_FILE, listing)
+    for stem, (path, image), image_probs in zip(stems, images, probs):
+      rows.append(write_image_outputs(output, stem, path, image, image_probs, pixel_size_um))
       summary.done.append(str(path))
       bar.update(1)
   bar.close()
   files.write_csv_atomic(output / 'cells.csv', CSV_COLUMNS,
                            [[r[k] for k in CSV_COLUMNS] for r in rows])
+  files.write_json_atomic(output / OUTPUTS_FILE, {**listing, 'complete': True})
   return summary
 
 
-def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str = 'best',
-        batch_size: int = 16, tta: bool | None = None,
-        pixel_size_um: float | None = None) -> PredictionSummary:
+def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str | None = None,
+        batch_size: int = 16, tta: bool | None = None, pixel_size_um: float | None = None,
+        overwrite: bool = False) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
   With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
-  model shipped in the package; a checkpoint path needs no `workdir`.
+  model shipped in the package; a checkpoint path needs no `workdir`; with a `workdir` and no
+  checkpoint named, its config's `eval.checkpoint` (the latest, unless changed).
   """
   if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
     raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
-  which = str(checkpoint).strip()
-  if not workdir and (which == 'latest' or which.isdigit()):
+  which = None if checkpoint is None else str(checkpoint).strip()
+  if not workdir and (which in ('best', 'latest') or (which or '').isdigit()):
     raise checkpointing.CheckpointError(
         f'--checkpoint={which} names a checkpoint of a workdir: pass --workdir too')
-  if which == evaluate.PRETRAINED or (not workdir and which == 'best'):
+  paths = list_images(inputs)
+  prepare_output(output, overwrite)   # before the model loads: a bad --output fails at once
+  if which == evaluate.PRETRAINED or (not workdir and which is None):
     config = shipped_model.load_config()
-    paths = list_images(inputs)
     variables = shipped_model.load_variables(config)
-    logging.info('Segmenting %d images with the pretrained model in %s.', len(paths),
-                 shipped_model.PRETRAINED_DIR)
+    source = f'pretrained model in {shipped_model.PRETRAINED_DIR}'
   else:
-    ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir or '.', which)
-    workdir = workdir or ckpt_workdir
-    config_dir = (ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file()
-                  else workdir)
-    config = load_workdir_config(config_dir)
-    paths = list_images(inputs)
-    variables, step = evaluate.load_variables(config, workdir, which)
-    logging.info('Segmenting %d images with step %d of %s.', len(paths), step, ckpt_workdir)
+    config, variables, source = _workdir_model(workdir, which)
+  logging.info('Segmenting %d images with the %s.', len(paths), source)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
-                       progress)
+                       progress, model_source=source)
+
+
+def _workdir_model(workdir: str | None, which: str | None):
+  """(config, variables, description) of a training checkpoint: `which` of `workdir`, or a
+  checkpoint path; None is the workdir config's `eval.checkpoint`."""
+  if which is None:
+    which = str(load_workdir_config(workdir).eval.checkpoint).strip()
+  ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir or '.', which)
+  workdir = workdir or ckpt_workdir
+  config_dir = (ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file()
+                else workdir)
+  config = load_workdir_config(config_dir)
+  variables, step = evaluate.load_variables(config, workdir, which)
+  return config, variables, f'step {step} of {ckpt_workdir}'
 
 
 FLAGS = flags.FLAGS
@@ -264,13 +321,16 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir: config.json and checkpoints/. '
                       'Without it, the pretrained model shipped in the package is used.')
   flags.DEFINE_string('output', None, 'Folder for masks, overlays and cells.csv (created).')
-  flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step, a checkpoint path, or "
-                      "'pretrained' (the shipped model; the default without --workdir).")
+  flags.DEFINE_string('checkpoint', None, "'latest', 'best', a step, a checkpoint path, or "
+                      "'pretrained'. Default: the shipped model without --workdir; with one, "
+                      "its config's eval.checkpoint (latest: 'best' was picked by test Dice).")
   flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
                      'areas and perimeters in micrometres to cells.csv.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
   flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips. Default: as the '
                     "model's config (eval.tta; on for the pretrained model).")
+  flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
+                    'results an earlier predict wrote there are removed first.')
   flags.mark_flags_as_required(['output'])
 
 
@@ -281,7 +341,7 @@ def main(argv):
   logging.get_absl_logger().addFilter(lambda record: 'orbax' not in record.pathname)
   with errors.user_errors_as_messages():
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
-                  FLAGS.tta, FLAGS.pixel_size_um)
+                  FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite)
   print(summary.text())
   print(f'wrote {pathlib.Path(FLAGS.output) / "cells.csv"}')
   sys.exit(0 if summary.done else 1)
