@@ -413,6 +413,19 @@ def test_bad_input_raises_data_error_naming_the_file(tmp_path, case):
     tfds_builder.prepare('jiangxi', c.data)
   assert re.search(what, str(info.value)), str(info.value)
   assert type(info.value) is raw.DataError   # not wrapped by TFDS
+  leftovers = [p for p in (tmp_path / 'tfds').rglob('*')] if (tmp_path / 'tfds').exists() else []
+  assert not leftovers   # a failed build leaves no empty TFDS folders behind
+
+
+def test_local_build_does_not_announce_a_download(tmp_path, capfd):
+  root, _ = _small_raw(tmp_path)
+  c = conftest.data_config(root, tmp_path / 'tfds')
+  existing = tmp_path / 'tfds' / 'other_build'
+  existing.mkdir(parents=True)   # a folder that was there before is not the build's to remove
+  tfds_builder.prepare('jiangxi', c.data)
+  out, _ = capfd.readouterr()
+  assert 'Downloading and preparing' not in out and 'Unknown size' not in out
+  assert existing.is_dir()
 
 
 def test_empty_after_filtering(tmp_path):

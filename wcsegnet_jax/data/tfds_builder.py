@@ -6,12 +6,14 @@ split, and the raw files' names, sizes and modification times), so a changed raw
 instead of a stale one.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -78,6 +80,15 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
                           cfg.split_seed)
     return {name: self._generate_examples(records) for name, records in split.items()
             if records}
+
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout, even for a local
+  # folder that downloads nothing; one log line each says what happens instead.
+  def _log_download_bytes(self) -> None:
+    logging.info('Building %s examples into %s (once; later runs reuse them).',
+                 self.builder_config.source, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info('Built %s.', self.data_dir)
 
   def _generate_examples(self, records: list[raw.RawRecord]):
     cfg = self.builder_config
@@ -149,11 +160,33 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
 def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentation:
   """Builds a source's array_record files once (later calls reuse them) and its split list."""
   builder = get_builder(source, data_config)
-  builder.download_and_prepare(file_format='array_record')
+  root = tfds_dir(data_config)
+  existed = _folders_under(root)
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except BaseException:
+    _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
+    raise
   ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
   if not ids_path.exists():
     write_split_ids(builder, ids_path)
   return builder
+
+
+def _folders_under(root: pathlib.Path) -> set[pathlib.Path]:
+  return {p for p in root.rglob('*') if p.is_dir()} | {root} if root.is_dir() else set()
+
+
+def _remove_new_empty_folders(root: pathlib.Path, existed: set[pathlib.Path]) -> None:
+  """Removes the folders a failed build created that are empty (deepest first)."""
+  if not root.is_dir():
+    return
+  for folder in sorted(_folders_under(root) - existed, key=lambda p: len(p.parts), reverse=True):
+    with contextlib.suppress(OSError):   # not empty: someone else's, or a partial build
+      folder.rmdir()
+  with contextlib.suppress(OSError):
+    if root not in existed:
+      root.rmdir()
 
 
 def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
