@@ -682,3 +682,18 @@ def test_real_split_determinism(source):
   assert test_ids(split(0)) == test_ids(split(0))
   assert test_ids(split(0)) != test_ids(split(1))
   assert len(test_ids(split(0))) == len(test_ids(split(1)))
+
+
+def test_nucleus_that_vanishes_in_the_resize_is_an_error(tmp_path):
+  """A nucleus so small that nearest resizing drops it would train as a cell without one."""
+  rng = np.random.default_rng(0)
+  image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 300))
+  mask = np.zeros((300, 300), np.uint8)
+  mask[1, 1] = 255   # 300 -> 120 nearest samples rows and columns 0, 2, 5, 7, ...: not 1
+  fixtures.write_rgb(tmp_path / '001.bmp', image)
+  fixtures.write_gray(tmp_path / '001.png', mask)
+  record = raw.RawRecord('1', tmp_path / '001.bmp', tmp_path / '001.png', 'neutrophil')
+  with pytest.raises(raw.DataError, match=re.escape(str(tmp_path / '001.png')) +
+                     r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120'):
+    raw.load_example(record, 120, 40, 0.01)
+  assert raw.load_example(record, 300, 40, 0.01)['label_map'][1, 1] == 1   # kept at full size

@@ -439,7 +439,11 @@ def load_example(record: RawRecord, image_size: int, tolerance: int,
     raise DataError(f'{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image '
                     f'{record.image_path.name} is {image.shape[1]}x{image.shape[0]}')
   label_map = label_map_from_mask(mask, record, tolerance, max_off_level_fraction)
-  image, label_map = resize_pair(image, label_map, image_size)
-  return {'image': image, 'label_map': label_map,
+  image, resized = resize_pair(image, label_map, image_size)
+  if not (resized > classes.BACKGROUND).any():   # a few pixels that nearest resizing drops
+    raise DataError(f'{record.mask_path}: its nucleus ({int((label_map > 0).sum())} pixels) '
+                    f'vanishes when the {mask.shape[1]}x{mask.shape[0]} image is resized to '
+                    f'{image_size}x{image_size} (data.image_size)')
+  return {'image': image, 'label_map': resized,
           'cell_type': classes.cell_type_to_class_id(record.cell_type),
           'file_id': record.file_id}
