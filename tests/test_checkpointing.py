@@ -1,9 +1,15 @@
-"""Resume checks and the metric log on resume (the orbax round trips are in test_train.py)."""
+"""Resume checks, the metric log on resume, and saves that fail or are interrupted (the orbax
+round trips are in test_train.py)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from configs import base
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import metric_writers
@@ -69,3 +75,48 @@ def test_resumed_metric_log_drops_what_the_killed_run_logged_after_its_checkpoin
   writer.close()
   steps = [r['step'] for r in metric_writers.read_metrics(tmp_path)]
   assert steps == [10, 20, 30]
+
+
+SAVE_INTO_A_FILE = """
+import pathlib, shutil, sys
+import jax.numpy as jnp
+from wcsegnet_jax import checkpointing
+workdir = pathlib.Path(sys.argv[1])
+manager = checkpointing.make_manager(workdir)
+shutil.rmtree(workdir / 'checkpoints')
+(workdir / 'checkpoints').write_text('')   # made a file after the start-up checks
+try:
+  checkpointing.save(manager, 1, {'w': jnp.ones(3)}, None, None)
+  checkpointing.finish(manager)
+except OSError as e:
+  print(e)
+"""
+
+
+def test_failed_save_is_an_error_and_the_process_exits(tmp_path):
+  """orbax made step folders in background threads; when that failed, its other threads waited
+  20 minutes for them, and the process could not exit."""
+  result = subprocess.run([sys.executable, '-c', SAVE_INTO_A_FILE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (f'writing the checkpoint of step 1 to {tmp_path}/checkpoints failed: [Errno 20] Not a '
+          'directory') in result.stdout
+
+
+class _SaveInterruptedMidway:
+  """A manager whose save receives Ctrl-C (a real SIGINT) half-way through."""
+
+  def __init__(self):
+    self.finished = []
+
+  def save(self, step, args, metrics):
+    os.kill(os.getpid(), signal.SIGINT)
+    self.finished.append(step)
+
+
+def test_ctrl_c_during_a_save_is_raised_once_the_save_has_started_whole():
+  manager = _SaveInterruptedMidway()
+  with pytest.raises(KeyboardInterrupt):
+    checkpointing.save(manager, 7, {'w': 1.0}, None, None)
+  assert manager.finished == [7]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

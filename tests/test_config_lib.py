@@ -36,11 +36,30 @@ def test_ablations_differ_from_wcseg_only_in_the_block():
     assert other.train == wcseg.train and other.data == wcseg.data
 
 
-def test_unknown_key_is_named():
+def test_unknown_key_is_named_with_the_closest_real_one():
   c = base.get_config()
   c.train.bach_size = 16
-  with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.bach_size'"):
+  with pytest.raises(config_lib.ConfigError, match=r'unknown config key train.bach_size \(did '
+                     r'you mean train.batch_size\?\)'):
     config_lib.validate(c)
+
+
+def test_unknown_command_line_overrides_are_one_line_each():
+  argv = ['main.py', '--config=configs/base.py', '--config.train.batch_sizee=8',
+          '--config.train.batch_size=8', '--noconfig.train.progress_barr',
+          '--config.data.mean[0]=1', '--config.trainn.batch_size', '4', '--config.zzzz=1',
+          '--workdir=/tmp/x']
+  assert config_lib.unknown_overrides(argv, base.get_config()) == [
+      'unknown config key train.batch_sizee (did you mean train.batch_size?)',
+      'unknown config key train.progress_barr (did you mean train.progress_bar?)',
+      'unknown config key trainn.batch_size (did you mean train.batch_size?)',
+      'unknown config key zzzz',
+  ]
+
+
+def test_config_file_argument_is_passed_to_get_config():
+  config = config_lib.load_config_file(f'{config_lib.BASE_CONFIG.parent}/cpu_small.py:unet_relu')
+  assert (config.model.residual, config.model.activation) == (False, 'relu')
 
 
 def test_every_problem_is_listed_at_once():

@@ -1,7 +1,9 @@
 """Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
 
 import functools
+import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -154,20 +156,100 @@ def test_killed_run_resumes_to_the_same_parameters(wbc_raw, wbc_tfds_dir, tmp_pa
   assert max(diffs) <= 1e-6
 
 
-def test_nan_loss_stops_and_names_the_step(wbc_raw, wbc_tfds_dir, tmp_path):
-  c = tiny_config(wbc_raw[0], wbc_tfds_dir, learning_rate=1e30, num_epochs=3)
-  with pytest.raises(train.TrainingDivergedError, match=r'at step \d+'):
+class _Bar:
+  """Stands in for a tqdm bar; records whether it was taken off the terminal."""
+
+  def __init__(self, *args, **kwargs):
+    self.closed = False
+
+  def update(self, n):
+    pass
+
+  def close(self):
+    self.closed = True
+
+
+def test_nan_loss_stops_names_the_step_and_what_to_try(wbc_raw, wbc_tfds_dir, tmp_path,
+                                                       monkeypatch):
+  bars = []
+  monkeypatch.setattr(train.tqdm, 'tqdm', lambda *a, **k: bars.append(_Bar()) or bars[-1])
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, learning_rate=1e30, num_epochs=3, progress_bar=True)
+  with pytest.raises(train.TrainingDivergedError, match=r'at step \d+') as err:
     train.train_and_evaluate(c, str(tmp_path))
+  message = str(err.value)
+  assert 'no checkpoint was written yet' in message and 'None' not in message
+  assert message.endswith('Train again with a lower train.learning_rate in a new --workdir.')
+  assert bars and all(bar.closed for bar in bars)   # the message gets a line of its own
   records = metric_writers.read_metrics(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else []
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
 
 
-def test_unwritable_workdir_is_a_clear_error(wbc_raw, wbc_tfds_dir, tmp_path):
+def test_divergence_suggests_float32_only_when_the_model_is_not():
+  message = train.divergence_message(float('inf'), 40, 30, pathlib.Path('/w/checkpoints'),
+                                     'bfloat16')
+  assert message == ('loss is inf at step 40; stopping: the last good checkpoint (step 30) is '
+                     'kept in /w/checkpoints. Train again with a lower train.learning_rate or '
+                     'model.dtype=float32 (now bfloat16) in a new --workdir.')
+  assert 'float32' not in train.divergence_message(float('nan'), 1, None, pathlib.Path('/w'),
+                                                   'float32')
+
+
+def test_workdir_below_a_file_is_a_clear_error(wbc_raw, wbc_tfds_dir, tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
   c = tiny_config(wbc_raw[0], wbc_tfds_dir)
-  with pytest.raises(OSError, match='not writable'):
+  with pytest.raises(OSError, match=f'{blocker} is a file, not a folder'):
     train.train_and_evaluate(c, str(blocker / 'workdir'))
+
+
+def test_ctrl_c_says_where_it_stopped_and_the_run_resumes_exactly(wbc_raw, wbc_tfds_dir,
+                                                                  tmp_path, monkeypatch):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=2)
+  spe = input_pipeline.steps_per_epoch(input_pipeline.load_datasets(c.data), c)
+  train.train_and_evaluate(c, tmp_path / 'whole')
+  real_save = checkpointing.save
+
+  def save_then_ctrl_c(*args, **kwargs):
+    real_save(*args, **kwargs)
+    raise KeyboardInterrupt   # while the first checkpoint is written in the background
+
+  monkeypatch.setattr(checkpointing, 'save', save_then_ctrl_c)
+  with pytest.raises(train.TrainingInterrupted) as err:
+    train.train_and_evaluate(c, tmp_path / 'cut')
+  assert str(err.value) == (f'interrupted at step {spe}; last checkpoint {spe}; run the same '
+                            'command to resume')
+  monkeypatch.undo()
+  assert int(train.train_and_evaluate(c, tmp_path / 'cut').step) == 2 * spe
+  a, b = final_params(tmp_path / 'whole'), final_params(tmp_path / 'cut')
+  assert max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))) <= 1e-6
+
+
+def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, tmp_path):
+  """SIGINT to the whole process group, as a terminal sends it; the checkpoint named is whole."""
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=500)
+  workdir, log = tmp_path / 'wd', tmp_path / 'stderr.txt'
+  with open(log, 'w') as stderr:
+    proc = subprocess.Popen([sys.executable, '-m', 'wcsegnet_jax.main', *cli_args(c),
+                             f'--workdir={workdir}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=stderr, start_new_session=True)
+  try:
+    deadline = time.time() + 120
+    while (time.time() < deadline and proc.poll() is None
+           and not checkpointing.has_checkpoint(workdir)):
+      time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  text = log.read_text()
+  match = re.fullmatch(r'interrupted at step (\d+); last checkpoint (\d+); run the same command '
+                       r'to resume', text.splitlines()[-1])
+  assert match and 'Traceback' not in text, text[-3000:]
+  step, last = int(match[1]), int(match[2])
+  manager = checkpointing.make_manager(workdir, read_only=True)
+  assert manager.latest_step() == last <= step
+  assert final_params(workdir)   # restores: the checkpoint was written whole
 
 
 def test_invalid_config_fails_before_anything_compiles(tmp_path):

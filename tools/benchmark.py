@@ -23,7 +23,9 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+
+from wcsegnet_jax import config_lib
+
 
 def _load_torch_reference():
   """tools/torch_reference.py, beside this file (it imports torch: optional)."""
@@ -37,7 +39,7 @@ def _load_torch_reference():
 MODES = ('train', 'infer', 'input', 'torch_train', 'torch_infer')
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+config_lib.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_list('batch_sizes', ['16', '64', '256'], 'Batch sizes (per device) of the model '
                   'timings.')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (config.model.dtype).')
@@ -158,4 +160,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

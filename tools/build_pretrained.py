@@ -21,8 +21,8 @@ import sys
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import input_pipeline
@@ -33,7 +33,7 @@ from wcsegnet_jax import xla_flags
 from wcsegnet_jax.data import tfds_builder
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/cpu.py', 'Config to train.', lock_config=True)
+config_lib.define_config_file('config', 'configs/cpu.py', 'Config to train.', lock_config=True)
 flags.DEFINE_string('workdir', 'runs/pretrained', 'Training workdir (resumed if it holds a run).')
 flags.DEFINE_string('output', str(shipped_model.PRETRAINED_DIR), 'Folder to export into.')
 
@@ -101,4 +101,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -10,15 +10,15 @@ pixels are overlaid in the class colours (red neutrophil, green basophil, blue l
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
 from wcsegnet_jax import augment
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import input_pipeline
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/wcseg.py', 'Config file.')
+config_lib.define_config_file('config', 'configs/wcseg.py', 'Config file.')
 flags.DEFINE_string('output', 'augmentations.png', 'PNG file to write.')
 flags.DEFINE_integer('num_images', 3, 'Rows of the grid.')
 flags.DEFINE_string('dataset', '', 'Dataset to draw from (default: the first configured).')
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -3,12 +3,16 @@
 Layout: `workdir/checkpoints/<step>/{state,data_iter}` written asynchronously by a
 `CheckpointManager`; orbax writes each step into a temporary folder and renames it when complete,
 so a run killed mid-write leaves the earlier checkpoints intact and the half-written one ignored.
+A failed write is an error (at the next save or at `finish`), never a hang.
 We keep the last `keep_checkpoints` steps plus the best by test Dice.
 """
 
+import contextlib
 import json
 import pathlib
-from typing import Any
+import signal
+import threading
+from typing import Any, Iterator
 
 import grain
 import ml_collections
@@ -48,20 +52,64 @@ def make_manager(workdir: str | pathlib.Path, keep: int = 3,
       checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                                 keep_checkpoints_without_metrics=False),
   ])
+  # Step folders made in the calling thread: when orbax makes them in its background threads, a
+  # failure there (checkpoints/ is a file, a full disk) leaves its other threads waiting 20
+  # minutes for a signal that never comes, and the process cannot exit.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode='max',
-      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only,
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=('state', 'data_iter'))
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+  """Ctrl-C during the block is raised when it ends, so a save is started whole or not at all."""
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is None):
+    yield
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught:
+    raise KeyboardInterrupt
+
+
+def _write_failed(manager: ocp.CheckpointManager, what: str, error: OSError) -> OSError:
+  return OSError(f'writing {what} to {manager.directory} failed: {error}. Earlier complete '
+                 f'checkpoints there are intact.')
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iter: grain.DatasetIterator | None, metrics: dict[str, float] | None) -> None:
-  """Starts an asynchronous save of the state (and the iterator's position) at `step`."""
+  """Starts an asynchronous save of the state (and the iterator's position) at `step`.
+
+  Raises OSError if this save cannot start or an earlier one failed in the background.
+  """
   items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
     items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
-  manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+  try:
+    with _interrupts_deferred():
+      manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+  except OSError as e:
+    raise _write_failed(manager, f'the checkpoint of step {step}', e) from e
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight and closes `manager`; OSError if a save failed."""
+  try:
+    manager.wait_until_finished()
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      manager.close()   # waits again; the error is already in hand
+    raise _write_failed(manager, 'a checkpoint', e) from e
+  manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

@@ -1,10 +1,20 @@
-"""Start-up validation of a config: every problem reported at once, before anything compiles."""
+"""Start-up validation of a config: every problem reported at once, before anything compiles.
 
+Also the `--config` flag of the commands: a misspelled `--config.section.key=...` override is one
+line naming the closest real key (exit 2), not ml_collections' traceback.
+"""
+
+import difflib
 import importlib.util
 import json
 import pathlib
+import re
+import sys
 
+from absl import app
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from wcsegnet_jax import classes
 from wcsegnet_jax.data import raw
@@ -29,11 +39,17 @@ class ConfigError(ValueError):
   """The config cannot run; the message lists every problem found."""
 
 
-def base_config() -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location('wcsegnet_base_config', BASE_CONFIG)
+def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file; 'file.py:arg' passes arg, as `--config` does."""
+  file, *arg = str(path).split(':', 1)
+  spec = importlib.util.spec_from_file_location('wcsegnet_loaded_config', file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*arg)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  return load_config_file(BASE_CONFIG)
 
 
 def flatten(config, prefix: str = '') -> dict:
@@ -70,7 +86,7 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   """Everything wrong with `config`, as readable lines (empty when it can run)."""
   found = []
   known, given = flatten(base_config()), flatten(config)
-  found += [f'unknown config key {k!r}' for k in sorted(set(given) - set(known))]
+  found += [unknown_key_line(k, known) for k in sorted(set(given) - set(known))]
   found += [f'missing config key {k!r}' for k in sorted(set(known) - set(given))]
   if found:
     return found
@@ -151,3 +167,78 @@ def validate(config: ml_collections.ConfigDict, device_count: int = 1,
   found = problems(config, device_count, process_count)
   if found:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(found))
+
+
+def unknown_key_line(key: str, known) -> str:
+  """'unknown config key K (did you mean C?)', C the closest of `known` if any is close."""
+  close = difflib.get_close_matches(key, list(known), n=1)
+  return f'unknown config key {key}' + (f' (did you mean {close[0]}?)' if close else '')
+
+
+def _keys(config, prefix: str = '') -> list[str]:
+  """Every dotted key of `config`, sections included ('train' and 'train.batch_size')."""
+  out = []
+  for key, value in config.items():
+    out.append(prefix + key)
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out += _keys(value, f'{prefix}{key}.')
+  return out
+
+
+def unknown_overrides(argv: list[str], config: ml_collections.ConfigDict,
+                      name: str = 'config') -> list[str]:
+  """A line per `--name.KEY=...` of `argv` whose KEY is not in `config`."""
+  known = set(_keys(config))
+  lines = []
+  for arg in argv:
+    match = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
+    key = match and re.sub(r'\[[^]]*\]', '', match.group(1))   # 'a.b[0]' indexes a.b
+    if key and key not in known:
+      lines.append(unknown_key_line(key, known))
+  return lines
+
+
+def _config_path(argv: list[str], name: str) -> str | None:
+  """The value of `--name` in `argv` (as `--name=P` or `--name P`), or None."""
+  for i, arg in enumerate(argv):
+    if re.match(rf'^--?{re.escape(name)}$', arg) and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith((f'--{name}=', f'-{name}=')):
+      return arg.split('=', 1)[1]
+  return None
+
+
+def _exit_if_unknown_overrides(argv: list[str], name: str, path: str | None) -> None:
+  """Prints a line per unknown override and exits 2; returns if none is found."""
+  try:
+    lines = unknown_overrides(argv, load_config_file(path), name) if path else []
+  except Exception:   # pylint: disable=broad-except  # let config_flags report its own error
+    return
+  if lines:
+    print('\n'.join(f'error: {line}' for line in lines), file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config_file(name: str = 'config', default: str | None = None,
+                       help_string: str = 'Config file (configs/*.py).', **kwargs):
+  """`config_flags.DEFINE_config_file`, with unknown override keys as one line (exit 2).
+
+  A default config applies the command line's overrides here, when the flag is defined.
+  """
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except (AttributeError, KeyError):
+    _exit_if_unknown_overrides(sys.argv, name, _config_path(sys.argv, name) or default)
+    raise
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with unknown
+  `--config.*` keys as one line each and exit 2."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError):   # what ml_collections raises for a key it lacks
+    for name in list(flags.FLAGS):
+      if config_flags.config_flags.is_config_flag(flags.FLAGS[name]):
+        _exit_if_unknown_overrides(argv, name, _config_path(argv, name))
+    raise

@@ -5,6 +5,7 @@ the host->device copy moves a quarter of the bytes.
 """
 
 import dataclasses
+import signal
 from typing import Iterator
 
 from absl import flags
@@ -119,8 +120,16 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.input.num_workers,
-        per_worker_buffer_size=config.input.worker_buffer_size))
+        per_worker_buffer_size=config.input.worker_buffer_size),
+        worker_init_fn=_ignore_ctrl_c)
   return it
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """Ctrl-C reaches the whole process group: the main process stops the run cleanly and ends
+  its workers, which would otherwise each print a KeyboardInterrupt traceback."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def eval_batches(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -110,6 +110,12 @@ class FinishedStepProgress:
       self.bar.update(1)
     self.bar.close()
 
+  def abandon(self) -> None:
+    """Closes the bar at once (the run is stopping), so what is printed next gets a line of
+    its own instead of landing on the bar's."""
+    self.pending.clear()
+    self.bar.close()
+
 
 def training_time_warning(seconds_per_step: float, steps_left: int, backend: str,
                           config_name: str, limit_s: float = 3600.0) -> str | None:

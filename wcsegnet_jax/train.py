@@ -6,8 +6,8 @@ donated so parameters and optimizer moments are updated in place. Data parallel:
 all devices, the batch sharded along it, the state replicated.
 """
 
+import contextlib
 import functools
-import os
 import math
 import pathlib
 import time
@@ -30,10 +30,19 @@ from wcsegnet_jax import losses
 from wcsegnet_jax import metric_writers
 from wcsegnet_jax import models
 from wcsegnet_jax import parallel
+from wcsegnet_jax import workdirs
+
+# What a run writes in its workdir, checked before any data is built.
+RUN_FOLDERS = ('checkpoints', 'tensorboard')
+RUN_FILES = (workdirs.LOCK_FILE, checkpointing.CONFIG_FILE, metric_writers.METRICS_FILE)
 
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training; the message says where it stopped and how to resume."""
 
 
 class TrainState(train_state.TrainState):
@@ -94,24 +103,32 @@ def variables_of(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def _check_workdir(workdir: pathlib.Path) -> None:
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f'.write_test.{jax.process_index()}.{os.getpid()}'
-    probe.write_text('ok')
-    probe.unlink()
-  except OSError as e:
-    raise OSError(f'workdir {workdir} is not writable: {e.strerror}') from None
+def divergence_message(loss: float, step: int, last_checkpoint: int | None,
+                       checkpoint_dir: pathlib.Path, dtype: str) -> str:
+  """What diverged, what is kept, and what to try: in a new workdir, since this one refuses a
+  resume with another learning rate or dtype."""
+  kept = (f'the last good checkpoint (step {last_checkpoint}) is kept in {checkpoint_dir}'
+          if last_checkpoint is not None else 'no checkpoint was written yet')
+  fixes = 'a lower train.learning_rate'
+  if dtype != 'float32':
+    fixes += f' or model.dtype=float32 (now {dtype})'
+  return (f'loss is {loss} at step {step}; stopping: {kept}. Train again with {fixes} in a new '
+          f'--workdir.')
 
 
-def _check_finite(history: list[tuple[int, dict]], manager) -> None:
+def _check_finite(history: list[tuple[int, dict]], manager, dtype: str) -> None:
   """Raises TrainingDivergedError at the first step whose loss is not finite."""
   for step, m in history:
     if not math.isfinite(float(m['loss'])):
-      raise TrainingDivergedError(
-          f'loss is {float(m["loss"])} at step {step}; stopping. The last good checkpoint '
-          f'(step {manager.latest_step()}) is kept in {manager.directory}. Try a lower '
-          f'train.learning_rate or model.dtype=float32.')
+      raise TrainingDivergedError(divergence_message(
+          float(m['loss']), step, manager.latest_step(), manager.directory, dtype))
+
+
+def interrupted_message(step: int, last_checkpoint: int | None) -> str:
+  if last_checkpoint is None:
+    return f'interrupted at step {step}; no checkpoint yet; run the same command to start again'
+  return (f'interrupted at step {step}; last checkpoint {last_checkpoint}; run the same command '
+          f'to resume')
 
 
 class Trainer:
@@ -119,6 +136,7 @@ class Trainer:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     self.config, self.workdir = config, workdir
+    self.step = 0   # steps dispatched, counted on the host (the state is donated mid-step)
     self.parallel = dp = parallel.data_parallel()
     self.model = models.create_model(config.model)
     self.datasets = input_pipeline.load_datasets(config.data)
@@ -155,15 +173,25 @@ class Trainer:
     return scalars
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | pathlib.Path) -> TrainState:
   """Trains (or resumes) in `workdir`; returns the final state."""
   started_at = time.time()   # time-to-accuracy counts data preparation and compilation too
   if config.train.distributed:
     jax.distributed.initialize()
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  workdir = pathlib.Path(workdir).expanduser().resolve()
-  _check_workdir(workdir)
-  checkpointing.check_resume_config(workdir, config)   # before any data is built or compiled
+  workdir = workdirs.resolve(workdir)
+  # Before any data is built or compiled: paths, the lock, and what a resume may change.
+  workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
+  lock = workdirs.held(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    checkpointing.check_resume_config(workdir, config)
+    return _train_in(config, workdir, started_at)
+
+
+def _train_in(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+              started_at: float) -> TrainState:
+  """Builds, restores and trains in a checked, held workdir."""
   trainer = Trainer(config, workdir)
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
@@ -176,51 +204,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                        resume_step=step, started_at=started_at)
   logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,
                trainer.total_steps, f'{models.count_params(trainer.state.params):,}')
+  interrupted = False
   try:
     _train_loop(trainer, manager, writer)
+  except KeyboardInterrupt:
+    interrupted = True
   finally:
-    manager.wait_until_finished()
-    manager.close()
     writer.close()
+    checkpointing.finish(manager)   # the save in flight completes (or its temporary is ignored)
+  if interrupted:
+    raise TrainingInterrupted(interrupted_message(trainer.step, manager.latest_step()))
   return trainer.state
 
 
 def _train_loop(trainer: Trainer, manager, writer) -> None:
   config, spe = trainer.config, trainer.steps_per_epoch
-  step = int(jax.device_get(trainer.state.step))
+  step = trainer.step = int(jax.device_get(trainer.state.step))
   history, timer = [], metric_writers.StepTimer(step)
   progress, first_step = None, step
-  while step < trainer.total_steps:
-    epoch = step // spe
-    if progress is None and config.train.progress_bar and jax.process_index() == 0:
-      progress = metric_writers.FinishedStepProgress(
-          tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False))
-    batch = trainer.parallel.to_device(next(trainer.train_iter))
-    dispatched_at = time.perf_counter()
-    trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
-    if step - first_step in (0, 1):
-      # The first step compiles; the second is timed once for the duration estimate.
-      jax.block_until_ready(step_metrics)
-      if step - first_step == 1:
-        _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step,
-                          config.name)
-    history.append((step, step_metrics))
-    step += 1
-    if progress is not None:
-      progress.dispatched(step_metrics)
-    epoch_end = step % spe == 0 or step == trainer.total_steps
-    if step % config.train.log_every_steps == 0 or epoch_end:
-      history = jax.device_get(history)
-      _check_finite(history, manager)
-      writer.write(step, {**metric_writers.mean_of(history),
-                          'images_per_second': timer.rate(step, config.train.batch_size),
-                          'epoch': step / spe})
-      history = []
-    if epoch_end:
+  try:
+    while step < trainer.total_steps:
+      epoch = step // spe
+      if progress is None and config.train.progress_bar and jax.process_index() == 0:
+        progress = metric_writers.FinishedStepProgress(
+            tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False))
+      batch = trainer.parallel.to_device(next(trainer.train_iter))
+      dispatched_at = time.perf_counter()
+      trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
+      if step - first_step in (0, 1):
+        # The first step compiles; the second is timed once for the duration estimate.
+        jax.block_until_ready(step_metrics)
+        if step - first_step == 1:
+          _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step,
+                            config.name)
+      history.append((step, step_metrics))
+      step = trainer.step = step + 1
       if progress is not None:
-        progress.close()
-        progress = None
-      _end_of_epoch(trainer, manager, writer, step)
+        progress.dispatched(step_metrics)
+      epoch_end = step % spe == 0 or step == trainer.total_steps
+      if step % config.train.log_every_steps == 0 or epoch_end:
+        history = jax.device_get(history)
+        _check_finite(history, manager, config.model.dtype)
+        writer.write(step, {**metric_writers.mean_of(history),
+                            'images_per_second': timer.rate(step, config.train.batch_size),
+                            'epoch': step / spe})
+        history = []
+      if epoch_end:
+        if progress is not None:
+          progress.close()
+          progress = None
+        _end_of_epoch(trainer, manager, writer, step)
+  finally:
+    if progress is not None:   # stopped mid-epoch (divergence, Ctrl-C): clear the bar's line
+      progress.abandon()
 
 
 def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str) -> None:
@@ -240,10 +276,6 @@ def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:
   if scalars:
     writer.write(step, scalars)
   if do_ckpt:
-    try:
-      checkpointing.save(manager, step, trainer.state, trainer.train_iter,
-                         metrics={checkpointing.BEST_METRIC: scalars[checkpointing.BEST_METRIC]}
-                         if checkpointing.BEST_METRIC in scalars else None)
-    except OSError as e:   # orbax reports a failed earlier async write here too
-      raise OSError(f'writing the checkpoint of step {step} to {manager.directory} failed: {e}. '
-                    f'Earlier complete checkpoints there are intact.') from e
+    checkpointing.save(manager, step, trainer.state, trainer.train_iter,
+                       metrics={checkpointing.BEST_METRIC: scalars[checkpointing.BEST_METRIC]}
+                       if checkpointing.BEST_METRIC in scalars else None)

@@ -1,0 +1,49 @@
+"""The command line's own mistakes: one line on stderr and exit status 2, no traceback."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(args, module=None, cwd=ROOT):
+  command = ['-m', module] if module else []
+  return subprocess.run([sys.executable, *command, *args], cwd=cwd, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, 'PYTHONPATH': ROOT})
+
+
+def test_misspelled_override_is_one_line_naming_the_real_key(tmp_path):
+  result = run([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path}',
+                '--config.train.batch_sizee=8'], module='wcsegnet_jax.main')
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      'error: unknown config key train.batch_sizee (did you mean train.batch_size?)']
+  assert not list(tmp_path.iterdir())
+
+
+def test_misspelled_override_of_a_default_config_is_one_line_too(tmp_path):
+  """A tool's default --config applies the overrides when its flag is defined, at import."""
+  result = run([f'{ROOT}/tools/show_augmentations.py', '--config.augment.zoomm=0.1',
+                f'--output={tmp_path / "a.png"}'])
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      'error: unknown config key augment.zoomm (did you mean augment.zoom?)']
+
+
+def test_empty_workdir_is_an_error_not_the_current_folder(tmp_path):
+  result = run([f'--config={ROOT}/configs/smoke.py', '--workdir='], module='wcsegnet_jax.main',
+               cwd=tmp_path)
+  assert result.returncode == 2
+  assert result.stderr.splitlines()[-1].startswith('error: no workdir given (--workdir is empty)')
+  assert 'Traceback' not in result.stderr
+  assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_checks_its_report_folder_first(tmp_path):
+  (tmp_path / 'eval').write_text('')
+  result = run([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path}', '--mode=evaluate'],
+               module='wcsegnet_jax.main')
+  assert result.returncode == 2
+  assert result.stderr.splitlines()[-1] == (f'error: {tmp_path}/eval is a file, not a folder; '
+                                            'move it away or choose another --workdir')
