@@ -116,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.checkpoint_every_epochs = 1
   t.keep_checkpoints = 3       # the last N, plus the best by test Dice
   t.max_steps = 0              # > 0 stops early (smoke runs, benchmarks)
+  # A resume whose images or splits differ from those the run started on (workdir/data.json)
+  # is refused: its test metrics would mix two data sets. True goes on with the new data.
+  t.resume_on_changed_data = False
   t.progress_bar = True
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 

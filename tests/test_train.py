@@ -1,9 +1,11 @@
 """Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
 
 import functools
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,3 +302,44 @@ def test_slow_run_on_a_cpu_says_so_once_with_the_estimate(wbc_raw, wbc_tfds_dir,
   assert seconds_per_step > 0 and steps_left == int(state.step) - 1 and backend == 'cpu'
   (line,) = [m for m in logged if 'configs/cpu.py' in m]
   assert 'this run needs about' in line
+
+
+def test_resume_on_changed_data_is_refused_with_what_changed(wbc_raw, wbc_tfds_dir, tmp_path):
+  """Images removed after a run started: the resumed split would test on training images."""
+  raw_dir = tmp_path / 'raw'
+  shutil.copytree(wbc_raw[0], raw_dir)
+  c = tiny_config(raw_dir, tmp_path / 'tfds', num_epochs=1)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(c, workdir)
+  record = json.loads((workdir / checkpointing.DATA_FILE).read_text())
+  assert set(record) == {'jiangxi', 'cellavision'}
+  assert record['jiangxi']['train'] and not set(record['jiangxi']['train']) & set(
+      record['jiangxi']['test'])
+  gone = {int(fid) for fid in record['jiangxi']['train'][:3]}   # ids are '3' for 003.bmp
+  for path in (raw_dir / 'Dataset 1').iterdir():   # three training images leave the folder
+    if int(path.stem) in gone:
+      path.unlink()
+  csv_path = raw_dir / 'Class Labels of Dataset 1.csv'
+  keep = [line for line in csv_path.read_text().splitlines()
+          if not line.split(',')[0].strip().isdigit() or int(line.split(',')[0]) not in gone]
+  csv_path.write_text('\n'.join(keep) + '\n')
+  c.train.num_epochs = 2
+  with pytest.raises(checkpointing.CheckpointError, match=r'data changed.*jiangxi: 3 images '
+                     r'removed.*resume_on_changed_data=True'):
+    train.train_and_evaluate(c, workdir)
+  c.train.resume_on_changed_data = True   # asked for explicitly: goes on, and records the data
+  train.train_and_evaluate(c, workdir)
+  now = json.loads((workdir / checkpointing.DATA_FILE).read_text())
+  assert len(now['jiangxi']['train']) + len(now['jiangxi']['test']) == len(
+      record['jiangxi']['train']) + len(record['jiangxi']['test']) - 3
+
+
+def test_moved_data_folder_resumes():
+  """The same images in another folder (another build name) are no change."""
+  same = {'jiangxi': {'build': 'jiangxi-32-aaa', 'train': ['1', '2'], 'test': ['3']}}
+  moved = {'jiangxi': {'build': 'jiangxi-32-bbb', 'train': ['1', '2'], 'test': ['3']}}
+  assert checkpointing.data_changes(same, moved) == []
+  resplit = {'jiangxi': {'build': 'x', 'train': ['1', '3'], 'test': ['2']}}
+  assert checkpointing.data_changes(same, resplit) == [
+      'jiangxi: 1 of its 1 test images were training images, '
+      '1 former test images are now training images']

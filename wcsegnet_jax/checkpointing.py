@@ -14,6 +14,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
+from absl import logging
 import grain
 import ml_collections
 import orbax.checkpoint as ocp
@@ -24,6 +25,7 @@ from wcsegnet_jax import files
 
 BEST_METRIC = 'test_dice'
 CONFIG_FILE = 'config.json'
+DATA_FILE = 'data.json'   # the images a run started on (input_pipeline.data_record)
 # Resuming with another value for any of these would silently train something else. More
 # epochs may be added to a finished run (with a cosine schedule that stretches its tail).
 RESUME_SENSITIVE = ('model', 'data', 'augment', 'input.num_workers', 'input.shuffle_seed',
@@ -181,6 +183,55 @@ def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict
     raise CheckpointError(
         f'{workdir} holds a checkpoint trained with another config; these keys differ: '
         + '; '.join(diffs) + '. Use a new --workdir, or restore the old values.')
+
+
+def data_changes(saved: dict, current: dict) -> list[str]:
+  """What differs between two data records, per dataset, as readable phrases. A changed build
+  name alone (files moved or touched) is no change: the images and splits are the same."""
+  found = []
+  for name in sorted(set(saved) | set(current)):
+    if name not in current or name not in saved:
+      found.append(f'{name}: {"no longer" if name not in current else "now"} in the data')
+      continue
+    old, new = saved[name], current[name]
+    old_train, new_train = set(old.get('train', [])), set(new.get('train', []))
+    old_test, new_test = set(old.get('test', [])), set(new.get('test', []))
+    phrases = []
+    if removed := (old_train | old_test) - (new_train | new_test):
+      phrases.append(f'{len(removed)} images removed ({", ".join(sorted(removed)[:5])}...)')
+    if added := (new_train | new_test) - (old_train | old_test):
+      phrases.append(f'{len(added)} images added ({", ".join(sorted(added)[:5])}...)')
+    if leaked := new_test & old_train:
+      phrases.append(f'{len(leaked)} of its {len(new_test)} test images were training images')
+    if moved := new_train & old_test:
+      phrases.append(f'{len(moved)} former test images are now training images')
+    if phrases:
+      found.append(f'{name}: ' + ', '.join(phrases))
+  return found
+
+
+def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool) -> None:
+  """A resume must see the images the run started on: with others, its test metrics and best
+  checkpoint would mix two data sets (and steps per epoch shift). Error naming what changed,
+  unless `allow_changed` (train.resume_on_changed_data), which only warns."""
+  path = pathlib.Path(workdir) / DATA_FILE
+  if not has_checkpoint(workdir) or not path.exists():
+    return
+  changes = data_changes(json.loads(path.read_text()), record)
+  if not changes:
+    return
+  if allow_changed:
+    logging.warning('Resuming on changed data (train.resume_on_changed_data): %s',
+                    '; '.join(changes))
+    return
+  raise CheckpointError(
+      f'the data changed since this run started ({path}): ' + '; '.join(changes) +
+      '. Restore the data it started on, start a new --workdir, or pass '
+      '--config.train.resume_on_changed_data=True to go on with the new data.')
+
+
+def write_data_record(workdir: pathlib.Path, record: dict) -> None:
+  files.write_json_atomic(pathlib.Path(workdir) / DATA_FILE, record)
 
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:

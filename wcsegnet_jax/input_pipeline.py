@@ -55,6 +55,13 @@ def load_datasets(data_config: ml_collections.ConfigDict) -> list[DatasetSplits]
   return datasets
 
 
+def data_record(datasets: list[DatasetSplits]) -> dict[str, dict]:
+  """What a run trains and tests on: per dataset, its build and the ids of each split."""
+  return {d.name: {'build': d.builder.builder_config.name,
+                   **{split: ids for split, ids in tfds_builder.read_split_ids(d.builder).items()}}
+          for d in datasets}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Augment(grain.transforms.RandomMap):
   """Picklable (for grain's worker processes) augmentation of one training example."""

@@ -34,7 +34,8 @@ from wcsegnet_jax import workdirs
 
 # What a run writes in its workdir, checked before any data is built.
 RUN_FOLDERS = ('checkpoints', 'tensorboard')
-RUN_FILES = (workdirs.LOCK_FILE, checkpointing.CONFIG_FILE, metric_writers.METRICS_FILE)
+RUN_FILES = (workdirs.LOCK_FILE, checkpointing.CONFIG_FILE, checkpointing.DATA_FILE,
+             metric_writers.METRICS_FILE)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -195,11 +196,14 @@ def _train_in(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   trainer = Trainer(config, workdir)
   manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
   step = manager.latest_step()
+  record = input_pipeline.data_record(trainer.datasets)
   if step is not None:
+    checkpointing.check_resume_data(workdir, record, config.train.resume_on_changed_data)
     trainer.state = checkpointing.restore(manager, step, trainer.state, trainer.train_iter)
     logging.info('Resumed from %s at step %d.', manager.directory, step)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config)
+    checkpointing.write_data_record(workdir, record)
   writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                        resume_step=step, started_at=started_at)
   logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,

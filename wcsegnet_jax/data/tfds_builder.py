@@ -7,6 +7,7 @@ instead of a stale one.
 """
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
@@ -198,6 +199,15 @@ def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
                  for i in range(len(source)))
     rows += [(split, fid, classes.CLASS_NAMES[t]) for fid, t in ids]
   files.write_csv_atomic(path, ('split', 'file_id', 'cell_type'), rows)
+
+
+def read_split_ids(builder: WbcSegmentation) -> dict[str, list[str]]:
+  """{split: sorted file ids} of a prepared build, from its split list."""
+  ids = {}
+  with open(pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE, newline='') as f:
+    for row in csv.DictReader(f):
+      ids.setdefault(row['split'], []).append(row['file_id'])
+  return {split: sorted(found) for split, found in ids.items()}
 
 
 def as_str(text: bytes | str) -> str:
