@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -215,7 +216,8 @@ def test_figure_and_worst_selection():
 
 
 def test_load_variables_with_another_lr_schedule(tiny_model):
-  """A cosine schedule adds optimizer state; restoring finds the tree training used anyway."""
+  """A cosine schedule adds optimizer state; evaluation reads only parameters and BatchNorm
+  statistics, so the optimizer that trained a checkpoint does not matter."""
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                        **{'train.lr_schedule': 'cosine'})
   variables, step = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
@@ -225,3 +227,26 @@ def test_load_variables_with_another_lr_schedule(tiny_model):
     shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
   variables, step = evaluate.load_variables(config, no_config, 'latest')   # falls back
   assert step == 4
+
+
+def test_another_model_without_config_json_is_one_readable_error(tiny_model, tmp_path):
+  """No config.json to compare with: the differing shapes are named, not orbax's tree dump."""
+  no_config = tmp_path / 'copy'
+  shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
+  other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'], **{'model.base_width': 3})
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    evaluate.load_variables(other, no_config, 'latest')
+  message = str(err.value)
+  assert re.search(r'holds another model than this config: .*\(.*\) in the checkpoint, '
+                   r'\(.*\) here', message), message
+  assert 'pass the --config it was trained with' in message
+  assert 'partial_restore' not in message and len(message) < 1000
+
+
+def test_shape_mismatches_names_each_difference():
+  saved = {'params': {'a': np.zeros((2, 3)), 'b': np.zeros(4), 'old': np.zeros(1)}}
+  wanted = {'params': {'a': np.zeros((2, 3)), 'b': np.zeros(5), 'new': np.zeros(1)}}
+  assert checkpointing.shape_mismatches(saved, wanted) == [
+      'params/b (4,) in the checkpoint, (5,) here', 'params/new missing in the checkpoint',
+      'params/old in the checkpoint only']
+  assert checkpointing.shape_mismatches(saved, saved) == []

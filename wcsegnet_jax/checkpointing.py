@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from absl import logging
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -128,6 +129,40 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
         f'model config, or another number of processes for the data iterator?): '
         f'{str(e)[:500]}') from None
   return restored['state']
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def shape_mismatches(saved: Any, wanted: Any) -> list[str]:
+  """How two trees of arrays differ: names missing on either side, or shapes that differ."""
+  saved, wanted = _flat_shapes(saved), _flat_shapes(wanted)
+  found = [f'{k} {saved[k]} in the checkpoint, {wanted[k]} here'
+           for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+  found += [f'{k} missing in the checkpoint' for k in sorted(wanted.keys() - saved.keys())]
+  found += [f'{k} in the checkpoint only' for k in sorted(saved.keys() - wanted.keys())]
+  return found
+
+
+def restore_variables(directory: pathlib.Path, step: int, abstract: dict, sharding) -> dict:
+  """Only `abstract`'s parts (parameters, BatchNorm statistics) of a step's train state: what
+  evaluation and prediction need, whatever optimizer trained it. Shapes are compared first, so
+  a checkpoint of another model is one readable error, not orbax's tree dump."""
+  path = pathlib.Path(directory) / str(step) / 'state'
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  saved = getattr(metadata, 'item_metadata', metadata)
+  saved = getattr(saved, 'tree', saved)
+  diffs = shape_mismatches({k: saved.get(k, {}) for k in abstract}, abstract)
+  if diffs:
+    more = f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''
+    raise CheckpointError(f'checkpoint {path.parent} holds another model than this config: '
+                          + '; '.join(diffs[:4]) + more)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=restore_args, partial_restore=True))
 
 
 def select_step(manager: ocp.CheckpointManager, which: str) -> int:

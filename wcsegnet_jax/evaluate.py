@@ -7,7 +7,6 @@ dataset (or every image of `config.eval.raw_dir`) and writes reports to `workdir
 """
 
 import dataclasses
-import functools
 import json
 import pathlib
 from typing import Callable, Sequence
@@ -201,11 +200,9 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                    checkpoint: str | int = 'latest', sharding=None) -> tuple[dict, int]:
   """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
 
-  The checkpoint holds the whole train state, so it is restored into the tree training saved.
-  Of the optimizer's settings only `train.lr_schedule` changes that tree (a schedule adds a
-  step count to Adam's state; step counts and rates do not), so the schedule training used is
-  taken from the checkpoint's config.json, else from `config`, and the other one is tried if
-  that does not fit. Arrays are placed with `sharding` (default: the first device).
+  Only those two parts of the saved train state are read (the optimizer that trained it does
+  not matter); their shapes must be those of `config`'s model. Arrays are placed with
+  `sharding` (default: the first device).
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -218,25 +215,22 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
         f'(--mode=train with this workdir), or pass --checkpoint=PATH')
   check_eval_config(ckpt_workdir, config)
-  saved = checkpointing.load_saved_config(ckpt_workdir) or {}
-  schedule = saved.get('train', {}).get('lr_schedule', config.train.lr_schedule)
-  schedules = [schedule] + [s for s in ('constant', 'cosine') if s != schedule]
-  rng_impl = saved.get('rng_impl', config.rng_impl)
   manager = checkpointing.make_manager(ckpt_workdir, read_only=True)
   try:
     step = checkpointing.select_step(manager, which)
-    for i, schedule in enumerate(schedules):
-      try:
-        state = checkpointing.restore(manager, step,
-                                      _abstract_train_state(config, schedule, sharding, rng_impl))
-        break
-      except checkpointing.CheckpointError:
-        if i == len(schedules) - 1:
-          raise
   finally:
     manager.close()
+  try:
+    variables = checkpointing.restore_variables(directory, step, abstract_variables(config),
+                                                sharding)
+  except checkpointing.CheckpointError as e:
+    if (ckpt_workdir / checkpointing.CONFIG_FILE).exists():
+      raise
+    raise checkpointing.CheckpointError(
+        f'{e}. {ckpt_workdir} has no {checkpointing.CONFIG_FILE} to say how it was trained: '
+        f'pass the --config it was trained with') from None
   logging.info('Restored step %d from %s.', step, directory)
-  return {'params': state.params, 'batch_stats': state.batch_stats}, step
+  return variables, step
 
 
 def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
@@ -253,17 +247,13 @@ def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[
   return jax.device_put(variables, sharding), step
 
 
-def _abstract_train_state(config: ml_collections.ConfigDict, lr_schedule: str, sharding,
-                          rng_impl: str):
-  """The shapes (no values) of the train state training saves, placed with `sharding`."""
-  from wcsegnet_jax import train   # here: train imports this module
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.train.lr_schedule, config.rng_impl = lr_schedule, rng_impl   # as trained
-  tx = train.make_optimizer(config.train, 1, 1)
-  init = functools.partial(train.create_train_state, config, models.create_model(config.model),
-                           tx=tx)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      jax.eval_shape(init, 0))
+def abstract_variables(config: ml_collections.ConfigDict) -> dict:
+  """The shapes (no values) of the model's {'params', 'batch_stats'} at `config`."""
+  model = models.create_model(config.model)
+  size = config.data.image_size
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 # ------------------------------------------------------------------------------------------------
