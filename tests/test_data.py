@@ -5,7 +5,9 @@ public WBC Image Dataset where this machine has a copy, and are skipped elsewher
 """
 
 import collections
+import contextlib
 import csv
+import logging as std_logging
 import io
 import pathlib
 import re
@@ -13,6 +15,7 @@ import shutil
 import struct
 import zlib
 
+from absl import logging as absl_logging
 import cv2
 import numpy as np
 from PIL import Image
@@ -422,10 +425,16 @@ def test_local_build_does_not_announce_a_download(tmp_path, capfd):
   c = conftest.data_config(root, tmp_path / 'tfds')
   existing = tmp_path / 'tfds' / 'other_build'
   existing.mkdir(parents=True)   # a folder that was there before is not the build's to remove
-  tfds_builder.prepare('jiangxi', c.data)
-  out, _ = capfd.readouterr()
+  with absltest_log_capture() as records:
+    tfds_builder.prepare('jiangxi', c.data)
+  out, err = capfd.readouterr()
   assert 'Downloading and preparing' not in out and 'Unknown size' not in out
+  assert 'Shuffling' not in out + err   # TFDS's progress bars
+  messages = [r.getMessage() for r in records]
+  assert not [m for m in messages if 'custom data configuration' in m or 'Done writing' in m]
+  assert any(m.startswith('Building jiangxi examples') for m in messages)
   assert existing.is_dir()
+  assert tfds_builder.tfds_utils.tqdm_utils._active   # TFDS's bars are back for other users
 
 
 def test_empty_after_filtering(tmp_path):
@@ -697,3 +706,22 @@ def test_nucleus_that_vanishes_in_the_resize_is_an_error(tmp_path):
                      r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120'):
     raw.load_example(record, 120, 40, 0.01)
   assert raw.load_example(record, 300, 40, 0.01)['label_map'][1, 1] == 1   # kept at full size
+
+
+@contextlib.contextmanager
+def absltest_log_capture():
+  """The records that reach absl's handler (after the logger's filters)."""
+  records = []
+
+  class Keep(std_logging.Handler):
+    def emit(self, record):
+      records.append(record)
+  handler, logger = Keep(), absl_logging.get_absl_logger()
+  logger.addHandler(handler)
+  level = logger.level
+  logger.setLevel(std_logging.INFO)
+  try:
+    yield records
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -6,6 +6,7 @@ from absl import logging
 
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
+from wcsegnet_jax import logs
 from wcsegnet_jax import workdirs
 from wcsegnet_jax import xla_flags
 
@@ -22,8 +23,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
-  # orbax logs every file it writes at INFO; keep ours readable.
-  logging.get_absl_logger().addFilter(lambda record: 'orbax' not in record.pathname)
+  logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     workdir = workdirs.resolve(FLAGS.workdir)   # '--workdir=' is an error, not the current folder
     xla_flags.apply(FLAGS.config.xla_flags)     # before anything starts JAX's backend

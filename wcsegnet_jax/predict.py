@@ -49,6 +49,7 @@ from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
+from wcsegnet_jax import logs
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import files
 from wcsegnet_jax import metrics
@@ -338,7 +339,7 @@ def main(argv):
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError('give at least one image file or folder')
-  logging.get_absl_logger().addFilter(lambda record: 'orbax' not in record.pathname)
+  logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
                   FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite)

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import logging as std_logging
 import os
 import pathlib
 from typing import Any
@@ -18,6 +19,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import utils as tfds_utils
 
 from wcsegnet_jax import classes
 from wcsegnet_jax import files
@@ -155,7 +157,8 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
       mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction))
   name = f'{source}-{settings["image_size"]}-{_fingerprint(source, raw_dir, settings)}'
   config = WbcSegmentationConfig(name=name, raw_dir=raw_dir, **settings)
-  return WbcSegmentation(config=config, data_dir=str(tfds_dir(data_config)))
+  with _tfds_quiet():
+    return WbcSegmentation(config=config, data_dir=str(tfds_dir(data_config)))
 
 
 def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentation:
@@ -164,7 +167,8 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   root = tfds_dir(data_config)
   existed = _folders_under(root)
   try:
-    builder.download_and_prepare(file_format='array_record')
+    with _tfds_quiet():
+      builder.download_and_prepare(file_format='array_record')
   except BaseException:
     _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
     raise
@@ -172,6 +176,26 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   if not ids_path.exists():
     write_split_ids(builder, ids_path)
   return builder
+
+
+@contextlib.contextmanager
+def _tfds_quiet():
+  """Without TFDS's progress bars and INFO lines (per split: seconds here, with long temporary
+  paths) and its 'Using custom data configuration' warning (every build of ours is a custom
+  configuration); the two log lines of `WbcSegmentation` say what happens."""
+  def not_custom_config(record) -> bool:
+    if 'tensorflow_datasets' in record.pathname and record.levelno <= std_logging.INFO:
+      return False
+    return 'Using custom data configuration' not in record.getMessage()
+  absl_logger = logging.get_absl_logger()
+  was_active = tfds_utils.tqdm_utils._active   # pylint: disable=protected-access
+  tfds.display_progress_bar(False)
+  absl_logger.addFilter(not_custom_config)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(not_custom_config)
+    tfds.display_progress_bar(was_active)
 
 
 def _folders_under(root: pathlib.Path) -> set[pathlib.Path]:
