@@ -21,6 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from wcsegnet_jax import errors
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import files
 
@@ -39,8 +40,7 @@ RESUME_SENSITIVE = ('model', 'data', 'augment', 'input.num_workers', 'input.shuf
 RESUME_FREE = ('data.raw_dir', 'data.tfds_dir', 'data.folder_dir')
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be used as asked; the message says why and what to do."""
+CheckpointError = errors.CheckpointError
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -83,8 +83,9 @@ def _interrupts_deferred() -> Iterator[None]:
     raise KeyboardInterrupt
 
 
-def _write_failed(manager: ocp.CheckpointManager, what: str, error: OSError) -> OSError:
-  return OSError(f'writing {what} to {manager.directory} failed: {error}. Earlier complete '
+def _write_failed(manager: ocp.CheckpointManager, what: str,
+                  error: OSError) -> errors.WriteError:
+  return errors.WriteError(f'writing {what} to {manager.directory} failed: {error}. Earlier complete '
                  f'checkpoints there are intact.')
 
 
@@ -92,7 +93,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iter: grain.DatasetIterator | None, metrics: dict[str, float] | None) -> None:
   """Starts an asynchronous save of the state (and the iterator's position) at `step`.
 
-  Raises OSError if this save cannot start or an earlier one failed in the background.
+  Raises errors.WriteError if this save cannot start or an earlier one failed in the background.
   """
   items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
@@ -105,7 +106,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
-  """Waits for the save in flight and closes `manager`; OSError if a save failed."""
+  """Waits for the save in flight and closes `manager`; errors.WriteError if a save failed."""
   try:
     manager.wait_until_finished()
   except OSError as e:
@@ -123,11 +124,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
     items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError) as e:
+  except (ValueError, KeyError) as e:   # orbax's tree or shape mismatch; the cause is kept
     raise CheckpointError(
         f'checkpoint {manager.directory / str(step)} cannot be restored into this run (another '
         f'model config, or another number of processes for the data iterator?): '
-        f'{str(e)[:500]}') from None
+        f'{type(e).__name__}: {str(e)[:500]}') from e
   return restored['state']
 
 

@@ -16,6 +16,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from wcsegnet_jax import errors
 from wcsegnet_jax import classes
 from wcsegnet_jax.data import raw
 
@@ -35,8 +36,7 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-  """The config cannot run; the message lists every problem found."""
+ConfigError = errors.ConfigError
 
 
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:

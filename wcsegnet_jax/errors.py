@@ -1,26 +1,59 @@
-"""User-facing errors: one clear line on stderr and exit status 2, not a deep traceback.
+"""The errors a user can fix, in one hierarchy, and how the commands print them.
 
-Ctrl-C is one line too (what was saved, how to resume), with the shell's status for it, 130.
+A leaf module (it imports nothing of ours), so any module can raise these and every command can
+print them without loading the training stack. A `UserError` becomes one line on stderr and exit
+status 2; anything else keeps its traceback, since it is a bug to report. Ctrl-C is one line too,
+with the shell's status for it (130).
 """
 
 import contextlib
 import sys
 
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import train
-from wcsegnet_jax import workdirs
-from wcsegnet_jax.data import raw
-
-USER_ERRORS = (raw.DataError, config_lib.ConfigError, checkpointing.CheckpointError,
-               workdirs.WorkdirError)
 INTERRUPTED_STATUS = 128 + 2   # killed by SIGINT, as shells report it
+USAGE_STATUS = 2
 
 
-def user_error(exc: BaseException) -> BaseException | None:
+class UserError(Exception):
+  """A problem with what the user gave (data, config, checkpoint, paths); the message names the
+  file or key and the fix."""
+
+
+class DataError(UserError, ValueError):
+  """Raw data that cannot be used as given (missing, unreadable, inconsistent files)."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config that cannot run; the message lists every problem found."""
+
+
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+class WorkdirError(UserError, OSError):
+  """The workdir cannot be used; the message names the path and the fix."""
+
+
+class WorkdirBusyError(WorkdirError):
+  """Another run holds the workdir; the message says which process."""
+
+
+class WriteError(UserError, OSError):
+  """Results could not be written (disk full, permissions); what was written before is intact."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+  """The loss became NaN or infinite; the message names the step and what to try."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during training; the message says where it stopped and how to resume."""
+
+
+def user_error(exc: BaseException | None) -> UserError | None:
   """The user error behind `exc`, if any (libraries such as TFDS may wrap ours)."""
   while exc is not None:
-    if isinstance(exc, USER_ERRORS):
+    if isinstance(exc, UserError):
       return exc
     exc = exc.__cause__ or exc.__context__
   return None
@@ -28,19 +61,15 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 @contextlib.contextmanager
 def user_errors_as_messages():
-  """Prints user errors (bad data, config, checkpoint; unwritable workdir; divergence) cleanly."""
+  """Prints user errors as one line (exit 2) and Ctrl-C as one line (exit 130)."""
   try:
     yield
   except KeyboardInterrupt as e:
     print(str(e) or 'interrupted', file=sys.stderr)
     sys.exit(INTERRUPTED_STATUS)
-  except (OSError, train.TrainingDivergedError) + USER_ERRORS as e:
-    cause = user_error(e) or e
-    print(f'error: {cause}', file=sys.stderr)
-    sys.exit(2)
-  except Exception as e:
+  except Exception as e:   # pylint: disable=broad-except
     cause = user_error(e)
     if cause is None:
       raise
     print(f'error: {cause}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(USAGE_STATUS)

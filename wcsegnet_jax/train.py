@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import tqdm
 
+from wcsegnet_jax import errors
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import evaluate
@@ -38,12 +39,8 @@ RUN_FILES = (workdirs.LOCK_FILE, checkpointing.CONFIG_FILE, checkpointing.DATA_F
              metric_writers.METRICS_FILE)
 
 
-class TrainingDivergedError(RuntimeError):
-  """The loss became NaN or infinite; the message names the step."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-  """Ctrl-C during training; the message says where it stopped and how to resume."""
+TrainingDivergedError = errors.TrainingDivergedError
+TrainingInterrupted = errors.TrainingInterrupted
 
 
 class TrainState(train_state.TrainState):

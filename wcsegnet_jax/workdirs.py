@@ -13,15 +13,13 @@ from typing import Iterator, Sequence
 
 from absl import logging
 
+from wcsegnet_jax import errors
+
 LOCK_FILE = '.lock'
 
 
-class WorkdirError(OSError):
-  """The workdir cannot be used; the message names the path and the fix."""
-
-
-class WorkdirBusyError(WorkdirError):
-  """Another run holds the workdir; the message says which process."""
+WorkdirError = errors.WorkdirError
+WorkdirBusyError = errors.WorkdirBusyError
 
 
 def resolve(workdir: str | os.PathLike | None) -> pathlib.Path:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image   # only for palette label maps, which OpenCV expands into colours
 
+from wcsegnet_jax import errors
 from wcsegnet_jax import classes
 
 RAW_DIR_ENV = 'WCSEG_DATA_DIR'
@@ -30,8 +31,7 @@ MASK_LEVELS = np.array([0, 128, 255], np.int16)   # background, cytoplasm, nucle
 NUCLEUS_LEVEL = 255
 
 
-class DataError(ValueError):
-  """A problem with the user's data or data paths; the message names the file and the fix."""
+DataError = errors.DataError   # raised here for every problem with the user's data
 
 
 @dataclasses.dataclass(frozen=True)
