@@ -21,8 +21,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from wcsegnet_jax import errors
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import errors
 from wcsegnet_jax import files
 
 BEST_METRIC = 'test_dice'

@@ -16,8 +16,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from wcsegnet_jax import errors
 from wcsegnet_jax import classes
+from wcsegnet_jax import errors
 from wcsegnet_jax.data import raw
 
 # configs/base.py holds every knob; a key it lacks is a typo or a stale config.

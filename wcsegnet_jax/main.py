@@ -27,6 +27,9 @@ def main(argv):
   with errors.user_errors_as_messages():
     workdir = workdirs.resolve(FLAGS.workdir)   # '--workdir=' is an error, not the current folder
     xla_flags.apply(FLAGS.config.xla_flags)     # before anything starts JAX's backend
+    if FLAGS.config.train.distributed:           # multi-host: before any other JAX call
+      import jax
+      jax.distributed.initialize()
     if FLAGS.mode == 'train':
       from wcsegnet_jax import train
       train.train_and_evaluate(FLAGS.config, workdir)

@@ -49,9 +49,9 @@ from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
-from wcsegnet_jax import logs
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import files
+from wcsegnet_jax import logs
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import morphometry

@@ -22,9 +22,9 @@ import numpy as np
 import optax
 import tqdm
 
-from wcsegnet_jax import errors
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
@@ -129,135 +129,84 @@ def interrupted_message(step: int, last_checkpoint: int | None) -> str:
           f'to resume')
 
 
-class Trainer:
-  """Holds what the loop needs; `train_and_evaluate` drives it."""
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
-    self.config, self.workdir = config, workdir
-    self.step = 0   # steps dispatched, counted on the host (the state is donated mid-step)
-    self.parallel = dp = parallel.data_parallel()
-    self.model = models.create_model(config.model)
-    self.datasets = input_pipeline.load_datasets(config.data)
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.datasets, config)
-    total = config.train.num_epochs * self.steps_per_epoch
-    self.total_steps = min(total, config.train.max_steps) if config.train.max_steps else total
-    tx = make_optimizer(config.train, self.steps_per_epoch, self.total_steps)
-    init = functools.partial(create_train_state, config, self.model, tx=tx)
-    self.state = jax.jit(init, out_shardings=dp.replicated)(config.seed)
-    step_fn = make_train_step(config)
-    self.train_step = jax.jit(step_fn, in_shardings=(dp.replicated, dp.batch),
-                              out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
-    self.eval_device = evaluate.local_eval_device()
-    self.eval_step = jax.jit(evaluate.make_eval_step(self.model, config))
-    self.train_iter = iter(input_pipeline.train_dataset(
-        self.datasets, config, jax.process_index(), jax.process_count()))
-
-  def evaluate(self) -> dict[str, float]:
-    """Test-split metrics of every dataset, and their mean Dice for picking the best model."""
-    scalars, dices = {}, []
-    variables = evaluate.local_copy(variables_of(self.state), self.eval_device)
-    for d in self.datasets:
-      if d.test is None:
-        continue
-      result = evaluate.evaluate_source(self.eval_step, variables, d.test, d.name,
-                                        self.config.eval.batch_size,
-                                        lambda b: jax.device_put(b, self.eval_device))
-      summary = evaluate.summarize(result)
-      scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
-      if summary['paper']['dice'] is not None:
-        dices.append(summary['paper']['dice'])
-    if dices:
-      scalars[checkpointing.BEST_METRIC] = float(np.mean(dices))
-    return scalars
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str | pathlib.Path) -> TrainState:
-  """Trains (or resumes) in `workdir`; returns the final state."""
+  """Trains (or resumes) in `workdir`, evaluating and checkpointing as it goes; returns the
+  final state. Set-up, restore, then the loop; its periodic actions are counted in steps."""
   started_at = time.time()   # time-to-accuracy counts data preparation and compilation too
-  if config.train.distributed:
-    jax.distributed.initialize()
   config_lib.validate(config, jax.device_count(), jax.process_count())
   workdir = workdirs.resolve(workdir)
   # Before any data is built or compiled: paths, the lock, and what a resume may change.
   workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
-  lock = workdirs.held(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock:
+  lead = jax.process_index() == 0
+  with workdirs.held(workdir) if lead else contextlib.nullcontext():
     checkpointing.check_resume_config(workdir, config)
-    return _train_in(config, workdir, started_at)
+    t, dp = config.train, parallel.data_parallel()
+    model = models.create_model(config.model)
+    datasets = input_pipeline.load_datasets(config.data)
+    spe = input_pipeline.steps_per_epoch(datasets, config)
+    total_steps = min(t.num_epochs * spe, t.max_steps or t.num_epochs * spe)
+    init = functools.partial(create_train_state, config, model,
+                             tx=make_optimizer(t, spe, total_steps))
+    state = jax.jit(init, out_shardings=dp.replicated)(config.seed)
+    train_step = jax.jit(make_train_step(config), in_shardings=(dp.replicated, dp.batch),
+                         out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
+    train_iter = iter(input_pipeline.train_dataset(datasets, config, jax.process_index(),
+                                                   jax.process_count()))
+    test_metrics = EvalDuringTraining(config, model, datasets)
 
+    manager = checkpointing.make_manager(workdir, t.keep_checkpoints)
+    resume_step, record = manager.latest_step(), input_pipeline.data_record(datasets)
+    if resume_step is not None:
+      checkpointing.check_resume_data(workdir, record, t.resume_on_changed_data)
+      state = checkpointing.restore(manager, resume_step, state, train_iter)
+      logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
+    if lead:
+      checkpointing.write_config(workdir, config)
+      checkpointing.write_data_record(workdir, record)
+    writer = metric_writers.MetricWriter(workdir, enabled=lead, resume_step=resume_step,
+                                         started_at=started_at)
+    logging.info('%d steps per epoch, %d steps in all, %s parameters.', spe, total_steps,
+                 f'{models.count_params(state.params):,}')
 
-def _train_in(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-              started_at: float) -> TrainState:
-  """Builds, restores and trains in a checked, held workdir."""
-  trainer = Trainer(config, workdir)
-  manager = checkpointing.make_manager(workdir, config.train.keep_checkpoints)
-  step = manager.latest_step()
-  record = input_pipeline.data_record(trainer.datasets)
-  if step is not None:
-    checkpointing.check_resume_data(workdir, record, config.train.resume_on_changed_data)
-    trainer.state = checkpointing.restore(manager, step, trainer.state, trainer.train_iter)
-    logging.info('Resumed from %s at step %d.', manager.directory, step)
-  if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config)
-    checkpointing.write_data_record(workdir, record)
-  writer = metric_writers.MetricWriter(workdir, enabled=jax.process_index() == 0,
-                                       resume_step=step, started_at=started_at)
-  logging.info('%d steps per epoch, %d steps in all, %s parameters.', trainer.steps_per_epoch,
-               trainer.total_steps, f'{models.count_params(trainer.state.params):,}')
-  interrupted = False
-  try:
-    _train_loop(trainer, manager, writer)
-  except KeyboardInterrupt:
-    interrupted = True
-  finally:
-    writer.close()
-    checkpointing.finish(manager)   # the save in flight completes (or its temporary is ignored)
-  if interrupted:
-    raise TrainingInterrupted(interrupted_message(trainer.step, manager.latest_step()))
-  return trainer.state
-
-
-def _train_loop(trainer: Trainer, manager, writer) -> None:
-  config, spe = trainer.config, trainer.steps_per_epoch
-  step = trainer.step = int(jax.device_get(trainer.state.step))
-  history, timer = [], metric_writers.StepTimer(step)
-  progress, first_step = None, step
-  try:
-    while step < trainer.total_steps:
-      epoch = step // spe
-      if progress is None and config.train.progress_bar and jax.process_index() == 0:
-        progress = metric_writers.FinishedStepProgress(
-            tqdm.tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}', leave=False))
-      batch = trainer.parallel.to_device(next(trainer.train_iter))
-      dispatched_at = time.perf_counter()
-      trainer.state, step_metrics = trainer.train_step(trainer.state, batch)
-      if step - first_step in (0, 1):
-        # The first step compiles; the second is timed once for the duration estimate.
-        jax.block_until_ready(step_metrics)
-        if step - first_step == 1:
-          _warn_if_too_slow(time.perf_counter() - dispatched_at, trainer.total_steps - step,
-                            config.name)
-      history.append((step, step_metrics))
-      step = trainer.step = step + 1
-      if progress is not None:
-        progress.dispatched(step_metrics)
-      epoch_end = step % spe == 0 or step == trainer.total_steps
-      if step % config.train.log_every_steps == 0 or epoch_end:
-        history = jax.device_get(history)
-        _check_finite(history, manager, config.model.dtype)
-        writer.write(step, {**metric_writers.mean_of(history),
-                            'images_per_second': timer.rate(step, config.train.batch_size),
-                            'epoch': step / spe})
-        history = []
-      if epoch_end:
-        if progress is not None:
-          progress.close()
-          progress = None
-        _end_of_epoch(trainer, manager, writer, step)
-  finally:
-    if progress is not None:   # stopped mid-epoch (divergence, Ctrl-C): clear the bar's line
-      progress.abandon()
+    # "Every N epochs" in steps, once; the last step does everything.
+    due = lambda step, every: step % every == 0 or step == total_steps
+    eval_every, ckpt_every = t.eval_every_epochs * spe, t.checkpoint_every_epochs * spe
+    step = first_step = int(jax.device_get(state.step))
+    history, timer = [], metric_writers.StepTimer(step)
+    progress = EpochProgress(spe, enabled=t.progress_bar and lead)
+    interrupted = False
+    try:
+      while step < total_steps:
+        batch = dp.to_device(next(train_iter))
+        dispatched_at = time.perf_counter()
+        state, step_metrics = train_step(state, batch)
+        if step - first_step < 2:   # the first step compiles; the second is timed, once
+          jax.block_until_ready(step_metrics)
+          if step - first_step == 1:
+            _warn_if_too_slow(time.perf_counter() - dispatched_at, total_steps - step, config.name)
+        history.append((step, step_metrics))
+        step += 1
+        progress.finished(step, step_metrics)
+        if due(step, t.log_every_steps) or due(step, spe):
+          writer.write(step, _train_scalars(history, timer, step, spe, manager, config))
+          history = []
+        scalars = test_metrics(state) if due(step, eval_every) else {}
+        if scalars:
+          writer.write(step, scalars)
+        if due(step, ckpt_every):
+          best = scalars.get(checkpointing.BEST_METRIC)
+          checkpointing.save(manager, step, state, train_iter,
+                             None if best is None else {checkpointing.BEST_METRIC: best})
+    except KeyboardInterrupt:
+      interrupted = True
+    finally:
+      progress.abandon()   # stopped mid-epoch: what is printed next gets a line of its own
+      writer.close()
+      checkpointing.finish(manager)   # the save in flight completes
+    if interrupted:
+      raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
+    return state
 
 
 def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str) -> None:
@@ -267,16 +216,63 @@ def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str
     logging.warning('%s', warning)
 
 
-def _end_of_epoch(trainer: Trainer, manager, writer, step: int) -> None:
-  """Evaluates and checkpoints when due (always at the last step)."""
-  t = trainer.config.train
-  epoch, last = step // trainer.steps_per_epoch, step == trainer.total_steps
-  do_eval = last or epoch % t.eval_every_epochs == 0
-  do_ckpt = last or epoch % t.checkpoint_every_epochs == 0
-  scalars = trainer.evaluate() if do_eval else {}
-  if scalars:
-    writer.write(step, scalars)
-  if do_ckpt:
-    checkpointing.save(manager, step, trainer.state, trainer.train_iter,
-                       metrics={checkpointing.BEST_METRIC: scalars[checkpointing.BEST_METRIC]}
-                       if checkpointing.BEST_METRIC in scalars else None)
+def _train_scalars(history: list, timer, step: int, steps_per_epoch: int, manager,
+                   config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The mean training metrics since the last log (fetched now; a non-finite loss stops the
+  run), the throughput and the epoch."""
+  history = jax.device_get(history)
+  _check_finite(history, manager, config.model.dtype)
+  return {**metric_writers.mean_of(history),
+          'images_per_second': timer.rate(step, config.train.batch_size),
+          'epoch': step / steps_per_epoch}
+
+
+class EpochProgress:
+  """A progress bar per epoch that counts finished steps (metric_writers.FinishedStepProgress)."""
+
+  def __init__(self, steps_per_epoch: int, enabled: bool):
+    self.steps_per_epoch, self.enabled, self.bar = steps_per_epoch, enabled, None
+
+  def finished(self, step: int, step_outputs) -> None:
+    """After dispatching the step that brings the count to `step`."""
+    if not self.enabled:
+      return
+    if self.bar is None:
+      done = (step - 1) % self.steps_per_epoch
+      self.bar = metric_writers.FinishedStepProgress(tqdm.tqdm(
+          total=self.steps_per_epoch, initial=done, leave=False,
+          desc=f'epoch {(step - 1) // self.steps_per_epoch + 1}'))
+    self.bar.dispatched(step_outputs)
+    if step % self.steps_per_epoch == 0:
+      self.bar.close()
+      self.bar = None
+
+  def abandon(self) -> None:
+    if self.bar is not None:
+      self.bar.abandon()
+      self.bar = None
+
+
+class EvalDuringTraining:
+  """Test-split metrics of every dataset during training, and their mean Dice (the best
+  checkpoint's criterion); on one local device, whatever the training sharding."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, datasets):
+    self.config, self.datasets = config, [d for d in datasets if d.test is not None]
+    self.device = evaluate.local_eval_device()
+    self.eval_step = jax.jit(evaluate.make_eval_step(model, config))
+
+  def __call__(self, state: TrainState) -> dict[str, float]:
+    scalars, dices = {}, []
+    variables = evaluate.local_copy(variables_of(state), self.device)
+    for d in self.datasets:
+      result = evaluate.evaluate_source(self.eval_step, variables, d.test, d.name,
+                                        self.config.eval.batch_size,
+                                        lambda b: jax.device_put(b, self.device))
+      summary = evaluate.summarize(result)
+      scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
+      if summary['paper']['dice'] is not None:
+        dices.append(summary['paper']['dice'])
+    if dices:
+      scalars[checkpointing.BEST_METRIC] = float(np.mean(dices))
+    return scalars

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image   # only for palette label maps, which OpenCV expands into colours
 
-from wcsegnet_jax import errors
 from wcsegnet_jax import classes
+from wcsegnet_jax import errors
 
 RAW_DIR_ENV = 'WCSEG_DATA_DIR'
 # TFDS config name -> folder of the WBC Image Dataset (Zheng et al., Micron 2018).
