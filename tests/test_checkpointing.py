@@ -120,3 +120,14 @@ def test_ctrl_c_during_a_save_is_raised_once_the_save_has_started_whole():
     checkpointing.save(manager, 7, {'w': 1.0}, None, None)
   assert manager.finished == [7]
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_key_added_later_is_protected_without_listing_it():
+  """Only the free keys may change on resume: a new training knob is checked by default."""
+  saved, current = base.get_config(), base.get_config()
+  saved.train.some_new_knob, current.train.some_new_knob = 1.0, 2.0
+  current.model.dtype = 'bfloat16'
+  current.eval.tta = True                 # evaluation settings are free
+  current.train.keep_checkpoints = 9
+  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == [
+      "model.dtype: 'float32' -> 'bfloat16'", 'train.some_new_knob: 1.0 -> 2.0']

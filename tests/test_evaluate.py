@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import fixtures
+from configs import base
 from configs import smoke
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import evaluate
@@ -250,3 +251,15 @@ def test_shape_mismatches_names_each_difference():
       'params/b (4,) in the checkpoint, (5,) here', 'params/new missing in the checkpoint',
       'params/old in the checkpoint only']
   assert checkpointing.shape_mismatches(saved, saved) == []
+
+
+def test_evaluation_checks_model_and_data_but_not_where_data_lives():
+  saved, current = base.get_config(), base.get_config()
+  current.data.raw_dir, current.data.datasets = '/elsewhere', ('cellavision',)
+  current.model.head_dropout, current.train.learning_rate = 0.0, 1.0   # training-only
+  current.data.std = (0.3, 0.3, 0.3)
+  current.model.patch_size = 2
+  as_dict = lambda c: json.loads(c.to_json())
+  assert checkpointing.config_mismatches(
+      as_dict(saved), as_dict(current), evaluate.EVAL_FREE, within=evaluate.EVAL_CHECKED) == [
+          'data.std: [0.25, 0.25, 0.25] -> [0.3, 0.3, 0.3]', 'model.patch_size: 1 -> 2']

@@ -28,16 +28,16 @@ from wcsegnet_jax import files
 BEST_METRIC = 'test_dice'
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'   # the images a run started on (input_pipeline.data_record)
-# Resuming with another value for any of these would silently train something else. More
-# epochs may be added to a finished run (with a cosine schedule that stretches its tail).
-RESUME_SENSITIVE = ('model', 'data', 'augment', 'input.num_workers', 'input.shuffle_seed',
-                    'seed', 'rng_impl', 'train.batch_size',
-                    'train.learning_rate', 'train.lr_schedule', 'train.warmup_epochs',
-                    'train.loss', 'train.dice_weight', 'train.class_weights')
-
-
-# Where the data lives and how fast it is read change nothing that is trained.
-RESUME_FREE = ('data.raw_dir', 'data.tfds_dir', 'data.folder_dir')
+# A resume may change only these keys (and the keys under them): where the data lives, how fast
+# it is read, how long and how often things happen, and evaluation. Every other key, including
+# any added later, must keep its value, or the resumed run would silently train something else.
+# More epochs may be added to a finished run (a cosine schedule then stretches its tail).
+RESUME_FREE = ('name', 'xla_flags', 'data.raw_dir', 'data.tfds_dir', 'data.folder_dir',
+               'input.read_threads', 'input.prefetch', 'input.worker_buffer_size',
+               'train.num_epochs', 'train.max_steps', 'train.log_every_steps',
+               'train.eval_every_epochs', 'train.checkpoint_every_epochs',
+               'train.keep_checkpoints', 'train.progress_bar', 'train.distributed',
+               'train.resume_on_changed_data', 'eval')
 
 
 CheckpointError = errors.CheckpointError
@@ -182,19 +182,20 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
   raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')
 
 
-def config_mismatches(saved: dict, current: dict, sensitive_keys=RESUME_SENSITIVE,
-                      free_keys=RESUME_FREE) -> list[str]:
-  """Keys at or under `sensitive_keys` whose values differ between a saved and a new config.
+def config_mismatches(saved: dict, current: dict, free_keys=RESUME_FREE,
+                      within: tuple[str, ...] = ('',)) -> list[str]:
+  """Keys under `within` ('' = all) and not under `free_keys` whose values differ between a
+  saved and a new config.
 
   A key the saved config lacks (one added to the code after it was written) counts at its
   base default, the value that reproduces the older code's behaviour.
   """
+  under = lambda key, prefixes: any(p in ('', key) or key.startswith(p + '.') for p in prefixes)
   saved_flat = config_lib.flatten(config_lib.with_defaults(saved))
   current_flat = config_lib.flatten(current)
-  keys = sorted(set(saved_flat) | set(current_flat))
-  sensitive = [k for k in keys if any(k == p or k.startswith(p + '.') for p in sensitive_keys)
-               and k not in free_keys]
-  return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in sensitive
+  keys = [k for k in sorted(set(saved_flat) | set(current_flat))
+          if under(k, within) and not under(k, free_keys)]
+  return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in keys
           if saved_flat.get(k) != current_flat.get(k)]
 
 

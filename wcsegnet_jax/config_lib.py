@@ -102,9 +102,8 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   if t.batch_size <= 0 or t.batch_size % device_count or t.batch_size % process_count:
     found.append(f'train.batch_size={t.batch_size} must be a positive multiple of the device '
                  f'count ({device_count}) and process count ({process_count})')
-  if config.eval.batch_size <= 0 or config.eval.batch_size % device_count:
-    found.append(f'eval.batch_size={config.eval.batch_size} must be a positive multiple of the '
-                 f'device count ({device_count})')
+  if config.eval.batch_size <= 0:   # evaluation runs on one local device: any size works
+    found.append(f'eval.batch_size={config.eval.batch_size} must be > 0')
   if m.num_levels < 1 or m.base_width < 1 or m.blocks_per_stage < 1 or m.patch_size < 1:
     found.append('model.num_levels, base_width, blocks_per_stage and patch_size must be >= 1')
   elif d.image_size < m.patch_size * 2 ** m.num_levels:

@@ -149,11 +149,16 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
 # padding, normalisation); both are reported up front, naming the keys.
 # Every model key counts (a new one is protected without anyone listing it) except those that
 # change only training (dropouts, BatchNorm momentum) or the arithmetic's precision (dtype).
-EVAL_SENSITIVE = ('model', 'data.mean', 'data.std',
-                  # The split: another seed or fraction would evaluate on training images.
-                  'data.split_seed', 'data.test_fraction', 'data.image_size')
+# Evaluation checks the model and data sections against the checkpoint's config; within them,
+# only these may differ (and any key added later is checked): training-only regularisation and
+# numerics, where the data lives and which images are evaluated. The normalisation, image size
+# and the split (another seed or fraction would evaluate on training images) must match.
+EVAL_CHECKED = ('model', 'data')
 EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dropout_stages',
-             'model.head_dropout', 'model.bn_momentum', 'model.dtype')
+             'model.head_dropout', 'model.bn_momentum', 'model.dtype',
+             'data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'data.datasets',
+             'data.cell_types', 'data.dataset_repeats', 'data.mask_level_tolerance',
+             'data.mask_max_off_level_fraction')
 
 
 PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
@@ -187,8 +192,8 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
   saved = checkpointing.load_saved_config(workdir)
   if saved is None:
     return
-  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_SENSITIVE,
-                                          free_keys=EVAL_FREE)
+  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_FREE,
+                                          within=EVAL_CHECKED)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the checkpoint in {workdir} was trained with another config '
@@ -236,8 +241,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""
   shipped = shipped_model.load_config()
-  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_SENSITIVE,
-                                          free_keys=EVAL_FREE)
+  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_FREE,
+                                          within=EVAL_CHECKED)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the pretrained model ({shipped_model.PRETRAINED_DIR}) was trained with another config: '
