@@ -542,6 +542,20 @@ def test_truncated_files_are_rejected_quietly(tmp_path, capfd, suffix, keep):
   assert capfd.readouterr().err == ''
 
 
+def test_corrupt_jpeg_that_still_ends_well_is_rejected_quietly(tmp_path, capfd):
+  """Half a JPEG with its end marker put back passes the structure walk; libjpeg then decodes
+  it partly gray with only a bare warning. It is an error naming the file, and the warning is
+  not printed."""
+  path = tmp_path / 'cell.jpg'
+  rng = np.random.default_rng(0)
+  fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 100)))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2] + b'\xff\xd9')
+  with pytest.raises(raw.DataError, match=re.escape(str(path)) + ': .*corrupt JPEG'):
+    raw.read_rgb(path)
+  assert capfd.readouterr().err == ''
+
+
 def test_corrupt_png_fails_its_crc(tmp_path):
   path = tmp_path / 'mask.png'
   fixtures.write_gray(path, fixtures.cell_mask(np.random.default_rng(0), 64))

@@ -260,3 +260,35 @@ def test_workdir_without_checkpoint_uses_its_eval_checkpoint(tiny_model, tmp_pat
   assert asked == ['latest', 'best']
   with pytest.raises(checkpointing.CheckpointError, match='pass --workdir'):
     predict.run(None, str(tmp_path / 'c'), [str(image)], checkpoint='best')
+
+
+def test_overwrite_never_replaces_a_file_no_predict_wrote(tiny_model, tmp_path):
+  """A user's own 002_mask.png (a ground truth, say) or cells.csv beside the images is kept."""
+  image = sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[0]
+  out = tmp_path / 'out'
+  out.mkdir()
+  mine = out / f'{image.stem}_mask.png'
+  shutil.copy(image.with_suffix('.png'), mine)
+  before = mine.read_bytes()
+  with pytest.raises(raw.DataError, match=re.escape(mine.name) + '.*no earlier predict wrote'):
+    predict.run(str(tiny_model['workdir']), str(out), [str(image)], overwrite=True)
+  assert mine.read_bytes() == before
+
+
+def test_predicting_into_the_input_folder_again_skips_the_earlier_outputs(tiny_model, tmp_path):
+  folder = tmp_path / 'cells'
+  folder.mkdir()
+  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:2]:
+    shutil.copy(image, folder / image.name)
+  workdir = str(tiny_model['workdir'])
+  predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  again = predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  assert len(again.done) == 2 and not again.skipped   # its masks and overlays are not inputs
+  assert again.text() == '2 images, 0 skipped'
+
+
+def test_a_folder_of_subfolders_says_they_are_not_searched(tmp_path):
+  (tmp_path / 'patientA').mkdir()
+  with pytest.raises(raw.DataError, match='subfolders are not searched: name them, e.g. '
+                     + re.escape(str(tmp_path / 'patientA'))):
+    predict.list_images([str(tmp_path)])

@@ -235,9 +235,9 @@ def data_changes(saved: dict, current: dict) -> list[str]:
     old_test, new_test = set(old.get('test', [])), set(new.get('test', []))
     phrases = []
     if removed := (old_train | old_test) - (new_train | new_test):
-      phrases.append(f'{len(removed)} images removed ({", ".join(sorted(removed)[:5])}...)')
+      phrases.append(f'{len(removed)} images removed ({_some(removed)})')
     if added := (new_train | new_test) - (old_train | old_test):
-      phrases.append(f'{len(added)} images added ({", ".join(sorted(added)[:5])}...)')
+      phrases.append(f'{len(added)} images added ({_some(added)})')
     if leaked := new_test & old_train:
       phrases.append(f'{len(leaked)} of its {len(new_test)} test images were training images')
     if moved := new_train & old_test:
@@ -247,10 +247,17 @@ def data_changes(saved: dict, current: dict) -> list[str]:
   return found
 
 
-def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool) -> None:
+def _some(ids: set[str], most: int = 5) -> str:
+  shown = sorted(ids)[:most]
+  return ', '.join(shown) + (', ...' if len(ids) > most else '')
+
+
+def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool,
+                      step: int) -> None:
   """A resume must see the images the run started on: with others, its test metrics and best
   checkpoint would mix two data sets (and steps per epoch shift). Error naming what changed,
-  unless `allow_changed` (train.resume_on_changed_data), which only warns."""
+  unless `allow_changed` (train.resume_on_changed_data), which warns and keeps the earlier
+  record as `data.until_step_<step>.json`."""
   path = pathlib.Path(workdir) / DATA_FILE
   if not has_checkpoint(workdir) or not path.exists():
     return
@@ -260,6 +267,7 @@ def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool) 
   if allow_changed:
     logging.warning('Resuming on changed data (train.resume_on_changed_data): %s',
                     '; '.join(changes))
+    files.write_bytes_atomic(path.with_name(f'data.until_step_{step}.json'), path.read_bytes())
     return
   raise CheckpointError(
       f'the data changed since this run started ({path}): ' + '; '.join(changes) +

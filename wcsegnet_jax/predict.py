@@ -73,7 +73,8 @@ class PredictionSummary:
   skipped: list[tuple[str, str]]
 
   def text(self) -> str:
-    line = f'{len(self.done) + len(self.skipped)} images, {len(self.skipped)} skipped'
+    n = len(self.done) + len(self.skipped)
+    line = f'{n} image{"" if n == 1 else "s"}, {len(self.skipped)} skipped'
     if self.skipped:
       line += ': ' + '; '.join(f'{path} ({why})' for path, why in self.skipped)
     return line
@@ -94,20 +95,26 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
   return ml_collections.ConfigDict(config_lib.with_defaults(saved))
 
 
-def list_images(inputs: Sequence[str]) -> list[pathlib.Path]:
-  """Image files named, plus the images of the folders named (sorted, not recursive)."""
-  paths = []
+def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
+                ) -> list[pathlib.Path]:
+  """Image files named, plus the images of the folders named (sorted, not recursive), but
+  not `exclude` (an earlier predict's outputs, when the output folder is an input too)."""
+  paths, skip, subfolders = [], {p.resolve() for p in exclude}, []
   for given in inputs:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      paths += sorted(p for p in path.iterdir()
-                      if p.is_file() and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      paths += sorted(p for p in path.iterdir() if p.is_file() and p.resolve() not in skip
+                      and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      subfolders += [p for p in path.iterdir() if p.is_dir()]
     elif path.is_file():
       paths.append(path)
     else:
       raise raw.DataError(f'{path}: no such file or folder')
   if not paths:
-    raise raw.DataError(f'no image ({", ".join(raw.IMAGE_SUFFIXES)}) in {", ".join(inputs)}')
+    hint = (f'; subfolders are not searched: name them, e.g. {sorted(subfolders)[0]}'
+            if subfolders else '')
+    raise raw.DataError(f'no image ({", ".join(raw.IMAGE_SUFFIXES)}) in {", ".join(inputs)}'
+                        + hint)
   return paths
 
 
@@ -189,9 +196,19 @@ def _earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
   return [output / n for n in safe + ['cells.csv', OUTPUTS_FILE]]
 
 
-def prepare_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
+def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
+  """The files a run on `paths` writes (the stems as `predict_files` gives them)."""
+  used = set()
+  stems = [_unique_stem(path, used) for path in paths]
+  return [f'{stem}_{kind}.png' for stem in stems for kind in ('mask', 'overlay')] + [
+      'cells.csv', OUTPUTS_FILE]
+
+
+def prepare_output(output: str | pathlib.Path, overwrite: bool,
+                   planned: Sequence[str] = ()) -> pathlib.Path:
   """The output folder, created; one holding files is refused unless `overwrite`, which first
-  removes what an earlier predict wrote there, so two runs' results never mix."""
+  removes what an earlier predict wrote there, so two runs' results never mix, and refuses to
+  replace any other file of the `planned` names (the user's, not ours)."""
   output = pathlib.Path(output).expanduser()
   if output.exists() and not output.is_dir():
     raise raw.DataError(f'--output={output} is a file, not a folder')
@@ -203,6 +220,11 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool) -> pathlib.Path:
         f'folder, or --overwrite to replace the results of an earlier predict there')
   for path in _earlier_outputs(output) if present else []:
     path.unlink(missing_ok=True)
+  theirs = [name for name in planned if (output / name).exists()]
+  if theirs:
+    raise raw.DataError(
+        f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
+        f'this one would replace; move it away or choose another --output')
   output.mkdir(parents=True, exist_ok=True)
   return output
 
@@ -284,15 +306,18 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   if not workdir and (which in ('best', 'latest') or (which or '').isdigit()):
     raise checkpointing.CheckpointError(
         f'--checkpoint={which} names a checkpoint of a workdir: pass --workdir too')
-  paths = list_images(inputs)
-  prepare_output(output, overwrite)   # before the model loads: a bad --output fails at once
+  output_dir = pathlib.Path(output).expanduser()
+  earlier = _earlier_outputs(output_dir) if output_dir.is_dir() else []
+  paths = list_images(inputs, exclude=earlier)
+  # Before the model loads: a bad --output fails at once.
+  prepare_output(output_dir, overwrite, output_names(paths))
   if which == evaluate.PRETRAINED or (not workdir and which is None):
     config = shipped_model.load_config()
     variables = shipped_model.load_variables(config)
-    source = f'pretrained model in {shipped_model.PRETRAINED_DIR}'
+    source = f'the pretrained model in {shipped_model.PRETRAINED_DIR}'
   else:
     config, variables, source = _workdir_model(workdir, which)
-  logging.info('Segmenting %d images with the %s.', len(paths), source)
+  logging.info('Segmenting %d image(s) with %s.', len(paths), source)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,

@@ -158,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     manager = checkpointing.make_manager(workdir, t.keep_checkpoints)
     resume_step, record = manager.latest_step(), input_pipeline.data_record(datasets)
     if resume_step is not None:
-      checkpointing.check_resume_data(workdir, record, t.resume_on_changed_data)
+      checkpointing.check_resume_data(workdir, record, t.resume_on_changed_data,
+                                      resume_step)
       state = checkpointing.restore(manager, resume_step, state, train_iter)
       logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
     if lead:

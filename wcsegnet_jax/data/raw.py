@@ -11,7 +11,10 @@ import io
 import os
 import pathlib
 import struct
-from typing import Sequence
+import sys
+import tempfile
+import threading
+from typing import Iterator, Sequence
 import zlib
 
 from absl import logging
@@ -306,10 +309,37 @@ def _read_checked(path: pathlib.Path, what: str) -> bytes:
   return data
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _c_stderr_captured() -> Iterator[list[str]]:
+  """What C libraries print on file descriptor 2 meanwhile (libjpeg reports corrupt data only
+  there, as a warning, and decodes anyway); yields a list that receives it at the end."""
+  printed = []
+  with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield printed
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      sink.seek(0)
+      printed.append(sink.read().decode('utf-8', 'replace'))
+
+
 def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
-  """Decodes with OpenCV as stored (depth, channels, alpha); a failure names the file."""
-  with _opencv_quiet():
+  """Decodes with OpenCV as stored (depth, channels, alpha); a failure names the file. A JPEG
+  whose data libjpeg calls corrupt (it decodes those partly gray) is a failure too."""
+  watch = _c_stderr_captured() if data.startswith(b'\xff\xd8') else contextlib.nullcontext([''])
+  with _opencv_quiet(), watch as printed:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  corrupt = [line for line in printed[0].splitlines() if 'Corrupt JPEG' in line
+             or 'Premature end' in line]
+  if corrupt:
+    raise DataError(f'{path}: not a readable {what} file: corrupt JPEG ({corrupt[0].strip()})')
   if array is None:
     raise DataError(f'{path}: not a readable {what} file (truncated, corrupt or not an image)')
   return array
