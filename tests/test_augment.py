@@ -1,11 +1,15 @@
 """Tests of wcsegnet_jax.augment: exact special cases, image/label alignment, parameter ranges."""
 
+import subprocess
+import sys
+
 import cv2
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import base
+from conftest import ROOT
 from wcsegnet_jax import augment
 from wcsegnet_jax import classes
 
@@ -225,29 +229,6 @@ def test_nearest_fill_replicates_the_edge_rows():
   np.testing.assert_array_equal(out_image[:, 29:], np.repeat(image[:, -1:], 11, axis=1))
 
 
-def test_figure_grid_has_a_tile_per_augmentation_and_overlays_the_nucleus():
-  c = base.get_config()
-  rng = np.random.default_rng(0)
-  label_map = np.zeros((20, 24), np.uint8)
-  label_map[5:15, 6:18] = 3
-  example = {'image': np.full((20, 24, 3), 200, np.uint8), 'label_map': label_map}
-  names, grid = augment.figure_grid([example, example], c.augment, rng, gap=4)
-  assert names == ['original', 'rotation', 'width shift', 'height shift', 'shear', 'zoom',
-                   'flip', 'all']
-  assert grid.shape == (2 * 20 + 4, 8 * 24 + 7 * 4, 3)
-  original = grid[:20, :24]
-  np.testing.assert_array_equal(original[0, 0], [200, 200, 200])   # background untouched
-  assert original[10, 12, 2] > original[10, 12, 0]                  # lymphocyte: blue overlay
-
-
-def test_write_png_round_trips(tmp_path):
-  rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
-  path = tmp_path / 'grid.png'
-  augment.write_png(str(path), rgb)
-  np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), rgb)
-  assert [p.name for p in tmp_path.iterdir()] == ['grid.png']
-
-
 def _jitter_config(**values):
   aug = base.get_config().augment
   aug.update(values)
@@ -283,3 +264,12 @@ def test_color_jitter_leaves_the_label_map_alone():
   out = augment.augment_example(example, rng, aug)
   np.testing.assert_array_equal(out['label_map'], example['label_map'])
   assert not np.array_equal(out['image'], example['image'])
+
+
+def test_import_leaves_opencv_threads_alone():
+  # Only a training pipeline turns OpenCV's threads off (input_pipeline), not every importer.
+  code = ('import cv2; cv2.setNumThreads(3); from wcsegnet_jax import augment; '
+          'print(cv2.getNumThreads())')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       check=True)
+  assert out.stdout.strip() == '3'

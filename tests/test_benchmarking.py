@@ -68,11 +68,21 @@ def test_ceilings_are_positive():
   assert benchmarking.peak_bytes_in_use() is None or benchmarking.peak_bytes_in_use() > 0
 
 
+def test_flops_scale_with_pixels():
+  c = base.get_config()
+  c.model.update(base_width=4, num_levels=2)
+  model = models.create_model(c.model)
+  flops64 = benchmarking.model_flops_per_image(model, 64, 64)
+  flops128 = benchmarking.model_flops_per_image(model, 128, 128)
+  assert flops64 > 0
+  assert 3.5 < flops128 / flops64 < 4.5
+
+
 def test_hand_count_of_flops_matches_xla_for_the_paper_model():
   """The reconciliation of docs/benchmarks.md: XLA's forward count is the convs' taps inside
   the (120 -> 128 padded) image plus ~0.2% elementwise work; counting every tap gives ~48.4."""
   c = base.get_config()
-  xla = models.model_flops_per_image(models.create_model(c.model), 120, 120)
+  xla = benchmarking.model_flops_per_image(models.create_model(c.model), 120, 120)
   exact = benchmarking.conv_flops_per_image(c.model, 120, 120, count_padding_taps=False)
   dense = benchmarking.conv_flops_per_image(c.model, 120, 120)
   assert exact['total'] < xla < 1.005 * exact['total']
@@ -93,7 +103,7 @@ def test_benchmark_train_step_on_a_tiny_config():
   # A tiny net on a CPU is all overhead; the matmul peak may also be beaten a little by a
   # lucky timing, hence the slack above 1.
   assert 0 < r['mfu'] <= 1.5
-  forward = models.model_flops_per_image(models.create_model(c.model), 32, 32)
+  forward = benchmarking.model_flops_per_image(models.create_model(c.model), 32, 32)
   assert 2.5 < r['flops_per_image'] / forward < 3.5   # backward ~ 2x forward
 
 

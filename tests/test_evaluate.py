@@ -23,6 +23,8 @@ from configs import base
 from configs import smoke
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import evaluate
+from wcsegnet_jax import files
+from wcsegnet_jax import metrics
 from wcsegnet_jax import reports
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -214,6 +216,40 @@ def test_figure_and_worst_selection():
   png = reports.figure_png(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8),
                            np.ones((2, 8, 8), np.uint8), ['a', 'b'], 'title')
   assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def test_encode_png_round_trips(tmp_path):
+  rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+  path = tmp_path / 'grid.png'
+  files.write_bytes_atomic(path, reports.encode_png(rgb))
+  np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), rgb)
+  assert [p.name for p in tmp_path.iterdir()] == ['grid.png']
+
+
+def test_format_number():
+  assert reports.format_number(None) == 'n/a'
+  assert reports.format_number(np.int64(12)) == '12'                 # counts stay integers
+  assert reports.format_number(0.96531) == '0.9653'
+  assert reports.format_number(0.5, digits=1) == '0.5'
+  # digits=None: about four significant digits, whatever the scale.
+  assert [reports.format_number(v, None) for v in (1234.5, 123.45, 1.2345, 0.012345)] == [
+      '1234', '123.5', '1.23', '0.012']
+  assert reports.format_number(None, None, missing='-') == '-'
+
+
+def test_markdown_table():
+  table = reports.markdown_table(['run', 'dice'], [['a', 0.5], ['b', 'n/a']], right_aligned=[1])
+  assert table.splitlines() == ['| run | dice |', '| --- | ---: |', '| a | 0.5 |',
+                                '| b | n/a |']
+
+
+def test_predicted_cell_types_vote_the_predicted_pixels():
+  labels = np.array([[[1, 1], [1, 0]], [[2, 2], [0, 0]], [[3, 0], [0, 0]]])
+  preds = np.array([[[1, 2], [2, 0]], [[0, 0], [0, 0]], [[3, 1], [0, 0]]])
+  per_image = np.asarray(metrics.per_image_confusion(labels, preds), np.int64)
+  # 2 basophil pixels beat 1 neutrophil; no nucleus predicted: 0; a 1-1 tie: the smaller id.
+  np.testing.assert_array_equal(evaluate.predicted_cell_types(per_image), [2, 0, 1])
+  assert [metrics.predicted_cell_type(p)[0] for p in preds] == [2, 0, 1]
 
 
 def test_load_variables_with_another_lr_schedule(tiny_model):

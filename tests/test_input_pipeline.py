@@ -3,6 +3,7 @@
 import time
 
 from absl import flags
+import cv2
 import numpy as np
 import pytest
 
@@ -205,10 +206,9 @@ def test_normalize_images():
 
 
 def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets):
-  # grain's worker processes read absl flags, which `absl.app.run` parses in the tools; here
-  # nobody does, so take the defaults.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  # grain reads absl flags, which `absl.app.run` parses in the tools; here nobody does: the
+  # pipeline lets grain read its own defaults without marking the program's flags parsed.
+  parsed = flags.FLAGS.is_parsed()
   in_process = take(iter(input_pipeline.train_dataset(
       datasets, small_config(wbc_raw, wbc_tfds_dir, num_workers=0))), 3)
   start = time.time()
@@ -217,6 +217,14 @@ def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets)
   assert_same_batches(in_process, take(with_workers, 3))
   del with_workers
   assert time.time() - start < 60   # about 3 s on 2 CPU cores; mark `slow` if it grows past 20 s
+  assert flags.FLAGS.is_parsed() == parsed
+
+
+def test_training_pipeline_turns_opencv_threads_off(datasets, config):
+  # Its grain read threads each warp an image; OpenCV's own threads would fight them.
+  config.input.num_workers = 0
+  input_pipeline.train_dataset(datasets, config)
+  assert cv2.getNumThreads() == 1
 
 
 def test_dataset_repeats_weigh_the_datasets(datasets, config):

@@ -32,60 +32,62 @@ def _no_nan(tree):
   return not any(isinstance(v, float) and math.isnan(v) for v in leaves)
 
 
+def pooled_confusion(labels, preds):
+  """The pooled matrix as evaluation makes it: the sum of the per-image matrices."""
+  return np.asarray(metrics.per_image_confusion(labels, preds)).sum(0)
+
+
 # --- confusion matrices --------------------------------------------------------------------------
 
-def test_confusion_matrix_hand_example():
-  cm = metrics.confusion_matrix(LABELS, PREDS)
+def test_per_image_confusion_hand_example():
+  cm = metrics.per_image_confusion(LABELS, PREDS)
   assert cm.dtype == jnp.int32
-  np.testing.assert_array_equal(cm, CM)
+  np.testing.assert_array_equal(cm, CM[None])
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2, 3])
-def test_confusion_matrix_matches_sklearn(seed):
+def test_per_image_confusion_matches_sklearn(seed):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, NUM_CLASSES, size=(5, 17, 13))
   preds = rng.integers(0, NUM_CLASSES, size=(5, 17, 13))
   expected = sk_confusion_matrix(labels.ravel(), preds.ravel(), labels=range(NUM_CLASSES))
-  np.testing.assert_array_equal(metrics.confusion_matrix(labels, preds), expected)
-  np.testing.assert_array_equal(jax.jit(metrics.confusion_matrix)(labels, preds), expected)
+  np.testing.assert_array_equal(pooled_confusion(labels, preds), expected)
+  per_image = np.asarray(jax.jit(metrics.per_image_confusion)(labels, preds))
+  np.testing.assert_array_equal(per_image.sum(0), expected)
+  np.testing.assert_array_equal(pooled_confusion(labels, preds), expected)
 
-  # Weights mask out padding examples, as (B,) or as a broadcastable (B, 1, 1).
-  keep = np.array([1, 0, 1, 1, 0])
-  expected_kept = sk_confusion_matrix(labels[keep == 1].ravel(), preds[keep == 1].ravel(),
+  # Evaluation leaves out the padding examples of its last batch by their rows (`valid`).
+  keep = np.array([1, 0, 1, 1, 0], bool)
+  expected_kept = sk_confusion_matrix(labels[keep].ravel(), preds[keep].ravel(),
                                       labels=range(NUM_CLASSES))
-  jitted = jax.jit(lambda l, p, w: metrics.confusion_matrix(l, p, weights=w))
-  np.testing.assert_array_equal(jitted(labels, preds, keep), expected_kept)
-  np.testing.assert_array_equal(jitted(labels, preds, keep.astype(bool)), expected_kept)
-  np.testing.assert_array_equal(
-      metrics.confusion_matrix(labels, preds, weights=keep[:, None, None]), expected_kept)
+  np.testing.assert_array_equal(per_image[keep].sum(0), expected_kept)
 
 
-def test_confusion_matrix_ignores_out_of_range_labels():
+def test_per_image_confusion_ignores_out_of_range_labels():
   labels = np.array([[0, 255, 1, -1]])
   preds = np.array([[0, 1, 1, 2]])
-  cm = metrics.confusion_matrix(labels, preds)
+  cm = metrics.per_image_confusion(labels, preds)[0]
   expected = np.zeros((4, 4), int)
   expected[0, 0] = expected[1, 1] = 1
   np.testing.assert_array_equal(cm, expected)
 
 
-def test_confusion_matrix_counts_exactly_past_float32():
+def test_per_image_confusion_counts_exactly_past_float32():
   # 4097**2 = 16785409 > 2**24 is odd, so float32 cannot hold it; int32 counts must.
   labels = jnp.zeros((1, 4097, 4097), jnp.uint8)
-  cm = jax.jit(metrics.confusion_matrix)(labels, labels)
-  assert int(cm[0, 0]) == 4097**2
+  cm = jax.jit(metrics.per_image_confusion)(labels, labels)
+  assert int(cm[0, 0, 0]) == 4097**2
 
 
-def test_per_image_confusion_consistent_with_pooled():
+def test_per_image_confusion_keeps_images_apart():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, NUM_CLASSES, size=(6, 9, 11))
   preds = rng.integers(0, NUM_CLASSES, size=(6, 9, 11))
   per_image = jax.jit(metrics.per_image_confusion)(labels, preds)
   assert per_image.shape == (6, NUM_CLASSES, NUM_CLASSES) and per_image.dtype == jnp.int32
-  np.testing.assert_array_equal(per_image.sum(0), metrics.confusion_matrix(labels, preds))
-  pooled = jax.jit(metrics.confusion_matrix)
   for b in range(6):
-    np.testing.assert_array_equal(per_image[b], pooled(labels[b:b + 1], preds[b:b + 1]))
+    expected = sk_confusion_matrix(labels[b].ravel(), preds[b].ravel(), labels=range(NUM_CLASSES))
+    np.testing.assert_array_equal(per_image[b], expected)
 
 
 # --- paper metrics (nucleus vs background) -------------------------------------------------------
@@ -107,7 +109,7 @@ def test_paper_metrics_hand_example():
 def test_paper_metrics_empty_prediction():
   # labels 0 1 1 / 0 0 1, prediction all background: TN = 3, FN = 3, TP = FP = 0.
   labels = np.array([[[0, 1, 1], [0, 0, 1]]])
-  m = metrics.paper_metrics(metrics.confusion_matrix(labels, np.zeros_like(labels)))
+  m = metrics.paper_metrics(pooled_confusion(labels, np.zeros_like(labels)))
   assert m['accuracy'] == approx(0.5)
   assert m['precision'] == 0.0                     # nothing predicted, nucleus labelled: 0, not NaN
   assert m['recall'] == 0.0
@@ -121,15 +123,15 @@ def test_paper_metrics_hallucinated_nucleus():
   # No nucleus labelled, 2 of 4 pixels predicted nucleus: TN = 2, FP = 2.
   labels = np.zeros((1, 2, 2), int)
   preds = np.array([[[0, 3], [1, 0]]])
-  m = metrics.paper_metrics(metrics.confusion_matrix(labels, preds))
+  m = metrics.paper_metrics(pooled_confusion(labels, preds))
   assert m['precision'] == 0.0 and m['recall'] == 0.0 and m['dice'] == 0.0
   assert m['background_iou'] == approx(0.5)
   assert m['miou'] == approx(0.25)
 
 
 def test_paper_metrics_empty_vs_empty_is_undefined_not_nan():
-  m = metrics.paper_metrics(metrics.confusion_matrix(np.zeros((1, 3, 3), int),
-                                                     np.zeros((1, 3, 3), int)))
+  m = metrics.paper_metrics(pooled_confusion(np.zeros((1, 3, 3), int),
+                                             np.zeros((1, 3, 3), int)))
   for k in ('precision', 'recall', 'dice', 'nucleus_iou'):
     assert m[k] is None
   assert m['accuracy'] == 1.0 and m['background_iou'] == 1.0
@@ -170,7 +172,7 @@ def test_class_metrics_empty_prediction_and_absent_classes():
   #   background TP 3 FP 3 FN 0: P 1/2, R 1, Dice 6/9, IoU 1/2
   #   neutrophil TP 0 FP 0 FN 3: all 0.0; basophil, lymphocyte: absent -> None.
   labels = np.array([[[0, 1, 1], [0, 0, 1]]])
-  m = metrics.class_metrics(metrics.confusion_matrix(labels, np.zeros_like(labels)))
+  m = metrics.class_metrics(pooled_confusion(labels, np.zeros_like(labels)))
   assert m['absent_classes'] == ['basophil', 'lymphocyte']
   for k in metrics.CLASS_METRICS:
     assert m[k]['basophil'] is None and m[k]['lymphocyte'] is None
@@ -186,7 +188,7 @@ def test_class_metrics_empty_prediction_and_absent_classes():
 def test_class_metrics_hallucinated_class_has_zero_recall():
   labels = np.zeros((1, 1, 4), int)
   preds = np.array([[[0, 0, 3, 3]]])
-  m = metrics.class_metrics(metrics.confusion_matrix(labels, preds))
+  m = metrics.class_metrics(pooled_confusion(labels, preds))
   assert m['recall']['lymphocyte'] == 0.0 and m['precision']['lymphocyte'] == 0.0
   assert m['absent_classes'] == ['neutrophil', 'basophil']
   assert _no_nan(m)
@@ -264,9 +266,24 @@ def test_predicted_cell_type_ties_and_empty():
                                      np.full((4, 4, 4), 0.25)) == (0, 0.0)
 
 
-def test_true_cell_type():
-  assert metrics.true_cell_type(np.array([[0, 3, 3], [0, 2, 0]])) == 3
-  assert metrics.true_cell_type(np.zeros((3, 3), int)) == 0
+def test_voted_cell_type_of_a_label_map():
+  # A label map votes as a prediction does: its majority nucleus class, 0 without nucleus.
+  assert metrics.predicted_cell_type(np.array([[0, 3, 3], [0, 2, 0]]))[0] == 3
+  assert metrics.predicted_cell_type(np.zeros((3, 3), int))[0] == 0
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_voted_cell_type_from_per_image_confusion_matches_the_map_vote(seed):
+  # Evaluation votes with the predicted-pixel counts of per-image matrices (their column sums),
+  # prediction with the pixels of one map: the same type for every image, ties included.
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, size=(40, 4, 4))
+  preds = rng.choice(NUM_CLASSES, size=(40, 4, 4), p=(0.85, 0.05, 0.05, 0.05))
+  preds[0] = 0   # an image with no predicted nucleus
+  voted = metrics.voted_cell_type(np.asarray(metrics.per_image_confusion(labels, preds)).sum(1))
+  assert voted.shape == (40,) and voted[0] == 0
+  assert list(voted) == [metrics.predicted_cell_type(p)[0] for p in preds]
+  assert metrics.voted_cell_type([0, 2, 2, 1]) == 1   # tie -> smaller id
 
 
 def test_cell_confusion_and_metrics():
@@ -285,39 +302,3 @@ def test_cell_confusion_and_metrics():
   assert m['confusion_matrix'] == expected.tolist()
   with pytest.raises(ValueError):
     metrics.cell_confusion([1, 4], [1, 1])
-
-
-# --- soft Dice loss ------------------------------------------------------------------------------
-
-def _labels(seed=0, shape=(2, 8, 8)):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, NUM_CLASSES, size=shape))
-
-
-def test_soft_dice_loss_perfect_wrong_and_gradient():
-  labels = _labels()
-  perfect = 20.0 * jax.nn.one_hot(labels, NUM_CLASSES)
-  wrong = 20.0 * jax.nn.one_hot((labels + 1) % NUM_CLASSES, NUM_CLASSES)
-  uniform = jnp.zeros_like(perfect)
-  loss = jax.jit(metrics.soft_dice_loss)
-  assert float(loss(perfect, labels)) == approx(0.0, abs=1e-5)
-  assert float(loss(wrong, labels)) > 0.9
-  assert 0.1 < float(loss(uniform, labels)) < float(loss(wrong, labels))
-
-  grad = jax.grad(metrics.soft_dice_loss)(uniform, labels)
-  assert grad.shape == uniform.shape and bool(jnp.all(jnp.isfinite(grad)))
-
-
-def test_soft_dice_loss_class_weights_absent_class_and_ignored_pixels():
-  labels = jnp.array([[[0, 1], [1, 0]]])            # basophil, lymphocyte absent
-  logits = jnp.zeros((1, 2, 2, NUM_CLASSES))
-  # Uniform softmax p = 1/4. Unsmoothed (eps=0) Dice of neutrophil: 2 * (2p) / (4p + 2) = 1/3.
-  only_neutrophil = metrics.soft_dice_loss(logits, labels, class_weights=(0, 1, 0, 0), eps=0.0)
-  assert float(only_neutrophil) == approx(1 - 1 / 3, rel=1e-6)
-  # With eps = 1 and a perfect prediction, absent classes score Dice 1 (loss 0), not 0/0.
-  perfect = 20.0 * jax.nn.one_hot(labels, NUM_CLASSES)
-  assert float(metrics.soft_dice_loss(perfect, labels)) == approx(0.0, abs=1e-5)
-  # Pixels labelled out of range (ignore) do not change the loss, whatever is predicted there.
-  ignored = jnp.array([[[0, 1, 255], [1, 0, 255]]])
-  wrong_there = jnp.concatenate([perfect, 20.0 * jnp.ones((1, 2, 1, NUM_CLASSES))], axis=2)
-  assert float(metrics.soft_dice_loss(wrong_there, ignored)) == approx(
-      float(metrics.soft_dice_loss(perfect, labels)), abs=1e-6)

@@ -8,7 +8,9 @@ import sys
 import cv2
 import numpy as np
 
+from configs import base
 from conftest import ROOT
+from tools import show_augmentations
 from wcsegnet_jax import curves
 from wcsegnet_jax import metric_writers
 
@@ -27,6 +29,21 @@ def test_show_augmentations_writes_the_grid(wbc_raw, wbc_tfds_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   grid = cv2.imread(str(out))
   assert grid.shape == (2 * 120 + 4, 8 * 120 + 7 * 4, 3)
+
+
+def test_figure_grid_has_a_tile_per_augmentation_and_overlays_the_nucleus():
+  c = base.get_config()
+  rng = np.random.default_rng(0)
+  label_map = np.zeros((20, 24), np.uint8)
+  label_map[5:15, 6:18] = 3
+  example = {'image': np.full((20, 24, 3), 200, np.uint8), 'label_map': label_map}
+  names, grid = show_augmentations.figure_grid([example, example], c.augment, rng, gap=4)
+  assert names == ['original', 'rotation', 'width shift', 'height shift', 'shear', 'zoom',
+                   'flip', 'all']
+  assert grid.shape == (2 * 20 + 4, 8 * 24 + 7 * 4, 3)
+  original = grid[:20, :24]
+  np.testing.assert_array_equal(original[0, 0], [200, 200, 200])   # background untouched
+  assert original[10, 12, 2] > original[10, 12, 0]                  # lymphocyte: blue overlay
 
 
 def _write_fake_run(workdir, dices):

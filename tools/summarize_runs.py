@@ -39,7 +39,8 @@ def main(argv):
       tta = ', TTA' if flags.FLAGS.tta else ''
       print(f'\n**{dataset}{tta}: {title}** (runs: ' + ', '.join(
           f'{n} x{len(w)}' for n, w in groups.items()) + ')\n')
-      print(run_summary.markdown(summary, keys, digits=1 if 'time' in title or 'epochs' in title else 4))
+      digits = 1 if 'time' in title or 'epochs' in title else 4
+      print(run_summary.markdown(summary, keys, digits))
 
 
 if __name__ == '__main__':

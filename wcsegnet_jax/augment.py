@@ -19,12 +19,6 @@ import cv2
 import ml_collections
 import numpy as np
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import files
-
-# Grain workers each warp one small image at a time: OpenCV's own thread pool only adds overhead.
-cv2.setNumThreads(1)
-
 FILL_MODES = {'nearest': cv2.BORDER_REPLICATE, 'reflect': cv2.BORDER_REFLECT_101,
               'constant': cv2.BORDER_CONSTANT}
 
@@ -115,51 +109,3 @@ def augment_example(example: dict, rng: np.random.Generator,
   image, label_map = warp_pair(example['image'], example['label_map'],
                                inverse_affine_matrix(params, h, w), aug.fill_mode)
   return {**example, 'image': color_jitter(image, rng, aug), 'label_map': label_map}
-
-
-def one_at_a_time(aug: ml_collections.ConfigDict, height: int,
-                  width: int) -> list[tuple[str, AffineParams]]:
-  """Each augmentation alone at the edge of its configured range (for the Figure 2 grid)."""
-  return [
-      ('original', AffineParams()),
-      ('rotation', AffineParams(rotation_deg=aug.rotation_deg)),
-      ('width shift', AffineParams(shift_x_px=aug.width_shift * width)),
-      ('height shift', AffineParams(shift_y_px=aug.height_shift * height)),
-      ('shear', AffineParams(shear_deg=aug.shear_deg)),
-      ('zoom', AffineParams(zoom_x=1 - aug.zoom, zoom_y=1 + aug.zoom)),
-      ('flip', AffineParams(flip=aug.horizontal_flip)),
-  ]
-
-
-def figure_grid(examples: list[dict], aug: ml_collections.ConfigDict,
-                rng: np.random.Generator, gap: int = 4) -> tuple[list[str], np.ndarray]:
-  """Column names and an RGB grid: one row per example, masks overlaid in class colours."""
-  rows, names = [], []
-  for example in examples:
-    h, w = example['label_map'].shape
-    columns = one_at_a_time(aug, h, w) + [('all', sample_params(rng, aug, h, w))]
-    names = [name for name, _ in columns]
-    tiles = []
-    for _, params in columns:
-      image, labels = warp_pair(example['image'], example['label_map'],
-                                inverse_affine_matrix(params, h, w), aug.fill_mode)
-      tiles.append(classes.overlay(image, labels))
-    rows.append(_tile(tiles, gap, axis=1))
-  return names, _tile(rows, gap, axis=0)
-
-
-def _tile(images: list[np.ndarray], gap: int, axis: int) -> np.ndarray:
-  """Concatenates images along `axis` with white gaps."""
-  shape = list(images[0].shape)
-  shape[axis] = gap
-  spacer = np.full(shape, 255, np.uint8)
-  parts = [p for image in images for p in (image, spacer)][:-1]
-  return np.concatenate(parts, axis=axis)
-
-
-def write_png(path: str, rgb: np.ndarray) -> None:
-  """Writes an RGB array as PNG, atomically."""
-  ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-  if not ok:
-    raise OSError(f'could not encode {path} as PNG')
-  files.write_bytes_atomic(path, png.tobytes())

@@ -85,8 +85,8 @@ def _interrupts_deferred() -> Iterator[None]:
 
 def _write_failed(manager: ocp.CheckpointManager, what: str,
                   error: OSError) -> errors.WriteError:
-  return errors.WriteError(f'writing {what} to {manager.directory} failed: {error}. Earlier complete '
-                 f'checkpoints there are intact.')
+  return errors.WriteError(f'writing {what} to {manager.directory} failed: {error}. Earlier '
+                           f'complete checkpoints there are intact.')
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,

@@ -1,12 +1,12 @@
 """Training curves from `metrics.jsonl`: per-epoch loss and test Dice, like the paper's Figs 5-6."""
 
-import io
 import pathlib
 
 import numpy as np
 
 from wcsegnet_jax import files
 from wcsegnet_jax import metric_writers
+from wcsegnet_jax import reports
 
 
 def epoch_curves(records: list[dict]) -> dict[str, np.ndarray]:
@@ -41,13 +41,10 @@ def first_epoch_reaching(curves: dict[str, np.ndarray], key: str, threshold: flo
 
 def plot_runs(workdirs: dict[str, pathlib.Path], path: pathlib.Path) -> None:
   """One PNG: training loss and test Dice per dataset against epochs, a line per run."""
-  import matplotlib   # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt   # pylint: disable=g-import-not-at-top
   runs = {name: epoch_curves(metric_writers.read_metrics(wd)) for name, wd in workdirs.items()}
   dice_keys = sorted({k for c in runs.values() for k in c if k.endswith('/dice')})
-  fig, axes = plt.subplots(1, 1 + len(dice_keys), figsize=(4.5 * (1 + len(dice_keys)), 3.6))
-  axes = np.atleast_1d(axes)
+  fig = reports.new_figure(figsize=(4.5 * (1 + len(dice_keys)), 3.6))
+  axes = np.atleast_1d(fig.subplots(1, 1 + len(dice_keys)))
   for name, c in runs.items():
     axes[0].plot(c['epoch'], c['train_loss'], marker='.', label=name)
     for ax, key in zip(axes[1:], dice_keys):
@@ -58,7 +55,4 @@ def plot_runs(workdirs: dict[str, pathlib.Path], path: pathlib.Path) -> None:
     ax.set(title=f'{key.split("/")[1]}: test nucleus Dice', xlabel='epoch')
   axes[0].legend()
   fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format='png', dpi=110)
-  plt.close(fig)
-  files.write_bytes_atomic(path, png.getvalue())
+  files.write_bytes_atomic(path, reports.figure_bytes(fig, dpi=110))

@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 
 from wcsegnet_jax import checkpointing
-from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
@@ -111,9 +110,9 @@ def local_copy(tree, device: jax.Device):
 
 
 def predicted_cell_types(per_image_confusion: np.ndarray) -> np.ndarray:
-  """Each image's cell type: the majority class of its predicted nucleus pixels (0: none)."""
-  votes = per_image_confusion.sum(axis=1)[:, 1:]     # predicted pixels per nucleus class
-  return np.where(votes.sum(-1) > 0, votes.argmax(-1) + 1, classes.BACKGROUND)
+  """Each image's voted cell type (0: no nucleus predicted), from its predicted pixels per
+  class (the confusion matrix's column sums), as `metrics.predicted_cell_type` votes a map."""
+  return metrics.voted_cell_type(np.asarray(per_image_confusion).sum(axis=1))
 
 
 def summarize(result: EvalResult) -> dict:

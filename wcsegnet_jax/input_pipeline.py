@@ -9,6 +9,7 @@ import signal
 from typing import Iterator
 
 from absl import flags
+import cv2
 import grain
 import jax
 from jax.experimental import multihost_utils
@@ -21,6 +22,10 @@ from wcsegnet_jax.data import raw
 from wcsegnet_jax.data import tfds_builder
 
 TRAIN_KEYS = ('image', 'label_map', 'cell_type')
+# The absl flags grain reads in the process that starts its workers (grain 0.2.18's
+# process_prefetch asks whether worker profiling is on when the iterator starts; every other
+# read goes through `get_or_default`, and workers set their debug flags from the parent's).
+_GRAIN_PARENT_FLAGS = ('grain_enable_multiprocess_worker_profiling',)
 
 
 @dataclasses.dataclass
@@ -110,8 +115,7 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   shuffled as a whole and reshuffled (and re-augmented) every epoch. Batches run on across
   epoch boundaries; the loop's "epoch" is `steps_per_epoch` batches (the remainder of
   N * augment_repeats / batch_size starts the next epoch's first batch). Deterministic given
-  the seed,
-  and its iterator's state can be saved and restored for an exact resume.
+  the seed, and its iterator's state can be saved and restored for an exact resume.
   """
   ds = epoch_examples(datasets, config).shuffle(seed=config.input.shuffle_seed)
   ds = ds.random_map(_Augment(ml_collections.FrozenConfigDict(config.augment)),
@@ -121,22 +125,49 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.input.read_threads,
                                             prefetch_buffer_size=config.input.prefetch))
-  if config.input.num_workers > 0:
-    # grain's workers read absl flags; outside `app.run` (notebooks, tests) none were parsed.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.input.num_workers,
-        per_worker_buffer_size=config.input.worker_buffer_size),
-        worker_init_fn=_ignore_ctrl_c)
-  return it
+  if config.input.num_workers == 0:
+    _single_threaded_opencv()   # this process's read threads augment
+    return it
+  _let_grain_read_its_flags()
+  return it.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=config.input.num_workers,
+      per_worker_buffer_size=config.input.worker_buffer_size),
+      worker_init_fn=_init_worker)
 
 
-def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
-  """Ctrl-C reaches the whole process group: the main process stops the run cleanly and ends
-  its workers, which would otherwise each print a KeyboardInterrupt traceback."""
+def _single_threaded_opencv() -> None:
+  """Turns OpenCV's thread pool off in a process whose grain read threads augment.
+
+  Those threads already warp `read_threads` small images at once, so OpenCV's own threads
+  would only fight them for the cores. Set here, where a training pipeline starts reading,
+  not at import: importers that only evaluate or predict keep OpenCV's threads.
+  """
+  cv2.setNumThreads(1)
+
+
+def _let_grain_read_its_flags() -> None:
+  """Lets grain read its own flags' defaults where no `absl.app.run` parsed them (tests,
+  notebooks), where reading one raises `UnparsedFlagAccessError`.
+
+  Only grain's flags are marked present, as grain's workers mark theirs; marking the whole
+  program's flags parsed would hide a missing parse anywhere else.
+  """
+  if flags.FLAGS.is_parsed():
+    return
+  for name in _GRAIN_PARENT_FLAGS:
+    if name in flags.FLAGS:
+      flags.FLAGS[name].present = True
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Sets up one grain worker process: it ignores Ctrl-C and warps with one OpenCV thread.
+
+  Ctrl-C reaches the whole process group: the main process stops the run cleanly and ends its
+  workers, which would otherwise each print a KeyboardInterrupt traceback.
+  """
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _single_threaded_opencv()
 
 
 def eval_batches(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -10,13 +10,13 @@ Where the definitions come from:
   matrix is collapsed to nucleus (any class > 0) vs background.
 - The per-class metrics (`class_metrics`) are the usual multi-class precision / recall / Dice /
   IoU of each class against all others, read off the confusion matrix.
-- The per-cell type (`predicted_cell_type`) is our reading of "the network classifies the cell":
+- The per-cell type (`voted_cell_type`) is our reading of "the network classifies the cell":
   a majority vote of the predicted nucleus pixels.
 
 Conventions, used everywhere below:
 - A confusion matrix `cm` has rows = true class, columns = predicted class.
 - Label values outside [0, num_classes) (e.g. an "ignore" value such as 255 or -1) are not
-  counted, in the confusion matrices and in the soft Dice loss alike.
+  counted, in the confusion matrices here and in `losses.soft_dice_loss` alike.
 - Device functions count in int32 (exact up to 2**31 pixels; float32 sums would be exact only up
   to 2**24). Accumulate the matrices of many batches on the host in int64.
 - Host functions return plain Python floats / ints / None in dicts (JSON-serialisable). A metric
@@ -46,44 +46,14 @@ def _valid_pixels(labels: jax.Array, preds: jax.Array, num_classes: int) -> jax.
   return (labels >= 0) & (labels < num_classes) & (preds >= 0) & (preds < num_classes)
 
 
-def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int = NUM_CLASSES,
-                     weights: Optional[jax.Array] = None) -> jax.Array:
-  """Pixel confusion matrix, (C, C) int32: cm[t, p] = #pixels with label t predicted as p.
-
-  Args:
-    labels: int label maps, any shape, usually (B, H, W).
-    preds: int predicted maps, the same shape as `labels`.
-    num_classes: C.
-    weights: optional validity mask of examples: shape (B,) (one value per leading-axis entry)
-      or any shape that broadcasts to `labels`. A pixel counts once where weight != 0 and not
-      at all where weight == 0 (padding examples of the last eval batch); it is a mask, not a
-      real-valued weight.
-
-  Pixels whose label or prediction is outside [0, C) are not counted. One `bincount` over
-  `label * C + pred` (a scatter-add, fast on GPU); counts are int32 so they stay exact past
-  2**24 pixels.
-  """
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  preds = jnp.asarray(preds).astype(jnp.int32)
-  valid = _valid_pixels(labels, preds, num_classes)
-  if weights is not None:
-    weights = jnp.asarray(weights)
-    if weights.ndim == 1 and labels.ndim > 1:
-      weights = weights.reshape(weights.shape + (1,) * (labels.ndim - 1))
-    valid = valid & jnp.broadcast_to(weights != 0, labels.shape)
-  # Invalid pixels get weight 0 (and a safe index: jnp.bincount clips negatives into bin 0).
-  index = jnp.where(valid, labels * num_classes + preds, 0)
-  counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(jnp.int32),
-                        length=num_classes * num_classes)
-  return counts.reshape(num_classes, num_classes).astype(jnp.int32)
-
-
 def per_image_confusion(labels: jax.Array, preds: jax.Array,
                         num_classes: int = NUM_CLASSES) -> jax.Array:
-  """One confusion matrix per image, (B, C, C) int32; `.sum(0)` is `confusion_matrix`.
+  """Pixel confusion matrix of each image, (B, C, C) int32: cm[b, t, p] = #pixels of image b
+  with label t predicted as p.
 
-  labels, preds: (B, ...) int maps. Out-of-range pixels are not counted, as in
-  `confusion_matrix`. One `bincount` over `b * C*C + label * C + pred`.
+  labels, preds: (B, ...) int maps. Pixels whose label or prediction is outside [0, C) are not
+  counted. One `bincount` over `b * C*C + label * C + pred` (a scatter-add, fast on GPU); counts
+  are int32 so they stay exact past 2**24 pixels.
   """
   labels = jnp.asarray(labels).astype(jnp.int32)
   preds = jnp.asarray(preds).astype(jnp.int32)
@@ -91,40 +61,11 @@ def per_image_confusion(labels: jax.Array, preds: jax.Array,
   cc = num_classes * num_classes
   valid = _valid_pixels(labels, preds, num_classes)
   image = jnp.arange(batch, dtype=jnp.int32).reshape((batch,) + (1,) * (labels.ndim - 1))
+  # Invalid pixels get weight 0 (and a safe index: jnp.bincount clips negatives into bin 0).
   index = jnp.where(valid, image * cc + labels * num_classes + preds, 0)
   counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(jnp.int32),
                         length=batch * cc)
   return counts.reshape(batch, num_classes, num_classes).astype(jnp.int32)
-
-
-def soft_dice_loss(logits: jax.Array, labels: jax.Array, num_classes: int = NUM_CLASSES,
-                   class_weights: Optional[Sequence[float]] = None,
-                   eps: float = 1.0) -> jax.Array:
-  """Soft Dice loss, a differentiable scalar.
-
-  p = softmax(logits) (B, H, W, C), y = one_hot(labels) (B, H, W, C); sums run over the whole
-  batch and all pixels (a "batch Dice", not a mean of per-image Dice):
-
-    dice_c = (2 * sum(p_c * y_c) + eps) / (sum(p_c) + sum(y_c) + eps)
-    loss   = sum_c w_c * (1 - dice_c) / sum_c w_c          (w_c = 1 when class_weights is None)
-
-  The smoothing `eps` makes a class absent from both labels and predictions score dice = 1
-  (loss 0) instead of 0/0. Pixels whose label is outside [0, C) are left out of all sums.
-  Computed in float32 whatever the logits' dtype. `class_weights` None or empty = unweighted.
-  """
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  valid = ((labels >= 0) & (labels < num_classes)).astype(jnp.float32)[..., None]
-  probs = probs * valid
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # out-of-range -> all zeros
-  axes = tuple(range(probs.ndim - 1))
-  intersection = jnp.sum(probs * onehot, axis=axes)
-  denominator = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
-  dice = (2.0 * intersection + eps) / (denominator + eps)
-  if class_weights is None or len(class_weights) == 0:
-    return jnp.mean(1.0 - dice)
-  w = jnp.asarray(class_weights, jnp.float32)
-  return jnp.sum(w * (1.0 - dice)) / jnp.sum(w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,14 +258,25 @@ def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0) ->
 # Per-cell classification: one cell per image, its type voted by the nucleus pixels.
 # ------------------------------------------------------------------------------------------------
 
+def voted_cell_type(predicted_pixels: Any) -> np.ndarray:
+  """The cell type voted by predicted pixel counts per class, (..., C) -> (...) int.
+
+  The nucleus class (c > 0) with the most pixels wins, ties going to the smaller class id;
+  0 (background) where no nucleus pixel was predicted. Evaluation votes with the column sums
+  of per-image confusion matrices, prediction with the counts of one map: the same rule.
+  """
+  nucleus = np.asarray(predicted_pixels)[..., BACKGROUND + 1:]
+  return np.where(nucleus.sum(-1) > 0, nucleus.argmax(-1) + BACKGROUND + 1, BACKGROUND)
+
+
 def predicted_cell_type(pred_map: Any, probs: Any = None,
                         num_classes: int = NUM_CLASSES) -> tuple[int, float]:
   """The cell type of one image, voted by its predicted nucleus pixels: (class_id, confidence).
 
-  pred_map: (H, W) int predicted classes. class_id = argmax_c #{pixels with pred == c}, over
-  c > 0 (ties go to the smaller class id). confidence = that count / #{pixels with pred > 0},
-  or, if `probs` (H, W, C) softmax probabilities are given, the mean of probs[..., class_id]
-  over all predicted nucleus pixels. No predicted nucleus pixel gives (0, 0.0).
+  pred_map: (H, W) int predicted classes; class_id is `voted_cell_type` of its pixel counts.
+  confidence = that class's count / #{pixels with pred > 0}, or, if `probs` (H, W, C) softmax
+  probabilities are given, the mean of probs[..., class_id] over all predicted nucleus pixels.
+  No predicted nucleus pixel gives (0, 0.0).
   """
   pred_map = np.asarray(pred_map)
   nucleus = (pred_map > BACKGROUND) & (pred_map < num_classes)
@@ -332,19 +284,11 @@ def predicted_cell_type(pred_map: Any, probs: Any = None,
   if n_nucleus == 0:
     return BACKGROUND, 0.0
   votes = np.bincount(pred_map[nucleus].ravel(), minlength=num_classes)
-  class_id = int(np.argmax(votes))   # votes[0] == 0, so the winner is a nucleus class
+  class_id = int(voted_cell_type(votes))
   if probs is None:
     return class_id, float(votes[class_id]) / n_nucleus
   probs = np.asarray(probs, dtype=np.float64)
   return class_id, float(probs[..., class_id][nucleus].mean())
-
-
-def true_cell_type(label_map: Any, num_classes: int = NUM_CLASSES) -> int:
-  """The cell type of one label map: the majority class of its nucleus pixels (label > 0).
-
-  Ties go to the smaller class id; a label map without nucleus pixels gives 0 (background).
-  """
-  return predicted_cell_type(label_map, num_classes=num_classes)[0]
 
 
 def cell_confusion(true_types: Any, pred_types: Any, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -275,20 +275,3 @@ def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
 def count_params(params: Any) -> int:
   """Number of scalars in a pytree of arrays (or of `jax.ShapeDtypeStruct`s from eval_shape)."""
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
-
-
-def model_flops_per_image(model: nn.Module, height: int, width: int) -> float:
-  """Forward FLOPs of one image at eval, from XLA's cost analysis of the lowered graph.
-
-  A multiply-add counts 2; taps falling on a conv's zero padding are not counted. Nothing is run
-  or allocated: the variables and the image are abstract shapes. The paper model at 120x120
-  (padded to 128x128) is about 46.2 GFLOPs.
-  """
-  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False))
-  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images)
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):   # older jax returned one dict per device
-    cost = cost[0]
-  return float(cost['flops'])

@@ -7,9 +7,9 @@ Without --workdir it uses the pretrained model shipped in the package (wcsegnet_
 configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
 With one, the model's config is read from `DIR/config.json` (written by training), so no --config
 is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as evaluation: the
-best one was picked by test Dice). Inputs are image files, or folders whose images (suffixes `raw.IMAGE_SUFFIXES`, not
-recursive) are all taken: point it at a folder of images only, e.g. not at a WBC `Dataset 1/`
-folder, whose .png masks would be segmented as images too.
+best one was picked by test Dice). Inputs are image files, or folders whose images (suffixes
+`raw.IMAGE_SUFFIXES`, not recursive) are all taken: point it at a folder of images only, e.g.
+not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
 
 Each image, of any size, is resized to the training size, segmented, and its class
 probabilities are resized back to the original size (bilinear) before the argmax, so the mask
@@ -55,6 +55,7 @@ from wcsegnet_jax import logs
 from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import morphometry
+from wcsegnet_jax import reports
 from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
@@ -125,13 +126,6 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
   return cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-  ok, data = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-  if not ok:
-    raise OSError('PNG encoding failed')
-  return data.tobytes()
-
-
 def cell_row(file: str, mask_file: str, pred_map: np.ndarray, probs: np.ndarray,
              pixel_size_um: float | None) -> dict:
   """One cells.csv row: the voted type, its confidence, and the nucleus measurements."""
@@ -159,9 +153,10 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   """Writes one image's mask and overlay at its own size; returns its cells.csv row."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
-  files.write_bytes_atomic(output / f'{stem}_mask.png', encode_png(classes.colorize(pred_map)))
+  files.write_bytes_atomic(output / f'{stem}_mask.png',
+                           reports.encode_png(classes.colorize(pred_map)))
   files.write_bytes_atomic(output / f'{stem}_overlay.png',
-                             encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
+                           reports.encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
   return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
 
 

@@ -1,13 +1,16 @@
 """Evaluation reports: metrics.json, report.md beside the paper's Table 1, and figure grids.
 
-Every file is written atomically (`wcsegnet_jax.files`), so a crash or a full disk leaves the
-previous report, never half of a new one.
+Numbers, markdown tables and PNGs are made here once for every writer (evaluation, benchmarks,
+run summaries, tools), so the same value reads the same everywhere. Every file is written
+atomically (`wcsegnet_jax.files`), so a crash or a full disk leaves the previous report, never
+half of a new one.
 """
 
 import io
 import pathlib
 from typing import Any, Sequence
 
+import cv2
 from matplotlib import patches
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -46,8 +49,54 @@ COLUMN_TITLES = {'accuracy': 'Accuracy', 'precision': 'Precision', 'recall': 'Re
 
 
 # ------------------------------------------------------------------------------------------------
-# Atomic writes.
+# Numbers, tables and PNGs: the one way every report, benchmark and tool writes them.
 # ------------------------------------------------------------------------------------------------
+
+def format_number(value: Any, digits: int | None = 4, missing: str = 'n/a') -> str:
+  """A number as report text: `missing` for None, an integer as it is, else `digits` decimals.
+
+  `digits=None` keeps about four significant digits (0 to 3 decimals by magnitude), for
+  quantities of any scale such as timings and throughputs.
+  """
+  if value is None:
+    return missing
+  if isinstance(value, (int, np.integer)):
+    return str(int(value))
+  v = float(value)
+  if digits is None:
+    digits = 0 if abs(v) >= 1000 else 1 if abs(v) >= 100 else 2 if abs(v) >= 1 else 3
+  return f'{v:.{digits}f}'
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+                   right_aligned: Sequence[int] = ()) -> str:
+  """A GitHub-flavoured markdown table; the columns numbered in `right_aligned` align right."""
+  rule = ['---:' if i in right_aligned else '---' for i in range(len(header))]
+  lines = [header, rule] + [[str(c) for c in row] for row in rows]
+  return '\n'.join('| ' + ' | '.join(cells) + ' |' for cells in lines)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+  """An (H, W, 3) uint8 RGB array as PNG bytes."""
+  ok, png = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise OSError(f'could not encode a {rgb.shape} {rgb.dtype} array as PNG')
+  return png.tobytes()
+
+
+def new_figure(**kwargs) -> Figure:
+  """A matplotlib figure drawn by Agg, without pyplot (no global state, no GUI backend)."""
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def figure_bytes(fig: Figure, **savefig_kwargs) -> bytes:
+  """A figure as PNG bytes."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', **savefig_kwargs)
+  return buffer.getvalue()
+
 
 # ------------------------------------------------------------------------------------------------
 # Figures: rows of original | ground truth | prediction, as the paper's Figure 7.
@@ -57,8 +106,7 @@ def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarr
                row_titles: Sequence[str], title: str = '') -> bytes:
   """A PNG grid: one row per image; columns original | ground truth | prediction."""
   n = len(images)
-  fig = Figure(figsize=(6.0, 2.0 * max(n, 1) + 0.8), dpi=100)
-  FigureCanvasAgg(fig)
+  fig = new_figure(figsize=(6.0, 2.0 * max(n, 1) + 0.8), dpi=100)
   axes = fig.subplots(max(n, 1), 3, squeeze=False)
   for r in range(n):
     panels = (images[r], classes.colorize(label_maps[r]), classes.colorize(predictions[r]))
@@ -80,9 +128,7 @@ def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarr
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png')
-  return buffer.getvalue()
+  return figure_bytes(fig)
 
 
 def figure_indices(cell_types: np.ndarray, n: int) -> list[int]:
@@ -105,20 +151,6 @@ def worst_indices(nucleus_dice: np.ndarray, k: int) -> list[int]:
 # report.md
 # ------------------------------------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 4) -> str:
-  if value is None:
-    return 'n/a'
-  if isinstance(value, (int, np.integer)):
-    return str(int(value))
-  return f'{float(value):.{digits}f}'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * len(header)) + '|']
-  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-  return '\n'.join(lines)
-
-
 def _type_name(class_id: int) -> str:
   return 'none' if class_id == classes.BACKGROUND else classes.CLASS_NAMES[class_id]
 
@@ -126,35 +158,37 @@ def _type_name(class_id: int) -> str:
 def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str) -> str:
   """The paper's Table 1 rows for `paper_key` (if any) and ours: pooled and per-image means."""
   header = ['Method'] + [COLUMN_TITLES[k] for k in PAPER_COLUMNS]
-  rows = [[f'{method} (paper)'] + [_fmt(values.get(k)) for k in PAPER_COLUMNS]
+  rows = [[f'{method} (paper)'] + [format_number(values.get(k)) for k in PAPER_COLUMNS]
           for method, values in PAPER_TABLE1.get(paper_key, ())]
   rows.append([f'**{ours_label}**, pooled pixels']
-              + [_fmt(summary['paper'][k]) for k in PAPER_COLUMNS])
+              + [format_number(summary['paper'][k]) for k in PAPER_COLUMNS])
   per_image = summary['per_image']['paper']
   rows.append([f'{ours_label}, mean ± std over images']
-              + [f"{_fmt(per_image[k]['mean'])} ± {_fmt(per_image[k]['std'])}"
+              + [f"{format_number(per_image[k]['mean'])} ± {format_number(per_image[k]['std'])}"
                  if per_image[k]['mean'] is not None else 'n/a' for k in PAPER_COLUMNS])
-  return _table(header, rows)
+  return markdown_table(header, rows)
 
 
 def per_class_table(summary: dict) -> str:
   pc = summary['per_class']
-  rows = [[name, _fmt(pc['support'][name])] + [_fmt(pc[k][name]) for k in metrics.CLASS_METRICS]
+  rows = [[name, format_number(pc['support'][name])]
+          + [format_number(pc[k][name]) for k in metrics.CLASS_METRICS]
           for name in pc['support']]
-  rows.append(['mean (present classes)', ''] + [_fmt(pc[f'mean_{k}'])
+  rows.append(['mean (present classes)', ''] + [format_number(pc[f'mean_{k}'])
                                                for k in metrics.CLASS_METRICS])
   header = ['Class', 'Labelled pixels'] + [COLUMN_TITLES.get(k, k.capitalize())
                                            for k in metrics.CLASS_METRICS]
-  return _table(header, rows)
+  return markdown_table(header, rows)
 
 
 def cell_table(summary: dict) -> str:
   cells = summary['cells']
   cm = np.asarray(cells['confusion_matrix'])
   names = [_type_name(c) for c in range(cm.shape[0])]
-  rows = [[names[t]] + [str(v) for v in cm[t]] + [_fmt(cells['recall'][classes.CLASS_NAMES[t]])]
+  rows = [[names[t]] + [str(v) for v in cm[t]]
+          + [format_number(cells['recall'][classes.CLASS_NAMES[t]])]
           for t in range(cm.shape[0]) if cm[t].sum() > 0]
-  return _table(['true \\ predicted'] + names + ['Recall'], rows)
+  return markdown_table(['true \\ predicted'] + names + ['Recall'], rows)
 
 
 def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key: str | None,
@@ -167,7 +201,7 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
       f"Checkpoint step {meta['checkpoint_step']} ({meta['checkpoint_dir']}), config "
       f"`{meta['config_name']}`, {summary['n_images']} images at {meta['image_size']}x"
       f"{meta['image_size']}, test-time augmentation {'on' if meta['tta'] else 'off'}, "
-      f"mean loss {_fmt(summary['loss'])}.",
+      f"mean loss {format_number(summary['loss'])}.",
       '',
       '## Nucleus vs background (the paper\'s Table 1)',
       '',
@@ -184,17 +218,18 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
       '',
       '## Per cell (type = majority vote of the predicted nucleus pixels)',
       '',
-      f"Cell accuracy {_fmt(cells['cell_accuracy'])} over {cells['n_cells']} cells, mean recall "
-      f"{_fmt(cells['mean_recall'])}, {cells['n_no_nucleus_predicted']} cells with no predicted "
+      f"Cell accuracy {format_number(cells['cell_accuracy'])} over {cells['n_cells']} cells, "
+      f"mean recall {format_number(cells['mean_recall'])}, "
+      f"{cells['n_no_nucleus_predicted']} cells with no predicted "
       'nucleus ("none").',
       '',
       cell_table(summary),
       '',
       f'## The {len(worst)} images of lowest nucleus Dice',
       '',
-      _table(['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
-             [[i + 1, w['file_id'], w['true_type'], w['predicted_type'],
-               _fmt(w['nucleus_dice'])] for i, w in enumerate(worst)]),
+      markdown_table(['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
+                     [[i + 1, w['file_id'], w['true_type'], w['predicted_type'],
+                       format_number(w['nucleus_dice'])] for i, w in enumerate(worst)]),
       '',
       '![worst images](worst.png)',
       '',
@@ -257,8 +292,9 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
 def summary_table(reports: dict[str, dict]) -> str:
   """A short plain-text table of the datasets' headline numbers, for the terminal."""
   header = ('dataset', 'images', 'accuracy', 'dice', 'miou', 'cell acc')
-  rows = [(name, str(r['n_images']), _fmt(r['paper']['accuracy']), _fmt(r['paper']['dice']),
-           _fmt(r['paper']['miou']), _fmt(r['cells']['cell_accuracy']))
+  rows = [(name, str(r['n_images']))
+          + tuple(format_number(r['paper'][k]) for k in ('accuracy', 'dice', 'miou'))
+          + (format_number(r['cells']['cell_accuracy']),)
           for name, r in reports.items()]
   widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
             for i, h in enumerate(header)]

@@ -11,6 +11,7 @@ import numpy as np
 from wcsegnet_jax import classes
 from wcsegnet_jax import curves
 from wcsegnet_jax import metric_writers
+from wcsegnet_jax import reports
 
 PAPER_KEYS = ('accuracy', 'precision', 'dice', 'miou')
 DICE_TARGET = 0.96
@@ -77,18 +78,20 @@ def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
 RUNS = 'runs'   # summarize's key for how many runs a group has
 
 
-def fmt(cell, digits: int = 4, runs: int | None = None) -> str:
+def format_mean_std(cell, digits: int = 4, runs: int | None = None) -> str:
   """'mean +- std' over the runs that have the value, saying so when not all of `runs` do."""
   if cell is None:
-    return 'n/a'
+    return reports.format_number(None)
   mean, std, n = cell
-  text = f'{mean:.{digits}f} +- {std:.{digits}f}' if n > 1 else f'{mean:.{digits}f}'
+  text = reports.format_number(mean, digits)
+  if n > 1:
+    text += f' +- {reports.format_number(std, digits)}'
   return text if runs is None or n == runs else f'{text} ({n} of {runs} runs)'
 
 
 def markdown(summary: dict[str, dict], keys: tuple[str, ...], digits: int = 4) -> str:
-  lines = ['| run | ' + ' | '.join(keys) + ' |', '| --- |' + ' ---: |' * len(keys)]
-  for name, row in summary.items():
-    lines.append(f'| {name} | ' + ' | '.join(fmt(row[k], digits, row.get(RUNS)) for k in keys)
-                 + ' |')
-  return '\n'.join(lines)
+  """One row per group, one right-aligned column per metric of `keys`."""
+  rows = [[name] + [format_mean_std(row[k], digits, row.get(RUNS)) for k in keys]
+          for name, row in summary.items()]
+  return reports.markdown_table(['run', *keys], rows,
+                                right_aligned=range(1, len(keys) + 1))
