@@ -26,6 +26,7 @@ from wcsegnet_jax import evaluate
 from wcsegnet_jax import files
 from wcsegnet_jax import metrics
 from wcsegnet_jax import reports
+from wcsegnet_jax import restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # configs/smoke.py made smaller still; given to training in-process and to the command line.
@@ -188,15 +189,15 @@ def test_load_variables_checkpoint_forms(tiny_model):
   # A workdir or its checkpoints/ named as a path means its latest step, as the defaults do.
   for checkpoint, step in (('best', None), ('latest', 4), ('2', 2), (workdir, 4),
                            (workdir / 'checkpoints', 4), (workdir / 'checkpoints' / '2', 2)):
-    variables, got = evaluate.load_variables(config, workdir, str(checkpoint))
+    variables, got = restore.load_variables(config, workdir, str(checkpoint))
     assert set(variables) == {'params', 'batch_stats'}
     assert got in (2, 4) and (step is None or got == step)
   with pytest.raises(checkpointing.CheckpointError, match='not in'):
-    evaluate.load_variables(config, workdir, '99')
+    restore.load_variables(config, workdir, '99')
   other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                       **{'model.activation': 'relu'})
   with pytest.raises(checkpointing.CheckpointError, match='model.activation'):
-    evaluate.load_variables(other, workdir, 'latest')
+    restore.load_variables(other, workdir, 'latest')
 
 
 def test_paper_table_holds_only_known_values():
@@ -257,12 +258,12 @@ def test_load_variables_with_another_lr_schedule(tiny_model):
   statistics, so the optimizer that trained a checkpoint does not matter."""
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                        **{'train.lr_schedule': 'cosine'})
-  variables, step = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  variables, step = restore.load_variables(config, tiny_model['workdir'], 'latest')
   assert step == 4 and 'params' in variables
   no_config = tiny_model['workdir'].parent / 'no_config_copy'
   if not no_config.exists():
     shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
-  variables, step = evaluate.load_variables(config, no_config, 'latest')   # falls back
+  variables, step = restore.load_variables(config, no_config, 'latest')   # falls back
   assert step == 4
 
 
@@ -272,7 +273,7 @@ def test_another_model_without_config_json_is_one_readable_error(tiny_model, tmp
   shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
   other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'], **{'model.base_width': 3})
   with pytest.raises(checkpointing.CheckpointError) as err:
-    evaluate.load_variables(other, no_config, 'latest')
+    restore.load_variables(other, no_config, 'latest')
   message = str(err.value)
   assert re.search(r'holds another model than this config: .*\(.*\) in the checkpoint, '
                    r'\(.*\) here', message), message
@@ -297,5 +298,5 @@ def test_evaluation_checks_model_and_data_but_not_where_data_lives():
   current.model.patch_size = 2
   as_dict = lambda c: json.loads(c.to_json())
   assert checkpointing.config_mismatches(
-      as_dict(saved), as_dict(current), evaluate.EVAL_FREE, within=evaluate.EVAL_CHECKED) == [
+      as_dict(saved), as_dict(current), restore.EVAL_FREE, within=restore.EVAL_CHECKED) == [
           'data.std: [0.25, 0.25, 0.25] -> [0.3, 0.3, 0.3]', 'model.patch_size: 1 -> 2']

@@ -18,6 +18,7 @@ import test_evaluate
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import predict
+from wcsegnet_jax import restore
 from wcsegnet_jax.data import raw
 
 
@@ -94,7 +95,7 @@ def test_predict_all_unreadable_and_missing_inputs(tiny_model, tmp_path):
 def _tiny_variables(tiny_model):
   config = predict.load_workdir_config(tiny_model['workdir'])
   from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
-  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
   return config, variables
 
 
@@ -154,7 +155,7 @@ def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
   fixtures.write_rgb(tmp_path / 'mirrored.png', image[:, ::-1])
   config = predict.load_workdir_config(tiny_model['workdir'])
   from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
-  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
   summary = predict.predict_files(config, variables, [tmp_path / 'cell.png',
                                                       tmp_path / 'mirrored.png'],
                                   tmp_path / 'out', tta=True)
@@ -167,7 +168,7 @@ def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
 def test_same_stem_gets_a_unique_name(tiny_model, tmp_path):
   config = predict.load_workdir_config(tiny_model['workdir'])
   from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
-  variables, _ = evaluate.load_variables(config, tiny_model['workdir'], 'latest')
+  variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
   rng = np.random.default_rng(2)
   image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 40))
   for sub in ('a', 'b'):
@@ -250,8 +251,8 @@ def test_overwrite_removes_only_what_an_earlier_predict_wrote(tiny_model, tmp_pa
 def test_workdir_without_checkpoint_uses_its_eval_checkpoint(tiny_model, tmp_path, monkeypatch):
   """predict, like evaluation, takes the config's eval.checkpoint (latest), not 'best'."""
   asked = []
-  real = predict.evaluate.load_variables
-  monkeypatch.setattr(predict.evaluate, 'load_variables',
+  real = predict.restore.load_variables
+  monkeypatch.setattr(predict.restore, 'load_variables',
                       lambda config, workdir, which, **kw: asked.append(which) or
                       real(config, workdir, which, **kw))
   image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))

@@ -22,7 +22,9 @@ from wcsegnet_jax import config_lib
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import models
 from wcsegnet_jax import predict
+from wcsegnet_jax import restore
 from wcsegnet_jax import shipped_model
+from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import raw
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -87,7 +89,7 @@ def test_pretrained_with_another_model_config_is_refused(tmp_path):
   config = pretrained_config.get_config()
   config.model.base_width = 8
   with pytest.raises(shipped_model.checkpointing.CheckpointError, match='model.base_width'):
-    evaluate.load_variables(config, tmp_path, 'pretrained')
+    restore.load_variables(config, tmp_path, 'pretrained')
 
 
 @pytest.mark.parametrize('damage', ['missing_variables', 'corrupt_variables', 'bad_config_json',
@@ -144,7 +146,7 @@ def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
     pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
   eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model), config))
   result = evaluate.evaluate_source(eval_step, variables,
-                                    evaluate.RawExamples(records, config.data), dataset,
+                                    held_out.RawExamples(records, config.data), dataset,
                                     config.eval.batch_size, jax.device_put)
   summary = evaluate.summarize(result)
   expected = info['test_metrics'][dataset]

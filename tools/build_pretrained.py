@@ -27,6 +27,7 @@ from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import models
+from wcsegnet_jax import restore
 from wcsegnet_jax import shipped_model
 from wcsegnet_jax import train
 from wcsegnet_jax import xla_flags
@@ -79,7 +80,7 @@ def main(argv):
   with errors.user_errors_as_messages():
     xla_flags.apply(config.xla_flags)
     train.train_and_evaluate(config, FLAGS.workdir)
-    variables, step = evaluate.load_variables(config, FLAGS.workdir, 'latest')
+    variables, step = restore.load_variables(config, FLAGS.workdir, 'latest')
     stored = shipped_model.as_stored(variables)
     info = {
         'name': config.name,

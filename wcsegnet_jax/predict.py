@@ -56,6 +56,7 @@ from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import morphometry
 from wcsegnet_jax import reports
+from wcsegnet_jax import restore
 from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
@@ -306,7 +307,7 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   paths = list_images(inputs, exclude=earlier)
   # Before the model loads: a bad --output fails at once.
   prepare_output(output_dir, overwrite, output_names(paths))
-  if which == evaluate.PRETRAINED or (not workdir and which is None):
+  if which == restore.PRETRAINED or (not workdir and which is None):
     config = shipped_model.load_config()
     variables = shipped_model.load_variables(config)
     source = f'the pretrained model in {shipped_model.PRETRAINED_DIR}'
@@ -324,12 +325,12 @@ def _workdir_model(workdir: str | None, which: str | None):
   checkpoint path; None is the workdir config's `eval.checkpoint`."""
   if which is None:
     which = str(load_workdir_config(workdir).eval.checkpoint).strip()
-  ckpt_workdir, _ = evaluate.resolve_checkpoint(workdir or '.', which)
+  ckpt_workdir, _ = restore.resolve_checkpoint(workdir or '.', which)
   workdir = workdir or ckpt_workdir
   config_dir = (ckpt_workdir if (ckpt_workdir / checkpointing.CONFIG_FILE).is_file()
                 else workdir)
   config = load_workdir_config(config_dir)
-  variables, step = evaluate.load_variables(config, workdir, which)
+  variables, step = restore.load_variables(config, workdir, which)
   return config, variables, f'step {step} of {ckpt_workdir}'
 
 

@@ -1,0 +1,66 @@
+"""Held-out images evaluated straight from a folder (config.eval.raw_dir), without a TFDS build:
+each image is read, checked and resized when it is evaluated.
+"""
+
+import pathlib
+from typing import Sequence
+
+import ml_collections
+
+from wcsegnet_jax.data import raw
+
+
+class RawExamples:
+  """A random-access source over raw records: each item is read, checked and resized on access.
+
+  Items carry the keys `input_pipeline.eval_batches` reads: image, label_map, cell_type,
+  file_id.
+  """
+
+  def __init__(self, records: Sequence[raw.RawRecord], data_config: ml_collections.ConfigDict):
+    self.records = list(records)
+    self.data_config = data_config
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    d = self.data_config
+    return raw.load_example(self.records[index], d.image_size, d.mask_level_tolerance,
+                            d.mask_max_off_level_fraction)
+
+
+def detect_raw_layout(raw_dir: pathlib.Path) -> str:
+  """'wbc' (Dataset 1/, Dataset 2/) or 'folder' (images/, masks/); a clear error otherwise."""
+  if any((raw_dir / sub).is_dir() for sub in raw.WBC_SUBSETS.values()):
+    return 'wbc'
+  if (raw_dir / 'images').is_dir() and (raw_dir / 'masks').is_dir():
+    return 'folder'
+  raise raw.DataError(
+      f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
+      f'{" or ".join(repr(s + "/") for s in raw.WBC_SUBSETS.values())} with their class CSVs '
+      f'(layout wbc), or images/ and masks/ (layout folder)')
+
+
+def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`."""
+  raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
+  if not raw_dir.is_dir():
+    raise raw.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
+  layout = config.eval.raw_layout
+  if layout == 'auto':
+    layout = detect_raw_layout(raw_dir)
+  if layout == 'folder':
+    sources = [('folder', raw_dir.name, None)]
+  else:
+    sources = [(s, f'{raw_dir.name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
+               if (raw_dir / sub).is_dir()]
+    if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
+      sources = [(s, f'{raw_dir.name}-{s}', s) for s in raw.WBC_SUBSETS]
+  out = []
+  for source, name, paper_key in sources:
+    records = raw.list_raw_records(source, raw_dir)
+    records = raw.filter_cell_types(records, config.data.cell_types,
+                                    where=f'{source} data in {raw_dir}')
+    out.append((name, paper_key, RawExamples(records, config.data)))
+  return out

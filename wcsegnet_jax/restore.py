@@ -1,0 +1,130 @@
+"""The trained variables a command evaluates or predicts with: a step of a training workdir, a
+checkpoint path, or the model shipped in the package; and the check that the config computes
+what that model was trained to compute.
+"""
+
+import json
+import pathlib
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import models
+from wcsegnet_jax import shipped_model
+
+
+# What a restored model computes is fixed by the model and data sections of its config: another
+# value either fails to restore (widths, depth) or, worse, silently computes something else
+# (activation, padding, normalisation, image size), and another split would evaluate on training
+# images. Within them only these may differ, and any key added later is checked: regularisation
+# used only in training, the arithmetic's precision, where the data lives and which images are
+# evaluated.
+EVAL_CHECKED = ('model', 'data')
+EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dropout_stages',
+             'model.head_dropout', 'model.bn_momentum', 'model.dtype',
+             'data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'data.datasets',
+             'data.cell_types', 'data.dataset_repeats', 'data.mask_level_tolerance',
+             'data.mask_max_off_level_fraction')
+
+
+PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
+
+
+def resolve_checkpoint(workdir: str | pathlib.Path,
+                       checkpoint: str | int) -> tuple[pathlib.Path, str]:
+  """(the workdir holding the checkpoints, 'best' | 'latest' | a step) from --checkpoint.
+
+  `checkpoint` is 'best', 'latest', a step number (of `workdir`), or a path: a step folder
+  `.../checkpoints/<step>`, a `.../checkpoints` folder, or another workdir (its latest step,
+  as everywhere by default: 'best' was picked by test Dice, so its test figures are optimistic).
+  """
+  which = str(checkpoint).strip()
+  if which in ('best', 'latest') or which.isdigit():
+    return pathlib.Path(workdir).expanduser().resolve(), which
+  path = pathlib.Path(which).expanduser().resolve()
+  if path.is_dir() and path.name.isdigit() and path.parent.name == 'checkpoints':
+    return path.parent.parent, path.name
+  if path.is_dir() and path.name == 'checkpoints':
+    return path.parent, 'latest'
+  if (path / 'checkpoints').is_dir():
+    return path, 'latest'
+  raise checkpointing.CheckpointError(
+      f'--checkpoint={checkpoint!r} is neither best, latest, a step number, nor a checkpoint '
+      f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
+
+
+def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """The model and normalisation must be those the checkpoint was trained with."""
+  saved = checkpointing.load_saved_config(workdir)
+  if saved is None:
+    return
+  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_FREE,
+                                          within=EVAL_CHECKED)
+  if diffs:
+    raise checkpointing.CheckpointError(
+        f'the checkpoint in {workdir} was trained with another config '
+        f'({workdir / checkpointing.CONFIG_FILE}); ' + '; '.join(diffs) +
+        '. Pass the config it was trained with.')
+
+
+def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                   checkpoint: str | int = 'latest', sharding=None) -> tuple[dict, int]:
+  """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
+
+  Only those two parts of the saved train state are read (the optimizer that trained it does
+  not matter); their shapes must be those of `config`'s model. Arrays are placed with
+  `sharding` (default: the first device).
+  `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
+  """
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if str(checkpoint).strip() == PRETRAINED:
+    return _pretrained_variables(config, sharding)
+  ckpt_workdir, which = resolve_checkpoint(workdir, checkpoint)
+  directory = checkpointing.checkpoint_dir(ckpt_workdir)
+  if not directory.is_dir():
+    raise checkpointing.CheckpointError(
+        f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
+        f'(--mode=train with this workdir), or pass --checkpoint=PATH')
+  check_eval_config(ckpt_workdir, config)
+  manager = checkpointing.make_manager(ckpt_workdir, read_only=True)
+  try:
+    step = checkpointing.select_step(manager, which)
+  finally:
+    manager.close()
+  try:
+    variables = checkpointing.restore_variables(directory, step, abstract_variables(config),
+                                                sharding)
+  except checkpointing.CheckpointError as e:
+    if (ckpt_workdir / checkpointing.CONFIG_FILE).exists():
+      raise
+    raise checkpointing.CheckpointError(
+        f'{e}. {ckpt_workdir} has no {checkpointing.CONFIG_FILE} to say how it was trained: '
+        f'pass the --config it was trained with') from None
+  logging.info('Restored step %d from %s.', step, directory)
+  return variables, step
+
+
+def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
+  """The shipped model's variables, if `config` computes what it was trained to compute."""
+  shipped = shipped_model.load_config()
+  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_FREE,
+                                          within=EVAL_CHECKED)
+  if diffs:
+    raise checkpointing.CheckpointError(
+        f'the pretrained model ({shipped_model.PRETRAINED_DIR}) was trained with another config: '
+        + '; '.join(diffs) + '. Use --config=configs/pretrained.py (its own config).')
+  variables = shipped_model.load_variables(shipped)
+  step = int(shipped_model.load_info().get('step', 0))
+  return jax.device_put(variables, sharding), step
+
+
+def abstract_variables(config: ml_collections.ConfigDict) -> dict:
+  """The shapes (no values) of the model's {'params', 'batch_stats'} at `config`."""
+  model = models.create_model(config.model)
+  size = config.data.image_size
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
