@@ -226,8 +226,10 @@ def test_ctrl_c_says_where_it_stopped_and_the_run_resumes_exactly(wbc_raw, wbc_t
   assert max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))) <= 1e-6
 
 
-def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, tmp_path):
-  """SIGINT to the whole process group, as a terminal sends it; the checkpoint named is whole."""
+@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, tmp_path, stop):
+  """SIGINT to the whole process group, as a terminal sends it, or SIGTERM, as a batch
+  scheduler or `kill` does: one line, and the checkpoint named is whole."""
   c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=500)
   workdir, log = tmp_path / 'wd', tmp_path / 'stderr.txt'
   with open(log, 'w') as stderr:
@@ -239,7 +241,7 @@ def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, 
     while (time.time() < deadline and proc.poll() is None
            and not checkpointing.has_checkpoint(workdir)):
       time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, stop)
     assert proc.wait(timeout=60) == 130
   finally:
     if proc.poll() is None:

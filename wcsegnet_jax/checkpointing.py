@@ -68,17 +68,20 @@ def make_manager(workdir: str | pathlib.Path, keep: int = 3,
 
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-  """Ctrl-C during the block is raised when it ends, so a save is started whole or not at all."""
-  if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGINT) is None):
+  """Ctrl-C (or SIGTERM, when the command stops on it) during the block is raised when it ends,
+  so a save is started whole or not at all."""
+  if threading.current_thread() is not threading.main_thread():
     yield
     return
+  watched = [sig for sig in (signal.SIGINT, signal.SIGTERM)
+             if callable(signal.getsignal(sig))]   # only signals Python code handles
   caught = []
-  previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+  previous = {sig: signal.signal(sig, lambda *_: caught.append(True)) for sig in watched}
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
   if caught:
     raise KeyboardInterrupt
 

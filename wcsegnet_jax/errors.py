@@ -7,6 +7,7 @@ with the shell's status for it (130).
 """
 
 import contextlib
+import signal
 import sys
 
 INTERRUPTED_STATUS = 128 + 2   # killed by SIGINT, as shells report it
@@ -48,6 +49,15 @@ class TrainingDivergedError(UserError, RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
   """Ctrl-C during training; the message says where it stopped and how to resume."""
+
+
+def terminate_as_interrupt() -> None:
+  """SIGTERM (a batch scheduler's or `kill`'s stop) ends a run as Ctrl-C does: the checkpoint
+  in flight completes and one line says where the run stopped. Call from the main thread."""
+  def interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGTERM, interrupt)
 
 
 def user_error(exc: BaseException | None) -> UserError | None:

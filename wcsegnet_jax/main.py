@@ -31,6 +31,7 @@ def main(argv):
       import jax
       jax.distributed.initialize()
     if FLAGS.mode == 'train':
+      errors.terminate_as_interrupt()
       from wcsegnet_jax import train
       train.train_and_evaluate(FLAGS.config, workdir)
     else:
