@@ -7,12 +7,14 @@ public WBC Image Dataset where this machine has a copy, and are skipped elsewher
 import collections
 import contextlib
 import csv
-import logging as std_logging
 import io
+import logging as std_logging
 import pathlib
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 
 from absl import logging as absl_logging
@@ -739,3 +741,15 @@ def absltest_log_capture():
   finally:
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+def test_jpeg_reads_without_a_stderr(tmp_path):
+  """A daemon without fd 2 (`2>&-`) still reads JPEGs: the corrupt-data capture steps aside."""
+  path = tmp_path / 'cell.jpg'
+  rng = np.random.default_rng(0)
+  fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 50)))
+  code = ('import pathlib, sys; sys.stderr = None; from wcsegnet_jax.data import raw; '
+          f'print(raw.read_rgb(pathlib.Path({str(path)!r})).shape)')
+  result = subprocess.run(f'{sys.executable} -c "{code}" 2>&-', shell=True, cwd=conftest.ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == '(50, 50, 3)', result.stderr

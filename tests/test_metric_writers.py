@@ -72,3 +72,11 @@ def test_elapsed_seconds_in_metric_lines(tmp_path):
   writer.close()
   (record,) = metric_writers.read_metrics(tmp_path)
   assert record['elapsed_seconds'] == pytest.approx(record['time'], abs=1e-2)
+
+
+def test_resume_drops_a_partial_last_line(tmp_path):
+  """A run killed mid-write leaves half a JSON line; the resume keeps the whole ones."""
+  (tmp_path / metric_writers.METRICS_FILE).write_text(
+      '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')
+  metric_writers.MetricWriter(tmp_path, enabled=True, resume_step=4, started_at=0.0).close()
+  assert [r['step'] for r in metric_writers.read_metrics(tmp_path)] == [2, 4]

@@ -293,3 +293,15 @@ def test_a_folder_of_subfolders_says_they_are_not_searched(tmp_path):
   with pytest.raises(raw.DataError, match='subfolders are not searched: name them, e.g. '
                      + re.escape(str(tmp_path / 'patientA'))):
     predict.list_images([str(tmp_path)])
+
+
+def test_a_refused_overwrite_leaves_the_earlier_results(tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  for name in ('a_mask.png', 'a_overlay.png', 'cells.csv', 'b_mask.png'):
+    (out / name).write_text(name)
+  (out / predict.OUTPUTS_FILE).write_text(json.dumps({'files': ['a_mask.png', 'a_overlay.png']}))
+  with pytest.raises(raw.DataError, match='b_mask.png'):
+    predict.prepare_output(out, True, ['b_mask.png', 'b_overlay.png', 'cells.csv'])
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ['a_mask.png', 'a_overlay.png', 'cells.csv', 'b_mask.png', predict.OUTPUTS_FILE])

@@ -236,7 +236,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   `--config.*` keys as one line each and exit 2."""
   try:
     return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError):   # what ml_collections raises for a key it lacks
+  except (AttributeError, KeyError, IndexError):   # ml_collections, for a key it lacks
     for name in list(flags.FLAGS):
       if config_flags.config_flags.is_config_flag(flags.FLAGS[name]):
         _exit_if_unknown_overrides(argv, name, _config_path(argv, name))

@@ -6,8 +6,12 @@ from absl import logging
 
 
 def _not_orbax(record: std_logging.LogRecord) -> bool:
-  """orbax logs every file it writes, and a warning per missing optional metadata file."""
-  return 'orbax' not in record.pathname
+  """orbax logs every file it writes (INFO), and a warning per missing optional metadata file;
+  its other warnings and errors (a failed or slow save) stay."""
+  if 'orbax' not in record.pathname:
+    return True
+  return record.levelno > std_logging.INFO and 'Metadata file does not exist' not in (
+      record.getMessage())
 
 
 def _not_tpu_probe(record: std_logging.LogRecord) -> bool:

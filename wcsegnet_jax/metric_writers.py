@@ -17,6 +17,14 @@ from wcsegnet_jax import files
 METRICS_FILE = 'metrics.jsonl'
 
 
+def _step_of(line: str) -> int | None:
+  """The step of a metrics.jsonl line; None for a blank or partial one (a run killed mid-write)."""
+  try:
+    return int(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard, `workdir/metrics.jsonl` and the log (process 0 only)."""
 
@@ -30,7 +38,7 @@ class MetricWriter:
       path = workdir / METRICS_FILE
       if resume_step is not None and path.exists():
         kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)['step'] <= resume_step]
+                if _step_of(line) is not None and _step_of(line) <= resume_step]
         files.write_text_atomic(path, ''.join(line + '\n' for line in kept))
       purge = {'purge_step': resume_step + 1} if resume_step is not None else {}
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), **purge)

@@ -214,13 +214,14 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool,
     raise raw.DataError(
         f'--output={output} already holds {len(present)} files ({shown}); give a new or empty '
         f'folder, or --overwrite to replace the results of an earlier predict there')
-  for path in _earlier_outputs(output) if present else []:
-    path.unlink(missing_ok=True)
-  theirs = [name for name in planned if (output / name).exists()]
-  if theirs:
+  earlier = {p.name for p in _earlier_outputs(output)} if present else set()
+  theirs = [name for name in planned if (output / name).exists() and name not in earlier]
+  if theirs:   # checked before anything is removed: a refusal leaves the folder as it was
     raise raw.DataError(
         f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
         f'this one would replace; move it away or choose another --output')
+  for name in earlier:
+    (output / name).unlink(missing_ok=True)
   output.mkdir(parents=True, exist_ok=True)
   return output
 

@@ -318,8 +318,14 @@ def _c_stderr_captured() -> Iterator[list[str]]:
   there, as a warning, and decodes anyway); yields a list that receives it at the end."""
   printed = []
   with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+      if sys.stderr is not None and not sys.stderr.closed:
+        sys.stderr.flush()
+      saved = os.dup(2)
+    except OSError:   # no stderr at all (a daemon): nothing to capture
+      yield printed
+      printed.append('')
+      return
     os.dup2(sink.fileno(), 2)
     try:
       yield printed
@@ -336,8 +342,11 @@ def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
   watch = _c_stderr_captured() if data.startswith(b'\xff\xd8') else contextlib.nullcontext([''])
   with _opencv_quiet(), watch as printed:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-  corrupt = [line for line in printed[0].splitlines() if 'Corrupt JPEG' in line
-             or 'Premature end' in line]
+  lines = printed[0].splitlines()
+  corrupt = [line for line in lines if 'Corrupt JPEG' in line or 'Premature end' in line]
+  other = [line for line in lines if line not in corrupt]   # not ours to hide
+  if other and sys.stderr is not None and not sys.stderr.closed:
+    print('\n'.join(other), file=sys.stderr)
   if corrupt:
     raise DataError(f'{path}: not a readable {what} file: corrupt JPEG ({corrupt[0].strip()})')
   if array is None:
