@@ -61,3 +61,12 @@ def test_other_errors_keep_their_traceback(bug):
   with pytest.raises(type(bug)):
     with errors.user_errors_as_messages():
       raise bug
+
+
+def test_a_bug_raised_while_a_user_error_propagates_keeps_its_traceback():
+  with pytest.raises(AttributeError):
+    with errors.user_errors_as_messages():
+      try:
+        raise raw.DataError('bad file')
+      finally:
+        raise AttributeError('a bug in the clean-up')

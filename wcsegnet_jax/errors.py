@@ -61,11 +61,13 @@ def terminate_as_interrupt() -> None:
 
 
 def user_error(exc: BaseException | None) -> UserError | None:
-  """The user error behind `exc`, if any (libraries such as TFDS may wrap ours)."""
+  """The user error behind `exc`, if any: `exc` itself, or one it explicitly wraps (`raise ...
+  from`, as libraries such as TFDS do). An error merely raised while a user error was being
+  handled is not one: it is a bug, and keeps its traceback."""
   while exc is not None:
     if isinstance(exc, UserError):
       return exc
-    exc = exc.__cause__ or exc.__context__
+    exc = exc.__cause__
   return None
 
 
