@@ -149,16 +149,21 @@ def cell_row(file: str, mask_file: str, pred_map: np.ndarray, probs: np.ndarray,
   }
 
 
+def image_output_names(stem: str) -> tuple[str, str]:
+  """The mask and overlay file names of one image."""
+  return f'{stem}_mask.png', f'{stem}_overlay.png'
+
+
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
                         probs: np.ndarray, pixel_size_um: float | None) -> dict:
   """Writes one image's mask and overlay at its own size; returns its cells.csv row."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
-  files.write_bytes_atomic(output / f'{stem}_mask.png',
-                           reports.encode_png(classes.colorize(pred_map)))
-  files.write_bytes_atomic(output / f'{stem}_overlay.png',
+  mask_file, overlay_file = image_output_names(stem)
+  files.write_bytes_atomic(output / mask_file, reports.encode_png(classes.colorize(pred_map)))
+  files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
-  return cell_row(str(path), f'{stem}_mask.png', pred_map, probs, pixel_size_um)
+  return cell_row(str(path), mask_file, pred_map, probs, pixel_size_um)
 
 
 def looks_gray(image: np.ndarray) -> bool:
@@ -196,7 +201,7 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   """The files a run on `paths` writes (the stems as `predict_files` gives them)."""
   used = set()
   stems = [_unique_stem(path, used) for path in paths]
-  return [f'{stem}_{kind}.png' for stem in stems for kind in ('mask', 'overlay')] + [
+  return [name for stem in stems for name in image_output_names(stem)] + [
       'cells.csv', OUTPUTS_FILE]
 
 
@@ -275,7 +280,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       batch[i] = raw.resize_image(image, size)
     probs = np.asarray(jax.device_get(predict(variables, batch)), np.float32)
     stems = [_unique_stem(path, used_stems) for path, _ in images]
-    listing['files'] += [f'{stem}_{kind}.png' for stem in stems for kind in ('mask', 'overlay')]
+    listing['files'] += [name for stem in stems for name in image_output_names(stem)]
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
     for stem, (path, image), image_probs in zip(stems, images, probs):
       rows.append(write_image_outputs(output, stem, path, image, image_probs, pixel_size_um))

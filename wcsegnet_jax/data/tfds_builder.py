@@ -165,12 +165,15 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   """Builds a source's array_record files once (later calls reuse them) and its split list."""
   builder = get_builder(source, data_config)
   root = tfds_dir(data_config)
-  existed = _folders_under(root)
+  # Only a build can leave empty folders behind; a prepared one is merely opened.
+  prepared = builder.is_prepared()
+  existed = set() if prepared else _folders_under(root)
   try:
     with _tfds_quiet():
       builder.download_and_prepare(file_format='array_record')
   except BaseException:
-    _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
+    if not prepared:
+      _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
     raise
   ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
   if not ids_path.exists():
