@@ -13,7 +13,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # PRNG of initialisation and dropout. 'rbg' (XLA's RngBitGenerator) compiles in seconds where
   # JAX's default partitionable threefry takes ~20 s for even a tiny net on a CPU, and is fast
-  # on GPUs; 'threefry' gives JAX's default streams.
+  # on GPUs; 'threefry2x32' gives JAX's default streams.
+  # Data-parallel runs keep 'rbg': XLA does not split RngBitGenerator over devices, so every
+  # device draws the dropout bits of the whole global batch and keeps its own rows (no
+  # communication, no all-gather; the masks do not depend on the device count). The paper
+  # model draws 6 MiB per image, 96 MiB per step at batch 16 on each device: tens of
+  # microseconds at a GPU's bandwidth, a few % of an 8-GPU step by estimate, more with more
+  # devices. Partitionable threefry draws only each device's rows: the choice for many devices
+  # or large global batches, at 2x the step's compile time (docs/benchmarks.md, "GPU-path
+  # changes, measured on CPU").
   c.rng_impl = 'rbg'
   # Extra XLA flags ('--xla_...=value ...'), set before JAX starts (wcsegnet_jax/xla_flags.py);
   # flags in the XLA_FLAGS environment variable take precedence. configs/cpu.py sets its own.
@@ -31,7 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
   d.tfds_dir = ''
   d.datasets = ('jiangxi', 'cellavision')   # trained on their union, evaluated one by one
   d.image_size = 120
+  # The cell types kept (of neutrophil, lymphocyte, monocyte, eosinophil, basophil), in the order
+  # of their class ids: 0 is background, then these (their nucleus pixels), so the paper's three
+  # give its map 0 background, 1 neutrophil, 2 basophil, 3 lymphocyte. The model's class count
+  # follows (wcsegnet_jax/classes.py); images of other types are left out.
   d.cell_types = ('neutrophil', 'basophil', 'lymphocyte')
+  # True adds a last class for the cytoplasm (the masks' 128 gray), so the model segments whole
+  # cells; False (the paper) counts the cytoplasm as background.
+  d.cytoplasm = False
   # Times each dataset's train split enters an epoch, one per entry of `datasets`; () = once
   # each (the paper: the plain union). (1, 3) shows the 47 CellaVision images three times.
   d.dataset_repeats = ()
@@ -77,7 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model --------------------------------------------------------------------------------
   c.model = m = ml_collections.ConfigDict()
-  m.num_classes = 4
+  # The number of classes is not a knob: it follows data.cell_types and data.cytoplasm.
   m.base_width = 64            # widths base * 2**level: 64, 128, 256, 512, bottleneck 1024
   m.num_levels = 4             # 2x2 poolings; the input is padded to a multiple of 2**num_levels
   m.blocks_per_stage = 2

@@ -17,6 +17,7 @@ from conftest import ROOT
 from configs import base
 from configs import smoke
 from wcsegnet_jax import benchmarking
+from wcsegnet_jax import classes
 from wcsegnet_jax import models
 
 NO_DROPOUT = {'encoder_dropout': 0.0, 'decoder_dropout': 0.0, 'head_dropout': 0.0}
@@ -30,7 +31,7 @@ def tiny_config():
 
 
 def flax_param_count(config) -> int:
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   size = config.data.image_size
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
@@ -71,7 +72,7 @@ def test_ceilings_are_positive():
 def test_flops_scale_with_pixels():
   c = base.get_config()
   c.model.update(base_width=4, num_levels=2)
-  model = models.create_model(c.model)
+  model = models.create_model(c.model, classes.table_of(c.data).num_classes)
   flops64 = benchmarking.model_flops_per_image(model, 64, 64)
   flops128 = benchmarking.model_flops_per_image(model, 128, 128)
   assert flops64 > 0
@@ -82,7 +83,8 @@ def test_hand_count_of_flops_matches_xla_for_the_paper_model():
   """The reconciliation of docs/benchmarks.md: XLA's forward count is the convs' taps inside
   the (120 -> 128 padded) image plus ~0.2% elementwise work; counting every tap gives ~48.4."""
   c = base.get_config()
-  xla = benchmarking.model_flops_per_image(models.create_model(c.model), 120, 120)
+  xla = benchmarking.model_flops_per_image(
+      models.create_model(c.model, classes.table_of(c.data).num_classes), 120, 120)
   exact = benchmarking.conv_flops_per_image(c.model, 120, 120, count_padding_taps=False)
   dense = benchmarking.conv_flops_per_image(c.model, 120, 120)
   assert exact['total'] < xla < 1.005 * exact['total']
@@ -103,7 +105,8 @@ def test_benchmark_train_step_on_a_tiny_config():
   # A tiny net on a CPU is all overhead; the matmul peak may also be beaten a little by a
   # lucky timing, hence the slack above 1.
   assert 0 < r['mfu'] <= 1.5
-  forward = benchmarking.model_flops_per_image(models.create_model(c.model), 32, 32)
+  forward = benchmarking.model_flops_per_image(
+      models.create_model(c.model, classes.table_of(c.data).num_classes), 32, 32)
   assert 2.5 < r['flops_per_image'] / forward < 3.5   # backward ~ 2x forward
 
 
@@ -114,6 +117,28 @@ def test_speed_ratios():
              {'mode': 'input', 'batch_size': 8, 'num_workers': 0, 'images_per_s': 5.0}]
   (ratio,) = benchmarking.speed_ratios(results)
   assert ratio['mode'] == 'train' and ratio['jax_over_torch'] == pytest.approx(1.5)
+
+
+def test_datasheet_peak_tells_the_parts_apart():
+  """JAX's device kinds as NVIDIA's drivers name them; the SXM H100 is not called SXM."""
+  peak = lambda kind: benchmarking.datasheet_peak(kind)['bf16_dense_flops_per_s'] / 1e12
+  name = lambda kind: benchmarking.datasheet_peak(kind)['name']
+  assert (name('NVIDIA H100 80GB HBM3'), peak('NVIDIA H100 80GB HBM3')) == ('H100 SXM', 989.0)
+  assert (name('NVIDIA H100 PCIe'), peak('NVIDIA H100 PCIe')) == ('H100 PCIe', 756.0)
+  assert (name('NVIDIA H200'), peak('NVIDIA H200')) == ('H200', 989.0)
+  assert (name('NVIDIA A100-SXM4-80GB'), peak('NVIDIA A100-PCIE-40GB')) == ('A100', 312.0)
+  for other in ('cpu', 'NVIDIA H100 NVL', 'NVIDIA GH200 480GB', 'TPU v5 lite'):
+    assert benchmarking.datasheet_peak(other) is None, other
+
+
+def test_torch_rows_get_both_mfus_from_their_jax_twin():
+  results = [{'mode': 'train', 'batch_size': 2, 'dtype': 'bfloat16', 'images_per_s': 30.0,
+              'flops_per_image': 1e12},
+             {'mode': 'torch_train', 'batch_size': 2, 'dtype': 'bfloat16', 'images_per_s': 20.0}]
+  benchmarking.add_torch_flops(results, 1e14, 1e15)
+  assert results[1]['flops_per_s'] == pytest.approx(2e13)
+  assert results[1]['mfu'] == pytest.approx(0.2)
+  assert results[1]['mfu_datasheet'] == pytest.approx(0.02)
 
 
 def test_cli_end_to_end(wbc_raw, tmp_path):
@@ -135,6 +160,7 @@ def test_cli_end_to_end(wbc_raw, tmp_path):
           'ratios', 'notes'} <= set(report)
   assert {'device_kind', 'jax', 'date'} <= set(report['environment'])
   assert report['ceilings']['matmul']['size'] == 256
+  assert report['complete'] and report['ceilings']['datasheet'] is None   # a CPU
   assert report['ceilings']['memory_bandwidth']['bytes_per_s'] > 0
   rows = {r['mode']: r for r in report['results']}
   for row in report['results']:

@@ -23,10 +23,10 @@ def test_changed_model_data_or_prng_is_named():
   saved, current = base.get_config(), base.get_config()
   current.model.base_width = 32
   current.data.split_seed = 3
-  current.rng_impl = 'threefry'
+  current.rng_impl = 'threefry2x32'
   diffs = checkpointing.config_mismatches(_as_json(saved), _as_json(current))
   assert diffs == ['data.split_seed: 0 -> 3', 'model.base_width: 64 -> 32',
-                   "rng_impl: 'rbg' -> 'threefry'"]
+                   "rng_impl: 'rbg' -> 'threefry2x32'"]
 
 
 def test_moved_data_and_input_speed_do_not_block_a_resume():

@@ -68,14 +68,14 @@ def test_every_problem_is_listed_at_once():
   c.train.batch_size = 10
   c.data.image_size = 8
   c.model.activation = 'gelu'
-  c.data.cell_types = ('neutrophil', 'monocyte')
+  c.data.cell_types = ('neutrophil', 'myelocyte')
   found = config_lib.problems(c, device_count=4)
   text = '\n'.join(found)
   assert 'train.learning_rate=-1.0 must be > 0' in text
   assert 'train.batch_size=10 must be a positive multiple of the device count (4)' in text
   assert 'data.image_size=8 is too small for model.num_levels=4' in text
   assert "model.activation='gelu'" in text
-  assert 'monocyte' in text
+  assert "['myelocyte'] not a cell type" in text
   assert len(found) == 5
 
 
@@ -116,6 +116,46 @@ def test_patch_size_must_fit_the_image():
   assert any('with model.patch_size=8 (needs >= 128' in p for p in config_lib.problems(c))
 
 
+@pytest.mark.parametrize('cell_types, message', [
+    (('neutrophil', 'blast'), "['blast'] not a cell type; the types are ('neutrophil', "),
+    (('basophil', 'basophil'), "['basophil'] listed twice"),
+    ((), 'data.cell_types is empty'),
+])
+def test_bad_cell_types_are_named(cell_types, message):
+  c = base.get_config()
+  c.data.cell_types = cell_types
+  assert any(message in p for p in config_lib.problems(c))
+
+
+@pytest.mark.parametrize('cell_types, cytoplasm, n_classes', [
+    (('neutrophil', 'basophil', 'lymphocyte'), False, 4),
+    (('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil'), True, 7),
+    (('monocyte',), True, 3),
+])
+def test_any_cell_types_and_the_cytoplasm_validate_and_size_class_weights(cell_types, cytoplasm,
+                                                                         n_classes):
+  c = base.get_config()
+  c.data.cell_types, c.data.cytoplasm = cell_types, cytoplasm
+  assert config_lib.problems(c) == []
+  c.train.class_weights = (1.0,) * n_classes
+  assert config_lib.problems(c) == []
+  c.train.class_weights = (1.0,) * (n_classes + 1)
+  assert any(f'expected {n_classes}, one per class' in p for p in config_lib.problems(c))
+
+
+def test_an_older_config_with_num_classes_loads_when_its_map_is_the_papers():
+  saved = json.loads(base.get_config().to_json())
+  del saved['data']['cytoplasm']
+  saved['model']['num_classes'] = 4   # a knob of older versions
+  filled = config_lib.with_defaults(saved)
+  assert 'num_classes' not in filled['model'] and filled['data']['cytoplasm'] is False
+  assert config_lib.problems(ml_collections.ConfigDict(filled)) == []
+  # Its fixed map gave lymphocytes id 3; config order would give 2: refused, not misread.
+  saved['data']['cell_types'] = ['neutrophil', 'lymphocyte']
+  with pytest.raises(config_lib.ConfigError, match='fixed map 0 background, 1 neutrophil'):
+    config_lib.with_defaults(saved)
+
+
 def test_with_defaults_fills_keys_added_since_a_config_was_saved():
   saved = json.loads(base.get_config().to_json())
   del saved['xla_flags']
@@ -125,3 +165,12 @@ def test_with_defaults_fills_keys_added_since_a_config_was_saved():
   assert filled['xla_flags'] == '' and filled['model']['patch_size'] == 1
   assert filled['model']['base_width'] == 8   # what was saved stays
   assert config_lib.problems(ml_collections.ConfigDict(filled)) == []
+
+
+@pytest.mark.parametrize('impl', config_lib.CHOICES['rng_impl'])
+def test_every_accepted_prng_name_is_one_jax_takes(impl):
+  import jax
+  config = base.get_config()
+  config.rng_impl = impl
+  config_lib.validate(config, 1, 1)
+  assert jax.random.key_impl(jax.random.key(0, impl=impl)) is not None

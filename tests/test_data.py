@@ -32,6 +32,7 @@ from wcsegnet_jax.data import tfds_builder
 
 SOURCES = ('jiangxi', 'cellavision')
 KEPT = classes.DEFAULT_CELL_TYPES
+PAPER = classes.PAPER_TABLE
 needs_real_data = pytest.mark.skipif(
     not (conftest.REAL_WBC_DIR / 'Dataset 1').is_dir(),
     reason=f'the WBC Image Dataset is not at {conftest.REAL_WBC_DIR}')
@@ -133,7 +134,7 @@ def test_split_seed_gives_its_own_build(wbc_raw, tmp_path):
     c = conftest.data_config(raw_dir, tmp_path / f'tfds_{len(test_ids)}', split_seed=seed)
     builder = tfds_builder.prepare('jiangxi', c.data)
     ids = sorted(fid for fid, _ in read_split(builder, 'test'))
-    listed = tfds_builder.split_records('jiangxi', raw_dir, KEPT, 0.2, seed)
+    listed = tfds_builder.split_records('jiangxi', raw_dir, PAPER, 0.2, seed)
     assert ids == sorted(r.file_id for r in listed['test'])
     test_ids.setdefault(seed, ids)
     assert test_ids[seed] == ids   # same seed, same ids (from another TFDS folder)
@@ -183,7 +184,7 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
   """A build is named by its raw files: a relabelled image is not served from the stale build."""
   root = tmp_path / 'raw'
   manifest = fixtures.make_wbc_raw(root, n_per_type={1: 3, 2: 3})['jiangxi']
-  c = conftest.data_config(root, tmp_path / 'tfds')
+  c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('neutrophil', 'lymphocyte'))
   before = tfds_builder.prepare('jiangxi', c.data)
   relabelled = manifest[0]
   new_code = 2 if relabelled.type_code == 1 else 1
@@ -192,7 +193,7 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
   after = tfds_builder.prepare('jiangxi', c.data)
   assert after.data_dir != before.data_dir
   examples = dict(read_split(after, 'train') + read_split(after, 'test'))
-  want = classes.CLASS_ID[classes.CSV_CELL_TYPES[new_code]]
+  want = classes.table_of(c.data).type_id(classes.CSV_CELL_TYPES[new_code])
   assert int(examples[relabelled.file_id]['cell_type']) == want
   assert set(np.unique(examples[relabelled.file_id]['label_map']).tolist()) == {0, want}
 
@@ -254,7 +255,7 @@ def test_folder_source(tmp_path, with_labels_csv):
 
 def _small_raw(tmp_path):
   root = tmp_path / 'raw'
-  manifest = fixtures.make_wbc_raw(root, n_per_type={1: 3, 2: 2}, size2=120)
+  manifest = fixtures.make_wbc_raw(root, n_per_type={1: 3, 2: 2, 5: 1}, size2=120)
   return root, manifest['jiangxi'][0].file_id
 
 
@@ -440,9 +441,18 @@ def test_local_build_does_not_announce_a_download(tmp_path, capfd):
 
 
 def test_empty_after_filtering(tmp_path):
-  root, _ = _small_raw(tmp_path)   # neutrophils and lymphocytes only
-  c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('basophil',))
-  with pytest.raises(raw.DataError, match=re.escape(str(root)) + '.*basophil'):
+  root, _ = _small_raw(tmp_path)   # neutrophils, lymphocytes and a basophil: no eosinophil
+  c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('eosinophil',))
+  with pytest.raises(raw.DataError, match=re.escape(str(root)) + '.*eosinophil'):
+    tfds_builder.prepare('jiangxi', c.data)
+
+
+def test_a_configured_type_without_an_image_is_named(tmp_path):
+  root, _ = _small_raw(tmp_path)
+  c = conftest.data_config(root, tmp_path / 'tfds',
+                           cell_types=('neutrophil', 'monocyte', 'lymphocyte'))
+  with pytest.raises(raw.DataError, match=re.escape(str(root)) + ".*no image of the cell type "
+                                          "'monocyte'"):
     tfds_builder.prepare('jiangxi', c.data)
 
 
@@ -520,7 +530,7 @@ def test_label_map_without_nucleus(tmp_path):
   bad = folder / 'masks' / f'{manifest[0].file_id}.png'
   fixtures.write_gray(bad, np.zeros_like(manifest[0].mask))
   with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*without a nucleus pixel'):
-    raw.list_folder_records(folder)
+    raw.list_folder_records(folder, PAPER)
 
 
 # --- Truncated and corrupt files ----------------------------------------------------------------
@@ -599,7 +609,7 @@ def test_label_csv_without_header_keeps_its_first_row(tmp_path):
   manifest = fixtures.make_folder_raw(folder)
   fixtures.write_csv(folder / 'labels.csv', [(f.csv_id, f.cell_type) for f in manifest],
                      header=False)
-  assert {r.file_id: r.cell_type for r in raw.list_folder_records(folder)} == {
+  assert {r.file_id: r.cell_type for r in raw.list_folder_records(folder, PAPER)} == {
       f.file_id: f.cell_type for f in manifest}
 
 
@@ -653,11 +663,11 @@ def test_stray_gray_levels_snap(tmp_path):
   noisy = mask.copy()
   noisy[0, :99] = 50                                     # 0.99% off-level: allowed
   noisy[25, 25], noisy[35, 35], noisy[1, 1] = 160, 220, 3   # within tolerance: snapped
-  got = raw.label_map_from_mask(noisy, record, 40, 0.01)
+  got = raw.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
   np.testing.assert_array_equal(got, np.where(mask == 255, classes.CLASS_ID['basophil'], 0))
   noisy[1, :2] = 50                                      # 1.01%: another scheme
   with pytest.raises(raw.DataError, match=re.escape(str(record.mask_path))):
-    raw.label_map_from_mask(noisy, record, 40, 0.01)
+    raw.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
 
 
 def test_far_gray_levels_snapped_are_logged(tmp_path, caplog):
@@ -702,7 +712,8 @@ def test_real_build(real_builders, source):
 @needs_real_data
 @pytest.mark.parametrize('source', SOURCES)
 def test_real_split_determinism(source):
-  split = lambda seed: tfds_builder.split_records(source, conftest.REAL_WBC_DIR, KEPT, 0.2, seed)
+  split = lambda seed: tfds_builder.split_records(source, conftest.REAL_WBC_DIR, PAPER, 0.2,
+                                                         seed)
   test_ids = lambda s: [r.file_id for r in s['test']]
   assert test_ids(split(0)) == test_ids(split(0))
   assert test_ids(split(0)) != test_ids(split(1))
@@ -720,8 +731,9 @@ def test_nucleus_that_vanishes_in_the_resize_is_an_error(tmp_path):
   record = raw.RawRecord('1', tmp_path / '001.bmp', tmp_path / '001.png', 'neutrophil')
   with pytest.raises(raw.DataError, match=re.escape(str(tmp_path / '001.png')) +
                      r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120'):
-    raw.load_example(record, 120, 40, 0.01)
-  assert raw.load_example(record, 300, 40, 0.01)['label_map'][1, 1] == 1   # kept at full size
+    raw.load_example(record, PAPER, 120, 40, 0.01)
+  # Kept at full size.
+  assert raw.load_example(record, PAPER, 300, 40, 0.01)['label_map'][1, 1] == 1
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ import subprocess
 import sys
 
 import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,9 +24,12 @@ import fixtures
 from configs import base
 from configs import smoke
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import files
+from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import metrics
+from wcsegnet_jax import models
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
 
@@ -249,7 +254,8 @@ def test_predicted_cell_types_vote_the_predicted_pixels():
   preds = np.array([[[1, 2], [2, 0]], [[0, 0], [0, 0]], [[3, 1], [0, 0]]])
   per_image = np.asarray(metrics.per_image_confusion(labels, preds), np.int64)
   # 2 basophil pixels beat 1 neutrophil; no nucleus predicted: 0; a 1-1 tie: the smaller id.
-  np.testing.assert_array_equal(evaluate.predicted_cell_types(per_image), [2, 0, 1])
+  np.testing.assert_array_equal(evaluate.predicted_cell_types(per_image, classes.PAPER_TABLE),
+                                [2, 0, 1])
   assert [metrics.predicted_cell_type(p)[0] for p in preds] == [2, 0, 1]
 
 
@@ -300,3 +306,75 @@ def test_evaluation_checks_model_and_data_but_not_where_data_lives():
   assert checkpointing.config_mismatches(
       as_dict(saved), as_dict(current), restore.EVAL_FREE, within=restore.EVAL_CHECKED) == [
           'data.std: [0.25, 0.25, 0.25] -> [0.3, 0.3, 0.3]', 'model.patch_size: 1 -> 2']
+
+
+# --- the device paths: TTA as one batch, splits uploaded once, only small results fetched ------
+
+def _random_model(tta: bool, seed: int = 0):
+  """The tiny net of TINY with random parameters and BatchNorm statistics away from (0, 1), so
+  eval-mode BatchNorm would show any mixing of the images of a batch."""
+  config = tiny_config('', '', **{'eval.tta': tta, 'model.block_norm': 'batch'})
+  model = models.create_model(config.model, 4)
+  variables = model.init(jax.random.key(seed), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  rng = np.random.default_rng(seed)
+  variables = jax.tree.map(lambda x: x + rng.normal(0, 0.1, x.shape).astype(x.dtype), variables)
+  return config, model, variables
+
+
+def _fake_source(n: int, size: int = 32, seed: int = 0) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+           'label_map': rng.integers(0, 4, (size, size), dtype=np.uint8),
+           'cell_type': int(rng.integers(1, 4)), 'file_id': f'{i:03d}'} for i in range(n)]
+
+
+def test_tta_in_one_batch_equals_the_average_of_four_passes():
+  config, model, variables = _random_model(tta=True)
+  images = np.stack([e['image'] for e in _fake_source(3)])
+  x = input_pipeline.normalize_images(images, config.data.mean, config.data.std)
+  probs = lambda y: jax.nn.softmax(model.apply(variables, y, train=False), axis=-1)
+  four_passes = sum(jnp.flip(probs(jnp.flip(x, axes)), axes)
+                    for axes in ((), (2,), (1,), (1, 2))) / 4
+  one_batch = evaluate.predict_probs(model, variables, images, config.data, tta=True)
+  assert one_batch.shape == (3, 32, 32, 4)
+  np.testing.assert_allclose(one_batch, four_passes, atol=1e-6)
+  plain = evaluate.predict_probs(model, variables, images, config.data, tta=False)
+  assert float(jnp.abs(plain - one_batch).max()) > 1e-4   # the flips do change the answer
+
+
+@pytest.mark.parametrize('keep_maps', [False, True])
+def test_split_is_uploaded_once_and_only_small_results_are_fetched(keep_maps, monkeypatch):
+  config, model, variables = _random_model(tta=False)
+  source = _fake_source(7)
+  step = jax.jit(evaluate.make_eval_step(model, config))
+  uploads = []
+  split = evaluate.upload_split(source, 'fake', 3, lambda b: uploads.append(b) or
+                                jax.device_put(b), keep_maps=keep_maps)
+  assert len(uploads) == 3   # 7 images in batches of 3; nothing more is copied later
+  fetched = []
+  real_get = jax.device_get
+  monkeypatch.setattr(evaluate.jax, 'device_get', lambda x: fetched.append(x) or real_get(x))
+  first = evaluate.evaluate_split(step, variables, split)
+  second = evaluate.evaluate_split(step, variables, split)
+  assert len(uploads) == 3 and len(fetched) == 2   # one fetch per evaluation
+  keys = {k for batch in fetched[0] for k in batch}
+  assert keys == ({'confusion', 'loss', 'prediction'} if keep_maps else {'confusion', 'loss'})
+  np.testing.assert_array_equal(first.confusion, second.confusion)
+
+  # The numbers are those of running the step on each host batch and dropping the padding.
+  rows = {'confusion': [], 'loss': [], 'prediction': []}
+  for batch in input_pipeline.eval_batches(source, 3):
+    out = real_get(step(variables, {k: batch[k] for k in ('image', 'label_map')}))
+    for k in rows:
+      rows[k].append(np.asarray(out[k])[batch['valid']])
+  np.testing.assert_array_equal(first.confusion, np.concatenate(rows['confusion']))
+  np.testing.assert_array_equal(first.loss, np.concatenate(rows['loss']))
+  assert first.confusion.shape == (7, 4, 4) and first.confusion.sum() == 7 * 32 * 32
+  assert list(first.file_ids) == [e['file_id'] for e in source]
+  assert list(first.cell_types) == [e['cell_type'] for e in source]
+  if keep_maps:
+    np.testing.assert_array_equal(first.prediction, np.concatenate(rows['prediction']))
+    np.testing.assert_array_equal(first.images, np.stack([e['image'] for e in source]))
+    np.testing.assert_array_equal(first.label_maps, np.stack([e['label_map'] for e in source]))
+  else:
+    assert first.prediction is None and first.images is None and first.label_maps is None

@@ -47,3 +47,24 @@ def test_evaluate_checks_its_report_folder_first(tmp_path):
   assert result.returncode == 2
   assert result.stderr.splitlines()[-1] == (f'error: {tmp_path}/eval is a file, not a folder; '
                                             'move it away or choose another --workdir')
+
+
+def test_coordinator_flags_come_together_or_not_at_all(tmp_path):
+  result = run([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path}',
+                '--num_processes=2'], module='wcsegnet_jax.main')
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      'error: --coordinator_address, --process_id missing: give --coordinator_address, '
+      '--num_processes and --process_id together (or none, to let JAX detect the cluster, e.g. '
+      'under SLURM)']
+  assert not list(tmp_path.iterdir())
+
+
+def test_distributed_outside_a_cluster_says_how_to_start_one(tmp_path):
+  result = run([f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path}',
+                '--config.train.distributed=True'], module='wcsegnet_jax.main',
+               cwd=tmp_path)
+  assert result.returncode == 2
+  line = result.stderr.splitlines()[-1]
+  assert line.startswith('error: cannot join a cluster (config.train.distributed=True): ')
+  assert 'tools/local_cluster.py' in line and 'Traceback' not in result.stderr

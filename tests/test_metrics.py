@@ -90,6 +90,31 @@ def test_per_image_confusion_keeps_images_apart():
     np.testing.assert_array_equal(per_image[b], expected)
 
 
+def _bincount_confusion(labels, preds, num_classes):
+  """The scatter-add (`bincount`) formulation the one-hot contraction replaced: the reference."""
+  labels, preds = np.asarray(labels, np.int64), np.asarray(preds, np.int64)
+  valid = (labels >= 0) & (labels < num_classes) & (preds >= 0) & (preds < num_classes)
+  image = np.arange(labels.shape[0]).reshape((-1,) + (1,) * (labels.ndim - 1))
+  index = (image * num_classes + labels) * num_classes + preds
+  counts = np.bincount(index[valid], minlength=labels.shape[0] * num_classes**2)
+  return counts.reshape(labels.shape[0], num_classes, num_classes)
+
+
+@pytest.mark.parametrize('num_classes', [2, NUM_CLASSES, 6])
+def test_one_hot_confusion_equals_bincount_with_out_of_range_values(num_classes):
+  """Labels and predictions from -3 to C+2 (ignore values, stray ids) on random maps."""
+  rng = np.random.default_rng(num_classes)
+  labels = rng.integers(-3, num_classes + 3, size=(7, 15, 12))
+  preds = rng.integers(-3, num_classes + 3, size=(7, 15, 12))
+  got = np.asarray(jax.jit(metrics.per_image_confusion, static_argnums=2)(
+      labels, preds, num_classes))
+  np.testing.assert_array_equal(got, _bincount_confusion(labels, preds, num_classes))
+  assert 0 < got.sum() < labels.size   # some pixels were left out, some counted
+  as_uint8 = np.where(labels < 0, 255, labels).astype(np.uint8)   # 255: the usual ignore value
+  np.testing.assert_array_equal(metrics.per_image_confusion(as_uint8, preds, num_classes),
+                                _bincount_confusion(as_uint8, preds, num_classes))
+
+
 # --- paper metrics (nucleus vs background) -------------------------------------------------------
 
 def test_paper_metrics_hand_example():

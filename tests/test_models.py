@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from wcsegnet_jax import classes
 from wcsegnet_jax import models
 
 # Plain (residual=False) paper model, by hand: conv(k, cin, cout) = k*k*cin*cout + cout, each
@@ -102,7 +103,7 @@ def forward(model, variables, images, *, train, dropout_seed=0):
     (4, 22, 2, 'reflect'),      # height exactly 2**num_levels, width padded 1 + 1
 ])
 def test_output_shape(height, width, num_levels, pad_mode):
-  model = models.create_model(tiny_config(num_levels=num_levels, pad_mode=pad_mode))
+  model = models.create_model(tiny_config(num_levels=num_levels, pad_mode=pad_mode), 4)
   images = random_images((2, height, width, 3))
   variables = random_variables(model, images.shape)
   logits = forward(model, variables, images, train=False)
@@ -115,7 +116,7 @@ def test_output_shape(height, width, num_levels, pad_mode):
 def test_paper_parameter_count(residual, expected):
   config = base.get_config().model
   config.residual = residual
-  model = models.create_model(config)
+  model = models.create_model(config, classes.PAPER_TABLE.num_classes)
   variables = abstract_variables(model, (1, 120, 120, 3))
   num_params = models.count_params(variables['params'])
   print(f'residual={residual}: {num_params:,} parameters')
@@ -158,7 +159,7 @@ def test_plain_block_has_no_add():
 
 
 def test_eval_deterministic_and_train_uses_dropout_rng():
-  model = models.create_model(tiny_config())
+  model = models.create_model(tiny_config(), 4)
   images = random_images(IMAGES_SHAPE)
   variables = random_variables(model, images.shape)
   np.testing.assert_array_equal(forward(model, variables, images, train=False),
@@ -170,8 +171,8 @@ def test_eval_deterministic_and_train_uses_dropout_rng():
 
 def test_bfloat16_compute_close_to_float32():
   images = random_images(IMAGES_SHAPE)
-  model32 = models.create_model(tiny_config())
-  model16 = models.create_model(tiny_config(dtype='bfloat16'))
+  model32 = models.create_model(tiny_config(), 4)
+  model16 = models.create_model(tiny_config(dtype='bfloat16'), 4)
   variables = random_variables(model32, images.shape)
   # Same parameter tree, kept in float32, whatever the compute dtype.
   variables16 = abstract_variables(model16, images.shape)
@@ -192,7 +193,7 @@ def test_bfloat16_compute_close_to_float32():
     dict(residual=False, blocks_per_stage=1),
 ])
 def test_variants_build_and_run(overrides):
-  model = models.create_model(tiny_config(**overrides))
+  model = models.create_model(tiny_config(**overrides), 4)
   images = random_images(IMAGES_SHAPE)
   variables = random_variables(model, images.shape)
   logits = forward(model, variables, images, train=True)
@@ -204,7 +205,7 @@ def test_variants_build_and_run(overrides):
 
 @pytest.mark.parametrize('shape', [(1, 8, 8, 3), (1, 32, 8, 3)])
 def test_image_smaller_than_downsampling_raises(shape):
-  model = models.create_model(tiny_config(num_levels=4))
+  model = models.create_model(tiny_config(num_levels=4), 4)
   with pytest.raises(ValueError, match='smaller than 2\\*\\*model.num_levels'):
     abstract_variables(model, shape)
 
@@ -220,7 +221,7 @@ def test_space_to_depth_round_trip_and_layout():
 
 @pytest.mark.parametrize('size', [120, 100])
 def test_patch_size_keeps_full_resolution_logits(size):
-  model = models.create_model(tiny_config(patch_size=2, num_levels=2))
+  model = models.create_model(tiny_config(patch_size=2, num_levels=2), 4)
   images = jnp.zeros((1, size, size, 3))
   variables = model.init(jax.random.key(0), images, train=False)
   assert model.apply(variables, images, train=False).shape == (1, size, size, 4)
@@ -233,7 +234,7 @@ def test_cpu_recipe_parameter_count():
   """configs/cpu.py's net: base width 16, BatchNorm blocks, 2x2 patches (shipped pretrained)."""
   from configs import cpu   # pylint: disable=g-import-not-at-top
   config = cpu.get_config()
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   shapes = abstract_variables(model, (1, 120, 120, 3))
   assert models.count_params(shapes['params']) == 4_000_384
 

@@ -18,6 +18,7 @@ import conftest
 import fixtures
 from configs import cpu
 from configs import pretrained as pretrained_config
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import models
@@ -140,19 +141,21 @@ def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
   """The model types the real test images as its info.json says, image for image."""
   config, variables, info = shipped
   test_ids = set(info['images'][dataset]['test'])
-  records = [r for r in raw.list_raw_records(dataset, conftest.REAL_WBC_DIR)
+  table = classes.table_of(config.data)
+  records = [r for r in raw.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
              if r.file_id in test_ids]
   if len(records) != len(test_ids):
     pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
-  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model), config))
+  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model,
+                                                                  table.num_classes), config))
   result = evaluate.evaluate_source(eval_step, variables,
                                     held_out.RawExamples(records, config.data), dataset,
                                     config.eval.batch_size, jax.device_put)
-  summary = evaluate.summarize(result)
+  summary = evaluate.summarize(result, table)
   expected = info['test_metrics'][dataset]
   assert summary['paper']['dice'] == pytest.approx(expected['dice'], abs=1e-4)
   assert summary['cells']['cell_accuracy'] == pytest.approx(expected['cell_accuracy'])
-  predicted = evaluate.predicted_cell_types(result.confusion)
+  predicted = evaluate.predicted_cell_types(result.confusion, table)
   majority_baseline = np.max(np.bincount(result.cell_types)) / len(result.cell_types)
   assert np.mean(predicted == result.cell_types) > majority_baseline   # it reads the cells
 
@@ -163,7 +166,8 @@ def test_predict_types_real_test_cells_like_their_labels(shipped, tmp_path):
   come back with their labelled type (the model types all 36 Jiangxi test cells right)."""
   _, _, info = shipped
   test_ids = set(info['images']['jiangxi']['test'])
-  records = [r for r in raw.list_raw_records('jiangxi', conftest.REAL_WBC_DIR)
+  records = [r for r in raw.list_raw_records('jiangxi', conftest.REAL_WBC_DIR,
+                                             classes.PAPER_TABLE)
              if r.file_id in test_ids]
   chosen = ([r for r in records if r.cell_type == 'neutrophil'][:2] +
             [r for r in records if r.cell_type == 'lymphocyte'][:2])

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 
+import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from conftest import REAL_WBC_DIR, ROOT
 from configs import base
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import metric_writers
@@ -75,7 +78,7 @@ def test_tiny_net_overfits_eight_images(wbc_raw, wbc_tfds_dir):
   c.train.learning_rate = 3e-3
   source = tfds_builder.prepare('jiangxi', c.data).as_data_source('train')
   batch = {k: np.stack([source[i][k] for i in range(8)]) for k in ('image', 'label_map')}
-  model = models.create_model(c.model)
+  model = models.create_model(c.model, classes.table_of(c.data).num_classes)
   state = jax.jit(functools.partial(train.create_train_state, c, model,
                                     tx=train.make_optimizer(c.train, 1, 1)))(0)
   step = jax.jit(train.make_train_step(c))
@@ -347,3 +350,56 @@ def test_moved_data_folder_resumes():
   assert checkpointing.data_changes(same, resplit) == [
       'jiangxi: 1 of its 1 test images were training images, '
       '1 former test images are now training images']
+
+
+def _numbered_batches(n: int = 8):
+  """A grain iterator of n batches [2i, 2i + 1], with a state to save and restore."""
+  return iter(grain.MapDataset.range(2 * n).batch(2).to_iter_dataset())
+
+
+def test_device_prefetch_keeps_the_batch_order_and_saves_the_consumed_position():
+  sent = []
+  it = input_pipeline.DevicePrefetch(_numbered_batches(),
+                                     lambda b: sent.append(b) or jax.device_put(b))
+  plain = [list(b) for b in _numbered_batches()]
+  taken = [list(np.asarray(next(it))) for _ in range(3)]
+  assert len(sent) == 4   # the 4th batch is on its way while the 3rd is used
+  state = it.get_state()   # what a checkpoint after the 3rd step saves
+  rest = [list(np.asarray(b)) for b in it]
+  assert taken + rest == plain
+  # A resume from that state starts at the first batch no step took, not the one in flight.
+  resumed = input_pipeline.DevicePrefetch(_numbered_batches(), jax.device_put)
+  resumed.set_state(state)
+  assert [list(np.asarray(b)) for b in resumed] == rest
+  again = input_pipeline.DevicePrefetch(_numbered_batches(), jax.device_put)
+  next(again)
+  again.set_state(state)   # drops the batch in flight
+  assert list(np.asarray(next(again))) == plain[3]
+
+
+class _NoCheckpoints:
+  directory = pathlib.Path('/w/checkpoints')
+
+  def latest_step(self):
+    return None
+
+
+def test_logging_fetches_one_array_and_names_the_first_bad_step(monkeypatch):
+  losses, accuracies = [0.5, 0.25, 1.0, 0.75], [0.1, 0.2, 0.3, 0.4]
+  history = [(10 + i, {'loss': jnp.float32(l), 'pixel_accuracy': jnp.float32(a)})
+             for i, (l, a) in enumerate(zip(losses, accuracies))]
+  fetched, real_get = [], jax.device_get
+  monkeypatch.setattr(train.jax, 'device_get', lambda x: fetched.append(x) or real_get(x))
+  c = base.get_config()
+  scalars = train._train_scalars(history, metric_writers.StepTimer(10), 14, 7,
+                                 _NoCheckpoints(), c)
+  (array,) = fetched
+  # One array: the 4 steps padded to log_every_steps (one compilation for every length).
+  assert isinstance(array, jax.Array) and array.shape == (c.train.log_every_steps, 2)
+  assert scalars['loss'] == pytest.approx(np.mean(losses))
+  assert scalars['pixel_accuracy'] == pytest.approx(np.mean(accuracies))
+  assert scalars['epoch'] == 2.0 and scalars['images_per_second'] > 0
+  history[2] = (12, {'loss': jnp.float32(np.nan), 'pixel_accuracy': jnp.float32(0.3)})
+  history[3] = (13, {'loss': jnp.float32(np.inf), 'pixel_accuracy': jnp.float32(0.3)})
+  with pytest.raises(train.TrainingDivergedError, match='loss is nan at step 12'):
+    train._train_scalars(history, metric_writers.StepTimer(10), 14, 7, _NoCheckpoints(), c)

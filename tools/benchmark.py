@@ -9,6 +9,11 @@ same process, and MFU is relative to the first. Model timings use synthetic batc
 device; the input mode reads the configured data (`--config.data.raw_dir=...`). `--torch` adds
 the same model in PyTorch (tools/torch_reference.py; optional, skipped when not installed), run
 on the same device in the same process, and reports the JAX/PyTorch images/s ratios.
+MFU is also given against the device's data-sheet dense bf16 peak (`mfu_datasheet`).
+
+`--time_limit_s` bounds the run: a measurement that would start past it becomes a row marked
+`skipped`. `--output` is rewritten (whole, atomically) after every measurement, with
+`complete` false until the end, so a run killed from outside keeps what it measured.
 See docs/benchmarks.md.
 """
 
@@ -18,6 +23,7 @@ import os
 import pathlib
 import shlex
 import sys
+import time
 import traceback
 
 from absl import app
@@ -25,6 +31,7 @@ from absl import flags
 from absl import logging
 
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import files
 
 
 def _load_torch_reference():
@@ -57,11 +64,24 @@ flags.DEFINE_string('matmul_dtype', '', 'Its dtype (empty: bfloat16 on accelerat
                     'CPU, where bfloat16 is emulated).')
 flags.DEFINE_integer('bandwidth_mib', 0, 'Array size of the bandwidth ceiling (0: by platform).')
 flags.DEFINE_string('output', '', 'Write the report here as JSON.')
+flags.DEFINE_float('time_limit_s', 0.0, 'Start no measurement after this many seconds from the '
+                   'start (0: no limit); those left are rows marked skipped.')
 flags.mark_flags_as_required(['config'])
 
 
+_STARTED = time.monotonic()
+
+
+def _out_of_time() -> bool:
+  return bool(FLAGS.time_limit_s) and time.monotonic() - _STARTED > FLAGS.time_limit_s
+
+
 def _guarded(what: str, fn, **keys) -> dict:
-  """Runs one measurement; a failure (say, out of memory at a large batch) becomes a row."""
+  """Runs one measurement; a failure (say, out of memory at a large batch) becomes a row, and
+  so does one not started because `--time_limit_s` has passed."""
+  if _out_of_time():
+    logging.warning('Skipping %s %s: past --time_limit_s=%s', what, keys, FLAGS.time_limit_s)
+    return {'mode': what, **keys, 'skipped': f'time limit ({FLAGS.time_limit_s:g} s)'}
   logging.info('Benchmarking %s %s', what, keys)
   try:
     return fn()
@@ -104,8 +124,11 @@ def main(argv):
   batch_sizes = sorted(int(b) for b in FLAGS.batch_sizes)
   report = {'command': shlex.join([sys.executable, *sys.argv]),
             'environment': benchmarking.environment(), 'config': json.loads(config.to_json()),
-            'steps': FLAGS.steps, 'warmup': FLAGS.warmup, 'ceilings': {}, 'results': [],
-            'notes': notes}
+            'steps': FLAGS.steps, 'warmup': FLAGS.warmup, 'time_limit_s': FLAGS.time_limit_s,
+            'complete': False, 'ceilings': {}, 'results': [], 'ratios': [], 'notes': notes}
+  datasheet = benchmarking.datasheet_peak(report['environment']['device_kind'])
+  report['ceilings']['datasheet'] = datasheet
+  datasheet_peak = datasheet['bf16_dense_flops_per_s'] if datasheet else None
   logging.info('Measuring the device ceilings.')
   report['ceilings']['matmul'] = benchmarking.matmul_peak_flops(
       FLAGS.matmul_size or None, FLAGS.matmul_dtype or None)
@@ -114,6 +137,14 @@ def main(argv):
   report['model_flops'] = benchmarking.model_flops(config)
   peak = report['ceilings']['matmul']['flops_per_s']
   results = report['results']
+  _write(report)
+
+  def add(row):
+    """One measured (or failed, or skipped) row; --output is rewritten, so a kill keeps it."""
+    results.append(row)
+    benchmarking.add_torch_flops(results, peak, datasheet_peak)
+    report['ratios'] = benchmarking.speed_ratios(results)
+    _write(report)
 
   # PyTorch first: its caching allocator can hand its memory back (empty_cache), JAX's cannot.
   torch_fns = {'torch_train': 'benchmark_train_step', 'torch_infer': 'benchmark_inference'}
@@ -121,18 +152,18 @@ def main(argv):
     fn = getattr(torch_reference, torch_fns[mode])
     for dtype in FLAGS.dtypes:
       for b in batch_sizes:
-        results.append(_guarded(mode, lambda: fn(config, b, dtype, FLAGS.steps, FLAGS.warmup,
-                                                 use_compile=FLAGS.torch_compile),
-                                batch_size=b, dtype=dtype))
+        add(_guarded(mode, lambda: fn(config, b, dtype, FLAGS.steps, FLAGS.warmup,
+                                      use_compile=FLAGS.torch_compile),
+                     batch_size=b, dtype=dtype))
         torch_reference.release_memory()
   jax_fns = {'train': benchmarking.benchmark_train_step,
              'infer': benchmarking.benchmark_inference}
   for mode in (m for m in modes if m in jax_fns):
     for dtype in FLAGS.dtypes:
       for b in batch_sizes:   # ascending: the device's running peak memory stays meaningful
-        results.append(_guarded(mode, lambda: jax_fns[mode](
+        add(_guarded(mode, lambda: jax_fns[mode](
             config, b, dtype, FLAGS.steps, FLAGS.warmup, peak_flops_per_s=peak),
-                                batch_size=b, dtype=dtype))
+                     batch_size=b, dtype=dtype))
   if 'input' in modes:
     datasets = None
     for workers in (int(w) for w in FLAGS.input_workers):
@@ -144,19 +175,24 @@ def main(argv):
                 'read_threads': config.input.read_threads,
                 'images_per_s': benchmarking.benchmark_input(
                     config, workers, FLAGS.input_batches, datasets=datasets)}
-      results.append(_guarded('input', measure, num_workers=workers,
-                              batch_size=config.train.batch_size))
-  benchmarking.add_torch_flops(results, peak)
-  report['ratios'] = benchmarking.speed_ratios(results)
+      add(_guarded('input', measure, num_workers=workers,
+                   batch_size=config.train.batch_size))
   if hasattr(os, 'getloadavg'):   # other work during the run skews CPU timings
     report['environment']['load_average_1min_end'] = os.getloadavg()[0]
-
+  report['complete'] = True
   print(benchmarking.format_report(report))
-  if FLAGS.output:
-    path = pathlib.Path(FLAGS.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    logging.info('Wrote %s', path)
+  if _write(report):
+    logging.info('Wrote %s', FLAGS.output)
+
+
+def _write(report: dict) -> bool:
+  """The report as it stands to --output (atomically); False without --output."""
+  if not FLAGS.output:
+    return False
+  path = pathlib.Path(FLAGS.output)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  files.write_text_atomic(path, json.dumps(report, indent=1))
+  return True
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 import jax
 
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
@@ -61,7 +62,8 @@ def split_ids(datasets) -> dict[str, dict[str, list[str]]]:
 def test_metrics(config, variables) -> dict[str, dict]:
   """The paper's metrics, per-class Dice and cell accuracy of `variables` on each test split."""
   device = evaluate.local_eval_device()
-  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model),
+  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(
+      config.model, classes.table_of(config.data).num_classes),
                                               config))
   out = {}
   for name, _, source in evaluate.eval_sources(config):

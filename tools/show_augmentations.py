@@ -49,8 +49,9 @@ def one_at_a_time(aug: ml_collections.ConfigDict, height: int,
 
 
 def figure_grid(examples: list[dict], aug: ml_collections.ConfigDict,
-                rng: np.random.Generator, gap: int = 4) -> tuple[list[str], np.ndarray]:
-  """Column names and an RGB grid: one row per example, masks overlaid in class colours."""
+                rng: np.random.Generator, gap: int = 4,
+                table: classes.ClassTable = classes.PAPER_TABLE) -> tuple[list[str], np.ndarray]:
+  """Column names and an RGB grid: one row per example, masks overlaid in `table`'s colours."""
   rows, names = [], []
   for example in examples:
     h, w = example['label_map'].shape
@@ -61,7 +62,7 @@ def figure_grid(examples: list[dict], aug: ml_collections.ConfigDict,
       image, labels = augment.warp_pair(example['image'], example['label_map'],
                                         augment.inverse_affine_matrix(params, h, w),
                                         aug.fill_mode)
-      tiles.append(classes.overlay(image, labels))
+      tiles.append(table.overlay(image, labels))
     rows.append(_tile(tiles, gap, axis=1))
   return names, _tile(rows, gap, axis=0)
 
@@ -83,7 +84,8 @@ def main(argv):
       config.data.datasets = (FLAGS.dataset,)
     source = input_pipeline.load_datasets(config.data)[0].train
     examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
-    names, grid = figure_grid(examples, config.augment, np.random.default_rng(FLAGS.seed))
+    names, grid = figure_grid(examples, config.augment, np.random.default_rng(FLAGS.seed),
+                              table=classes.table_of(config.data))
     files.write_bytes_atomic(FLAGS.output, reports.encode_png(grid))
     print(f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns '
           f'({", ".join(names)})')

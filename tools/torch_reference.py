@@ -24,6 +24,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from wcsegnet_jax import benchmarking
+from wcsegnet_jax import classes
 
 
 class ConvBlock(nn.Module):
@@ -64,7 +65,7 @@ def _stage(in_features: int, features: int, m: ml_collections.ConfigDict) -> nn.
 class WCSegNet(nn.Module):
   """(B, 3, H, W) normalised images -> (B, num_classes, H, W) float32 logits."""
 
-  def __init__(self, m: ml_collections.ConfigDict):
+  def __init__(self, m: ml_collections.ConfigDict, num_classes: int):
     super().__init__()
     self.num_levels, self.pad_mode, self.upsample = m.num_levels, m.pad_mode, m.upsample
     self.patch_size = m.patch_size
@@ -93,7 +94,7 @@ class WCSegNet(nn.Module):
         nn.Conv2d(cin, m.base_width, 3, padding=1, bias=False),
         nn.BatchNorm2d(m.base_width, momentum=1 - m.bn_momentum), _activation(m),
         nn.Dropout(m.head_dropout))
-    self.logits = nn.Conv2d(m.base_width, m.num_classes * m.patch_size ** 2, 1)
+    self.logits = nn.Conv2d(m.base_width, num_classes * m.patch_size ** 2, 1)
 
   def forward(self, x):
     _, _, height, width = x.shape
@@ -123,8 +124,9 @@ class WCSegNet(nn.Module):
     return logits[:, :, top:top + height, left:left + width]
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> WCSegNet:
-  return WCSegNet(model_config)
+def build_model(model_config: ml_collections.ConfigDict,
+                num_classes: int = classes.PAPER_TABLE.num_classes) -> WCSegNet:
+  return WCSegNet(model_config, num_classes)
 
 
 def count_params(module: nn.Module) -> int:
@@ -162,12 +164,13 @@ def _setup(config, batch_size, dtype, device, use_compile):
   # float32 convolutions use TF32 on recent GPUs by both libraries' defaults; left as they are.
   torch.backends.cudnn.benchmark = True
   torch.manual_seed(config.seed)
-  model = build_model(config.model).to(device, memory_format=torch.channels_last)
+  num_classes = classes.table_of(config.data).num_classes
+  model = build_model(config.model, num_classes).to(device, memory_format=torch.channels_last)
   rng = np.random.default_rng(config.seed)
   size = config.data.image_size
   images = torch.from_numpy(
       rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)).to(device)
-  labels = torch.from_numpy(rng.integers(0, config.model.num_classes, (batch_size, size, size),
+  labels = torch.from_numpy(rng.integers(0, num_classes, (batch_size, size, size),
                                          dtype=np.int64)).to(device)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
   forward = torch.compile(model) if use_compile else model

@@ -7,6 +7,8 @@ Compilation is timed apart, lowering (tracing to StableHLO) and compiling (XLA) 
 Model FLOPs utilisation (MFU) = XLA's FLOP count of the compiled step / median step time / the
 device's peak, where the peak is a large matrix product timed in the same process (not a data
 sheet): bf16 on accelerators, float32 on CPU, where bf16 is emulated and slower than float32.
+`mfu_datasheet` is the same FLOP rate over the vendor's dense bf16 peak for the device kind
+(`DATASHEET_BF16_DENSE_TFLOPS`; None for kinds not in the table, CPUs among them).
 The model timings use synthetic batches already on the device (no data, no host->device copy);
 `benchmark_input` times the real augmented input pipeline alone.
 
@@ -28,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from wcsegnet_jax import classes
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import models
@@ -41,6 +44,12 @@ MATMUL_DEFAULTS = {'cpu': (1024, 'float32')}
 MATMUL_ACCELERATOR_DEFAULT = (8192, 'bfloat16')
 BANDWIDTH_DEFAULT_BYTES = {'cpu': 64 * 2**20}
 BANDWIDTH_ACCELERATOR_DEFAULT_BYTES = 2**30
+
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s. The SXM and
+# PCIe H100 differ by a third; JAX's device_kind never says "SXM" ('NVIDIA H100 80GB HBM3' is
+# the SXM part, 'NVIDIA H100 PCIe' the PCIe one), hence `datasheet_peak`'s matching.
+DATASHEET_BF16_DENSE_TFLOPS = {'H100 SXM': 989.0, 'H100 PCIe': 756.0, 'H200': 989.0,
+                               'A100': 312.0}
 
 
 # --- Timing ---------------------------------------------------------------------------------------
@@ -178,6 +187,24 @@ def memory_bandwidth(num_bytes: int | None = None, *, steps: int = 20, warmup: i
           **{k: timing[k] for k in ('median_ms', 'p10_ms', 'p90_ms', 'steps', 'compile_s')}}
 
 
+def datasheet_peak(device_kind: str) -> dict | None:
+  """The data-sheet dense bf16 peak of a device kind: {'name', 'bf16_dense_flops_per_s',
+  'device_kind'}, or None where the table has no entry (CPUs, GH200, the NVL parts, others)."""
+  kind = device_kind.lower()
+  if 'nvl' in kind or 'gh200' in kind:   # other clocks and power than the parts in the table
+    return None
+  if 'h100' in kind:
+    name = 'H100 PCIe' if 'pcie' in kind else 'H100 SXM'
+  elif 'h200' in kind:
+    name = 'H200'
+  elif 'a100' in kind:
+    name = 'A100'
+  else:
+    return None
+  return {'name': name, 'bf16_dense_flops_per_s': DATASHEET_BF16_DENSE_TFLOPS[name] * 1e12,
+          'device_kind': device_kind}
+
+
 def peak_bytes_in_use(device=None) -> int | None:
   """The device allocator's peak since the process started (None where unreported: CPU).
 
@@ -216,6 +243,7 @@ def _conv_taps(size: int, kernel: int) -> int:
 
 
 def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, width: int, *,
+                         num_classes: int = classes.PAPER_TABLE.num_classes,
                          count_padding_taps: bool = True) -> dict[str, float]:
   """Forward FLOPs of the convolutions of one image, by hand (2 per multiply-add).
 
@@ -255,7 +283,7 @@ def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, w
       cin = features
     cin = stage(f'decoder{i}', features + cin, features, hh, ww)
   conv('head', 3, cin, m.base_width, h, w)
-  conv('head', 1, m.base_width, m.num_classes, h, w)
+  conv('head', 1, m.base_width, num_classes, h, w)
   return {'total': sum(parts.values()), **parts}
 
 
@@ -276,7 +304,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: in
   rng = np.random.default_rng(seed)
   size = config.data.image_size
   batch = {'image': rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-           'label_map': rng.integers(0, config.model.num_classes, (batch_size, size, size),
+           'label_map': rng.integers(0, classes.table_of(config.data).num_classes,
+                                     (batch_size, size, size),
                                      dtype=np.uint8)}
   return jax.device_put(batch, device or jax.devices()[0])
 
@@ -290,6 +319,7 @@ def _summary(timing: dict, batch_size: int, peak_flops_per_s: float | None, devi
   use_compiled = bool(compiled) and not (lowered and compiled < 0.5 * lowered)
   flops = compiled if use_compiled else lowered
   achieved = flops / seconds if flops else None
+  datasheet = datasheet_peak(device.device_kind)
   return {
       'images_per_s': batch_size / seconds,
       'ms_per_step': timing['median_ms'],
@@ -298,6 +328,9 @@ def _summary(timing: dict, batch_size: int, peak_flops_per_s: float | None, devi
       'flops_source': 'compiled' if use_compiled else 'lowered',
       'flops_per_s': achieved,
       'mfu': achieved / peak_flops_per_s if achieved and peak_flops_per_s else None,
+      # Against the bf16 peak for every dtype: float32 steps (TF32 convolutions) score lower.
+      'mfu_datasheet': (achieved / datasheet['bf16_dense_flops_per_s']
+                        if achieved and datasheet else None),
       'peak_bytes_in_use': peak_bytes_in_use(device),
       'timing': timing,
   }
@@ -321,7 +354,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
   config = with_overrides(config, dtype=dtype)
   if peak_flops_per_s is None:
     peak_flops_per_s = matmul_peak_flops(device=device)['flops_per_s']
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   tx = train.make_optimizer(config.train, 1, steps + warmup)
   state = initial_state(config, model, tx, device)
   batch = synthetic_batch(config, batch_size, config.seed, device)
@@ -342,7 +375,7 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
   config = with_overrides(config, dtype=dtype)
   if peak_flops_per_s is None:
     peak_flops_per_s = matmul_peak_flops(device=device)['flops_per_s']
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   size = config.data.image_size
   variables = train.variables_of(initial_state(config, model, train.make_optimizer(
       config.train, 1, 1), device))
@@ -404,16 +437,20 @@ def environment(device=None) -> dict[str, Any]:
 def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Forward FLOPs of one image at the configured size: XLA's count and the hand counts."""
   size = config.data.image_size
-  model = models.create_model(config.model)
+  num_classes = classes.table_of(config.data).num_classes
+  model = models.create_model(config.model, num_classes)
   return {'image_size': int(size),
           'forward_xla': model_flops_per_image(model, size, size),
-          'forward_convs_dense': conv_flops_per_image(config.model, size, size)['total'],
+          'forward_convs_dense': conv_flops_per_image(config.model, size, size,
+                                                      num_classes=num_classes)['total'],
           'forward_convs_exact': conv_flops_per_image(
-              config.model, size, size, count_padding_taps=False)['total']}
+              config.model, size, size, num_classes=num_classes,
+              count_padding_taps=False)['total']}
 
 
-def add_torch_flops(results: Sequence[dict], peak_flops_per_s: float | None) -> None:
-  """Gives each PyTorch row the FLOPs XLA counted for the same JAX step, hence its MFU.
+def add_torch_flops(results: Sequence[dict], peak_flops_per_s: float | None,
+                    datasheet_flops_per_s: float | None = None) -> None:
+  """Gives each PyTorch row the FLOPs XLA counted for the same JAX step, hence its MFUs.
 
   The two models are the same network (equal parameter counts), so the same work per image.
   """
@@ -427,6 +464,8 @@ def add_torch_flops(results: Sequence[dict], peak_flops_per_s: float | None) -> 
       r['flops_per_image'] = twin['flops_per_image']
       r['flops_per_s'] = twin['flops_per_image'] * r['images_per_s']
       r['mfu'] = r['flops_per_s'] / peak_flops_per_s if peak_flops_per_s else None
+      r['mfu_datasheet'] = (r['flops_per_s'] / datasheet_flops_per_s
+                            if datasheet_flops_per_s else None)
 
 
 def speed_ratios(results: Sequence[dict]) -> list[dict]:
@@ -461,6 +500,11 @@ def format_report(report: dict) -> str:
   if bw:
     lines.append(f"memory bandwidth: {bw['bytes_per_s'] / 1e9:.1f} GB/s "
                  f"({bw['num_bytes'] / 2**20:.0f} MiB x+1 in place, {bw['median_ms']:.2f} ms)")
+  if 'datasheet' in report['ceilings']:
+    ds = report['ceilings']['datasheet']
+    lines.append(f"data-sheet dense bf16 peak: {ds['bf16_dense_flops_per_s'] / 1e12:.0f} TFLOP/s "
+                 f"({ds['name']}; MFU ds)" if ds else
+                 f"data-sheet dense bf16 peak: none for {env['device_kind']!r} (MFU ds '-')")
   f = report.get('model_flops')
   if f:
     lines.append(f"forward GFLOP/image at {f['image_size']}: XLA {_fmt(f['forward_xla'], 0, 1e9)}, "
@@ -468,13 +512,14 @@ def format_report(report: dict) -> str:
                  f"{_fmt(f['forward_convs_dense'], 0, 1e9)} (all taps)")
   header = (f"{'mode':<12}{'batch':>6} {'dtype':<9}{'images/s':>10}{'ms/step':>10}"
             f"{'p10 ms':>10}{'p90 ms':>10}{'compile s':>10}{'GFLOP/img':>10}{'TFLOP/s':>9}"
-            f"{'MFU':>7}{'peak MiB':>10}")
+            f"{'MFU':>7}{'MFU ds':>7}{'peak MiB':>10}")
   rows = [r for r in report['results'] if r['mode'] != 'input']
   if rows:
     lines += ['', header, '-' * len(header)]
   for r in rows:
-    if 'error' in r:
-      lines.append(f"{r['mode']:<12}{r['batch_size']:>6} {r['dtype']:<9}  {r['error'][:90]}")
+    if 'error' in r or 'skipped' in r:
+      why = r['error'] if 'error' in r else f"skipped: {r['skipped']}"
+      lines.append(f"{r['mode']:<12}{r['batch_size']:>6} {r['dtype']:<9}  {why[:90]}")
       continue
     t = r['timing']
     # JAX: lowering + XLA compilation; PyTorch: the first step (torch.compile's, if on).
@@ -484,12 +529,14 @@ def format_report(report: dict) -> str:
         f"{_fmt(r['ms_per_step'], 10)}{_fmt(t['p10_ms'], 10)}{_fmt(t['p90_ms'], 10)}"
         f"{_fmt(compile_s, 10)}{_fmt(r.get('flops_per_image'), 10, 1e9)}"
         f"{_fmt(r.get('flops_per_s'), 9, 1e12)}{_fmt(r.get('mfu'), 7)}"
+        f"{_fmt(r.get('mfu_datasheet'), 7)}"
         f"{_fmt(r.get('peak_bytes_in_use'), 10, 2**20)}")
   inputs = [r for r in report['results'] if r['mode'] == 'input']
   if inputs:
     lines += ['', f"{'input workers':<14}{'batch':>6}{'images/s':>10}"]
     for r in inputs:
-      value = _fmt(r['images_per_s'], 10) if 'images_per_s' in r else '  ' + r['error'][:90]
+      value = (_fmt(r['images_per_s'], 10) if 'images_per_s' in r else
+               '  ' + r.get('error', f"skipped: {r.get('skipped')}")[:90])
       lines.append(f"{r['num_workers']:<14}{r['batch_size']:>6}{value}")
   for ratio in report.get('ratios', []):
     lines.append(f"JAX/PyTorch {ratio['mode']} batch {ratio['batch_size']} {ratio['dtype']}: "

@@ -10,6 +10,7 @@ We keep the last `keep_checkpoints` steps plus the best by test Dice.
 import contextlib
 import json
 import pathlib
+import re
 import signal
 import threading
 from typing import Any, Iterator
@@ -124,6 +125,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   """Restores the state at `step` into the structure (and shardings) of `abstract_state`."""
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
+    _check_process_count(manager.directory / str(step))
     items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
@@ -133,6 +135,25 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
         f'model config, or another number of processes for the data iterator?): '
         f'{type(e).__name__}: {str(e)[:500]}') from e
   return restored['state']
+
+
+def saved_process_count(step_dir: pathlib.Path) -> int | None:
+  """How many processes wrote a checkpoint: grain saves one iterator position per process
+  (`data_iter/process_<i>-of-<n>.json`). None when it holds no iterator."""
+  counts = {int(m[1]) for p in (pathlib.Path(step_dir) / 'data_iter').glob('process_*-of-*.json')
+            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))}
+  return max(counts) if counts else None
+
+
+def _check_process_count(step_dir: pathlib.Path) -> None:
+  """A resume needs the processes that saved: each continues its own share of the data."""
+  saved = saved_process_count(step_dir)
+  if saved is not None and saved != jax.process_count():
+    raise CheckpointError(
+        f'checkpoint {step_dir} was written by a run of {saved} processes, and this run has '
+        f'{jax.process_count()}: each process resumes its own share of the data. Resume with '
+        f'{saved} processes (e.g. tools/local_cluster.py --num_processes={saved}), or train '
+        f'anew in another --workdir.')
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:
@@ -270,7 +291,8 @@ def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool,
   if allow_changed:
     logging.warning('Resuming on changed data (train.resume_on_changed_data): %s',
                     '; '.join(changes))
-    files.write_bytes_atomic(path.with_name(f'data.until_step_{step}.json'), path.read_bytes())
+    if jax.process_index() == 0:   # one writer; every process warns (its own log)
+      files.write_bytes_atomic(path.with_name(f'data.until_step_{step}.json'), path.read_bytes())
     return
   raise CheckpointError(
       f'the data changed since this run started ({path}): ' + '; '.join(changes) +

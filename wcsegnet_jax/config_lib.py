@@ -23,7 +23,7 @@ from wcsegnet_jax.data import raw
 # configs/base.py holds every knob; a key it lacks is a typo or a stale config.
 BASE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'base.py'
 CHOICES = {
-    'rng_impl': ('rbg', 'threefry'),
+    'rng_impl': ('rbg', 'threefry2x32'),   # names jax.random.key(impl=...) takes
     'model.activation': ('relu', 'leaky_relu'),
     'model.block_norm': ('none', 'batch'),
     'model.upsample': ('transpose', 'nearest'),
@@ -65,14 +65,29 @@ def flatten(config, prefix: str = '') -> dict:
 
 def with_defaults(saved: dict) -> dict:
   """A saved config's JSON with the keys added to the code since filled in at their base
-  defaults (which keep the older behaviour), so older workdirs and models still load."""
+  defaults (which keep the older behaviour), so older workdirs and models still load.
+
+  `model.num_classes`, a knob of older versions (always 4: the fixed map 0 background,
+  1 neutrophil, 2 basophil, 3 lymphocyte), is dropped: the data's classes decide now. A saved
+  config whose cell types gave that fixed map other ids than config order does is a ConfigError.
+  """
   def merge(defaults: dict, given: dict) -> dict:
     out = dict(defaults)
     for key, value in given.items():
       both_dicts = isinstance(value, dict) and isinstance(defaults.get(key), dict)
       out[key] = merge(defaults[key], value) if both_dicts else value
     return out
-  return merge(json.loads(base_config().to_json()), saved)
+  merged = merge(json.loads(base_config().to_json()), saved)
+  old_num_classes = merged.get('model', {}).pop('num_classes', None)
+  if old_num_classes is not None:
+    cell_types = tuple(merged.get('data', {}).get('cell_types', ()))
+    if old_num_classes != 4 or cell_types != classes.DEFAULT_CELL_TYPES:
+      table = classes.class_table(classes.DEFAULT_CELL_TYPES)
+      raise ConfigError(
+          f'a config of an older version (model.num_classes={old_num_classes}, '
+          f'data.cell_types={cell_types}): its model used the fixed map {table.describe()}, '
+          f'which the data.cell_types order no longer gives; train it again with this version')
+  return merged
 
 
 def _get(config, dotted: str):
@@ -110,17 +125,15 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
                  f'{m.num_levels} with model.patch_size={m.patch_size} (needs >= '
                  f'{m.patch_size * 2 ** m.num_levels}: one position after the poolings)')
-  if m.num_classes != classes.NUM_CLASSES:
-    found.append(f'model.num_classes={m.num_classes}; the label maps have {classes.NUM_CLASSES}')
   if not 0 <= m.bn_momentum < 1:
     found.append(f'model.bn_momentum={m.bn_momentum} must be in [0, 1)')
   for key in ('encoder_dropout', 'decoder_dropout', 'head_dropout'):
     if not 0 <= m[key] < 1:
       found.append(f'model.{key}={m[key]} must be in [0, 1)')
-  bad_types = set(d.cell_types) - set(classes.DEFAULT_CELL_TYPES)
-  if bad_types or not d.cell_types:
-    found.append(f'data.cell_types={tuple(d.cell_types)}: must be a non-empty subset of '
-                 f'{classes.DEFAULT_CELL_TYPES} (other types have no class in the label map)')
+  type_problems = classes.cell_type_problems(d.cell_types)
+  found += type_problems
+  if not isinstance(d.cytoplasm, bool):
+    found.append(f'data.cytoplasm={d.cytoplasm!r} must be True or False')
   bad_sets = set(d.datasets) - set(raw.WBC_SUBSETS) - {'folder'}
   if bad_sets or not d.datasets:
     found.append(f'data.datasets={tuple(d.datasets)}: expected names among '
@@ -129,9 +142,11 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append(f'data.mean and data.std need 3 values each, std > 0 (got {d.mean}, {d.std})')
   if not 0 <= d.test_fraction < 1:
     found.append(f'data.test_fraction={d.test_fraction} must be in [0, 1)')
-  if t.class_weights and len(t.class_weights) != classes.NUM_CLASSES:
-    found.append(f'train.class_weights has {len(t.class_weights)} values; expected '
-                 f'{classes.NUM_CLASSES} (one per class) or () for none')
+  if not type_problems and isinstance(d.cytoplasm, bool):
+    table = classes.table_of(d)
+    if t.class_weights and len(t.class_weights) != table.num_classes:
+      found.append(f'train.class_weights has {len(t.class_weights)} values; expected '
+                   f'{table.num_classes}, one per class ({table.describe()}), or () for none')
   for key in ('num_epochs', 'log_every_steps', 'eval_every_epochs', 'checkpoint_every_epochs',
               'keep_checkpoints'):
     if t[key] < 1:

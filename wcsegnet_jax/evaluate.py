@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
@@ -30,7 +31,12 @@ from wcsegnet_jax.data import raw
 
 
 def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: bool) -> jax.Array:
-  """Softmax probabilities (B, H, W, C) float32; with `tta`, averaged over the four flips."""
+  """Softmax probabilities (B, H, W, C) float32; with `tta`, averaged over the four flips.
+
+  The flips run as one batch of 4B through the model, not four passes: one launch of each
+  layer with 4x the work, which a GPU fills better (at eval BatchNorm uses its running
+  statistics, so the images of a batch do not interact).
+  """
   images = input_pipeline.normalize_images(images_uint8, data_config.mean, data_config.std)
 
   def probs(x):
@@ -38,14 +44,20 @@ def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: b
 
   if not tta:
     return probs(images)
-  total = probs(images)
-  for axes in ((2,), (1,), (1, 2)):   # left-right, up-down, both
-    total = total + jnp.flip(probs(jnp.flip(images, axes)), axes)
+  flips = ((2,), (1,), (1, 2))   # left-right, up-down, both
+  batch = images.shape[0]
+  flipped = probs(jnp.concatenate([images] + [jnp.flip(images, axes) for axes in flips]))
+  total = flipped[:batch]
+  for i, axes in enumerate(flips, start=1):   # summed in the order of four passes
+    total = total + jnp.flip(flipped[i * batch:(i + 1) * batch], axes)
   return total / 4.0
 
 
 def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
-  """A pure eval step: (variables, batch) -> per-image confusion, loss, prediction."""
+  """A pure eval step: (variables, batch) -> per-image confusion, loss, prediction.
+
+  All three stay on the device; callers fetch the small ones (confusion, loss) and the maps
+  only when they keep them (`evaluate_split`)."""
   loss_fn = losses.make_loss_fn(config.train)
 
   def eval_step(variables, batch):
@@ -53,10 +65,9 @@ def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
     labels = batch['label_map'].astype(jnp.int32)
     preds = jnp.argmax(probs, axis=-1)
     logits = jnp.log(jnp.maximum(probs, 1e-12))   # the loss of the (possibly averaged) prediction
-    return {'confusion': metrics.per_image_confusion(labels, preds),
+    return {'confusion': metrics.per_image_confusion(labels, preds, probs.shape[-1]),
             'loss': jax.vmap(lambda l, y: loss_fn(l[None], y[None]))(logits, labels),
-            'prediction': preds.astype(jnp.uint8),
-            'confidence': jnp.max(probs, axis=-1).mean(axis=(1, 2))}
+            'prediction': preds.astype(jnp.uint8)}
 
   return eval_step
 
@@ -74,31 +85,66 @@ class EvalResult:
   label_maps: np.ndarray | None  # (N, H, W) uint8, when kept
 
 
+@dataclasses.dataclass
+class DeviceSplit:
+  """A split in eval batches on one device: uploaded once, evaluated as often as asked (each
+  epoch of a training run) without another host->device copy."""
+  name: str
+  batches: list[dict]           # {'image', 'label_map'} device arrays, `batch_size` rows each
+  valid: np.ndarray             # (rows,) bool: False for the padding of the last batch
+  file_ids: np.ndarray          # (N,) str
+  cell_types: np.ndarray        # (N,)
+  images: np.ndarray | None     # (N, H, W, 3) uint8 on the host, kept for reports
+  label_maps: np.ndarray | None  # (N, H, W) uint8 on the host, kept for reports
+
+
+def upload_split(source, name: str, batch_size: int, to_device: Callable,
+                 keep_maps: bool = False) -> DeviceSplit:
+  """The whole of `source` on the device in eval batches; its inputs kept on the host too
+  when `keep_maps` (reports draw them).
+
+  Test splits are small (tens to hundreds of images, 58 KB each at 120x120), so holding them
+  on the device for a whole run costs little and saves a copy per evaluation.
+  """
+  batches, host = [], {k: [] for k in ('valid', 'file_id', 'cell_type', 'image', 'label_map')}
+  for batch in input_pipeline.eval_batches(source, batch_size):
+    batches.append(to_device({k: batch[k] for k in ('image', 'label_map')}))
+    valid = batch['valid']
+    host['valid'].append(valid)
+    for k in ('file_id', 'cell_type') + (('image', 'label_map') if keep_maps else ()):
+      host[k].append(batch[k][valid])
+  cat = {k: np.concatenate(v) if v else None for k, v in host.items()}
+  return DeviceSplit(name, batches, cat['valid'], cat['file_id'], cat['cell_type'],
+                     cat['image'], cat['label_map'])
+
+
+def evaluate_split(eval_step: Callable, variables, split: DeviceSplit) -> EvalResult:
+  """Runs `eval_step` over an uploaded split; its predictions are fetched only when the split
+  keeps its maps.
+
+  Every batch is dispatched before anything is fetched, so the device runs them back to back,
+  and then one fetch brings the per-image confusion matrices and losses (N x C x C + N
+  numbers) home. Test splits are small, so each process evaluates all of it on one of its own
+  devices (`local_eval_device`): no cross-host gather, the same numbers everywhere, and only
+  process 0 writes them.
+  """
+  keep_maps = split.images is not None
+  keys = ('confusion', 'loss') + (('prediction',) if keep_maps else ())
+  outputs = [eval_step(variables, batch) for batch in split.batches]
+  fetched = jax.device_get([{k: out[k] for k in keys} for out in outputs])
+  rows = {k: np.concatenate([f[k] for f in fetched])[split.valid] if fetched else None
+          for k in keys}
+  confusion = None if rows['confusion'] is None else rows['confusion'].astype(np.int64)
+  return EvalResult(split.name, split.file_ids, split.cell_types, confusion, rows['loss'],
+                    rows.get('prediction'), split.images, split.label_maps)
+
+
 def evaluate_source(eval_step: Callable, variables, source, name: str, batch_size: int,
                     to_device: Callable, keep_maps: bool = False) -> EvalResult:
-  """Runs `eval_step` over a whole split; keeps predictions and inputs when asked.
-
-  Test splits are small (tens to hundreds of images), so each process evaluates all of it on
-  one of its own devices (`local_eval_device`): no cross-host gather, the same numbers
-  everywhere, and only process 0 writes them.
-  """
-  rows = {k: [] for k in ('file_id', 'cell_type', 'confusion', 'loss', 'prediction', 'image',
-                          'label_map')}
-  for batch in input_pipeline.eval_batches(source, batch_size):
-    valid = batch['valid']
-    out = jax.device_get(eval_step(variables, to_device(
-        {k: batch[k] for k in ('image', 'label_map')})))
-    rows['file_id'].append(batch['file_id'][valid])
-    rows['cell_type'].append(batch['cell_type'][valid])
-    rows['confusion'].append(np.asarray(out['confusion'], np.int64)[valid])
-    rows['loss'].append(np.asarray(out['loss'])[valid])
-    if keep_maps:
-      rows['prediction'].append(np.asarray(out['prediction'])[valid])
-      rows['image'].append(batch['image'][valid])
-      rows['label_map'].append(batch['label_map'][valid])
-  cat = {k: np.concatenate(v) if v else None for k, v in rows.items()}
-  return EvalResult(name, cat['file_id'], cat['cell_type'], cat['confusion'], cat['loss'],
-                    cat['prediction'], cat['image'], cat['label_map'])
+  """Runs `eval_step` over a whole split once (`upload_split`, then `evaluate_split`); keeps
+  predictions and inputs when asked."""
+  return evaluate_split(eval_step, variables,
+                        upload_split(source, name, batch_size, to_device, keep_maps))
 
 
 def local_eval_device() -> jax.Device:
@@ -110,24 +156,28 @@ def local_copy(tree, device: jax.Device):
   return jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), device), tree)
 
 
-def predicted_cell_types(per_image_confusion: np.ndarray) -> np.ndarray:
+def predicted_cell_types(per_image_confusion: np.ndarray,
+                         table: classes.ClassTable) -> np.ndarray:
   """Each image's voted cell type (0: no nucleus predicted), from its predicted pixels per
   class (the confusion matrix's column sums), as `metrics.predicted_cell_type` votes a map."""
-  return metrics.voted_cell_type(np.asarray(per_image_confusion).sum(axis=1))
+  return metrics.voted_cell_type(np.asarray(per_image_confusion).sum(axis=1), table)
 
 
-def summarize(result: EvalResult) -> dict:
-  """Pooled and per-image metrics, per class and per cell, as plain JSON-able values."""
+def summarize(result: EvalResult, table: classes.ClassTable) -> dict:
+  """Pooled and per-image metrics, per class and per cell, as plain JSON-able values, with the
+  class names they were computed for."""
   pooled = result.confusion.sum(0)
-  cell_cm = metrics.cell_confusion(result.cell_types, predicted_cell_types(result.confusion))
+  cell_cm = metrics.cell_confusion(result.cell_types,
+                                   predicted_cell_types(result.confusion, table), table)
   return {
       'dataset': result.name,
       'n_images': int(len(result.file_ids)),
       'loss': float(result.loss.mean()) if len(result.loss) else None,
-      'paper': metrics.paper_metrics(pooled),
-      'per_class': metrics.class_metrics(pooled),
-      'per_image': metrics.per_image_summary(result.confusion),
-      'cells': metrics.cell_metrics(cell_cm),
+      'classes': list(table.names),
+      'paper': metrics.paper_metrics(pooled, table),
+      'per_class': metrics.class_metrics(pooled, table),
+      'per_image': metrics.per_image_summary(result.confusion, table=table),
+      'cells': metrics.cell_metrics(cell_cm, table),
   }
 
 
@@ -177,7 +227,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   variables, step = restore.load_variables(config, workdir, checkpoint,
                                    sharding=jax.sharding.SingleDeviceSharding(device))
   sources = eval_sources(config)
-  model = models.create_model(config.model)
+  table = classes.table_of(config.data)
+  model = models.create_model(config.model, table.num_classes)
   eval_step = jax.jit(make_eval_step(model, config))
 
   meta = {'config_name': config.name, 'checkpoint_step': int(step),
@@ -189,11 +240,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   for name, paper_key, source in sources:
     result = evaluate_source(eval_step, variables, source, name, config.eval.batch_size,
                              lambda b: jax.device_put(b, device), keep_maps=True)
-    summary = summarize(result)
+    summary = summarize(result, table)
     if jax.process_index() == 0:
       out_dir = workdir / 'eval' / (f'{name}-tta' if config.eval.tta else name)
       written[name] = reports.write_dataset_reports(
-          out_dir, result, summary, predicted_cell_types(result.confusion), meta, paper_key,
+          out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)
       logging.info('Wrote %s.', out_dir)
   if jax.process_index() == 0:

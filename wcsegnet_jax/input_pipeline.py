@@ -4,6 +4,8 @@ Batches carry uint8 images; normalisation to float happens on the device (`norma
 the host->device copy moves a quarter of the bytes.
 """
 
+import collections
+import copy
 import dataclasses
 import signal
 from typing import Iterator
@@ -121,8 +123,10 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   ds = ds.random_map(_Augment(ml_collections.FrozenConfigDict(config.augment)),
                      seed=config.input.shuffle_seed + 1)
   ds = ds.repeat(None)   # reseeds shuffle and augmentation each epoch
-  ds = ds[process_index::process_count]
+  # Process i takes the i-th contiguous block of each global batch: the rows of the global array
+  # it holds, so the batch the step sees is in the same order as in a one-process run.
   ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+  ds = ds[process_index::process_count]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.input.read_threads,
                                             prefetch_buffer_size=config.input.prefetch))
   if config.input.num_workers == 0:
@@ -168,6 +172,43 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   del worker_index, worker_count
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   _single_threaded_opencv()
+
+
+class DevicePrefetch(grain.DatasetIterator):
+  """A grain iterator's batches, sent to the device `depth - 1` batches ahead of the one
+  returned, so the host->device copy of the next batch overlaps the current step.
+
+  Its state (what a checkpoint saves) is the parent's as of the last batch *returned*, not
+  the parent's own, which is ahead by the batches in flight: a resume restarts at the first
+  batch no step has taken. Setting a state drops the batches in flight.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, to_device, depth: int = 2):
+    super().__init__(parent)
+    self._to_device, self._depth = to_device, depth
+    self._in_flight = collections.deque()   # (device batch, parent state after it)
+    self._state = copy.deepcopy(parent.get_state())
+
+  def __next__(self):
+    while len(self._in_flight) < self._depth:
+      try:
+        host_batch = next(self._parent)
+      except StopIteration:
+        break
+      self._in_flight.append((self._to_device(host_batch),
+                              copy.deepcopy(self._parent.get_state())))
+    if not self._in_flight:
+      raise StopIteration
+    batch, self._state = self._in_flight.popleft()
+    return batch
+
+  def get_state(self) -> dict:
+    return copy.deepcopy(self._state)
+
+  def set_state(self, state: dict) -> None:
+    self._in_flight.clear()
+    self._parent.set_state(state)
+    self._state = copy.deepcopy(state)
 
 
 def eval_batches(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

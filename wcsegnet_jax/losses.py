@@ -6,8 +6,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wcsegnet_jax.classes import NUM_CLASSES
-
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights=()) -> jax.Array:
   """Mean pixel cross-entropy; with class weights, a weighted mean (sum w*ce / sum w).
@@ -25,12 +23,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights=()) -> jax
   return (w * ce).sum() / jnp.maximum(w.sum(), 1e-12)
 
 
-def soft_dice_loss(logits: jax.Array, labels: jax.Array, num_classes: int = NUM_CLASSES,
+def soft_dice_loss(logits: jax.Array, labels: jax.Array,
                    class_weights: Optional[Sequence[float]] = None,
                    eps: float = 1.0) -> jax.Array:
   """Soft Dice loss, a differentiable scalar.
 
-  p = softmax(logits) (B, H, W, C), y = one_hot(labels) (B, H, W, C); sums run over the whole
+  p = softmax(logits) (B, H, W, C), y = one_hot(labels) (B, H, W, C), C the logits' classes
+  (the data's: `classes.ClassTable.num_classes`); sums run over the whole
   batch and all pixels (a "batch Dice", not a mean of per-image Dice):
 
     dice_c = (2 * sum(p_c * y_c) + eps) / (sum(p_c) + sum(y_c) + eps)
@@ -43,6 +42,7 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array, num_classes: int = NUM_
   """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   labels = jnp.asarray(labels).astype(jnp.int32)
+  num_classes = logits.shape[-1]
   valid = ((labels >= 0) & (labels < num_classes)).astype(jnp.float32)[..., None]
   probs = probs * valid
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # out-of-range -> all zeros

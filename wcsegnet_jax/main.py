@@ -7,6 +7,7 @@ from absl import logging
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import logs
+from wcsegnet_jax import parallel
 from wcsegnet_jax import workdirs
 from wcsegnet_jax import xla_flags
 
@@ -17,6 +18,11 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train (or resume), or
 flags.DEFINE_string('checkpoint', None, "For evaluate: 'best', 'latest', a step, a path, or "
                     "'pretrained' (the model shipped in the package; with "
                     '--config=configs/pretrained.py). Default: config.eval.checkpoint.')
+# A multi-process run on one machine or a cluster without auto-detection (tools/local_cluster.py
+# passes these); under SLURM and the like, --config.train.distributed=True alone suffices.
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for every process.')
+flags.DEFINE_integer('num_processes', None, 'How many processes the run has.')
+flags.DEFINE_integer('process_id', None, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -27,9 +33,8 @@ def main(argv):
   with errors.user_errors_as_messages():
     workdir = workdirs.resolve(FLAGS.workdir)   # '--workdir=' is an error, not the current folder
     xla_flags.apply(FLAGS.config.xla_flags)     # before anything starts JAX's backend
-    if FLAGS.config.train.distributed:           # multi-host: before any other JAX call
-      import jax
-      jax.distributed.initialize()
+    parallel.initialize(FLAGS.config.train.distributed, FLAGS.coordinator_address,
+                        FLAGS.num_processes, FLAGS.process_id)   # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()
       from wcsegnet_jax import train

@@ -78,10 +78,10 @@ class StepTimer:
     return value
 
 
-def mean_of(history: list[tuple[int, dict]]) -> dict[str, float]:
-  """Means of each metric over (step, metrics) pairs fetched from the device."""
-  keys = history[0][1].keys()
-  return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
+def mean_of(names: list[str], values: np.ndarray) -> dict[str, float]:
+  """Means over steps of each metric: `values` (steps, len(names)), one column per name."""
+  means = np.asarray(values, np.float64).mean(axis=0)
+  return {name: float(mean) for name, mean in zip(names, means)}
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:

@@ -6,8 +6,12 @@ Where the definitions come from:
 - The paper (WCSegNet, Nasser et al. 2025, Table 1) reports pixel accuracy, precision, recall,
   Dice and mIoU of the *nucleus* against the background. The paper does not say how mIoU is
   averaged; its mIoU lies between the nucleus IoU and 1, which fits the mean of the background
-  IoU and the nucleus IoU, so that is what `paper_metrics` computes: the 4-class confusion
-  matrix is collapsed to nucleus (any class > 0) vs background.
+  IoU and the nucleus IoU, so that is what `paper_metrics` computes: the confusion matrix is
+  collapsed to nucleus (any cell type's class) vs the rest (background, and the cytoplasm when
+  it is a class). With a cytoplasm class, `paper_metrics` adds the whole cell's Dice and IoU
+  (nucleus or cytoplasm vs background) beside them.
+- Host functions take the run's `classes.ClassTable` (default: the paper's four classes) and
+  check that the matrices have its size.
 - The per-class metrics (`class_metrics`) are the usual multi-class precision / recall / Dice /
   IoU of each class against all others, read off the confusion matrix.
 - The per-cell type (`voted_cell_type`) is our reading of "the network classifies the cell":
@@ -30,21 +34,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wcsegnet_jax.classes import BACKGROUND, CLASS_NAMES, NUM_CLASSES
+from wcsegnet_jax import classes
+from wcsegnet_jax.classes import BACKGROUND, NUM_CLASSES
+
+PAPER = classes.PAPER_TABLE
 
 PAPER_METRICS = ('accuracy', 'precision', 'recall', 'dice', 'nucleus_iou', 'background_iou',
                  'miou')
 CLASS_METRICS = ('precision', 'recall', 'dice', 'iou')
+CELL_METRICS = ('cell_dice', 'cell_iou')   # whole cells, with a cytoplasm class only
 
 
 # ------------------------------------------------------------------------------------------------
 # Device side: pure jnp, jit-friendly.
 # ------------------------------------------------------------------------------------------------
-
-def _valid_pixels(labels: jax.Array, preds: jax.Array, num_classes: int) -> jax.Array:
-  """True where both the label and the prediction are class ids in [0, num_classes)."""
-  return (labels >= 0) & (labels < num_classes) & (preds >= 0) & (preds < num_classes)
-
 
 def per_image_confusion(labels: jax.Array, preds: jax.Array,
                         num_classes: int = NUM_CLASSES) -> jax.Array:
@@ -52,20 +55,16 @@ def per_image_confusion(labels: jax.Array, preds: jax.Array,
   with label t predicted as p.
 
   labels, preds: (B, ...) int maps. Pixels whose label or prediction is outside [0, C) are not
-  counted. One `bincount` over `b * C*C + label * C + pred` (a scatter-add, fast on GPU); counts
-  are int32 so they stay exact past 2**24 pixels.
+  counted: their one-hot row is all zeros. A contraction of one_hot(labels) with
+  one_hot(preds) over the pixels, no scatter: a scatter-add (`bincount`) piles every pixel of
+  an image onto its C*C counters, which serialises a GPU's atomics. In int32, so the counts
+  are exact past 2**24 pixels (float32 sums would not be).
   """
-  labels = jnp.asarray(labels).astype(jnp.int32)
-  preds = jnp.asarray(preds).astype(jnp.int32)
-  batch = labels.shape[0]
-  cc = num_classes * num_classes
-  valid = _valid_pixels(labels, preds, num_classes)
-  image = jnp.arange(batch, dtype=jnp.int32).reshape((batch,) + (1,) * (labels.ndim - 1))
-  # Invalid pixels get weight 0 (and a safe index: jnp.bincount clips negatives into bin 0).
-  index = jnp.where(valid, image * cc + labels * num_classes + preds, 0)
-  counts = jnp.bincount(index.ravel(), weights=valid.ravel().astype(jnp.int32),
-                        length=batch * cc)
-  return counts.reshape(batch, num_classes, num_classes).astype(jnp.int32)
+  labels, preds = jnp.asarray(labels), jnp.asarray(preds)
+  pixels = lambda x: x.reshape(x.shape[0], -1).astype(jnp.int32)
+  true = jax.nn.one_hot(pixels(labels), num_classes, dtype=jnp.int32)   # (B, P, C)
+  predicted = jax.nn.one_hot(pixels(preds), num_classes, dtype=jnp.int32)
+  return jnp.einsum('bpt,bpq->btq', true, predicted, preferred_element_type=jnp.int32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,20 +82,35 @@ def _mean_defined(values) -> Optional[float]:
   return float(np.mean(defined)) if defined else None
 
 
-def _as_cm(cm: Any) -> np.ndarray:
+def _check_size(num_classes: int, table: classes.ClassTable) -> None:
+  if num_classes != table.num_classes:
+    raise ValueError(f'{num_classes} classes in the confusion matrix but {table.num_classes} in '
+                     f'the class table ({table.describe()})')
+
+
+def _as_cm(cm: Any, table: classes.ClassTable) -> np.ndarray:
   cm = np.asarray(cm, dtype=np.int64)
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
     raise ValueError(f'expected a square (C, C) confusion matrix, got shape {cm.shape}')
+  _check_size(cm.shape[0], table)
   return cm
 
 
-def _binary_counts(cm: np.ndarray):
-  """(tp, fp, fn, tn) of nucleus (any class > 0) vs background, from a (..., C, C) matrix."""
-  tn = cm[..., BACKGROUND, BACKGROUND]
-  fp = cm[..., BACKGROUND, 1:].sum(-1)         # background predicted as some nucleus class
-  fn = cm[..., 1:, BACKGROUND].sum(-1)         # nucleus predicted as background
-  tp = cm[..., 1:, 1:].sum((-2, -1))           # nucleus predicted as nucleus, any type
+def _binary_counts(cm: np.ndarray, positive_ids: Sequence[int]):
+  """(tp, fp, fn, tn) of the classes `positive_ids` (together) vs all others, from a
+  (..., C, C) matrix: the nucleus (the cell types' ids) or the whole cell."""
+  positive = np.zeros(cm.shape[-1], bool)
+  positive[list(positive_ids)] = True
+  rows_pos, rows_neg = cm[..., positive, :], cm[..., ~positive, :]
+  tp = rows_pos[..., positive].sum((-2, -1))   # positive predicted positive, any class of them
+  fn = rows_pos[..., ~positive].sum((-2, -1))
+  fp = rows_neg[..., positive].sum((-2, -1))
+  tn = rows_neg[..., ~positive].sum((-2, -1))
   return tp, fp, fn, tn
+
+
+def _cell_ids(table: classes.ClassTable) -> tuple[int, ...]:
+  return table.nucleus_ids + ((table.cytoplasm_id,) if table.cytoplasm else ())
 
 
 def _class_scores(tp: float, fp: float, fn: float) -> dict:
@@ -115,8 +129,10 @@ def _class_scores(tp: float, fp: float, fn: float) -> dict:
   }
 
 
-def paper_metrics(cm: Any) -> dict:
-  """The paper's metrics of nucleus (any class > 0) vs background, from a (C, C) matrix.
+def paper_metrics(cm: Any, table: classes.ClassTable = PAPER) -> dict:
+  """The paper's metrics of nucleus (any cell type's class) vs the rest, from a (C, C) matrix;
+  with a cytoplasm class, also the whole cell's Dice and IoU (`cell_dice`, `cell_iou`: nucleus or
+  cytoplasm vs background, 0/0 -> None).
 
   With TP, FP, FN, TN of the 2x2 collapse (positive = nucleus):
     accuracy       = (TP + TN) / (TP + FP + FN + TN)
@@ -132,11 +148,11 @@ def paper_metrics(cm: Any) -> dict:
   of the IoUs that are defined; accuracy is None for an empty matrix. When the nucleus is present
   on either side, a 0/0 precision (nothing predicted) or recall (nothing labelled) is 0.0.
   """
-  cm = _as_cm(cm)
-  tp, fp, fn, tn = (int(x) for x in _binary_counts(cm))
+  cm = _as_cm(cm, table)
+  tp, fp, fn, tn = (int(x) for x in _binary_counts(cm, table.nucleus_ids))
   nucleus = _class_scores(tp, fp, fn)
   background_iou = _ratio(tn, tn + fn + fp)
-  return {
+  out = {
       'accuracy': _ratio(tp + tn, tp + fp + fn + tn),
       'precision': nucleus['precision'],
       'recall': nucleus['recall'],
@@ -145,9 +161,13 @@ def paper_metrics(cm: Any) -> dict:
       'background_iou': background_iou,
       'miou': _mean_defined([background_iou, nucleus['iou']]),
   }
+  if table.cytoplasm:
+    cell = _class_scores(*(int(x) for x in _binary_counts(cm, _cell_ids(table))[:3]))
+    out.update(cell_dice=cell['dice'], cell_iou=cell['iou'])
+  return out
 
 
-def class_metrics(cm: Any) -> dict:
+def class_metrics(cm: Any, table: classes.ClassTable = PAPER) -> dict:
   """Per-class precision, recall, Dice and IoU, each class against all others.
 
   For class c: TP = cm[c, c], FP = sum(cm[:, c]) - TP, FN = sum(cm[c, :]) - TP, and
@@ -166,8 +186,8 @@ def class_metrics(cm: Any) -> dict:
            'pixel_accuracy': trace / total (None for an empty matrix),
            'support': {class_name: labelled pixels}, 'absent_classes': [class_name, ...]}.
   """
-  cm = _as_cm(cm)
-  names = _class_names(cm.shape[0])
+  cm = _as_cm(cm, table)
+  names = table.names
   out = {k: {} for k in CLASS_METRICS}
   absent = []
   for c, name in enumerate(names):
@@ -185,26 +205,22 @@ def class_metrics(cm: Any) -> dict:
   return out
 
 
-def _class_names(num_classes: int) -> Sequence[str]:
-  if num_classes == len(CLASS_NAMES):
-    return CLASS_NAMES
-  return tuple(f'class_{c}' for c in range(num_classes))
-
-
-def _as_cms(per_image_cms: Any) -> np.ndarray:
+def _as_cms(per_image_cms: Any, table: classes.ClassTable) -> np.ndarray:
   cms = np.asarray(per_image_cms, dtype=np.int64)
   if cms.ndim != 3 or cms.shape[1] != cms.shape[2]:
     raise ValueError(f'expected (N, C, C) confusion matrices, got shape {cms.shape}')
+  _check_size(cms.shape[1], table)
   return cms
 
 
-def dice_per_image(per_image_cms: Any, empty_score: float = 1.0) -> np.ndarray:
-  """Nucleus Dice of each image, (N,) float64: 2TP / (2TP + FP + FN) of nucleus vs background.
+def dice_per_image(per_image_cms: Any, empty_score: float = 1.0,
+                   table: classes.ClassTable = PAPER) -> np.ndarray:
+  """Nucleus Dice of each image, (N,) float64: 2TP / (2TP + FP + FN) of nucleus vs the rest.
 
   An image with no nucleus in its label nor its prediction (0/0) scores `empty_score` (1.0:
   nothing there and nothing predicted is a perfect answer), as in `per_image_summary`.
   """
-  tp, fp, fn, _ = _binary_counts(_as_cms(per_image_cms))
+  tp, fp, fn, _ = _binary_counts(_as_cms(per_image_cms, table), table.nucleus_ids)
   denominator = 2 * tp + fp + fn
   return np.where(denominator == 0, float(empty_score),
                   2.0 * tp / np.maximum(denominator, 1))
@@ -223,8 +239,10 @@ def _summary(values: Sequence[Optional[float]], fill: Optional[float]) -> dict:
   }
 
 
-def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0) -> dict:
-  """Mean and std over images of the per-image paper metrics and per-class Dice / IoU.
+def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0,
+                      table: classes.ClassTable = PAPER) -> dict:
+  """Mean and std over images of the per-image paper metrics (with whole-cell Dice / IoU when
+  the table has a cytoplasm class) and per-class Dice / IoU.
 
   Each image's metrics are those of `paper_metrics` / `class_metrics` on its own (C, C) matrix;
   std is the population std (ddof=0). Undefined values (0/0) are handled so:
@@ -241,14 +259,15 @@ def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0) ->
            'paper': {metric: {'mean', 'std', 'n_images', 'n_undefined'}},
            'per_class': {'dice'|'iou': {class_name: {'mean', 'std', 'n_images', 'n_undefined'}}}}.
   """
-  cms = _as_cms(per_image_cms)
-  paper = [paper_metrics(cm) for cm in cms]
-  per_class = [class_metrics(cm) for cm in cms]
-  names = _class_names(cms.shape[1])
+  cms = _as_cms(per_image_cms, table)
+  paper = [paper_metrics(cm, table) for cm in cms]
+  per_class = [class_metrics(cm, table) for cm in cms]
+  names = table.names
+  keys = PAPER_METRICS + (CELL_METRICS if table.cytoplasm else ())
   return {
       'n_images': int(cms.shape[0]),
       'empty_score': empty_score,
-      'paper': {k: _summary([m[k] for m in paper], empty_score) for k in PAPER_METRICS},
+      'paper': {k: _summary([m[k] for m in paper], empty_score) for k in keys},
       'per_class': {k: {name: _summary([m[k][name] for m in per_class], None) for name in names}
                     for k in ('dice', 'iou')},
   }
@@ -258,44 +277,51 @@ def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0) ->
 # Per-cell classification: one cell per image, its type voted by the nucleus pixels.
 # ------------------------------------------------------------------------------------------------
 
-def voted_cell_type(predicted_pixels: Any) -> np.ndarray:
+def voted_cell_type(predicted_pixels: Any, table: classes.ClassTable = PAPER) -> np.ndarray:
   """The cell type voted by predicted pixel counts per class, (..., C) -> (...) int.
 
-  The nucleus class (c > 0) with the most pixels wins, ties going to the smaller class id;
-  0 (background) where no nucleus pixel was predicted. Evaluation votes with the column sums
-  of per-image confusion matrices, prediction with the counts of one map: the same rule.
+  The nucleus class (a cell type's id) with the most pixels wins, ties going to the smaller
+  class id; 0 (background) where no nucleus pixel was predicted (cytoplasm pixels do not vote).
+  Evaluation votes with the column sums of per-image confusion matrices, prediction with the
+  counts of one map: the same rule.
   """
-  nucleus = np.asarray(predicted_pixels)[..., BACKGROUND + 1:]
-  return np.where(nucleus.sum(-1) > 0, nucleus.argmax(-1) + BACKGROUND + 1, BACKGROUND)
+  predicted_pixels = np.asarray(predicted_pixels)
+  _check_size(predicted_pixels.shape[-1], table)
+  first, last = table.nucleus_ids[0], table.nucleus_ids[-1]   # the ids are consecutive
+  nucleus = predicted_pixels[..., first:last + 1]
+  return np.where(nucleus.sum(-1) > 0, nucleus.argmax(-1) + first, BACKGROUND)
 
 
 def predicted_cell_type(pred_map: Any, probs: Any = None,
-                        num_classes: int = NUM_CLASSES) -> tuple[int, float]:
+                        table: classes.ClassTable = PAPER) -> tuple[int, float]:
   """The cell type of one image, voted by its predicted nucleus pixels: (class_id, confidence).
 
   pred_map: (H, W) int predicted classes; class_id is `voted_cell_type` of its pixel counts.
-  confidence = that class's count / #{pixels with pred > 0}, or, if `probs` (H, W, C) softmax
-  probabilities are given, the mean of probs[..., class_id] over all predicted nucleus pixels.
-  No predicted nucleus pixel gives (0, 0.0).
+  confidence = that class's count / #{predicted nucleus pixels}, or, if `probs` (H, W, C)
+  softmax probabilities are given, the mean of probs[..., class_id] over all predicted nucleus
+  pixels. No predicted nucleus pixel gives (0, 0.0).
   """
   pred_map = np.asarray(pred_map)
-  nucleus = (pred_map > BACKGROUND) & (pred_map < num_classes)
+  nucleus = np.isin(pred_map, table.nucleus_ids)
   n_nucleus = int(nucleus.sum())
   if n_nucleus == 0:
     return BACKGROUND, 0.0
-  votes = np.bincount(pred_map[nucleus].ravel(), minlength=num_classes)
-  class_id = int(voted_cell_type(votes))
+  votes = np.bincount(pred_map[nucleus].ravel(), minlength=table.num_classes)
+  class_id = int(voted_cell_type(votes, table))
   if probs is None:
     return class_id, float(votes[class_id]) / n_nucleus
   probs = np.asarray(probs, dtype=np.float64)
   return class_id, float(probs[..., class_id][nucleus].mean())
 
 
-def cell_confusion(true_types: Any, pred_types: Any, num_classes: int = NUM_CLASSES) -> np.ndarray:
-  """Cell-level confusion matrix (C, C) int64: cm[t, p] = #cells of true type t predicted p.
+def cell_confusion(true_types: Any, pred_types: Any,
+                   table: classes.ClassTable = PAPER) -> np.ndarray:
+  """Cell-level confusion matrix (T, T) int64 over 0 and the T - 1 cell types' ids: cm[t, p] =
+  #cells of true type t predicted p.
 
   Type 0 means "no nucleus" (none labelled / none predicted).
   """
+  num_classes = 1 + len(table.cell_types)
   true_types = np.asarray(true_types, dtype=np.int64).ravel()
   pred_types = np.asarray(pred_types, dtype=np.int64).ravel()
   if true_types.shape != pred_types.shape:
@@ -308,7 +334,7 @@ def cell_confusion(true_types: Any, pred_types: Any, num_classes: int = NUM_CLAS
   return counts.reshape(num_classes, num_classes)
 
 
-def cell_metrics(cell_cm: Any) -> dict:
+def cell_metrics(cell_cm: Any, table: classes.ClassTable = PAPER) -> dict:
   """Cell-level classification metrics from a `cell_confusion` matrix.
 
     cell_accuracy = trace / n_cells                    (None when there are no cells)
@@ -318,8 +344,11 @@ def cell_metrics(cell_cm: Any) -> dict:
 
   Returns those, plus 'n_cells' and 'confusion_matrix' (nested lists, rows = true type).
   """
-  cm = _as_cm(cell_cm)
-  names = _class_names(cm.shape[0])
+  cm = np.asarray(cell_cm, dtype=np.int64)
+  names = table.names[:1 + len(table.cell_types)]
+  if cm.shape != (len(names),) * 2:
+    raise ValueError(f'expected a {len(names)}x{len(names)} cell confusion matrix (no nucleus and '
+                     f'{table.cell_types}), got shape {cm.shape}')
   recall = {name: _ratio(cm[c, c], cm[c, :].sum()) for c, name in enumerate(names)}
   return {
       'cell_accuracy': _ratio(np.trace(cm), cm.sum()),

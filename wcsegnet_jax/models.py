@@ -186,7 +186,8 @@ def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
 
 
 class WCSegNet(nn.Module):
-  """WCSegNet; the fields mirror `config.model` (see configs/base.py for their meaning)."""
+  """WCSegNet; the fields mirror `config.model` (see configs/base.py for their meaning), and
+  `num_classes` the data's (wcsegnet_jax/classes.py)."""
   num_classes: int = 4
   base_width: int = 64
   num_levels: int = 4
@@ -265,11 +266,14 @@ class WCSegNet(nn.Module):
     return logits[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width].astype(jnp.float32)
 
 
-def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """WCSegNet from `config.model`; every key is a field, so an unknown key is a TypeError."""
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """WCSegNet from `config.model` with `num_classes` outputs (the data's classes:
+  `classes.table_of(config.data).num_classes`); every key is a field, so an unknown key is a
+  TypeError."""
   kwargs = model_config.to_dict()
+  kwargs.pop('num_classes', None)   # a knob of older configs; the data's classes decide
   kwargs['decoder_dropout_stages'] = tuple(kwargs['decoder_dropout_stages'])
-  return WCSegNet(**kwargs)
+  return WCSegNet(num_classes=int(num_classes), **kwargs)
 
 
 def count_params(params: Any) -> int:

@@ -103,13 +103,15 @@ def figure_bytes(fig: Figure, **savefig_kwargs) -> bytes:
 # ------------------------------------------------------------------------------------------------
 
 def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarray,
-               row_titles: Sequence[str], title: str = '') -> bytes:
-  """A PNG grid: one row per image; columns original | ground truth | prediction."""
+               row_titles: Sequence[str], title: str = '',
+               table: classes.ClassTable = classes.PAPER_TABLE) -> bytes:
+  """A PNG grid: one row per image; columns original | ground truth | prediction, in the
+  colours of `table`'s classes."""
   n = len(images)
   fig = new_figure(figsize=(6.0, 2.0 * max(n, 1) + 0.8), dpi=100)
   axes = fig.subplots(max(n, 1), 3, squeeze=False)
   for r in range(n):
-    panels = (images[r], classes.colorize(label_maps[r]), classes.colorize(predictions[r]))
+    panels = (images[r], table.colorize(label_maps[r]), table.colorize(predictions[r]))
     for c, panel in enumerate(panels):
       ax = axes[r, c]
       ax.imshow(panel, interpolation='nearest')
@@ -122,9 +124,10 @@ def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarr
     axes[0, 1].text(0.5, 0.5, 'no images', ha='center', va='center')
     for ax in axes[0]:
       ax.set_axis_off()
-  legend = [patches.Patch(color=classes.CLASS_COLORS[i] / 255.0, label=name)
-            for i, name in enumerate(classes.CLASS_NAMES)]
-  fig.legend(handles=legend, loc='lower center', ncol=len(legend), fontsize=8, frameon=False)
+  legend = [patches.Patch(color=color / 255.0, label=name)
+            for color, name in zip(table.colors, table.names)]
+  fig.legend(handles=legend, loc='lower center', ncol=min(len(legend), 4), fontsize=8,
+             frameon=False)
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
@@ -151,8 +154,10 @@ def worst_indices(nucleus_dice: np.ndarray, k: int) -> list[int]:
 # report.md
 # ------------------------------------------------------------------------------------------------
 
-def _type_name(class_id: int) -> str:
-  return 'none' if class_id == classes.BACKGROUND else classes.CLASS_NAMES[class_id]
+def table_of_summary(summary: dict) -> classes.ClassTable:
+  """The classes an `evaluate.summarize` summary was computed with (the paper's if it predates
+  recording them)."""
+  return classes.table_from_names(summary.get('classes', classes.PAPER_TABLE.names))
 
 
 def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str) -> str:
@@ -169,6 +174,22 @@ def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str
   return markdown_table(header, rows)
 
 
+def whole_cell_lines(summary: dict) -> list[str]:
+  """With a cytoplasm class: the whole cell's Dice and IoU (nucleus or cytoplasm vs
+  background), pooled and over images; nothing otherwise."""
+  if 'cell_dice' not in summary['paper']:
+    return []
+  per_image = summary['per_image']['paper']
+  spread = lambda k: (f"{format_number(per_image[k]['mean'])} ± "
+                      f"{format_number(per_image[k]['std'])}")
+  return ['## Whole cells (nucleus or cytoplasm vs background)', '',
+          markdown_table(['', 'Dice', 'IoU'], [
+              ['pooled pixels'] + [format_number(summary['paper'][k])
+                                   for k in metrics.CELL_METRICS],
+              ['mean ± std over images'] + [spread(k) for k in metrics.CELL_METRICS]]),
+          '']
+
+
 def per_class_table(summary: dict) -> str:
   pc = summary['per_class']
   rows = [[name, format_number(pc['support'][name])]
@@ -182,11 +203,11 @@ def per_class_table(summary: dict) -> str:
 
 
 def cell_table(summary: dict) -> str:
-  cells = summary['cells']
+  cells, table = summary['cells'], table_of_summary(summary)
   cm = np.asarray(cells['confusion_matrix'])
-  names = [_type_name(c) for c in range(cm.shape[0])]
+  names = [table.name(c) for c in range(cm.shape[0])]
   rows = [[names[t]] + [str(v) for v in cm[t]]
-          + [format_number(cells['recall'][classes.CLASS_NAMES[t]])]
+          + [format_number(cells['recall'][table.names[t]])]
           for t in range(cm.shape[0]) if cm[t].sum() > 0]
   return markdown_table(['true \\ predicted'] + names + ['Recall'], rows)
 
@@ -212,6 +233,7 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
       'image\'s own value (an image with no nucleus in label nor prediction scores 1). mIoU is '
       'the mean of the background IoU and the nucleus IoU (see `wcsegnet_jax/metrics.py`).',
       '',
+      *whole_cell_lines(summary),
       '## Per class (pooled pixels)',
       '',
       per_class_table(summary),
@@ -257,11 +279,12 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  dice = metrics.dice_per_image(result.confusion)
+  table = table_of_summary(summary)
+  dice = metrics.dice_per_image(result.confusion, table=table)
   predicted = np.asarray(predicted_types)
   rows = [{'file_id': str(result.file_ids[i]),
-           'true_type': _type_name(int(result.cell_types[i])),
-           'predicted_type': _type_name(int(predicted[i])),
+           'true_type': table.name(int(result.cell_types[i])),
+           'predicted_type': table.name(int(predicted[i])),
            'nucleus_dice': float(dice[i]), 'loss': float(result.loss[i])}
           for i in range(len(result.file_ids))]
   worst_idx = worst_indices(dice, worst_k)
@@ -270,7 +293,7 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
 
   def grid(indices, title, label):
     return figure_png(result.images[indices], result.label_maps[indices],
-                      result.prediction[indices], [label(i) for i in indices], title)
+                      result.prediction[indices], [label(i) for i in indices], title, table)
 
   write_bytes_atomic(out_dir / 'figure.png', grid(
       shown, summary['dataset'],

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import models
 from wcsegnet_jax import shipped_model
 
@@ -26,8 +28,9 @@ EVAL_CHECKED = ('model', 'data')
 EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dropout_stages',
              'model.head_dropout', 'model.bn_momentum', 'model.dtype',
              'data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'data.datasets',
-             'data.cell_types', 'data.dataset_repeats', 'data.mask_level_tolerance',
+             'data.dataset_repeats', 'data.mask_level_tolerance',
              'data.mask_max_off_level_fraction')
+# data.cell_types and data.cytoplasm fix the model's classes: `check_classes` says so first.
 
 
 PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
@@ -56,11 +59,27 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
       f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
 
 
+def check_classes(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
+  """The model's classes (from the config it was trained with, `saved`) must be the config's:
+  a CheckpointError naming both otherwise."""
+  saved_data = config_lib.with_defaults(saved)['data']
+  model_table = classes.class_table(saved_data['cell_types'], saved_data['cytoplasm'])
+  data_table = classes.table_of(config.data)
+  if model_table != data_table:
+    raise checkpointing.CheckpointError(
+        f'the model of {where} has the classes {model_table.describe()} '
+        f'(data.cell_types={model_table.cell_types}, data.cytoplasm={model_table.cytoplasm}), '
+        f'but the config gives {data_table.describe()} (data.cell_types='
+        f'{data_table.cell_types}, data.cytoplasm={data_table.cytoplasm}); pass the cell types '
+        f'and cytoplasm setting it was trained with')
+
+
 def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """The model and normalisation must be those the checkpoint was trained with."""
+  """The classes, model and normalisation must be those the checkpoint was trained with."""
   saved = checkpointing.load_saved_config(workdir)
   if saved is None:
     return
+  check_classes(saved, config, str(workdir))
   diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_FREE,
                                           within=EVAL_CHECKED)
   if diffs:
@@ -110,6 +129,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""
   shipped = shipped_model.load_config()
+  check_classes(shipped.to_dict(), config,
+                f'the pretrained model ({shipped_model.PRETRAINED_DIR})')
   diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_FREE,
                                           within=EVAL_CHECKED)
   if diffs:
@@ -123,7 +144,7 @@ def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[
 
 def abstract_variables(config: ml_collections.ConfigDict) -> dict:
   """The shapes (no values) of the model's {'params', 'batch_stats'} at `config`."""
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   size = config.data.image_size
   variables = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))

@@ -29,8 +29,11 @@ def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False) -> dict[
   m = json.loads(path.read_text())
   out = {k: m['paper'][k] for k in PAPER_KEYS}
   support = m['per_class'].get('support', {})
+  # The run's classes (metrics.json records them; older ones had the paper's four).
+  table = classes.table_from_names(m.get('classes', classes.PAPER_TABLE.names))
   out.update({f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
-              for c in classes.CLASS_NAMES[1:]})   # None: no such cell in the test split
+              for c in table.names[1:]})   # None: no such cell in the test split
+  out.update({k: m['paper'][k] for k in ('cell_dice', 'cell_iou') if k in m['paper']})
   out['cell_accuracy'] = m['cells']['cell_accuracy']
   records = metric_writers.read_metrics(workdir)
   c = curves.epoch_curves(records)
@@ -70,7 +73,7 @@ def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
   out = {}
   for name, workdirs in groups.items():
     rows = [run_metrics(wd, dataset, tta) for wd in workdirs]
-    out[name] = {k: mean_std([r[k] for r in rows]) for k in rows[0]}
+    out[name] = {k: mean_std([r.get(k) for r in rows]) for k in rows[0]}
     out[name][RUNS] = len(rows)
   return out
 

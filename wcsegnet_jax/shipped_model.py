@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import files
 from wcsegnet_jax import models
@@ -44,7 +45,7 @@ def _fix() -> str:
 
 def abstract_variables(config: ml_collections.ConfigDict) -> dict:
   """{'params', 'batch_stats'} shapes of `config.model` (nothing allocated)."""
-  model = models.create_model(config.model)
+  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   size = config.data.image_size
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                            train=False))

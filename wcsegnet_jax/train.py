@@ -6,7 +6,6 @@ donated so parameters and optimizer moments are updated in place. Data parallel:
 all devices, the batch sharded along it, the state replicated.
 """
 
-import contextlib
 import functools
 import math
 import pathlib
@@ -23,6 +22,7 @@ import optax
 import tqdm
 
 from wcsegnet_jax import checkpointing
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
@@ -114,12 +114,12 @@ def divergence_message(loss: float, step: int, last_checkpoint: int | None,
           f'--workdir.')
 
 
-def _check_finite(history: list[tuple[int, dict]], manager, dtype: str) -> None:
+def _check_finite(steps: list[int], losses: np.ndarray, manager, dtype: str) -> None:
   """Raises TrainingDivergedError at the first step whose loss is not finite."""
-  for step, m in history:
-    if not math.isfinite(float(m['loss'])):
+  for step, loss in zip(steps, losses):
+    if not math.isfinite(float(loss)):
       raise TrainingDivergedError(divergence_message(
-          float(m['loss']), step, manager.latest_step(), manager.directory, dtype))
+          float(loss), step, manager.latest_step(), manager.directory, dtype))
 
 
 def interrupted_message(step: int, last_checkpoint: int | None) -> str:
@@ -139,10 +139,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Before any data is built or compiled: paths, the lock, and what a resume may change.
   workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
   lead = jax.process_index() == 0
-  with workdirs.held(workdir) if lead else contextlib.nullcontext():
+  with workdirs.held(workdir):   # process 0 holds it, for all processes
     checkpointing.check_resume_config(workdir, config)
     t, dp = config.train, parallel.data_parallel()
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, classes.table_of(config.data).num_classes)
     datasets = input_pipeline.load_datasets(config.data)
     spe = input_pipeline.steps_per_epoch(datasets, config)
     total_steps = min(t.num_epochs * spe, t.max_steps or t.num_epochs * spe)
@@ -151,8 +151,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = jax.jit(init, out_shardings=dp.replicated)(config.seed)
     train_step = jax.jit(make_train_step(config), in_shardings=(dp.replicated, dp.batch),
                          out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
-    train_iter = iter(input_pipeline.train_dataset(datasets, config, jax.process_index(),
-                                                   jax.process_count()))
+    # Batches reach the device one step ahead (the copy overlaps the step); the iterator's
+    # saved state is that of the last batch a step took, so a resume is exact.
+    train_iter = input_pipeline.DevicePrefetch(
+        iter(input_pipeline.train_dataset(datasets, config, jax.process_index(),
+                                          jax.process_count())), dp.to_device)
     test_metrics = EvalDuringTraining(config, model, datasets)
 
     manager = checkpointing.make_manager(workdir, t.keep_checkpoints)
@@ -179,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     interrupted = False
     try:
       while step < total_steps:
-        batch = dp.to_device(next(train_iter))
+        batch = next(train_iter)
         dispatched_at = time.perf_counter()
         state, step_metrics = train_step(state, batch)
         if step - first_step < 2:   # the first step compiles; the second is timed, once
@@ -221,11 +224,24 @@ def _train_scalars(history: list, timer, step: int, steps_per_epoch: int, manage
                    config: ml_collections.ConfigDict) -> dict[str, float]:
   """The mean training metrics since the last log (fetched now; a non-finite loss stops the
   run), the throughput and the epoch."""
-  history = jax.device_get(history)
-  _check_finite(history, manager, config.model.dtype)
-  return {**metric_writers.mean_of(history),
+  names, n = sorted(history[0][1]), len(history)
+  # Padded (with the last step's metrics) to log_every_steps, which no history exceeds: one
+  # compilation of `stacked_metrics` for the whole run, whatever the epoch ends cut off.
+  padded = [m for _, m in history] + [history[-1][1]] * (config.train.log_every_steps - n)
+  values = jax.device_get(stacked_metrics(padded))[:n]   # one fetch
+  _check_finite([s for s, _ in history], values[:, names.index('loss')], manager,
+                config.model.dtype)
+  return {**metric_writers.mean_of(names, values),
           'images_per_second': timer.rate(step, config.train.batch_size),
           'epoch': step / steps_per_epoch}
+
+
+@jax.jit
+def stacked_metrics(step_metrics: list[dict]) -> jax.Array:
+  """(N, K) float32: the scalar metrics of N steps, one column per name (in sorted order), in
+  one array, so logging fetches once, not N x K scalars."""
+  return jnp.stack([jnp.stack([m[k].astype(jnp.float32) for k in sorted(m)])
+                    for m in step_metrics])
 
 
 class EpochProgress:
@@ -256,22 +272,24 @@ class EpochProgress:
 
 class EvalDuringTraining:
   """Test-split metrics of every dataset during training, and their mean Dice (the best
-  checkpoint's criterion); on one local device, whatever the training sharding."""
+  checkpoint's criterion); on one local device, whatever the training sharding. The test
+  splits go to that device once, here, and stay there for every evaluation."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, datasets):
-    self.config, self.datasets = config, [d for d in datasets if d.test is not None]
+    self.config = config
     self.device = evaluate.local_eval_device()
     self.eval_step = jax.jit(evaluate.make_eval_step(model, config))
+    self.splits = [evaluate.upload_split(d.test, d.name, config.eval.batch_size,
+                                         lambda b: jax.device_put(b, self.device))
+                   for d in datasets if d.test is not None]
 
   def __call__(self, state: TrainState) -> dict[str, float]:
     scalars, dices = {}, []
     variables = evaluate.local_copy(variables_of(state), self.device)
-    for d in self.datasets:
-      result = evaluate.evaluate_source(self.eval_step, variables, d.test, d.name,
-                                        self.config.eval.batch_size,
-                                        lambda b: jax.device_put(b, self.device))
-      summary = evaluate.summarize(result)
-      scalars.update(evaluate.scalar_summary(summary, f'test/{d.name}/'))
+    for split in self.splits:
+      result = evaluate.evaluate_split(self.eval_step, variables, split)
+      summary = evaluate.summarize(result, classes.table_of(self.config.data))
+      scalars.update(evaluate.scalar_summary(summary, f'test/{split.name}/'))
       if summary['paper']['dice'] is not None:
         dices.append(summary['paper']['dice'])
     if dices:

@@ -12,6 +12,9 @@ import socket
 from typing import Iterator, Sequence
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from wcsegnet_jax import errors
 
@@ -87,8 +90,31 @@ def _holder() -> str:
 def held(workdir: pathlib.Path) -> Iterator[None]:
   """Holds `workdir/.lock` for the block; a second holder fails at once, naming the first.
 
-  flock: the OS drops the lock when its process dies, even by SIGKILL, so none is left stuck.
+  Every process of a multi-process run calls it: process 0 takes the lock, and if it cannot,
+  every process raises, rather than the others waiting for it at their next collective.
   """
+  if jax.process_count() == 1:
+    with _locked(workdir):
+      yield
+    return
+  with contextlib.ExitStack() as stack:
+    failed = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(_locked(workdir))
+      except OSError as e:
+        failed = e
+    if multihost_utils.broadcast_one_to_all(np.int32(failed is not None)):
+      if failed is not None:
+        raise failed
+      raise WorkdirBusyError(f'workdir {workdir} could not be locked by process 0 (in use by '
+                             f'another run? its output says why)')
+    yield
+
+
+@contextlib.contextmanager
+def _locked(workdir: pathlib.Path) -> Iterator[None]:
+  """flock: the OS drops the lock when its process dies, even by SIGKILL, so none is left stuck."""
   lock = open(workdir / LOCK_FILE, 'a+')
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import ml_collections
 
+from wcsegnet_jax import classes
 from wcsegnet_jax.data import raw
 
 
@@ -20,14 +21,15 @@ class RawExamples:
   def __init__(self, records: Sequence[raw.RawRecord], data_config: ml_collections.ConfigDict):
     self.records = list(records)
     self.data_config = data_config
+    self.table = classes.table_of(data_config)
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> dict:
     d = self.data_config
-    return raw.load_example(self.records[index], d.image_size, d.mask_level_tolerance,
-                            d.mask_max_off_level_fraction)
+    return raw.load_example(self.records[index], self.table, d.image_size,
+                            d.mask_level_tolerance, d.mask_max_off_level_fraction)
 
 
 def detect_raw_layout(raw_dir: pathlib.Path) -> str:
@@ -59,8 +61,9 @@ def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str |
       sources = [(s, f'{raw_dir.name}-{s}', s) for s in raw.WBC_SUBSETS]
   out = []
   for source, name, paper_key in sources:
-    records = raw.list_raw_records(source, raw_dir)
+    records = raw.list_raw_records(source, raw_dir, classes.table_of(config.data))
+    # Held-out images of only some of the model's types are a fair test of those types.
     records = raw.filter_cell_types(records, config.data.cell_types,
-                                    where=f'{source} data in {raw_dir}')
+                                    where=f'{source} data in {raw_dir}', every_type=False)
     out.append((name, paper_key, RawExamples(records, config.data)))
   return out

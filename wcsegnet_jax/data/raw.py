@@ -32,6 +32,7 @@ WBC_CSV = 'Class Labels of {subset}.csv'
 IMAGE_SUFFIXES = ('.bmp', '.png', '.jpg', '.jpeg', '.tif', '.tiff')
 MASK_LEVELS = np.array([0, 128, 255], np.int16)   # background, cytoplasm, nucleus
 NUCLEUS_LEVEL = 255
+CYTOPLASM_LEVEL = 128
 
 
 DataError = errors.DataError   # raised here for every problem with the user's data
@@ -128,11 +129,12 @@ def list_wbc_records(raw_dir: pathlib.Path, subset: str) -> list[RawRecord]:
   return _match(images, masks, types, folder, folder, csv_path)
 
 
-def list_folder_records(folder_dir: pathlib.Path) -> list[RawRecord]:
+def list_folder_records(folder_dir: pathlib.Path,
+                        table: classes.ClassTable) -> list[RawRecord]:
   """Records of a plain folder: images/, masks/ and an optional labels.csv (see README).
 
   With labels.csv, masks use the WBC scheme (0 background, 128 cytoplasm, 255 nucleus) and the
-  nucleus takes the listed cell type. Without it, masks are label maps of class ids 0..3.
+  nucleus takes the listed cell type. Without it, masks are label maps of `table`'s class ids.
   """
   image_dir, mask_dir = folder_dir / 'images', folder_dir / 'masks'
   for d in (image_dir, mask_dir):
@@ -143,12 +145,14 @@ def list_folder_records(folder_dir: pathlib.Path) -> list[RawRecord]:
   types = read_cell_type_csv(csv_path) if csv_path.is_file() else None
   images = _files_by_id(image_dir, IMAGE_SUFFIXES)
   masks = _files_by_id(mask_dir, ('.png', '.bmp', '.tif', '.tiff'))
-  return _match(images, masks, types, image_dir, mask_dir, csv_path if types is not None else None)
+  return _match(images, masks, types, image_dir, mask_dir, csv_path if types is not None else None,
+                table)
 
 
 def _match(images: dict[str, pathlib.Path], masks: dict[str, pathlib.Path],
            types: dict[str, str] | None, image_dir: pathlib.Path, mask_dir: pathlib.Path,
-           csv_path: pathlib.Path | None) -> list[RawRecord]:
+           csv_path: pathlib.Path | None, table: classes.ClassTable | None = None
+           ) -> list[RawRecord]:
   """Pairs images with masks (same id) and, when `types` is given, with one CSV row each."""
   records = []
   for file_id, image_path in sorted(images.items()):
@@ -160,7 +164,7 @@ def _match(images: dict[str, pathlib.Path], masks: dict[str, pathlib.Path],
         raise DataError(f'{image_path}: image id {file_id!r} has no row in {csv_path}')
       cell_type = types[key]
     else:
-      cell_type = _cell_type_of_label_map(masks[file_id])
+      cell_type = _cell_type_of_label_map(masks[file_id], table)
     records.append(RawRecord(file_id, image_path, masks[file_id], cell_type,
                              mask_is_label_map=types is None))
   for file_id, mask_path in sorted(masks.items()):
@@ -174,41 +178,56 @@ def _match(images: dict[str, pathlib.Path], masks: dict[str, pathlib.Path],
   return records
 
 
-def _cell_type_of_label_map(mask_path: pathlib.Path) -> str:
-  """The one cell type whose class id a label-map mask holds (besides background)."""
+def _cell_type_of_label_map(mask_path: pathlib.Path, table: classes.ClassTable) -> str:
+  """The one cell type whose class id a label-map mask holds (besides background and, with
+  `table.cytoplasm`, the cytoplasm, which it must then hold)."""
   mask = read_mask(mask_path, label_map=True)
   present = np.unique(mask[mask > 0])
-  outside = present[present >= classes.NUM_CLASSES]
+  outside = present[present >= table.num_classes]
   if outside.size:
-    valid = ', '.join(f'{i} {name}' for i, name in enumerate(classes.CLASS_NAMES))
     raise DataError(f'{mask_path}: label-map mask with values {outside[:10].tolist()} outside '
-                    f'the class ids ({valid}); without labels.csv, masks hold class ids '
-                    f'(0/128/255 masks need a labels.csv)')
-  if not present.size:
-    raise DataError(f'{mask_path}: label-map mask without a nucleus pixel (all 0, background); '
-                    f'expected the nucleus as its class id 1..{classes.NUM_CLASSES - 1}')
-  if len(present) != 1:
-    raise DataError(f'{mask_path}: label-map mask holds classes {present.tolist()}; expected '
-                    f'exactly one cell type per image')
-  return classes.CLASS_NAMES[int(present[0])]
+                    f'the class ids ({table.describe()}); without labels.csv, masks hold class '
+                    f'ids (0/128/255 masks need a labels.csv)')
+  nucleus = [int(c) for c in present if c in table.nucleus_ids]
+  if not nucleus:
+    raise DataError(f'{mask_path}: label-map mask without a nucleus pixel (values '
+                    f'{np.unique(mask).tolist()}); expected the nucleus as its class id, one of '
+                    f'{table.describe()}')
+  if len(nucleus) != 1:
+    raise DataError(f'{mask_path}: label-map mask holds the cell types {nucleus}; expected '
+                    f'exactly one cell type per image ({table.describe()})')
+  if table.cytoplasm and table.cytoplasm_id not in present:
+    raise DataError(f'{mask_path}: label-map mask without cytoplasm (no pixel of class '
+                    f'{table.cytoplasm_id}) but config.data.cytoplasm=True; this folder\'s masks '
+                    f'carry only the nucleus: label the cytoplasm {table.cytoplasm_id}, or set '
+                    f'data.cytoplasm=False')
+  return table.names[nucleus[0]]
 
 
-def list_raw_records(source: str, raw_dir: pathlib.Path) -> list[RawRecord]:
+def list_raw_records(source: str, raw_dir: pathlib.Path,
+                     table: classes.ClassTable) -> list[RawRecord]:
   """Records of a source: 'jiangxi' | 'cellavision' (WBC layout) or 'folder'."""
   if source == 'folder':
-    return list_folder_records(raw_dir)
+    return list_folder_records(raw_dir, table)
   if source in WBC_SUBSETS:
     return list_wbc_records(raw_dir, source)
   raise DataError(f'unknown dataset {source!r}; expected one of {sorted(WBC_SUBSETS)} or "folder"')
 
 
-def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str],
-                      where: str) -> list[RawRecord]:
-  """Keeps the configured cell types; an empty result is an error."""
+def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str], where: str,
+                      every_type: bool = True) -> list[RawRecord]:
+  """Keeps the configured cell types; an empty result is an error, and so, with `every_type`
+  (data a model learns from), is a configured type without an image: its class could not be
+  learnt."""
   kept = [r for r in records if r.cell_type in cell_types]
   if not kept:
     raise DataError(f'{where}: no image of the cell types {tuple(cell_types)} '
                     f'({len(records)} images before filtering)')
+  missing = [t for t in cell_types if not any(r.cell_type == t for r in kept)]
+  if every_type and missing:
+    raise DataError(f'{where}: no image of the cell type {missing[0]!r} (config.data.cell_types='
+                    f'{tuple(cell_types)}; missing: {missing}); leave it out of '
+                    f'data.cell_types, or add its images')
   return kept
 
 
@@ -432,25 +451,35 @@ def _no_nucleus_message(mask: np.ndarray, path: pathlib.Path) -> str:
     return text + ' (this mask is all background)'
   if set(values.tolist()) <= {0, 1}:
     return text + f' (it looks like a 0/1 mask: save the nucleus as {NUCLEUS_LEVEL})'
-  if values.max() < classes.NUM_CLASSES:
+  if values.max() < len(classes.PALETTE):   # small values: class ids, not gray levels
     return text + (' (it looks like a label map of class ids: a folder dataset reads masks as '
                    'class ids when it has no labels.csv)')
   return text
 
 
-def label_map_from_mask(mask: np.ndarray, record: RawRecord, tolerance: int,
-                        max_off_level_fraction: float) -> np.ndarray:
-  """The uint8 label map: nucleus pixels take the cell's class id, the rest is background.
+def label_map_from_mask(mask: np.ndarray, record: RawRecord, table: classes.ClassTable,
+                        tolerance: int, max_off_level_fraction: float) -> np.ndarray:
+  """The uint8 label map of `table`: nucleus pixels take the cell's class id, cytoplasm pixels
+  the cytoplasm's when `table.cytoplasm` (else background), the rest is background.
 
-  A mask without a nucleus pixel is an error: it would teach the model that the cell has none.
+  A mask without a nucleus pixel is an error: it would teach the model that the cell has none;
+  likewise one without cytoplasm when the table has it.
   """
-  class_id = classes.cell_type_to_class_id(record.cell_type)
-  if record.mask_is_label_map:   # checked when listed: holds 0 and `class_id` only
-    return np.where(mask > 0, class_id, classes.BACKGROUND).astype(np.uint8)
+  class_id = table.type_id(record.cell_type)
+  if record.mask_is_label_map:   # checked when listed: 0, `class_id` and the cytoplasm's id
+    return mask.astype(np.uint8)
   snapped = snap_mask_levels(mask, record.mask_path, tolerance, max_off_level_fraction)
   if not (snapped == NUCLEUS_LEVEL).any():
     raise DataError(_no_nucleus_message(mask, record.mask_path))
-  return np.where(snapped == NUCLEUS_LEVEL, class_id, classes.BACKGROUND).astype(np.uint8)
+  label_map = np.where(snapped == NUCLEUS_LEVEL, class_id, classes.BACKGROUND)
+  if table.cytoplasm:
+    if not (snapped == CYTOPLASM_LEVEL).any():
+      raise DataError(f'{record.mask_path}: no cytoplasm pixel ({CYTOPLASM_LEVEL} gray) in the '
+                      f'mask (values {np.unique(mask)[:10].tolist()}) but '
+                      f'config.data.cytoplasm=True; mark the cytoplasm {CYTOPLASM_LEVEL}, or '
+                      f'set data.cytoplasm=False')
+    label_map = np.where(snapped == CYTOPLASM_LEVEL, table.cytoplasm_id, label_map)
+  return label_map.astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -469,20 +498,23 @@ def resize_pair(image: np.ndarray, label_map: np.ndarray, size: int):
   return resize_image(image, size), label_map
 
 
-def load_example(record: RawRecord, image_size: int, tolerance: int,
+def load_example(record: RawRecord, table: classes.ClassTable, image_size: int, tolerance: int,
                  max_off_level_fraction: float) -> dict[str, np.ndarray | str | int]:
-  """Reads, checks and resizes one record into an example (before the TFDS encoding)."""
+  """Reads, checks and resizes one record into an example of `table`'s classes (before the
+  TFDS encoding)."""
   image = read_rgb(record.image_path)
   mask = read_mask(record.mask_path, label_map=record.mask_is_label_map)
   if image.shape[:2] != mask.shape:
     raise DataError(f'{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image '
                     f'{record.image_path.name} is {image.shape[1]}x{image.shape[0]}')
-  label_map = label_map_from_mask(mask, record, tolerance, max_off_level_fraction)
+  label_map = label_map_from_mask(mask, record, table, tolerance, max_off_level_fraction)
   image, resized = resize_pair(image, label_map, image_size)
-  if not (resized > classes.BACKGROUND).any():   # a few pixels that nearest resizing drops
-    raise DataError(f'{record.mask_path}: its nucleus ({int((label_map > 0).sum())} pixels) '
+  class_id = table.type_id(record.cell_type)
+  if not (resized == class_id).any():   # a few pixels that nearest resizing drops
+    raise DataError(f'{record.mask_path}: its nucleus ({int((label_map == class_id).sum())} '
+                    f'pixels) '
                     f'vanishes when the {mask.shape[1]}x{mask.shape[0]} image is resized to '
                     f'{image_size}x{image_size} (data.image_size)')
   return {'image': image, 'label_map': resized,
-          'cell_type': classes.cell_type_to_class_id(record.cell_type),
+          'cell_type': class_id,
           'file_id': record.file_id}

@@ -1,9 +1,9 @@
 """TFDS builder for WBC nucleus segmentation: the WBC Image Dataset's two subsets and plain folders.
 
 Written as array_record with zlib-encoded `Tensor` features, so neither building nor reading needs
-TensorFlow. Each build is named by what it was built from (source, image size, kept cell types,
-split, and the raw files' names, sizes and modification times), so a changed raw folder or config gets a new build
-instead of a stale one.
+TensorFlow. Each build is named by what it was built from (source, image size, the classes: kept
+cell types in their order and the cytoplasm, split, and the raw files' names, sizes and
+modification times), so a changed raw folder or config gets a new build instead of a stale one.
 """
 
 import contextlib
@@ -37,14 +37,17 @@ class WbcSegmentationConfig(tfds.core.BuilderConfig):
   """One build: a source and every setting that changes its examples or split."""
 
   def __init__(self, *, source: str, raw_dir: pathlib.Path | None, image_size: int,
-               cell_types: tuple[str, ...], test_fraction: float, split_seed: int,
-               mask_level_tolerance: int, mask_max_off_level_fraction: float, name: str):
+               cell_types: tuple[str, ...], cytoplasm: bool, test_fraction: float,
+               split_seed: int, mask_level_tolerance: int, mask_max_off_level_fraction: float,
+               name: str):
     super().__init__(name=name, version=WbcSegmentation.VERSION,
                      description=f'{source} at {image_size}x{image_size}')
     self.source = source
     self.raw_dir = raw_dir
     self.image_size = image_size
     self.cell_types = cell_types
+    self.cytoplasm = cytoplasm
+    self.table = classes.class_table(cell_types, cytoplasm)
     self.test_fraction = test_fraction
     self.split_seed = split_seed
     self.mask_level_tolerance = mask_level_tolerance
@@ -52,10 +55,12 @@ class WbcSegmentationConfig(tfds.core.BuilderConfig):
 
 
 class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
-  """WBC images with per-pixel labels: 0 background, 1 neutrophil, 2 basophil, 3 lymphocyte."""
+  """WBC images with per-pixel labels of the configured classes (`classes.ClassTable`): 0
+  background, the cell types in config order, and the cytoplasm last when configured."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': 'Class ids from config.data.cell_types (in order) and cytoplasm.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -65,7 +70,8 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
                                           encoding='zlib'),
             'label_map': tfds.features.Tensor(shape=(size, size), dtype=np.uint8,
                                               encoding='zlib'),
-            'cell_type': tfds.features.Scalar(dtype=np.int32, doc=str(classes.CLASS_NAMES)),
+            'cell_type': tfds.features.Scalar(dtype=np.int32,
+                                              doc=self.builder_config.table.describe()),
             'dataset': tfds.features.Text(),
             'file_id': tfds.features.Text(),
         }),
@@ -79,8 +85,7 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
     raw_dir = cfg.raw_dir
     if raw_dir is None:   # online: the public repository's archive
       raw_dir = pathlib.Path(dl_manager.download_and_extract(ARCHIVE_URL)) / ARCHIVE_FOLDER
-    split = split_records(cfg.source, raw_dir, cfg.cell_types, cfg.test_fraction,
-                          cfg.split_seed)
+    split = split_records(cfg.source, raw_dir, cfg.table, cfg.test_fraction, cfg.split_seed)
     return {name: self._generate_examples(records) for name, records in split.items()
             if records}
 
@@ -96,7 +101,7 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, records: list[raw.RawRecord]):
     cfg = self.builder_config
     for record in records:
-      example = raw.load_example(record, cfg.image_size, cfg.mask_level_tolerance,
+      example = raw.load_example(record, cfg.table, cfg.image_size, cfg.mask_level_tolerance,
                                  cfg.mask_max_off_level_fraction)
       yield record.file_id, {**example, 'dataset': dataset_name(cfg.source, cfg.raw_dir)}
 
@@ -106,11 +111,12 @@ def dataset_name(source: str, raw_dir: pathlib.Path | None) -> str:
   return raw_dir.name if source == 'folder' and raw_dir is not None else source
 
 
-def split_records(source: str, raw_dir: pathlib.Path, cell_types, test_fraction: float,
-                  split_seed: int) -> dict[str, list[raw.RawRecord]]:
-  """Lists, filters and splits the raw records of one source."""
-  records = raw.list_raw_records(source, raw_dir)
-  records = raw.filter_cell_types(records, cell_types, where=f'{source} data in {raw_dir}')
+def split_records(source: str, raw_dir: pathlib.Path, table: classes.ClassTable,
+                  test_fraction: float, split_seed: int) -> dict[str, list[raw.RawRecord]]:
+  """Lists, filters (to `table`'s cell types, each of which must have an image) and splits the
+  raw records of one source."""
+  records = raw.list_raw_records(source, raw_dir, table)
+  records = raw.filter_cell_types(records, table.cell_types, where=f'{source} data in {raw_dir}')
   return splits.stratified_split(records, test_fraction, split_seed)
 
 
@@ -132,12 +138,13 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
   return pathlib.Path(path).expanduser()
 
 
-def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any]) -> str:
+def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any],
+                 table: classes.ClassTable) -> str:
   """A short hash of the build's settings and its raw files' names, sizes, times and types."""
   h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   if raw_dir is not None:
     h.update(str(raw_dir.resolve()).encode())
-    for r in raw.list_raw_records(source, raw_dir):
+    for r in raw.list_raw_records(source, raw_dir, table):
       image, mask = r.image_path.stat(), r.mask_path.stat()
       h.update(f'{r.file_id}|{image.st_size}|{image.st_mtime_ns}|{mask.st_size}|'
                f'{mask.st_mtime_ns}|{r.cell_type}\n'.encode())
@@ -151,11 +158,13 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
   raw_dir = source_dir(source, data_config)
   settings = dict(
       source=source, image_size=int(data_config.image_size),
-      cell_types=tuple(sorted(data_config.cell_types)),
+      cell_types=tuple(data_config.cell_types), cytoplasm=bool(data_config.cytoplasm),
       test_fraction=float(data_config.test_fraction), split_seed=int(data_config.split_seed),
       mask_level_tolerance=int(data_config.mask_level_tolerance),
       mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction))
-  name = f'{source}-{settings["image_size"]}-{_fingerprint(source, raw_dir, settings)}'
+  table = classes.class_table(settings['cell_types'], settings['cytoplasm'])
+  fingerprint = _fingerprint(source, raw_dir, settings, table)
+  name = f'{source}-{settings["image_size"]}-{fingerprint}'
   config = WbcSegmentationConfig(name=name, raw_dir=raw_dir, **settings)
   with _tfds_quiet():
     return WbcSegmentation(config=config, data_dir=str(tfds_dir(data_config)))
@@ -224,7 +233,7 @@ def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
     source = builder.as_data_source(split)
     ids = sorted((as_str(source[i]['file_id']), int(source[i]['cell_type']))
                  for i in range(len(source)))
-    rows += [(split, fid, classes.CLASS_NAMES[t]) for fid, t in ids]
+    rows += [(split, fid, builder.builder_config.table.names[t]) for fid, t in ids]
   files.write_csv_atomic(path, ('split', 'file_id', 'cell_type'), rows)
 
 
