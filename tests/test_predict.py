@@ -47,6 +47,16 @@ def read_cells(path: pathlib.Path) -> dict[str, dict]:
     return {pathlib.Path(r['file']).name: r for r in csv.DictReader(f)}
 
 
+def read_cell_rows(path: pathlib.Path) -> list[dict]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def read_differential(path: pathlib.Path) -> dict[str, int]:
+  with open(path, newline='') as f:
+    return {r['cell_type']: int(r['count']) for r in csv.DictReader(f)}
+
+
 def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
   out = tmp_path / 'out' / 'nested'   # created by the command
   proc = test_evaluate.run_command(
@@ -55,9 +65,8 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'broken.png' in proc.stderr and 'Traceback' not in proc.stderr
   assert '4 images, 1 skipped' in proc.stdout
-  cells = read_cells(out / 'cells.csv')
-  assert sorted(cells) == ['large.bmp', 'small.bmp', 'wide.png']
-  for name, row in cells.items():
+  rows = read_cell_rows(out / 'cells.csv')
+  for name in ('large.bmp', 'small.bmp', 'wide.png'):
     stem = pathlib.Path(name).stem
     original = raw.read_rgb(image_folder / name)
     mask = cv2.cvtColor(cv2.imread(str(out / f'{stem}_mask.png')), cv2.COLOR_BGR2RGB)
@@ -65,14 +74,31 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
     assert mask.shape == original.shape and overlay.shape == original.shape
     colours = {tuple(c) for c in mask.reshape(-1, 3)}
     assert colours <= {tuple(c) for c in classes.CLASS_COLORS}
-    assert row['predicted_type'] in classes.CLASS_NAMES[1:] + ('none',)
-    area = int(row['nucleus_area_px'])
-    assert area == int((mask != 0).any(-1).sum())
-    assert float(row['nucleus_area_um2']) == pytest.approx(area * 0.25, abs=1e-3)
-    assert float(row['perimeter_um']) == pytest.approx(float(row['perimeter_px']) * 0.5,
-                                                        abs=0.01)
-    assert 0.0 <= float(row['confidence']) <= 1.0
-    assert row['mask_file'] == f'{stem}_mask.png'
+    own = [r for r in rows if pathlib.Path(r['file']).name == name]
+    if not own:   # an image with no cell has no row, and says so
+      assert re.search(rf'no cell found in \d+ images?: .*{name}', proc.stdout)
+    assert [int(r['cell']) for r in own] == list(range(1, len(own) + 1))
+    nucleus = (mask != 0).any(-1)
+    assert sum(int(r['nucleus_area_px']) for r in own) <= nucleus.sum()
+    for row in own:
+      x0, y0, x1, y1 = (int(row[k]) for k in ('x0', 'y0', 'x1', 'y1'))
+      assert 0 <= x0 < x1 <= original.shape[1] and 0 <= y0 < y1 <= original.shape[0]
+      assert nucleus[y0:y1, x0:x1].sum() >= int(row['nucleus_area_px'])
+      assert row['touches_border'] == str(int(x0 == 0 or y0 == 0 or x1 == original.shape[1]
+                                              or y1 == original.shape[0]))
+      assert row['predicted_type'] in classes.CLASS_NAMES[1:]
+      area = int(row['nucleus_area_px'])
+      assert float(row['nucleus_area_um2']) == pytest.approx(area * 0.25, abs=1e-3)
+      assert float(row['perimeter_um']) == pytest.approx(float(row['perimeter_px']) * 0.5,
+                                                          abs=0.01)
+      assert row['cell_area_px'] == row['nc_ratio'] == ''   # no cytoplasm class
+      assert 0.0 <= float(row['confidence']) <= 1.0
+      assert row['mask_file'] == f'{stem}_mask.png'
+  differential = read_differential(out / 'differential.csv')
+  assert differential['total'] == len(rows)
+  assert sum(n for t, n in differential.items() if t != 'total') == len(rows)
+  for name in classes.CLASS_NAMES[1:]:
+    assert differential[name] == sum(r['predicted_type'] == name for r in rows)
   assert not (out / 'broken_mask.png').exists()
   assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
 
@@ -176,8 +202,10 @@ def test_same_stem_gets_a_unique_name(tiny_model, tmp_path):
     fixtures.write_rgb(tmp_path / sub / 'cell.png', image)
   predict.predict_files(config, variables, [tmp_path / 'a' / 'cell.png',
                                             tmp_path / 'b' / 'cell.png'], tmp_path / 'out')
-  rows = list(csv.DictReader(open(tmp_path / 'out' / 'cells.csv')))
-  assert [r['mask_file'] for r in rows] == ['cell_mask.png', 'cell_2_mask.png']
+  rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
+  assert {r['mask_file'] for r in rows} <= {'cell_mask.png', 'cell_2_mask.png'}
+  assert [r['file'] for r in rows] == sorted(r['file'] for r in rows)   # in input order
+  assert (tmp_path / 'out' / 'cell_2_mask.png').is_file()
   assert (tmp_path / 'out' / 'cell_2_overlay.png').is_file()
 
 
@@ -240,9 +268,10 @@ def test_overwrite_removes_only_what_an_earlier_predict_wrote(tiny_model, tmp_pa
     predict.run(workdir, str(out), [str(second)])
   predict.run(workdir, str(out), [str(second)], overwrite=True)
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ['cells.csv', 'notes.txt', predict.OUTPUTS_FILE, f'{second.stem}_mask.png',
-       f'{second.stem}_overlay.png'])
-  assert list(read_cells(out / 'cells.csv')) == [second.name]
+      ['cells.csv', 'differential.csv', 'notes.txt', predict.OUTPUTS_FILE,
+       f'{second.stem}_mask.png', f'{second.stem}_overlay.png'])
+  assert {pathlib.Path(r['file']).name for r in read_cell_rows(out / 'cells.csv')} <= {
+      second.name}
   listing = json.loads((out / predict.OUTPUTS_FILE).read_text())
   assert listing['complete'] and 'step' in listing['model']
   assert listing['files'] == [f'{second.stem}_mask.png', f'{second.stem}_overlay.png']
@@ -285,7 +314,7 @@ def test_predicting_into_the_input_folder_again_skips_the_earlier_outputs(tiny_m
   predict.run(workdir, str(folder), [str(folder)], overwrite=True)
   again = predict.run(workdir, str(folder), [str(folder)], overwrite=True)
   assert len(again.done) == 2 and not again.skipped   # its masks and overlays are not inputs
-  assert again.text() == '2 images, 0 skipped'
+  assert again.text().splitlines()[0] == '2 images, 0 skipped'
 
 
 def test_a_folder_of_subfolders_says_they_are_not_searched(tmp_path):
@@ -305,3 +334,67 @@ def test_a_refused_overwrite_leaves_the_earlier_results(tmp_path):
     predict.prepare_output(out, True, ['b_mask.png', 'b_overlay.png', 'cells.csv'])
   assert sorted(p.name for p in out.iterdir()) == sorted(
       ['a_mask.png', 'a_overlay.png', 'cells.csv', 'b_mask.png', predict.OUTPUTS_FILE])
+
+
+def _field(tmp_path, rng, crops=4, size=64):
+  """A field: `crops` generated cell crops of `size` pixels in a 2-column mosaic."""
+  from wcsegnet_jax import mosaics   # pylint: disable=g-import-not-at-top
+  parts = [mosaics.Crop(str(k), fixtures.cell_image(rng, mask), mask == 255, 'neutrophil')
+           for k, mask in enumerate(fixtures.cell_mask(rng, size) for _ in range(crops))]
+  image, _ = mosaics.build_mosaic(parts, columns=2, gap=size // 6)
+  path = tmp_path / 'field.png'
+  fixtures.write_rgb(path, image)
+  return path, image
+
+
+def test_field_scale_segments_in_tiles_at_that_scale(tiny_model, tmp_path, monkeypatch):
+  """--field_scale: the field is resized by F and tiled at the training size, never
+  squashed whole; the mask is at the field's size and the cells' boxes lie inside it."""
+  config, variables = _tiny_variables(tiny_model)
+  path, image = _field(tmp_path, np.random.default_rng(7))
+  seen = []
+  real = predict.fields.segment_field
+  monkeypatch.setattr(predict.fields, 'segment_field', lambda fn, field, tile, **kw: seen.append(
+      (field.shape, tile, kw)) or real(fn, field, tile, **kw))
+  summary = predict.predict_files(config, variables, [path], tmp_path / 'out', batch_size=4,
+                                  field_scale=0.5)
+  height, width = image.shape[:2]
+  size = int(config.data.image_size)
+  assert seen == [((round(height * 0.5), round(width * 0.5), 3), size, {'batch_size': 4})]
+  assert summary.done == [str(path)]
+  mask = cv2.imread(str(tmp_path / 'out' / 'field_mask.png'))
+  assert mask.shape == image.shape
+  rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
+  for row in rows:
+    assert 0 <= int(row['x0']) < int(row['x1']) <= width
+    assert 0 <= int(row['y0']) < int(row['y1']) <= height
+  assert read_differential(tmp_path / 'out' / 'differential.csv')['total'] == len(rows)
+  assert summary.differential[-1]['count'] == len(rows)
+  # The command line takes the flag, and refuses a scale that is no scale.
+  proc = test_evaluate.run_command(
+      'wcsegnet_jax.predict', f'--workdir={tiny_model["workdir"]}',
+      f'--output={tmp_path / "cmd"}', '--field_scale=1.0', str(path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / 'cmd' / 'differential.csv').is_file() and 'differential.csv' in proc.stdout
+  for bad in (0.0, -1.0, float('nan')):
+    with pytest.raises(raw.DataError, match='--field_scale'):
+      predict.run(str(tiny_model['workdir']), str(tmp_path / 'bad'), [str(path)],
+                  field_scale=bad)
+
+
+def test_an_image_with_no_cell_gives_no_row_and_says_so(tiny_model, tmp_path, capfd):
+  config, variables = _tiny_variables(tiny_model)
+  path = tmp_path / 'plain.png'
+  fixtures.write_rgb(path, np.full((64, 64, 3), (230, 190, 200), np.uint8))
+  # No predicted nucleus can be a cell this large: the image is done, with no cell.
+  never = predict.cells.CellRules(min_nucleus_px=1e9)
+  summary = predict.predict_files(config, variables, [path], tmp_path / 'out', cell_rules=never)
+  assert summary.done == [str(path)] and summary.no_cells == [str(path)]
+  assert f'{path}: no cell found' in capfd.readouterr().err
+  assert f'no cell found in 1 image: {path}' in summary.text()
+  assert '0 cells' in summary.text()
+  assert read_cell_rows(tmp_path / 'out' / 'cells.csv') == []
+  differential = read_differential(tmp_path / 'out' / 'differential.csv')
+  assert set(differential.values()) == {0}
+  assert list(differential) == [*classes.CLASS_NAMES[1:], 'total']
+  assert (tmp_path / 'out' / 'plain_mask.png').is_file()

@@ -1,7 +1,8 @@
-r"""Segments and classifies new images with a trained model; writes masks, overlays and cells.csv.
+r"""Segments and classifies new images with a trained model; writes masks, overlays and the cells.
 
   python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR] [--checkpoint=latest] \
-      [--pixel_size_um=0.1] [--batch_size=16] [--tta] [--overwrite] IMAGE_OR_FOLDER...
+      [--field_scale=1.0] [--pixel_size_um=0.1] [--batch_size=16] [--tta] [--overwrite] \
+      IMAGE_OR_FOLDER...
 
 Without --workdir it uses the pretrained model shipped in the package (wcsegnet_jax/pretrained/,
 configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
@@ -11,14 +12,25 @@ best one was picked by test Dice). Inputs are image files, or folders whose imag
 `raw.IMAGE_SUFFIXES`, not recursive) are all taken: point it at a folder of images only, e.g.
 not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
 
-Each image, of any size, is resized to the training size, segmented, and its class
-probabilities are resized back to the original size (bilinear) before the argmax, so the mask
-has the original size and smooth edges. Per image it writes `<stem>_mask.png` (class colours)
-and `<stem>_overlay.png` (the image with the nucleus tinted in its class colour); a second image
-with the same stem gets `<stem>_2_mask.png`, and so on. `cells.csv` has one row per image: its
-predicted type (majority of the nucleus pixels), the mean probability of that type over them, and
-nucleus measurements (see `morphometry.py`), in micrometres too with --pixel_size_um.
-`predict_outputs.json` lists the files written and the model that wrote them.
+Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
+class probabilities are resized back to the original size (bilinear) before the argmax, so the
+mask has the original size and smooth edges. With --field_scale=F each image is a field of many
+cells instead: resized by F to the training data's scale (1.0 for fields at the Jiangxi crops'
+scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
+overlapping tiles of the training size (`fields.py`), never squashed whole. Per image it writes
+`<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus tinted in
+its class colour); a second image with the same stem gets `<stem>_2_mask.png`, and so on.
+
+The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
+neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its
+cells as nucleus parts within --cell_merge_gap_px of each other). `cells.csv` has one row per
+cell: its image, number, bounding box (x0, y0, x1, y1 exclusive, pixels of the image), whether it
+touches the image border (cut: its sizes are partial), predicted type (majority of its nucleus
+pixels), the mean probability of that type over them, nucleus and cell area, N:C ratio (blank
+without a cytoplasm class) and nucleus measurements (see `morphometry.py`), in micrometres too
+with --pixel_size_um. An image with no cell has no row and is named on stderr and in the
+summary. `differential.csv` counts the cells of each type over all images, with percentages, as
+a lab's differential count. `predict_outputs.json` lists the files written and the model.
 
 OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
 earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.
@@ -45,23 +57,28 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from wcsegnet_jax import cells
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
+from wcsegnet_jax import fields
 from wcsegnet_jax import files
 from wcsegnet_jax import logs
-from wcsegnet_jax import metrics
 from wcsegnet_jax import models
-from wcsegnet_jax import morphometry
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
 from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
-CSV_COLUMNS = ('file', 'predicted_type', 'confidence', 'nucleus_area_px', 'nucleus_area_um2',
-               'perimeter_px', 'perimeter_um', 'circularity', 'solidity', 'lobes', 'mask_file')
+CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
+               'confidence', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
+               'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
+               'solidity', 'lobes', 'mask_file')
+DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
+CELLS_FILE = 'cells.csv'
+DIFFERENTIAL_FILE = 'differential.csv'
 OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
 OUTPUTS_FILE = 'predict_outputs.json'   # what a run wrote, so --overwrite removes only that
 # Stained smears differ by tens of levels between channels; a gray image, JPEG too, by ~0.
@@ -73,12 +90,22 @@ class PredictionSummary:
   """What a run did: the images done, and the ones skipped with the reason."""
   done: list[str]
   skipped: list[tuple[str, str]]
+  no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
+  differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
 
   def text(self) -> str:
     n = len(self.done) + len(self.skipped)
     line = f'{n} image{"" if n == 1 else "s"}, {len(self.skipped)} skipped'
     if self.skipped:
       line += ': ' + '; '.join(f'{path} ({why})' for path, why in self.skipped)
+    if self.no_cells:
+      line += (f'\nno cell found in {len(self.no_cells)} image'
+               f'{"" if len(self.no_cells) == 1 else "s"}: {", ".join(self.no_cells)}')
+    if self.differential:
+      *types, total = self.differential
+      line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
+          ': ' + ', '.join(f'{r["cell_type"]} {r["count"]} ({r["percent"]:.1f}%)' for r in types)
+          if total['count'] else '')
     return line
 
 
@@ -127,19 +154,24 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
   return cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def cell_row(file: str, mask_file: str, pred_map: np.ndarray, probs: np.ndarray,
-             pixel_size_um: float | None) -> dict:
-  """One cells.csv row: the voted type, its confidence, and the nucleus measurements."""
-  class_id, confidence = metrics.predicted_cell_type(pred_map, probs)
-  m = morphometry.nucleus_measurements(pred_map > classes.BACKGROUND)
-  um = lambda v, power: '' if pixel_size_um is None else f'{v * pixel_size_um**power:.4f}'
+def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
+             class_names: Sequence[str], pixel_size_um: float | None) -> dict:
+  """One cells.csv row: where the cell is, its voted type and confidence, its sizes and
+  nucleus measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
+  m = cell.nucleus
+  um = lambda v, power: '' if pixel_size_um is None or v is None else (
+      f'{v * pixel_size_um**power:.4f}')
+  x0, y0, x1, y1 = cell.bbox
   return {
-      'file': file,
-      'predicted_type': 'none' if class_id == classes.BACKGROUND else
-                        classes.CLASS_NAMES[class_id],
-      'confidence': f'{confidence:.4f}',
+      'file': file, 'cell': index, 'x0': x0, 'y0': y0, 'x1': x1, 'y1': y1,
+      'touches_border': int(cell.touches_border),
+      'predicted_type': class_names[cell.class_id],
+      'confidence': f'{cell.confidence:.4f}',
       'nucleus_area_px': m['area_px'],
       'nucleus_area_um2': um(m['area_px'], 2),
+      'cell_area_px': '' if cell.cell_area_px is None else cell.cell_area_px,
+      'cell_area_um2': um(cell.cell_area_px, 2),
+      'nc_ratio': '' if cell.nc_ratio is None else f'{cell.nc_ratio:.4f}',
       'perimeter_px': f"{m['perimeter_px']:.2f}",
       'perimeter_um': um(m['perimeter_px'], 1),
       'circularity': f"{m['circularity']:.4f}",
@@ -155,15 +187,21 @@ def image_output_names(stem: str) -> tuple[str, str]:
 
 
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
-                        probs: np.ndarray, pixel_size_um: float | None) -> dict:
-  """Writes one image's mask and overlay at its own size; returns its cells.csv row."""
+                        probs: np.ndarray, pixel_size_um: float | None,
+                        table: classes.ClassTable,
+                        cell_rules: cells.CellRules) -> tuple[list[dict], list[int]]:
+  """Writes one image's mask and overlay at its own size; returns its cells.csv rows and the
+  cells' class ids. `cell_rules` are those for the image's own pixel scale."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
-  files.write_bytes_atomic(output / mask_file, reports.encode_png(classes.colorize(pred_map)))
+  files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   files.write_bytes_atomic(output / overlay_file,
-                           reports.encode_png(classes.overlay(image, pred_map, OVERLAY_ALPHA)))
-  return cell_row(str(path), mask_file, pred_map, probs, pixel_size_um)
+                           reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
+  found, _ = cells.find_cells(pred_map, probs, table.nucleus_ids, table.cytoplasm_id, cell_rules)
+  rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um)
+          for k, cell in enumerate(found, start=1)]
+  return rows, [cell.class_id for cell in found]
 
 
 def looks_gray(image: np.ndarray) -> bool:
@@ -194,7 +232,7 @@ def _earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
     raise raw.DataError(f'{listing}: not a readable list of earlier outputs ({e}); remove '
                         f'the folder by hand or choose another --output') from None
   safe = [n for n in names if isinstance(n, str) and n and pathlib.Path(n).name == n]
-  return [output / n for n in safe + ['cells.csv', OUTPUTS_FILE]]
+  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]]
 
 
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
@@ -202,7 +240,7 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   used = set()
   stems = [_unique_stem(path, used) for path in paths]
   return [name for stem in stems for name in image_output_names(stem)] + [
-      'cells.csv', OUTPUTS_FILE]
+      CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]
 
 
 def prepare_output(output: str | pathlib.Path, overwrite: bool,
@@ -247,24 +285,32 @@ def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], output: str | pathlib.Path,
                   batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
-                  progress: bool = False, model_source: str = '') -> PredictionSummary:
-  """Segments `paths` with `variables`; writes masks, overlays and cells.csv into `output`.
+                  progress: bool = False, model_source: str = '',
+                  field_scale: float | None = None,
+                  cell_rules: cells.CellRules = cells.CellRules()) -> PredictionSummary:
+  """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
+  into `output`.
 
-  Each batch's files are listed in OUTPUTS_FILE before they are written, so even an
-  interrupted run leaves a complete list for --overwrite.
+  Without `field_scale` each image is one crop, resized whole to the training size; with it,
+  a field resized by `field_scale` and segmented in tiles of the training size
+  (`fields.segment_field`). `cell_rules` are at the training scale. Each batch's files are
+  listed in OUTPUTS_FILE before they are written, so even an interrupted run leaves a complete
+  list for --overwrite.
   """
   output = pathlib.Path(output).expanduser()
   output.mkdir(parents=True, exist_ok=True)
   listing = {'model': model_source, 'tta': bool(tta), 'complete': False, 'files': []}
   files.write_json_atomic(output / OUTPUTS_FILE, listing)
   size = int(config.data.image_size)
-  model = models.create_model(config.model)
-  batch_size = max(1, min(batch_size, len(paths)))
+  table = classes.table_of(config.data)
+  model = models.create_model(config.model, table.num_classes)
+  if field_scale is None:   # crops are batched across images, a field's tiles per image
+    batch_size = max(1, min(batch_size, len(paths)))
   # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
   predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta))
-  summary, rows, used_stems = PredictionSummary([], []), [], set()
+  summary, rows, class_ids, used_stems = PredictionSummary([], []), [], [], set()
   bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
-  for chunk in _chunks(list(paths), batch_size):
+  for chunk in _chunks(list(paths), 1 if field_scale else batch_size):
     images = []
     for path in chunk:
       try:
@@ -275,27 +321,48 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
         bar.update(1)
     if not images:
       continue
-    batch = np.zeros((batch_size, size, size, 3), np.uint8)
-    for i, (_, image) in enumerate(images):
-      batch[i] = raw.resize_image(image, size)
-    probs = np.asarray(jax.device_get(predict(variables, batch)), np.float32)
+    predict_batch = lambda x: np.asarray(jax.device_get(predict(variables, x)), np.float32)
+    if field_scale is None:
+      batch = np.zeros((batch_size, size, size, 3), np.uint8)
+      for i, (_, image) in enumerate(images):
+        batch[i] = raw.resize_image(image, size)
+      probs = predict_batch(batch)
+      # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
+      scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
+    else:
+      (_, image), = images
+      probs = [fields.segment_field(predict_batch, fields.resize_field(image, field_scale),
+                                    size, batch_size=batch_size)]
+      scales = [1.0 / field_scale]
     stems = [_unique_stem(path, used_stems) for path, _ in images]
     listing['files'] += [name for stem in stems for name in image_output_names(stem)]
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
-    for stem, (path, image), image_probs in zip(stems, images, probs):
-      rows.append(write_image_outputs(output, stem, path, image, image_probs, pixel_size_um))
+    for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
+      image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
+                                                  pixel_size_um, table, cell_rules.scaled(scale))
+      if not image_rows:
+        tqdm.tqdm.write(f'{path}: no cell found', file=sys.stderr)
+        summary.no_cells.append(str(path))
+      rows += image_rows
+      class_ids += image_ids
       summary.done.append(str(path))
       bar.update(1)
   bar.close()
-  files.write_csv_atomic(output / 'cells.csv', CSV_COLUMNS,
-                           [[r[k] for k in CSV_COLUMNS] for r in rows])
+  summary.differential = cells.differential(
+      class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
+  files.write_csv_atomic(output / CELLS_FILE, CSV_COLUMNS,
+                         [[r[k] for k in CSV_COLUMNS] for r in rows])
+  files.write_csv_atomic(output / DIFFERENTIAL_FILE, DIFFERENTIAL_COLUMNS,
+                         [[r['cell_type'], r['count'], f"{r['percent']:.2f}"]
+                          for r in summary.differential])
   files.write_json_atomic(output / OUTPUTS_FILE, {**listing, 'complete': True})
   return summary
 
 
 def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str | None = None,
         batch_size: int = 16, tta: bool | None = None, pixel_size_um: float | None = None,
-        overwrite: bool = False) -> PredictionSummary:
+        overwrite: bool = False, field_scale: float | None = None,
+        cell_rules: cells.CellRules = cells.CellRules()) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
   With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
@@ -304,6 +371,12 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   """
   if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
     raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
+  if field_scale is not None and not (math.isfinite(field_scale) and field_scale > 0):
+    raise raw.DataError(f'--field_scale={field_scale} must be a positive number (e.g. 1.0 for '
+                        f'fields at the training crops\' scale)')
+  for name, value in dataclasses.asdict(cell_rules).items():
+    if not (math.isfinite(value) and value >= 0):
+      raise raw.DataError(f'--cell_{name}={value} must be a number >= 0')
   which = None if checkpoint is None else str(checkpoint).strip()
   if not workdir and (which in ('best', 'latest') or (which or '').isdigit()):
     raise checkpointing.CheckpointError(
@@ -323,7 +396,8 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
-                       progress, model_source=source)
+                       progress, model_source=source, field_scale=field_scale,
+                       cell_rules=cell_rules)
 
 
 def _workdir_model(workdir: str | None, which: str | None):
@@ -357,6 +431,19 @@ def define_flags() -> None:
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
   flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips. Default: as the '
                     "model's config (eval.tta; on for the pretrained model).")
+  flags.DEFINE_float('field_scale', None, 'Treat each image as a field of many cells: resize it '
+                     'by this factor to the training scale and segment it in overlapping tiles '
+                     '(1.0 for fields at the Jiangxi crops\' scale; 0.4 at the CellaVision '
+                     'crops\'). Without it, each image is one cell crop, resized whole.')
+  defaults = cells.CellRules()
+  flags.DEFINE_float('cell_merge_gap_px', defaults.merge_gap_px, 'Nucleus parts at most this '
+                     'far apart (pixels at the training scale) are one cell: a neutrophil\'s '
+                     'lobes. See wcsegnet_jax/cells.py.')
+  flags.DEFINE_float('cell_split_radius_px', defaults.split_radius_px, 'A cell region holding '
+                     'two nucleus parts this deep (pixels from the nucleus edge, at the training '
+                     'scale) is split in two touching cells; 0 never splits.')
+  flags.DEFINE_float('cell_min_nucleus_px', defaults.min_nucleus_px, 'Cells with a smaller '
+                     'nucleus (pixels at the training scale) are dropped as specks.')
   flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
                     'results an earlier predict wrote there are removed first.')
   flags.mark_flags_as_required(['output'])
@@ -368,10 +455,13 @@ def main(argv):
     raise app.UsageError('give at least one image file or folder')
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
+    rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
+                            FLAGS.cell_min_nucleus_px)
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
-                  FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite)
+                  FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules)
   print(summary.text())
-  print(f'wrote {pathlib.Path(FLAGS.output) / "cells.csv"}')
+  output = pathlib.Path(FLAGS.output)
+  print(f'wrote {output / CELLS_FILE} and {output / DIFFERENTIAL_FILE}')
   sys.exit(0 if summary.done else 1)
 
 

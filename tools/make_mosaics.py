@@ -1,0 +1,68 @@
+r"""Builds mosaics of real single-cell crops, predicts their cells, and scores the counting.
+
+  python tools/make_mosaics.py --raw_dir=../shared/datasets/segmentation_WBC --subset=jiangxi \
+      --out=/tmp/mosaics_jiangxi [--n_mosaics=10 --per_mosaic=4 --columns=2 --seed=0] \
+      [--field_scale=1.0] [--workdir=DIR] [--no_predict]
+
+Only the crops the pretrained model was tested on (its info.json's test list) are used, unless
+--all_crops, so the figures are not on training images. The mosaics and their truth go to
+OUT/mosaics/; predict's outputs (the shipped model without --workdir, --field_scale default 1.0
+for Jiangxi, 0.4 for CellaVision) to OUT/predicted/; the score (`mosaics.score`) to
+OUT/score.json and stdout.
+"""
+
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+
+from wcsegnet_jax import files
+from wcsegnet_jax import mosaics
+from wcsegnet_jax import predict
+from wcsegnet_jax import shipped_model
+
+FIELD_SCALES = {'jiangxi': 1.0, 'cellavision': 0.4}   # to the 120-pixel training scale
+
+flags.DEFINE_string('raw_dir', None, 'Folder of the WBC Image Dataset ("Dataset 1/", ...).')
+flags.DEFINE_enum('subset', 'jiangxi', list(FIELD_SCALES), 'Which crops.')
+flags.DEFINE_string('out', None, 'Output folder (mosaics/, predicted/, score.json).')
+flags.DEFINE_integer('n_mosaics', 10, 'Mosaics to build.', lower_bound=1)
+flags.DEFINE_integer('per_mosaic', 4, 'Crops per mosaic.', lower_bound=1)
+flags.DEFINE_integer('columns', 2, 'Crops per mosaic row.', lower_bound=1)
+flags.DEFINE_integer('gap', None, 'Pixels between crops; default a sixth of the crop side.')
+flags.DEFINE_integer('seed', 0, 'Seed of the crop draws.')
+flags.DEFINE_bool('all_crops', False, 'Use every crop, training ones too.')
+flags.DEFINE_float('field_scale', None, 'predict --field_scale; default by subset.')
+flags.DEFINE_string('workdir', None, 'Predict with this workdir\'s model, not the shipped one.')
+flags.DEFINE_bool('no_predict', False, 'Only build the mosaics.')
+flags.mark_flags_as_required(['raw_dir', 'out'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  out = pathlib.Path(FLAGS.out)
+  ids, cell_types = None, None
+  if not FLAGS.all_crops:
+    ids = shipped_model.load_info()['images'][FLAGS.subset]['test']
+    cell_types = shipped_model.load_config().data.cell_types
+  crops = mosaics.load_crops(pathlib.Path(FLAGS.raw_dir), FLAGS.subset, ids, cell_types)
+  gap = FLAGS.gap if FLAGS.gap is not None else crops[0].image.shape[0] // 6
+  truth = mosaics.write_mosaics(crops, out / 'mosaics', FLAGS.n_mosaics, FLAGS.per_mosaic,
+                                FLAGS.columns, gap, FLAGS.seed)
+  print(f'wrote {len(truth)} mosaics of {FLAGS.per_mosaic} of {len(crops)} crops to '
+        f'{out / "mosaics"}')
+  if FLAGS.no_predict:
+    return
+  scale = FLAGS.field_scale or FIELD_SCALES[FLAGS.subset]
+  predict.run(FLAGS.workdir, str(out / 'predicted'), [str(out / 'mosaics')], overwrite=True,
+              field_scale=scale)
+  result = mosaics.score(truth, mosaics.read_cells_csv(out / 'predicted' / predict.CELLS_FILE))
+  result = {'subset': FLAGS.subset, 'field_scale': scale, 'crops': len(crops), **result}
+  files.write_json_atomic(out / 'score.json', result)
+  print(json.dumps({k: v for k, v in result.items() if k != 'per_mosaic'}, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
