@@ -378,3 +378,16 @@ def test_split_is_uploaded_once_and_only_small_results_are_fetched(keep_maps, mo
     np.testing.assert_array_equal(first.label_maps, np.stack([e['label_map'] for e in source]))
   else:
     assert first.prediction is None and first.images is None and first.label_maps is None
+
+
+def test_training_log_shows_whole_cell_dice_only_with_a_cytoplasm_class():
+  def summary(cell_dice):
+    paper = {'accuracy': 0.9, 'dice': 0.8, 'miou': 0.7}
+    if cell_dice is not None:
+      paper['cell_dice'] = cell_dice
+    return {'loss': 0.5, 'paper': paper, 'cells': {'cell_accuracy': 1.0}}
+
+  with_cytoplasm = evaluate.scalar_summary(summary(0.95), 'test/x/')
+  without = evaluate.scalar_summary(summary(None), 'test/x/')
+  assert with_cytoplasm['test/x/cell_dice'] == 0.95
+  assert 'test/x/cell_dice' not in without and without['test/x/dice'] == 0.8

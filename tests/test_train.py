@@ -190,12 +190,12 @@ def test_nan_loss_stops_names_the_step_and_what_to_try(wbc_raw, wbc_tfds_dir, tm
 
 
 def test_divergence_suggests_float32_only_when_the_model_is_not():
-  message = train.divergence_message(float('inf'), 40, 30, pathlib.Path('/w/checkpoints'),
+  message = train.divergence_message('loss is inf', 40, 30, pathlib.Path('/w/checkpoints'),
                                      'bfloat16')
   assert message == ('loss is inf at step 40; stopping: the last good checkpoint (step 30) is '
                      'kept in /w/checkpoints. Train again with a lower train.learning_rate or '
                      'model.dtype=float32 (now bfloat16) in a new --workdir.')
-  assert 'float32' not in train.divergence_message(float('nan'), 1, None, pathlib.Path('/w'),
+  assert 'float32' not in train.divergence_message('loss is nan', 1, None, pathlib.Path('/w'),
                                                    'float32')
 
 
@@ -386,7 +386,8 @@ class _NoCheckpoints:
 
 def test_logging_fetches_one_array_and_names_the_first_bad_step(monkeypatch):
   losses, accuracies = [0.5, 0.25, 1.0, 0.75], [0.1, 0.2, 0.3, 0.4]
-  history = [(10 + i, {'loss': jnp.float32(l), 'pixel_accuracy': jnp.float32(a)})
+  history = [(10 + i, {'loss': jnp.float32(l), 'pixel_accuracy': jnp.float32(a),
+                       'grad_norm': jnp.float32(1.0)})
              for i, (l, a) in enumerate(zip(losses, accuracies))]
   fetched, real_get = [], jax.device_get
   monkeypatch.setattr(train.jax, 'device_get', lambda x: fetched.append(x) or real_get(x))
@@ -395,11 +396,20 @@ def test_logging_fetches_one_array_and_names_the_first_bad_step(monkeypatch):
                                  _NoCheckpoints(), c)
   (array,) = fetched
   # One array: the 4 steps padded to log_every_steps (one compilation for every length).
-  assert isinstance(array, jax.Array) and array.shape == (c.train.log_every_steps, 2)
+  assert isinstance(array, jax.Array) and array.shape == (c.train.log_every_steps, 3)
   assert scalars['loss'] == pytest.approx(np.mean(losses))
   assert scalars['pixel_accuracy'] == pytest.approx(np.mean(accuracies))
   assert scalars['epoch'] == 2.0 and scalars['images_per_second'] > 0
-  history[2] = (12, {'loss': jnp.float32(np.nan), 'pixel_accuracy': jnp.float32(0.3)})
-  history[3] = (13, {'loss': jnp.float32(np.inf), 'pixel_accuracy': jnp.float32(0.3)})
+  # A finite loss with a gradient that is not: the update has poisoned the parameters.
+  history[1] = (11, {'loss': jnp.float32(0.5), 'pixel_accuracy': jnp.float32(0.3),
+                     'grad_norm': jnp.float32(np.nan)})
+  with pytest.raises(train.TrainingDivergedError, match='gradient norm is nan at step 11'):
+    train._train_scalars(history, metric_writers.StepTimer(10), 14, 7, _NoCheckpoints(), c)
+  history[1] = (11, {'loss': jnp.float32(0.5), 'pixel_accuracy': jnp.float32(0.3),
+                     'grad_norm': jnp.float32(2.0)})
+  history[2] = (12, {'loss': jnp.float32(np.nan), 'pixel_accuracy': jnp.float32(0.3),
+                     'grad_norm': jnp.float32(np.nan)})
+  history[3] = (13, {'loss': jnp.float32(np.inf), 'pixel_accuracy': jnp.float32(0.3),
+                     'grad_norm': jnp.float32(1.0)})
   with pytest.raises(train.TrainingDivergedError, match='loss is nan at step 12'):
     train._train_scalars(history, metric_writers.StepTimer(10), 14, 7, _NoCheckpoints(), c)

@@ -185,7 +185,8 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
   """The few numbers a training log shows for one dataset."""
   paper = summary['paper']
   out = {f'{prefix}loss': summary['loss']}
-  out.update({f'{prefix}{k}': paper[k] for k in ('accuracy', 'dice', 'miou')})
+  # cell_dice (whole cells) only where the classes have a cytoplasm.
+  out.update({f'{prefix}{k}': paper.get(k) for k in ('accuracy', 'dice', 'miou', 'cell_dice')})
   out[f'{prefix}cell_accuracy'] = summary['cells']['cell_accuracy']
   return {k: v for k, v in out.items() if v is not None}
 

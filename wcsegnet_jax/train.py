@@ -88,7 +88,9 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, data_config,
   (loss, (logits, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return state, {'loss': loss, 'pixel_accuracy': accuracy}
+  # The gradient's norm is logged and checked with the loss: a finite loss whose gradient is not
+  # finite has already poisoned the parameters, and must stop the run before they are saved.
+  return state, {'loss': loss, 'pixel_accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
 
 
 def make_train_step(config: ml_collections.ConfigDict):
@@ -101,25 +103,27 @@ def variables_of(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def divergence_message(loss: float, step: int, last_checkpoint: int | None,
+def divergence_message(what: str, step: int, last_checkpoint: int | None,
                        checkpoint_dir: pathlib.Path, dtype: str) -> str:
-  """What diverged, what is kept, and what to try: in a new workdir, since this one refuses a
-  resume with another learning rate or dtype."""
+  """What diverged ('loss is nan'), what is kept, and what to try: in a new workdir, since this
+  one refuses a resume with another learning rate or dtype."""
   kept = (f'the last good checkpoint (step {last_checkpoint}) is kept in {checkpoint_dir}'
           if last_checkpoint is not None else 'no checkpoint was written yet')
   fixes = 'a lower train.learning_rate'
   if dtype != 'float32':
     fixes += f' or model.dtype=float32 (now {dtype})'
-  return (f'loss is {loss} at step {step}; stopping: {kept}. Train again with {fixes} in a new '
+  return (f'{what} at step {step}; stopping: {kept}. Train again with {fixes} in a new '
           f'--workdir.')
 
 
-def _check_finite(steps: list[int], losses: np.ndarray, manager, dtype: str) -> None:
-  """Raises TrainingDivergedError at the first step whose loss is not finite."""
-  for step, loss in zip(steps, losses):
-    if not math.isfinite(float(loss)):
-      raise TrainingDivergedError(divergence_message(
-          float(loss), step, manager.latest_step(), manager.directory, dtype))
+def _check_finite(steps: list[int], losses: np.ndarray, grad_norms: np.ndarray, manager,
+                  dtype: str) -> None:
+  """Raises TrainingDivergedError at the first step whose loss or gradient is not finite."""
+  for step, loss, grad_norm in zip(steps, losses, grad_norms):
+    for name, value in (('loss', loss), ('gradient norm', grad_norm)):
+      if not math.isfinite(float(value)):
+        raise TrainingDivergedError(divergence_message(
+            f'{name} is {float(value)}', step, manager.latest_step(), manager.directory, dtype))
 
 
 def interrupted_message(step: int, last_checkpoint: int | None) -> str:
@@ -229,8 +233,8 @@ def _train_scalars(history: list, timer, step: int, steps_per_epoch: int, manage
   # compilation of `stacked_metrics` for the whole run, whatever the epoch ends cut off.
   padded = [m for _, m in history] + [history[-1][1]] * (config.train.log_every_steps - n)
   values = jax.device_get(stacked_metrics(padded))[:n]   # one fetch
-  _check_finite([s for s, _ in history], values[:, names.index('loss')], manager,
-                config.model.dtype)
+  _check_finite([s for s, _ in history], values[:, names.index('loss')],
+                values[:, names.index('grad_norm')], manager, config.model.dtype)
   return {**metric_writers.mean_of(names, values),
           'images_per_second': timer.rate(step, config.train.batch_size),
           'epoch': step / steps_per_epoch}
