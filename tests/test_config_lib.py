@@ -10,11 +10,28 @@ from configs import base
 from wcsegnet_jax import config_lib
 
 
-@pytest.mark.parametrize('name', ['base', 'wcseg', 'unet_relu', 'unet_leakyrelu', 'smoke',
-                                  'wcseg_plus', 'cpu_small', 'cpu'])
+SHIPPED_CONFIGS = sorted(p.stem for p in config_lib.BASE_CONFIG.parent.glob('*.py')
+                         if p.stem != '__init__')
+
+
+def test_every_config_file_is_checked():
+  assert {'base', 'wcseg', 'cpu', 'pretrained', 'differential'} <= set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize('name', SHIPPED_CONFIGS)
 def test_shipped_configs_are_valid(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   assert config_lib.problems(config) == []
+
+
+def test_differential_has_five_types_and_cytoplasm_and_paper_configs_keep_the_paper_map():
+  from wcsegnet_jax import classes
+  table = classes.table_of(importlib.import_module('configs.differential').get_config().data)
+  assert table.names == ('background', 'neutrophil', 'lymphocyte', 'monocyte', 'eosinophil',
+                         'basophil', 'cytoplasm')
+  for name in ('wcseg', 'unet_relu', 'unet_leakyrelu', 'cpu'):
+    paper = classes.table_of(importlib.import_module(f'configs.{name}').get_config().data)
+    assert paper.names == ('background', 'neutrophil', 'basophil', 'lymphocyte')
 
 
 @pytest.mark.parametrize('network', ['wcseg', 'unet_relu', 'unet_leakyrelu'])
