@@ -35,7 +35,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage   # a dependency of jax
+from scipy import ndimage
 
 from wcsegnet_jax import morphometry
 
