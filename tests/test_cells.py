@@ -177,8 +177,24 @@ def _generated_crops(n: int, size: int = 120) -> list[mosaics.Crop]:
     cv2.circle(mask, (size // 2, size // 2), size // 3, 128, thickness=-1)
     cv2.circle(mask, (size // 2 + int(rng.integers(-5, 6)), size // 2), size // 5, 255, -1)
     crops.append(mosaics.Crop(f'gen/{k}', fixtures.cell_image(rng, mask), mask == 255,
-                              ('neutrophil', 'lymphocyte')[k % 2]))
+                              ('neutrophil', 'lymphocyte')[k % 2], mask > 0))
   return crops
+
+
+def test_cytoplasm_models_are_scored_on_whole_cell_boxes():
+  """A model with a cytoplasm class reports whole-cell boxes (rows with a cell area): they
+  match the true cells' whole-cell boxes, where against the nucleus boxes (IoU ~0.36 for these
+  cells' radii, 1/5 and 1/3 of the crop) they would be near the threshold."""
+  crops = _generated_crops(4)
+  _, truth = mosaics.build_mosaic(crops, columns=2, gap=20)
+  rows = [{'file': 'm.png', **dict(zip(('x0', 'y0', 'x1', 'y1'), t['cell_bbox'])),
+           'predicted_type': t['cell_type'], 'cell_area_px': '900'} for t in truth]
+  result = mosaics.score([{'file': 'm.png', 'cells': truth}], rows)
+  assert result['boxes'] == 'whole cell' and result['matched_cells'] == 4
+  assert mosaics._iou(truth[0]['bbox'], truth[0]['cell_bbox']) < 0.4
+  for row in rows:   # the same boxes from a nucleus-only model would be scored on nuclei
+    row['cell_area_px'] = ''
+  assert mosaics.score([{'file': 'm.png', 'cells': truth}], rows)['boxes'] == 'nucleus'
 
 
 def _true_label_map(shape, truth, crops, type_ids) -> np.ndarray:

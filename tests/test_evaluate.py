@@ -391,3 +391,20 @@ def test_training_log_shows_whole_cell_dice_only_with_a_cytoplasm_class():
   without = evaluate.scalar_summary(summary(None), 'test/x/')
   assert with_cytoplasm['test/x/cell_dice'] == 0.95
   assert 'test/x/cell_dice' not in without and without['test/x/dice'] == 0.8
+
+
+def test_a_source_evaluated_once_goes_to_the_device_in_chunks_with_the_same_result(monkeypatch):
+  config, model, variables = _random_model(tta=False)
+  source = _fake_source(7)
+  step = jax.jit(evaluate.make_eval_step(model, config))
+  whole = evaluate.evaluate_split(step, variables, evaluate.upload_split(
+      source, 'fake', 2, jax.device_put, keep_maps=True))
+  monkeypatch.setattr(evaluate, 'SOURCE_CHUNK_BATCHES', 1)
+  uploaded = []   # one upload per batch, each chunk of one batch evaluated before the next
+  chunked = evaluate.evaluate_source(step, variables, source, 'fake', 2,
+                                     lambda b: uploaded.append(1) or jax.device_put(b),
+                                     keep_maps=True)
+  assert len(uploaded) == 4
+  for field in ('file_ids', 'cell_types', 'confusion', 'loss', 'prediction', 'images',
+                'label_maps'):
+    np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))

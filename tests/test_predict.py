@@ -398,3 +398,12 @@ def test_an_image_with_no_cell_gives_no_row_and_says_so(tiny_model, tmp_path, ca
   assert set(differential.values()) == {0}
   assert list(differential) == [*classes.CLASS_NAMES[1:], 'total']
   assert (tmp_path / 'out' / 'plain_mask.png').is_file()
+
+
+def test_images_whose_outputs_would_not_fit_in_memory_are_refused_by_name():
+  big = np.broadcast_to(np.zeros(3, np.uint8), (6000, 9000, 3))   # 54 MP, no memory used
+  with pytest.raises(predict.raw.DataError, match=r'big\.png: 9000x6000 pixels is 54 megapixels'):
+    predict.check_image_size(pathlib.Path('big.png'), big, None)
+  assert predict.check_image_size(pathlib.Path('big.png'), big, 0.5) is big   # 13.5 MP field
+  with pytest.raises(predict.raw.DataError, match='at --field_scale=2.0.*smaller --field_scale'):
+    predict.check_image_size(pathlib.Path('f.png'), big[:4000, :4000], 2.0)   # 64 MP

@@ -4,7 +4,8 @@ r"""Builds mosaics of real single-cell crops, predicts their cells, and scores t
       --out=/tmp/mosaics_jiangxi [--n_mosaics=10 --per_mosaic=4 --columns=2 --seed=0] \
       [--field_scale=1.0] [--workdir=DIR] [--no_predict]
 
-Only the crops the pretrained model was tested on (its info.json's test list) are used, unless
+Only the crops the model was tested on are used (the pretrained model's info.json test list,
+or with --workdir that run's data.json test split and its config's cell types), unless
 --all_crops, so the figures are not on training images. The mosaics and their truth go to
 OUT/mosaics/; predict's outputs (the shipped model without --workdir, --field_scale default 1.0
 for Jiangxi, 0.4 for CellaVision) to OUT/predicted/; the score (`mosaics.score`) to
@@ -17,6 +18,8 @@ import pathlib
 from absl import app
 from absl import flags
 
+from wcsegnet_jax import checkpointing
+from wcsegnet_jax import errors
 from wcsegnet_jax import files
 from wcsegnet_jax import mosaics
 from wcsegnet_jax import predict
@@ -40,14 +43,35 @@ flags.mark_flags_as_required(['raw_dir', 'out'])
 FLAGS = flags.FLAGS
 
 
+def test_crops_of_the_model(workdir: str | None, subset: str) -> tuple[list[str], list[str]]:
+  """(test image ids, cell types) of the model that predicts: a run's (its data.json and
+  config.json) or the pretrained model's (its info.json and config)."""
+  if workdir is None:
+    return (shipped_model.load_info()['images'][subset]['test'],
+            list(shipped_model.load_config().data.cell_types))
+  workdir = pathlib.Path(workdir)
+  data_file = workdir / checkpointing.DATA_FILE
+  record = json.loads(data_file.read_text()) if data_file.exists() else None
+  config = checkpointing.load_saved_config(workdir)
+  if record is None or config is None or subset not in record:
+    raise errors.UserError(f'{workdir}: no {checkpointing.DATA_FILE} with a {subset} test split '
+                           f'or no {checkpointing.CONFIG_FILE}; give --all_crops to use every crop')
+  return record[subset]['test'], list(config['data']['cell_types'])
+
+
 def main(argv):
   del argv
-  out = pathlib.Path(FLAGS.out)
+  with errors.user_errors_as_messages():
+    _make_and_score(pathlib.Path(FLAGS.out))
+
+
+def _make_and_score(out: pathlib.Path) -> None:
   ids, cell_types = None, None
   if not FLAGS.all_crops:
-    ids = shipped_model.load_info()['images'][FLAGS.subset]['test']
-    cell_types = shipped_model.load_config().data.cell_types
+    ids, cell_types = test_crops_of_the_model(FLAGS.workdir, FLAGS.subset)
   crops = mosaics.load_crops(pathlib.Path(FLAGS.raw_dir), FLAGS.subset, ids, cell_types)
+  if not crops:
+    raise errors.DataError(f'no {FLAGS.subset} crops in {FLAGS.raw_dir} to build mosaics from')
   gap = FLAGS.gap if FLAGS.gap is not None else crops[0].image.shape[0] // 6
   truth = mosaics.write_mosaics(crops, out / 'mosaics', FLAGS.n_mosaics, FLAGS.per_mosaic,
                                 FLAGS.columns, gap, FLAGS.seed)
@@ -55,7 +79,7 @@ def main(argv):
         f'{out / "mosaics"}')
   if FLAGS.no_predict:
     return
-  scale = FLAGS.field_scale or FIELD_SCALES[FLAGS.subset]
+  scale = FLAGS.field_scale if FLAGS.field_scale is not None else FIELD_SCALES[FLAGS.subset]
   predict.run(FLAGS.workdir, str(out / 'predicted'), [str(out / 'mosaics')], overwrite=True,
               field_scale=scale)
   result = mosaics.score(truth, mosaics.read_cells_csv(out / 'predicted' / predict.CELLS_FILE))

@@ -78,12 +78,6 @@ class Cell:
   nucleus: dict                      # morphometry.nucleus_measurements of its nucleus
 
 
-def _disk(radius: float) -> np.ndarray:
-  r = int(np.floor(radius))
-  yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-  return yy**2 + xx**2 <= radius**2
-
-
 def _split_by_cores(group: np.ndarray, nucleus: np.ndarray, radius: float) -> np.ndarray:
   """Labels (1..k) of the pixels of one group (a boolean crop), split by its nucleus cores;
   all 1 when it has fewer than two cores."""
@@ -106,7 +100,10 @@ def label_cells(pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: 
   pred_map = np.asarray(pred_map)
   nucleus = np.isin(pred_map, list(nucleus_ids))
   if cytoplasm_id is None:
-    region = ndimage.binary_dilation(nucleus, _disk(rules.merge_gap_px / 2)) | nucleus
+    # A dilation by a disk of half the gap, as a distance threshold: the same pixels, in time
+    # independent of the gap (a large field at a small --field_scale has a large one).
+    region = (ndimage.distance_transform_edt(~nucleus) <= rules.merge_gap_px / 2
+              if nucleus.any() else nucleus)
     member = nucleus
   else:
     region = member = nucleus | (pred_map == cytoplasm_id)

@@ -7,6 +7,7 @@ dataset (or every image of `config.eval.raw_dir`) and writes reports to `workdir
 """
 
 import dataclasses
+import itertools
 import pathlib
 from typing import Callable
 
@@ -106,8 +107,14 @@ def upload_split(source, name: str, batch_size: int, to_device: Callable,
   Test splits are small (tens to hundreds of images, 58 KB each at 120x120), so holding them
   on the device for a whole run costs little and saves a copy per evaluation.
   """
+  return _upload_batches(input_pipeline.eval_batches(source, batch_size), name, to_device,
+                         keep_maps)
+
+
+def _upload_batches(eval_batches, name: str, to_device: Callable, keep_maps: bool
+                    ) -> DeviceSplit:
   batches, host = [], {k: [] for k in ('valid', 'file_id', 'cell_type', 'image', 'label_map')}
-  for batch in input_pipeline.eval_batches(source, batch_size):
+  for batch in eval_batches:
     batches.append(to_device({k: batch[k] for k in ('image', 'label_map')}))
     valid = batch['valid']
     host['valid'].append(valid)
@@ -139,12 +146,24 @@ def evaluate_split(eval_step: Callable, variables, split: DeviceSplit) -> EvalRe
                     rows.get('prediction'), split.images, split.label_maps)
 
 
+# A source evaluated once goes to the device this many batches at a time, so a large folder
+# (eval.raw_dir) never has to fit in device memory whole.
+SOURCE_CHUNK_BATCHES = 16
+
+
 def evaluate_source(eval_step: Callable, variables, source, name: str, batch_size: int,
                     to_device: Callable, keep_maps: bool = False) -> EvalResult:
-  """Runs `eval_step` over a whole split once (`upload_split`, then `evaluate_split`); keeps
-  predictions and inputs when asked."""
-  return evaluate_split(eval_step, variables,
-                        upload_split(source, name, batch_size, to_device, keep_maps))
+  """Runs `eval_step` over a whole split once, `SOURCE_CHUNK_BATCHES` batches at a time
+  (`evaluate_split` on each); keeps predictions and inputs when asked."""
+  batches, parts = iter(input_pipeline.eval_batches(source, batch_size)), []
+  while chunk := list(itertools.islice(batches, SOURCE_CHUNK_BATCHES)):
+    parts.append(evaluate_split(eval_step, variables,
+                                _upload_batches(chunk, name, to_device, keep_maps)))
+  if not parts:   # an empty source: the (empty) result of no batches
+    return evaluate_split(eval_step, variables, _upload_batches([], name, to_device, keep_maps))
+  join = lambda field: (None if getattr(parts[0], field) is None
+                        else np.concatenate([getattr(p, field) for p in parts]))
+  return EvalResult(name, *(join(f.name) for f in dataclasses.fields(EvalResult)[1:]))
 
 
 def local_eval_device() -> jax.Device:

@@ -2,8 +2,9 @@
 
 A mosaic is a grid of crops pasted on a canvas of the crops' median border colour (the smear's
 background), `gap` pixels apart, so its true cell list (type, nucleus bounding box) is the
-crops'. `score` matches predicted cells (predict's cells.csv rows) to the true ones by nucleus
-bounding-box overlap and reports the counting and typing accuracy.
+crops'. `score` matches predicted cells (predict's cells.csv rows) to the true ones by
+bounding-box overlap (nucleus boxes; whole-cell boxes for a model with a cytoplasm class, whose
+cells.csv boxes span the whole cell) and reports the counting and typing accuracy.
 """
 
 import csv
@@ -19,22 +20,23 @@ from wcsegnet_jax import reports
 from wcsegnet_jax.data import raw
 
 TRUTH_FILE = 'mosaics.json'
-MIN_IOU = 0.3   # a predicted cell matches a true one when their nucleus boxes overlap this much
+MIN_IOU = 0.3   # a predicted cell matches a true one when their boxes overlap this much
 
 
 @dataclasses.dataclass
 class Crop:
-  """One real crop: its id, RGB image, true nucleus mask and cell type."""
+  """One real crop: its id, RGB image, true nucleus and whole-cell masks and cell type."""
   name: str
   image: np.ndarray
   nucleus: np.ndarray
   cell_type: str
+  cell: np.ndarray | None = None   # nucleus and cytoplasm
 
 
 def load_crops(raw_dir: pathlib.Path, subset: str, ids: Sequence[str] | None = None,
                cell_types: Sequence[str] | None = None) -> list[Crop]:
   """The crops of a WBC Image Dataset subset ('jiangxi' | 'cellavision'), only `ids` and
-  `cell_types` when given; the nucleus is the mask's 255 level."""
+  `cell_types` when given; the nucleus is the mask's 255 level, the cell its 128 and 255."""
   records = raw.list_wbc_records(pathlib.Path(raw_dir), subset)
   crops = []
   for r in records:
@@ -43,7 +45,7 @@ def load_crops(raw_dir: pathlib.Path, subset: str, ids: Sequence[str] | None = N
       continue
     mask = raw.read_mask(r.mask_path)
     crops.append(Crop(f'{subset}/{r.file_id}', raw.read_rgb(r.image_path),
-                      mask > (128 + raw.NUCLEUS_LEVEL) // 2, r.cell_type))
+                      mask > (128 + raw.NUCLEUS_LEVEL) // 2, r.cell_type, mask > 128 // 2))
   return crops
 
 
@@ -68,9 +70,10 @@ def build_mosaic(crops: Sequence[Crop], columns: int, gap: int) -> tuple[np.ndar
     y = gap + (k // columns) * (cell_h + gap) + (cell_h - crop.image.shape[0]) // 2
     x = gap + (k % columns) * (cell_w + gap) + (cell_w - crop.image.shape[1]) // 2
     canvas[y:y + crop.image.shape[0], x:x + crop.image.shape[1]] = crop.image
-    x0, y0, x1, y1 = _box(crop.nucleus)
+    shift = lambda box: [box[0] + x, box[1] + y, box[2] + x, box[3] + y]
+    cell = crop.cell if crop.cell is not None else crop.nucleus
     truth.append({'name': crop.name, 'cell_type': crop.cell_type,
-                  'bbox': [x0 + x, y0 + y, x1 + x, y1 + y]})
+                  'bbox': shift(_box(crop.nucleus)), 'cell_bbox': shift(_box(cell))})
   return canvas, truth
 
 
@@ -119,7 +122,11 @@ def match(truth: Sequence[dict], predicted: Sequence[dict], min_iou: float = MIN
 
 def score(truth_listing: Sequence[dict], predicted_rows: Sequence[dict]) -> dict:
   """Counting and typing accuracy of predicted cells (cells.csv rows: file, x0..y1,
-  predicted_type) against the mosaics' truth (as `write_mosaics` returns)."""
+  predicted_type) against the mosaics' truth (as `write_mosaics` returns). Rows with a cell
+  area come from a model with a cytoplasm class: their boxes span whole cells and are matched
+  to the true whole-cell boxes."""
+  whole_cells = any(row.get('cell_area_px') not in (None, '') for row in predicted_rows)
+  box_key = 'cell_bbox' if whole_cells else 'bbox'
   by_file = {}
   for row in predicted_rows:
     by_file.setdefault(pathlib.Path(row['file']).name, []).append(
@@ -129,7 +136,7 @@ def score(truth_listing: Sequence[dict], predicted_rows: Sequence[dict]) -> dict
   true_counts, pred_counts, per_mosaic = {}, {}, []
   for mosaic in truth_listing:
     truth, predicted = mosaic['cells'], by_file.get(mosaic['file'], [])
-    pairs = match(truth, predicted)
+    pairs = match([{'bbox': t.get(box_key, t['bbox'])} for t in truth], predicted)
     typed = sum(truth[i]['cell_type'] == predicted[j]['cell_type'] for i, j in pairs)
     n_true, n_pred, n_matched, n_typed = (n_true + len(truth), n_pred + len(predicted),
                                           n_matched + len(pairs), n_typed + typed)
@@ -143,6 +150,7 @@ def score(truth_listing: Sequence[dict], predicted_rows: Sequence[dict]) -> dict
                        'matched': len(pairs), 'typed': typed})
   n_mosaics = len(truth_listing)
   return {
+      'boxes': 'whole cell' if whole_cells else 'nucleus',
       'mosaics': n_mosaics, 'true_cells': n_true, 'predicted_cells': n_pred,
       'matched_cells': n_matched,
       'exact_count_fraction': exact / n_mosaics if n_mosaics else 0.0,

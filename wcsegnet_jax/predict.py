@@ -282,6 +282,27 @@ def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
   return stem
 
 
+# Outputs are full-size class probabilities (H x W x C float32) and maps: a 50-megapixel image
+# (or field after --field_scale) needs ~1 GB for a 4-class model. Larger ones are refused.
+MAX_OUTPUT_PIXELS = 50_000_000
+
+
+def check_image_size(path: pathlib.Path, image: np.ndarray, field_scale: float | None
+                     ) -> np.ndarray:
+  """The image, or a DataError when its outputs (at --field_scale, if given) would be too large."""
+  height, width = image.shape[:2]
+  scale = 1.0 if field_scale is None else field_scale
+  pixels = round(height * scale) * round(width * scale)
+  if pixels > MAX_OUTPUT_PIXELS:
+    raise raw.DataError(
+        f'{path}: {width}x{height} pixels' + (f' at --field_scale={field_scale}' if field_scale
+                                              else '') +
+        f' is {pixels / 1e6:.0f} megapixels of output, over the {MAX_OUTPUT_PIXELS / 1e6:.0f} '
+        f'this command holds in memory; cut the image into parts'
+        + (' or use a smaller --field_scale' if field_scale else ''))
+  return image
+
+
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], output: str | pathlib.Path,
                   batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
@@ -314,7 +335,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     images = []
     for path in chunk:
       try:
-        images.append((path, read_input(path)))
+        images.append((path, check_image_size(path, read_input(path), field_scale)))
       except raw.DataError as e:
         tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
         summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))

@@ -229,9 +229,11 @@ def _train_scalars(history: list, timer, step: int, steps_per_epoch: int, manage
   """The mean training metrics since the last log (fetched now; a non-finite loss stops the
   run), the throughput and the epoch."""
   names, n = sorted(history[0][1]), len(history)
-  # Padded (with the last step's metrics) to log_every_steps, which no history exceeds: one
-  # compilation of `stacked_metrics` for the whole run, whatever the epoch ends cut off.
-  padded = [m for _, m in history] + [history[-1][1]] * (config.train.log_every_steps - n)
+  # Padded (with the last step's metrics) to the longest history there can be (logs come every
+  # log_every_steps and at each epoch's end): one compilation of `stacked_metrics` for the whole
+  # run, whatever the epoch ends cut off.
+  longest = min(config.train.log_every_steps, steps_per_epoch)
+  padded = [m for _, m in history] + [history[-1][1]] * (longest - n)
   values = jax.device_get(stacked_metrics(padded))[:n]   # one fetch
   _check_finite([s for s, _ in history], values[:, names.index('loss')],
                 values[:, names.index('grad_norm')], manager, config.model.dtype)
