@@ -19,7 +19,7 @@ cells instead: resized by F to the training data's scale (1.0 for fields at the 
 scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
 overlapping tiles of the training size (`fields.py`), never squashed whole. Per image it writes
 `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus tinted in
-its class colour); a second image with the same stem gets `<stem>_2_mask.png`, and so on.
+its class colour, and the cytoplasm gray for a model with that class); a second image with the same stem gets `<stem>_2_mask.png`, and so on.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its
