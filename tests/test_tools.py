@@ -13,6 +13,7 @@ from conftest import ROOT
 from tools import show_augmentations
 from wcsegnet_jax import curves
 from wcsegnet_jax import metric_writers
+from wcsegnet_jax import run_summary
 
 
 def run_tool(script, *args):
@@ -88,7 +89,6 @@ def _write_fake_evaluated_run(workdir, dice, times=True):
 
 
 def test_run_summary_means_over_seeds(tmp_path):
-  from wcsegnet_jax import run_summary   # pylint: disable=g-import-not-at-top
   _write_fake_evaluated_run(tmp_path / 's0', 0.97)
   _write_fake_evaluated_run(tmp_path / 's1', 0.95, times=False)
   summary = run_summary.summarize({'net': [tmp_path / 's0', tmp_path / 's1']}, 'jiangxi')
@@ -100,3 +100,14 @@ def test_run_summary_means_over_seeds(tmp_path):
                                          'dice_basophil'))
   assert ('| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 | 2.0000 (1 of 2 runs) | n/a |'
           in table)   # the fake runs' test splits hold no basophil
+
+
+def test_per_class_columns_follow_the_runs_classes():
+  paper = {'dice_neutrophil': 1, 'dice_basophil': 1, 'dice_lymphocyte': 1, 'cell_accuracy': 1}
+  five = {'dice_neutrophil': 1, 'dice_lymphocyte': 1, 'dice_monocyte': 1, 'cell_dice': 1,
+          'dice_cytoplasm': 1, 'cell_accuracy': 1}
+  assert run_summary.class_metric_keys({'a': paper}) == (
+      'dice_neutrophil', 'dice_basophil', 'dice_lymphocyte', 'cell_accuracy')
+  assert run_summary.class_metric_keys({'a': paper, 'b': five}) == (
+      'dice_neutrophil', 'dice_basophil', 'dice_lymphocyte', 'dice_monocyte', 'dice_cytoplasm',
+      'cell_dice', 'cell_accuracy')

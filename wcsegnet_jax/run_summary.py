@@ -81,6 +81,16 @@ def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
 RUNS = 'runs'   # summarize's key for how many runs a group has
 
 
+def class_metric_keys(summary: dict[str, dict]) -> tuple[str, ...]:
+  """Per-class Dice columns of every class the groups' runs have, in order, then the whole-cell
+  metrics where present, then cell-type accuracy."""
+  keys = []
+  for row in summary.values():
+    keys += [k for k in row if (k.startswith('dice_') or k in ('cell_dice', 'cell_iou'))
+             and k not in keys]
+  return tuple(sorted(keys, key=lambda k: k.startswith('cell_'))) + ('cell_accuracy',)
+
+
 def format_mean_std(cell, digits: int = 4, runs: int | None = None) -> str:
   """'mean +- std' over the runs that have the value, saying so when not all of `runs` do."""
   if cell is None:
