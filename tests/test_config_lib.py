@@ -191,3 +191,12 @@ def test_every_accepted_prng_name_is_one_jax_takes(impl):
   config.rng_impl = impl
   config_lib.validate(config, 1, 1)
   assert jax.random.key_impl(jax.random.key(0, impl=impl)) is not None
+
+
+def test_an_index_past_a_tuples_end_is_one_line_naming_its_length():
+  config = base.get_config()
+  lines = config_lib.bad_index_overrides(
+      ['--config.data.datasets[2]=x', '--config.data.datasets[1]=ok', '--config.seed=1'], config)
+  assert lines == ["config.data.datasets[2]: data.datasets has 2 item(s) "
+                   "(('jiangxi', 'cellavision')); set the whole value instead, e.g. "
+                   '--config.data.datasets="(...)"']

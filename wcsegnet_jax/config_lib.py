@@ -212,6 +212,24 @@ def unknown_overrides(argv: list[str], config: ml_collections.ConfigDict,
   return lines
 
 
+def bad_index_overrides(argv: list[str], config: ml_collections.ConfigDict,
+                        name: str = 'config') -> list[str]:
+  """A line per `--name.KEY[i]=...` of `argv` whose index i is past the end of KEY's tuple."""
+  lines = []
+  for arg in argv:
+    match = re.match(rf'^--?{re.escape(name)}\.([^=\[]+)\[(-?\d+)\]', arg)
+    if not match:
+      continue
+    key, index = match.group(1), int(match.group(2))
+    value = config
+    for part in key.split('.'):
+      value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
+    if isinstance(value, (tuple, list)) and not -len(value) <= index < len(value):
+      lines.append(f'{name}.{key}[{index}]: {key} has {len(value)} item(s) ({tuple(value)}); '
+                   f'set the whole value instead, e.g. --{name}.{key}="(...)"')
+  return lines
+
+
 def _config_path(argv: list[str], name: str) -> str | None:
   """The value of `--name` in `argv` (as `--name=P` or `--name P`), or None."""
   for i, arg in enumerate(argv):
@@ -223,9 +241,12 @@ def _config_path(argv: list[str], name: str) -> str | None:
 
 
 def _exit_if_unknown_overrides(argv: list[str], name: str, path: str | None) -> None:
-  """Prints a line per unknown override and exits 2; returns if none is found."""
+  """Prints a line per unknown override (or index past a tuple's end) and exits 2; returns if
+  none is found."""
   try:
-    lines = unknown_overrides(argv, load_config_file(path), name) if path else []
+    config = load_config_file(path) if path else None
+    lines = (unknown_overrides(argv, config, name) or bad_index_overrides(argv, config, name)
+             if config is not None else [])
   except Exception:   # pylint: disable=broad-except  # let config_flags report its own error
     return
   if lines:
