@@ -413,3 +413,8 @@ def test_logging_fetches_one_array_and_names_the_first_bad_step(monkeypatch):
                      'grad_norm': jnp.float32(1.0)})
   with pytest.raises(train.TrainingDivergedError, match='loss is nan at step 12'):
     train._train_scalars(history, metric_writers.StepTimer(10), 14, 7, _NoCheckpoints(), c)
+
+
+def test_global_norm_of_the_gradient_covers_every_leaf():
+  grads = {'a': jnp.array([3.0, 0.0]), 'b': {'c': jnp.array([[4.0]], jnp.bfloat16)}}
+  assert float(train._global_norm(grads)) == pytest.approx(5.0)

@@ -90,7 +90,12 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, data_config,
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   # The gradient's norm is logged and checked with the loss: a finite loss whose gradient is not
   # finite has already poisoned the parameters, and must stop the run before they are saved.
-  return state, {'loss': loss, 'pixel_accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+  return state, {'loss': loss, 'pixel_accuracy': accuracy, 'grad_norm': _global_norm(grads)}
+
+
+def _global_norm(tree) -> jax.Array:
+  """The L2 norm of all leaves together (optax.global_norm, deprecated in newer optax)."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_train_step(config: ml_collections.ConfigDict):
