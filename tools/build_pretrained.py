@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 import jax
 
-from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
@@ -62,9 +61,7 @@ def split_ids(datasets) -> dict[str, dict[str, list[str]]]:
 def test_metrics(config, variables) -> dict[str, dict]:
   """The paper's metrics, per-class Dice and cell accuracy of `variables` on each test split."""
   device = evaluate.local_eval_device()
-  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(
-      config.model, classes.table_of(config.data).num_classes),
-                                              config))
+  eval_step = jax.jit(evaluate.make_eval_step(models.model_for(config), config))
   out = {}
   for name, _, source in evaluate.eval_sources(config):
     result = evaluate.evaluate_source(eval_step, variables, source, name,

@@ -354,7 +354,7 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
   config = with_overrides(config, dtype=dtype)
   if peak_flops_per_s is None:
     peak_flops_per_s = matmul_peak_flops(device=device)['flops_per_s']
-  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
+  model = models.model_for(config)
   tx = train.make_optimizer(config.train, 1, steps + warmup)
   state = initial_state(config, model, tx, device)
   batch = synthetic_batch(config, batch_size, config.seed, device)
@@ -375,7 +375,7 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
   config = with_overrides(config, dtype=dtype)
   if peak_flops_per_s is None:
     peak_flops_per_s = matmul_peak_flops(device=device)['flops_per_s']
-  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
+  model = models.model_for(config)
   size = config.data.image_size
   variables = train.variables_of(initial_state(config, model, train.make_optimizer(
       config.train, 1, 1), device))

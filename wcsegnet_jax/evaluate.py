@@ -248,7 +248,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                    sharding=jax.sharding.SingleDeviceSharding(device))
   sources = eval_sources(config)
   table = classes.table_of(config.data)
-  model = models.create_model(config.model, table.num_classes)
+  model = models.model_for(config)
   eval_step = jax.jit(make_eval_step(model, config))
 
   meta = {'config_name': config.name, 'checkpoint_step': int(step),

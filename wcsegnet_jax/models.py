@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wcsegnet_jax import classes
+
 
 def activation_fn(name: str, leaky_relu_slope: float) -> Callable[[jax.Array], jax.Array]:
   if name == 'relu':
@@ -271,9 +273,21 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
   `classes.table_of(config.data).num_classes`); every key is a field, so an unknown key is a
   TypeError."""
   kwargs = model_config.to_dict()
-  kwargs.pop('num_classes', None)   # a knob of older configs; the data's classes decide
   kwargs['decoder_dropout_stages'] = tuple(kwargs['decoder_dropout_stages'])
   return WCSegNet(num_classes=int(num_classes), **kwargs)
+
+
+def model_for(config: ml_collections.ConfigDict) -> nn.Module:
+  """The model of a whole config: `config.model`, with the classes of `config.data`."""
+  return create_model(config.model, classes.table_of(config.data).num_classes)
+
+
+def abstract_variables(config: ml_collections.ConfigDict) -> dict:
+  """The shapes (nothing allocated) of `model_for(config)`'s {'params', 'batch_stats'}."""
+  size = config.data.image_size
+  variables = jax.eval_shape(lambda: model_for(config).init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 def count_params(params: Any) -> int:

@@ -324,7 +324,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   files.write_json_atomic(output / OUTPUTS_FILE, listing)
   size = int(config.data.image_size)
   table = classes.table_of(config.data)
-  model = models.create_model(config.model, table.num_classes)
+  model = models.model_for(config)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(paths)))
   # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.

@@ -8,7 +8,6 @@ import pathlib
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from wcsegnet_jax import checkpointing
@@ -114,8 +113,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   finally:
     manager.close()
   try:
-    variables = checkpointing.restore_variables(directory, step, abstract_variables(config),
-                                                sharding)
+    variables = checkpointing.restore_variables(directory, step,
+                                                models.abstract_variables(config), sharding)
   except checkpointing.CheckpointError as e:
     if (ckpt_workdir / checkpointing.CONFIG_FILE).exists():
       raise
@@ -141,11 +140,3 @@ def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[
   step = int(shipped_model.load_info().get('step', 0))
   return jax.device_put(variables, sharding), step
 
-
-def abstract_variables(config: ml_collections.ConfigDict) -> dict:
-  """The shapes (no values) of the model's {'params', 'batch_stats'} at `config`."""
-  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
-  size = config.data.image_size
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
-  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}

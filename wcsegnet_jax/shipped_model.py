@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 
 from wcsegnet_jax import checkpointing
-from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import files
 from wcsegnet_jax import models
@@ -41,14 +40,6 @@ class PretrainedModelError(checkpointing.CheckpointError):
 
 def _fix() -> str:
   return ('reinstall wcsegnet_jax, or rebuild the model with tools/build_pretrained.py')
-
-
-def abstract_variables(config: ml_collections.ConfigDict) -> dict:
-  """{'params', 'batch_stats'} shapes of `config.model` (nothing allocated)."""
-  model = models.create_model(config.model, classes.table_of(config.data).num_classes)
-  size = config.data.image_size
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                           train=False))
 
 
 def _storage_array(x: Any) -> np.ndarray:
@@ -167,7 +158,7 @@ def load_variables(config: ml_collections.ConfigDict,
     stored = serialization.msgpack_restore(data)
   except Exception as e:   # msgpack raises several unrelated types on bad bytes
     raise PretrainedModelError(f'{path}: unreadable ({type(e).__name__}); {_fix()}') from None
-  want = abstract_variables(config)
+  want = models.abstract_variables(config)
   want = {'params': want['params'], 'batch_stats': want.get('batch_stats', {})}
   got_shapes = jax.tree.map(np.shape, stored)
   want_shapes = jax.tree.map(lambda x: tuple(x.shape), want)

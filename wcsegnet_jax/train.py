@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with workdirs.held(workdir):   # process 0 holds it, for all processes
     checkpointing.check_resume_config(workdir, config)
     t, dp = config.train, parallel.data_parallel()
-    model = models.create_model(config.model, classes.table_of(config.data).num_classes)
+    model = models.model_for(config)
     datasets = input_pipeline.load_datasets(config.data)
     spe = input_pipeline.steps_per_epoch(datasets, config)
     total_steps = min(t.num_epochs * spe, t.max_steps or t.num_epochs * spe)
