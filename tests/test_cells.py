@@ -11,6 +11,7 @@ import pytest
 import conftest
 import fixtures
 from wcsegnet_jax import cells
+from wcsegnet_jax import classes
 from wcsegnet_jax import fields
 from wcsegnet_jax import mosaics
 
@@ -27,7 +28,10 @@ def disk_map(shape, disks) -> np.ndarray:
 
 
 def find(label_map, probs=None, cytoplasm_id=None, rules=RULES):
-  return cells.find_cells(label_map, probs, NUCLEUS_IDS, cytoplasm_id, rules)
+  """The cells of a map of the paper's classes (NUCLEUS_IDS), with cytoplasm `cytoplasm_id`."""
+  table = classes.class_table(classes.DEFAULT_CELL_TYPES, cytoplasm=cytoplasm_id is not None)
+  assert table.nucleus_ids == NUCLEUS_IDS and table.cytoplasm_id == cytoplasm_id
+  return cells.find_cells(label_map, probs, table, rules)
 
 
 def test_two_touching_round_nuclei_are_two_cells():

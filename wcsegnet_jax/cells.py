@@ -1,7 +1,8 @@
 """Cells of a predicted label map: one connected cell region per cell, its type, size and shape.
 
-Pure functions parameterised by the class layout (the nucleus class ids, the cytoplasm class id
-or None, the class names), so they serve any model's class table.
+Pure functions of the model's `classes.ClassTable` (its nucleus ids and cytoplasm id), so they
+serve any model's classes; a cell's type is voted as evaluation votes an image's
+(`metrics.predicted_cell_type`).
 
 How a map becomes cells (`label_cells`):
 1. Groups. With a cytoplasm class, a group is an 8-connected region of nucleus or cytoplasm
@@ -37,6 +38,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from wcsegnet_jax import classes
+from wcsegnet_jax import metrics
 from wcsegnet_jax import morphometry
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
@@ -123,11 +126,10 @@ def label_cells(pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: 
 
 
 def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.ndarray,
-                  nucleus_ids: Sequence[int], cytoplasm_id: int | None) -> list[Cell]:
+                  table: classes.ClassTable) -> list[Cell]:
   """The `Cell` of each label of `labels` (as `label_cells` gives), in label order."""
   pred_map = np.asarray(pred_map)
-  nucleus_ids = sorted(int(i) for i in nucleus_ids)
-  nucleus = np.isin(pred_map, nucleus_ids)
+  nucleus = np.isin(pred_map, table.nucleus_ids)
   height, width = pred_map.shape
   cells = []
   for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -135,17 +137,14 @@ def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.nda
       continue
     own = labels[box] == index
     own_nucleus = own & nucleus[box]
-    votes = np.bincount(pred_map[box][own_nucleus].ravel(), minlength=max(nucleus_ids) + 1)
-    class_id = nucleus_ids[int(np.argmax(votes[nucleus_ids]))]   # ties: the smaller id
+    class_id, confidence = metrics.predicted_cell_type(
+        np.where(own, pred_map[box], classes.BACKGROUND), None if probs is None else probs[box],
+        table)
     n_nucleus = int(own_nucleus.sum())
-    if probs is None:
-      confidence = float(votes[class_id]) / n_nucleus
-    else:
-      confidence = float(np.asarray(probs[box], np.float64)[..., class_id][own_nucleus].mean())
     ys, xs = np.nonzero(own_nucleus)
     y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
     cell_area = nc_ratio = None
-    if cytoplasm_id is not None:
+    if table.cytoplasm:
       cell_area = int(own.sum())
       nc_ratio = n_nucleus / (cell_area - n_nucleus) if cell_area > n_nucleus else None
     cells.append(Cell(
@@ -157,11 +156,11 @@ def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.nda
   return cells
 
 
-def find_cells(pred_map: np.ndarray, probs: np.ndarray | None, nucleus_ids: Sequence[int],
-               cytoplasm_id: int | None, rules: CellRules) -> tuple[list[Cell], np.ndarray]:
+def find_cells(pred_map: np.ndarray, probs: np.ndarray | None, table: classes.ClassTable,
+               rules: CellRules) -> tuple[list[Cell], np.ndarray]:
   """The cells of a predicted map (`label_cells`, then `measure_cells`), and their labels."""
-  labels, _ = label_cells(pred_map, nucleus_ids, cytoplasm_id, rules)
-  return measure_cells(pred_map, probs, labels, nucleus_ids, cytoplasm_id), labels
+  labels, _ = label_cells(pred_map, table.nucleus_ids, table.cytoplasm_id, rules)
+  return measure_cells(pred_map, probs, labels, table), labels
 
 
 def differential(class_ids: Sequence[int], type_names: Sequence[str],

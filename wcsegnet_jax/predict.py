@@ -19,7 +19,8 @@ cells instead: resized by F to the training data's scale (1.0 for fields at the 
 scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
 overlapping tiles of the training size (`fields.py`), never squashed whole. Per image it writes
 `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus tinted in
-its class colour, and the cytoplasm gray for a model with that class); a second image with the same stem gets `<stem>_2_mask.png`, and so on.
+its class colour, and the cytoplasm gray for a model with that class); a second image with the
+same stem gets `<stem>_2_mask.png`, and so on.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its
@@ -198,7 +199,7 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
-  found, _ = cells.find_cells(pred_map, probs, table.nucleus_ids, table.cytoplasm_id, cell_rules)
+  found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
   rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um)
           for k, cell in enumerate(found, start=1)]
   return rows, [cell.class_id for cell in found]
