@@ -126,6 +126,11 @@ def get_config() -> ml_collections.ConfigDict:
   t.loss = 'ce'                # 'ce' | 'dice_ce'
   t.dice_weight = 1.0          # weight of the soft Dice term in 'dice_ce'
   t.class_weights = ()         # () = unweighted; else one weight per class
+  # > 0 keeps an exponential moving average of the parameters (decay per step, warmed up as
+  # min(decay, (1 + step) / (10 + step))). Training never reads it; evaluation during training,
+  # the best checkpoint and `--mode=evaluate` / predict / exports use it (eval.ema). 0 = off,
+  # the paper.
+  t.ema_decay = 0.0
   t.log_every_steps = 50
   t.eval_every_epochs = 1
   t.checkpoint_every_epochs = 1
@@ -146,6 +151,12 @@ def get_config() -> ml_collections.ConfigDict:
   # test figures are optimistic; 'latest' is the unbiased default.
   e.checkpoint = 'latest'
   e.tta = False                # average predictions over flips
+  e.tta_rotations = False      # with tta: the 8 symmetries of the square, not only the 4 flips
+  # How probabilities become a label map (decoding.py): 'argmax' (the paper) | 'by_part' (the
+  # most probable part, background / nucleus / cytoplasm, summed over its classes, then its
+  # most probable class: an unsure type does not turn a sure nucleus into background).
+  e.decode = 'argmax'
+  e.ema = True                 # the averaged parameters, where the run kept them (train.ema_decay)
   e.worst_k = 8
   e.figure_rows = 8
   return c

@@ -342,6 +342,28 @@ def test_tta_in_one_batch_equals_the_average_of_four_passes():
   assert float(jnp.abs(plain - one_batch).max()) > 1e-4   # the flips do change the answer
 
 
+def test_tta_with_rotations_averages_the_eight_symmetries_and_commutes_with_them():
+  config, model, variables = _random_model(tta=True)
+  images = np.stack([e['image'] for e in _fake_source(3)])
+  x = input_pipeline.normalize_images(images, config.data.mean, config.data.std)
+  probs = lambda y: jax.nn.softmax(model.apply(variables, y, train=False), axis=-1)
+  turn = lambda y, k: jnp.rot90(y, k, axes=(1, 2))
+  eight_passes = sum(turn(jnp.flip(probs(jnp.flip(turn(x, k), m)), m), -k)
+                     for k in range(4) for m in ((), (2,))) / 8
+  rotated = lambda imgs: evaluate.predict_probs(model, variables, imgs, config.data, tta=True,
+                                                rotations=True)
+  one_batch = rotated(images)
+  np.testing.assert_allclose(one_batch, eight_passes, atol=1e-6)
+  # Averaged over the whole group, the prediction of a turned image is the turned prediction;
+  # the four flips alone do not give that for a quarter turn.
+  np.testing.assert_allclose(rotated(np.rot90(images, 1, axes=(1, 2))), turn(one_batch, 1),
+                             atol=1e-5)
+  flips = evaluate.predict_probs(model, variables, images, config.data, tta=True)
+  turned_flips = evaluate.predict_probs(model, variables, np.rot90(images, 1, axes=(1, 2)),
+                                        config.data, tta=True)
+  assert float(jnp.abs(turned_flips - turn(flips, 1)).max()) > 1e-4
+
+
 @pytest.mark.parametrize('keep_maps', [False, True])
 def test_split_is_uploaded_once_and_only_small_results_are_fetched(keep_maps, monkeypatch):
   config, model, variables = _random_model(tta=False)

@@ -418,3 +418,48 @@ def test_logging_fetches_one_array_and_names_the_first_bad_step(monkeypatch):
 def test_global_norm_of_the_gradient_covers_every_leaf():
   grads = {'a': jnp.array([3.0, 0.0]), 'b': {'c': jnp.array([[4.0]], jnp.bfloat16)}}
   assert float(train._global_norm(grads)) == pytest.approx(5.0)
+
+
+def test_ema_update_warms_up_then_keeps_the_configured_decay():
+  ema, params = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
+  # Step 1: decay min(0.99, 2/11) -> the average moves 9/11 of the way to the parameters.
+  np.testing.assert_allclose(train.ema_update(ema, params, jnp.float32(1), 0.99)['w'], 9 / 11,
+                             rtol=1e-6)
+  # Late in a run the configured decay holds.
+  np.testing.assert_allclose(train.ema_update(ema, params, jnp.float32(1e6), 0.99)['w'], 0.01,
+                             rtol=1e-4)
+
+
+def test_ema_is_kept_beside_the_parameters_and_evaluated_when_asked(wbc_raw, wbc_tfds_dir,
+                                                                    tmp_path):
+  from wcsegnet_jax import restore
+  off = train.train_and_evaluate(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
+                                 str(tmp_path / 'off'))
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1, ema_decay=0.9)
+  on = train.train_and_evaluate(c, str(tmp_path / 'on'))
+  assert not hasattr(off, 'ema_params') and train.variables_of(off)['params'] is off.params
+  # The average never feeds back into training: the parameters are those of the run without it.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               on.params, off.params)
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(on.ema_params),
+                                                    jax.tree.leaves(on.params)))
+  # Evaluation reads the average by default, the parameters with eval.ema=False.
+  for ema, want in ((True, on.ema_params), (False, on.params)):
+    c.eval.ema = ema
+    variables, _ = restore.load_variables(c, tmp_path / 'on', 'latest')
+    jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(want))
+  # A run with an average resumes with it.
+  c.train.num_epochs = 2
+  resumed = train.train_and_evaluate(c, str(tmp_path / 'on'))
+  assert int(resumed.step) == 2 * int(on.step) and hasattr(resumed, 'ema_params')
+  # A run without an average evaluates its parameters whatever eval.ema says.
+  variables, _ = restore.load_variables(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
+                                        tmp_path / 'off', 'latest')
+  jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(off.params))
+
+
+def test_ema_decay_outside_zero_to_one_is_a_config_error():
+  for decay, bad in ((0.0, False), (0.999, False), (1.0, True), (-0.1, True)):
+    c = base.get_config()
+    c.train.ema_decay = decay
+    assert any('train.ema_decay' in e for e in config_lib.problems(c)) == bad, decay

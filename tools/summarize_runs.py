@@ -14,6 +14,9 @@ from wcsegnet_jax import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
 flags.DEFINE_bool('tta', False, 'Read the test-time-augmented evaluations (eval/<dataset>-tta).')
+flags.DEFINE_string('variant', '', 'Read eval/<dataset>[-tta]<variant>: "-raw" (a run\'s own '
+                    'parameters where it kept their average), "-rot" (with --tta: eval.tta_rotations), '
+                    '"-by_part" (eval.decode), in that order, e.g. "-rot-by_part"')
 
 TABLES = {
     'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,
@@ -34,10 +37,10 @@ def main(argv):
     if not groups[name]:
       raise app.UsageError(f'{pattern} matches no workdir')
   for dataset in flags.FLAGS.datasets:
-    summary = run_summary.summarize(groups, dataset, flags.FLAGS.tta)
+    summary = run_summary.summarize(groups, dataset, flags.FLAGS.tta, flags.FLAGS.variant)
     for title, keys in TABLES.items():
       keys = keys or run_summary.class_metric_keys(summary)
-      tta = ', TTA' if flags.FLAGS.tta else ''
+      tta = (', TTA' if flags.FLAGS.tta else '') + flags.FLAGS.variant
       print(f'\n**{dataset}{tta}: {title}** (runs: ' + ', '.join(
           f'{n} x{len(w)}' for n, w in groups.items()) + ')\n')
       digits = 1 if 'time' in title or 'epochs' in title else 4

@@ -226,17 +226,25 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
   return _result('torch_train', config, batch_size, dtype, model, timing, device, use_compile)
 
 
-def predict_probs(forward, x, tta: bool, autocast) -> torch.Tensor:
+def predict_probs(forward, x, tta: bool, autocast, rotations: bool = False) -> torch.Tensor:
   """Softmax (B, C, H, W) of normalised NCHW images; with `tta`, averaged over the four flips
-  (identity, left-right, up-down, both), as `evaluate.predict_probs`."""
-  flips = [(), (3,), (2,), (2, 3)] if tta else [()]   # NCHW: W is dim 3, H dim 2
+  (identity, left-right, up-down, both), or with `rotations` the four quarter turns each also
+  mirrored, as `evaluate.predict_probs`."""
+  if not tta:
+    views = [(0, ())]
+  elif rotations:
+    views = [(k, m) for k in range(4) for m in ((), (3,))]
+  else:
+    views = [(0, ()), (0, (3,)), (0, (2,)), (0, (2, 3))]   # NCHW: W is dim 3, H dim 2
 
-  def probs(dims):
-    flipped = torch.flip(x, dims) if dims else x
+  def probs(k, dims):
+    viewed = torch.rot90(x, k, (2, 3))
+    viewed = torch.flip(viewed, dims) if dims else viewed
     with autocast:
-      p = torch.softmax(forward(flipped).float(), dim=1)
-    return torch.flip(p, dims) if dims else p
-  return sum(probs(dims) for dims in flips) / len(flips)
+      p = torch.softmax(forward(viewed).float(), dim=1)
+    p = torch.flip(p, dims) if dims else p
+    return torch.rot90(p, -k, (2, 3))
+  return sum(probs(k, dims) for k, dims in views) / len(views)
 
 
 def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
@@ -254,7 +262,8 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
   @torch.inference_mode()
   def step():
     x = _normalize(images, mean, std)
-    probs = predict_probs(forward, x, bool(config.eval.tta), autocast)
+    probs = predict_probs(forward, x, bool(config.eval.tta), autocast,
+                          bool(config.eval.tta_rotations))
     return probs.argmax(dim=1).to(torch.uint8)
 
   timing = _time(step, device, steps, warmup)

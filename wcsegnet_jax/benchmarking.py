@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import decoding
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import models
@@ -370,19 +371,22 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
 def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
                         steps: int, warmup: int, *, peak_flops_per_s: float | None = None,
                         device=None) -> dict:
-  """Times prediction (normalise, forward at eval, softmax, argmax; `config.eval.tta` honoured)."""
+  """Times prediction (normalise, forward at eval, softmax, decoding; `config.eval.tta` and
+  `config.eval.decode` honoured)."""
   device = device or jax.devices()[0]
   config = with_overrides(config, dtype=dtype)
   if peak_flops_per_s is None:
     peak_flops_per_s = matmul_peak_flops(device=device)['flops_per_s']
   model = models.model_for(config)
   size = config.data.image_size
+  table = classes.table_of(config.data)
   variables = train.variables_of(initial_state(config, model, train.make_optimizer(
       config.train, 1, 1), device))
 
   def predict(variables, images):
-    probs = evaluate.predict_probs(model, variables, images, config.data, config.eval.tta)
-    return jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+    probs = evaluate.predict_probs(model, variables, images, config.data, config.eval.tta,
+                                   config.eval.tta_rotations)
+    return decoding.decode(probs, table, config.eval.decode).astype(jnp.uint8)
 
   images = synthetic_batch(config, batch_size, config.seed, device)['image']
   timing = time_fn(predict, (variables, images), steps, warmup)

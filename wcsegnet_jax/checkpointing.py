@@ -44,6 +44,10 @@ RESUME_FREE = ('name', 'xla_flags', 'data.raw_dir', 'data.tfds_dir', 'data.folde
 CheckpointError = errors.CheckpointError
 
 
+# The train state's field holding the parameters' moving average (train.TrainState).
+EMA_KEY = 'ema_params'
+
+
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(workdir).expanduser().resolve() / 'checkpoints'
 
@@ -171,23 +175,31 @@ def shape_mismatches(saved: Any, wanted: Any) -> list[str]:
   return found
 
 
-def restore_variables(directory: pathlib.Path, step: int, abstract: dict, sharding) -> dict:
+def restore_variables(directory: pathlib.Path, step: int, abstract: dict, sharding,
+                      ema: bool = False) -> tuple[dict, bool]:
   """Only `abstract`'s parts (parameters, BatchNorm statistics) of a step's train state: what
-  evaluation and prediction need, whatever optimizer trained it. Shapes are compared first, so
-  a checkpoint of another model is one readable error, not orbax's tree dump."""
+  evaluation and prediction need, whatever optimizer trained it; with `ema`, the parameters'
+  moving average where the state holds one (train.ema_decay). Returns (variables, whether
+  they are the average). Shapes are compared first, so a checkpoint of another model is one
+  readable error, not orbax's tree dump."""
   path = pathlib.Path(directory) / str(step) / 'state'
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   saved = getattr(metadata, 'item_metadata', metadata)
   saved = getattr(saved, 'tree', saved)
-  diffs = shape_mismatches({k: saved.get(k, {}) for k in abstract}, abstract)
+  averaged = bool(ema and saved.get(EMA_KEY))
+  # Stored names -> the variables' names: the average is read as the parameters.
+  names = {k: (EMA_KEY if averaged and k == 'params' else k) for k in abstract}
+  diffs = shape_mismatches({k: saved.get(names[k], {}) for k in abstract}, abstract)
   if diffs:
     more = f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''
     raise CheckpointError(f'checkpoint {path.parent} holds another model than this config: '
                           + '; '.join(diffs[:4]) + more)
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=restore_args, partial_restore=True))
+  stored = {names[k]: v for k, v in abstract.items()}
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), stored)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=stored, restore_args=restore_args, partial_restore=True))
+  return {k: restored[names[k]] for k in abstract}, averaged
 
 
 def select_step(manager: ocp.CheckpointManager, which: str) -> int:

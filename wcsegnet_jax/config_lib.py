@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
 from wcsegnet_jax.data import raw
 
@@ -33,6 +34,7 @@ CHOICES = {
     'train.loss': ('ce', 'dice_ce'),
     'augment.fill_mode': ('nearest', 'reflect', 'constant'),
     'eval.raw_layout': ('auto', 'wbc', 'folder'),
+    'eval.decode': decoding.RULES,
 }
 
 
@@ -167,6 +169,8 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append('augment: zoom must be in [0, 1) and rotation, shear and shifts >= 0')
   if t.max_steps < 0 or t.warmup_epochs < 0:
     found.append('train.max_steps and train.warmup_epochs must be >= 0')
+  if not 0 <= t.ema_decay < 1:
+    found.append(f'train.ema_decay={t.ema_decay} must be in [0, 1) (0 = no average)')
   if any(not 0 <= s < m.num_levels for s in m.decoder_dropout_stages):
     found.append(f'model.decoder_dropout_stages={tuple(m.decoder_dropout_stages)}: stages are '
                  f'0..{m.num_levels - 1} (0 = deepest)')

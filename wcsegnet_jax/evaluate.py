@@ -20,6 +20,7 @@ import numpy as np
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import decoding
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
 from wcsegnet_jax import metrics
@@ -31,11 +32,26 @@ from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import raw
 
 
-def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: bool) -> jax.Array:
-  """Softmax probabilities (B, H, W, C) float32; with `tta`, averaged over the four flips.
+def tta_views(rotations: bool) -> list[tuple[Callable, Callable]]:
+  """[(view, undo)] of (B, H, W, C) arrays, identity first: the four flips (identity,
+  left-right, up-down, both), or with `rotations` the eight symmetries of the square (the four
+  quarter turns, each also mirrored). A cell has no up or left; square images are assumed."""
+  def flip(axes):
+    return lambda x: jnp.flip(x, axes) if axes else x
+  if not rotations:
+    return [(flip(axes), flip(axes)) for axes in ((), (2,), (1,), (1, 2))]
+  turn = lambda k: lambda x: jnp.rot90(x, k, axes=(1, 2))
+  return [(lambda x, k=k, m=m: flip(m)(turn(k)(x)), lambda y, k=k, m=m: turn(-k)(flip(m)(y)))
+          for k in range(4) for m in ((), (2,))]
 
-  The flips run as one batch of 4B through the model, not four passes: one launch of each
-  layer with 4x the work, which a GPU fills better (at eval BatchNorm uses its running
+
+def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: bool,
+                  rotations: bool = False) -> jax.Array:
+  """Softmax probabilities (B, H, W, C) float32; with `tta`, averaged over the views of
+  `tta_views(rotations)`: the four flips, or the eight symmetries of the square.
+
+  The views run as one batch of 4B (8B) through the model, not four (eight) passes: one launch
+  of each layer with more work, which a GPU fills better (at eval BatchNorm uses its running
   statistics, so the images of a batch do not interact).
   """
   images = input_pipeline.normalize_images(images_uint8, data_config.mean, data_config.std)
@@ -45,13 +61,13 @@ def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: b
 
   if not tta:
     return probs(images)
-  flips = ((2,), (1,), (1, 2))   # left-right, up-down, both
+  views = tta_views(rotations)
   batch = images.shape[0]
-  flipped = probs(jnp.concatenate([images] + [jnp.flip(images, axes) for axes in flips]))
-  total = flipped[:batch]
-  for i, axes in enumerate(flips, start=1):   # summed in the order of four passes
-    total = total + jnp.flip(flipped[i * batch:(i + 1) * batch], axes)
-  return total / 4.0
+  viewed = probs(jnp.concatenate([view(images) for view, _ in views]))
+  total = viewed[:batch]
+  for i, (_, undo) in enumerate(views[1:], start=1):   # summed in the order of separate passes
+    total = total + undo(viewed[i * batch:(i + 1) * batch])
+  return total / len(views)
 
 
 def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
@@ -60,11 +76,13 @@ def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
   All three stay on the device; callers fetch the small ones (confusion, loss) and the maps
   only when they keep them (`evaluate_split`)."""
   loss_fn = losses.make_loss_fn(config.train)
+  table = classes.table_of(config.data)
 
   def eval_step(variables, batch):
-    probs = predict_probs(model, variables, batch['image'], config.data, config.eval.tta)
+    probs = predict_probs(model, variables, batch['image'], config.data, config.eval.tta,
+                          config.eval.tta_rotations)
     labels = batch['label_map'].astype(jnp.int32)
-    preds = jnp.argmax(probs, axis=-1)
+    preds = decoding.decode(probs, table, config.eval.decode)
     logits = jnp.log(jnp.maximum(probs, 1e-12))   # the loss of the (possibly averaged) prediction
     return {'confusion': metrics.per_image_confusion(labels, preds, probs.shape[-1]),
             'loss': jax.vmap(lambda l, y: loss_fn(l[None], y[None]))(logits, labels),
@@ -231,10 +249,25 @@ def eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | Non
 # --mode=evaluate
 # ------------------------------------------------------------------------------------------------
 
+def averaged_parameters(config: ml_collections.ConfigDict) -> bool:
+  """Whether evaluation reads the parameters' moving average (the run kept one, eval.ema)."""
+  return bool(config.eval.ema and config.train.ema_decay > 0)
+
+
+def report_folder(name: str, config: ml_collections.ConfigDict) -> str:
+  """`<dataset>`, then `-tta` with test-time flips (`-tta-rot` with rotations too), `-raw` for a
+  run's parameters where it also kept their average, `-<rule>` for a decoding other than the
+  paper's argmax: each way of evaluating keeps its own reports."""
+  raw = config.train.ema_decay > 0 and not config.eval.ema
+  tta = ('-tta' + ('-rot' if config.eval.tta_rotations else '')) if config.eval.tta else ''
+  return (name + tta + ('-raw' if raw else '')
+          + ('' if config.eval.decode == 'argmax' else f'-{config.eval.decode}'))
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | int | None = None) -> dict[str, dict]:
   """Evaluates a checkpoint on every test set; reports go to `workdir/eval/<dataset>/`
-  (`<dataset>-tta/` with test-time augmentation, so both can be compared).
+  (`<dataset>-tta/` with test-time augmentation, and so on: `report_folder`).
 
   `checkpoint`: 'best' | 'latest' | a step | a path (see `restore.resolve_checkpoint`); None takes
   `config.eval.checkpoint`. Returns {dataset name: the dict written to its metrics.json}.
@@ -255,14 +288,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'checkpoint_dir': (str(shipped_model.PRETRAINED_DIR) if checkpoint == restore.PRETRAINED
                              else str(checkpointing.checkpoint_dir(
                                  restore.resolve_checkpoint(workdir, checkpoint)[0]))),
-          'tta': bool(config.eval.tta), 'image_size': int(config.data.image_size)}
+          'tta': bool(config.eval.tta), 'ema': averaged_parameters(config),
+          'decode': config.eval.decode,
+          'image_size': int(config.data.image_size)}
   written = {}
   for name, paper_key, source in sources:
     result = evaluate_source(eval_step, variables, source, name, config.eval.batch_size,
                              lambda b: jax.device_put(b, device), keep_maps=True)
     summary = summarize(result, table)
     if jax.process_index() == 0:
-      out_dir = workdir / 'eval' / (f'{name}-tta' if config.eval.tta else name)
+      out_dir = workdir / 'eval' / report_folder(name, config)
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)

@@ -13,7 +13,7 @@ best one was picked by test Dice). Inputs are image files, or folders whose imag
 not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
-class probabilities are resized back to the original size (bilinear) before the argmax, so the
+class probabilities are resized back to the original size (bilinear) before decoding (eval.decode), so the
 mask has the original size and smooth edges. With --field_scale=F each image is a field of many
 cells instead: resized by F to the training data's scale (1.0 for fields at the Jiangxi crops'
 scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
@@ -62,6 +62,7 @@ from wcsegnet_jax import cells
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
+from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
 from wcsegnet_jax import fields
@@ -189,12 +190,12 @@ def image_output_names(stem: str) -> tuple[str, str]:
 
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
                         probs: np.ndarray, pixel_size_um: float | None,
-                        table: classes.ClassTable,
-                        cell_rules: cells.CellRules) -> tuple[list[dict], list[int]]:
+                        table: classes.ClassTable, cell_rules: cells.CellRules,
+                        decode: str) -> tuple[list[dict], list[int]]:
   """Writes one image's mask and overlay at its own size; returns its cells.csv rows and the
   cells' class ids. `cell_rules` are those for the image's own pixel scale."""
   probs = probs_at_size(probs, *image.shape[:2])
-  pred_map = np.argmax(probs, axis=-1).astype(np.uint8)
+  pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
   files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   files.write_bytes_atomic(output / overlay_file,
@@ -329,7 +330,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(paths)))
   # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
-  predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta))
+  predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta,
+                                                       config.eval.tta_rotations))
   summary, rows, class_ids, used_stems = PredictionSummary([], []), [], [], set()
   bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
   for chunk in _chunks(list(paths), 1 if field_scale else batch_size):
@@ -361,7 +363,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
     for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
       image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
-                                                  pixel_size_um, table, cell_rules.scaled(scale))
+                                                  pixel_size_um, table, cell_rules.scaled(scale),
+                                                  config.eval.decode)
       if not image_rows:
         tqdm.tqdm.write(f'{path}: no cell found', file=sys.stderr)
         summary.no_cells.append(str(path))
@@ -451,7 +454,8 @@ def define_flags() -> None:
   flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
                      'areas and perimeters in micrometres to cells.csv.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.', lower_bound=1)
-  flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips. Default: as the '
+  flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips (and the quarter '
+                    "turns where the model's config has eval.tta_rotations). Default: as the "
                     "model's config (eval.tta; on for the pretrained model).")
   flags.DEFINE_float('field_scale', None, 'Treat each image as a field of many cells: resize it '
                      'by this factor to the training scale and segment it in overlapping tiles '

@@ -113,15 +113,16 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   finally:
     manager.close()
   try:
-    variables = checkpointing.restore_variables(directory, step,
-                                                models.abstract_variables(config), sharding)
+    variables, averaged = checkpointing.restore_variables(
+        directory, step, models.abstract_variables(config), sharding, ema=config.eval.ema)
   except checkpointing.CheckpointError as e:
     if (ckpt_workdir / checkpointing.CONFIG_FILE).exists():
       raise
     raise checkpointing.CheckpointError(
         f'{e}. {ckpt_workdir} has no {checkpointing.CONFIG_FILE} to say how it was trained: '
         f'pass the --config it was trained with') from None
-  logging.info('Restored step %d from %s.', step, directory)
+  logging.info('Restored step %d from %s%s.', step, directory,
+               ' (the parameters\' moving average)' if averaged else '')
   return variables, step
 
 

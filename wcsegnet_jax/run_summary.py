@@ -19,10 +19,14 @@ DICE_TARGET = 0.96
 DICE_THRESHOLDS = (0.95, 0.96, 0.965)
 
 
-def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False) -> dict[str, float | None]:
+def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False,
+                variant: str = '') -> dict[str, float | None]:
   """One run's numbers for one dataset: the paper's metrics, per-class Dice, cell accuracy,
-  and the first epoch (and wall-clock seconds) at which its test Dice reached DICE_TARGET."""
-  path = workdir / 'eval' / (f'{dataset}-tta' if tta else dataset) / 'metrics.json'
+  and the first epoch (and wall-clock seconds) at which its test Dice reached DICE_TARGET.
+
+  The report read is eval/<dataset>[-tta]<variant>/ (`evaluate.report_folder`), e.g. variant
+  '-raw' or '-by_part'."""
+  path = workdir / 'eval' / ((f'{dataset}-tta' if tta else dataset) + variant) / 'metrics.json'
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
                             f'{" --config.eval.tta=True" if tta else ""})')
@@ -68,11 +72,11 @@ def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
 
 
 def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
-              tta: bool = False) -> dict[str, dict]:
+              tta: bool = False, variant: str = '') -> dict[str, dict]:
   """{group name: {metric: (mean, std, n) or None}} over the group's runs."""
   out = {}
   for name, workdirs in groups.items():
-    rows = [run_metrics(wd, dataset, tta) for wd in workdirs]
+    rows = [run_metrics(wd, dataset, tta, variant) for wd in workdirs]
     out[name] = {k: mean_std([r.get(k) for r in rows]) for k in rows[0]}
     out[name][RUNS] = len(rows)
   return out

@@ -50,6 +50,13 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+class AveragedTrainState(TrainState):
+  """A train state that also keeps the parameters' moving average (train.ema_decay > 0):
+  evaluated and exported, never trained. A class of its own, so the checkpoints of runs without
+  an average keep the structure they always had."""
+  ema_params: Any
+
+
 def make_optimizer(train_config: ml_collections.ConfigDict,
                    steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
   """Adam at `learning_rate` (the paper: 1e-4, constant); cosine with warm-up as an option."""
@@ -66,13 +73,23 @@ def create_train_state(config: ml_collections.ConfigDict, model, seed,
   init_key, state_key = jax.random.split(jax.random.key(seed, impl=config.rng_impl))
   size = config.data.image_size
   variables = model.init(init_key, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables.get('batch_stats', {}),
-                           rng=jax.random.key_data(state_key))
+  fields = dict(apply_fn=model.apply, params=variables['params'], tx=tx,
+                batch_stats=variables.get('batch_stats', {}), rng=jax.random.key_data(state_key))
+  if config.train.ema_decay > 0:
+    return AveragedTrainState.create(ema_params=variables['params'], **fields)
+  return TrainState.create(**fields)
 
 
-def train_step(state: TrainState, batch: dict, *, loss_fn, data_config,
-               rng_impl: str) -> tuple[TrainState, dict]:
+def ema_update(ema_params, params, step: jax.Array, decay: float):
+  """The moving average after optimizer step `step` (1, 2, ...): its decay warms up as
+  min(decay, (1 + step) / (10 + step)), so the random initialisation is forgotten within the
+  first tens of steps instead of weighing on the average for ~1 / (1 - decay) steps."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn, data_config, rng_impl: str,
+               ema_decay: float) -> tuple[TrainState, dict]:
   """One Adam step on a batch of uint8 images and label maps."""
   images = input_pipeline.normalize_images(batch['image'], data_config.mean, data_config.std)
   labels = batch['label_map'].astype(jnp.int32)
@@ -87,6 +104,9 @@ def train_step(state: TrainState, batch: dict, *, loss_fn, data_config,
 
   (loss, (logits, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
+  if ema_decay > 0:
+    state = state.replace(ema_params=ema_update(state.ema_params, state.params,
+                                                state.step.astype(jnp.float32), ema_decay))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   # The gradient's norm is logged and checked with the loss: a finite loss whose gradient is not
   # finite has already poisoned the parameters, and must stop the run before they are saved.
@@ -101,11 +121,14 @@ def _global_norm(tree) -> jax.Array:
 def make_train_step(config: ml_collections.ConfigDict):
   """`train_step` with the config's loss, normalisation and PRNG bound (jit it)."""
   return functools.partial(train_step, loss_fn=losses.make_loss_fn(config.train),
-                           data_config=config.data, rng_impl=config.rng_impl)
+                           data_config=config.data, rng_impl=config.rng_impl,
+                           ema_decay=config.train.ema_decay)
 
 
 def variables_of(state: TrainState) -> dict:
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  """The variables a run evaluates and exports: the parameters' average where it keeps one."""
+  params = state.ema_params if isinstance(state, AveragedTrainState) else state.params
+  return {'params': params, 'batch_stats': state.batch_stats}
 
 
 def divergence_message(what: str, step: int, last_checkpoint: int | None,
