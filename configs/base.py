@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 1 = the paper. p > 1 folds each p x p pixel patch into channels at the input and unfolds p*p
   # logits per class at the output: the U-Net runs at 1/p resolution (the CPU recipe uses 2).
   m.patch_size = 1
+  # > 0 (not in the paper): a residual refinement at full resolution after the head, two 3x3
+  # convs of this width over the image and the logits, adding a correction to the logits (zero
+  # at initialisation). With patch_size > 1 it lets pixel-exact edges follow the image.
+  m.refine_width = 0
   m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
 
   # --- Training -----------------------------------------------------------------------------------

@@ -108,6 +108,10 @@ def test_batch_size_must_split_over_processes():
     ('train.class_weights', (1.0, 2.0), 'class_weights has 2 values'),
     ('model.head_dropout', 1.0, 'head_dropout'),
     ('data.datasets', ('jiangxi', 'bcisc'), 'data.datasets'),
+    ('model.refine_width', -1, 'model.refine_width=-1'),
+    ('train.ema_decay', 1.0, 'train.ema_decay=1.0'),
+    ('train.ema_decay', -0.1, 'train.ema_decay=-0.1'),
+    ('eval.decode', 'max', 'eval.decode'),
 ])
 def test_single_problems(key, value, message):
   c = base.get_config()

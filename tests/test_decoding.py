@@ -5,9 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
 from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
 from wcsegnet_jax import decoding
 
 PAPER = classes.PAPER_TABLE                                   # 0 bg, 1 neut, 2 baso, 3 lymph
@@ -67,6 +65,3 @@ def test_numpy_and_jitted_jax_decode_alike(rule):
 def test_unknown_rule_is_named():
   with pytest.raises(ValueError, match="'max'"):
     decoding.decode(random_probs((2, 4)), PAPER, 'max')
-  c = base.get_config()
-  c.eval.decode = 'max'
-  assert any('eval.decode' in e for e in config_lib.problems(c))

@@ -230,6 +230,30 @@ def test_patch_size_keeps_full_resolution_logits(size):
   assert variables['params']['head']['logits']['kernel'].shape[-1] == 4 * 4
 
 
+def test_refinement_starts_as_the_plain_net_and_adds_its_convs(width=8):
+  plain = models.create_model(tiny_config(patch_size=2, num_levels=2), 4)
+  refined = models.create_model(tiny_config(patch_size=2, num_levels=2, refine_width=width), 4)
+  images = random_images(IMAGES_SHAPE)
+  variables = dict(random_variables(refined, IMAGES_SHAPE))
+  refine = variables['params']['refine']
+  # [image, logits] -> width -> width -> a 1x1 correction of the 4 logits, biases included.
+  assert models.count_params(refine) == (9 * 7 * width + width) + (9 * width * width + width) + (
+      width * 4 + 4)
+  # The correction's kernel starts at zero (as `init` makes it); with zero bias too, the logits
+  # are the plain net's.
+  zero = {'kernel': jnp.zeros_like(refine['correction']['kernel']),
+          'bias': jnp.zeros_like(refine['correction']['bias'])}
+  params = {**variables['params'], 'refine': {**refine, 'correction': zero}}
+  without = {**variables, 'params': {k: v for k, v in params.items() if k != 'refine'}}
+  np.testing.assert_allclose(forward(refined, {**variables, 'params': params}, images, train=False),
+                             forward(plain, without, images, train=False), atol=1e-5)
+  init = refined.init(jax.random.key(0), images, train=False)
+  assert not np.any(init['params']['refine']['correction']['kernel'])
+  # Trained (non-zero) corrections change the logits pixel by pixel.
+  assert not np.allclose(forward(refined, variables, images, train=False),
+                         forward(plain, without, images, train=False))
+
+
 def test_cpu_recipe_parameter_count():
   """configs/cpu.py's net: base width 16, BatchNorm blocks, 2x2 patches (shipped pretrained)."""
   from configs import cpu   # pylint: disable=g-import-not-at-top

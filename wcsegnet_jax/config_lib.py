@@ -127,6 +127,8 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
                  f'{m.num_levels} with model.patch_size={m.patch_size} (needs >= '
                  f'{m.patch_size * 2 ** m.num_levels}: one position after the poolings)')
+  if m.refine_width < 0:
+    found.append(f'model.refine_width={m.refine_width} must be >= 0 (0 = no refinement)')
   if not 0 <= m.bn_momentum < 1:
     found.append(f'model.bn_momentum={m.bn_momentum} must be in [0, 1)')
   for key in ('encoder_dropout', 'decoder_dropout', 'head_dropout'):

@@ -162,6 +162,26 @@ class Head(nn.Module):
                    name='logits')(x)
 
 
+class Refinement(nn.Module):
+  """Full-resolution residual refinement of the logits: two 3x3 convs over [image, logits]
+  and a 1x1 conv to a correction, zero at initialisation, so training starts from the plain
+  net's output. Not in the paper: with 2x2 patches (patch_size 2) the U-Net decides each 2x2
+  block's four pixels from 1/2-resolution features; this sees every pixel next to its
+  neighbours."""
+  features: int
+  act: Callable[[jax.Array], jax.Array]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, logits: jax.Array) -> jax.Array:
+    x = jnp.concatenate([image, logits.astype(self.dtype)], axis=-1)
+    for i in range(2):
+      x = self.act(nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
+                           name=f'conv{i}')(x))
+    return logits + nn.Conv(logits.shape[-1], (1, 1), dtype=jnp.float32,
+                            kernel_init=nn.initializers.zeros, name='correction')(x)
+
+
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
   """(B, H, W, C) -> (B, H/p, W/p, p*p*C): each p x p patch becomes one position."""
   if p == 1:
@@ -206,6 +226,7 @@ class WCSegNet(nn.Module):
   upsample: str = 'transpose'
   pad_mode: str = 'reflect'
   patch_size: int = 1
+  refine_width: int = 0
   dtype: str = 'float32'
 
   @nn.compact
@@ -231,7 +252,7 @@ class WCSegNet(nn.Module):
     # side) and the logits are cropped back. 'reflect' padding continues the image instead of
     # drawing a zero frame the net would learn to special-case.
     pad_h, pad_w = _pad_amounts(height, multiple), _pad_amounts(width, multiple)
-    x = jnp.pad(images, ((0, 0), pad_h, pad_w, (0, 0)), mode=self.pad_mode).astype(dtype)
+    x = padded = jnp.pad(images, ((0, 0), pad_h, pad_w, (0, 0)), mode=self.pad_mode).astype(dtype)
     # patch_size p > 1 (not in the paper; the CPU recipe): each p x p patch of pixels becomes
     # one position with 3*p*p channels, the U-Net runs at 1/p of the resolution, and the head
     # predicts p*p logits per class that are laid back out as pixels (a learned "pixel shuffle").
@@ -265,6 +286,9 @@ class WCSegNet(nn.Module):
                   dropout=self.head_dropout, bn_momentum=self.bn_momentum, dtype=dtype,
                   name='head', logits_per_class=p * p)(x, train=train)
     logits = depth_to_space(logits, p)
+    if self.refine_width:
+      logits = Refinement(self.refine_width, activation_fn(self.activation, self.leaky_relu_slope),
+                          dtype=dtype, name='refine')(padded, logits)
     return logits[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width].astype(jnp.float32)
 
 

@@ -13,8 +13,8 @@ best one was picked by test Dice). Inputs are image files, or folders whose imag
 not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
-class probabilities are resized back to the original size (bilinear) before decoding (eval.decode), so the
-mask has the original size and smooth edges. With --field_scale=F each image is a field of many
+class probabilities are resized back to the original size (bilinear) before they are decoded
+(eval.decode), so the mask has the original size and smooth edges. With --field_scale=F each image is a field of many
 cells instead: resized by F to the training data's scale (1.0 for fields at the Jiangxi crops'
 scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
 overlapping tiles of the training size (`fields.py`), never squashed whole. Per image it writes
