@@ -448,6 +448,13 @@ def test_ema_is_kept_beside_the_parameters_and_evaluated_when_asked(wbc_raw, wbc
     c.eval.ema = ema
     variables, _ = restore.load_variables(c, tmp_path / 'on', 'latest')
     jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(want))
+  # --mode=evaluate says which it read, and keeps each in its own folder.
+  from wcsegnet_jax import evaluate
+  for ema, folder in ((True, 'jiangxi'), (False, 'jiangxi-raw')):
+    c.eval.ema = ema
+    evaluate.evaluate_checkpoint(c, str(tmp_path / 'on'))
+    meta = json.loads((tmp_path / 'on' / 'eval' / folder / 'metrics.json').read_text())
+    assert meta['ema'] is ema
   # A run with an average resumes with it.
   c.train.num_epochs = 2
   resumed = train.train_and_evaluate(c, str(tmp_path / 'on'))

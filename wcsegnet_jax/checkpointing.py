@@ -176,20 +176,22 @@ def shape_mismatches(saved: Any, wanted: Any) -> list[str]:
 
 
 def restore_variables(directory: pathlib.Path, step: int, abstract: dict, sharding,
-                      ema: bool = False) -> tuple[dict, bool]:
+                      ema: bool = False) -> dict:
   """Only `abstract`'s parts (parameters, BatchNorm statistics) of a step's train state: what
   evaluation and prediction need, whatever optimizer trained it; with `ema`, the parameters'
-  moving average where the state holds one (train.ema_decay). Returns (variables, whether
-  they are the average). Shapes are compared first, so a checkpoint of another model is one
-  readable error, not orbax's tree dump."""
+  moving average (train.ema_decay) read as the parameters. Shapes are compared first, so a
+  checkpoint of another model is one readable error, not orbax's tree dump."""
   path = pathlib.Path(directory) / str(step) / 'state'
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   saved = getattr(metadata, 'item_metadata', metadata)
   saved = getattr(saved, 'tree', saved)
-  averaged = bool(ema and saved.get(EMA_KEY))
+  if ema and not saved.get(EMA_KEY):
+    raise CheckpointError(f'checkpoint {path.parent} holds no moving average of the parameters '
+                          f'({EMA_KEY}) though its run kept one; evaluate its parameters with '
+                          f'--config.eval.ema=False')
   # Stored names -> the variables' names: the average is read as the parameters.
-  names = {k: (EMA_KEY if averaged and k == 'params' else k) for k in abstract}
+  names = {k: (EMA_KEY if ema and k == 'params' else k) for k in abstract}
   diffs = shape_mismatches({k: saved.get(names[k], {}) for k in abstract}, abstract)
   if diffs:
     more = f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''
@@ -199,7 +201,7 @@ def restore_variables(directory: pathlib.Path, step: int, abstract: dict, shardi
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), stored)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
       item=stored, restore_args=restore_args, partial_restore=True))
-  return {k: restored[names[k]] for k in abstract}, averaged
+  return {k: restored[names[k]] for k in abstract}
 
 
 def select_step(manager: ocp.CheckpointManager, which: str) -> int:

@@ -249,16 +249,11 @@ def eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | Non
 # --mode=evaluate
 # ------------------------------------------------------------------------------------------------
 
-def averaged_parameters(config: ml_collections.ConfigDict) -> bool:
-  """Whether evaluation reads the parameters' moving average (the run kept one, eval.ema)."""
-  return bool(config.eval.ema and config.train.ema_decay > 0)
-
-
-def report_folder(name: str, config: ml_collections.ConfigDict) -> str:
+def report_folder(name: str, config: ml_collections.ConfigDict, keeps_average: bool) -> str:
   """`<dataset>`, then `-tta` with test-time flips (`-tta-rot` with rotations too), `-raw` for a
   run's parameters where it also kept their average, `-<rule>` for a decoding other than the
   paper's argmax: each way of evaluating keeps its own reports."""
-  raw = config.train.ema_decay > 0 and not config.eval.ema
+  raw = keeps_average and not config.eval.ema
   tta = ('-tta' + ('-rot' if config.eval.tta_rotations else '')) if config.eval.tta else ''
   return (name + tta + ('-raw' if raw else '')
           + ('' if config.eval.decode == 'argmax' else f'-{config.eval.decode}'))
@@ -279,6 +274,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   checkpoint = str(checkpoint or config.eval.checkpoint).strip()
   variables, step = restore.load_variables(config, workdir, checkpoint,
                                    sharding=jax.sharding.SingleDeviceSharding(device))
+  keeps_average = restore.keeps_average(workdir, checkpoint)
   sources = eval_sources(config)
   table = classes.table_of(config.data)
   model = models.model_for(config)
@@ -288,7 +284,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'checkpoint_dir': (str(shipped_model.PRETRAINED_DIR) if checkpoint == restore.PRETRAINED
                              else str(checkpointing.checkpoint_dir(
                                  restore.resolve_checkpoint(workdir, checkpoint)[0]))),
-          'tta': bool(config.eval.tta), 'ema': averaged_parameters(config),
+          'tta': bool(config.eval.tta), 'ema': bool(config.eval.ema and keeps_average),
           'decode': config.eval.decode,
           'image_size': int(config.data.image_size)}
   written = {}
@@ -297,7 +293,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                              lambda b: jax.device_put(b, device), keep_maps=True)
     summary = summarize(result, table)
     if jax.process_index() == 0:
-      out_dir = workdir / 'eval' / report_folder(name, config)
+      out_dir = workdir / 'eval' / report_folder(name, config, keeps_average)
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)

@@ -58,6 +58,16 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
       f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
 
 
+def keeps_average(workdir: str | pathlib.Path, checkpoint: str | int) -> bool:
+  """Whether the run a checkpoint comes from kept the parameters' moving average (its saved
+  config's train.ema_decay > 0); False for the shipped model, which holds one set of
+  parameters."""
+  if str(checkpoint).strip() == PRETRAINED:
+    return False
+  saved = checkpointing.load_saved_config(resolve_checkpoint(workdir, checkpoint)[0]) or {}
+  return saved.get('train', {}).get('ema_decay', 0.0) > 0
+
+
 def check_classes(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
   """The model's classes (from the config it was trained with, `saved`) must be the config's:
   a CheckpointError naming both otherwise."""
@@ -93,7 +103,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
 
   Only those two parts of the saved train state are read (the optimizer that trained it does
-  not matter); their shapes must be those of `config`'s model. Arrays are placed with
+  not matter); their shapes must be those of `config`'s model. The parameters are their moving
+  average where the run kept one and `config.eval.ema` asks for it (`keeps_average`). Arrays are placed with
   `sharding` (default: the first device).
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
   """
@@ -113,8 +124,9 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   finally:
     manager.close()
   try:
-    variables, averaged = checkpointing.restore_variables(
-        directory, step, models.abstract_variables(config), sharding, ema=config.eval.ema)
+    averaged = bool(config.eval.ema) and keeps_average(workdir, checkpoint)
+    variables = checkpointing.restore_variables(directory, step, models.abstract_variables(config),
+                                                sharding, ema=averaged)
   except checkpointing.CheckpointError as e:
     if (ckpt_workdir / checkpointing.CONFIG_FILE).exists():
       raise
