@@ -6,13 +6,16 @@ import subprocess
 import sys
 
 import cv2
+import jax
 import numpy as np
 
 from configs import base
 from conftest import ROOT
 from tools import show_augmentations
+from wcsegnet_jax import classes
 from wcsegnet_jax import curves
 from wcsegnet_jax import metric_writers
+from wcsegnet_jax import models
 from wcsegnet_jax import run_summary
 
 
@@ -111,3 +114,33 @@ def test_per_class_columns_follow_the_runs_classes():
   assert run_summary.class_metric_keys({'a': paper, 'b': five}) == (
       'dice_neutrophil', 'dice_basophil', 'dice_lymphocyte', 'dice_monocyte', 'dice_cytoplasm',
       'cell_dice', 'cell_accuracy')
+
+
+def test_build_pretrained_trains_exports_and_the_export_scores_what_it_says(
+    wbc_raw, wbc_tfds_dir, tmp_path):
+  from wcsegnet_jax import evaluate
+  from wcsegnet_jax import restore
+  from wcsegnet_jax import shipped_model
+  out = tmp_path / 'model'
+  result = run_tool('build_pretrained.py', f'--config={ROOT}/configs/base.py',
+                    f'--config.data.raw_dir={wbc_raw[0]}', f'--config.data.tfds_dir={wbc_tfds_dir}',
+                    '--config.data.image_size=32', '--config.model.base_width=2',
+                    '--config.model.num_levels=2', '--config.model.blocks_per_stage=1',
+                    '--config.augment.augment_repeats=1', '--config.train.batch_size=4',
+                    '--config.train.num_epochs=1', '--config.train.ema_decay=0.9',
+                    '--config.train.progress_bar=False', f'--workdir={tmp_path / "run"}',
+                    f'--output={out}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  config, variables, info = shipped_model.load(out)
+  assert info['averaged_parameters'] is True and 'moving average' in (out / 'README.md').read_text()
+  # The stored weights are the run's average, rounded as stored.
+  saved, _ = restore.load_variables(config, tmp_path / 'run', 'latest')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3),
+               variables['params'], jax.device_get(saved['params']))
+  # info.json's metrics are those of the stored weights.
+  config.data.raw_dir, config.data.tfds_dir = str(wbc_raw[0]), str(wbc_tfds_dir)
+  eval_step = jax.jit(evaluate.make_eval_step(models.model_for(config), config))
+  for name, _, source in evaluate.eval_sources(config):
+    result = evaluate.evaluate_source(eval_step, variables, source, name, 8, jax.device_put)
+    dice = evaluate.summarize(result, classes.table_of(config.data))['paper']['dice']
+    assert abs(dice - info['test_metrics'][name]['dice']) < 1e-6

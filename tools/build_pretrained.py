@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 import jax
 
+from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
@@ -66,7 +67,7 @@ def test_metrics(config, variables) -> dict[str, dict]:
   for name, _, source in evaluate.eval_sources(config):
     result = evaluate.evaluate_source(eval_step, variables, source, name,
                                       config.eval.batch_size, lambda b: jax.device_put(b, device))
-    summary = evaluate.summarize(result)
+    summary = evaluate.summarize(result, classes.table_of(config.data))
     out[name] = {'n_images': summary['n_images'], **summary['paper'],
                  'dice_per_class': summary['per_class']['dice'],
                  'cell_accuracy': summary['cells']['cell_accuracy']}
@@ -84,6 +85,10 @@ def main(argv):
     info = {
         'name': config.name,
         'step': int(step),
+        # The run's moving average of the parameters where it kept one (train.ema_decay,
+        # eval.ema), else its last parameters.
+        'averaged_parameters': bool(config.eval.ema) and restore.keeps_average(FLAGS.workdir,
+                                                                               'latest'),
         'built': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'machine': f'{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} '
                    f'({jax.default_backend()})',

@@ -84,7 +84,9 @@ def model_card(info: dict) -> str:
   """A short README for the model folder, from its info.json."""
   lines = [f'# Pretrained model: {info.get("name", "?")}', '',
            'Written by `tools/build_pretrained.py`; do not edit by hand. '
-           f'{info.get("parameters", 0):,} parameters, step {info.get("step", "?")}, '
+           f'{info.get("parameters", 0):,} parameters'
+           + (' (their moving average over training)' if info.get('averaged_parameters') else '')
+           + f', step {info.get("step", "?")}, '
            f'built {info.get("built", "?")} on {info.get("machine", "?")}.', '',
            f'Rebuild: `{info.get("command", "?")}`', '']
   tests = info.get('test_metrics', {})
