@@ -81,7 +81,9 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
   config.eval.raw_dir = str(tmp_path / 'held_out')
   written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
   assert config.eval.tta   # the pretrained model is evaluated over flips, as it was measured
-  report = tmp_path / 'eval' / 'eval' / 'held_out-tta'
+  # Its own decoding too (eval.decode): the folder names both.
+  report = tmp_path / 'eval' / 'eval' / evaluate.report_folder('held_out', config, False)
+  assert report.name == 'held_out-tta-by_part'
   assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
   assert written['held_out']['n_images'] == 8
 
