@@ -87,8 +87,7 @@ def main(argv):
         'step': int(step),
         # The run's moving average of the parameters where it kept one (train.ema_decay,
         # eval.ema), else its last parameters.
-        'averaged_parameters': bool(config.eval.ema) and restore.keeps_average(FLAGS.workdir,
-                                                                               'latest'),
+        'averaged_parameters': restore.reads_average(config, FLAGS.workdir, 'latest'),
         'built': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'machine': f'{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} '
                    f'({jax.default_backend()})',

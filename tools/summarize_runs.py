@@ -14,9 +14,9 @@ from wcsegnet_jax import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
 flags.DEFINE_bool('tta', False, 'Read the test-time-augmented evaluations (eval/<dataset>-tta).')
-flags.DEFINE_string('variant', '', 'Read eval/<dataset>[-tta]<variant>: "-raw" (a run\'s own '
-                    'parameters where it kept their average), "-rot" (with --tta: eval.tta_rotations), '
-                    '"-by_part" (eval.decode), in that order, e.g. "-rot-by_part"')
+flags.DEFINE_string('variant', '', 'Read eval/<dataset>[-tta]<variant>: "-rot" (with --tta: '
+                    'eval.tta_rotations), "-raw" (a run\'s own parameters where it kept their '
+                    'average), "-by_part" (eval.decode), in that order, e.g. "-raw-by_part"')
 
 TABLES = {
     'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,

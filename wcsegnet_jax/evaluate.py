@@ -284,7 +284,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'checkpoint_dir': (str(shipped_model.PRETRAINED_DIR) if checkpoint == restore.PRETRAINED
                              else str(checkpointing.checkpoint_dir(
                                  restore.resolve_checkpoint(workdir, checkpoint)[0]))),
-          'tta': bool(config.eval.tta), 'ema': bool(config.eval.ema and keeps_average),
+          'tta': bool(config.eval.tta), 'ema': restore.reads_average(config, workdir, checkpoint),
           'decode': config.eval.decode,
           'image_size': int(config.data.image_size)}
   written = {}

@@ -14,13 +14,13 @@ not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images 
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
 class probabilities are resized back to the original size (bilinear) before they are decoded
-(eval.decode), so the mask has the original size and smooth edges. With --field_scale=F each image is a field of many
-cells instead: resized by F to the training data's scale (1.0 for fields at the Jiangxi crops'
-scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120), segmented in
-overlapping tiles of the training size (`fields.py`), never squashed whole. Per image it writes
-`<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus tinted in
-its class colour, and the cytoplasm gray for a model with that class); a second image with the
-same stem gets `<stem>_2_mask.png`, and so on.
+(eval.decode), so the mask has the original size and smooth edges. With --field_scale=F each image
+is a field of many cells instead: resized by F to the training data's scale (1.0 for fields at the
+Jiangxi crops' scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120),
+segmented in overlapping tiles of the training size (`fields.py`), never squashed whole. Per image
+it writes `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus
+tinted in its class colour, and the cytoplasm gray for a model with that class); a second image
+with the same stem gets `<stem>_2_mask.png`, and so on.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its

@@ -64,8 +64,19 @@ def keeps_average(workdir: str | pathlib.Path, checkpoint: str | int) -> bool:
   parameters."""
   if str(checkpoint).strip() == PRETRAINED:
     return False
-  saved = checkpointing.load_saved_config(resolve_checkpoint(workdir, checkpoint)[0]) or {}
+  return _run_kept_average(resolve_checkpoint(workdir, checkpoint)[0])
+
+
+def _run_kept_average(run_workdir: pathlib.Path) -> bool:
+  saved = checkpointing.load_saved_config(run_workdir) or {}
   return saved.get('train', {}).get('ema_decay', 0.0) > 0
+
+
+def reads_average(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                  checkpoint: str | int) -> bool:
+  """Whether `load_variables` gives the parameters' moving average: the run kept one and
+  `config.eval.ema` asks for it."""
+  return bool(config.eval.ema) and keeps_average(workdir, checkpoint)
 
 
 def check_classes(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
@@ -104,8 +115,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
 
   Only those two parts of the saved train state are read (the optimizer that trained it does
   not matter); their shapes must be those of `config`'s model. The parameters are their moving
-  average where the run kept one and `config.eval.ema` asks for it (`keeps_average`). Arrays are placed with
-  `sharding` (default: the first device).
+  average where the run kept one and `config.eval.ema` asks for it (`reads_average`). Arrays
+  are placed with `sharding` (default: the first device).
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -124,7 +135,7 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   finally:
     manager.close()
   try:
-    averaged = bool(config.eval.ema) and keeps_average(workdir, checkpoint)
+    averaged = bool(config.eval.ema) and _run_kept_average(ckpt_workdir)
     variables = checkpointing.restore_variables(directory, step, models.abstract_variables(config),
                                                 sharding, ema=averaged)
   except checkpointing.CheckpointError as e:

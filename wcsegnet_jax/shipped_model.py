@@ -161,7 +161,6 @@ def load_variables(config: ml_collections.ConfigDict,
   except Exception as e:   # msgpack raises several unrelated types on bad bytes
     raise PretrainedModelError(f'{path}: unreadable ({type(e).__name__}); {_fix()}') from None
   want = models.abstract_variables(config)
-  want = {'params': want['params'], 'batch_stats': want.get('batch_stats', {})}
   got_shapes = jax.tree.map(np.shape, stored)
   want_shapes = jax.tree.map(lambda x: tuple(x.shape), want)
   if got_shapes != want_shapes:
