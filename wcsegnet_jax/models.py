@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wcsegnet_jax import batch_norm
 from wcsegnet_jax import classes
 
 
@@ -45,15 +46,15 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = activation_fn(self.activation, self.leaky_relu_slope)
-    batch_norm = self.block_norm == 'batch'
+    normalised = self.block_norm == 'batch'
 
     def conv_norm(y, i):
       # A bias right before a BatchNorm is cancelled by its mean subtraction: drop it.
-      y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not batch_norm,
+      y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not normalised,
                   dtype=self.dtype, name=f'conv{i}')(y)
-      if batch_norm:
-        y = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         name=f'norm{i}')(y)
+      if normalised:
+        y = batch_norm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                 name=f'norm{i}')(y)
       return y
 
     branch = act(conv_norm(x, 1))
@@ -153,7 +154,8 @@ class Head(nn.Module):
     # Computes in float32. Its running statistics are what evaluation uses: if the activations
     # it sees keep growing (no normalisation in the paper's blocks), statistics averaged with a
     # long memory lag behind and the eval-mode net can predict all background (docs/results.md).
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name='norm')(x)
+    x = batch_norm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             name='norm')(x)
     x = self.act(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     # The logits conv runs in float32 whatever the compute dtype: it is tiny (width -> classes)
