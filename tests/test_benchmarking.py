@@ -220,3 +220,62 @@ def test_torch_reference_tta_is_flip_equivariant_like_ours():
       assert torch.allclose(probs.sum(dim=1), torch.ones(2, 32, 32), atol=1e-5)
       equivariant = torch.allclose(torch.flip(mirrored, (3,)), probs, atol=1e-5)
       assert equivariant == tta
+
+
+def test_conv_layers_list_every_conv_of_the_model_once_with_its_count():
+  config = tiny_config()
+  config.model.block_norm = 'batch'
+  layers = benchmarking.conv_layers(config, batch_size=4)
+  shapes = jax.eval_shape(lambda: models.model_for(config).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  # The 2x2 upsampling kernels belong to matrix products (models.TransposedConv2x2), not convs.
+  kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(shapes['params'])
+             if path[-1].key == 'kernel' and leaf.ndim == 4 and leaf.shape[:2] != (2, 2)]
+  # Each conv module is applied once per step: one count per kernel in the parameters.
+  assert sum(layer['count'] for layer in layers) == len(kernels)
+  assert len({(tuple(l['input_shape']), l['features'], tuple(l['kernel_size']))
+              for l in layers}) == len(layers)
+  first = next(l for l in layers if l['input_shape'][-1] == 3 and l['kernel_size'] == [3, 3])
+  assert first['input_shape'] == [4, 32, 32, 3] and first['features'] == 2
+  assert first['strides'] == [1, 1] and first['padding'] == 'SAME'
+
+
+def test_conv_flops_count_multiply_adds_twice():
+  layer = {'input_shape': [2, 8, 6, 3], 'features': 5, 'kernel_size': [3, 3],
+           'strides': [1, 1], 'padding': 'SAME'}
+  assert benchmarking.conv_flops(layer) == 2 * 2 * 8 * 6 * 9 * 3 * 5
+  assert benchmarking.conv_flops({**layer, 'strides': [2, 2]}) == 2 * 2 * 4 * 3 * 9 * 3 * 5
+
+
+def test_benchmark_conv_times_its_three_passes():
+  layer = {'input_shape': [2, 8, 8, 3], 'features': 4, 'kernel_size': [3, 3],
+           'strides': [1, 1], 'padding': 'SAME', 'count': 1}
+  times = benchmarking.benchmark_conv(layer, steps=2, warmup=1)
+  assert set(times) == set(benchmarking.CONV_PASSES)
+  assert all(t > 0 for t in times.values())
+
+
+def test_conv_kernels_cli_end_to_end(tmp_path):
+  output = tmp_path / 'convs.json'
+  args = [sys.executable, 'tools/conv_kernels.py', '--config=configs/smoke.py',
+          '--config.data.image_size=32', '--config.model.base_width=2', '--batch_size=2',
+          '--steps=1', '--warmup=0', '--torch', f'--output={output}']
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'ms of convolutions per train step' in done.stdout
+  report = json.loads(output.read_text())
+  libraries = report['libraries']
+  assert libraries[0] == 'xla'
+  for layer in report['layers']:
+    for library in libraries:
+      assert set(layer[library]) == set(benchmarking.CONV_PASSES)
+  for library in libraries:
+    total = report['totals_ms'][library]
+    assert total['all'] == pytest.approx(
+        sum(total[p] for p in benchmarking.CONV_PASSES))
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    assert libraries == ['xla']
+  else:
+    assert libraries == ['xla', 'torch'] and 'XLA / PyTorch time' in done.stdout

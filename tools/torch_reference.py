@@ -268,3 +268,44 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
 
   timing = _time(step, device, steps, warmup)
   return _result('torch_infer', config, batch_size, dtype, model, timing, device, use_compile)
+
+
+def benchmark_conv(layer: dict, steps: int, warmup: int,
+                   device: torch.device | None = None) -> dict[str, float]:
+  """Median ms of one conv's forward, input-gradient and kernel-gradient passes in float32,
+  channels_last, the layer as `benchmarking.conv_layers` describes it; eager, as each pass is
+  one library call (oneDNN on CPUs) either way."""
+  device = device or default_device()
+  batch, height, width, channels = layer['input_shape']
+  kernel_size = tuple(layer['kernel_size'])
+  padding = layer['padding']
+  if padding == 'VALID':
+    padding = (0, 0)
+  elif padding == 'SAME':   # symmetric for the odd kernels and unit strides of our nets
+    if any(k % 2 == 0 for k in kernel_size) or any(s != 1 for s in layer['strides']):
+      raise ValueError(f'SAME padding of {layer} has no symmetric PyTorch equivalent')
+    padding = tuple(k // 2 for k in kernel_size)
+  else:   # ((top, bottom), (left, right))
+    padding = tuple(int(p[0]) for p in padding)
+  conv = nn.Conv2d(channels, layer['features'], kernel_size, stride=tuple(layer['strides']),
+                   padding=padding, bias=False).to(device, memory_format=torch.channels_last)
+  x = torch.randn(batch, channels, height, width, device=device).contiguous(
+      memory_format=torch.channels_last)
+  with torch.no_grad():
+    dy = torch.ones_like(conv(x))
+
+  def forward():
+    with torch.no_grad():
+      conv(x)
+
+  def backward(mask):
+    # What autograd calls for a convolution's gradients, one of them at a time.
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, x, conv.weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], 1,
+        mask)
+
+  input_grad, kernel_grad = backward([True, False, False]), backward([False, True, False])
+
+  return {name: _time(fn, device, steps, warmup)['median_ms']
+          for name, fn in (('forward', forward), ('input_grad', input_grad),
+                           ('kernel_grad', kernel_grad))}

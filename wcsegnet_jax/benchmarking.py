@@ -419,6 +419,81 @@ def benchmark_input(config: ml_collections.ConfigDict, num_workers: int, num_bat
   return num_batches * config.train.batch_size / seconds
 
 
+# --- Convolutions, one by one ---------------------------------------------------------------------
+
+CONV_PASSES = ('forward', 'input_grad', 'kernel_grad')
+
+
+def conv_layers(config: ml_collections.ConfigDict, batch_size: int) -> list[dict]:
+  """Every distinct `nn.Conv` the model applies to a batch, with how many times it occurs.
+
+  Read off a shape-only trace of the model (nothing is computed): input shape, output
+  features, kernel size, strides and padding, as the step runs them.
+  """
+  model = models.model_for(config)
+  size = config.data.image_size
+  seen: dict[tuple, int] = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, flax.linen.Conv) and context.method_name == '__call__':
+      strides = module.strides or 1
+      strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+      key = (tuple(args[0].shape), int(module.features), tuple(module.kernel_size), strides,
+             _padding_key(module.padding))
+      seen[key] = seen.get(key, 0) + 1
+    return next_fun(*args, **kwargs)
+
+  images = jnp.zeros((batch_size, size, size, 3), jnp.float32)
+  with flax.linen.intercept_methods(record):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  return [{'input_shape': list(shape), 'features': features, 'kernel_size': list(kernel),
+           'strides': list(strides), 'padding': padding, 'count': count}
+          for (shape, features, kernel, strides, padding), count in seen.items()]
+
+
+def _padding_key(padding) -> str | tuple:
+  """Flax's `padding` in a form `lax.conv_general_dilated` takes and a dict key can hold."""
+  if isinstance(padding, str):
+    return padding
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def conv_flops(layer: dict) -> float:
+  """Multiply-adds x 2 of one forward pass of `layer` (each gradient pass costs the same)."""
+  batch, height, width, channels = layer['input_shape']
+  out_h, out_w = (-(-n // s) for n, s in zip((height, width), layer['strides']))
+  taps = int(np.prod(layer['kernel_size']))
+  return 2.0 * batch * out_h * out_w * taps * channels * layer['features']
+
+
+def benchmark_conv(layer: dict, steps: int, warmup: int, dtype: str = 'float32',
+                   device=None) -> dict[str, float]:
+  """Median ms of one conv's forward, input-gradient and kernel-gradient passes, each jitted
+  alone, as XLA compiles them inside the train step (same shapes, NHWC, HWIO kernels)."""
+  device = device or jax.devices()[0]
+  rng = np.random.default_rng(0)
+  batch, height, width, channels = layer['input_shape']
+  kernel_shape = (*layer['kernel_size'], channels, layer['features'])
+  x = jax.device_put(jnp.asarray(rng.normal(size=layer['input_shape']), dtype), device)
+  kernel = jax.device_put(jnp.asarray(rng.normal(size=kernel_shape) * 0.1, dtype), device)
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, tuple(layer['strides']), layer['padding'],
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  dy = jax.device_put(jnp.ones(jax.eval_shape(conv, x, kernel).shape, dtype), device)
+  passes = {
+      'forward': (conv, (x, kernel)),
+      'input_grad': (lambda k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0], (kernel, dy)),
+      'kernel_grad': (lambda x_, g: jax.vjp(lambda k: conv(x_, k), kernel)[1](g)[0], (x, dy)),
+  }
+  return {name: time_fn(fn, args, steps, warmup)['median_ms']
+          for name, (fn, args) in passes.items()}
+
+
 # --- Reports --------------------------------------------------------------------------------------
 
 def environment(device=None) -> dict[str, Any]:
