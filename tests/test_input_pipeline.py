@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import conftest
+from configs import base
 from wcsegnet_jax import classes
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax.data import raw
@@ -203,6 +204,33 @@ def test_normalize_images():
   out = np.asarray(input_pipeline.normalize_images(
       np.full((2, 3), 255, np.uint8).reshape(1, 2, 3), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25)))
   np.testing.assert_allclose(out[0, 0], [1.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_standardize_each_image_removes_each_images_colour_and_strength():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 128, (2, 9, 7, 3)).astype(np.uint8)
+  out = np.asarray(input_pipeline.standardize_each_image(images))
+  assert out.dtype == np.float32 and out.shape == images.shape
+  np.testing.assert_allclose(out.mean(axis=(1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-4)
+  # A stronger stain (x2) and a shifted one (+ per channel) give the same input, per image.
+  stained = images.copy()
+  stained[0] = images[0] * 2
+  stained[1] = images[1] + np.array([30, 0, 90], np.uint8)
+  np.testing.assert_allclose(input_pipeline.standardize_each_image(stained), out, atol=1e-5)
+  # A flat channel is centred, not divided by ~0.
+  flat = np.full((1, 4, 4, 3), 200, np.uint8)
+  np.testing.assert_allclose(input_pipeline.standardize_each_image(flat), 0.0, atol=1e-3)
+
+
+def test_model_inputs_follow_data_normalize():
+  c = base.get_config()
+  images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
+  np.testing.assert_array_equal(input_pipeline.model_inputs(images, c.data),
+                                input_pipeline.normalize_images(images, c.data.mean, c.data.std))
+  c.data.normalize = 'per_image'
+  np.testing.assert_array_equal(input_pipeline.model_inputs(images, c.data),
+                                input_pipeline.standardize_each_image(images))
 
 
 def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets):

@@ -35,6 +35,7 @@ CHOICES = {
     'augment.fill_mode': ('nearest', 'reflect', 'constant'),
     'eval.raw_layout': ('auto', 'wbc', 'folder'),
     'eval.decode': decoding.RULES,
+    'data.normalize': ('dataset', 'per_image'),
 }
 
 

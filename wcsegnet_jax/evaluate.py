@@ -54,7 +54,7 @@ def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: b
   of each layer with more work, which a GPU fills better (at eval BatchNorm uses its running
   statistics, so the images of a batch do not interact).
   """
-  images = input_pipeline.normalize_images(images_uint8, data_config.mean, data_config.std)
+  images = input_pipeline.model_inputs(images_uint8, data_config)
 
   def probs(x):
     return jax.nn.softmax(model.apply(variables, x, train=False), axis=-1)

@@ -91,7 +91,7 @@ def ema_update(ema_params, params, step: jax.Array, decay: float):
 def train_step(state: TrainState, batch: dict, *, loss_fn, data_config, rng_impl: str,
                ema_decay: float) -> tuple[TrainState, dict]:
   """One Adam step on a batch of uint8 images and label maps."""
-  images = input_pipeline.normalize_images(batch['image'], data_config.mean, data_config.std)
+  images = input_pipeline.model_inputs(batch['image'], data_config)
   labels = batch['label_map'].astype(jnp.int32)
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl),
                                    state.step)
