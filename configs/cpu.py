@@ -15,16 +15,16 @@ What differs from the paper (configs/wcseg.py) and why; docs/results.md has the 
   frame), reflected borders; 3 augmented copies of each image per epoch.
 - data.dataset_repeats (1, 3): CellaVision's 47 training images shown 3 times per epoch, or
   its test Dice falls while Jiangxi's (148 images) rises.
-- 16 epochs of 54 steps: ~8.5-11 minutes on 2 cores, data preparation and compilation included.
+- 16 epochs of 54 steps: ~7.5-9 minutes on 2 cores, data preparation and compilation included.
 - eval.tta: predictions averaged over the four flips.
 - train.ema_decay 0.99: evaluation and the shipped model use the parameters' moving average
   (CellaVision +0.0025 test Dice, Jiangxi -0.0004, 3 seeds).
 - eval.decode 'by_part': a pixel is nucleus when the nucleus classes together outweigh the
   background, then takes its most probable type (CellaVision +0.004, Jiangxi +0.0001).
 
-Measured on the test splits (3 seeds, docs/results.md): nucleus Dice 0.9658 +- 0.0007 on
-Jiangxi (the paper 0.9653), mIoU 0.9624, and 0.948 +- 0.001 on CellaVision (the paper 0.9662);
-cell-type accuracy 1.00 on Jiangxi and 0.64 on CellaVision (11 test cells); ~8.5 minutes.
+Measured on the test splits (3 seeds, docs/results.md, 2026-11-29): nucleus Dice 0.9652 +-
+0.0012 on Jiangxi (the paper 0.9653), mIoU 0.9618, and 0.948 +- 0.005 on CellaVision (the paper
+0.9662); cell-type accuracy 0.99 on Jiangxi and 0.64 on CellaVision (11 test cells); 455 s.
 """
 
 from configs import base
