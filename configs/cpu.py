@@ -15,7 +15,8 @@ What differs from the paper (configs/wcseg.py) and why; docs/results.md has the 
   frame), reflected borders; 3 augmented copies of each image per epoch.
 - data.dataset_repeats (1, 5): CellaVision's 47 training images shown 5 times per epoch (3 until
   2026-11-29, 1 before that), or its test Dice falls while Jiangxi's (148 images) rises; 5
-  rather than 3 raised both datasets' test Dice (+0.007 CellaVision, +0.002 Jiangxi, 3 seeds).
+  rather than 3 raised both datasets' test Dice (+0.007 CellaVision, +0.002 Jiangxi, 3 seeds),
+  part of it through the 31% more steps it brings (a one-seed control).
 - 16 epochs of 71 steps: ~9 minutes on 2 cores, data preparation and compilation included.
 - eval.tta: predictions averaged over the four flips.
 - train.ema_decay 0.99: evaluation and the shipped model use the parameters' moving average
