@@ -4,8 +4,9 @@ r"""Each convolution of a config's net, timed alone: XLA's kernels beside PyTorc
       [--steps=20 --warmup=3] [--output=convs.json]
 
 Lists every distinct `nn.Conv` of the model as the train step applies it (input shape, output
-width, kernel, how often it occurs; the 2x2 upsampling is a matrix product, not listed) and times its three passes (forward, input gradient,
-kernel gradient) in float32, each compiled alone, with the config's XLA flags; `--torch` times
+width, kernel, how often it occurs; the 2x2 upsampling is a matrix product, not listed) and
+times its three passes (forward, input gradient, kernel gradient) in float32, each compiled
+alone, with the config's XLA flags; `--torch` times
 the same passes with PyTorch's library calls (oneDNN on a CPU) on the same cores. The totals,
 weighted by occurrence, say how much of a train step the convolutions take in each library:
 where the JAX/PyTorch gap of tools/benchmark.py comes from. See docs/benchmarks.md.
@@ -32,29 +33,28 @@ flags.DEFINE_bool('torch', False, 'Also time PyTorch (tools/torch_reference.py).
 flags.DEFINE_string('output', '', 'Write the table here as JSON.')
 flags.mark_flags_as_required(['config'])
 
-_PASSES = ('forward', 'input_grad', 'kernel_grad')
-_LABELS = ('fwd', 'dx', 'dk')   # the passes in the table's header
+_LABELS = ('fwd', 'dx', 'dk')   # benchmarking.CONV_PASSES in the table's header
 
 
-def _row_text(layer: dict, libraries: list[str]) -> str:
+def _row_text(layer: dict, libraries: list[str], passes: tuple[str, ...]) -> str:
   shape = 'x'.join(str(n) for n in layer['input_shape'])
   kernel = 'x'.join(str(n) for n in layer['kernel_size'])
   cells = [f'{shape:>16} {kernel:>4} {layer["features"]:>5} {layer["count"]:>3} '
            f'{layer["gflop"]:>6.3f}']
   for library in libraries:
-    cells.append(' '.join(f'{layer[library][p]:>9.2f}' for p in _PASSES))
+    cells.append(' '.join(f'{layer[library][p]:>9.2f}' for p in passes))
   return '  '.join(cells)
 
 
 def format_table(report: dict) -> str:
   """The layers, then the per-step totals and, with PyTorch, the ratio."""
-  libraries = report['libraries']
+  libraries, passes = report['libraries'], tuple(report['passes'])
   head = f'{"input (NHWC)":>16} {"k":>4} {"out":>5} {"n":>3} {"GFLOP":>6}'
   for library in libraries:
     head += '  ' + ' '.join(f'{library + " " + label:>9}' for label in _LABELS)
   lines = [f'ms per call, median of {report["steps"]}; GFLOP of one pass', head,
            '-' * len(head)]
-  lines += [_row_text(layer, libraries) for layer in report['layers']]
+  lines += [_row_text(layer, libraries, passes) for layer in report['layers']]
   for library in libraries:
     total = report['totals_ms'][library]
     lines.append(f'{library}: {total["all"]:.1f} ms of convolutions per train step '
@@ -90,11 +90,13 @@ def main(argv):
       layer['torch'] = torch_reference.benchmark_conv(layer, FLAGS.steps, FLAGS.warmup)
   totals = {}
   for library in libraries:
-    per_pass = {p: sum(layer[library][p] * layer['count'] for layer in layers) for p in _PASSES}
+    per_pass = {p: sum(layer[library][p] * layer['count'] for layer in layers)
+                for p in benchmarking.CONV_PASSES}
     totals[library] = {**per_pass, 'all': sum(per_pass.values())}
   report = {'command': shlex.join([sys.executable, *sys.argv]),
             'environment': benchmarking.environment(), 'batch_size': batch_size,
             'steps': FLAGS.steps, 'warmup': FLAGS.warmup, 'libraries': libraries,
+            'passes': list(benchmarking.CONV_PASSES),
             'layers': layers, 'totals_ms': totals,
             'gflop_per_step': 3 * sum(layer['gflop'] * layer['count'] for layer in layers)}
   print(format_table(report))

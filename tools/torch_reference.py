@@ -304,8 +304,6 @@ def benchmark_conv(layer: dict, steps: int, warmup: int,
         dy, x, conv.weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], 1,
         mask)
 
-  input_grad, kernel_grad = backward([True, False, False]), backward([False, True, False])
-
+  passes = (forward, backward([True, False, False]), backward([False, True, False]))
   return {name: _time(fn, device, steps, warmup)['median_ms']
-          for name, fn in (('forward', forward), ('input_grad', input_grad),
-                           ('kernel_grad', kernel_grad))}
+          for name, fn in zip(benchmarking.CONV_PASSES, passes)}
