@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # We keep that faithful reading; set e.g. 11.5 for a shear of 0.2 radians.
   a.shear_deg = 0.2
   a.zoom = 0.2                 # scale factors uniform in [1-0.2, 1+0.2]
+  # (lower, upper) scale factors instead of zoom's symmetric range when given (Keras' zoom_range
+  # as a pair): a factor below 1 magnifies (each output pixel samples nearer the centre).
+  a.zoom_range = ()
   a.zoom_independent_xy = True  # Keras draws the x and y zoom independently
   a.horizontal_flip = True
   a.fill_mode = 'nearest'      # border fill: 'nearest' (Keras' default), 'reflect', 'constant'

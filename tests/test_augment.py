@@ -170,6 +170,10 @@ def test_sampled_params_stay_in_range():
   assert all(p.zoom_x == p.zoom_y for p in draws)
   assert not any(p.flip for p in draws)
 
+  a.zoom_range = (0.7, 1.15)   # replaces zoom's symmetric range
+  draws = [augment.sample_params(rng, a, h, w) for _ in range(3000)]
+  check([p.zoom_x for p in draws], 0.7, 1.15)
+
 
 def test_paper_config_ranges():
   """The paper's settings, read as documented: shear 0.2 degrees, shifts 20% of 120 px."""

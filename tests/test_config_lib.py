@@ -96,6 +96,17 @@ def test_every_problem_is_listed_at_once():
   assert len(found) == 5
 
 
+@pytest.mark.parametrize('zoom_range', [(1.2, 0.8), (0.0, 1.2), (0.9,), (0.8, 1.0, 1.2)])
+def test_bad_zoom_range_is_named(zoom_range):
+  c = base.get_config()
+  c.augment.zoom_range = zoom_range
+  assert [p for p in config_lib.problems(c, device_count=1) if 'zoom_range' in p] == [
+      f'augment.zoom_range={zoom_range}: (lower, upper) scale factors with 0 < lower <= upper, '
+      f'or () for [1 - zoom, 1 + zoom]']
+  c.augment.zoom_range = (0.7, 1.15)
+  assert not config_lib.problems(c, device_count=1)
+
+
 def test_batch_size_must_split_over_processes():
   c = base.get_config()
   c.train.batch_size = 18

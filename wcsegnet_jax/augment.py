@@ -5,7 +5,8 @@ The paper lists Keras' ImageDataGenerator settings (rotation 40, width/height sh
   * rotation: degrees, uniform in [-r, r];
   * shifts: fractions of the width/height, uniform in [-s, s];
   * shear: degrees (Keras' `shear_range` is in degrees, so the paper's 0.2 is a tiny shear);
-  * zoom: scale factors uniform in [1-z, 1+z], drawn independently for x and y as Keras does;
+  * zoom: scale factors uniform in [1-z, 1+z] (or `zoom_range`'s [lower, upper]), drawn
+    independently for x and y as Keras does;
   * flip: left-right with probability 1/2;
   * border: 'nearest' replicates the edge pixels (Keras' default fill_mode).
 Keras applies rotation @ shift @ shear @ zoom about the image centre, mapping output pixels to
@@ -38,8 +39,9 @@ class AffineParams:
 def sample_params(rng: np.random.Generator, aug: ml_collections.ConfigDict, height: int,
                   width: int) -> AffineParams:
   """Draws one set of parameters from the configured ranges."""
-  zoom_x = rng.uniform(1 - aug.zoom, 1 + aug.zoom)
-  zoom_y = rng.uniform(1 - aug.zoom, 1 + aug.zoom) if aug.zoom_independent_xy else zoom_x
+  low, high = tuple(aug.zoom_range) or (1 - aug.zoom, 1 + aug.zoom)
+  zoom_x = rng.uniform(low, high)
+  zoom_y = rng.uniform(low, high) if aug.zoom_independent_xy else zoom_x
   return AffineParams(
       rotation_deg=rng.uniform(-aug.rotation_deg, aug.rotation_deg),
       shift_x_px=rng.uniform(-aug.width_shift, aug.width_shift) * width,

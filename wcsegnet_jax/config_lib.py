@@ -170,6 +170,9 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   if not 0 <= a.zoom < 1 or a.rotation_deg < 0 or a.shear_deg < 0 or min(
       a.width_shift, a.height_shift) < 0:
     found.append('augment: zoom must be in [0, 1) and rotation, shear and shifts >= 0')
+  if a.zoom_range and (len(a.zoom_range) != 2 or not 0 < a.zoom_range[0] <= a.zoom_range[1]):
+    found.append(f'augment.zoom_range={tuple(a.zoom_range)}: (lower, upper) scale factors with '
+                 f'0 < lower <= upper, or () for [1 - zoom, 1 + zoom]')
   if t.max_steps < 0 or t.warmup_epochs < 0:
     found.append('train.max_steps and train.warmup_epochs must be >= 0')
   if not 0 <= t.ema_decay < 1:
