@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +26,11 @@ REAL_WBC_DIR = pathlib.Path(os.environ.get(
 
 
 def pytest_configure(config):
+  # A suite started in the background by a non-interactive shell (`cmd &`, nohup, some CI
+  # runners) inherits SIGINT ignored, and so would every training subprocess it starts: the
+  # Ctrl-C tests would see nothing. Restore Python's own handler, as an interactive run has.
+  if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   config.addinivalue_line(
       'markers', 'slow: takes more than a few seconds (still run by default; '
       'deselect with -m "not slow")')
