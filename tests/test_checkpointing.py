@@ -48,6 +48,17 @@ def test_keys_added_after_a_config_was_saved_count_at_their_default():
   assert checkpointing.config_mismatches(saved, _as_json(current)) == ['model.patch_size: 1 -> 2']
 
 
+def test_a_knob_another_one_replaces_may_differ():
+  """augment.zoom is unused while augment.zoom_range is set, in both configs; not otherwise."""
+  saved, current = base.get_config(), base.get_config()
+  saved.augment.zoom_range = current.augment.zoom_range = (0.7, 1.15)
+  saved.augment.zoom, current.augment.zoom = 0.15, 0.2
+  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == []
+  current.augment.zoom_range = ()
+  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == [
+      'augment.zoom: 0.15 -> 0.2', 'augment.zoom_range: [0.7, 1.15] -> []']
+
+
 def test_check_resume_config_needs_a_checkpoint(tmp_path):
   config = base.get_config()
   checkpointing.write_config(tmp_path, config)

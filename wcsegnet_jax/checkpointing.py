@@ -226,13 +226,15 @@ def config_mismatches(saved: dict, current: dict, free_keys=RESUME_FREE,
   saved and a new config.
 
   A key the saved config lacks (one added to the code after it was written) counts at its
-  base default, the value that reproduces the older code's behaviour.
+  base default, the value that reproduces the older code's behaviour. A key both configs leave
+  unused (`config_lib.unused_keys`) may differ.
   """
   under = lambda key, prefixes: any(p in ('', key) or key.startswith(p + '.') for p in prefixes)
   saved_flat = config_lib.flatten(config_lib.with_defaults(saved))
   current_flat = config_lib.flatten(current)
+  unused = config_lib.unused_keys(saved_flat) & config_lib.unused_keys(current_flat)
   keys = [k for k in sorted(set(saved_flat) | set(current_flat))
-          if under(k, within) and not under(k, free_keys)]
+          if under(k, within) and not under(k, free_keys) and k not in unused]
   return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in keys
           if saved_flat.get(k) != current_flat.get(k)]
 

@@ -66,6 +66,12 @@ def flatten(config, prefix: str = '') -> dict:
   return out
 
 
+def unused_keys(flat: dict) -> set[str]:
+  """Keys of a flattened config whose value another knob replaces, so changing it changes
+  nothing: augment.zoom under a non-empty augment.zoom_range."""
+  return {'augment.zoom'} if flat.get('augment.zoom_range') else set()
+
+
 def with_defaults(saved: dict) -> dict:
   """A saved config's JSON with the keys added to the code since filled in at their base
   defaults (which keep the older behaviour), so older workdirs and models still load.
