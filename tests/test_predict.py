@@ -120,7 +120,6 @@ def test_predict_all_unreadable_and_missing_inputs(tiny_model, tmp_path):
 
 def _tiny_variables(tiny_model):
   config = predict.load_workdir_config(tiny_model['workdir'])
-  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
   variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
   return config, variables
 
@@ -179,9 +178,7 @@ def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
   image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 32))   # the model's size: no resize
   fixtures.write_rgb(tmp_path / 'cell.png', image)
   fixtures.write_rgb(tmp_path / 'mirrored.png', image[:, ::-1])
-  config = predict.load_workdir_config(tiny_model['workdir'])
-  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
-  variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
+  config, variables = _tiny_variables(tiny_model)
   summary = predict.predict_files(config, variables, [tmp_path / 'cell.png',
                                                       tmp_path / 'mirrored.png'],
                                   tmp_path / 'out', tta=True)
@@ -192,9 +189,7 @@ def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
 
 
 def test_same_stem_gets_a_unique_name(tiny_model, tmp_path):
-  config = predict.load_workdir_config(tiny_model['workdir'])
-  from wcsegnet_jax import evaluate   # pylint: disable=g-import-not-at-top
-  variables, _ = restore.load_variables(config, tiny_model['workdir'], 'latest')
+  config, variables = _tiny_variables(tiny_model)
   rng = np.random.default_rng(2)
   image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 40))
   for sub in ('a', 'b'):
