@@ -68,3 +68,28 @@ def test_distributed_outside_a_cluster_says_how_to_start_one(tmp_path):
   line = result.stderr.splitlines()[-1]
   assert line.startswith('error: cannot join a cluster (config.train.distributed=True): ')
   assert 'tools/local_cluster.py' in line and 'Traceback' not in result.stderr
+
+
+def test_missing_or_broken_config_file_is_one_line(tmp_path):
+  """ml_collections reports these only when the config is first read, as a traceback."""
+  missing = run(['--config=configs/nope.py', f'--workdir={tmp_path}'], module='wcsegnet_jax.main')
+  (tmp_path / 'broken.py').write_text('def get_config(:\n')
+  broken = run([f'--config={tmp_path}/broken.py', f'--workdir={tmp_path}/w'],
+               module='wcsegnet_jax.main')
+  no_file = run([f'--workdir={tmp_path}/w', '--config.train.batch_size=8'],
+                module='wcsegnet_jax.main')
+  assert [r.returncode for r in (missing, broken, no_file)] == [2, 2, 2]
+  assert missing.stderr.splitlines() == [
+      f'error: --config: configs/nope.py: no such config file (a path relative to the current '
+      f'folder, {ROOT}, or an absolute one)']
+  assert broken.stderr.splitlines() == [
+      f'error: --config: {tmp_path}/broken.py, line 1: not valid Python (invalid syntax)']
+  assert no_file.stderr.splitlines() == [
+      'error: --config: --config.train.batch_size=8: give the config file first, '
+      '--config=configs/....py']
+  assert [p.name for p in tmp_path.iterdir()] == ['broken.py']
+
+
+def test_help_lists_the_config_flag_and_how_to_override_it():
+  result = run(['--help'], module='wcsegnet_jax.main')
+  assert '--config: Config file (configs/*.py). Override its keys with' in result.stdout

@@ -270,26 +270,70 @@ def _exit_if_unknown_overrides(argv: list[str], name: str, path: str | None) -> 
     sys.exit(2)
 
 
+_DEFAULT_CONFIG_FILES: dict[str, str | None] = {}   # flag name -> its default config file
+
+
 def define_config_file(name: str = 'config', default: str | None = None,
                        help_string: str = 'Config file (configs/*.py).', **kwargs):
   """`config_flags.DEFINE_config_file`, with unknown override keys as one line (exit 2).
 
   A default config applies the command line's overrides here, when the flag is defined.
   """
+  _DEFAULT_CONFIG_FILES[name] = default
+  help_string += (f' Override its keys with --{name}.SECTION.KEY=VALUE, e.g. '
+                  f'--{name}.train.batch_size=64.')
   try:
-    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+    holder = config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
   except (AttributeError, KeyError):
     _exit_if_unknown_overrides(sys.argv, name, _config_path(sys.argv, name) or default)
     raise
+  # absl's --help lists the flags the main program defines (module sys.argv[0]); this one is
+  # defined here, so it is declared the program's too.
+  flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  return holder
+
+
+def config_file_problem(path: str) -> str | None:
+  """Why a `--config` value cannot be loaded, in a line (None if it loads)."""
+  file = pathlib.Path(path.split(':', 1)[0])
+  if not file.is_file():
+    return (f'{file}: no such config file (a path relative to the current folder, '
+            f'{pathlib.Path.cwd()}, or an absolute one)')
+  try:
+    load_config_file(path)
+  except SyntaxError as e:
+    return f'{file}, line {e.lineno}: not valid Python ({e.msg})'
+  except Exception as e:   # pylint: disable=broad-except  # whatever its get_config raised
+    return f'{file}: loading it failed: {type(e).__name__}: {e}'
+  return None
+
+
+def _exit_on_config_usage_errors(argv: list[str], names: list[str]) -> None:
+  """Overrides without their config file, and config files that do not load: a line, exit 2.
+
+  (ml_collections reports an unloadable file only when the config is first read, as a
+  traceback from inside the command.)"""
+  for name in names:
+    path = _config_path(argv, name) or _DEFAULT_CONFIG_FILES.get(name)
+    overrides = [a for a in argv if re.match(rf'^--?{re.escape(name)}\.', a)]
+    problem = (config_file_problem(path) if path
+               else f'{overrides[0]}: give the config file first, --{name}=configs/....py'
+               if overrides else None)
+    if problem:
+      print(f'error: --{name}: {problem}', file=sys.stderr)
+      sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with unknown
-  `--config.*` keys as one line each and exit 2."""
+  """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with a missing or broken
+  config file, and unknown `--config.*` keys, as one line each and exit 2."""
+  names = [name for name in list(flags.FLAGS)
+           if config_flags.config_flags.is_config_flag(flags.FLAGS[name])]
+  if not any(a in ('--help', '-h', '--helpfull', '--helpshort') for a in argv):
+    _exit_on_config_usage_errors(argv, names)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError, IndexError):   # ml_collections, for a key it lacks
-    for name in list(flags.FLAGS):
-      if config_flags.config_flags.is_config_flag(flags.FLAGS[name]):
-        _exit_if_unknown_overrides(argv, name, _config_path(argv, name))
+    for name in names:
+      _exit_if_unknown_overrides(argv, name, _config_path(argv, name))
     raise
