@@ -804,3 +804,20 @@ def test_jpeg_reads_without_a_stderr(tmp_path):
   result = subprocess.run(f'{sys.executable} -c "{code}" 2>&-', shell=True, cwd=conftest.ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.stdout.strip() == '(50, 50, 3)', result.stderr
+
+
+def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
+  """An evaluation folder's monocyte is not scored by a 3-type model, and the log says so."""
+  records = [raw.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+             for i, t in enumerate(('neutrophil', 'monocyte', 'lymphocyte', 'eosinophil'))]
+  caplog.set_level('INFO')
+  kept = raw.filter_cell_types(records, classes.DEFAULT_CELL_TYPES, where='folder data in d',
+                               every_type=False)
+  assert [r.file_id for r in kept] == ['000', '002']
+  assert [r.getMessage() for r in caplog.records] == [
+      "folder data in d: left out 2 image(s) of cell types the model has no class for "
+      "(1 eosinophil, 1 monocyte: 001, 003; config.data.cell_types=('neutrophil', 'basophil', "
+      "'lymphocyte'))"]
+  caplog.clear()
+  raw.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
+  assert not caplog.records

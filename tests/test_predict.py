@@ -402,3 +402,13 @@ def test_images_whose_outputs_would_not_fit_in_memory_are_refused_by_name():
   assert predict.check_image_size(pathlib.Path('big.png'), big, 0.5) is big   # 13.5 MP field
   with pytest.raises(predict.raw.DataError, match='at --field_scale=2.0.*smaller --field_scale'):
     predict.check_image_size(pathlib.Path('f.png'), big[:4000, :4000], 2.0)   # 64 MP
+
+
+def test_summary_says_which_types_the_model_cannot_tell():
+  """The paper's model has no monocyte or eosinophil class: the summary says where they go."""
+  paper = predict.PredictionSummary(['a.png'], [], cell_types=classes.PAPER_TABLE.cell_types)
+  assert paper.text().splitlines()[-1] == (
+      'the model types neutrophil, basophil, lymphocyte only: a cell of another type '
+      '(monocyte, eosinophil) is counted as the nearest of these')
+  five = predict.PredictionSummary(['a.png'], [], cell_types=classes.ALL_CELL_TYPES)
+  assert five.text() == '1 image, 0 skipped'

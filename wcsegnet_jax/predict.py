@@ -94,6 +94,7 @@ class PredictionSummary:
   skipped: list[tuple[str, str]]
   no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
   differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
+  cell_types: tuple[str, ...] = ()   # the types the model tells apart
 
   def text(self) -> str:
     n = len(self.done) + len(self.skipped)
@@ -108,6 +109,9 @@ class PredictionSummary:
       line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
           ': ' + ', '.join(f'{r["cell_type"]} {r["count"]} ({r["percent"]:.1f}%)' for r in types)
           if total['count'] else '')
+    if unknown := [t for t in classes.ALL_CELL_TYPES if t not in self.cell_types]:
+      line += (f'\nthe model types {", ".join(self.cell_types)} only: a cell of another type '
+               f'({", ".join(unknown)}) is counted as the nearest of these')
     return line
 
 
@@ -322,17 +326,19 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   """
   output = pathlib.Path(output).expanduser()
   output.mkdir(parents=True, exist_ok=True)
-  listing = {'model': model_source, 'tta': bool(tta), 'complete': False, 'files': []}
+  table = classes.table_of(config.data)
+  listing = {'model': model_source, 'cell_types': list(table.cell_types), 'tta': bool(tta),
+             'complete': False, 'files': []}
   files.write_json_atomic(output / OUTPUTS_FILE, listing)
   size = int(config.data.image_size)
-  table = classes.table_of(config.data)
   model = models.model_for(config)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(paths)))
   # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
   predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta,
                                                        config.eval.tta_rotations))
-  summary, rows, class_ids, used_stems = PredictionSummary([], []), [], [], set()
+  summary = PredictionSummary([], [], cell_types=table.cell_types)
+  rows, class_ids, used_stems = [], [], set()
   bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
   for chunk in _chunks(list(paths), 1 if field_scale else batch_size):
     images = []

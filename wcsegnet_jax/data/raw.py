@@ -4,6 +4,7 @@ Everything a user's data can get wrong is checked here and reported as a `DataEr
 the file and the problem; nothing downstream sees a half-valid example.
 """
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -220,6 +221,13 @@ def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str], where
   (data a model learns from), is a configured type without an image: its class could not be
   learnt."""
   kept = [r for r in records if r.cell_type in cell_types]
+  left_out = collections.Counter(r.cell_type for r in records if r.cell_type not in cell_types)
+  if left_out:
+    ids = [r.file_id for r in records if r.cell_type not in cell_types]
+    logging.warning('%s: left out %d image(s) of cell types the model has no class for (%s: %s; '
+                    'config.data.cell_types=%s)', where, len(ids),
+                    ', '.join(f'{n} {t}' for t, n in sorted(left_out.items())),
+                    ', '.join(ids[:5]) + (', ...' if len(ids) > 5 else ''), tuple(cell_types))
   if not kept:
     raise DataError(f'{where}: no image of the cell types {tuple(cell_types)} '
                     f'({len(records)} images before filtering)')
