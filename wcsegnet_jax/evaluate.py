@@ -287,7 +287,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           'tta': bool(config.eval.tta), 'ema': restore.reads_average(config, workdir, checkpoint),
           'decode': config.eval.decode,
           'image_size': int(config.data.image_size)}
-  written = {}
+  written, folders = {}, []
   for name, paper_key, source in sources:
     result = evaluate_source(eval_step, variables, source, name, config.eval.batch_size,
                              lambda b: jax.device_put(b, device), keep_maps=True)
@@ -297,9 +297,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)
-      logging.info('Wrote %s.', out_dir)
+      folders.append(out_dir.name)
   if jax.process_index() == 0:
     print(f'\nCheckpoint step {step}, config {config.name}, TTA '
-          f'{"on" if config.eval.tta else "off"}; reports in {workdir / "eval"}')
+          f'{"on" if config.eval.tta else "off"}; reports in {workdir / "eval"}/: '
+          + ', '.join(folders))
     print(reports.summary_table(written))
   return written

@@ -228,7 +228,8 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
       '',
       paper_comparison_table(summary, paper_key, ours),
       '',
-      'Paper rows: WCSegNet (Nasser et al. 2025), Table 1; "n/a" marks values we do not hold. '
+      ('Paper rows: WCSegNet (Nasser et al. 2025), Table 1; "n/a" marks values we do not hold. '
+       if paper_key else 'The paper has no rows for this data. ') +
       'Ours: "pooled" counts every pixel of the split at once; the per-image rows average each '
       'image\'s own value (an image with no nucleus in label nor prediction scores 1). mIoU is '
       'the mean of the background IoU and the nucleus IoU (see `wcsegnet_jax/metrics.py`).',
