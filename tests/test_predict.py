@@ -109,8 +109,11 @@ def test_predict_all_unreadable_and_missing_inputs(tiny_model, tmp_path):
   summary = predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(bad)])
   assert summary.done == [] and summary.skipped[0][0] == str(bad)   # the command exits 1
   assert 'bad.png' in summary.text()
-  cells = (tmp_path / 'out' / 'cells.csv').read_text().splitlines()
-  assert cells == [','.join(predict.CSV_COLUMNS)]
+  assert not list((tmp_path / 'out').iterdir())   # nothing segmented, nothing written
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('mine')
+  predict.run(str(tiny_model['workdir']), str(tmp_path / 'mine'), [str(bad)], overwrite=True)
+  assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['notes.txt']
   with pytest.raises(raw.DataError, match='no such file'):
     predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(tmp_path / 'nope')])
   with pytest.raises(raw.DataError, match='no image'):
@@ -412,3 +415,10 @@ def test_summary_says_which_types_the_model_cannot_tell():
       '(monocyte, eosinophil) is counted as the nearest of these')
   five = predict.PredictionSummary(['a.png'], [], cell_types=classes.ALL_CELL_TYPES)
   assert five.text() == '1 image, 0 skipped'
+
+
+def test_predict_command_without_images_is_one_line(tmp_path):
+  proc = test_evaluate.run_command('wcsegnet_jax.predict', f'--output={tmp_path / "out"}')
+  assert proc.returncode == 2
+  assert proc.stderr.splitlines() == ['error: give at least one image file or folder (see --help)']
+  assert not (tmp_path / 'out').exists()

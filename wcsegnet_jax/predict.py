@@ -100,10 +100,11 @@ class PredictionSummary:
     n = len(self.done) + len(self.skipped)
     line = f'{n} image{"" if n == 1 else "s"}, {len(self.skipped)} skipped'
     if self.skipped:
-      line += ': ' + '; '.join(f'{path} ({why})' for path, why in self.skipped)
+      line += ': ' + '; '.join(f'{path}: {why}' for path, why in self.skipped)
     if self.no_cells:
+      shown = ', '.join(self.no_cells[:5]) + (', ...' if len(self.no_cells) > 5 else '')
       line += (f'\nno cell found in {len(self.no_cells)} image'
-               f'{"" if len(self.no_cells) == 1 else "s"}: {", ".join(self.no_cells)}')
+               f'{"" if len(self.no_cells) == 1 else "s"}: {shown}')
     if self.differential:
       *types, total = self.differential
       line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
@@ -379,6 +380,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       summary.done.append(str(path))
       bar.update(1)
   bar.close()
+  if not summary.done:   # every input skipped: no empty results to block a corrected rerun
+    (output / OUTPUTS_FILE).unlink()
+    return summary
   summary.differential = cells.differential(
       class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
   files.write_csv_atomic(output / CELLS_FILE, CSV_COLUMNS,
@@ -484,7 +488,8 @@ def define_flags() -> None:
 def main(argv):
   inputs = argv[1:]
   if not inputs:
-    raise app.UsageError('give at least one image file or folder')
+    print('error: give at least one image file or folder (see --help)', file=sys.stderr)
+    sys.exit(2)
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
@@ -492,9 +497,11 @@ def main(argv):
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
                   FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules)
   print(summary.text())
+  if not summary.done:
+    print('nothing segmented, nothing written', file=sys.stderr)
+    sys.exit(1)
   output = pathlib.Path(FLAGS.output)
-  print(f'wrote {output / CELLS_FILE} and {output / DIFFERENTIAL_FILE}')
-  sys.exit(0 if summary.done else 1)
+  print(f'wrote masks and overlays, {output / CELLS_FILE} and {output / DIFFERENTIAL_FILE}')
 
 
 if __name__ == '__main__':
