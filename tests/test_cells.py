@@ -53,7 +53,7 @@ def test_a_lobed_nucleus_is_one_cell():
   found, _ = find(label_map)
   assert len(found) == 1
   (cell,) = found
-  assert cell.nucleus['lobes'] == 3 and cell.class_id == 1
+  assert cell.nucleus['nucleus_parts'] == 3 and cell.class_id == 1
   assert cell.nucleus_area_px == int((label_map > 0).sum())
   assert cell.bbox == (16, 21, 91, 40)
   # Farther apart than the merge gap, they are three cells.
@@ -113,7 +113,7 @@ def test_with_cytoplasm_cells_are_nucleus_and_cytoplasm_regions():
   found, labels = find(label_map, cytoplasm_id=cyto)
   assert len(found) == 3
   lobed, left, right = sorted(found, key=lambda c: c.centre[0])
-  assert lobed.nucleus['lobes'] == 2 and lobed.class_id == 1
+  assert lobed.nucleus['nucleus_parts'] == 2 and lobed.class_id == 1
   assert lobed.cell_area_px == int(((label_map > 0)[:, :95]).sum())
   cytoplasm = lobed.cell_area_px - lobed.nucleus_area_px
   assert lobed.nc_ratio == pytest.approx(lobed.nucleus_area_px / cytoplasm)

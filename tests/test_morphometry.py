@@ -24,13 +24,13 @@ def test_disk(centre):
   assert m['circularity'] == pytest.approx(1.0, rel=0.05)
   assert m['circularity'] <= 1.0
   assert m['solidity'] > 0.95
-  assert m['lobes'] == 1
+  assert m['nucleus_parts'] == 1
 
 
 def test_two_lobes():
   mask = disk(10, centre=(50, 25)) | disk(10, centre=(50, 75))
   m = morphometry.nucleus_measurements(mask)
-  assert m['lobes'] == 2
+  assert m['nucleus_parts'] == 2
   single = morphometry.nucleus_measurements(disk(10, centre=(50, 25)))
   assert m['area_px'] == 2 * single['area_px']
   assert m['perimeter_px'] == pytest.approx(2 * single['perimeter_px'])
@@ -42,7 +42,7 @@ def test_diagonal_touch_is_one_lobe():
   mask = np.zeros((10, 10), bool)
   mask[2:5, 2:5] = True
   mask[5:8, 5:8] = True                 # touches only at a corner: 8-connected
-  assert morphometry.nucleus_measurements(mask)['lobes'] == 1
+  assert morphometry.nucleus_measurements(mask)['nucleus_parts'] == 1
 
 
 def test_square():
@@ -54,7 +54,7 @@ def test_square():
   assert m['perimeter_px'] == pytest.approx(4 * 29)
   assert m['circularity'] == pytest.approx(math.pi / 4, rel=1e-6)
   assert m['solidity'] == 1.0
-  assert m['lobes'] == 1
+  assert m['nucleus_parts'] == 1
 
 
 def test_ellipse_perimeter():
@@ -81,7 +81,7 @@ def test_tiny_shapes(shape):
   mask = np.zeros((9, 9), bool)
   mask[4:4 + shape[0], 2:2 + shape[1]] = True
   m = morphometry.nucleus_measurements(mask)
-  assert m['area_px'] == shape[0] * shape[1] and m['lobes'] == 1
+  assert m['area_px'] == shape[0] * shape[1] and m['nucleus_parts'] == 1
   assert m['circularity'] == 0.0         # encloses no area
   assert m['solidity'] == 1.0
 
@@ -89,4 +89,4 @@ def test_tiny_shapes(shape):
 def test_empty_mask():
   m = morphometry.nucleus_measurements(np.zeros((16, 16), bool))
   assert m == {'area_px': 0, 'perimeter_px': 0.0, 'circularity': 0.0, 'solidity': 0.0,
-               'lobes': 0}
+               'nucleus_parts': 0}

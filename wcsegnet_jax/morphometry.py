@@ -1,4 +1,4 @@
-"""Nucleus shape measurements from a predicted mask: area, perimeter, circularity, solidity, lobes.
+"""Nucleus shape measurements from a predicted mask: area, perimeter, circularity, solidity, parts.
 
 Definitions (all in pixels of the mask given; multiply by the pixel size for physical units):
 - area_px: the number of nucleus pixels.
@@ -15,9 +15,9 @@ Definitions (all in pixels of the mask given; multiply by the pixel size for phy
 - solidity: area_px / (pixels of the convex hull of all nucleus pixel centres, rasterised so that
   a pixel counts when its centre lies in or on the hull); 1 for a digital disk or square,
   lower for lobed or two-part nuclei.
-- lobes: the number of 8-connected components of the mask. A neutrophil's lobes joined by thin
-  strands count as one; this counts separated pieces only.
-An empty mask gives zeros everywhere (lobes 0).
+- nucleus_parts: the number of 8-connected components of the mask: separated pieces only. Not
+  a lobe count: a neutrophil's lobes joined by thin strands, as most are, make one part.
+An empty mask gives zeros everywhere (nucleus_parts 0).
 """
 
 import math
@@ -25,7 +25,7 @@ import math
 import cv2
 import numpy as np
 
-MEASUREMENTS = ('area_px', 'perimeter_px', 'circularity', 'solidity', 'lobes')
+MEASUREMENTS = ('area_px', 'perimeter_px', 'circularity', 'solidity', 'nucleus_parts')
 
 
 def _outer_polygons(mask_u8: np.ndarray) -> list[np.ndarray]:
@@ -43,15 +43,16 @@ def nucleus_measurements(nucleus_mask: np.ndarray) -> dict:
     raise ValueError(f'expected a 2-D mask, got shape {mask.shape}')
   area = int(mask.sum())
   if area == 0:
-    return {'area_px': 0, 'perimeter_px': 0.0, 'circularity': 0.0, 'solidity': 0.0, 'lobes': 0}
+    return {'area_px': 0, 'perimeter_px': 0.0, 'circularity': 0.0, 'solidity': 0.0,
+            'nucleus_parts': 0}
   mask_u8 = mask.astype(np.uint8)
-  lobes = cv2.connectedComponents(mask_u8, connectivity=8)[0] - 1   # minus the background
+  parts = cv2.connectedComponents(mask_u8, connectivity=8)[0] - 1   # minus the background
   polygons = _outer_polygons(mask_u8)
   perimeter = float(sum(cv2.arcLength(p, True) for p in polygons))
   enclosed = float(sum(cv2.contourArea(p) for p in polygons))
   circularity = 4.0 * math.pi * enclosed / perimeter**2 if perimeter > 0 else 0.0
   return {'area_px': area, 'perimeter_px': perimeter, 'circularity': float(circularity),
-          'solidity': area / _hull_pixels(mask), 'lobes': int(lobes)}
+          'solidity': area / _hull_pixels(mask), 'nucleus_parts': int(parts)}
 
 
 def _hull_pixels(mask: np.ndarray) -> int:

@@ -77,7 +77,7 @@ from wcsegnet_jax.data import raw
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
                'confidence', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
                'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
-               'solidity', 'lobes', 'mask_file')
+               'solidity', 'nucleus_parts', 'mask_file')
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
@@ -183,7 +183,7 @@ def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
       'perimeter_um': um(m['perimeter_px'], 1),
       'circularity': f"{m['circularity']:.4f}",
       'solidity': f"{m['solidity']:.4f}",
-      'lobes': m['lobes'],
+      'nucleus_parts': m['nucleus_parts'],
       'mask_file': mask_file,
   }
 
