@@ -422,3 +422,9 @@ def test_predict_command_without_images_is_one_line(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.splitlines() == ['error: give at least one image file or folder (see --help)']
   assert not (tmp_path / 'out').exists()
+
+
+def test_help_lists_every_image_suffix_read():
+  listed = predict.__doc__.split('whose images (')[1].split(';')[0]
+  assert [s.strip() for s in listed.replace('\n', ' ').split(',')][:-1] == list(
+      raw.IMAGE_SUFFIXES)

@@ -8,8 +8,8 @@ Without --workdir it uses the pretrained model shipped in the package (wcsegnet_
 configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
 With one, the model's config is read from `DIR/config.json` (written by training), so no --config
 is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as evaluation: the
-best one was picked by test Dice). Inputs are image files, or folders whose images (suffixes
-`raw.IMAGE_SUFFIXES`, not recursive) are all taken: point it at a folder of images only, e.g.
+best one was picked by test Dice). Inputs are image files, or folders whose images (.bmp, .png,
+.jpg, .jpeg, .tif, .tiff, any case; not recursive) are all taken: point it at a folder of images only, e.g.
 not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
@@ -38,8 +38,9 @@ earlier predict wrote there (the files its `predict_outputs.json` lists) and lea
 
 Exit status: 0 when at least one image was segmented (unreadable files, truncated ones included,
 are reported on stderr, skipped and listed in the summary; a grayscale image is segmented with a
-one-line warning, as the model expects colour); 1 when none was; 2 for a usage problem (no
-checkpoint in the workdir, a missing input path, no image found).
+one-line warning, as the model expects colour); 1 when none was (then nothing is written); 2 for
+a usage problem (no input given, no checkpoint in the workdir, a missing input path, no image
+found).
 """
 
 import dataclasses
