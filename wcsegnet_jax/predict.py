@@ -9,8 +9,9 @@ configs/cpu.py trained on the public WBC Image Dataset), so it works right after
 With one, the model's config is read from `DIR/config.json` (written by training), so no --config
 is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as evaluation: the
 best one was picked by test Dice). Inputs are image files, or folders whose images (.bmp, .png,
-.jpg, .jpeg, .tif, .tiff, any case; not recursive) are all taken: point it at a folder of images only, e.g.
-not at a WBC `Dataset 1/` folder, whose .png masks would be segmented as images too.
+.jpg, .jpeg, .tif, .tiff, any case; not recursive) are all taken: point it at a folder of images
+only. A WBC `Dataset 1/` folder, whose .png masks sit beside its .bmp images, is refused; give
+its images, `"Dataset 1"/*.bmp`.
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
 class probabilities are resized back to the original size (bilinear) before they are decoded
@@ -140,8 +141,10 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
   for given in inputs:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      paths += sorted(p for p in path.iterdir() if p.is_file() and p.resolve() not in skip
-                      and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      found = sorted(p for p in path.iterdir() if p.is_file() and p.resolve() not in skip
+                     and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      _refuse_image_mask_pairs(path, found)
+      paths += found
       subfolders += [p for p in path.iterdir() if p.is_dir()]
     elif path.is_file():
       paths.append(path)
@@ -153,6 +156,18 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
     raise raw.DataError(f'no image ({", ".join(raw.IMAGE_SUFFIXES)}) in {", ".join(inputs)}'
                         + hint)
   return paths
+
+
+def _refuse_image_mask_pairs(folder: pathlib.Path, found: Sequence[pathlib.Path]) -> None:
+  """A folder of NNN.bmp images beside NNN.png masks (the WBC layout) would have its masks
+  segmented as images: a usage error naming the folder, not 80 gray 'images'."""
+  bmp_stems = {p.stem for p in found if p.suffix.lower() == '.bmp'}
+  masks = [p for p in found if p.suffix.lower() == '.png' and p.stem in bmp_stems]
+  if masks:
+    raise raw.DataError(
+        f'{folder} holds {len(masks)} .png file(s) named like a .bmp beside them (e.g. '
+        f'{masks[0].name}): the WBC layout, whose .png files are masks; give the images '
+        f'themselves, e.g. "{folder}"/*.bmp')
 
 
 def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
