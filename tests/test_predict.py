@@ -64,7 +64,7 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
       '--pixel_size_um=0.5', '--batch_size=2', str(image_folder))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'broken.png' in proc.stderr and 'Traceback' not in proc.stderr
-  assert '4 images, 1 skipped' in proc.stdout
+  assert '4 images: 3 segmented, 1 skipped' in proc.stdout
   rows = read_cell_rows(out / 'cells.csv')
   for name in ('large.bmp', 'small.bmp', 'wide.png'):
     stem = pathlib.Path(name).stem
@@ -312,7 +312,7 @@ def test_predicting_into_the_input_folder_again_skips_the_earlier_outputs(tiny_m
   predict.run(workdir, str(folder), [str(folder)], overwrite=True)
   again = predict.run(workdir, str(folder), [str(folder)], overwrite=True)
   assert len(again.done) == 2 and not again.skipped   # its masks and overlays are not inputs
-  assert again.text().splitlines()[0] == '2 images, 0 skipped'
+  assert again.text().splitlines()[0] == '2 images: 2 segmented, 0 skipped'
 
 
 def test_a_folder_of_subfolders_says_they_are_not_searched(tmp_path):
@@ -414,7 +414,7 @@ def test_summary_says_which_types_the_model_cannot_tell():
       'the model types neutrophil, basophil, lymphocyte only: a cell of another type '
       '(monocyte, eosinophil) is counted as the nearest of these')
   five = predict.PredictionSummary(['a.png'], [], cell_types=classes.ALL_CELL_TYPES)
-  assert five.text() == '1 image, 0 skipped'
+  assert five.text() == '1 image: 1 segmented, 0 skipped'
 
 
 def test_predict_command_without_images_is_one_line(tmp_path):

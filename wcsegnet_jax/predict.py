@@ -100,7 +100,8 @@ class PredictionSummary:
 
   def text(self) -> str:
     n = len(self.done) + len(self.skipped)
-    line = f'{n} image{"" if n == 1 else "s"}, {len(self.skipped)} skipped'
+    line = (f'{n} image{"" if n == 1 else "s"}: {len(self.done)} segmented, '
+            f'{len(self.skipped)} skipped')
     if self.skipped:
       line += ': ' + '; '.join(f'{path}: {why}' for path, why in self.skipped)
     if self.no_cells:
