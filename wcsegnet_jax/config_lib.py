@@ -315,7 +315,8 @@ def _exit_on_config_usage_errors(argv: list[str], names: list[str]) -> None:
   traceback from inside the command.)"""
   for name in names:
     path = _config_path(argv, name) or _DEFAULT_CONFIG_FILES.get(name)
-    overrides = [a for a in argv if re.match(rf'^--?{re.escape(name)}\.', a)]
+    overrides = [a for a in argv if re.match(rf'^--?{re.escape(name)}\.', a)
+                 and not any(b.startswith(('--flagfile', '-flagfile')) for b in argv)]
     problem = (config_file_problem(path) if path
                else f'{overrides[0]}: give the config file first, --{name}=configs/....py'
                if overrides else None)
