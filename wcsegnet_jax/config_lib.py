@@ -312,7 +312,8 @@ def _exit_on_config_usage_errors(argv: list[str], names: list[str]) -> None:
   """Overrides without their config file, and config files that do not load: a line, exit 2.
 
   (ml_collections reports an unloadable file only when the config is first read, as a
-  traceback from inside the command.)"""
+  traceback from inside the command, or as a SyntaxError or absl usage error while parsing:
+  loading the small file once more up front is simpler than catching each of those.)"""
   for name in names:
     path = _config_path(argv, name) or _DEFAULT_CONFIG_FILES.get(name)
     overrides = [a for a in argv if re.match(rf'^--?{re.escape(name)}\.', a)

@@ -221,13 +221,14 @@ def filter_cell_types(records: list[RawRecord], cell_types: Sequence[str], where
   (data a model learns from), is a configured type without an image: its class could not be
   learnt."""
   kept = [r for r in records if r.cell_type in cell_types]
-  left_out = collections.Counter(r.cell_type for r in records if r.cell_type not in cell_types)
+  left_out = [r for r in records if r.cell_type not in cell_types]
   if left_out:
-    ids = [r.file_id for r in records if r.cell_type not in cell_types]
+    counts = collections.Counter(r.cell_type for r in left_out)
     logging.warning('%s: left out %d image(s) of cell types the model has no class for (%s: %s; '
-                    'config.data.cell_types=%s)', where, len(ids),
-                    ', '.join(f'{n} {t}' for t, n in sorted(left_out.items())),
-                    ', '.join(ids[:5]) + (', ...' if len(ids) > 5 else ''), tuple(cell_types))
+                    'config.data.cell_types=%s)', where, len(left_out),
+                    ', '.join(f'{n} {t}' for t, n in sorted(counts.items())),
+                    ', '.join(r.file_id for r in left_out[:5])
+                    + (', ...' if len(left_out) > 5 else ''), tuple(cell_types))
   if not kept:
     raise DataError(f'{where}: no image of the cell types {tuple(cell_types)} '
                     f'({len(records)} images before filtering)')
