@@ -432,9 +432,9 @@ def test_help_lists_every_image_suffix_read():
 
 def test_a_wbc_layout_folder_is_refused_with_its_masks_named(tmp_path):
   """NNN.png beside NNN.bmp are the WBC layout's masks, not images to segment."""
-  for name in ('001.bmp', '001.png', '002.bmp', '002.png'):
+  for name in ('001.bmp', '001.png', '002.jpg', '002.png'):
     (tmp_path / name).write_bytes(b'')
-  with pytest.raises(raw.DataError, match=r'holds 2 \.png file\(s\) named like a \.bmp beside '
+  with pytest.raises(raw.DataError, match=r'holds 2 \.png file\(s\) named like an image beside '
                      r'them \(e\.g\. 001\.png\): the WBC layout'):
     predict.list_images([str(tmp_path)])
   assert predict.list_images([str(tmp_path / '001.bmp'), str(tmp_path / '001.png')]) == [

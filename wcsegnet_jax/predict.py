@@ -160,13 +160,14 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
 
 
 def _refuse_image_mask_pairs(folder: pathlib.Path, found: Sequence[pathlib.Path]) -> None:
-  """A folder of NNN.bmp images beside NNN.png masks (the WBC layout) would have its masks
-  segmented as images: a usage error naming the folder, not 80 gray 'images'."""
-  bmp_stems = {p.stem for p in found if p.suffix.lower() == '.bmp'}
-  masks = [p for p in found if p.suffix.lower() == '.png' and p.stem in bmp_stems]
+  """A folder of NNN.bmp (.jpg, .tif) images beside NNN.png masks, the WBC layout as
+  `raw.list_wbc_records` reads it, would have its masks segmented as images: a usage error
+  naming the folder, not 80 gray 'images'."""
+  image_stems = {p.stem for p in found if p.suffix.lower() != '.png'}
+  masks = [p for p in found if p.suffix.lower() == '.png' and p.stem in image_stems]
   if masks:
     raise raw.DataError(
-        f'{folder} holds {len(masks)} .png file(s) named like a .bmp beside them (e.g. '
+        f'{folder} holds {len(masks)} .png file(s) named like an image beside them (e.g. '
         f'{masks[0].name}): the WBC layout, whose .png files are masks; give the images '
         f'themselves, e.g. "{folder}"/*.bmp')
 
