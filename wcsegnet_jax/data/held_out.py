@@ -8,6 +8,7 @@ from typing import Sequence
 import ml_collections
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import color
 from wcsegnet_jax.data import raw
 
 
@@ -29,7 +30,8 @@ class RawExamples:
   def __getitem__(self, index: int) -> dict:
     d = self.data_config
     return raw.load_example(self.records[index], self.table, d.image_size,
-                            d.mask_level_tolerance, d.mask_max_off_level_fraction)
+                            d.mask_level_tolerance, d.mask_max_off_level_fraction,
+                            color.step_of(d))
 
 
 def detect_raw_layout(raw_dir: pathlib.Path) -> str:

@@ -528,10 +528,12 @@ def resize_pair(image: np.ndarray, label_map: np.ndarray, size: int):
 
 
 def load_example(record: RawRecord, table: classes.ClassTable, image_size: int, tolerance: int,
-                 max_off_level_fraction: float) -> dict[str, np.ndarray | str | int]:
+                 max_off_level_fraction: float, color_step=None
+                 ) -> dict[str, np.ndarray | str | int]:
   """Reads, checks and resizes one record into an example of `table`'s classes (before the
-  TFDS encoding)."""
+  TFDS encoding); `color_step` (`color.step_of`) acts on the image as read, before resizing."""
   image = read_rgb(record.image_path)
+  image = image if color_step is None else color_step(image)
   mask = read_mask(record.mask_path, label_map=record.mask_is_label_map)
   if image.shape[:2] != mask.shape:
     raise DataError(f'{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image '

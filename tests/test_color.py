@@ -1,0 +1,80 @@
+"""The colour step: what it computes, what it removes, and that training data, evaluation and
+predict apply the very same step."""
+
+import cv2
+import numpy as np
+import pytest
+
+import conftest
+import test_data
+from wcsegnet_jax import color
+from wcsegnet_jax import segmenter
+from wcsegnet_jax.data import held_out
+from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import tfds_builder
+
+REFERENCE = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
+
+
+def smear(rng, size=96):
+  """A stained-smear-like picture: pink background, red cells, a purple nucleus, noise."""
+  image = np.zeros((size, size, 3), np.uint8) + np.array([235, 215, 225], np.uint8)
+  for _ in range(6):
+    centre = tuple(int(v) for v in rng.integers(10, size - 10, 2))
+    cv2.circle(image, centre, int(rng.integers(8, 14)), (200, 120, 140), -1)
+  cv2.circle(image, (size // 2, size // 2), size // 6, (110, 50, 150), -1)
+  return np.clip(image + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+
+
+def test_reinhard_moves_the_lab_statistics_to_the_reference():
+  image = smear(np.random.default_rng(0))
+  stats = color.lab_statistics(color.reinhard(image, REFERENCE))
+  np.testing.assert_allclose(stats, REFERENCE, atol=1.5)   # uint8 rounding and gamut clipping
+
+
+def test_a_lab_of_other_colours_reaches_the_model_in_the_same_colours():
+  """Another lamp and stain (a per-channel gain and offset, then dimmer) is undone: the two
+  standardised images differ far less than the originals."""
+  image = smear(np.random.default_rng(1))
+  other = np.clip(image.astype(np.float32) * (0.85, 0.95, 1.1) - (10, 0, -15), 0, 255)
+  other = other.astype(np.uint8)
+  before = np.abs(image.astype(int) - other).mean()
+  after = np.abs(color.reinhard(image, REFERENCE).astype(int) - color.reinhard(other, REFERENCE))
+  assert before > 10 and after.mean() < before / 4
+
+
+def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():
+  image = smear(np.random.default_rng(2))
+  assert color.color_step('none')(image) is image
+  flat = np.full((8, 8, 3), 128, np.uint8)
+  out = color.reinhard(flat, REFERENCE)
+  assert out.std(axis=(0, 1)).max() < 1.0   # one colour stays one colour (std floored)
+  with pytest.raises(ValueError, match='unknown colour step'):
+    color.color_step('macenko')
+
+
+def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_path):
+  """The built training example, the held-out reader's example and the batch predict sends to
+  the model hold the same uint8 pixels: the colour step on the image as read, then resized."""
+  config = conftest.data_config(wbc_raw[0], tmp_path / 'tfds', color='reinhard')
+  builder = tfds_builder.prepare('cellavision', config.data)
+  file_id, built = test_data.read_split(builder, 'train')[0]
+  record = next(r for r in raw.list_raw_records('cellavision', wbc_raw[0],
+                                                 tfds_builder.classes.table_of(config.data))
+                if r.file_id == file_id)
+  as_read = raw.read_rgb(record.image_path)
+  expected = raw.resize_image(color.reinhard(as_read, REFERENCE), config.data.image_size)
+  np.testing.assert_array_equal(built['image'], expected)
+  assert not np.array_equal(expected, raw.resize_image(as_read, config.data.image_size))
+  evaluated = held_out.RawExamples([record], config.data)[0]
+  np.testing.assert_array_equal(evaluated['image'], expected)
+  seen = []
+  segment = segmenter.Segmenter.__new__(segmenter.Segmenter)
+  segment.config, segment.size, segment.batch_size = config, config.data.image_size, 2
+  segment._tiles = lambda batch: seen.append(batch.copy()) or np.zeros(batch.shape[:3] + (4,))
+  segment.crops([as_read])
+  np.testing.assert_array_equal(seen[0][0], expected)
+  # A build without the colour step keeps its earlier name (no colour settings in it).
+  plain = conftest.data_config(wbc_raw[0], tmp_path / 'tfds')
+  assert tfds_builder.get_builder('cellavision', plain.data).builder_config.name != (
+      builder.builder_config.name)
