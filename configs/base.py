@@ -64,6 +64,18 @@ def get_config() -> ml_collections.ConfigDict:
   d.normalize = 'dataset'
   d.mean = (0.5, 0.5, 0.5)
   d.std = (0.25, 0.25, 0.25)
+  # The colour step (wcsegnet_jax/color.py), on each image as read (whole, before resizing or
+  # tiling) in data preparation, evaluation and predict alike: 'none' (the paper) | 'reinhard'
+  # (each image's CIELAB channel means and stds moved to color_reference, so another lab's
+  # stain, lamp and camera reach the model in the training images' colours).
+  d.color = 'none'
+  # L, a, b means, then L, a, b stds (CIELAB; L 0-100): the CellaVision images' average.
+  d.color_reference = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
+  # Fine-tuning on a lab's typed cells (wcsegnet_jax/field_crops.py): a folder of fields/ and
+  # truth.csv (type and box per white cell, no masks). The model of train.init_from labels each
+  # typed cell's pixels; the crops replace data.datasets. '' = off.
+  d.fields_dir = ''
+  d.fields_scale = 0.0         # the fields' scale to the training crops'; 0 = estimated per field
 
   # --- Augmentation (Keras ImageDataGenerator semantics; units explicit) -------------------------
   c.augment = a = ml_collections.ConfigDict()
@@ -87,6 +99,13 @@ def get_config() -> ml_collections.ConfigDict:
   a.contrast = 0.0
   a.saturation = 0.0
   a.hue_deg = 0.0
+  # Optics jitter (not in the paper; 0 = off): another microscope and camera. Gamma exp(U(-g, g)),
+  # Gaussian blur of sigma U(0, blur_sigma) px, noise of std U(0, noise_std) levels, JPEG at a
+  # quality U(jpeg_quality, 95).
+  a.gamma = 0.0
+  a.blur_sigma = 0.0
+  a.noise_std = 0.0
+  a.jpeg_quality = 0
   a.augment_repeats = 10       # an epoch sees each training image this many times (ten-fold)
 
   # --- Input pipeline -----------------------------------------------------------------------------
@@ -150,6 +169,10 @@ def get_config() -> ml_collections.ConfigDict:
   # A resume whose images or splits differ from those the run started on (workdir/data.json)
   # is refused: its test metrics would mix two data sets. True goes on with the new data.
   t.resume_on_changed_data = False
+  # Start from a trained model's parameters instead of random ones: '' (off), 'pretrained'
+  # (the shipped default model), 'pretrained:NAME' (a shipped model by name) or a training
+  # workdir (its latest checkpoint). Its model config must be this config's.
+  t.init_from = ''
   t.progress_bar = True
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 

@@ -270,6 +270,28 @@ def test_color_jitter_leaves_the_label_map_alone():
   assert not np.array_equal(out['image'], example['image'])
 
 
+def test_optics_jitter_off_is_the_identity_and_each_part_acts_within_its_range():
+  rng = np.random.default_rng(4)
+  image = cv2.GaussianBlur(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8), (0, 0), 2)
+  assert augment.optics_jitter(image, rng, _jitter_config()) is image
+  gray = np.full((8, 8, 3), 64, np.uint8)
+  gammas = [augment.optics_jitter(gray, np.random.default_rng(k), _jitter_config(gamma=0.3))
+            for k in range(20)]
+  # 64 ** exp(g) on the 0..1 scale, g in [-0.3, 0.3]: between 32 and 92 levels, never equal.
+  levels = [int(g[0, 0, 0]) for g in gammas]
+  assert all(32 <= v <= 92 for v in levels) and len(set(levels)) > 5
+  edge = np.zeros((16, 16, 3), np.uint8)
+  edge[:, 8:] = 255
+  blurred = augment.optics_jitter(edge, np.random.default_rng(5), _jitter_config(blur_sigma=3.0))
+  assert 0 < blurred[8, 7, 0] < 255 or 0 < blurred[8, 8, 0] < 255   # the step is softened
+  noisy = augment.optics_jitter(gray, np.random.default_rng(6), _jitter_config(noise_std=10.0))
+  assert noisy.std() > 0.5 and abs(noisy.mean() - 64) < 3
+  compressed = augment.optics_jitter(image, np.random.default_rng(7),
+                                     _jitter_config(jpeg_quality=10))
+  assert compressed.shape == image.shape and compressed.dtype == np.uint8
+  assert 0 < np.abs(compressed.astype(int) - image).mean() < 20
+
+
 def test_import_leaves_opencv_threads_alone():
   # Only a training pipeline turns OpenCV's threads off (input_pipeline), not every importer.
   code = ('import cv2; cv2.setNumThreads(3); from wcsegnet_jax import augment; '

@@ -14,6 +14,19 @@ SHIPPED_CONFIGS = sorted(p.stem for p in config_lib.BASE_CONFIG.parent.glob('*.p
                          if p.stem != '__init__')
 
 
+@pytest.mark.parametrize('key,value,message', [
+    ('data.color', 'macenko', "data.color='macenko'"),
+    ('data.color_reference', (70.0, 10.0, 5.0, 20.0, 0.0, 10.0), 'data.color_reference'),
+    ('augment.blur_sigma', -1.0, 'blur_sigma'),
+    ('augment.jpeg_quality', 99, 'jpeg_quality'),
+])
+def test_colour_and_optics_knobs_are_checked(key, value, message):
+  config = importlib.import_module('configs.cross_lab').get_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  assert any(message in line for line in config_lib.problems(config))
+
+
 def test_every_config_file_is_checked():
   assert {'base', 'wcseg', 'cpu', 'pretrained', 'differential'} <= set(SHIPPED_CONFIGS)
 

@@ -103,6 +103,28 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator,
   return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+def optics_jitter(image: np.ndarray, rng: np.random.Generator,
+                  aug: ml_collections.ConfigDict) -> np.ndarray:
+  """Another microscope and camera (not in the paper; 0 = off): a gamma exp(U(-g, g)), a
+  Gaussian blur of sigma U(0, blur_sigma) pixels (defocus), sensor noise of std
+  U(0, noise_std) levels and JPEG compression at a quality U(jpeg_quality, 95). uint8 in/out."""
+  x = image
+  if aug.gamma:
+    table = 255.0 * (np.arange(256) / 255.0) ** np.exp(rng.uniform(-aug.gamma, aug.gamma))
+    x = np.clip(table + 0.5, 0, 255).astype(np.uint8)[x]
+  if aug.blur_sigma:
+    sigma = rng.uniform(0, aug.blur_sigma)
+    x = cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0.1 else x
+  if aug.noise_std:
+    noise = rng.normal(0, rng.uniform(0, aug.noise_std), x.shape)
+    x = np.clip(x + noise + 0.5, 0, 255).astype(np.uint8)
+  if aug.jpeg_quality:
+    quality = int(rng.integers(aug.jpeg_quality, 96))
+    ok, encoded = cv2.imencode('.jpg', x, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    x = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else x
+  return x
+
+
 def augment_example(example: dict, rng: np.random.Generator,
                     aug: ml_collections.ConfigDict) -> dict:
   """One random augmentation of an example's image and label map; other fields pass through."""
@@ -110,4 +132,5 @@ def augment_example(example: dict, rng: np.random.Generator,
   params = sample_params(rng, aug, h, w)
   image, label_map = warp_pair(example['image'], example['label_map'],
                                inverse_affine_matrix(params, h, w), aug.fill_mode)
-  return {**example, 'image': color_jitter(image, rng, aug), 'label_map': label_map}
+  image = optics_jitter(color_jitter(image, rng, aug), rng, aug)
+  return {**example, 'image': image, 'label_map': label_map}

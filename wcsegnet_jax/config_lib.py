@@ -17,6 +17,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import color
 from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
 from wcsegnet_jax.data import raw
@@ -36,6 +37,7 @@ CHOICES = {
     'eval.raw_layout': ('auto', 'wbc', 'folder'),
     'eval.decode': decoding.RULES,
     'data.normalize': ('dataset', 'per_image'),
+    'data.color': color.COLOR_STEPS,
 }
 
 
@@ -134,6 +136,10 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
                  f'{m.num_levels} with model.patch_size={m.patch_size} (needs >= '
                  f'{m.patch_size * 2 ** m.num_levels}: one position after the poolings)')
+  reference = tuple(d.color_reference)
+  if len(reference) != 6 or min(reference[3:], default=0) <= 0:
+    found.append(f'data.color_reference={reference} must be 6 numbers: the L, a, b means, then '
+                 f'their stds (> 0)')
   if m.refine_width < 0:
     found.append(f'model.refine_width={m.refine_width} must be >= 0 (0 = no refinement)')
   if not 0 <= m.bn_momentum < 1:
@@ -173,6 +179,10 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
                  '[0, 180]')
   if a.augment_repeats < 1:
     found.append('augment.augment_repeats must be >= 1')
+  if min(a.gamma, a.blur_sigma, a.noise_std) < 0 or not (
+      a.jpeg_quality == 0 or 1 <= a.jpeg_quality <= 95):
+    found.append('augment: gamma, blur_sigma and noise_std must be >= 0, jpeg_quality 0 (off) '
+                 'or in [1, 95]')
   if not 0 <= a.zoom < 1 or a.rotation_deg < 0 or a.shear_deg < 0 or min(
       a.width_shift, a.height_shift) < 0:
     found.append('augment: zoom must be in [0, 1) and rotation, shear and shifts >= 0')

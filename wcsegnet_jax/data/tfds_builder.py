@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import color as color_lib
 from wcsegnet_jax import files
 from wcsegnet_jax.data import raw
 from wcsegnet_jax.data import splits
@@ -39,7 +40,8 @@ class WbcSegmentationConfig(tfds.core.BuilderConfig):
   def __init__(self, *, source: str, raw_dir: pathlib.Path | None, image_size: int,
                cell_types: tuple[str, ...], cytoplasm: bool, test_fraction: float,
                split_seed: int, mask_level_tolerance: int, mask_max_off_level_fraction: float,
-               name: str):
+               name: str, color: str = 'none', color_reference: tuple[float, ...] = (),
+               every_type: bool = True):
     super().__init__(name=name, version=WbcSegmentation.VERSION,
                      description=f'{source} at {image_size}x{image_size}')
     self.source = source
@@ -52,6 +54,8 @@ class WbcSegmentationConfig(tfds.core.BuilderConfig):
     self.split_seed = split_seed
     self.mask_level_tolerance = mask_level_tolerance
     self.mask_max_off_level_fraction = mask_max_off_level_fraction
+    self.color_step = color_lib.color_step(color, color_reference)
+    self.every_type = every_type
 
 
 class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
@@ -87,7 +91,8 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
     raw_dir = cfg.raw_dir
     if raw_dir is None:   # online: the public repository's archive
       raw_dir = pathlib.Path(dl_manager.download_and_extract(ARCHIVE_URL)) / ARCHIVE_FOLDER
-    split = split_records(cfg.source, raw_dir, cfg.table, cfg.test_fraction, cfg.split_seed)
+    split = split_records(cfg.source, raw_dir, cfg.table, cfg.test_fraction, cfg.split_seed,
+                          cfg.every_type)
     return {name: self._generate_examples(records) for name, records in split.items()
             if records}
 
@@ -104,7 +109,7 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for record in records:
       example = raw.load_example(record, cfg.table, cfg.image_size, cfg.mask_level_tolerance,
-                                 cfg.mask_max_off_level_fraction)
+                                 cfg.mask_max_off_level_fraction, cfg.color_step)
       yield record.file_id, {**example, 'dataset': dataset_name(cfg.source, cfg.raw_dir)}
 
 
@@ -114,11 +119,13 @@ def dataset_name(source: str, raw_dir: pathlib.Path | None) -> str:
 
 
 def split_records(source: str, raw_dir: pathlib.Path, table: classes.ClassTable,
-                  test_fraction: float, split_seed: int) -> dict[str, list[raw.RawRecord]]:
-  """Lists, filters (to `table`'s cell types, each of which must have an image) and splits the
-  raw records of one source."""
+                  test_fraction: float, split_seed: int, every_type: bool = True
+                  ) -> dict[str, list[raw.RawRecord]]:
+  """Lists, filters (to `table`'s cell types, each of which must have an image unless not
+  `every_type`) and splits the raw records of one source."""
   records = raw.list_raw_records(source, raw_dir, table)
-  records = raw.filter_cell_types(records, table.cell_types, where=f'{source} data in {raw_dir}')
+  records = raw.filter_cell_types(records, table.cell_types, where=f'{source} data in {raw_dir}',
+                                  every_type=every_type)
   return splits.stratified_split(records, test_fraction, split_seed)
 
 
@@ -164,6 +171,11 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
       test_fraction=float(data_config.test_fraction), split_seed=int(data_config.split_seed),
       mask_level_tolerance=int(data_config.mask_level_tolerance),
       mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction))
+  if data_config.get('fields_dir'):   # fine-tuning: the model already knows the lab's other types
+    settings.update(every_type=False)
+  if data_config.get('color', 'none') != 'none':   # builds without a colour step keep their names
+    settings.update(color=str(data_config.color),
+                    color_reference=tuple(float(v) for v in data_config.color_reference))
   table = classes.class_table(settings['cell_types'], settings['cytoplasm'])
   fingerprint = _fingerprint(source, raw_dir, settings, table)
   name = f'{source}-{settings["image_size"]}-{fingerprint}'

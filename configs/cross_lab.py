@@ -1,0 +1,28 @@
+"""The five-part differential made for other labs' smears: the colour step and stain and optics
+augmentation on configs/differential.py. The model predict uses by default.
+
+  python -m wcsegnet_jax.main --config=configs/cross_lab.py --workdir=runs/cross_lab
+
+What differs from configs/differential.py (all five types and the cytoplasm) and why
+(docs/results.md, "Other labs' smears"):
+- data.color 'reinhard': each image's CIELAB means and stds moved to the CellaVision images'
+  average before anything else (wcsegnet_jax/color.py), in training, evaluation and predict:
+  another lab's stain, lamp and camera reach the model in familiar colours.
+- Colour jitter after it (brightness, contrast 0.15, saturation 0.25, hue 5 degrees): what the
+  colour step leaves of a stain's differences. Hue stays small: eosinophils are told from
+  neutrophils by their granules' colour.
+- Optics jitter: gamma 0.25, blur up to sigma 1 px, noise up to 3 levels, JPEG quality 50-95:
+  other microscopes, cameras and compressed files.
+"""
+
+from configs import differential
+
+
+def get_config():
+  config = differential.get_config()
+  config.name = 'cross_lab'
+  config.data.color = 'reinhard'
+  a = config.augment
+  a.brightness, a.contrast, a.saturation, a.hue_deg = 0.15, 0.15, 0.25, 5.0
+  a.gamma, a.blur_sigma, a.noise_std, a.jpeg_quality = 0.25, 1.0, 3.0, 50
+  return config
