@@ -19,6 +19,7 @@ from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import predict
 from wcsegnet_jax import restore
+from wcsegnet_jax import segmenter
 from wcsegnet_jax.data import raw
 
 
@@ -351,8 +352,8 @@ def test_field_scale_segments_in_tiles_at_that_scale(tiny_model, tmp_path, monke
   config, variables = _tiny_variables(tiny_model)
   path, image = _field(tmp_path, np.random.default_rng(7))
   seen = []
-  real = predict.fields.segment_field
-  monkeypatch.setattr(predict.fields, 'segment_field', lambda fn, field, tile, **kw: seen.append(
+  real = segmenter.fields.segment_field
+  monkeypatch.setattr(segmenter.fields, 'segment_field', lambda fn, field, tile, **kw: seen.append(
       (field.shape, tile, kw)) or real(fn, field, tile, **kw))
   summary = predict.predict_files(config, variables, [path], tmp_path / 'out', batch_size=4,
                                   field_scale=0.5)

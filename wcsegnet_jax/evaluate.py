@@ -27,7 +27,6 @@ from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
-from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import raw
 
@@ -281,9 +280,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   eval_step = jax.jit(make_eval_step(model, config))
 
   meta = {'config_name': config.name, 'checkpoint_step': int(step),
-          'checkpoint_dir': (str(shipped_model.PRETRAINED_DIR) if checkpoint == restore.PRETRAINED
-                             else str(checkpointing.checkpoint_dir(
-                                 restore.resolve_checkpoint(workdir, checkpoint)[0]))),
+          'checkpoint_dir': str(restore.pretrained_dir(checkpoint) or checkpointing.checkpoint_dir(
+              restore.resolve_checkpoint(workdir, checkpoint)[0])),
           'tta': bool(config.eval.tta), 'ema': restore.reads_average(config, workdir, checkpoint),
           'decode': config.eval.decode,
           'image_size': int(config.data.image_size)}

@@ -55,7 +55,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import cv2
-import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -66,20 +65,19 @@ from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import fields
 from wcsegnet_jax import files
 from wcsegnet_jax import logs
-from wcsegnet_jax import models
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
+from wcsegnet_jax import scale_estimate
+from wcsegnet_jax import segmenter
 from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
                'confidence', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
                'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
-               'solidity', 'nucleus_parts', 'mask_file')
+               'solidity', 'nucleus_parts', 'mask_file', 'field_scale')
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
@@ -328,20 +326,48 @@ def check_image_size(path: pathlib.Path, image: np.ndarray, field_scale: float |
   return image
 
 
+AUTO_SCALE = 'auto'
+
+
+def parse_field_scale(value: float | str | None) -> float | str | None:
+  """--field_scale as given: None (crops), AUTO_SCALE, or a positive number."""
+  if value is None or str(value).strip().lower() == AUTO_SCALE:
+    return None if value is None else AUTO_SCALE
+  try:
+    scale = float(value)
+  except ValueError:
+    scale = math.nan
+  if not (math.isfinite(scale) and scale > 0):
+    raise raw.DataError(f'--field_scale={value} must be a positive number (e.g. 1.0 for fields '
+                        f'at the training crops\' scale) or {AUTO_SCALE}')
+  return scale
+
+
+def estimated_scale(segment: segmenter.Segmenter, path: pathlib.Path, image: np.ndarray) -> float:
+  """The field's scale estimated from its nuclei, or FALLBACK_SCALE with a warning naming it."""
+  scale = scale_estimate.estimate_scale(segment, image, segment.config.eval.decode)
+  if scale is None:
+    tqdm.tqdm.write(f'warning: {path}: no nucleus found at any scale, so its scale cannot be '
+                    f'estimated; segmented at --field_scale={scale_estimate.FALLBACK_SCALE}',
+                    file=sys.stderr)
+    return scale_estimate.FALLBACK_SCALE
+  return scale
+
+
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], output: str | pathlib.Path,
                   batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
                   progress: bool = False, model_source: str = '',
-                  field_scale: float | None = None,
+                  field_scale: float | str | None = None,
                   cell_rules: cells.CellRules = cells.CellRules()) -> PredictionSummary:
   """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
   into `output`.
 
   Without `field_scale` each image is one crop, resized whole to the training size; with it,
-  a field resized by `field_scale` and segmented in tiles of the training size
-  (`fields.segment_field`). `cell_rules` are at the training scale. Each batch's files are
-  listed in OUTPUTS_FILE before they are written, so even an interrupted run leaves a complete
-  list for --overwrite.
+  a field resized by `field_scale` (AUTO_SCALE: estimated per image, `scale_estimate.py`) and
+  segmented in tiles of the training size (`fields.segment_field`). `cell_rules` are at the
+  training scale. Each batch's files are listed in OUTPUTS_FILE before they are written, so
+  even an interrupted run leaves a complete list for --overwrite.
   """
   output = pathlib.Path(output).expanduser()
   output.mkdir(parents=True, exist_ok=True)
@@ -350,12 +376,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
              'complete': False, 'files': []}
   files.write_json_atomic(output / OUTPUTS_FILE, listing)
   size = int(config.data.image_size)
-  model = models.model_for(config)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(paths)))
-  # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
-  predict = jax.jit(lambda v, x: evaluate.predict_probs(model, v, x, config.data, tta,
-                                                       config.eval.tta_rotations))
+  segment = segmenter.Segmenter(config, variables, tta, batch_size)
   summary = PredictionSummary([], [], cell_types=table.cell_types)
   rows, class_ids, used_stems = [], [], set()
   bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
@@ -363,26 +386,23 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     images = []
     for path in chunk:
       try:
-        images.append((path, check_image_size(path, read_input(path), field_scale)))
+        images.append((path, check_image_size(path, read_input(path),
+                                              None if field_scale == AUTO_SCALE else field_scale)))
       except raw.DataError as e:
         tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
         summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))
         bar.update(1)
     if not images:
       continue
-    predict_batch = lambda x: np.asarray(jax.device_get(predict(variables, x)), np.float32)
     if field_scale is None:
-      batch = np.zeros((batch_size, size, size, 3), np.uint8)
-      for i, (_, image) in enumerate(images):
-        batch[i] = raw.resize_image(image, size)
-      probs = predict_batch(batch)
+      probs = segment.crops([image for _, image in images])
       # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
       scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
     else:
-      (_, image), = images
-      probs = [fields.segment_field(predict_batch, fields.resize_field(image, field_scale),
-                                    size, batch_size=batch_size)]
-      scales = [1.0 / field_scale]
+      (path, image), = images
+      scale = field_scale if field_scale != AUTO_SCALE else estimated_scale(segment, path, image)
+      probs = [segment.field(image, scale)]
+      scales = [1.0 / scale]
     stems = [_unique_stem(path, used_stems) for path, _ in images]
     listing['files'] += [name for stem in stems for name in image_output_names(stem)]
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
@@ -390,6 +410,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
                                                   pixel_size_um, table, cell_rules.scaled(scale),
                                                   config.eval.decode)
+      for row in image_rows:
+        row['field_scale'] = f'{1.0 / scale:.4f}'
       if not image_rows:
         tqdm.tqdm.write(f'{path}: no cell found', file=sys.stderr)
         summary.no_cells.append(str(path))
@@ -414,8 +436,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
 
 def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str | None = None,
         batch_size: int = 16, tta: bool | None = None, pixel_size_um: float | None = None,
-        overwrite: bool = False, field_scale: float | None = None,
-        cell_rules: cells.CellRules = cells.CellRules()) -> PredictionSummary:
+        overwrite: bool = False, field_scale: float | str | None = None,
+        cell_rules: cells.CellRules = cells.CellRules(),
+        model: str | None = None) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
   With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
@@ -424,9 +447,7 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   """
   if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
     raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
-  if field_scale is not None and not (math.isfinite(field_scale) and field_scale > 0):
-    raise raw.DataError(f'--field_scale={field_scale} must be a positive number (e.g. 1.0 for '
-                        f'fields at the training crops\' scale)')
+  field_scale = parse_field_scale(field_scale)
   for name, value in dataclasses.asdict(cell_rules).items():
     if not (math.isfinite(value) and value >= 0):
       raise raw.DataError(f'--cell_{name}={value} must be a number >= 0')
@@ -439,18 +460,30 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   paths = list_images(inputs, exclude=earlier)
   # Before the model loads: a bad --output fails at once.
   prepare_output(output_dir, overwrite, output_names(paths))
-  if which == restore.PRETRAINED or (not workdir and which is None):
-    config = shipped_model.load_config()
-    variables = shipped_model.load_variables(config)
-    source = f'the pretrained model in {shipped_model.PRETRAINED_DIR}'
-  else:
-    config, variables, source = _workdir_model(workdir, which)
+  config, variables, source = load_model(workdir, which, model)
   logging.info('Segmenting %d image(s) with %s.', len(paths), source)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
                        progress, model_source=source, field_scale=field_scale,
                        cell_rules=cell_rules)
+
+
+def load_model(workdir: str | None, which: str | None = None, model: str | None = None):
+  """(config, variables, description) of the model to predict with: a shipped one (`model`, a
+  name or a model folder; `which` 'pretrained[:NAME]'; or neither a workdir nor a checkpoint:
+  the default), else a training checkpoint (`_workdir_model`)."""
+  if model is not None and (workdir or which):
+    raise checkpointing.CheckpointError(
+        f'--model={model} names a shipped model: give it, or --workdir/--checkpoint, not both')
+  directory = restore.pretrained_dir(which) if which else None
+  if directory is None and not workdir and which is None:
+    directory = shipped_model.model_dir(model)
+  if directory is not None:
+    config = shipped_model.load_config(directory)
+    variables = shipped_model.load_variables(config, directory)
+    return config, variables, f'the pretrained model in {directory}'
+  return _workdir_model(workdir, which)
 
 
 def _workdir_model(workdir: str | None, which: str | None):
@@ -485,10 +518,12 @@ def define_flags() -> None:
   flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips (and the quarter '
                     "turns where the model's config has eval.tta_rotations). Default: as the "
                     "model's config (eval.tta; on for the pretrained model).")
-  flags.DEFINE_float('field_scale', None, 'Treat each image as a field of many cells: resize it '
-                     'by this factor to the training scale and segment it in overlapping tiles '
-                     '(1.0 for fields at the Jiangxi crops\' scale; 0.4 at the CellaVision '
-                     'crops\'). Without it, each image is one cell crop, resized whole.')
+  flags.DEFINE_string('field_scale', None, 'Treat each image as a field of many cells: resize '
+                      'it by this factor to the training scale and segment it in overlapping '
+                      'tiles (1.0 for fields at the Jiangxi crops\' scale; 0.4 at the '
+                      'CellaVision crops\'), or "auto": estimated per image from its nuclei '
+                      '(written to cells.csv). Without it, each image is one cell crop, resized '
+                      'whole.')
   defaults = cells.CellRules()
   flags.DEFINE_float('cell_merge_gap_px', defaults.merge_gap_px, 'Nucleus parts at most this '
                      'far apart (pixels at the training scale) are one cell: a neutrophil\'s '
@@ -500,6 +535,9 @@ def define_flags() -> None:
                      'nucleus (pixels at the training scale) are dropped as specks.')
   flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
                     'results an earlier predict wrote there are removed first.')
+  flags.DEFINE_string('model', None, 'A shipped model by name (%s; default %s) or a model '
+                      'folder (tools/build_pretrained.py --output), instead of --workdir.'
+                      % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL))
   flags.mark_flags_as_required(['output'])
 
 
@@ -513,7 +551,8 @@ def main(argv):
     rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
                             FLAGS.cell_min_nucleus_px)
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
-                  FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules)
+                  FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules,
+                  FLAGS.model)
   print(summary.text())
   if not summary.done:
     print('nothing segmented, nothing written', file=sys.stderr)

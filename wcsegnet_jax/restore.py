@@ -28,11 +28,22 @@ EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dr
              'model.head_dropout', 'model.bn_momentum', 'model.dtype',
              'data.raw_dir', 'data.tfds_dir', 'data.folder_dir', 'data.datasets',
              'data.dataset_repeats', 'data.mask_level_tolerance',
-             'data.mask_max_off_level_fraction')
+             'data.mask_max_off_level_fraction', 'data.fields_dir', 'data.fields_scale')
 # data.cell_types and data.cytoplasm fix the model's classes: `check_classes` says so first.
 
 
 PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
+
+
+def pretrained_dir(checkpoint: str | int | None) -> pathlib.Path | None:
+  """The shipped model's folder that `checkpoint` names: 'pretrained' (the default model) or
+  'pretrained:NAME' (a shipped model by name, or a model folder's path); else None."""
+  which = str(checkpoint).strip()
+  if which == PRETRAINED:
+    return shipped_model.model_dir()
+  if which.startswith(PRETRAINED + ':'):
+    return shipped_model.model_dir(which.partition(':')[2])
+  return None
 
 
 def resolve_checkpoint(workdir: str | pathlib.Path,
@@ -62,7 +73,7 @@ def keeps_average(workdir: str | pathlib.Path, checkpoint: str | int) -> bool:
   """Whether the run a checkpoint comes from kept the parameters' moving average (its saved
   config's train.ema_decay > 0); False for the shipped model, which holds one set of
   parameters."""
-  if str(checkpoint).strip() == PRETRAINED:
+  if pretrained_dir(checkpoint) is not None:
     return False
   return _run_kept_average(resolve_checkpoint(workdir, checkpoint)[0])
 
@@ -120,8 +131,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  if str(checkpoint).strip() == PRETRAINED:
-    return _pretrained_variables(config, sharding)
+  if (directory := pretrained_dir(checkpoint)) is not None:
+    return _pretrained_variables(config, sharding, directory)
   ckpt_workdir, which = resolve_checkpoint(workdir, checkpoint)
   directory = checkpointing.checkpoint_dir(ckpt_workdir)
   if not directory.is_dir():
@@ -149,18 +160,17 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   return variables, step
 
 
-def _pretrained_variables(config: ml_collections.ConfigDict, sharding) -> tuple[dict, int]:
+def _pretrained_variables(config: ml_collections.ConfigDict, sharding,
+                          directory: pathlib.Path) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""
-  shipped = shipped_model.load_config()
-  check_classes(shipped.to_dict(), config,
-                f'the pretrained model ({shipped_model.PRETRAINED_DIR})')
+  shipped = shipped_model.load_config(directory)
+  check_classes(shipped.to_dict(), config, f'the pretrained model ({directory})')
   diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_FREE,
                                           within=EVAL_CHECKED)
   if diffs:
     raise checkpointing.CheckpointError(
-        f'the pretrained model ({shipped_model.PRETRAINED_DIR}) was trained with another config: '
+        f'the pretrained model ({directory}) was trained with another config: '
         + '; '.join(diffs) + '. Use --config=configs/pretrained.py (its own config).')
-  variables = shipped_model.load_variables(shipped)
-  step = int(shipped_model.load_info().get('step', 0))
+  variables = shipped_model.load_variables(shipped, directory)
+  step = int(shipped_model.load_info(directory).get('step', 0))
   return jax.device_put(variables, sharding), step
-

@@ -25,7 +25,11 @@ from wcsegnet_jax import config_lib
 from wcsegnet_jax import files
 from wcsegnet_jax import models
 
-PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / 'pretrained'
+PRETRAINED_ROOT = pathlib.Path(__file__).resolve().parent / 'pretrained'
+# The shipped models, one folder each: 'differential' (all five types and the cytoplasm, made
+# for other labs' smears: configs/cross_lab.py) and 'paper' (the paper's three types).
+MODEL_NAMES = ('differential', 'paper')
+DEFAULT_MODEL = 'paper'
 CONFIG_FILE = 'config.json'
 VARIABLES_FILE = 'variables.msgpack'
 INFO_FILE = 'info.json'
@@ -36,6 +40,24 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 class PretrainedModelError(checkpointing.CheckpointError):
   """A shipped (or exported) model folder is missing a file or holds a corrupt one."""
+
+
+def model_dir(model: str | pathlib.Path | None = None) -> pathlib.Path:
+  """The folder of a shipped model by name (None: the default), or a model folder's path (as
+  tools/build_pretrained.py --output writes one)."""
+  model = DEFAULT_MODEL if model is None or str(model) == '' else str(model)
+  if model in MODEL_NAMES:
+    return PRETRAINED_ROOT / model
+  path = pathlib.Path(model).expanduser()
+  if (path / CONFIG_FILE).is_file() and (path / VARIABLES_FILE).is_file():
+    return path.resolve()
+  raise PretrainedModelError(
+      f'--model={model}: neither a shipped model ({", ".join(MODEL_NAMES)}) nor a model folder '
+      f'holding {CONFIG_FILE} and {VARIABLES_FILE} (tools/build_pretrained.py --output writes '
+      f'one)')
+
+
+PRETRAINED_DIR = model_dir()
 
 
 def _fix() -> str:
