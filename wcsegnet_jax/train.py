@@ -26,11 +26,13 @@ from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import evaluate
+from wcsegnet_jax import field_crops
 from wcsegnet_jax import input_pipeline
 from wcsegnet_jax import losses
 from wcsegnet_jax import metric_writers
 from wcsegnet_jax import models
 from wcsegnet_jax import parallel
+from wcsegnet_jax import restore
 from wcsegnet_jax import workdirs
 
 # What a run writes in its workdir, checked before any data is built.
@@ -78,6 +80,26 @@ def create_train_state(config: ml_collections.ConfigDict, model, seed,
   if config.train.ema_decay > 0:
     return AveragedTrainState.create(ema_params=variables['params'], **fields)
   return TrainState.create(**fields)
+
+
+def initial_variables(config: ml_collections.ConfigDict) -> dict:
+  """The variables `train.init_from` names (a shipped model or a workdir's latest checkpoint),
+  checked to be a model of `config`'s architecture, classes and colour step."""
+  source = str(config.train.init_from).strip()
+  if restore.pretrained_dir(source) is not None:
+    variables, _ = restore.load_variables(config, '.', source)
+  else:
+    variables, _ = restore.load_variables(config, source, 'latest')
+  return variables
+
+
+def with_variables(state: TrainState, variables: dict) -> TrainState:
+  """`state` with the parameters (their average too) and BatchNorm statistics of `variables`."""
+  state = state.replace(params=variables['params'],
+                        batch_stats=variables.get('batch_stats', state.batch_stats))
+  if isinstance(state, AveragedTrainState):
+    state = state.replace(ema_params=variables['params'])
+  return state
 
 
 def ema_update(ema_params, params, step: jax.Array, decay: float):
@@ -172,6 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
   lead = jax.process_index() == 0
   with workdirs.held(workdir):   # process 0 holds it, for all processes
+    if config.data.fields_dir:   # fine-tuning on typed fields: pseudo-labelled crops first
+      config = field_crops.prepare(config, workdir, initial_variables)
     checkpointing.check_resume_config(workdir, config)
     t, dp = config.train, parallel.data_parallel()
     model = models.model_for(config)
@@ -181,6 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     init = functools.partial(create_train_state, config, model,
                              tx=make_optimizer(t, spe, total_steps))
     state = jax.jit(init, out_shardings=dp.replicated)(config.seed)
+    if t.init_from:   # a resume below restores its own parameters over these
+      state = with_variables(state, jax.device_put(initial_variables(config), dp.replicated))
     train_step = jax.jit(make_train_step(config), in_shardings=(dp.replicated, dp.batch),
                          out_shardings=(dp.replicated, dp.replicated), donate_argnums=0)
     # Batches reach the device one step ahead (the copy overlaps the step); the iterator's
