@@ -136,6 +136,11 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     found.append(f'data.image_size={d.image_size} is too small for model.num_levels='
                  f'{m.num_levels} with model.patch_size={m.patch_size} (needs >= '
                  f'{m.patch_size * 2 ** m.num_levels}: one position after the poolings)')
+  if d.fields_dir and not config.train.init_from:
+    found.append(f'data.fields_dir={d.fields_dir!r} needs train.init_from: the model that labels '
+                 f'its typed cells and that fine-tuning starts from (e.g. pretrained)')
+  if d.fields_scale < 0:
+    found.append(f'data.fields_scale={d.fields_scale} must be > 0, or 0 to estimate it')
   reference = tuple(d.color_reference)
   if len(reference) != 6 or min(reference[3:], default=0) <= 0:
     found.append(f'data.color_reference={reference} must be 6 numbers: the L, a, b means, then '

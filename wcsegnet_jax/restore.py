@@ -30,6 +30,8 @@ EVAL_FREE = ('model.encoder_dropout', 'model.decoder_dropout', 'model.decoder_dr
              'data.dataset_repeats', 'data.mask_level_tolerance',
              'data.mask_max_off_level_fraction', 'data.fields_dir', 'data.fields_scale')
 # data.cell_types and data.cytoplasm fix the model's classes: `check_classes` says so first.
+# Starting training from a model (train.init_from) may also split its data otherwise.
+INIT_FREE = ('data.test_fraction', 'data.split_seed')
 
 
 PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
@@ -105,14 +107,15 @@ def check_classes(saved: dict, config: ml_collections.ConfigDict, where: str) ->
         f'and cytoplasm setting it was trained with')
 
 
-def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                      also_free: tuple[str, ...] = ()) -> None:
   """The classes, model and normalisation must be those the checkpoint was trained with."""
   saved = checkpointing.load_saved_config(workdir)
   if saved is None:
     return
   check_classes(saved, config, str(workdir))
-  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()), EVAL_FREE,
-                                          within=EVAL_CHECKED)
+  diffs = checkpointing.config_mismatches(saved, json.loads(config.to_json()),
+                                          EVAL_FREE + also_free, within=EVAL_CHECKED)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the checkpoint in {workdir} was trained with another config '
@@ -121,7 +124,8 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) 
 
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                   checkpoint: str | int = 'latest', sharding=None) -> tuple[dict, int]:
+                   checkpoint: str | int = 'latest', sharding=None,
+                   also_free: tuple[str, ...] = ()) -> tuple[dict, int]:
   """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
 
   Only those two parts of the saved train state are read (the optimizer that trained it does
@@ -129,17 +133,18 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   average where the run kept one and `config.eval.ema` asks for it (`reads_average`). Arrays
   are placed with `sharding` (default: the first device).
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
+  `also_free`: config keys that may differ besides EVAL_FREE (INIT_FREE to start training).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if (directory := pretrained_dir(checkpoint)) is not None:
-    return _pretrained_variables(config, sharding, directory)
+    return _pretrained_variables(config, sharding, directory, also_free)
   ckpt_workdir, which = resolve_checkpoint(workdir, checkpoint)
   directory = checkpointing.checkpoint_dir(ckpt_workdir)
   if not directory.is_dir():
     raise checkpointing.CheckpointError(
         f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
         f'(--mode=train with this workdir), or pass --checkpoint=PATH')
-  check_eval_config(ckpt_workdir, config)
+  check_eval_config(ckpt_workdir, config, also_free)
   manager = checkpointing.make_manager(ckpt_workdir, read_only=True)
   try:
     step = checkpointing.select_step(manager, which)
@@ -160,13 +165,13 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   return variables, step
 
 
-def _pretrained_variables(config: ml_collections.ConfigDict, sharding,
-                          directory: pathlib.Path) -> tuple[dict, int]:
+def _pretrained_variables(config: ml_collections.ConfigDict, sharding, directory: pathlib.Path,
+                          also_free: tuple[str, ...] = ()) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""
   shipped = shipped_model.load_config(directory)
   check_classes(shipped.to_dict(), config, f'the pretrained model ({directory})')
-  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(), EVAL_FREE,
-                                          within=EVAL_CHECKED)
+  diffs = checkpointing.config_mismatches(shipped.to_dict(), config.to_dict(),
+                                          EVAL_FREE + also_free, within=EVAL_CHECKED)
   if diffs:
     raise checkpointing.CheckpointError(
         f'the pretrained model ({directory}) was trained with another config: '

@@ -87,9 +87,9 @@ def initial_variables(config: ml_collections.ConfigDict) -> dict:
   checked to be a model of `config`'s architecture, classes and colour step."""
   source = str(config.train.init_from).strip()
   if restore.pretrained_dir(source) is not None:
-    variables, _ = restore.load_variables(config, '.', source)
+    variables, _ = restore.load_variables(config, '.', source, also_free=restore.INIT_FREE)
   else:
-    variables, _ = restore.load_variables(config, source, 'latest')
+    variables, _ = restore.load_variables(config, source, 'latest', also_free=restore.INIT_FREE)
   return variables
 
 
