@@ -440,3 +440,48 @@ def test_a_wbc_layout_folder_is_refused_with_its_masks_named(tmp_path):
     predict.list_images([str(tmp_path)])
   assert predict.list_images([str(tmp_path / '001.bmp'), str(tmp_path / '001.png')]) == [
       tmp_path / '001.bmp', tmp_path / '001.png']   # files named one by one are taken
+
+
+def test_field_scale_takes_auto_or_a_positive_number():
+  assert predict.parse_field_scale(None) is None
+  assert predict.parse_field_scale('AUTO') == predict.AUTO_SCALE
+  assert predict.parse_field_scale('0.25') == 0.25
+  for bad in ('0', '-1', 'nan', 'big'):
+    with pytest.raises(raw.DataError, match=r'--field_scale=.* positive number .* or auto'):
+      predict.parse_field_scale(bad)
+
+
+def test_model_names_a_shipped_model_or_a_model_folder(tmp_path):
+  config, variables, source = predict.load_model(None, model='paper')
+  assert classes.table_of(config.data).cell_types == classes.DEFAULT_CELL_TYPES
+  assert 'paper' in source and set(variables) == {'params', 'batch_stats'}
+  folder = predict.shipped_model.model_dir('paper')
+  assert predict.load_model(None, model=str(folder))[2].endswith(str(folder))
+  with pytest.raises(predict.shipped_model.PretrainedModelError, match='--model=nope: neither'):
+    predict.load_model(None, model='nope')
+  with pytest.raises(checkpointing.CheckpointError, match='not both'):
+    predict.load_model(str(tmp_path), model='paper')
+
+
+def test_auto_field_scale_is_estimated_per_image_and_written(tiny_model, tmp_path, monkeypatch,
+                                                             capfd):
+  """--field_scale=auto: each field's own estimate segments it and lands in cells.csv; no
+  estimate falls back to 1.0 with the file named."""
+  config, variables = _tiny_variables(tiny_model)
+  path, _ = _field(tmp_path, np.random.default_rng(8))
+  blank = tmp_path / 'blank.png'
+  fixtures.write_rgb(blank, np.full((64, 64, 3), 230, np.uint8))
+  estimates = {path.name: 0.5, blank.name: None}
+  monkeypatch.setattr(predict.scale_estimate, 'estimate_scale',
+                      lambda segment, image, decode: estimates[
+                          path.name if image.shape[0] > 64 else blank.name])
+  seen = []
+  real = segmenter.Segmenter.field
+  monkeypatch.setattr(segmenter.Segmenter, 'field',
+                      lambda self, image, scale, **kw: seen.append(scale) or real(
+                          self, image, scale, **kw))
+  predict.predict_files(config, variables, [path, blank], tmp_path / 'out', field_scale='auto')
+  assert seen == [0.5, 1.0]
+  assert f'warning: {blank}: no nucleus found at any scale' in capfd.readouterr().err
+  rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
+  assert {r['field_scale'] for r in rows if r['file'] == str(path)} <= {'0.5000'}

@@ -7,6 +7,12 @@ Two parts, each a subcommand:
   python tools/cross_lab.py fields --fields_dir=../shared/datasets/bccd_fields \
       [--workdir=runs/cpu | --model=NAME] [--field_scale=0.25|auto] --output=runs/xlab/shipped
 
+  # (c) Fine-tuning on a lab's typed fields, by k-fold cross-validation: fine-tune
+  #     (configs/finetune_fields.py) on k-1 folds, score the held-out fold; a learning curve
+  #     on fold 0 with --curve training-field counts.
+  python tools/cross_lab.py finetune_cv --fields_dir=../shared/datasets/bccd_fields \
+      --workdir_prefix=runs/ft_cv [--folds=5] [--curve=10,30]
+
   # (a) Leave one dataset out on the WBC Image Dataset: train a config on Jiangxi alone and test
   #     it on CellaVision's test split, and the reverse (two training runs, then evaluations).
   python tools/cross_lab.py lodo --config=configs/cpu.py --workdir_prefix=runs/lodo_cpu_s0 \
@@ -28,6 +34,7 @@ import tqdm
 
 from wcsegnet_jax import cells
 from wcsegnet_jax import classes
+from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
 from wcsegnet_jax import field_scoring
 from wcsegnet_jax import files
@@ -47,17 +54,22 @@ flags.DEFINE_string('output', None, 'fields: path stem of the .json and .md writ
 flags.DEFINE_string('config', 'configs/cpu.py', 'lodo: the training config file.')
 flags.DEFINE_string('workdir_prefix', None, 'lodo: prefix of the two workdirs.')
 flags.DEFINE_integer('seed', 0, 'lodo: config.seed of both runs.')
-flags.DEFINE_multi_string('override', [], 'lodo: extra KEY=VALUE config overrides.')
+flags.DEFINE_multi_string('override', [], 'lodo, finetune_cv: extra KEY=VALUE config '
+                          'overrides.')
+flags.DEFINE_string('finetune_config', 'configs/finetune_fields.py', 'finetune_cv: the '
+                    'fine-tuning config.')
+flags.DEFINE_integer('folds', 5, 'finetune_cv: number of folds.')
+flags.DEFINE_list('curve', [], 'finetune_cv: training-field counts for a learning curve on '
+                  'fold 0.')
 
 FLAGS = flags.FLAGS
 WBC_DATASETS = ('jiangxi', 'cellavision')
 
 
-def score_fields_command() -> dict:
-  """Scores a model on a typed-fields folder; writes <output>.json and .md; returns the summary."""
-  config, variables, source = predict.load_model(FLAGS.workdir, FLAGS.checkpoint)
+def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
+  """(outcomes, summary, description) of a model on typed fields."""
+  config, variables, source = predict.load_model(workdir, checkpoint)
   table = classes.table_of(config.data)
-  fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
   tta = bool(config.eval.tta) if FLAGS.tta is None else FLAGS.tta
   segment = segmenter.Segmenter(config, variables, tta)
   scale_of = scale_estimate.scale_function(FLAGS.field_scale, segment)
@@ -65,19 +77,64 @@ def score_fields_command() -> dict:
   outcomes = field_scoring.score_fields(segment, fields, scale_of, table, cells.CellRules(),
                                         config.eval.decode, progress=lambda _: bar.update(1))
   bar.close()
-  summary = field_scoring.summarize(outcomes, table.cell_types)
-  title = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
-           f'{FLAGS.fields_dir}')
-  out = pathlib.Path(FLAGS.output)
+  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}')
+  return outcomes, field_scoring.summarize(outcomes, table.cell_types), description
+
+
+def write_report(out: pathlib.Path, sections: list[tuple[str, dict]], record: dict) -> None:
+  """<out>.json (the record) and <out>.md (one markdown section per (title, summary))."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  files.write_json_atomic(out.with_suffix('.json'), {
-      'model': source, 'field_scale': FLAGS.field_scale, 'tta': tta,
-      'fields_dir': str(FLAGS.fields_dir), 'summary': summary,
-      'fields': [vars(o) for o in outcomes]})
-  text = field_scoring.markdown(summary, title)
+  files.write_json_atomic(out.with_suffix('.json'), record)
+  text = '\n'.join(field_scoring.markdown(summary, title) for title, summary in sections)
   files.write_text_atomic(out.with_suffix('.md'), text)
   print(text)
-  return summary
+
+
+def score_fields_command() -> None:
+  """Scores a model on a typed-fields folder; writes <output>.json and .md."""
+  fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
+  outcomes, summary, description = score_model(FLAGS.workdir, FLAGS.checkpoint, fields)
+  write_report(pathlib.Path(FLAGS.output), [(f'{description}, {FLAGS.fields_dir}', summary)],
+               {'model': description, 'fields_dir': str(FLAGS.fields_dir), 'summary': summary,
+                'fields': [vars(o) for o in outcomes]})
+
+
+def _finetune(fields, run_dir: pathlib.Path) -> str:
+  """Fine-tunes on `fields` in run_dir/run (their folder at run_dir/fields); the workdir."""
+  folder = typed_fields.write_subset(fields, run_dir / 'fields')
+  workdir = str(run_dir / 'run')
+  subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', f'--config={FLAGS.finetune_config}',
+                  f'--workdir={workdir}', f'--config.data.fields_dir={folder}',
+                  *[f'--config.{o}' for o in FLAGS.override]], check=True, env=dict(os.environ))
+  return workdir
+
+
+def finetune_cv_command() -> None:
+  """k-fold fine-tuning on typed fields; the held-out folds pooled, and a learning curve."""
+  fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
+  folds = typed_fields.stratified_folds(fields, FLAGS.folds)
+  prefix = pathlib.Path(FLAGS.workdir_prefix)
+  pooled, sections, record = [], [], {'folds': [], 'curve': []}
+  for k, held_out in enumerate(folds):
+    train_fields = [f for j, fold in enumerate(folds) if j != k for f in fold]
+    workdir = _finetune(train_fields, prefix / f'fold{k}')
+    outcomes, summary, _ = score_model(workdir, None, held_out)
+    pooled += outcomes
+    record['folds'].append({'fold': k, 'train_fields': len(train_fields), 'summary': summary})
+    sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
+                     f'{len(held_out)}', summary))
+  table_types = classes.table_of(predict.load_model(workdir)[0].data).cell_types
+  record['pooled'] = field_scoring.summarize(pooled, table_types)
+  sections.insert(0, (f'{FLAGS.folds}-fold cross-validation, held-out folds pooled '
+                      f'({FLAGS.fields_dir})', record['pooled']))
+  train_fields = [f for fold in folds[1:] for f in fold]
+  for n in (int(v) for v in FLAGS.curve):
+    subset = typed_fields.stratified_folds(train_fields, max(1, round(len(train_fields) / n)))[0]
+    workdir = _finetune(subset, prefix / f'curve{n}')
+    _, summary, _ = score_model(workdir, None, folds[0])
+    record['curve'].append({'train_fields': len(subset), 'summary': summary})
+    sections.append((f'learning curve: {len(subset)} training fields, scored on fold 0', summary))
+  write_report(prefix.with_name(prefix.name + '_summary'), sections, record)
 
 
 def _main_command(*args: str) -> None:
@@ -89,10 +146,15 @@ def _main_command(*args: str) -> None:
 def lodo_command() -> None:
   """Trains on each WBC dataset alone and evaluates on both test splits."""
   extra = [f'--config.{o}' for o in FLAGS.override]
+  data = config_lib.load_config_file(FLAGS.config).data
+  repeats = dict(zip(data.datasets, data.dataset_repeats or (1,) * len(data.datasets)))
   for train_on in WBC_DATASETS:
     workdir = f'{FLAGS.workdir_prefix}_from_{train_on}'
+    # Each dataset as often per epoch as in the config's runs on both (CellaVision's 47
+    # training images 5 times in the CPU recipe), so a run on it alone is not a short one.
     one = [f'--workdir={workdir}', f'--config.seed={FLAGS.seed}',
-           f'--config.data.datasets=("{train_on}",)', '--config.data.dataset_repeats=()']
+           f'--config.data.datasets=("{train_on}",)',
+           f'--config.data.dataset_repeats=({repeats.get(train_on, 1)},)']
     _main_command(*one, *extra)
     for test_on in WBC_DATASETS:
       if test_on != train_on:
@@ -103,18 +165,22 @@ def lodo_command() -> None:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in ('fields', 'lodo'):
-    raise app.UsageError('give one subcommand: fields or lodo')
+  if len(argv) != 2 or argv[1] not in ('fields', 'lodo', 'finetune_cv'):
+    raise app.UsageError('give one subcommand: fields, lodo or finetune_cv')
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     if argv[1] == 'fields':
       if not (FLAGS.fields_dir and FLAGS.output):
         raise app.UsageError('fields needs --fields_dir and --output')
       score_fields_command()
-    else:
-      if not FLAGS.workdir_prefix:
-        raise app.UsageError('lodo needs --workdir_prefix')
+    elif not FLAGS.workdir_prefix:
+      raise app.UsageError(f'{argv[1]} needs --workdir_prefix')
+    elif argv[1] == 'lodo':
       lodo_command()
+    else:
+      if not FLAGS.fields_dir:
+        raise app.UsageError('finetune_cv needs --fields_dir')
+      finetune_cv_command()
 
 
 if __name__ == '__main__':

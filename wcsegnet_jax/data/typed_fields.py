@@ -15,6 +15,8 @@ import csv
 import dataclasses
 import pathlib
 
+import numpy as np
+
 from wcsegnet_jax import classes
 from wcsegnet_jax.data import raw
 
@@ -125,3 +127,32 @@ def is_typed_fields_folder(folder: str | pathlib.Path) -> bool:
   """Whether `folder` looks like this layout (has fields/ and truth.csv)."""
   folder = pathlib.Path(folder)
   return (folder / FIELDS_SUBDIR).is_dir() and (folder / TRUTH_FILE).is_file()
+
+
+def stratified_folds(fields: list[TypedField], k: int, seed: int = 0) -> list[list[TypedField]]:
+  """`fields` dealt into k folds, each field's first cell type spread evenly (deterministic)."""
+  by_type: dict[str, list[TypedField]] = {}
+  for field in sorted(fields, key=lambda f: f.path.name):
+    by_type.setdefault(field.cells[0].cell_type, []).append(field)
+  folds, turn = [[] for _ in range(k)], 0
+  rng = np.random.default_rng(seed)
+  for cell_type in sorted(by_type):
+    for i in rng.permutation(len(by_type[cell_type])):
+      folds[turn % k].append(by_type[cell_type][i])
+      turn += 1
+  return [sorted(f, key=lambda x: x.path.name) for f in folds]
+
+
+def write_subset(fields: list[TypedField], out_dir: pathlib.Path) -> pathlib.Path:
+  """A typed-fields folder of `fields` (images linked, not copied) at `out_dir`."""
+  images = out_dir / FIELDS_SUBDIR
+  images.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for field in fields:
+    link = images / field.path.name
+    if not link.exists():
+      link.symlink_to(field.path.resolve())
+    rows += [[field.path.name, c.cell_type, *c.box] for c in field.cells]
+  with (out_dir / TRUTH_FILE).open('w', newline='') as f:
+    csv.writer(f).writerows([TRUTH_COLUMNS, *rows])
+  return out_dir
