@@ -77,7 +77,7 @@ def test_predict_without_workdir_uses_the_shipped_model(tmp_path):
 
 def test_evaluate_pretrained_on_a_folder(tmp_path):
   fixtures.make_folder_raw(tmp_path / 'held_out', with_labels_csv=False)
-  config = pretrained_config.get_config()
+  config = pretrained_config.get_config('paper')   # the folder's masks: the paper's classes
   config.eval.raw_dir = str(tmp_path / 'held_out')
   written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
   assert config.eval.tta   # the pretrained model is evaluated over flips, as it was measured

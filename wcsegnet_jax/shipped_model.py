@@ -29,7 +29,7 @@ PRETRAINED_ROOT = pathlib.Path(__file__).resolve().parent / 'pretrained'
 # The shipped models, one folder each: 'differential' (all five types and the cytoplasm, made
 # for other labs' smears: configs/cross_lab.py) and 'paper' (the paper's three types).
 MODEL_NAMES = ('differential', 'paper')
-DEFAULT_MODEL = 'paper'
+DEFAULT_MODEL = 'differential'
 CONFIG_FILE = 'config.json'
 VARIABLES_FILE = 'variables.msgpack'
 INFO_FILE = 'info.json'
