@@ -82,7 +82,8 @@ def test_fine_tuning_trains_on_pseudo_labelled_crops_from_the_initial_model(
   config = test_evaluate.tiny_config(tiny_model['raw_dir'], tmp_path / 'tfds',
                                      **{'data.fields_dir': str(lab), 'data.fields_scale': 1.0,
                                         'train.init_from': str(tiny_model['workdir']),
-                                        'data.test_fraction': 0.0, 'train.max_steps': 2})
+                                        'data.test_fraction': 0.0, 'train.max_steps': 2,
+                                        'train.ema_decay': 0.9})   # two trees of parameters
   workdir = tmp_path / 'finetuned'
   initial = train.initial_variables(config)
   state = train.train_and_evaluate(config, str(workdir))

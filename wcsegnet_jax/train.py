@@ -97,8 +97,8 @@ def with_variables(state: TrainState, variables: dict) -> TrainState:
   """`state` with the parameters (their average too) and BatchNorm statistics of `variables`."""
   state = state.replace(params=variables['params'],
                         batch_stats=variables.get('batch_stats', state.batch_stats))
-  if isinstance(state, AveragedTrainState):
-    state = state.replace(ema_params=variables['params'])
+  if isinstance(state, AveragedTrainState):   # its own buffers: the step donates both trees
+    state = state.replace(ema_params=jax.tree.map(jnp.copy, variables['params']))
   return state
 
 
