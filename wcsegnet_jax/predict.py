@@ -1,36 +1,41 @@
 r"""Segments and classifies new images with a trained model; writes masks, overlays and the cells.
 
-  python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR] [--checkpoint=latest] \
-      [--field_scale=1.0] [--pixel_size_um=0.1] [--batch_size=16] [--tta] [--overwrite] \
-      IMAGE_OR_FOLDER...
+  python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR | --model=NAME|PATH] \
+      [--checkpoint=latest] [--field_scale=1.0|auto] [--pixel_size_um=0.1] [--batch_size=16] \
+      [--tta] [--overwrite] IMAGE_OR_FOLDER...
 
-Without --workdir it uses the pretrained model shipped in the package (wcsegnet_jax/pretrained/,
-configs/cpu.py trained on the public WBC Image Dataset), so it works right after installing.
-With one, the model's config is read from `DIR/config.json` (written by training), so no --config
-is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as evaluation: the
-best one was picked by test Dice). Inputs are image files, or folders whose images (.bmp, .png,
-.jpg, .jpeg, .tif, .tiff, any case; not recursive) are all taken: point it at a folder of images
-only. A WBC `Dataset 1/` folder, whose .png masks sit beside its .bmp images, is refused; give
-its images, `"Dataset 1"/*.bmp`.
+Without --workdir it uses a model shipped in the package (wcsegnet_jax/pretrained/): by default
+'differential' (all five white-cell types and the cytoplasm, configs/cross_lab.py, made for other
+labs' stains), or --model=paper (the paper's three types), so it works right after installing.
+With a workdir, the model's config is read from `DIR/config.json` (written by training), so no
+--config is needed, and the checkpoint is the config's `eval.checkpoint` (the latest, as
+evaluation: the best one was picked by test Dice). The model's colour step (data.color) acts on
+each image as read, whole, as in training.
+
+Inputs are image files, or folders whose images (.bmp, .png, .jpg, .jpeg, .tif, .tiff, any case;
+not recursive) are all taken: point it at a folder of images only. A WBC `Dataset 1/` folder,
+whose .png masks sit beside its .bmp images, is refused; give its images, `"Dataset 1"/*.bmp`.
 
 Each image, of any size, is one cell crop: it is resized to the training size, segmented, and its
 class probabilities are resized back to the original size (bilinear) before they are decoded
 (eval.decode), so the mask has the original size and smooth edges. With --field_scale=F each image
 is a field of many cells instead: resized by F to the training data's scale (1.0 for fields at the
 Jiangxi crops' scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120),
-segmented in overlapping tiles of the training size (`fields.py`), never squashed whole. Per image
+segmented in overlapping tiles of the training size (`fields.py`), never squashed whole;
+--field_scale=auto estimates F per image from the nuclei the model finds (`scale_estimate.py`;
+cells.csv's field_scale column gives the scale used, for crops too). Per image
 it writes `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus
 tinted in its class colour, and the cytoplasm gray for a model with that class); a second image
 with the same stem gets `<stem>_2_mask.png`, and so on.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
-neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its
+neutrophil's lobes are one cell; a model without a cytoplasm class, as the paper model, has its
 cells as nucleus parts within --cell_merge_gap_px of each other). `cells.csv` has one row per
 cell: its image, number, bounding box (x0, y0, x1, y1 exclusive, pixels of the image), whether it
 touches the image border (cut: its sizes are partial), predicted type (majority of its nucleus
 pixels), the mean probability of that type over them, nucleus and cell area, N:C ratio (blank
-without a cytoplasm class) and nucleus measurements (see `morphometry.py`), in micrometres too
-with --pixel_size_um. An image with no cell has no row and is named on stderr and in the
+without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micrometres too
+with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
 a lab's differential count. `predict_outputs.json` lists the files written and the model.
 
