@@ -205,6 +205,35 @@ def test_load_variables_checkpoint_forms(tiny_model):
     restore.load_variables(other, workdir, 'latest')
 
 
+@pytest.mark.parametrize('how', ['truncated', 'deleted', 'no_metadata', 'no_state'])
+def test_a_damaged_latest_checkpoint_names_itself_and_the_intact_step(tiny_model, tmp_path, how):
+  """Evaluation and prediction restore through load_variables: a damaged step is one error
+  naming it and the intact step to pass instead, and nothing is deleted."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  fixtures.damage_checkpoint(workdir / 'checkpoints' / '4', how)
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    restore.load_variables(config, workdir, 'latest')
+  assert str(err.value).startswith(f'checkpoint {workdir}/checkpoints/4 is damaged (')
+  assert f'step 2 is intact: pass --checkpoint={workdir}/checkpoints/2.' in str(err.value)
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
+  _, step = restore.load_variables(config, workdir, str(workdir / 'checkpoints' / '2'))
+  assert step == 2
+
+
+def test_evaluate_with_a_damaged_checkpoint_is_one_line(tiny_model, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  fixtures.damage_checkpoint(workdir / 'checkpoints' / '4', 'truncated')
+  proc = run_command('wcsegnet_jax.main', '--mode=evaluate', f'--workdir={workdir}',
+                     *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir']))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f'error: checkpoint {workdir}/checkpoints/4 is damaged')
+  assert 'Traceback' not in proc.stderr and 'Event loop' not in proc.stderr
+
+
 def test_paper_table_holds_only_known_values():
   known = {('jiangxi', 'WCSegNet'): {'dice': 0.9653, 'miou': 0.9599},
            ('cellavision', 'WCSegNet'): {'dice': 0.9662, 'miou': 0.9609},

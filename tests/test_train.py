@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REAL_WBC_DIR, ROOT
+import fixtures
 from configs import base
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
@@ -130,6 +131,27 @@ def test_resume_with_another_model_names_the_differing_keys(wbc_raw, wbc_tfds_di
     train.train_and_evaluate(c, str(tmp_path))
   assert 'model.base_width: 2 -> 3' in str(err.value)
   assert 'data.image_size: 32 -> 48' in str(err.value)
+
+
+@pytest.mark.parametrize('how', ['truncated', 'no_metadata'])
+def test_resume_from_a_damaged_checkpoint_says_how_and_resumes_from_the_intact_step(
+    wbc_raw, wbc_tfds_dir, tmp_path, how):
+  """A damaged latest step is named (not blamed on the config), with the intact step and the
+  command that makes the run resume from it; nothing is deleted."""
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=2)
+  last = int(train.train_and_evaluate(c, str(tmp_path)).step)
+  damaged = tmp_path / 'checkpoints' / str(last)
+  fixtures.damage_checkpoint(damaged, how)
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    train.train_and_evaluate(c, str(tmp_path))
+  intact = last // 2
+  assert str(err.value).startswith(f'checkpoint {damaged} is damaged (')
+  assert (f'step {intact} is intact: to resume from step {intact}, move the damaged step aside '
+          f'(mv {damaged} {damaged}.damaged) and run the same command') in str(err.value)
+  assert damaged.is_dir()
+  damaged.rename(f'{damaged}.damaged')
+  assert int(train.train_and_evaluate(c, str(tmp_path)).step) == last
+  assert (tmp_path / 'checkpoints' / f'{last}.damaged').is_dir()
 
 
 @pytest.mark.slow
