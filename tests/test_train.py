@@ -281,6 +281,26 @@ def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, 
   assert final_params(workdir)   # restores: the checkpoint was written whole
 
 
+@pytest.mark.slow
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoints(
+    wbc_raw, wbc_tfds_dir, small_disk):
+  """TensorStore reports a full disk as a ValueError (RESOURCE_EXHAUSTED), which orbax logs from
+  each of its threads: a thousand lines and no line of ours. One line now, nothing lost."""
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=40, keep_checkpoints=40)
+  workdir = small_disk / 'run'
+  result = run_main([*cli_args(c), '--config.train.keep_checkpoints=40', f'--workdir={workdir}'],
+                    timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  ours = [line for line in result.stderr.splitlines()
+          if not re.match(r'[IW]\d{4} |WARNING:absl:.*snapped', line)]
+  assert len(ours) == 1, '\n'.join(ours[:40])
+  assert re.fullmatch(rf'error: writing the (checkpoint of step \d+|metrics) to {workdir}.* '
+                      r'failed: .*No space left on device.*intact', ours[0]), ours[0]
+  saved = checkpointing.make_manager(workdir, read_only=True).all_steps()
+  assert saved and all(checkpointing.state_damage(workdir / 'checkpoints' / str(step)) is None
+                       for step in saved)
+
+
 def test_invalid_config_fails_before_anything_compiles(tmp_path):
   c = base.get_config()
   c.train.learning_rate = 0.0

@@ -93,8 +93,13 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 def _write_failed(manager: ocp.CheckpointManager, what: str,
-                  error: OSError) -> errors.WriteError:
-  return errors.WriteError(f'writing {what} to {manager.directory} failed: {error}. Earlier '
+                  error: Exception) -> errors.WriteError | None:
+  """The one-line error for a save the storage refused (a full disk, permissions); None for
+  any other error, which is a bug and keeps its traceback."""
+  reason = errors.storage_failure(error)
+  if reason is None:
+    return None
+  return errors.WriteError(f'writing {what} to {manager.directory} failed: {reason}. Earlier '
                            f'complete checkpoints there are intact.')
 
 
@@ -110,18 +115,18 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   try:
     with _interrupts_deferred():
       manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-  except OSError as e:
-    raise _write_failed(manager, f'the checkpoint of step {step}', e) from e
+  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+    raise _write_failed(manager, f'the checkpoint of step {step}', e) or e
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight and closes `manager`; errors.WriteError if a save failed."""
   try:
     manager.wait_until_finished()
-  except OSError as e:
-    with contextlib.suppress(OSError):
+  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+    with contextlib.suppress(OSError, ValueError):
       manager.close()   # waits again; the error is already in hand
-    raise _write_failed(manager, 'a checkpoint', e) from e
+    raise _write_failed(manager, 'a checkpoint', e) or e
   manager.close()
 
 

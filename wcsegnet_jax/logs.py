@@ -4,12 +4,17 @@ import logging as std_logging
 
 from absl import logging
 
+from wcsegnet_jax import errors
+
 
 def _not_orbax(record: std_logging.LogRecord) -> bool:
-  """orbax logs every file it writes (INFO), and a warning per missing optional metadata file;
-  its other warnings and errors (a failed or slow save) stay."""
+  """orbax logs every file it writes (INFO), a warning per missing optional metadata file, and
+  each thread's traceback of a save the storage refused (a full disk: a thousand lines), which
+  checkpointing.save or finish raises as one line; its other warnings and errors stay."""
   if 'orbax' not in record.pathname:
     return True
+  if record.exc_info and errors.storage_failure(record.exc_info[1]):
+    return False
   return record.levelno > std_logging.INFO and 'Metadata file does not exist' not in (
       record.getMessage())
 
