@@ -821,3 +821,31 @@ def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
   caplog.clear()
   raw.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
   assert not caplog.records
+
+
+BUILD_IN_A_PROCESS = """
+import sys
+from configs import base
+from wcsegnet_jax.data import tfds_builder
+c = base.get_config()
+c.data.raw_dir, c.data.tfds_dir, c.data.image_size = sys.argv[1], sys.argv[2], 64
+builder = tfds_builder.prepare('jiangxi', c.data)
+print(builder.data_dir, len(tfds_builder.data_source(builder, 'train')))
+"""
+
+
+def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
+  """Two processes started together on a fresh tfds_dir: one builds while the other waits for
+  it, and both read the same build (each removed the other's folder before)."""
+  fixtures.make_wbc_raw(tmp_path / 'raw', n_per_type={1: 30, 2: 30, 3: 10, 4: 10, 5: 10},
+                        size1=200, size2=40)
+  command = [sys.executable, '-c', BUILD_IN_A_PROCESS, str(tmp_path / 'raw'),
+             str(tmp_path / 'tfds')]
+  runs = [subprocess.Popen(command, cwd=conftest.ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [run.communicate(timeout=240) for run in runs]
+  for run, (out, err) in zip(runs, results):
+    assert run.returncode == 0, err[-3000:]
+  assert results[0][0] == results[1][0] and results[0][0].split()[1] != '0'
+  builds = [p for p in (tmp_path / 'tfds').rglob('*') if p.name.startswith('jiangxi-64-')]
+  assert len(builds) == 1
