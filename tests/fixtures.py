@@ -105,6 +105,15 @@ def write_palette_png(path: pathlib.Path, indices: np.ndarray, palette: np.ndarr
   image.save(path)
 
 
+def write_with_orientation(path: pathlib.Path, stored: np.ndarray, orientation: int) -> None:
+  """An image (JPEG or PNG by suffix) whose pixels are `stored` (RGB, or gray) as a camera lays
+  them, with the EXIF orientation that tells viewers how to turn them."""
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  kwargs = {'quality': 95} if path.suffix.lower() in ('.jpg', '.jpeg') else {}
+  Image.fromarray(stored).save(path, exif=exif, **kwargs)
+
+
 def truncate(path: pathlib.Path, keep: float = 0.5) -> pathlib.Path:
   """Cuts a file to its first `keep` fraction, like an interrupted copy or download."""
   data = path.read_bytes()

@@ -632,6 +632,37 @@ def test_gray_and_rgba_images_are_converted(tmp_path, kind):
   np.testing.assert_array_equal(examples[fid]['image'], want)
 
 
+@pytest.mark.parametrize('suffix', ['.jpg', '.png'])
+def test_images_are_read_as_their_exif_orientation_shows_them(tmp_path, suffix):
+  """Cameras store a portrait photo on its side with an EXIF orientation: every viewer (PIL's
+  exif_transpose here) shows it turned, and so must every reader of ours."""
+  from PIL import ImageOps   # pylint: disable=g-import-not-at-top
+  stored = np.random.default_rng(0).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+  for orientation in range(1, 9):
+    path = tmp_path / f'photo_{orientation}{suffix}'
+    fixtures.write_with_orientation(path, stored, orientation)
+    with Image.open(path) as image:
+      shown = np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
+    got = raw.read_rgb(path)
+    assert got.shape == shown.shape, orientation
+    assert np.abs(got.astype(int) - shown).mean() < 2, orientation   # JPEG decoders differ
+
+
+def test_a_rotated_photo_is_paired_with_its_mask_as_viewers_show_both(tmp_path):
+  """A 100x120 portrait stored as 120x100 with orientation 6, its mask drawn as it is shown:
+  training reads a pair of one size, the nucleus where the mask puts it."""
+  root, fid = _small_raw(tmp_path)
+  mask = raw.read_mask(root / 'Dataset 1' / f'{fid}.png')[:120, :100]
+  image = np.where(mask[..., None] > 200, 40, 220).astype(np.uint8).repeat(3, -1)
+  fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', mask)
+  (root / 'Dataset 1' / f'{fid}.bmp').unlink()
+  fixtures.write_with_orientation(root / 'Dataset 1' / f'{fid}.jpg', np.rot90(image, 1), 6)
+  record = next(r for r in raw.list_wbc_records(root, 'jiangxi') if r.file_id == fid)
+  example = raw.load_example(record, PAPER, 64, 40, 0.01)
+  dark = example['image'].mean(-1) < 130
+  assert (dark == (example['label_map'] > 0)).mean() > 0.95
+
+
 def _write_png(path, pixels, color_type):
   """A minimal 8-bit PNG by hand (OpenCV cannot write 2-channel files)."""
   h, w = pixels.shape[:2]

@@ -439,3 +439,18 @@ def test_a_wbc_layout_folder_is_refused_with_its_masks_named(tmp_path):
     predict.list_images([str(tmp_path)])
   assert predict.list_images([str(tmp_path / '001.bmp'), str(tmp_path / '001.png')]) == [
       tmp_path / '001.bmp', tmp_path / '001.png']   # files named one by one are taken
+
+
+def test_a_photo_with_exif_orientation_gets_masks_and_boxes_as_viewers_show_it(tiny_model,
+                                                                                tmp_path):
+  """Stored 120 wide and 100 high with orientation 6 (turn clockwise): every viewer shows it
+  100x120, and so are its mask, overlay and boxes."""
+  rng = np.random.default_rng(5)
+  shown = fixtures.cell_image(rng, fixtures.cell_mask(rng, 120))[:, 10:110]   # 100 wide
+  fixtures.write_with_orientation(tmp_path / 'portrait.jpg', np.rot90(shown, 1), 6)
+  config, variables = _tiny_variables(tiny_model)
+  predict.predict_files(config, variables, [tmp_path / 'portrait.jpg'], tmp_path / 'out')
+  for name in ('portrait_mask.png', 'portrait_overlay.png'):
+    assert cv2.imread(str(tmp_path / 'out' / name)).shape == (120, 100, 3), name
+  for row in read_cell_rows(tmp_path / 'out' / 'cells.csv'):
+    assert int(row['x1']) <= 100 and int(row['y1']) <= 120

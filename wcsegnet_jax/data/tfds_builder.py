@@ -60,11 +60,13 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   """WBC images with per-pixel labels of the configured classes (`classes.ClassTable`): 0
   background, the cell types in config order, and the cytoplasm last when configured."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
                    '1.1.0': 'Class ids from config.data.cell_types (in order) and cytoplasm.',
                    '1.2.0': 'Label maps shrunk by the class covering most of each pixel, not '
-                            'nearest (which sat 0.4 px off the image at 300 -> 120).'}
+                            'nearest (which sat 0.4 px off the image at 300 -> 120).',
+                   '1.3.0': 'Images and masks turned as their EXIF orientation says (a rotated '
+                            'JPEG was read on its side).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
