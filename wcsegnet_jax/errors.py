@@ -65,7 +65,7 @@ def storage_failure(exc: BaseException | None) -> str | None:
   match = _TENSORSTORE_STORAGE.match(str(exc)) if isinstance(exc, ValueError) else None
   if not match:
     return None
-  reason = match[2].split(' [source locations')[0].rsplit(': ', 1)[-1]
+  reason = match[2].split(' [')[0].rsplit(': ', 1)[-1]   # without TensorStore's source lines
   return f'{match[1]} ({reason.strip()})'
 
 
