@@ -454,3 +454,23 @@ def test_a_photo_with_exif_orientation_gets_masks_and_boxes_as_viewers_show_it(t
     assert cv2.imread(str(tmp_path / 'out' / name)).shape == (120, 100, 3), name
   for row in read_cell_rows(tmp_path / 'out' / 'cells.csv'):
     assert int(row['x1']) <= 100 and int(row['y1']) <= 120
+
+
+def test_a_file_name_not_in_utf8_keeps_the_whole_runs_tables(tiny_model, tmp_path):
+  """caf\\xe9.png (Latin-1, as Windows archives unpack) crashed the run after its masks were
+  written, losing cells.csv for every image; it is named with \\xNN and its outputs get '_'."""
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  shutil.copy(image, folder / 'plain.bmp')
+  shutil.copy(image, bytes(folder) + b'/caf\xe9.bmp')
+  summary = predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(folder)])
+  assert sorted(pathlib.Path(p).name for p in summary.done) == ['caf\\xe9.bmp', 'plain.bmp']
+  summary.text().encode('utf-8')   # printable
+  text = (tmp_path / 'out' / 'cells.csv').read_bytes().decode('utf-8')
+  rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
+  assert text and {pathlib.Path(r['file']).name for r in rows} <= {'caf\\xe9.bmp', 'plain.bmp'}
+  assert (tmp_path / 'out' / 'caf__mask.png').is_file()
+  assert (tmp_path / 'out' / 'differential.csv').is_file()
+  listing = json.loads((tmp_path / 'out' / predict.OUTPUTS_FILE).read_text())
+  assert listing['complete'] and 'caf__overlay.png' in listing['files']

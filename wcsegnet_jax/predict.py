@@ -224,7 +224,7 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
   found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
-  rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um)
+  rows = [cell_row(shown(path), mask_file, k, cell, table.names, pixel_size_um)
           for k, cell in enumerate(found, start=1)]
   return rows, [cell.class_id for cell in found]
 
@@ -241,8 +241,8 @@ def read_input(path: pathlib.Path) -> np.ndarray:
   the model learnt from stained colour smears and tends to find no nucleus in a gray image."""
   image = raw.read_rgb(path)
   if looks_gray(image):
-    tqdm.tqdm.write(f'warning: {path}: a grayscale image; the model expects colour images of '
-                    f'stained blood smears, so it may find no nucleus', file=sys.stderr)
+    tqdm.tqdm.write(f'warning: {shown(path)}: a grayscale image; the model expects colour '
+                    f'images of stained blood smears, so it may find no nucleus', file=sys.stderr)
   return image
 
 
@@ -300,11 +300,21 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
-  stem, k = path.stem, 2
+  """The stem of an image's outputs: its own, as valid UTF-8 (a byte of another encoding
+  becomes '_'), numbered when another image has it."""
+  own = path.stem.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace').replace(
+      '\ufffd', '_')
+  stem, k = own, 2
   while stem in used:
-    stem, k = f'{path.stem}_{k}', k + 1
+    stem, k = f'{own}_{k}', k + 1
   used.add(stem)
   return stem
+
+
+def shown(text) -> str:
+  """A path (or message) as text that can be printed and written as UTF-8: a file name in
+  another encoding (caf\\xe9.png from a Windows archive) keeps its odd bytes as \\xNN."""
+  return str(text).encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 # Outputs are full-size class probabilities (H x W x C float32) and maps: a 50-megapixel image
@@ -365,8 +375,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       try:
         images.append((path, check_image_size(path, read_input(path), field_scale)))
       except raw.DataError as e:
-        tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
-        summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))
+        tqdm.tqdm.write(f'skipped: {shown(e)}', file=sys.stderr)
+        summary.skipped.append((shown(path), shown(e).removeprefix(f'{shown(path)}: ')))
         bar.update(1)
     if not images:
       continue
@@ -391,11 +401,11 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
                                                   pixel_size_um, table, cell_rules.scaled(scale),
                                                   config.eval.decode)
       if not image_rows:
-        tqdm.tqdm.write(f'{path}: no cell found', file=sys.stderr)
-        summary.no_cells.append(str(path))
+        tqdm.tqdm.write(f'{shown(path)}: no cell found', file=sys.stderr)
+        summary.no_cells.append(shown(path))
       rows += image_rows
       class_ids += image_ids
-      summary.done.append(str(path))
+      summary.done.append(shown(path))
       bar.update(1)
   bar.close()
   if not summary.done:   # every input skipped: no empty results to block a corrected rerun
