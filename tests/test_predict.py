@@ -474,3 +474,21 @@ def test_a_file_name_not_in_utf8_keeps_the_whole_runs_tables(tiny_model, tmp_pat
   assert (tmp_path / 'out' / 'differential.csv').is_file()
   listing = json.loads((tmp_path / 'out' / predict.OUTPUTS_FILE).read_text())
   assert listing['complete'] and 'caf__overlay.png' in listing['files']
+
+
+def test_an_earlier_predicts_outputs_in_an_input_folder_are_left_out_saying_so(tiny_model,
+                                                                             tmp_path, capfd):
+  """3 images once predicted into their own folder are 3 images later, not 9 (each mask and
+  overlay counted as cells): that folder's predict_outputs.json lists them."""
+  folder = tmp_path / 'cells'
+  folder.mkdir()
+  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:3]:
+    shutil.copy(image, folder / image.name)
+  workdir = str(tiny_model['workdir'])
+  predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  capfd.readouterr()
+  later = predict.run(workdir, str(tmp_path / 'elsewhere'), [str(folder)])
+  assert sorted(pathlib.Path(p).name for p in later.done) == sorted(
+      p.name for p in folder.glob('*.bmp'))
+  assert (f'{folder}: left out 6 masks and overlays an earlier predict wrote there (listed in '
+          f'its predict_outputs.json)') in capfd.readouterr().err

@@ -137,13 +137,19 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
 def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
                 ) -> list[pathlib.Path]:
   """Image files named, plus the images of the folders named (sorted, not recursive), but
-  not `exclude` (an earlier predict's outputs, when the output folder is an input too)."""
+  not `exclude` (an earlier predict's outputs, when the output folder is an input too) nor the
+  masks and overlays an earlier predict wrote into a folder named (its OUTPUTS_FILE lists
+  them), which are left out with a line saying so."""
   paths, skip, subfolders = [], {p.resolve() for p in exclude}, []
   for given in inputs:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      found = sorted(p for p in path.iterdir() if p.is_file() and p.resolve() not in skip
-                     and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      images = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in raw.IMAGE_SUFFIXES]
+      theirs = {p.resolve() for p in _earlier_outputs(path)} - skip
+      if left_out := [p for p in images if p.resolve() in theirs]:
+        print(f'{shown(path)}: left out {len(left_out)} masks and overlays an earlier predict '
+              f'wrote there (listed in its {OUTPUTS_FILE})', file=sys.stderr)
+      found = sorted(p for p in images if p.resolve() not in skip | theirs)
       _refuse_image_mask_pairs(path, found)
       paths += found
       subfolders += [p for p in path.iterdir() if p.is_dir()]
