@@ -297,7 +297,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)
-      folders.append(out_dir.name)
+      folders.append(str(out_dir.relative_to(workdir / 'eval')))
   if jax.process_index() == 0:
     print(f'\nCheckpoint step {step}, config {config.name}, TTA '
           f'{"on" if config.eval.tta else "off"}; reports in {workdir / "eval"}/: '

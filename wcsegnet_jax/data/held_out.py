@@ -2,6 +2,7 @@
 each image is read, checked and resized when it is evaluated.
 """
 
+import hashlib
 import pathlib
 from typing import Sequence
 
@@ -44,6 +45,14 @@ def detect_raw_layout(raw_dir: pathlib.Path) -> str:
       f'(layout wbc), or images/ and masks/ (layout folder)')
 
 
+def report_name(raw_dir: pathlib.Path) -> str:
+  """The reports' name of a held-out folder: `held_out/<its name>-<a hash of its path>`, so that
+  neither a dataset's test reports (`eval/jiangxi/` for a folder named jiangxi) nor those of
+  another folder of the same name are overwritten."""
+  digest = hashlib.sha256(str(pathlib.Path(raw_dir).resolve()).encode()).hexdigest()[:6]
+  return f'held_out/{pathlib.Path(raw_dir).name}-{digest}'
+
+
 def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
   """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`."""
   raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
@@ -52,13 +61,14 @@ def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str |
   layout = config.eval.raw_layout
   if layout == 'auto':
     layout = detect_raw_layout(raw_dir)
+  name = report_name(raw_dir)
   if layout == 'folder':
-    sources = [('folder', raw_dir.name, None)]
+    sources = [('folder', name, None)]
   else:
-    sources = [(s, f'{raw_dir.name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
+    sources = [(s, f'{name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
                if (raw_dir / sub).is_dir()]
     if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
-      sources = [(s, f'{raw_dir.name}-{s}', s) for s in raw.WBC_SUBSETS]
+      sources = [(s, f'{name}-{s}', s) for s in raw.WBC_SUBSETS]
   out = []
   for source, name, paper_key in sources:
     records = raw.list_raw_records(source, raw_dir, classes.table_of(config.data))
