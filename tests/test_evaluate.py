@@ -481,3 +481,17 @@ def test_a_source_evaluated_once_goes_to_the_device_in_chunks_with_the_same_resu
   for field in ('file_ids', 'cell_types', 'confusion', 'loss', 'prediction', 'images',
                 'label_maps'):
     np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
+
+
+def test_held_out_images_the_model_trained_on_are_reported_apart(tiny_model, tmp_path):
+  """Evaluating the training data's own folder as held-out reported training images as unseen;
+  those with the ids of the run's training images (its data.json) are now reported apart."""
+  record = json.loads((tiny_model['workdir'] / checkpointing.DATA_FILE).read_text())
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                       **{'eval.raw_dir': str(tiny_model['raw_dir'])})
+  written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))
+  name = held_out.report_name(tiny_model['raw_dir'])
+  for source in ('jiangxi', 'cellavision'):
+    assert written[f'{name}-{source}']['n_images'] == len(record[source]['test'])
+    assert written[f'{name}-{source}-training_images']['n_images'] == len(
+        record[source]['train'])

@@ -6,6 +6,7 @@ import hashlib
 import pathlib
 from typing import Sequence
 
+from absl import logging
 import ml_collections
 
 from wcsegnet_jax import classes
@@ -53,8 +54,12 @@ def report_name(raw_dir: pathlib.Path) -> str:
   return f'held_out/{pathlib.Path(raw_dir).name}-{digest}'
 
 
-def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
-  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`."""
+def raw_eval_sources(config: ml_collections.ConfigDict,
+                     trained: tuple[dict[str, set[str]], pathlib.Path] | None = None
+                     ) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`; the images
+  with the ids of the model's training images (`trained`: restore.training_ids) apart, under
+  `<name>-training_images`, without the paper's rows beside them."""
   raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
   if not raw_dir.is_dir():
     raise raw.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
@@ -75,5 +80,26 @@ def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str |
     # Held-out images of only some of the model's types are a fair test of those types.
     records = raw.filter_cell_types(records, config.data.cell_types,
                                     where=f'{source} data in {raw_dir}', every_type=False)
-    out.append((name, paper_key, RawExamples(records, config.data)))
+    seen = _training_images(records, trained, source, raw_dir, name)
+    if unseen := [r for r in records if r.file_id not in {t.file_id for t in seen}]:
+      out.append((name, paper_key, RawExamples(unseen, config.data)))
+    if seen:
+      out.append((f'{name}-training_images', None, RawExamples(seen, config.data)))
   return out
+
+
+def _training_images(records: list[raw.RawRecord], trained, source: str,
+                     raw_dir: pathlib.Path, name: str) -> list[raw.RawRecord]:
+  """The records whose ids the model trained on in the dataset of the same name, said in a
+  line: their figures measure recall, not how the model does on new images."""
+  if trained is None:
+    return []
+  ids, where = trained
+  dataset = raw_dir.name if source == 'folder' else source
+  seen = [r for r in records if r.file_id in ids.get(dataset, ())]
+  if seen:
+    logging.warning('%d of the %d %s images in %s have the ids of the model\'s training images '
+                    '(%s): reported apart as %s-training_images, the other %d as %s.',
+                    len(seen), len(records), dataset, raw_dir, where, name,
+                    len(records) - len(seen), name)
+  return seen
