@@ -298,7 +298,8 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoin
   ours = [line for line in stderr.splitlines()
           if not re.match(r'[IW]\d{4} |WARNING:absl:.*snapped', line)]
   assert len(ours) == 1, '\n'.join(ours[:40])
-  assert re.fullmatch(rf'error: writing the (checkpoint of step \d+|metrics) to {workdir}.* '
+  assert re.fullmatch(rf'error: writing (the checkpoint of step \d+|a checkpoint|the metrics) to '
+                      rf'{workdir}.* '
                       r'failed: .*No space left on device.* intact\.?', ours[0]), ours[0]
   saved = checkpointing.make_manager(workdir, read_only=True).all_steps()
   assert saved and all(checkpointing.state_damage(workdir / 'checkpoints' / str(step)) is None
