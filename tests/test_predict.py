@@ -402,9 +402,20 @@ def test_images_whose_outputs_would_not_fit_in_memory_are_refused_by_name():
   big = np.broadcast_to(np.zeros(3, np.uint8), (6000, 9000, 3))   # 54 MP, no memory used
   with pytest.raises(predict.raw.DataError, match=r'big\.png: 9000x6000 pixels is 54 megapixels'):
     predict.check_image_size(pathlib.Path('big.png'), big, None)
-  assert predict.check_image_size(pathlib.Path('big.png'), big, 0.5) is big   # 13.5 MP field
+  assert predict.check_image_size(pathlib.Path('big.png'), big[:5000], 0.5) is not None  # 45 MP
   with pytest.raises(predict.raw.DataError, match='at --field_scale=2.0.*smaller --field_scale'):
     predict.check_image_size(pathlib.Path('f.png'), big[:4000, :4000], 2.0)   # 64 MP
+
+
+def test_a_field_scale_below_one_does_not_get_past_the_memory_cap():
+  """The probabilities of a field are resized back to the image's own size: a 10000x10000 image
+  held 7.2 GB at --field_scale=0.1, which the cap let through (it checked the scaled size)."""
+  huge = np.broadcast_to(np.zeros(3, np.uint8), (10000, 10000, 3))
+  for scale in (None, 0.1, 0.4):
+    with pytest.raises(predict.raw.DataError,
+                       match=r'huge\.png: 10000x10000 pixels is 100 megapixels .*own size, '
+                             r'whatever --field_scale\); cut the image into parts$'):
+      predict.check_image_size(pathlib.Path('huge.png'), huge, scale)
 
 
 def test_summary_says_which_types_the_model_cannot_tell():

@@ -324,23 +324,26 @@ def shown(text) -> str:
 
 
 # Outputs are full-size class probabilities (H x W x C float32) and maps: a 50-megapixel image
-# (or field after --field_scale) needs ~1 GB for a 4-class model. Larger ones are refused.
+# needs ~1 GB for a 4-class model, and a field's probabilities are resized back to the image's
+# own size whatever --field_scale, beside the field at that scale. Larger ones are refused.
 MAX_OUTPUT_PIXELS = 50_000_000
 
 
 def check_image_size(path: pathlib.Path, image: np.ndarray, field_scale: float | None
                      ) -> np.ndarray:
-  """The image, or a DataError when its outputs (at --field_scale, if given) would be too large."""
+  """The image, or a DataError when what is held for it (its outputs at its own size, the field
+  at --field_scale) would be too large."""
   height, width = image.shape[:2]
   scale = 1.0 if field_scale is None else field_scale
-  pixels = round(height * scale) * round(width * scale)
+  scaled = round(height * scale) * round(width * scale)
+  pixels = max(scaled, height * width)
   if pixels > MAX_OUTPUT_PIXELS:
+    at = f' at --field_scale={field_scale}' if scaled > height * width else ''
     raise raw.DataError(
-        f'{path}: {width}x{height} pixels' + (f' at --field_scale={field_scale}' if field_scale
-                                              else '') +
-        f' is {pixels / 1e6:.0f} megapixels of output, over the {MAX_OUTPUT_PIXELS / 1e6:.0f} '
-        f'this command holds in memory; cut the image into parts'
-        + (' or use a smaller --field_scale' if field_scale else ''))
+        f'{path}: {width}x{height} pixels{at} is {pixels / 1e6:.0f} megapixels of output, over '
+        f'the {MAX_OUTPUT_PIXELS / 1e6:.0f} this command holds in memory (masks and class '
+        f'probabilities are at the image\'s own size, whatever --field_scale); cut the image '
+        f'into parts' + (' or use a smaller --field_scale' if at else ''))
   return image
 
 
