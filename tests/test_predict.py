@@ -5,9 +5,11 @@ Uses the tiny model that tests/test_evaluate.py trains once per session.
 
 import csv
 import json
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 
 import cv2
 import numpy as np
@@ -503,3 +505,87 @@ def test_an_earlier_predicts_outputs_in_an_input_folder_are_left_out_saying_so(t
       p.name for p in folder.glob('*.bmp'))
   assert (f'{folder}: left out 6 masks and overlays an earlier predict wrote there (listed in '
           f'its predict_outputs.json)') in capfd.readouterr().err
+
+
+def test_a_huge_pixel_size_is_one_line_before_the_model_loads(tmp_path):
+  """--pixel_size_um=1e200 overflowed (an OverflowError traceback) once areas were computed."""
+  with pytest.raises(raw.DataError, match=r'--pixel_size_um=1e\+200 must be .* at most 1000'):
+    predict.run(None, str(tmp_path / 'out'), [str(tmp_path)], pixel_size_um=1e200)
+
+
+def test_links_and_fifos_in_an_input_folder_are_listed_not_dropped_silently(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  fixtures.write_rgb(tmp_path / 'cell.png', fixtures.cell_image(rng, fixtures.cell_mask(rng, 40)))
+  (tmp_path / 'gone.png').symlink_to(tmp_path / 'nowhere.png')
+  (tmp_path / 'loop.png').symlink_to(tmp_path / 'loop.png')
+  os.mkfifo(tmp_path / 'pipe.png')
+  assert predict.list_images([str(tmp_path)]) == [tmp_path / 'cell.png']
+  assert (f'{tmp_path}: left out 3 entries that are not files: gone.png (a broken symbolic '
+          f'link), loop.png (a symbolic link in a loop), pipe.png (a FIFO)') in (
+              capsys.readouterr().err)
+
+
+def test_a_file_name_near_the_length_limit_gets_outputs_that_fit(tiny_model, tmp_path):
+  """A 240-character name crashed the run ('File name too long') at its overlay's name."""
+  long_name = 'x' * 236 + '.bmp'
+  shutil.copy(next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp')), tmp_path / long_name)
+  assert all(len(n.encode()) <= 255 for n in predict.output_names([tmp_path / long_name] * 3))
+  config, variables = _tiny_variables(tiny_model)
+  summary = predict.predict_files(config, variables, [tmp_path / long_name], tmp_path / 'out')
+  assert summary.done == [str(tmp_path / long_name)]
+  names = {r['mask_file'] for r in read_cell_rows(tmp_path / 'out' / 'cells.csv')}
+  assert all((tmp_path / 'out' / n).is_file() for n in names)
+
+
+def test_a_large_field_read_as_one_crop_with_no_cell_gets_a_hint(tiny_model, tmp_path, capfd):
+  fixtures.write_rgb(tmp_path / 'field.png', np.full((1200, 1200, 3), 230, np.uint8))
+  config, variables = _tiny_variables(tiny_model)
+  summary = predict.predict_files(config, variables, [tmp_path / 'field.png'], tmp_path / 'out')
+  assert summary.no_cells == [str(tmp_path / 'field.png')]
+  assert (f'{tmp_path / "field.png"}: no cell found (at 1200x1200 it may be a field of many '
+          f'cells, squashed here into one crop: try --field_scale=1.0') in capfd.readouterr().err
+
+
+def test_an_output_path_through_a_file_or_on_a_read_only_disk_is_one_line(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(raw.DataError, match=f'runs through {tmp_path / "a_file"}, a file'):
+    predict.prepare_output(tmp_path / 'a_file' / 'out', False)
+  if os.geteuid() != 0:
+    pytest.skip('a read-only disk is a read-only tmpfs, which only root may mount')
+  disk = tmp_path / 'read_only'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(disk)]).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    with pytest.raises(predict.errors.WriteError, match='cannot be written .*Read-only'):
+      predict.prepare_output(disk / 'out', False)
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def test_a_full_disk_under_output_is_one_line(tiny_model, small_disk):
+  images = small_disk.parent / 'images'
+  images.mkdir()
+  for k in range(12):
+    shutil.copy(sorted((tiny_model['raw_dir'] / 'Dataset 2').glob('*.bmp'))[0],
+                images / f'{k}.bmp')
+  with pytest.raises(predict.errors.WriteError, match=r'writing to --output=.* failed \(No '
+                     r'space left on device\); what was written is listed in its '
+                     r'predict_outputs.json'):
+    predict.run(str(tiny_model['workdir']), str(small_disk / 'out'), [str(images)])
+
+
+def test_thin_strips_are_refused_as_cell_crops_naming_them():
+  """A 1-pixel-high strip was stretched 120 times and counted as a cell."""
+  strip = np.zeros((1, 120, 3), np.uint8)
+  with pytest.raises(raw.DataError, match=r'strip\.png: 120x1 pixels is no cell crop: .*'
+                     r'stretched 120 times'):
+    predict.check_image_size(pathlib.Path('strip.png'), strip, None)
+  assert predict.check_image_size(pathlib.Path('strip.png'), strip, 1.0) is strip
+
+
+def test_an_images_alpha_channel_is_dropped_with_a_word(tmp_path, capsys):
+  rgba = np.full((40, 40, 4), 200, np.uint8)
+  cv2.imwrite(str(tmp_path / 'clear.png'), rgba)
+  assert predict.read_input(tmp_path / 'clear.png').shape == (40, 40, 3)
+  assert 'clear.png: its alpha (transparency) channel is ignored' in capsys.readouterr().err
