@@ -880,3 +880,11 @@ def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
   assert results[0][0] == results[1][0] and results[0][0].split()[1] != '0'
   builds = [p for p in (tmp_path / 'tfds').rglob('*') if p.name.startswith('jiangxi-64-')]
   assert len(builds) == 1
+
+
+def test_a_raw_dir_with_one_subset_points_to_data_datasets(tmp_path):
+  root, _ = _small_raw(tmp_path)
+  shutil.rmtree(root / 'Dataset 2')
+  with pytest.raises(raw.DataError, match=re.escape(
+      'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"')):
+    raw.list_wbc_records(root, 'cellavision')

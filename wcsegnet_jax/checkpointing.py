@@ -282,7 +282,11 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
     return manager.latest_step()
   if which == 'best':
     best = manager.best_step()
-    return best if best is not None else manager.latest_step()
+    if best is None:   # the latest, silently, would not be what was asked
+      raise CheckpointError(f'no checkpoint in {manager.directory} was scored on a test split '
+                            f'(data.test_fraction=0?), so none is best: pass --checkpoint=latest '
+                            f'or a step ({manager.all_steps()})')
+    return best
   if str(which).isdigit() and int(which) in steps:
     return int(which)
   raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')

@@ -120,8 +120,11 @@ def list_wbc_records(raw_dir: pathlib.Path, subset: str) -> list[RawRecord]:
   folder = raw_dir / WBC_SUBSETS[subset]
   csv_path = raw_dir / WBC_CSV.format(subset=WBC_SUBSETS[subset])
   if not folder.is_dir():
+    present = tuple(s for s, sub in WBC_SUBSETS.items() if (raw_dir / sub).is_dir())
+    hint = (f'; it holds only {", ".join(WBC_SUBSETS[s] + "/" for s in present)}: use that '
+            f'alone with --config.data.datasets="{present}"' if present else '')
     raise DataError(f'{folder} does not exist: {raw_dir} is not in the WBC Image Dataset layout '
-                    f'("Dataset 1/", "Dataset 2/" and their class CSVs)')
+                    f'("Dataset 1/", "Dataset 2/" and their class CSVs){hint}')
   if not csv_path.is_file():
     raise DataError(f'{csv_path} does not exist: the cell types of {folder} are unknown')
   images = _files_by_id(folder, ('.bmp', '.jpg', '.jpeg', '.tif', '.tiff'))
