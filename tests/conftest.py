@@ -3,6 +3,7 @@
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,24 @@ def wbc_builders(wbc_raw, wbc_tfds_dir):
   """The generated data's two sources, prepared once: {source: builder}."""
   c = data_config(wbc_raw[0], wbc_tfds_dir)
   return {source: tfds_builder.prepare(source, c.data) for source in c.data.datasets}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs (a disk that fills up), mounted for the test; skipped where the tests do not
+  run as root, who alone may mount one."""
+  if os.geteuid() != 0:
+    pytest.skip('a full disk is simulated with a small tmpfs, which only root may mount')
+  disk = tmp_path / 'small_disk'
+  disk.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield disk
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
 
 
 def _share_compilations(cache_dir: str) -> None:

@@ -11,6 +11,7 @@ Every generator returns a manifest of what it wrote, so tests can compute the ex
 
 import dataclasses
 import pathlib
+import shutil
 
 import cv2
 import numpy as np
@@ -104,11 +105,39 @@ def write_palette_png(path: pathlib.Path, indices: np.ndarray, palette: np.ndarr
   image.save(path)
 
 
+def write_with_orientation(path: pathlib.Path, stored: np.ndarray, orientation: int) -> None:
+  """An image (JPEG or PNG by suffix) whose pixels are `stored` (RGB, or gray) as a camera lays
+  them, with the EXIF orientation that tells viewers how to turn them."""
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  kwargs = {'quality': 95} if path.suffix.lower() in ('.jpg', '.jpeg') else {}
+  Image.fromarray(stored).save(path, exif=exif, **kwargs)
+
+
 def truncate(path: pathlib.Path, keep: float = 0.5) -> pathlib.Path:
   """Cuts a file to its first `keep` fraction, like an interrupted copy or download."""
   data = path.read_bytes()
   path.write_bytes(data[:int(len(data) * keep)])
   return path
+
+
+def damage_checkpoint(step_dir: pathlib.Path, how: str) -> None:
+  """Damages an orbax step as a full disk, a failed copy or a careless cleanup leaves it:
+  'truncated' or 'deleted' data files, a 'no_metadata' state, or 'no_state' at all."""
+  state = pathlib.Path(step_dir) / 'state'
+  data_files = [p for p in state.glob('d/*') if p.is_file()]
+  if how == 'truncated':
+    for path in data_files:
+      truncate(path)
+  elif how == 'deleted':
+    for path in data_files:
+      path.unlink()
+  elif how == 'no_metadata':
+    (state / '_METADATA').unlink()
+  elif how == 'no_state':
+    shutil.rmtree(state)
+  else:
+    raise ValueError(how)
 
 
 def make_wbc_raw(root, n_per_type=None, size1: int = 120, size2: int = 300,

@@ -142,3 +142,24 @@ def test_a_key_added_later_is_protected_without_listing_it():
   current.train.keep_checkpoints = 9
   assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == [
       "model.dtype: 'float32' -> 'bfloat16'", 'train.some_new_knob: 1.0 -> 2.0']
+
+
+class _ManagerWithoutScores:
+  """A manager whose steps were saved without a test Dice (no test split)."""
+  directory = '/runs/no_test/checkpoints'
+
+  def all_steps(self):
+    return [10, 20]
+
+  def latest_step(self):
+    return 20
+
+  def best_step(self):
+    return None
+
+
+def test_best_on_a_run_without_test_scores_is_refused_not_the_latest():
+  with pytest.raises(checkpointing.CheckpointError, match='none is best: pass --checkpoint='
+                     r'latest or a step \(\[10, 20\]\)'):
+    checkpointing.select_step(_ManagerWithoutScores(), 'best')
+  assert checkpointing.select_step(_ManagerWithoutScores(), 'latest') == 20

@@ -632,6 +632,37 @@ def test_gray_and_rgba_images_are_converted(tmp_path, kind):
   np.testing.assert_array_equal(examples[fid]['image'], want)
 
 
+@pytest.mark.parametrize('suffix', ['.jpg', '.png'])
+def test_images_are_read_as_their_exif_orientation_shows_them(tmp_path, suffix):
+  """Cameras store a portrait photo on its side with an EXIF orientation: every viewer (PIL's
+  exif_transpose here) shows it turned, and so must every reader of ours."""
+  from PIL import ImageOps   # pylint: disable=g-import-not-at-top
+  stored = np.random.default_rng(0).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+  for orientation in range(1, 9):
+    path = tmp_path / f'photo_{orientation}{suffix}'
+    fixtures.write_with_orientation(path, stored, orientation)
+    with Image.open(path) as image:
+      shown = np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
+    got = raw.read_rgb(path)
+    assert got.shape == shown.shape, orientation
+    assert np.abs(got.astype(int) - shown).mean() < 2, orientation   # JPEG decoders differ
+
+
+def test_a_rotated_photo_is_paired_with_its_mask_as_viewers_show_both(tmp_path):
+  """A 100x120 portrait stored as 120x100 with orientation 6, its mask drawn as it is shown:
+  training reads a pair of one size, the nucleus where the mask puts it."""
+  root, fid = _small_raw(tmp_path)
+  mask = raw.read_mask(root / 'Dataset 1' / f'{fid}.png')[:120, :100]
+  image = np.where(mask[..., None] > 200, 40, 220).astype(np.uint8).repeat(3, -1)
+  fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', mask)
+  (root / 'Dataset 1' / f'{fid}.bmp').unlink()
+  fixtures.write_with_orientation(root / 'Dataset 1' / f'{fid}.jpg', np.rot90(image, 1), 6)
+  record = next(r for r in raw.list_wbc_records(root, 'jiangxi') if r.file_id == fid)
+  example = raw.load_example(record, PAPER, 64, 40, 0.01)
+  dark = example['image'].mean(-1) < 130
+  assert (dark == (example['label_map'] > 0)).mean() > 0.95
+
+
 def _write_png(path, pixels, color_type):
   """A minimal 8-bit PNG by hand (OpenCV cannot write 2-channel files)."""
   h, w = pixels.shape[:2]
@@ -821,3 +852,39 @@ def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
   caplog.clear()
   raw.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
   assert not caplog.records
+
+
+BUILD_IN_A_PROCESS = """
+import sys
+from configs import base
+from wcsegnet_jax.data import tfds_builder
+c = base.get_config()
+c.data.raw_dir, c.data.tfds_dir, c.data.image_size = sys.argv[1], sys.argv[2], 64
+builder = tfds_builder.prepare('jiangxi', c.data)
+print(builder.data_dir, len(tfds_builder.data_source(builder, 'train')))
+"""
+
+
+def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
+  """Two processes started together on a fresh tfds_dir: one builds while the other waits for
+  it, and both read the same build (each removed the other's folder before)."""
+  fixtures.make_wbc_raw(tmp_path / 'raw', n_per_type={1: 30, 2: 30, 3: 10, 4: 10, 5: 10},
+                        size1=200, size2=40)
+  command = [sys.executable, '-c', BUILD_IN_A_PROCESS, str(tmp_path / 'raw'),
+             str(tmp_path / 'tfds')]
+  runs = [subprocess.Popen(command, cwd=conftest.ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [run.communicate(timeout=240) for run in runs]
+  for run, (out, err) in zip(runs, results):
+    assert run.returncode == 0, err[-3000:]
+  assert results[0][0] == results[1][0] and results[0][0].split()[1] != '0'
+  builds = [p for p in (tmp_path / 'tfds').rglob('*') if p.name.startswith('jiangxi-64-')]
+  assert len(builds) == 1
+
+
+def test_a_raw_dir_with_one_subset_points_to_data_datasets(tmp_path):
+  root, _ = _small_raw(tmp_path)
+  shutil.rmtree(root / 'Dataset 2')
+  with pytest.raises(raw.DataError, match=re.escape(
+      'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"')):
+    raw.list_wbc_records(root, 'cellavision')

@@ -32,6 +32,7 @@ from wcsegnet_jax import metrics
 from wcsegnet_jax import models
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
+from wcsegnet_jax.data import held_out
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # configs/smoke.py made smaller still; given to training in-process and to the command line.
@@ -159,8 +160,9 @@ def test_evaluate_raw_dir_command(tiny_model, tmp_path):
                      *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                                    **{'eval.raw_dir': str(raw_dir)}))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  name = held_out.report_name(raw_dir)
   for source in ('jiangxi', 'cellavision'):
-    m = json.loads((workdir / 'eval' / f'more_cells-{source}' / 'metrics.json').read_text())
+    m = json.loads((workdir / 'eval' / f'{name}-{source}' / 'metrics.json').read_text())
     assert m['n_images'] == len(manifest[source])
     assert m['checkpoint_step'] == 2
 
@@ -173,10 +175,30 @@ def test_evaluate_folder_layout_with_tta(tiny_model, tmp_path):
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                        **{'eval.raw_dir': str(folder), 'eval.tta': True})
   out = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))
-  assert list(out) == ['my_folder']
-  assert out['my_folder']['n_images'] == len(kept) and out['my_folder']['tta'] is True
-  report = (tmp_path / 'wd' / 'eval' / 'my_folder-tta' / 'report.md').read_text()
+  name = held_out.report_name(folder)
+  assert list(out) == [name] and name.startswith('held_out/my_folder-')
+  assert out[name]['n_images'] == len(kept) and out[name]['tta'] is True
+  report = (tmp_path / 'wd' / 'eval' / f'{name}-tta' / 'report.md').read_text()
   assert '(paper)' not in report      # no paper rows for a dataset the paper did not use
+
+
+def test_held_out_folders_never_overwrite_a_datasets_or_each_others_reports(tiny_model,
+                                                                             tmp_path):
+  """A held-out folder named jiangxi wrote over eval/jiangxi/ (the dataset's test report), and
+  two folders of one name over each other; each now has its own folder under eval/held_out/."""
+  workdir = tmp_path / 'wd'
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
+  evaluate.evaluate_checkpoint(config, str(workdir), str(tiny_model['workdir']))
+  test_report = (workdir / 'eval' / 'jiangxi' / 'metrics.json').read_bytes()
+  folders = [tmp_path / lab / 'jiangxi' for lab in ('lab_a', 'lab_b')]
+  for seed, folder in enumerate(folders):
+    fixtures.make_folder_raw(folder, size=60 + 10 * seed)
+    config.eval.raw_dir = str(folder)
+    evaluate.evaluate_checkpoint(config, str(workdir), str(tiny_model['workdir']))
+  assert (workdir / 'eval' / 'jiangxi' / 'metrics.json').read_bytes() == test_report
+  reports = [workdir / 'eval' / held_out.report_name(f) / 'metrics.json' for f in folders]
+  assert reports[0] != reports[1] and all(r.is_file() for r in reports)
+  assert reports[0].read_bytes() != reports[1].read_bytes()
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tiny_model, tmp_path):
@@ -203,6 +225,35 @@ def test_load_variables_checkpoint_forms(tiny_model):
                       **{'model.activation': 'relu'})
   with pytest.raises(checkpointing.CheckpointError, match='model.activation'):
     restore.load_variables(other, workdir, 'latest')
+
+
+@pytest.mark.parametrize('how', ['truncated', 'deleted', 'no_metadata', 'no_state'])
+def test_a_damaged_latest_checkpoint_names_itself_and_the_intact_step(tiny_model, tmp_path, how):
+  """Evaluation and prediction restore through load_variables: a damaged step is one error
+  naming it and the intact step to pass instead, and nothing is deleted."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  fixtures.damage_checkpoint(workdir / 'checkpoints' / '4', how)
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
+  with pytest.raises(checkpointing.CheckpointError) as err:
+    restore.load_variables(config, workdir, 'latest')
+  assert str(err.value).startswith(f'checkpoint {workdir}/checkpoints/4 is damaged (')
+  assert f'step 2 is intact: pass --checkpoint={workdir}/checkpoints/2.' in str(err.value)
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['2', '4']
+  _, step = restore.load_variables(config, workdir, str(workdir / 'checkpoints' / '2'))
+  assert step == 2
+
+
+def test_evaluate_with_a_damaged_checkpoint_is_one_line(tiny_model, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  fixtures.damage_checkpoint(workdir / 'checkpoints' / '4', 'truncated')
+  proc = run_command('wcsegnet_jax.main', '--mode=evaluate', f'--workdir={workdir}',
+                     *config_flags(tiny_model['raw_dir'], tiny_model['tfds_dir']))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f'error: checkpoint {workdir}/checkpoints/4 is damaged')
+  assert 'Traceback' not in proc.stderr and 'Event loop' not in proc.stderr
 
 
 def test_paper_table_holds_only_known_values():
@@ -430,3 +481,17 @@ def test_a_source_evaluated_once_goes_to_the_device_in_chunks_with_the_same_resu
   for field in ('file_ids', 'cell_types', 'confusion', 'loss', 'prediction', 'images',
                 'label_maps'):
     np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
+
+
+def test_held_out_images_the_model_trained_on_are_reported_apart(tiny_model, tmp_path):
+  """Evaluating the training data's own folder as held-out reported training images as unseen;
+  those with the ids of the run's training images (its data.json) are now reported apart."""
+  record = json.loads((tiny_model['workdir'] / checkpointing.DATA_FILE).read_text())
+  config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
+                       **{'eval.raw_dir': str(tiny_model['raw_dir'])})
+  written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))
+  name = held_out.report_name(tiny_model['raw_dir'])
+  for source in ('jiangxi', 'cellavision'):
+    assert written[f'{name}-{source}']['n_images'] == len(record[source]['test'])
+    assert written[f'{name}-{source}-training_images']['n_images'] == len(
+        record[source]['train'])

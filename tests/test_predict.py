@@ -5,9 +5,11 @@ Uses the tiny model that tests/test_evaluate.py trains once per session.
 
 import csv
 import json
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 
 import cv2
 import numpy as np
@@ -403,9 +405,20 @@ def test_images_whose_outputs_would_not_fit_in_memory_are_refused_by_name():
   big = np.broadcast_to(np.zeros(3, np.uint8), (6000, 9000, 3))   # 54 MP, no memory used
   with pytest.raises(predict.raw.DataError, match=r'big\.png: 9000x6000 pixels is 54 megapixels'):
     predict.check_image_size(pathlib.Path('big.png'), big, None)
-  assert predict.check_image_size(pathlib.Path('big.png'), big, 0.5) is big   # 13.5 MP field
+  assert predict.check_image_size(pathlib.Path('big.png'), big[:5000], 0.5) is not None  # 45 MP
   with pytest.raises(predict.raw.DataError, match='at --field_scale=2.0.*smaller --field_scale'):
     predict.check_image_size(pathlib.Path('f.png'), big[:4000, :4000], 2.0)   # 64 MP
+
+
+def test_a_field_scale_below_one_does_not_get_past_the_memory_cap():
+  """The probabilities of a field are resized back to the image's own size: a 10000x10000 image
+  held 7.2 GB at --field_scale=0.1, which the cap let through (it checked the scaled size)."""
+  huge = np.broadcast_to(np.zeros(3, np.uint8), (10000, 10000, 3))
+  for scale in (None, 0.1, 0.4):
+    with pytest.raises(predict.raw.DataError,
+                       match=r'huge\.png: 10000x10000 pixels is 100 megapixels .*own size, '
+                             r'whatever --field_scale\); cut the image into parts$'):
+      predict.check_image_size(pathlib.Path('huge.png'), huge, scale)
 
 
 def test_summary_says_which_types_the_model_cannot_tell():
@@ -485,3 +498,140 @@ def test_auto_field_scale_is_estimated_per_image_and_written(tiny_model, tmp_pat
   assert f'warning: {blank}: no nucleus found at any scale' in capfd.readouterr().err
   rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
   assert {r['field_scale'] for r in rows if r['file'] == str(path)} <= {'0.5000'}
+
+
+def test_a_photo_with_exif_orientation_gets_masks_and_boxes_as_viewers_show_it(tiny_model,
+                                                                                tmp_path):
+  """Stored 120 wide and 100 high with orientation 6 (turn clockwise): every viewer shows it
+  100x120, and so are its mask, overlay and boxes."""
+  rng = np.random.default_rng(5)
+  shown = fixtures.cell_image(rng, fixtures.cell_mask(rng, 120))[:, 10:110]   # 100 wide
+  fixtures.write_with_orientation(tmp_path / 'portrait.jpg', np.rot90(shown, 1), 6)
+  config, variables = _tiny_variables(tiny_model)
+  predict.predict_files(config, variables, [tmp_path / 'portrait.jpg'], tmp_path / 'out')
+  for name in ('portrait_mask.png', 'portrait_overlay.png'):
+    assert cv2.imread(str(tmp_path / 'out' / name)).shape == (120, 100, 3), name
+  for row in read_cell_rows(tmp_path / 'out' / 'cells.csv'):
+    assert int(row['x1']) <= 100 and int(row['y1']) <= 120
+
+
+def test_a_file_name_not_in_utf8_keeps_the_whole_runs_tables(tiny_model, tmp_path):
+  """caf\\xe9.png (Latin-1, as Windows archives unpack) crashed the run after its masks were
+  written, losing cells.csv for every image; it is named with \\xNN and its outputs get '_'."""
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  shutil.copy(image, folder / 'plain.bmp')
+  shutil.copy(image, bytes(folder) + b'/caf\xe9.bmp')
+  summary = predict.run(str(tiny_model['workdir']), str(tmp_path / 'out'), [str(folder)])
+  assert sorted(pathlib.Path(p).name for p in summary.done) == ['caf\\xe9.bmp', 'plain.bmp']
+  summary.text().encode('utf-8')   # printable
+  text = (tmp_path / 'out' / 'cells.csv').read_bytes().decode('utf-8')
+  rows = read_cell_rows(tmp_path / 'out' / 'cells.csv')
+  assert text and {pathlib.Path(r['file']).name for r in rows} <= {'caf\\xe9.bmp', 'plain.bmp'}
+  assert (tmp_path / 'out' / 'caf__mask.png').is_file()
+  assert (tmp_path / 'out' / 'differential.csv').is_file()
+  listing = json.loads((tmp_path / 'out' / predict.OUTPUTS_FILE).read_text())
+  assert listing['complete'] and 'caf__overlay.png' in listing['files']
+
+
+def test_an_earlier_predicts_outputs_in_an_input_folder_are_left_out_saying_so(tiny_model,
+                                                                             tmp_path, capfd):
+  """3 images once predicted into their own folder are 3 images later, not 9 (each mask and
+  overlay counted as cells): that folder's predict_outputs.json lists them."""
+  folder = tmp_path / 'cells'
+  folder.mkdir()
+  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:3]:
+    shutil.copy(image, folder / image.name)
+  workdir = str(tiny_model['workdir'])
+  predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  capfd.readouterr()
+  later = predict.run(workdir, str(tmp_path / 'elsewhere'), [str(folder)])
+  assert sorted(pathlib.Path(p).name for p in later.done) == sorted(
+      p.name for p in folder.glob('*.bmp'))
+  assert (f'{folder}: left out 6 masks and overlays an earlier predict wrote there (listed in '
+          f'its predict_outputs.json)') in capfd.readouterr().err
+
+
+def test_a_huge_pixel_size_is_one_line_before_the_model_loads(tmp_path):
+  """--pixel_size_um=1e200 overflowed (an OverflowError traceback) once areas were computed."""
+  with pytest.raises(raw.DataError, match=r'--pixel_size_um=1e\+200 must be .* at most 1000'):
+    predict.run(None, str(tmp_path / 'out'), [str(tmp_path)], pixel_size_um=1e200)
+
+
+def test_links_and_fifos_in_an_input_folder_are_listed_not_dropped_silently(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  fixtures.write_rgb(tmp_path / 'cell.png', fixtures.cell_image(rng, fixtures.cell_mask(rng, 40)))
+  (tmp_path / 'gone.png').symlink_to(tmp_path / 'nowhere.png')
+  (tmp_path / 'loop.png').symlink_to(tmp_path / 'loop.png')
+  os.mkfifo(tmp_path / 'pipe.png')
+  assert predict.list_images([str(tmp_path)]) == [tmp_path / 'cell.png']
+  assert (f'{tmp_path}: left out 3 entries that are not files: gone.png (a broken symbolic '
+          f'link), loop.png (a symbolic link in a loop), pipe.png (a FIFO)') in (
+              capsys.readouterr().err)
+
+
+def test_a_file_name_near_the_length_limit_gets_outputs_that_fit(tiny_model, tmp_path):
+  """A 240-character name crashed the run ('File name too long') at its overlay's name."""
+  long_name = 'x' * 236 + '.bmp'
+  shutil.copy(next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp')), tmp_path / long_name)
+  assert all(len(n.encode()) <= 255 for n in predict.output_names([tmp_path / long_name] * 3))
+  config, variables = _tiny_variables(tiny_model)
+  summary = predict.predict_files(config, variables, [tmp_path / long_name], tmp_path / 'out')
+  assert summary.done == [str(tmp_path / long_name)]
+  names = {r['mask_file'] for r in read_cell_rows(tmp_path / 'out' / 'cells.csv')}
+  assert all((tmp_path / 'out' / n).is_file() for n in names)
+
+
+def test_a_large_field_read_as_one_crop_with_no_cell_gets_a_hint(tiny_model, tmp_path, capfd):
+  fixtures.write_rgb(tmp_path / 'field.png', np.full((1200, 1200, 3), 230, np.uint8))
+  config, variables = _tiny_variables(tiny_model)
+  summary = predict.predict_files(config, variables, [tmp_path / 'field.png'], tmp_path / 'out')
+  assert summary.no_cells == [str(tmp_path / 'field.png')]
+  assert (f'{tmp_path / "field.png"}: no cell found (at 1200x1200 it may be a field of many '
+          f'cells, squashed here into one crop: try --field_scale=1.0') in capfd.readouterr().err
+
+
+def test_an_output_path_through_a_file_or_on_a_read_only_disk_is_one_line(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(raw.DataError, match=f'runs through {tmp_path / "a_file"}, a file'):
+    predict.prepare_output(tmp_path / 'a_file' / 'out', False)
+  if os.geteuid() != 0:
+    pytest.skip('a read-only disk is a read-only tmpfs, which only root may mount')
+  disk = tmp_path / 'read_only'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(disk)]).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    with pytest.raises(predict.errors.WriteError, match='cannot be written .*Read-only'):
+      predict.prepare_output(disk / 'out', False)
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def test_a_full_disk_under_output_is_one_line(tiny_model, small_disk):
+  images = small_disk.parent / 'images'
+  images.mkdir()
+  for k in range(12):
+    shutil.copy(sorted((tiny_model['raw_dir'] / 'Dataset 2').glob('*.bmp'))[0],
+                images / f'{k}.bmp')
+  with pytest.raises(predict.errors.WriteError, match=r'writing to --output=.* failed \(No '
+                     r'space left on device\); what was written is listed in its '
+                     r'predict_outputs.json'):
+    predict.run(str(tiny_model['workdir']), str(small_disk / 'out'), [str(images)])
+
+
+def test_thin_strips_are_refused_as_cell_crops_naming_them():
+  """A 1-pixel-high strip was stretched 120 times and counted as a cell."""
+  strip = np.zeros((1, 120, 3), np.uint8)
+  with pytest.raises(raw.DataError, match=r'strip\.png: 120x1 pixels is no cell crop: .*'
+                     r'stretched 120 times'):
+    predict.check_image_size(pathlib.Path('strip.png'), strip, None)
+  assert predict.check_image_size(pathlib.Path('strip.png'), strip, 1.0) is strip
+
+
+def test_an_images_alpha_channel_is_dropped_with_a_word(tmp_path, capsys):
+  rgba = np.full((40, 40, 4), 200, np.uint8)
+  cv2.imwrite(str(tmp_path / 'clear.png'), rgba)
+  assert predict.read_input(tmp_path / 'clear.png').shape == (40, 40, 3)
+  assert 'clear.png: its alpha (transparency) channel is ignored' in capsys.readouterr().err

@@ -82,10 +82,11 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
   written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
   assert config.eval.tta   # the pretrained model is evaluated over flips, as it was measured
   # Its own decoding too (eval.decode): the folder names both.
-  report = tmp_path / 'eval' / 'eval' / evaluate.report_folder('held_out', config, False)
-  assert report.name == 'held_out-tta-by_part'
+  name = held_out.report_name(tmp_path / 'held_out')
+  report = tmp_path / 'eval' / 'eval' / evaluate.report_folder(name, config, False)
+  assert report.name.endswith('-tta-by_part')
   assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
-  assert written['held_out']['n_images'] == 8
+  assert written[name]['n_images'] == 8
 
 
 def test_pretrained_with_another_model_config_is_refused(tmp_path):

@@ -144,3 +144,10 @@ def test_build_pretrained_trains_exports_and_the_export_scores_what_it_says(
     result = evaluate.evaluate_source(eval_step, variables, source, name, 8, jax.device_put)
     dice = evaluate.summarize(result, classes.table_of(config.data))['paper']['dice']
     assert abs(dice - info['test_metrics'][name]['dice']) < 1e-6
+
+
+def test_make_mosaics_with_a_negative_gap_is_one_line(wbc_raw, tmp_path):
+  result = run_tool('make_mosaics.py', f'--raw_dir={wbc_raw[0]}', f'--out={tmp_path / "m"}',
+                    '--gap=-50')
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr and '--gap=-50' in result.stderr

@@ -33,7 +33,8 @@ flags.DEFINE_string('out', None, 'Output folder (mosaics/, predicted/, score.jso
 flags.DEFINE_integer('n_mosaics', 10, 'Mosaics to build.', lower_bound=1)
 flags.DEFINE_integer('per_mosaic', 4, 'Crops per mosaic.', lower_bound=1)
 flags.DEFINE_integer('columns', 2, 'Crops per mosaic row.', lower_bound=1)
-flags.DEFINE_integer('gap', None, 'Pixels between crops; default a sixth of the crop side.')
+flags.DEFINE_integer('gap', None, 'Pixels between crops; default a sixth of the crop side.',
+                     lower_bound=0)
 flags.DEFINE_integer('seed', 0, 'Seed of the crop draws.')
 flags.DEFINE_bool('all_crops', False, 'Use every crop, training ones too.')
 flags.DEFINE_float('field_scale', None, 'predict --field_scale; default by subset.')

@@ -13,7 +13,7 @@ import pathlib
 import re
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from absl import logging
 import grain
@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+import tensorstore as ts
 
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import errors
@@ -92,8 +93,13 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 def _write_failed(manager: ocp.CheckpointManager, what: str,
-                  error: OSError) -> errors.WriteError:
-  return errors.WriteError(f'writing {what} to {manager.directory} failed: {error}. Earlier '
+                  error: Exception) -> errors.WriteError | None:
+  """The one-line error for a save the storage refused (a full disk, permissions); None for
+  any other error, which is a bug and keeps its traceback."""
+  reason = errors.storage_failure(error)
+  if reason is None:
+    return None
+  return errors.WriteError(f'writing {what} to {manager.directory} failed: {reason}. Earlier '
                            f'complete checkpoints there are intact.')
 
 
@@ -109,24 +115,31 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   try:
     with _interrupts_deferred():
       manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-  except OSError as e:
-    raise _write_failed(manager, f'the checkpoint of step {step}', e) from e
+  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+    raise _write_failed(manager, f'the checkpoint of step {step}', e) or e
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight and closes `manager`; errors.WriteError if a save failed."""
   try:
     manager.wait_until_finished()
-  except OSError as e:
-    with contextlib.suppress(OSError):
+  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+    with contextlib.suppress(OSError, ValueError):
       manager.close()   # waits again; the error is already in hand
-    raise _write_failed(manager, 'a checkpoint', e) from e
+    raise _write_failed(manager, 'a checkpoint', e) or e
   manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
             data_iter: grain.DatasetIterator | None = None) -> Any:
-  """Restores the state at `step` into the structure (and shardings) of `abstract_state`."""
+  """Restores the state at `step` into the structure (and shardings) of `abstract_state`; a
+  damaged step is a CheckpointError naming an intact one and how to resume from it."""
+  step_dir = pathlib.Path(manager.directory) / str(step)
+  damage = state_damage(step_dir) or (data_iter is not None and data_iter_damage(step_dir))
+  if damage:
+    raise damaged_error(step_dir, damage, lambda good: (
+        f'to resume from step {good}, move the damaged step aside (mv {step_dir} '
+        f'{step_dir}.damaged) and run the same command'))
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     _check_process_count(manager.directory / str(step))
@@ -139,6 +152,55 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
         f'model config, or another number of processes for the data iterator?): '
         f'{type(e).__name__}: {str(e)[:500]}') from e
   return restored['state']
+
+
+def state_damage(step_dir: pathlib.Path, parts: Collection[str] | None = None) -> str | None:
+  """What is wrong with a step's saved train state, or None when it reads back whole (only its
+  top-level `parts`, if given). Read with TensorStore directly: a truncated, deleted or missing
+  file becomes one phrase, where a restore through orbax prints pages of asynchronous errors."""
+  state = pathlib.Path(step_dir) / 'state'
+  metadata = state / '_METADATA'
+  if not state.is_dir() or not metadata.is_file():
+    return f'{state if not state.is_dir() else metadata} is missing'
+  try:
+    json.loads(metadata.read_text())
+  except (OSError, ValueError) as e:
+    return f'{metadata} is unreadable ({e})'
+  if not (state / 'manifest.ocdbt').is_file():
+    return None   # not the OCDBT format: left to orbax
+  wanted = lambda key: parts is None or re.split(r'[./]', key.decode(), maxsplit=1)[0] in parts
+  try:
+    store = ts.KvStore.open({'driver': 'ocdbt', 'base': f'file://{state}'}).result()
+    keys = [key for key in store.list().result() if wanted(key)]
+    for key in keys:
+      if store.read(key).result().state != 'value':
+        return f'{key.decode()} in {state} is missing'
+  except ValueError as e:   # TensorStore's errors: NOT_FOUND, DATA_LOSS, OUT_OF_RANGE ...
+    return str(e).splitlines()[0][:300]
+  return None if keys else f'{state} holds none of {sorted(parts or ["its arrays"])}'
+
+
+def data_iter_damage(step_dir: pathlib.Path) -> str | None:
+  """What is wrong with a step's saved data-iterator positions (grain's JSON), or None."""
+  for path in sorted((pathlib.Path(step_dir) / 'data_iter').glob('process_*.json')):
+    try:
+      json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      return f'{path} is unreadable ({e})'
+  return None
+
+
+def damaged_error(step_dir: pathlib.Path, damage: str, fix, parts: Collection[str] | None = None
+                  ) -> CheckpointError:
+  """The error for a damaged step: what is wrong, the newest intact step and `fix(that step)`
+  (how to use it); nothing is deleted."""
+  steps = sorted((int(p.name) for p in step_dir.parent.iterdir()
+                  if p.name.isdigit() and p != step_dir), reverse=True)
+  good = next((s for s in steps if state_damage(step_dir.parent / str(s), parts) is None), None)
+  what = (f'step {good} is intact: {fix(good)}' if good is not None else
+          'no other step there is intact: train anew in another --workdir')
+  return CheckpointError(f'checkpoint {step_dir} is damaged ({damage}); {what}. Nothing was '
+                         f'deleted.')
 
 
 def saved_process_count(step_dir: pathlib.Path) -> int | None:
@@ -182,16 +244,22 @@ def restore_variables(directory: pathlib.Path, step: int, abstract: dict, shardi
   moving average (train.ema_decay) read as the parameters. Shapes are compared first, so a
   checkpoint of another model is one readable error, not orbax's tree dump."""
   path = pathlib.Path(directory) / str(step) / 'state'
+  # Stored names -> the variables' names: the average is read as the parameters.
+  names = {k: (EMA_KEY if ema and k == 'params' else k) for k in abstract}
+  if damage := state_damage(path.parent, set(names.values())):
+    raise damaged_error(path.parent, damage, lambda good: (
+        f'pass --checkpoint={path.parent.parent / str(good)}'), set(names.values()))
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   saved = getattr(metadata, 'item_metadata', metadata)
   saved = getattr(saved, 'tree', saved)
+  if saved is None:   # orbax could not read what state_damage read: say so, not AttributeError
+    raise CheckpointError(f'the metadata of checkpoint {path.parent} cannot be read (orbax '
+                          f'{ocp.__version__}); pass another --checkpoint')
   if ema and not saved.get(EMA_KEY):
     raise CheckpointError(f'checkpoint {path.parent} holds no moving average of the parameters '
                           f'({EMA_KEY}) though its run kept one; evaluate its parameters with '
                           f'--config.eval.ema=False')
-  # Stored names -> the variables' names: the average is read as the parameters.
-  names = {k: (EMA_KEY if ema and k == 'params' else k) for k in abstract}
   diffs = shape_mismatches({k: saved.get(names[k], {}) for k in abstract}, abstract)
   if diffs:
     more = f' (and {len(diffs) - 4} more)' if len(diffs) > 4 else ''
@@ -214,7 +282,11 @@ def select_step(manager: ocp.CheckpointManager, which: str) -> int:
     return manager.latest_step()
   if which == 'best':
     best = manager.best_step()
-    return best if best is not None else manager.latest_step()
+    if best is None:   # the latest, silently, would not be what was asked
+      raise CheckpointError(f'no checkpoint in {manager.directory} was scored on a test split '
+                            f'(data.test_fraction=0?), so none is best: pass --checkpoint=latest '
+                            f'or a step ({manager.all_steps()})')
+    return best
   if str(which).isdigit() and int(which) in steps:
     return int(which)
   raise CheckpointError(f'checkpoint {which!r} not in {manager.directory} (steps: {steps})')

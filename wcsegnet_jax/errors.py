@@ -7,6 +7,7 @@ with the shell's status for it (130).
 """
 
 import contextlib
+import re
 import signal
 import sys
 
@@ -49,6 +50,23 @@ class TrainingDivergedError(UserError, RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
   """Ctrl-C during training; the message says where it stopped and how to resume."""
+
+
+# TensorStore (under orbax) raises storage failures as ValueError with its status code first.
+_TENSORSTORE_STORAGE = re.compile(
+    r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|NOT_FOUND|DATA_LOSS): (.*)', re.DOTALL)
+
+
+def storage_failure(exc: BaseException | None) -> str | None:
+  """A short phrase for an error of the storage (a full disk, permissions), or None: an OSError,
+  or TensorStore's ValueError, whose own text runs to several nested paths."""
+  if isinstance(exc, OSError):
+    return str(exc)
+  match = _TENSORSTORE_STORAGE.match(str(exc)) if isinstance(exc, ValueError) else None
+  if not match:
+    return None
+  reason = match[2].split(' [')[0].rsplit(': ', 1)[-1]   # without TensorStore's source lines
+  return f'{match[1]} ({reason.strip()})'
 
 
 def terminate_as_interrupt() -> None:

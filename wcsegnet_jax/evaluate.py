@@ -227,10 +227,12 @@ def scalar_summary(summary: dict, prefix: str) -> dict[str, float]:
   return {k: v for k, v in out.items() if v is not None}
 
 
-def eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
-  """[(report name, paper key, source)]: raw_dir's images, else each dataset's test split."""
+def eval_sources(config: ml_collections.ConfigDict, trained=None
+                 ) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)]: raw_dir's images (those the model trained on apart:
+  `trained` is restore.training_ids), else each dataset's test split."""
   if config.eval.raw_dir:
-    return held_out.raw_eval_sources(config)
+    return held_out.raw_eval_sources(config, trained)
   out = []
   for d in input_pipeline.load_datasets(config.data):
     if d.test is None:
@@ -274,7 +276,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   variables, step = restore.load_variables(config, workdir, checkpoint,
                                    sharding=jax.sharding.SingleDeviceSharding(device))
   keeps_average = restore.keeps_average(workdir, checkpoint)
-  sources = eval_sources(config)
+  trained = restore.training_ids(workdir, checkpoint) if config.eval.raw_dir else None
+  sources = eval_sources(config, trained)
   table = classes.table_of(config.data)
   model = models.model_for(config)
   eval_step = jax.jit(make_eval_step(model, config))
@@ -295,7 +298,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       written[name] = reports.write_dataset_reports(
           out_dir, result, summary, predicted_cell_types(result.confusion, table), meta, paper_key,
           config.eval.figure_rows, config.eval.worst_k)
-      folders.append(out_dir.name)
+      folders.append(str(out_dir.relative_to(workdir / 'eval')))
   if jax.process_index() == 0:
     print(f'\nCheckpoint step {step}, config {config.name}, TTA '
           f'{"on" if config.eval.tta else "off"}; reports in {workdir / "eval"}/: '

@@ -1,6 +1,7 @@
 """Where training metrics go: TensorBoard event files and a JSON-lines file in the workdir."""
 
 import collections
+import contextlib
 import json
 import math
 import pathlib
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import tensorboardX
 
+from wcsegnet_jax import errors
 from wcsegnet_jax import files
 
 METRICS_FILE = 'metrics.jsonl'
@@ -43,26 +45,41 @@ class MetricWriter:
       purge = {'purge_step': resume_step + 1} if resume_step is not None else {}
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), **purge)
       self._jsonl = open(path, 'a')
+    self.workdir = workdir
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, step)
     now = time.time()
     record = {'step': step, 'time': now}
     if self.started_at is not None:
       record['elapsed_seconds'] = round(now - self.started_at, 3)
     record.update({k: v if math.isfinite(v) else str(v) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    with self._storage_errors_as_write_errors():
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
     logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
 
   def close(self) -> None:
     if self.enabled:
-      self._tb.close()
-      self._jsonl.close()
+      with self._storage_errors_as_write_errors():
+        try:
+          self._tb.close()
+        finally:
+          self._jsonl.close()
+
+  @contextlib.contextmanager
+  def _storage_errors_as_write_errors(self):
+    """A full disk or a lost permission is one line naming the workdir (the lines written
+    before stay), not tensorboardX's traceback."""
+    try:
+      yield
+    except OSError as e:
+      raise errors.WriteError(f'writing the metrics to {self.workdir} failed: {e}; what was '
+                              f'written before (metrics, checkpoints) is intact') from e
 
 
 class StepTimer:

@@ -52,6 +52,7 @@ found).
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Iterable, Sequence
@@ -62,6 +63,7 @@ from absl import logging
 import cv2
 import ml_collections
 import numpy as np
+import PIL.Image
 import tqdm
 
 from wcsegnet_jax import cells
@@ -140,13 +142,23 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
 def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
                 ) -> list[pathlib.Path]:
   """Image files named, plus the images of the folders named (sorted, not recursive), but
-  not `exclude` (an earlier predict's outputs, when the output folder is an input too)."""
+  not `exclude` (an earlier predict's outputs, when the output folder is an input too) nor the
+  masks and overlays an earlier predict wrote into a folder named (its OUTPUTS_FILE lists
+  them), which are left out with a line saying so."""
   paths, skip, subfolders = [], {p.resolve() for p in exclude}, []
   for given in inputs:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      found = sorted(p for p in path.iterdir() if p.is_file() and p.resolve() not in skip
-                     and p.suffix.lower() in raw.IMAGE_SUFFIXES)
+      images = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in raw.IMAGE_SUFFIXES]
+      if odd := sorted(p for p in path.iterdir() if not p.is_file() and not p.is_dir()):
+        print(f'{shown(path)}: left out {len(odd)} entries that are not files: '
+              + ', '.join(f'{shown(p.name)} ({_kind(p)})' for p in odd[:5])
+              + (', ...' if len(odd) > 5 else ''), file=sys.stderr)
+      theirs = {p.resolve() for p in _earlier_outputs(path)} - skip
+      if left_out := [p for p in images if p.resolve() in theirs]:
+        print(f'{shown(path)}: left out {len(left_out)} masks and overlays an earlier predict '
+              f'wrote there (listed in its {OUTPUTS_FILE})', file=sys.stderr)
+      found = sorted(p for p in images if p.resolve() not in skip | theirs)
       _refuse_image_mask_pairs(path, found)
       paths += found
       subfolders += [p for p in path.iterdir() if p.is_dir()]
@@ -160,6 +172,18 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
     raise raw.DataError(f'no image ({", ".join(raw.IMAGE_SUFFIXES)}) in {", ".join(inputs)}'
                         + hint)
   return paths
+
+
+def _kind(path: pathlib.Path) -> str:
+  """What a folder entry that is neither a file nor a folder is."""
+  if path.is_symlink():
+    try:
+      path.resolve(strict=True)
+    except RuntimeError:
+      return 'a symbolic link in a loop'
+    except OSError:
+      return 'a broken symbolic link'
+  return 'a FIFO' if path.is_fifo() else 'a socket' if path.is_socket() else 'a special file'
 
 
 def _refuse_image_mask_pairs(folder: pathlib.Path, found: Sequence[pathlib.Path]) -> None:
@@ -227,7 +251,7 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
   found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
-  rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um)
+  rows = [cell_row(shown(path), mask_file, k, cell, table.names, pixel_size_um)
           for k, cell in enumerate(found, start=1)]
   return rows, [cell.class_id for cell in found]
 
@@ -239,13 +263,25 @@ def looks_gray(image: np.ndarray) -> bool:
   return float(spread.mean()) < GRAY_MEAN_SPREAD
 
 
+def _has_alpha(path: pathlib.Path) -> bool:
+  """Whether an image file has an alpha channel (its header, as PIL reads it)."""
+  try:
+    with PIL.Image.open(path) as image:
+      return image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La')
+  except (OSError, ValueError, SyntaxError):
+    return False
+
+
 def read_input(path: pathlib.Path) -> np.ndarray:
   """An input image as RGB (a DataError if unreadable); warns, on one line, when it is gray:
   the model learnt from stained colour smears and tends to find no nucleus in a gray image."""
   image = raw.read_rgb(path)
+  if _has_alpha(path):
+    tqdm.tqdm.write(f'warning: {shown(path)}: its alpha (transparency) channel is ignored: '
+                    f'transparent pixels are segmented by their colour', file=sys.stderr)
   if looks_gray(image):
-    tqdm.tqdm.write(f'warning: {path}: a grayscale image; the model expects colour images of '
-                    f'stained blood smears, so it may find no nucleus', file=sys.stderr)
+    tqdm.tqdm.write(f'warning: {shown(path)}: a grayscale image; the model expects colour '
+                    f'images of stained blood smears, so it may find no nucleus', file=sys.stderr)
   return image
 
 
@@ -279,6 +315,8 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool,
   output = pathlib.Path(output).expanduser()
   if output.exists() and not output.is_dir():
     raise raw.DataError(f'--output={output} is a file, not a folder')
+  if (above := next((p for p in output.parents if p.exists()), None)) and not above.is_dir():
+    raise raw.DataError(f'--output={output} runs through {above}, a file, not a folder')
   present = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
   if present and not overwrite:
     shown = ', '.join(present[:3]) + (', ...' if len(present) > 3 else '')
@@ -291,9 +329,16 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool,
     raise raw.DataError(
         f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
         f'this one would replace; move it away or choose another --output')
-  for name in earlier:
-    (output / name).unlink(missing_ok=True)
-  output.mkdir(parents=True, exist_ok=True)
+  try:
+    for name in earlier:
+      (output / name).unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    probe = output / f'.write_test.{os.getpid()}'   # a read-only mount passes os.access
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise errors.WriteError(f'--output={output} cannot be written ({e.strerror or e}); choose '
+                            f'another folder') from None
   return output
 
 
@@ -302,32 +347,59 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     yield items[start:start + size]
 
 
+# File names hold 255 bytes: an output's temporary name (files.py) adds '.', '.<pid>.tmp'.
+MAX_STEM_BYTES = 255 - len('._99999_overlay.png.9999999.tmp')
+
+
 def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
-  stem, k = path.stem, 2
+  """The stem of an image's outputs: its own, as valid UTF-8 (a byte of another encoding
+  becomes '_'), numbered when another image has it."""
+  own = path.stem.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace').replace(
+      '\ufffd', '_')
+  # Shortened to fit the file system with its suffixes (cells.csv links image and outputs).
+  own = own.encode('utf-8')[:MAX_STEM_BYTES].decode('utf-8', 'ignore')
+  stem, k = own, 2
   while stem in used:
-    stem, k = f'{path.stem}_{k}', k + 1
+    stem, k = f'{own}_{k}', k + 1
   used.add(stem)
   return stem
 
 
+def shown(text) -> str:
+  """A path (or message) as text that can be printed and written as UTF-8: a file name in
+  another encoding (caf\\xe9.png from a Windows archive) keeps its odd bytes as \\xNN."""
+  return str(text).encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
 # Outputs are full-size class probabilities (H x W x C float32) and maps: a 50-megapixel image
-# (or field after --field_scale) needs ~1 GB for a 4-class model. Larger ones are refused.
+# needs ~1 GB for a 4-class model, and a field's probabilities are resized back to the image's
+# own size whatever --field_scale, beside the field at that scale. Larger ones are refused.
 MAX_OUTPUT_PIXELS = 50_000_000
+# A cell crop is about square; a strip 8 times longer than wide is none (1-pixel-high strips were
+# stretched 120 times and counted as cells).
+MAX_CROP_ASPECT = 8
 
 
 def check_image_size(path: pathlib.Path, image: np.ndarray, field_scale: float | None
                      ) -> np.ndarray:
-  """The image, or a DataError when its outputs (at --field_scale, if given) would be too large."""
+  """The image, or a DataError when what is held for it (its outputs at its own size, the field
+  at --field_scale) would be too large."""
   height, width = image.shape[:2]
-  scale = 1.0 if field_scale is None else field_scale
-  pixels = round(height * scale) * round(width * scale)
-  if pixels > MAX_OUTPUT_PIXELS:
+  if field_scale is None and max(height, width) > MAX_CROP_ASPECT * min(height, width):
     raise raw.DataError(
-        f'{path}: {width}x{height} pixels' + (f' at --field_scale={field_scale}' if field_scale
-                                              else '') +
-        f' is {pixels / 1e6:.0f} megapixels of output, over the {MAX_OUTPUT_PIXELS / 1e6:.0f} '
-        f'this command holds in memory; cut the image into parts'
-        + (' or use a smaller --field_scale' if field_scale else ''))
+        f'{path}: {width}x{height} pixels is no cell crop: resized whole to the square the model '
+        f'reads, it would be stretched {max(height, width) / min(height, width):.0f} times one '
+        f'way; crop it around a cell, or give --field_scale to read it as a field')
+  scale = 1.0 if field_scale is None else field_scale
+  scaled = round(height * scale) * round(width * scale)
+  pixels = max(scaled, height * width)
+  if pixels > MAX_OUTPUT_PIXELS:
+    at = f' at --field_scale={field_scale}' if scaled > height * width else ''
+    raise raw.DataError(
+        f'{path}: {width}x{height} pixels{at} is {pixels / 1e6:.0f} megapixels of output, over '
+        f'the {MAX_OUTPUT_PIXELS / 1e6:.0f} this command holds in memory (masks and class '
+        f'probabilities are at the image\'s own size, whatever --field_scale); cut the image '
+        f'into parts' + (' or use a smaller --field_scale' if at else ''))
   return image
 
 
@@ -357,6 +429,19 @@ def estimated_scale(segment: segmenter.Segmenter, path: pathlib.Path, image: np.
                     file=sys.stderr)
     return scale_estimate.FALLBACK_SCALE
   return scale
+
+
+# Training crops are 120 and 300 pixels; an image far larger is likely a field of many cells.
+FIELD_HINT_SIDE = 1000
+
+
+def _field_hint(image: np.ndarray, field_scale: float | None) -> str:
+  """For an image that found no cell: a hint when it looks like a field read as one crop."""
+  height, width = image.shape[:2]
+  if field_scale is not None or max(height, width) <= FIELD_HINT_SIDE:
+    return ''
+  return (f' (at {width}x{height} it may be a field of many cells, squashed here into one '
+          f'crop: try --field_scale=1.0, or 0.4 for cells of ~300 pixels)')
 
 
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
@@ -391,11 +476,12 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     images = []
     for path in chunk:
       try:
+        # A field whose scale is yet to be estimated is checked at its own size.
         images.append((path, check_image_size(path, read_input(path),
-                                              None if field_scale == AUTO_SCALE else field_scale)))
+                                              1.0 if field_scale == AUTO_SCALE else field_scale)))
       except raw.DataError as e:
-        tqdm.tqdm.write(f'skipped: {e}', file=sys.stderr)
-        summary.skipped.append((str(path), str(e).removeprefix(f'{path}: ')))
+        tqdm.tqdm.write(f'skipped: {shown(e)}', file=sys.stderr)
+        summary.skipped.append((shown(path), shown(e).removeprefix(f'{shown(path)}: ')))
         bar.update(1)
     if not images:
       continue
@@ -418,11 +504,12 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       for row in image_rows:
         row['field_scale'] = f'{1.0 / scale:.4f}'
       if not image_rows:
-        tqdm.tqdm.write(f'{path}: no cell found', file=sys.stderr)
-        summary.no_cells.append(str(path))
+        tqdm.tqdm.write(f'{shown(path)}: no cell found' + _field_hint(image, field_scale),
+                        file=sys.stderr)
+        summary.no_cells.append(shown(path))
       rows += image_rows
       class_ids += image_ids
-      summary.done.append(str(path))
+      summary.done.append(shown(path))
       bar.update(1)
   bar.close()
   if not summary.done:   # every input skipped: no empty results to block a corrected rerun
@@ -439,6 +526,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   return summary
 
 
+MAX_PIXEL_SIZE_UM = 1000.0   # a millimetre per pixel: larger ones are typing slips (and overflow)
+
+
 def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str | None = None,
         batch_size: int = 16, tta: bool | None = None, pixel_size_um: float | None = None,
         overwrite: bool = False, field_scale: float | str | None = None,
@@ -450,8 +540,11 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   model shipped in the package; a checkpoint path needs no `workdir`; with a `workdir` and no
   checkpoint named, its config's `eval.checkpoint` (the latest, unless changed).
   """
-  if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-    raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number')
+  if pixel_size_um is not None and not (math.isfinite(pixel_size_um)
+                                        and 0 < pixel_size_um <= MAX_PIXEL_SIZE_UM):
+    raise raw.DataError(f'--pixel_size_um={pixel_size_um} must be a positive number of '
+                        f'micrometres per pixel, at most {MAX_PIXEL_SIZE_UM:g} (a smear under a '
+                        f'microscope has 0.05 to 1)')
   field_scale = parse_field_scale(field_scale)
   for name, value in dataclasses.asdict(cell_rules).items():
     if not (math.isfinite(value) and value >= 0):
@@ -469,9 +562,13 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   logging.info('Segmenting %d image(s) with %s.', len(paths), source)
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
-  return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
-                       progress, model_source=source, field_scale=field_scale,
-                       cell_rules=cell_rules)
+  try:
+    return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
+                         progress, model_source=source, field_scale=field_scale,
+                         cell_rules=cell_rules)
+  except OSError as e:   # a full disk, a folder made read-only meanwhile
+    raise errors.WriteError(f'writing to --output={output} failed ({e.strerror or e}); what was '
+                            f'written is listed in its {OUTPUTS_FILE}') from None
 
 
 def load_model(workdir: str | None, which: str | None = None, model: str | None = None):

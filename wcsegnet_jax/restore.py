@@ -165,6 +165,21 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   return variables, step
 
 
+def training_ids(workdir: str | pathlib.Path, checkpoint: str | int
+                 ) -> tuple[dict[str, set[str]], pathlib.Path] | None:
+  """({dataset: ids of the images the model trained on}, the file recording them) for a
+  checkpoint: its run's data.json, or the shipped model's info.json; None where none is."""
+  if (directory := pretrained_dir(checkpoint)) is not None:
+    path = directory / shipped_model.INFO_FILE
+    images = shipped_model.load_info(directory).get('images', {})
+  else:
+    path = resolve_checkpoint(workdir, checkpoint)[0] / checkpointing.DATA_FILE
+    if not path.is_file():
+      return None
+    images = json.loads(path.read_text())
+  return {name: set(split.get('train', [])) for name, split in images.items()}, path
+
+
 def _pretrained_variables(config: ml_collections.ConfigDict, sharding, directory: pathlib.Path,
                           also_free: tuple[str, ...] = ()) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""

@@ -264,8 +264,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       interrupted = True
     finally:
       progress.abandon()   # stopped mid-epoch: what is printed next gets a line of its own
-      writer.close()
-      checkpointing.finish(manager)   # the save in flight completes
+      try:
+        writer.close()
+      finally:
+        checkpointing.finish(manager)   # the save in flight completes, whatever close raised
     if interrupted:
       raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
     return state

@@ -2,9 +2,11 @@
 each image is read, checked and resized when it is evaluated.
 """
 
+import hashlib
 import pathlib
 from typing import Sequence
 
+from absl import logging
 import ml_collections
 
 from wcsegnet_jax import classes
@@ -46,26 +48,60 @@ def detect_raw_layout(raw_dir: pathlib.Path) -> str:
       f'(layout wbc), or images/ and masks/ (layout folder)')
 
 
-def raw_eval_sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, object]]:
-  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`."""
+def report_name(raw_dir: pathlib.Path) -> str:
+  """The reports' name of a held-out folder: `held_out/<its name>-<a hash of its path>`, so that
+  neither a dataset's test reports (`eval/jiangxi/` for a folder named jiangxi) nor those of
+  another folder of the same name are overwritten."""
+  digest = hashlib.sha256(str(pathlib.Path(raw_dir).resolve()).encode()).hexdigest()[:6]
+  return f'held_out/{pathlib.Path(raw_dir).name}-{digest}'
+
+
+def raw_eval_sources(config: ml_collections.ConfigDict,
+                     trained: tuple[dict[str, set[str]], pathlib.Path] | None = None
+                     ) -> list[tuple[str, str | None, object]]:
+  """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`; the images
+  with the ids of the model's training images (`trained`: restore.training_ids) apart, under
+  `<name>-training_images`, without the paper's rows beside them."""
   raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
   if not raw_dir.is_dir():
     raise raw.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
   layout = config.eval.raw_layout
   if layout == 'auto':
     layout = detect_raw_layout(raw_dir)
+  name = report_name(raw_dir)
   if layout == 'folder':
-    sources = [('folder', raw_dir.name, None)]
+    sources = [('folder', name, None)]
   else:
-    sources = [(s, f'{raw_dir.name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
+    sources = [(s, f'{name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
                if (raw_dir / sub).is_dir()]
     if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
-      sources = [(s, f'{raw_dir.name}-{s}', s) for s in raw.WBC_SUBSETS]
+      sources = [(s, f'{name}-{s}', s) for s in raw.WBC_SUBSETS]
   out = []
   for source, name, paper_key in sources:
     records = raw.list_raw_records(source, raw_dir, classes.table_of(config.data))
     # Held-out images of only some of the model's types are a fair test of those types.
     records = raw.filter_cell_types(records, config.data.cell_types,
                                     where=f'{source} data in {raw_dir}', every_type=False)
-    out.append((name, paper_key, RawExamples(records, config.data)))
+    seen = _training_images(records, trained, source, raw_dir, name)
+    if unseen := [r for r in records if r.file_id not in {t.file_id for t in seen}]:
+      out.append((name, paper_key, RawExamples(unseen, config.data)))
+    if seen:
+      out.append((f'{name}-training_images', None, RawExamples(seen, config.data)))
   return out
+
+
+def _training_images(records: list[raw.RawRecord], trained, source: str,
+                     raw_dir: pathlib.Path, name: str) -> list[raw.RawRecord]:
+  """The records whose ids the model trained on in the dataset of the same name, said in a
+  line: their figures measure recall, not how the model does on new images."""
+  if trained is None:
+    return []
+  ids, where = trained
+  dataset = raw_dir.name if source == 'folder' else source
+  seen = [r for r in records if r.file_id in ids.get(dataset, ())]
+  if seen:
+    logging.warning('%d of the %d %s images in %s have the ids of the model\'s training images '
+                    '(%s): reported apart as %s-training_images, the other %d as %s.',
+                    len(seen), len(records), dataset, raw_dir, where, name,
+                    len(records) - len(seen), name)
+  return seen

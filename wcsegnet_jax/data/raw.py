@@ -21,7 +21,7 @@ import zlib
 from absl import logging
 import cv2
 import numpy as np
-from PIL import Image   # only for palette label maps, which OpenCV expands into colours
+from PIL import Image   # palette label maps (OpenCV expands them) and EXIF orientation
 
 from wcsegnet_jax import classes
 from wcsegnet_jax import errors
@@ -120,8 +120,11 @@ def list_wbc_records(raw_dir: pathlib.Path, subset: str) -> list[RawRecord]:
   folder = raw_dir / WBC_SUBSETS[subset]
   csv_path = raw_dir / WBC_CSV.format(subset=WBC_SUBSETS[subset])
   if not folder.is_dir():
+    present = tuple(s for s, sub in WBC_SUBSETS.items() if (raw_dir / sub).is_dir())
+    hint = (f'; it holds only {", ".join(WBC_SUBSETS[s] + "/" for s in present)}: use that '
+            f'alone with --config.data.datasets="{present}"' if present else '')
     raise DataError(f'{folder} does not exist: {raw_dir} is not in the WBC Image Dataset layout '
-                    f'("Dataset 1/", "Dataset 2/" and their class CSVs)')
+                    f'("Dataset 1/", "Dataset 2/" and their class CSVs){hint}')
   if not csv_path.is_file():
     raise DataError(f'{csv_path} does not exist: the cell types of {folder} are unknown')
   images = _files_by_id(folder, ('.bmp', '.jpg', '.jpeg', '.tif', '.tiff'))
@@ -379,7 +382,31 @@ def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
     raise DataError(f'{path}: not a readable {what} file: corrupt JPEG ({corrupt[0].strip()})')
   if array is None:
     raise DataError(f'{path}: not a readable {what} file (truncated, corrupt or not an image)')
-  return array
+  return as_viewed(array, data)
+
+
+# EXIF orientation (tag 0x0112) -> what turns the stored pixels into the picture viewers show.
+_EXIF_ORIENTATION = 0x0112
+_TURN = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+         5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+         7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+def exif_orientation(data: bytes) -> int:
+  """A file's EXIF orientation (1, as stored, when it has none or PIL cannot read it)."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+  except (OSError, ValueError, SyntaxError, TypeError):
+    return 1
+
+
+def as_viewed(array: np.ndarray, data: bytes) -> np.ndarray:
+  """The pixels as every viewer shows them: a camera stores them as the sensor lay and says in
+  the EXIF orientation how to turn them, which OpenCV's IMREAD_UNCHANGED ignores (a portrait
+  photo would be read on its side, and paired with its mask turned 90 degrees)."""
+  turn = _TURN.get(exif_orientation(data))
+  return np.ascontiguousarray(turn(array)) if turn else array
 
 
 def _palette_indices(data: bytes) -> np.ndarray | None:
@@ -387,7 +414,7 @@ def _palette_indices(data: bytes) -> np.ndarray | None:
   while OpenCV would expand them into a colour mask."""
   try:
     with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image) if image.mode == 'P' else None
+      return as_viewed(np.asarray(image), data) if image.mode == 'P' else None
   except (OSError, ValueError, SyntaxError):   # a format PIL does not read: OpenCV decides
     return None
 

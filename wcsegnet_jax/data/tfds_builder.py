@@ -8,12 +8,14 @@ modification times), so a changed raw folder or config gets a new build instead 
 
 import contextlib
 import csv
+import errno
+import fcntl
 import hashlib
 import json
 import logging as std_logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import ml_collections
@@ -62,11 +64,13 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   """WBC images with per-pixel labels of the configured classes (`classes.ClassTable`): 0
   background, the cell types in config order, and the cytoplasm last when configured."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {'1.0.0': 'First release.',
                    '1.1.0': 'Class ids from config.data.cell_types (in order) and cytoplasm.',
                    '1.2.0': 'Label maps shrunk by the class covering most of each pixel, not '
-                            'nearest (which sat 0.4 px off the image at 300 -> 120).'}
+                            'nearest (which sat 0.4 px off the image at 300 -> 120).',
+                   '1.3.0': 'Images and masks turned as their EXIF orientation says (a rotated '
+                            'JPEG was read on its side).'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -185,23 +189,67 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
 
 
 def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentation:
-  """Builds a source's array_record files once (later calls reuse them) and its split list."""
+  """Builds a source's array_record files once (later calls reuse them) and its split list.
+
+  Runs started together on one tfds_dir build in turn: the first builds while the others wait
+  for its lock, then reuse its build (two builds at once removed each other's folders)."""
   builder = get_builder(source, data_config)
-  root = tfds_dir(data_config)
-  # Only a build can leave empty folders behind; a prepared one is merely opened.
-  prepared = builder.is_prepared()
-  existed = set() if prepared else _folders_under(root)
-  try:
-    with _tfds_quiet():
-      builder.download_and_prepare(file_format='array_record')
-  except BaseException:
-    if not prepared:
-      _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
-    raise
+  if not _is_complete(builder):
+    root = tfds_dir(data_config)
+    existed = _folders_under(root)   # before the lock's folder: a failed build removes it too
+    with _build_lock(root, source):
+      builder = get_builder(source, data_config)   # another run may have built it meanwhile
+      if not builder.is_prepared():
+        _build(builder, root, existed)
   ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
   if not ids_path.exists():
     write_split_ids(builder, ids_path)
   return builder
+
+
+def _is_complete(builder: WbcSegmentation) -> bool:
+  return builder.is_prepared() and (pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE).exists()
+
+
+def _build(builder: WbcSegmentation, root: pathlib.Path, existed: set[pathlib.Path]) -> None:
+  """Builds the array_record files; a failed build removes the empty folders not in `existed`."""
+  try:
+    with _tfds_quiet():
+      builder.download_and_prepare(file_format='array_record')
+  except BaseException:
+    _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
+    raise
+  ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
+  write_split_ids(builder, ids_path)
+
+
+@contextlib.contextmanager
+def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
+  """Holds an flock on the tfds folder itself (no lock file is left behind; the OS drops the
+  lock if the process dies). A folder removed by a failed build while we waited is locked
+  anew."""
+  while True:
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      if not os.access(root, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, 'not writable')
+      fd = os.open(root, os.O_RDONLY)
+    except OSError as e:
+      raise raw.DataError(
+          f'the {source} data needs a new build in {root} (config.data.tfds_dir), which cannot '
+          f'be written ({e.strerror}): make it writable, or pass '
+          f'--config.data.tfds_dir=A_WRITABLE_FOLDER') from None
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        logging.info('Waiting for another run building data in %s.', root)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      if root.is_dir() and os.stat(root).st_ino == os.fstat(fd).st_ino:
+        yield
+        return
+    finally:
+      os.close(fd)   # releases the lock
 
 
 @contextlib.contextmanager
