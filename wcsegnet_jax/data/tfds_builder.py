@@ -13,6 +13,7 @@ import json
 import logging as std_logging
 import os
 import pathlib
+import socket
 from typing import Any
 
 from absl import logging
@@ -30,6 +31,10 @@ TFDS_DIR_ENV = 'WCSEG_TFDS_DIR'
 # The public repository of Zheng et al. (2018), for users online without a local copy.
 ARCHIVE_URL = 'https://github.com/zxaoyou/segmentation_WBC/archive/refs/heads/master.zip'
 ARCHIVE_FOLDER = 'segmentation_WBC-master'
+REPOSITORY_URL = 'https://github.com/zxaoyou/segmentation_WBC'
+# Asked, with a short timeout, before a download: offline, TFDS retries for minutes and then
+# fails with a long traceback.
+ARCHIVE_HOST, ARCHIVE_PORT, REACHABLE_TIMEOUT_S = 'github.com', 443, 3.0
 SPLIT_IDS_FILE = 'split_ids.csv'
 
 
@@ -178,6 +183,8 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   root = tfds_dir(data_config)
   # Only a build can leave empty folders behind; a prepared one is merely opened.
   prepared = builder.is_prepared()
+  if not prepared and builder.builder_config.raw_dir is None:
+    check_archive_reachable(root)
   existed = set() if prepared else _folders_under(root)
   try:
     with _tfds_quiet():
@@ -190,6 +197,24 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   if not ids_path.exists():
     write_split_ids(builder, ids_path)
   return builder
+
+
+def no_data_message(root: pathlib.Path) -> str:
+  """Where the data is expected, how to give it and where to get it (one line)."""
+  return (f'no WBC data: neither config.data.raw_dir nor ${raw.RAW_DIR_ENV} is set, no build is '
+          f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
+          f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
+          f'set {raw.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
+          f'"Dataset 1/" and "Dataset 2/") or pass --config.data.raw_dir=that folder')
+
+
+def check_archive_reachable(root: pathlib.Path) -> None:
+  """A DataError within seconds (`no_data_message`) when the archive's host cannot be
+  reached, instead of TFDS's minutes of retries."""
+  try:
+    socket.create_connection((ARCHIVE_HOST, ARCHIVE_PORT), timeout=REACHABLE_TIMEOUT_S).close()
+  except OSError:
+    raise raw.DataError(no_data_message(root)) from None
 
 
 @contextlib.contextmanager
