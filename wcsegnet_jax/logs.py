@@ -7,7 +7,7 @@ from absl import logging
 
 # orbax warnings about what we do on purpose: an optional metadata file absent, and a
 # checkpoint folder opened read only (evaluate and predict only read it).
-_ORBAX_NOISE = ('Metadata file does not exist', 'read only')
+_ORBAX_NOISE = ('Metadata file does not exist', 'read only', 'read_only=True')
 
 
 def _not_orbax(record: std_logging.LogRecord) -> bool:
