@@ -1,4 +1,8 @@
-"""Command line: `python -m wcsegnet_jax.main --config=configs/wcseg.py --workdir=DIR`."""
+"""Command line: `python -m wcsegnet_jax.main --config=configs/wcseg.py --workdir=DIR`.
+
+Training ends with the evaluation `--mode=evaluate` writes and a summary of where it is."""
+
+import time
 
 from absl import app
 from absl import flags
@@ -37,8 +41,13 @@ def main(argv):
                         FLAGS.num_processes, FLAGS.process_id)   # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()
+      from wcsegnet_jax import end_of_run
       from wcsegnet_jax import train
+      started_at = time.time()
       train.train_and_evaluate(FLAGS.config, workdir)
+      summary = end_of_run.report(FLAGS.config, workdir, time.time() - started_at)
+      if summary:
+        print('\n' + summary)
     else:
       from wcsegnet_jax import evaluate
       workdirs.check_writable(workdir, folders=('eval',), create=False)

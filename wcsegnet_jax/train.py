@@ -32,6 +32,7 @@ from wcsegnet_jax import metric_writers
 from wcsegnet_jax import models
 from wcsegnet_jax import parallel
 from wcsegnet_jax import workdirs
+from wcsegnet_jax.data import tfds_builder
 
 # What a run writes in its workdir, checked before any data is built.
 RUN_FOLDERS = ('checkpoints', 'tensorboard')
@@ -197,8 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       resume_step)
       state = checkpointing.restore(manager, resume_step, state, train_iter)
       logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
-    if lead:
-      checkpointing.write_config(workdir, config)
+    if lead:   # with the data paths as read, so that evaluate finds the data by itself
+      checkpointing.write_config(workdir, with_data_paths(config))
       checkpointing.write_data_record(workdir, record)
     writer = metric_writers.MetricWriter(workdir, enabled=lead, resume_step=resume_step,
                                          started_at=started_at)
@@ -243,6 +244,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if interrupted:
       raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
     return state
+
+
+def with_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose data paths are those the run reads (`tfds_builder.resolved_paths`)."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.data.update(tfds_builder.resolved_paths(config.data))
+  return out
 
 
 def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str) -> None:

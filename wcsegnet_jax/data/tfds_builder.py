@@ -145,6 +145,35 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
   return pathlib.Path(path).expanduser()
 
 
+# The data paths a workdir's config.json records as resolved, so that a later evaluation of the
+# workdir reads the same data without $WCSEG_DATA_DIR or $WCSEG_TFDS_DIR.
+RECORDED_PATHS = ('raw_dir', 'tfds_dir', 'folder_dir')
+
+
+def resolved_paths(data_config: ml_collections.ConfigDict) -> dict[str, str]:
+  """data.raw_dir, tfds_dir and folder_dir as a run reads them (the config, else the
+  environment), absolute; '' where none is given (raw_dir: the download)."""
+  raw_dir = raw.resolve_raw_dir(data_config.raw_dir)
+  folder = data_config.folder_dir
+  return {'raw_dir': str(raw_dir.resolve()) if raw_dir else '',
+          'tfds_dir': str(tfds_dir(data_config).resolve()),
+          'folder_dir': str(pathlib.Path(folder).expanduser().resolve()) if folder else ''}
+
+
+def with_recorded_paths(data_config: ml_collections.ConfigDict, recorded: dict
+                        ) -> ml_collections.ConfigDict:
+  """A copy of `data_config` with the paths of `recorded` (a saved config's data section)
+  where neither the config nor the environment gives one."""
+  given = {'raw_dir': data_config.raw_dir or os.environ.get(raw.RAW_DIR_ENV, ''),
+           'tfds_dir': data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, ''),
+           'folder_dir': data_config.folder_dir}
+  out = ml_collections.ConfigDict(data_config.to_dict())
+  for key in RECORDED_PATHS:
+    if not given[key] and recorded.get(key):
+      out[key] = recorded[key]
+  return out
+
+
 def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any],
                  table: classes.ClassTable) -> str:
   """A short hash of the build's settings and its raw files' names, sizes, times and types."""
