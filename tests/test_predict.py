@@ -439,3 +439,44 @@ def test_a_wbc_layout_folder_is_refused_with_its_masks_named(tmp_path):
     predict.list_images([str(tmp_path)])
   assert predict.list_images([str(tmp_path / '001.bmp'), str(tmp_path / '001.png')]) == [
       tmp_path / '001.bmp', tmp_path / '001.png']   # files named one by one are taken
+
+
+def _one_hot(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.eye(num_classes, dtype=np.float32)[label_map]
+
+
+def test_border_cut_and_implausible_cells_are_listed_but_not_counted(tmp_path):
+  """A 120x120 crop holding a whole lymphocyte nucleus, a neutrophil one cut by the border
+  and a small basophil-typed fragment: all three in cells.csv, the whole one alone counted;
+  --count_all_cells (CellRules.count_excluded) counts the three."""
+  table = classes.class_table(classes.DEFAULT_CELL_TYPES, cytoplasm=False)
+  label_map = np.zeros((120, 120), np.uint8)
+  cv2.circle(label_map, (50, 60), 18, 3, thickness=-1)   # lymphocyte
+  cv2.circle(label_map, (115, 20), 15, 1, thickness=-1)  # neutrophil, cut by the border
+  cv2.circle(label_map, (95, 100), 8, 2, thickness=-1)   # a 197-pixel fragment
+  image = np.full((120, 120, 3), 200, np.uint8)
+  probs = _one_hot(label_map, table.num_classes)
+  rows, counted_ids = predict.write_image_outputs(
+      tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table,
+      predict.cells.CellRules(), 'argmax')
+  by_type = {r['predicted_type']: r for r in rows}
+  assert set(by_type) == {'neutrophil', 'basophil', 'lymphocyte'}
+  assert (by_type['lymphocyte']['counted'], by_type['lymphocyte']['exclusion_reason']) == (1, '')
+  assert (by_type['neutrophil']['counted'],
+          by_type['neutrophil']['exclusion_reason']) == (0, 'cut by the image border')
+  assert by_type['basophil']['counted'] == 0
+  assert by_type['basophil']['exclusion_reason'].startswith('nucleus 197 px < 200')
+  assert counted_ids == [3]
+  every = predict.cells.CellRules(count_excluded=True)
+  rows, counted_ids = predict.write_image_outputs(
+      tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table, every, 'argmax')
+  assert sorted(counted_ids) == [1, 2, 3]
+  assert [r['exclusion_reason'] != '' for r in rows].count(True) == 2   # still said why
+
+
+def test_summary_says_how_many_objects_were_not_counted():
+  summary = predict.PredictionSummary(['a.png'], [], cell_types=classes.ALL_CELL_TYPES,
+                                      not_counted=2)
+  assert summary.text().splitlines()[-1] == (
+      '2 more objects not counted (cut by the image border, or too small or misshapen for a '
+      'cell): in cells.csv with counted=0 and the reason; --count_all_cells counts them')

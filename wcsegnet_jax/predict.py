@@ -32,7 +32,9 @@ pixels), the mean probability of that type over them, nucleus and cell area, N:C
 without a cytoplasm class) and nucleus measurements (see `morphometry.py`), in micrometres too
 with --pixel_size_um. An image with no cell has no row and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
-a lab's differential count. `predict_outputs.json` lists the files written and the model.
+a lab's differential count; cells cut by the image border and objects too small or misshapen for
+a cell (`cells.CellRules`) have counted=0 and the reason in cells.csv, and are counted only with
+--count_all_cells. `predict_outputs.json` lists the files written and the model.
 
 OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
 earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.
@@ -77,7 +79,7 @@ from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
+               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
                'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
                'solidity', 'nucleus_parts', 'mask_file')
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
@@ -97,6 +99,7 @@ class PredictionSummary:
   no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
   differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
   cell_types: tuple[str, ...] = ()   # the types the model tells apart
+  not_counted: int = 0   # cells listed in cells.csv but left out of the differential
 
   def text(self) -> str:
     n = len(self.done) + len(self.skipped)
@@ -113,6 +116,10 @@ class PredictionSummary:
       line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
           ': ' + ', '.join(f'{r["cell_type"]} {r["count"]} ({r["percent"]:.1f}%)' for r in types)
           if total['count'] else '')
+    if self.not_counted:
+      line += (f'\n{self.not_counted} more object{"" if self.not_counted == 1 else "s"} not '
+               f'counted (cut by the image border, or too small or misshapen for a cell): in '
+               f'{CELLS_FILE} with counted=0 and the reason; --count_all_cells counts them')
     if unknown := [t for t in classes.ALL_CELL_TYPES if t not in self.cell_types]:
       line += (f'\nthe model types {", ".join(self.cell_types)} only: a cell of another type '
                f'({", ".join(unknown)}) is counted as the nearest of these')
@@ -180,9 +187,11 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
-             class_names: Sequence[str], pixel_size_um: float | None) -> dict:
-  """One cells.csv row: where the cell is, its voted type and confidence, its sizes and
-  nucleus measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
+             class_names: Sequence[str], pixel_size_um: float | None,
+             exclusion_reason: str = '', counted: bool = True) -> dict:
+  """One cells.csv row: where the cell is, its voted type and confidence, whether the
+  differential counts it (and why not: `cells.not_counted_reasons`), its sizes and nucleus
+  measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
   m = cell.nucleus
   um = lambda v, power: '' if pixel_size_um is None or v is None else (
       f'{v * pixel_size_um**power:.4f}')
@@ -192,6 +201,8 @@ def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
       'touches_border': int(cell.touches_border),
       'predicted_type': class_names[cell.class_id],
       'confidence': f'{cell.confidence:.4f}',
+      'counted': int(counted),
+      'exclusion_reason': exclusion_reason,
       'nucleus_area_px': m['area_px'],
       'nucleus_area_um2': um(m['area_px'], 2),
       'cell_area_px': '' if cell.cell_area_px is None else cell.cell_area_px,
@@ -216,7 +227,8 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
                         table: classes.ClassTable, cell_rules: cells.CellRules,
                         decode: str) -> tuple[list[dict], list[int]]:
   """Writes one image's mask and overlay at its own size; returns its cells.csv rows and the
-  cells' class ids. `cell_rules` are those for the image's own pixel scale."""
+  class ids of the cells the differential counts. `cell_rules` are those for the image's own
+  pixel scale."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
@@ -224,9 +236,11 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
   found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
-  rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um)
-          for k, cell in enumerate(found, start=1)]
-  return rows, [cell.class_id for cell in found]
+  reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
+  counted = [cell_rules.count_excluded or not why for why in reasons]
+  rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
+          for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
+  return rows, [cell.class_id for cell, count in zip(found, counted) if count]
 
 
 def looks_gray(image: np.ndarray) -> bool:
@@ -403,6 +417,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     return summary
   summary.differential = cells.differential(
       class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
+  summary.not_counted = sum(1 for r in rows if not r['counted'])
   files.write_csv_atomic(output / CELLS_FILE, CSV_COLUMNS,
                          [[r[k] for k in CSV_COLUMNS] for r in rows])
   files.write_csv_atomic(output / DIFFERENTIAL_FILE, DIFFERENTIAL_COLUMNS,
@@ -500,6 +515,9 @@ def define_flags() -> None:
                      'nucleus (pixels at the training scale) are dropped as specks.')
   flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
                     'results an earlier predict wrote there are removed first.')
+  flags.DEFINE_bool('count_all_cells', False, 'Count in differential.csv the cells cut by the '
+                    'image border and the objects too small or misshapen for a cell as well '
+                    '(cells.csv lists them either way, with the reason).')
   flags.mark_flags_as_required(['output'])
 
 
@@ -511,7 +529,7 @@ def main(argv):
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
-                            FLAGS.cell_min_nucleus_px)
+                            FLAGS.cell_min_nucleus_px, count_excluded=FLAGS.count_all_cells)
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
                   FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules)
   print(summary.text())
