@@ -70,8 +70,11 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
     stem = pathlib.Path(name).stem
     original = raw.read_rgb(image_folder / name)
     mask = cv2.cvtColor(cv2.imread(str(out / f'{stem}_mask.png')), cv2.COLOR_BGR2RGB)
-    overlay = cv2.imread(str(out / f'{stem}_overlay.png'))
-    assert mask.shape == original.shape and overlay.shape == original.shape
+    overlay = predict.overlays.without_legend(
+        predict.overlays.read_rgb(out / f'{stem}_overlay.png'), classes.PAPER_TABLE)
+    factor = overlay.shape[1] // original.shape[1]   # small crops are drawn larger
+    assert mask.shape == original.shape
+    assert overlay.shape == (original.shape[0] * factor, original.shape[1] * factor, 3)
     colours = {tuple(c) for c in mask.reshape(-1, 3)}
     assert colours <= {tuple(c) for c in classes.CLASS_COLORS}
     own = [r for r in rows if pathlib.Path(r['file']).name == name]
@@ -94,11 +97,15 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
       assert row['cell_area_px'] == row['nc_ratio'] == ''   # no cytoplasm class
       assert 0.0 <= float(row['confidence']) <= 1.0
       assert row['mask_file'] == f'{stem}_mask.png'
+  counted = [r for r in rows if r['counted'] == '1']
+  assert all(r['exclusion_reason'] == '' for r in counted)
+  assert all(r['exclusion_reason'] for r in rows if r['counted'] == '0')
   differential = read_differential(out / 'differential.csv')
-  assert differential['total'] == len(rows)
-  assert sum(n for t, n in differential.items() if t != 'total') == len(rows)
+  assert differential['total'] == len(counted)
+  assert sum(n for t, n in differential.items() if t != 'total') == len(counted)
   for name in classes.CLASS_NAMES[1:]:
-    assert differential[name] == sum(r['predicted_type'] == name for r in rows)
+    assert differential[name] == sum(r['predicted_type'] == name for r in counted)
+  assert (out / 'contact_sheet.png').is_file()
   assert not (out / 'broken_mask.png').exists()
   assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
 
@@ -267,7 +274,7 @@ def test_overwrite_removes_only_what_an_earlier_predict_wrote(tiny_model, tmp_pa
   predict.run(workdir, str(out), [str(second)], overwrite=True)
   assert sorted(p.name for p in out.iterdir()) == sorted(
       ['cells.csv', 'differential.csv', 'notes.txt', predict.OUTPUTS_FILE,
-       f'{second.stem}_mask.png', f'{second.stem}_overlay.png'])
+       predict.CONTACT_SHEET_FILE, f'{second.stem}_mask.png', f'{second.stem}_overlay.png'])
   assert {pathlib.Path(r['file']).name for r in read_cell_rows(out / 'cells.csv')} <= {
       second.name}
   listing = json.loads((out / predict.OUTPUTS_FILE).read_text())
@@ -366,8 +373,10 @@ def test_field_scale_segments_in_tiles_at_that_scale(tiny_model, tmp_path, monke
   for row in rows:
     assert 0 <= int(row['x0']) < int(row['x1']) <= width
     assert 0 <= int(row['y0']) < int(row['y1']) <= height
-  assert read_differential(tmp_path / 'out' / 'differential.csv')['total'] == len(rows)
-  assert summary.differential[-1]['count'] == len(rows)
+  counted = [r for r in rows if r['counted'] == '1']   # not those cut by the field's border
+  assert all(r['exclusion_reason'] for r in rows if r['touches_border'] == '1')
+  assert read_differential(tmp_path / 'out' / 'differential.csv')['total'] == len(counted)
+  assert summary.differential[-1]['count'] == len(counted)
   # The command line takes the flag, and refuses a scale that is no scale.
   proc = test_evaluate.run_command(
       'wcsegnet_jax.predict', f'--workdir={tiny_model["workdir"]}',

@@ -19,9 +19,9 @@ class probabilities are resized back to the original size (bilinear) before they
 is a field of many cells instead: resized by F to the training data's scale (1.0 for fields at the
 Jiangxi crops' scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120),
 segmented in overlapping tiles of the training size (`fields.py`), never squashed whole. Per image
-it writes `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus
-tinted in its class colour, and the cytoplasm gray for a model with that class); a second image
-with the same stem gets `<stem>_2_mask.png`, and so on.
+it writes `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (each cell outlined in its
+type's colour and numbered with its type and confidence, a legend below: `overlays.py`); a second
+image with the same stem gets `<stem>_2_mask.png`, and so on; `contact_sheet.png` shows them all.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the shipped one, has its
@@ -73,6 +73,7 @@ from wcsegnet_jax import fields
 from wcsegnet_jax import files
 from wcsegnet_jax import logs
 from wcsegnet_jax import models
+from wcsegnet_jax import overlays
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
 from wcsegnet_jax import shipped_model
@@ -85,7 +86,7 @@ CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predic
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
-OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
+CONTACT_SHEET_FILE = 'contact_sheet.png'   # every image's overlay, small, for review
 OUTPUTS_FILE = 'predict_outputs.json'   # what a run wrote, so --overwrite removes only that
 # Stained smears differ by tens of levels between channels; a gray image, JPEG too, by ~0.
 GRAY_MEAN_SPREAD = 2.0
@@ -233,14 +234,26 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
   files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
-  files.write_bytes_atomic(output / overlay_file,
-                           reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
-  found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
+  found, labels = cells.find_cells(pred_map, probs, table, cell_rules)
   reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
   counted = [cell_rules.count_excluded or not why for why in reasons]
+  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
+                              count)
+           for k, (cell, count) in enumerate(zip(found, counted), start=1)]
+  files.write_bytes_atomic(output / overlay_file,
+                           reports.encode_png(overlays.draw_cells(image, labels, drawn, table)))
   rows = [cell_row(str(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
           for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
   return rows, [cell.class_id for cell, count in zip(found, counted) if count]
+
+
+def write_contact_sheet(output: pathlib.Path, overlay_files: Sequence[str],
+                        table: classes.ClassTable) -> None:
+  """CONTACT_SHEET_FILE: the overlays written, small and captioned, one image for review."""
+  tiles = [(name.removesuffix('_overlay.png'), overlays.thumbnail(
+      overlays.without_legend(overlays.read_rgb(output / name), table))) for name in overlay_files]
+  files.write_bytes_atomic(output / CONTACT_SHEET_FILE,
+                           reports.encode_png(overlays.contact_sheet(tiles, table)))
 
 
 def looks_gray(image: np.ndarray) -> bool:
@@ -271,7 +284,8 @@ def _earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
     raise raw.DataError(f'{listing}: not a readable list of earlier outputs ({e}); remove '
                         f'the folder by hand or choose another --output') from None
   safe = [n for n in names if isinstance(n, str) and n and pathlib.Path(n).name == n]
-  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]]
+  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE,
+                                      OUTPUTS_FILE]]
 
 
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
@@ -279,7 +293,7 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   used = set()
   stems = [_unique_stem(path, used) for path in paths]
   return [name for stem in stems for name in image_output_names(stem)] + [
-      CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]
+      CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE, OUTPUTS_FILE]
 
 
 def prepare_output(output: str | pathlib.Path, overwrite: bool,
@@ -423,6 +437,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   files.write_csv_atomic(output / DIFFERENTIAL_FILE, DIFFERENTIAL_COLUMNS,
                          [[r['cell_type'], r['count'], f"{r['percent']:.2f}"]
                           for r in summary.differential])
+  write_contact_sheet(output, [n for n in listing['files'] if n.endswith('_overlay.png')], table)
   files.write_json_atomic(output / OUTPUTS_FILE, {**listing, 'complete': True})
   return summary
 
