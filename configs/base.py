@@ -150,7 +150,7 @@ def get_config() -> ml_collections.ConfigDict:
   # A resume whose images or splits differ from those the run started on (workdir/data.json)
   # is refused: its test metrics would mix two data sets. True goes on with the new data.
   t.resume_on_changed_data = False
-  t.progress_bar = True
+  t.progress_bar = True       # one bar over the whole run (its ETA), shown on a terminal only
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 
   # --- Evaluation / prediction --------------------------------------------------------------------
