@@ -3,7 +3,6 @@ next command; the workdir remembers its data, so evaluate needs no environment v
 
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -47,7 +46,8 @@ def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw,
   env['HOME'] = str(tmp_path / 'home')   # a default ~/tensorflow_datasets would show up here
   # The progress bar is on (smoke's default) but stderr is a pipe: no bar fragments.
   trained = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}'],
-                     {**env, raw.RAW_DIR_ENV: str(wbc_raw[0]), tfds_builder.TFDS_DIR_ENV: str(tfds)})
+                     {**env, raw.RAW_DIR_ENV: str(wbc_raw[0]),
+                      tfds_builder.TFDS_DIR_ENV: str(tfds)})
   assert trained.returncode == 0, trained.stderr[-3000:]
   out = trained.stdout
   assert '\r' not in trained.stderr and '%|' not in trained.stderr

@@ -80,9 +80,9 @@ from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
-               'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
-               'solidity', 'nucleus_parts', 'mask_file')
+               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px',
+               'nucleus_area_um2', 'cell_area_px', 'cell_area_um2', 'nc_ratio', 'perimeter_px',
+               'perimeter_um', 'circularity', 'solidity', 'nucleus_parts', 'mask_file')
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
@@ -227,9 +227,9 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
                         probs: np.ndarray, pixel_size_um: float | None,
                         table: classes.ClassTable, cell_rules: cells.CellRules,
                         decode: str) -> tuple[list[dict], list[int]]:
-  """Writes one image's mask and overlay at its own size; returns its cells.csv rows and the
-  class ids of the cells the differential counts. `cell_rules` are those for the image's own
-  pixel scale."""
+  """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
+  cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
+  for the image's own pixel scale."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
@@ -552,7 +552,8 @@ def main(argv):
     print('nothing segmented, nothing written', file=sys.stderr)
     sys.exit(1)
   output = pathlib.Path(FLAGS.output)
-  print(f'wrote masks and overlays, {output / CELLS_FILE} and {output / DIFFERENTIAL_FILE}')
+  print(f'wrote masks and overlays, {output / CELLS_FILE}, {output / DIFFERENTIAL_FILE} and '
+        f'{output / CONTACT_SHEET_FILE} (every overlay, small, for review)')
 
 
 if __name__ == '__main__':
