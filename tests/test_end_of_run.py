@@ -38,6 +38,15 @@ def test_summary_names_dice_reports_curves_and_the_predict_command(tmp_path):
   assert max(len(l) for l in lines if 'predict' not in l and 'report' not in l) < 120
 
 
+def test_summary_of_a_run_without_a_test_split_says_so(tmp_path):
+  text = end_of_run.summary_text(tmp_path, 59.6, {}, {}, None)
+  assert text.splitlines() == [
+      f'Training done in 1 min 00 s; results in {tmp_path}',
+      '  no test split (data.test_fraction=0): nothing evaluated',
+      f'Next, segment your own images: python -m wcsegnet_jax.predict --workdir={tmp_path} '
+      f'--output={tmp_path}/predictions IMAGE_OR_FOLDER...']
+
+
 @pytest.mark.slow
 def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw, tmp_path):
   workdir, tfds = tmp_path / 'wd', tmp_path / 'tfds'

@@ -23,15 +23,17 @@ def report(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Evaluates the run's checkpoint (config.eval.checkpoint) on every test split, writes the
   curves figure, and returns the summary (None on processes other than 0)."""
   checkpoint = str(config.eval.checkpoint).strip()
-  written = evaluate.evaluate_checkpoint(config, str(workdir), checkpoint)
+  has_test = bool(config.eval.raw_dir) or config.data.test_fraction > 0
+  written = evaluate.evaluate_checkpoint(config, str(workdir), checkpoint) if has_test else {}
   if jax.process_index() != 0:
     return None
   keeps_average = restore.keeps_average(workdir, checkpoint)
   report_dirs = {name: workdir / 'eval' / evaluate.report_folder(name, config, keeps_average)
                  for name in written}
-  curves_png = workdir / CURVES_FILE
+  curves_png = workdir / CURVES_FILE if written else None   # curves are per evaluated epoch
   try:
-    curves.plot_runs({config.name: workdir}, curves_png)
+    if curves_png:
+      curves.plot_runs({config.name: workdir}, curves_png)
   except ValueError:   # no epoch logged (a run of fewer steps than one log)
     curves_png = None
   dice = {name: metrics['paper']['dice'] for name, metrics in written.items()}
@@ -44,7 +46,8 @@ def summary_text(workdir: pathlib.Path, seconds: float, nucleus_dice: dict[str, 
   dice = ', '.join(f'{name} {"n/a" if d is None else f"{d:.3f}"}'
                    for name, d in nucleus_dice.items())
   lines = [f'Training done in {_duration(seconds)}; results in {workdir}',
-           f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}']
+           f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}' if dice
+           else '  no test split (data.test_fraction=0): nothing evaluated']
   lines += [f'  report: {folder / "report.md"} (figures: {folder / "figure.png"}, '
             f'{folder / "worst.png"})' for folder in report_dirs.values()]
   if curves_png is not None:
