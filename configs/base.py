@@ -173,7 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (the shipped default model), 'pretrained:NAME' (a shipped model by name) or a training
   # workdir (its latest checkpoint). Its model config must be this config's.
   t.init_from = ''
-  t.progress_bar = True
+  t.progress_bar = True       # one bar over the whole run (its ETA), shown on a terminal only
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 
   # --- Evaluation / prediction --------------------------------------------------------------------

@@ -282,3 +282,37 @@ def test_shipped_model_counts_the_cells_of_a_real_mosaic(tmp_path):
   result = mosaics.score(truth, mosaics.read_cells_csv(tmp_path / 'out' / predict.CELLS_FILE))
   assert result['predicted_cells'] == result['matched_cells'] == 4
   assert result['type_accuracy_of_matched'] == 1.0
+
+
+def test_border_cut_small_and_misshapen_objects_are_not_counted_and_say_why():
+  """At the training scale: a whole round nucleus counts; one cut by the border, a 170-pixel
+  blob of 197 px (a nucleus has >= ~400) and a thin sliver do not."""
+  label_map = disk_map((160, 240), [(40, 100, 20, 1), (230, 100, 20, 3), (120, 130, 8, 2)])
+  # A curved sliver, as the rim of a cell segmented as nucleus: ~400 px.
+  cv2.ellipse(label_map, (120, 80), (90, 60), 0, 220, 320, 1, thickness=3)
+  found, _ = find(label_map, rules=cells.CellRules(merge_gap_px=4))
+  by_place = {(round(c.centre[0] / 20), round(c.centre[1] / 20)): c for c in found}
+  assert len(found) == 4, [c.centre for c in found]
+  whole, cut = by_place[(2, 5)], by_place[(11, 5)]
+  blob = by_place[(6, 6)]
+  (sliver,) = [c for c in found if c not in (whole, cut, blob)]
+  assert cells.not_counted_reasons(whole, RULES) == ''
+  assert cells.not_counted_reasons(cut, RULES) == 'cut by the image border'
+  assert blob.nucleus_area_px < RULES.min_counted_nucleus_px
+  assert cells.not_counted_reasons(blob, RULES) == (
+      f'nucleus {blob.nucleus_area_px} px < {RULES.min_counted_nucleus_px:.0f}')
+  assert sliver.nucleus_area_px > RULES.min_counted_nucleus_px
+  assert cells.not_counted_reasons(sliver, RULES).startswith('circularity 0.')
+  # Twice the pixels per training pixel: the same blob, four times the area, is enough.
+  doubled = cells.CellRules().scaled(2.0)
+  assert doubled.min_counted_nucleus_px == 4 * RULES.min_counted_nucleus_px
+  assert doubled.min_circularity == RULES.min_circularity
+
+
+def test_counting_thresholds_keep_every_true_nucleus_of_the_generated_crops():
+  """The generated crops' nuclei (disks of radius >= 10 at 120x120) are all countable."""
+  rng = np.random.default_rng(3)
+  for _ in range(20):
+    mask = fixtures.cell_mask(rng, 120)
+    found, _ = find(np.where(mask == 255, 1, 0).astype(np.uint8))
+    assert [cells.not_counted_reasons(c, RULES) for c in found] == ['']

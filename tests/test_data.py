@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 from absl import logging as absl_logging
@@ -888,3 +889,22 @@ def test_a_raw_dir_with_one_subset_points_to_data_datasets(tmp_path):
   with pytest.raises(raw.DataError, match=re.escape(
       'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"')):
     raw.list_wbc_records(root, 'cellavision')
+
+
+def test_no_data_and_no_network_is_one_line_within_seconds(tmp_path, monkeypatch):
+  """No raw folder, no build and no route to the archive: where the data goes and where to
+  get it, at once, instead of TFDS's minutes of retries and its traceback."""
+  monkeypatch.delenv(raw.RAW_DIR_ENV, raising=False)
+  # TEST-NET-1 (RFC 5737): routed nowhere, as on a machine without network.
+  monkeypatch.setattr(tfds_builder, 'ARCHIVE_HOST', '192.0.2.1')
+  c = conftest.data_config('', tmp_path / 'tfds')
+  start = time.monotonic()
+  with pytest.raises(raw.DataError) as info:
+    tfds_builder.prepare('jiangxi', c.data)
+  assert time.monotonic() - start < tfds_builder.REACHABLE_TIMEOUT_S + 3
+  message = str(info.value)
+  assert '\n' not in message
+  for part in ('config.data.raw_dir', raw.RAW_DIR_ENV, str(tmp_path / 'tfds'),
+               'github.com/zxaoyou/segmentation_WBC', '"Dataset 1/"'):
+    assert part in message, part
+  assert not (tmp_path / 'tfds').exists() or not list((tmp_path / 'tfds').rglob('*'))

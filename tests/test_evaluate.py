@@ -495,3 +495,38 @@ def test_held_out_images_the_model_trained_on_are_reported_apart(tiny_model, tmp
     assert written[f'{name}-{source}']['n_images'] == len(record[source]['test'])
     assert written[f'{name}-{source}-training_images']['n_images'] == len(
         record[source]['train'])
+
+
+def test_worst_images_put_mistyped_cells_first():
+  """A cell typed wrong shows among the worst even when its nucleus is outlined well."""
+  dice = np.array([0.9, 0.1, 0.5, 0.1, 0.97, 0.95])
+  mistyped = np.array([False, False, False, False, True, True])
+  assert reports.worst_indices(dice, 3, mistyped) == [5, 4, 1]
+  assert reports.worst_indices(dice, 6, mistyped) == [5, 4, 1, 3, 2, 0]
+
+
+def test_per_class_mean_skips_classes_without_a_labelled_pixel():
+  """The paper's classes on a split without basophils: a few false basophil pixels give it
+  Dice 0, which the mean of the labelled classes leaves out."""
+  cm = np.zeros((4, 4), np.int64)
+  cm[0, 0], cm[1, 1], cm[3, 3] = 900, 90, 80
+  cm[1, 2] = 10   # neutrophil pixels predicted basophil
+  per_class = metrics.class_metrics(cm, classes.PAPER_TABLE)
+  assert per_class['support']['basophil'] == 0 and per_class['dice']['basophil'] == 0.0
+  means = metrics.labelled_class_means(per_class)
+  labelled = [per_class['dice'][c] for c in ('background', 'neutrophil', 'lymphocyte')]
+  assert means['dice'] == pytest.approx(np.mean(labelled))
+  table = reports.per_class_table({'per_class': per_class})
+  assert '| basophil (none labelled) | 0 |' in table
+  assert f"| mean (labelled classes) |  | " in table
+  assert reports.format_number(means['dice']) in table.splitlines()[-1]
+
+
+def test_paper_table_has_no_row_of_only_n_a():
+  summary = {'paper': {k: 0.95 for k in reports.PAPER_COLUMNS},
+             'per_image': {'paper': {k: {'mean': 0.94, 'std': 0.01}
+                                     for k in reports.PAPER_COLUMNS}}}
+  table = reports.paper_comparison_table(summary, 'jiangxi', 'ours')
+  body = table.splitlines()[2:]
+  assert not [row for row in body if set(row.strip('| ').split(' | ')[1:]) == {'n/a'}]
+  assert 'WCSegNet (paper)' in table and 'U-Net (ReLU)' not in table

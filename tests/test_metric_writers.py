@@ -80,3 +80,18 @@ def test_resume_drops_a_partial_last_line(tmp_path):
       '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')
   metric_writers.MetricWriter(tmp_path, enabled=True, resume_step=4, started_at=0.0).close()
   assert [r['step'] for r in metric_writers.read_metrics(tmp_path)] == [2, 4]
+
+
+def test_log_line_is_short_and_keeps_each_datasets_dice():
+  scalars = {'grad_norm': 1.2346, 'loss': 0.31234, 'pixel_accuracy': 0.9312, 'learning_rate': 1e-4,
+             'images_per_second': 45.67, 'epoch': 2.0}
+  for name in ('jiangxi', 'cellavision'):
+    scalars.update({f'test/{name}/{k}': 0.95 for k in
+                    ('loss', 'accuracy', 'dice', 'miou', 'cell_dice', 'cell_accuracy')})
+  scalars['test_dice'] = 0.95
+  line = metric_writers.log_line(40, scalars)
+  assert line.startswith('step 40: grad 1.235, loss 0.3123, acc 0.9312, lr 0.0001, img/s 45.67, '
+                         'epoch 2, mean test dice 0.95')
+  assert line.endswith('jiangxi dice 0.9500 cell acc 0.9500, cellavision dice 0.9500 cell acc '
+                       '0.9500')
+  assert len(line) < 200

@@ -73,8 +73,11 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
     stem = pathlib.Path(name).stem
     original = raw.read_rgb(image_folder / name)
     mask = cv2.cvtColor(cv2.imread(str(out / f'{stem}_mask.png')), cv2.COLOR_BGR2RGB)
-    overlay = cv2.imread(str(out / f'{stem}_overlay.png'))
-    assert mask.shape == original.shape and overlay.shape == original.shape
+    overlay = predict.overlays.without_legend(
+        predict.overlays.read_rgb(out / f'{stem}_overlay.png'), classes.PAPER_TABLE)
+    factor = overlay.shape[1] // original.shape[1]   # small crops are drawn larger
+    assert mask.shape == original.shape
+    assert overlay.shape == (original.shape[0] * factor, original.shape[1] * factor, 3)
     colours = {tuple(c) for c in mask.reshape(-1, 3)}
     assert colours <= {tuple(c) for c in classes.CLASS_COLORS}
     own = [r for r in rows if pathlib.Path(r['file']).name == name]
@@ -97,11 +100,15 @@ def test_predict_command_on_a_folder(tiny_model, image_folder, tmp_path):
       assert row['cell_area_px'] == row['nc_ratio'] == ''   # no cytoplasm class
       assert 0.0 <= float(row['confidence']) <= 1.0
       assert row['mask_file'] == f'{stem}_mask.png'
+  counted = [r for r in rows if r['counted'] == '1']
+  assert all(r['exclusion_reason'] == '' for r in counted)
+  assert all(r['exclusion_reason'] for r in rows if r['counted'] == '0')
   differential = read_differential(out / 'differential.csv')
-  assert differential['total'] == len(rows)
-  assert sum(n for t, n in differential.items() if t != 'total') == len(rows)
+  assert differential['total'] == len(counted)
+  assert sum(n for t, n in differential.items() if t != 'total') == len(counted)
   for name in classes.CLASS_NAMES[1:]:
-    assert differential[name] == sum(r['predicted_type'] == name for r in rows)
+    assert differential[name] == sum(r['predicted_type'] == name for r in counted)
+  assert (out / 'contact_sheet.png').is_file()
   assert not (out / 'broken_mask.png').exists()
   assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
 
@@ -270,7 +277,7 @@ def test_overwrite_removes_only_what_an_earlier_predict_wrote(tiny_model, tmp_pa
   predict.run(workdir, str(out), [str(second)], overwrite=True)
   assert sorted(p.name for p in out.iterdir()) == sorted(
       ['cells.csv', 'differential.csv', 'notes.txt', predict.OUTPUTS_FILE,
-       f'{second.stem}_mask.png', f'{second.stem}_overlay.png'])
+       predict.CONTACT_SHEET_FILE, f'{second.stem}_mask.png', f'{second.stem}_overlay.png'])
   assert {pathlib.Path(r['file']).name for r in read_cell_rows(out / 'cells.csv')} <= {
       second.name}
   listing = json.loads((out / predict.OUTPUTS_FILE).read_text())
@@ -369,8 +376,10 @@ def test_field_scale_segments_in_tiles_at_that_scale(tiny_model, tmp_path, monke
   for row in rows:
     assert 0 <= int(row['x0']) < int(row['x1']) <= width
     assert 0 <= int(row['y0']) < int(row['y1']) <= height
-  assert read_differential(tmp_path / 'out' / 'differential.csv')['total'] == len(rows)
-  assert summary.differential[-1]['count'] == len(rows)
+  counted = [r for r in rows if r['counted'] == '1']   # not those cut by the field's border
+  assert all(r['exclusion_reason'] for r in rows if r['touches_border'] == '1')
+  assert read_differential(tmp_path / 'out' / 'differential.csv')['total'] == len(counted)
+  assert summary.differential[-1]['count'] == len(counted)
   # The command line takes the flag, and refuses a scale that is no scale.
   proc = test_evaluate.run_command(
       'wcsegnet_jax.predict', f'--workdir={tiny_model["workdir"]}',
@@ -635,3 +644,44 @@ def test_an_images_alpha_channel_is_dropped_with_a_word(tmp_path, capsys):
   cv2.imwrite(str(tmp_path / 'clear.png'), rgba)
   assert predict.read_input(tmp_path / 'clear.png').shape == (40, 40, 3)
   assert 'clear.png: its alpha (transparency) channel is ignored' in capsys.readouterr().err
+
+
+def _one_hot(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+  return np.eye(num_classes, dtype=np.float32)[label_map]
+
+
+def test_border_cut_and_implausible_cells_are_listed_but_not_counted(tmp_path):
+  """A 120x120 crop holding a whole lymphocyte nucleus, a neutrophil one cut by the border
+  and a small basophil-typed fragment: all three in cells.csv, the whole one alone counted;
+  --count_all_cells (CellRules.count_excluded) counts the three."""
+  table = classes.class_table(classes.DEFAULT_CELL_TYPES, cytoplasm=False)
+  label_map = np.zeros((120, 120), np.uint8)
+  cv2.circle(label_map, (50, 60), 18, 3, thickness=-1)   # lymphocyte
+  cv2.circle(label_map, (115, 20), 15, 1, thickness=-1)  # neutrophil, cut by the border
+  cv2.circle(label_map, (95, 100), 8, 2, thickness=-1)   # a 197-pixel fragment
+  image = np.full((120, 120, 3), 200, np.uint8)
+  probs = _one_hot(label_map, table.num_classes)
+  rows, counted_ids = predict.write_image_outputs(
+      tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table,
+      predict.cells.CellRules(), 'argmax')
+  by_type = {r['predicted_type']: r for r in rows}
+  assert set(by_type) == {'neutrophil', 'basophil', 'lymphocyte'}
+  assert (by_type['lymphocyte']['counted'], by_type['lymphocyte']['exclusion_reason']) == (1, '')
+  assert (by_type['neutrophil']['counted'],
+          by_type['neutrophil']['exclusion_reason']) == (0, 'cut by the image border')
+  assert by_type['basophil']['counted'] == 0
+  assert by_type['basophil']['exclusion_reason'].startswith('nucleus 197 px < 200')
+  assert counted_ids == [3]
+  every = predict.cells.CellRules(count_excluded=True)
+  rows, counted_ids = predict.write_image_outputs(
+      tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table, every, 'argmax')
+  assert sorted(counted_ids) == [1, 2, 3]
+  assert [r['exclusion_reason'] != '' for r in rows].count(True) == 2   # still said why
+
+
+def test_summary_says_how_many_objects_were_not_counted():
+  summary = predict.PredictionSummary(['a.png'], [], cell_types=classes.ALL_CELL_TYPES,
+                                      not_counted=2)
+  assert summary.text().splitlines()[-1] == (
+      '2 more objects not counted (cut by the image border, or too small or misshapen for a '
+      'cell): in cells.csv with counted=0 and the reason; --count_all_cells counts them')

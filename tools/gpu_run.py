@@ -429,7 +429,9 @@ def train_and_evaluate(name, s: Settings, data, tfds, out, scratch, env, clock, 
          'workdir': str(workdir), 'args': args}
   logs = scratch / 'logs'
   limit = clock.left() - s.eval_reserve_s - s.final_reserve_s - 2 * s.grace_s
-  run['train'] = train = run_limited([sys.executable, '-m', 'wcsegnet_jax.main', *args],
+  # Evaluated below, within its own time limit: not by the training command as well.
+  run['train'] = train = run_limited([sys.executable, '-m', 'wcsegnet_jax.main', *args,
+                                      '--nofinal_report'],
                                      logs / f'{name}.train.log', limit, env, s.grace_s)
   train['limit_s'] = round(limit, 1)
   train['status'] = ('cut' if train['cut'] else 'failed' if train['returncode'] else

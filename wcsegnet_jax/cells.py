@@ -21,6 +21,9 @@ How a map becomes cells (`label_cells`):
    is the evidence: nuclei farther apart than `merge_gap_px` are always two cells.
 3. Specks. Cells with fewer than `min_nucleus_px` nucleus pixels are dropped (a fragment of a
    nucleus or a false positive), as are cytoplasm regions with no nucleus.
+4. Counting. A cell cut by the image border, or one too small, too far from round
+   (circularity) or too ragged (solidity) for a nucleus (`CellRules`' counting thresholds), is
+   kept and listed but left out of a differential: `not_counted_reasons` says why.
 The rules' lengths and areas are at the training scale; `CellRules.scaled` maps them to a map of
 another scale (a crop resized back to its own size, a field of another magnification).
 
@@ -59,12 +62,25 @@ class CellRules:
   merge_gap_px: float = 14.0
   split_radius_px: float = 16.0
   min_nucleus_px: float = 150.0
+  # Which cells a differential counts (`not_counted_reasons`): not those cut by the image border
+  # (type and size partial), nor implausible objects. From the 320 true nucleus masks of the
+  # WBC Image Dataset at 120x120 (CellaVision's shrunk from 300): the smallest nucleus has
+  # 399 px, the least circular 0.185, the least solid 0.487 (lobed neutrophils, an eosinophil);
+  # each threshold lies well below, so only fragments and slivers fall under them.
+  min_counted_nucleus_px: float = 200.0
+  min_circularity: float = 0.1
+  min_solidity: float = 0.3
+  count_excluded: bool = False   # count those cells too (listed as not countable all the same)
 
   def scaled(self, factor: float) -> 'CellRules':
     """The rules for a map whose pixels are `factor` times smaller than the training scale's
-    (a map enlarged by `factor`): lengths times factor, areas times factor**2."""
-    return CellRules(self.merge_gap_px * factor, self.split_radius_px * factor,
-                     self.min_nucleus_px * factor**2)
+    (a map enlarged by `factor`): lengths times factor, areas times factor**2; shape ratios
+    unchanged."""
+    return dataclasses.replace(
+        self, merge_gap_px=self.merge_gap_px * factor,
+        split_radius_px=self.split_radius_px * factor,
+        min_nucleus_px=self.min_nucleus_px * factor**2,
+        min_counted_nucleus_px=self.min_counted_nucleus_px * factor**2)
 
 
 @dataclasses.dataclass
@@ -161,6 +177,22 @@ def find_cells(pred_map: np.ndarray, probs: np.ndarray | None, table: classes.Cl
   """The cells of a predicted map (`label_cells`, then `measure_cells`), and their labels."""
   labels, _ = label_cells(pred_map, table.nucleus_ids, table.cytoplasm_id, rules)
   return measure_cells(pred_map, probs, labels, table), labels
+
+
+def not_counted_reasons(cell: Cell, rules: CellRules) -> str:
+  """'' for a cell a differential counts; else why not ('cut by the image border', 'nucleus
+  120 px < 200', 'circularity 0.03 < 0.1', 'solidity ...'), joined by '; '. `rules` at the
+  map's own scale (`CellRules.scaled`)."""
+  m, reasons = cell.nucleus, []
+  if cell.touches_border:
+    reasons.append('cut by the image border')
+  if m['area_px'] < rules.min_counted_nucleus_px:
+    reasons.append(f"nucleus {m['area_px']} px < {rules.min_counted_nucleus_px:.0f}")
+  if m['circularity'] < rules.min_circularity:
+    reasons.append(f"circularity {m['circularity']:.2f} < {rules.min_circularity:g}")
+  if m['solidity'] < rules.min_solidity:
+    reasons.append(f"solidity {m['solidity']:.2f} < {rules.min_solidity:g}")
+  return '; '.join(reasons)
 
 
 def differential(class_ids: Sequence[int], type_names: Sequence[str],

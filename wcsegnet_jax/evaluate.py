@@ -29,6 +29,7 @@ from wcsegnet_jax import reports
 from wcsegnet_jax import restore
 from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import tfds_builder
 
 
 def tta_views(rotations: bool) -> list[tuple[Callable, Callable]]:
@@ -260,6 +261,18 @@ def report_folder(name: str, config: ml_collections.ConfigDict, keeps_average: b
           + ('' if config.eval.decode == 'argmax' else f'-{config.eval.decode}'))
 
 
+def with_workdir_data(config: ml_collections.ConfigDict, workdir: pathlib.Path
+                      ) -> ml_collections.ConfigDict:
+  """`config` with the data paths the workdir's training recorded in its config.json, where
+  neither the config nor the environment gives them: no $WCSEG_DATA_DIR needed again."""
+  saved = checkpointing.load_saved_config(workdir)
+  if not saved or 'data' not in saved:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.data = tfds_builder.with_recorded_paths(config.data, saved['data'])
+  return out
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str | int | None = None) -> dict[str, dict]:
   """Evaluates a checkpoint on every test set; reports go to `workdir/eval/<dataset>/`
@@ -270,6 +283,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   workdir = pathlib.Path(workdir).expanduser().resolve()
+  config = with_workdir_data(config, workdir)
   device = local_eval_device()
   # The checkpoint first: a missing one is reported before any data is prepared.
   checkpoint = str(checkpoint or config.eval.checkpoint).strip()

@@ -8,16 +8,28 @@ from absl import logging
 from wcsegnet_jax import errors
 
 
+# orbax warnings about what we do on purpose: an optional metadata file absent, and a
+# checkpoint folder opened read only (evaluate and predict only read it).
+_ORBAX_NOISE = ('Metadata file does not exist', 'read only', 'read_only=True')
+
+
 def _not_orbax(record: std_logging.LogRecord) -> bool:
-  """orbax logs every file it writes (INFO), a warning per missing optional metadata file, and
-  each thread's traceback of a save the storage refused (a full disk: a thousand lines), which
+  """orbax logs every file it writes (INFO), the warnings of _ORBAX_NOISE, and each thread's
+  traceback of a save the storage refused (a full disk: a thousand lines), which
   checkpointing.save or finish raises as one line; its other warnings and errors stay."""
   if 'orbax' not in record.pathname:
     return True
   if record.exc_info and errors.storage_failure(record.exc_info[1]):
     return False
-  return record.levelno > std_logging.INFO and 'Metadata file does not exist' not in (
-      record.getMessage())
+  message = record.getMessage()
+  return record.levelno > std_logging.INFO and not any(n in message for n in _ORBAX_NOISE)
+
+
+def _not_tfds_variant_probe(record: std_logging.LogRecord) -> bool:
+  """TFDS warns that a build's folder has no dataset_info.json each time it looks for a build
+  that is not there yet, i.e. before every first build."""
+  return not ('tensorflow_datasets' in record.pathname
+              and 'has no dataset_info.json' in record.getMessage())
 
 
 def _not_storage_failure(record: std_logging.LogRecord) -> bool:
@@ -47,4 +59,5 @@ def quiet_library_logs() -> None:
   logging.get_absl_logger().addFilter(_not_orbax)
   std_logging.getLogger('asyncio').addFilter(_not_storage_failure)
   threading.excepthook = _quiet_storage_failures_in_threads(threading.excepthook)
+  logging.get_absl_logger().addFilter(_not_tfds_variant_probe)
   std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_tpu_probe)

@@ -1,4 +1,8 @@
-"""Command line: `python -m wcsegnet_jax.main --config=configs/wcseg.py --workdir=DIR`."""
+"""Command line: `python -m wcsegnet_jax.main --config=configs/wcseg.py --workdir=DIR`.
+
+Training ends with the evaluation `--mode=evaluate` writes and a summary of where it is."""
+
+import time
 
 from absl import app
 from absl import flags
@@ -23,6 +27,8 @@ flags.DEFINE_string('checkpoint', None, "For evaluate: 'best', 'latest', a step,
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for every process.')
 flags.DEFINE_integer('num_processes', None, 'How many processes the run has.')
 flags.DEFINE_integer('process_id', None, "This process's index, 0..num_processes-1.")
+flags.DEFINE_bool('final_report', True, 'After training: evaluate as --mode=evaluate does, draw '
+                  'curves.png and print a summary of where the results are.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -37,8 +43,14 @@ def main(argv):
                         FLAGS.num_processes, FLAGS.process_id)   # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()
+      from wcsegnet_jax import end_of_run
       from wcsegnet_jax import train
+      started_at = time.time()
       train.train_and_evaluate(FLAGS.config, workdir)
+      summary = (end_of_run.report(FLAGS.config, workdir, time.time() - started_at)
+                 if FLAGS.final_report else None)
+      if summary:
+        print('\n' + summary)
     else:
       from wcsegnet_jax import evaluate
       workdirs.check_writable(workdir, folders=('eval',), create=False)

@@ -61,7 +61,7 @@ class MetricWriter:
         self._tb.add_scalar(k, v, step)
       self._jsonl.write(json.dumps(record) + '\n')
       self._jsonl.flush()
-    logging.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in scalars.items()))
+    logging.info('%s', log_line(step, scalars))
 
   def close(self) -> None:
     if self.enabled:
@@ -80,6 +80,29 @@ class MetricWriter:
     except OSError as e:
       raise errors.WriteError(f'writing the metrics to {self.workdir} failed: {e}; what was '
                               f'written before (metrics, checkpoints) is intact') from e
+
+
+# How the log names the training scalars; test scalars show only these, per dataset (all of
+# them are in metrics.jsonl and TensorBoard).
+_SHORT_NAMES = {'loss': 'loss', 'pixel_accuracy': 'acc', 'grad_norm': 'grad',
+                'learning_rate': 'lr', 'images_per_second': 'img/s', 'epoch': 'epoch',
+                'test_dice': 'mean test dice'}
+_TEST_SHOWN = {'dice': 'dice', 'cell_accuracy': 'cell acc'}
+
+
+def log_line(step: int, scalars: dict[str, float]) -> str:
+  """One short log line: the training scalars by short name, and per test dataset its nucleus
+  Dice and cell accuracy ('test/<dataset>/<metric>' keys)."""
+  parts, tests = [], {}
+  for key, value in scalars.items():
+    if key.startswith('test/') and key.count('/') == 2:
+      _, dataset, metric = key.split('/')
+      if metric in _TEST_SHOWN:
+        tests.setdefault(dataset, []).append(f'{_TEST_SHOWN[metric]} {value:.4f}')
+    else:
+      parts.append(f'{_SHORT_NAMES.get(key, key)} {value:.4g}')
+  parts += [f'{dataset} ' + ' '.join(shown) for dataset, shown in tests.items()]
+  return f'step {step}: ' + ', '.join(parts)
 
 
 class StepTimer:

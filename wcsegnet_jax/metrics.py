@@ -205,6 +205,14 @@ def class_metrics(cm: Any, table: classes.ClassTable = PAPER) -> dict:
   return out
 
 
+def labelled_class_means(per_class: dict) -> dict[str, float | None]:
+  """{metric: mean over the classes with labelled pixels} of a `class_metrics` result: a class
+  absent from the split's labels (a basophil-free test split) scores 0 on any false positive,
+  which says nothing of how well the classes present are segmented."""
+  present = [name for name, n in per_class['support'].items() if n > 0]
+  return {k: _mean_defined(per_class[k][name] for name in present) for k in CLASS_METRICS}
+
+
 def _as_cms(per_image_cms: Any, table: classes.ClassTable) -> np.ndarray:
   cms = np.asarray(per_image_cms, dtype=np.int64)
   if cms.ndim != 3 or cms.shape[1] != cms.shape[2]:

@@ -23,10 +23,10 @@ is a field of many cells instead: resized by F to the training data's scale (1.0
 Jiangxi crops' scale, 0.4 at the 300-pixel CellaVision crops', which training resized to 120),
 segmented in overlapping tiles of the training size (`fields.py`), never squashed whole;
 --field_scale=auto estimates F per image from the nuclei the model finds (`scale_estimate.py`;
-cells.csv's field_scale column gives the scale used, for crops too). Per image
-it writes `<stem>_mask.png` (class colours) and `<stem>_overlay.png` (the image with the nucleus
-tinted in its class colour, and the cytoplasm gray for a model with that class); a second image
-with the same stem gets `<stem>_2_mask.png`, and so on.
+cells.csv's field_scale column gives the scale used, for crops too). Per image it writes
+`<stem>_mask.png` (class colours) and `<stem>_overlay.png` (each cell outlined in its type's
+colour and numbered with its type and confidence, a legend below: `overlays.py`); a second
+image with the same stem gets `<stem>_2_mask.png`, and so on; `contact_sheet.png` shows them all.
 
 The predicted map is then split into cells (`cells.py`: one connected cell region per cell; a
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the paper model, has its
@@ -37,7 +37,9 @@ pixels), the mean probability of that type over them, nucleus and cell area, N:C
 without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micrometres too
 with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
-a lab's differential count. `predict_outputs.json` lists the files written and the model.
+a lab's differential count; cells cut by the image border and objects too small or misshapen for
+a cell (`cells.CellRules`) have counted=0 and the reason in cells.csv, and are counted only with
+--count_all_cells. `predict_outputs.json` lists the files written and the model.
 
 OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
 earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.
@@ -74,6 +76,7 @@ from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
 from wcsegnet_jax import files
 from wcsegnet_jax import logs
+from wcsegnet_jax import overlays
 from wcsegnet_jax import reports
 from wcsegnet_jax import restore
 from wcsegnet_jax import scale_estimate
@@ -82,13 +85,14 @@ from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'nucleus_area_px', 'nucleus_area_um2', 'cell_area_px',
-               'cell_area_um2', 'nc_ratio', 'perimeter_px', 'perimeter_um', 'circularity',
-               'solidity', 'nucleus_parts', 'mask_file', 'field_scale')
+               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px',
+               'nucleus_area_um2', 'cell_area_px', 'cell_area_um2', 'nc_ratio', 'perimeter_px',
+               'perimeter_um', 'circularity', 'solidity', 'nucleus_parts', 'mask_file',
+               'field_scale')
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
-OVERLAY_ALPHA = 0.5   # weight of the class colour on nucleus pixels
+CONTACT_SHEET_FILE = 'contact_sheet.png'   # every image's overlay, small, for review
 OUTPUTS_FILE = 'predict_outputs.json'   # what a run wrote, so --overwrite removes only that
 # Stained smears differ by tens of levels between channels; a gray image, JPEG too, by ~0.
 GRAY_MEAN_SPREAD = 2.0
@@ -102,6 +106,7 @@ class PredictionSummary:
   no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
   differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
   cell_types: tuple[str, ...] = ()   # the types the model tells apart
+  not_counted: int = 0   # cells listed in cells.csv but left out of the differential
 
   def text(self) -> str:
     n = len(self.done) + len(self.skipped)
@@ -118,6 +123,10 @@ class PredictionSummary:
       line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
           ': ' + ', '.join(f'{r["cell_type"]} {r["count"]} ({r["percent"]:.1f}%)' for r in types)
           if total['count'] else '')
+    if self.not_counted:
+      line += (f'\n{self.not_counted} more object{"" if self.not_counted == 1 else "s"} not '
+               f'counted (cut by the image border, or too small or misshapen for a cell): in '
+               f'{CELLS_FILE} with counted=0 and the reason; --count_all_cells counts them')
     if unknown := [t for t in classes.ALL_CELL_TYPES if t not in self.cell_types]:
       line += (f'\nthe model types {", ".join(self.cell_types)} only: a cell of another type '
                f'({", ".join(unknown)}) is counted as the nearest of these')
@@ -207,9 +216,11 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
-             class_names: Sequence[str], pixel_size_um: float | None) -> dict:
-  """One cells.csv row: where the cell is, its voted type and confidence, its sizes and
-  nucleus measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
+             class_names: Sequence[str], pixel_size_um: float | None,
+             exclusion_reason: str = '', counted: bool = True) -> dict:
+  """One cells.csv row: where the cell is, its voted type and confidence, whether the
+  differential counts it (and why not: `cells.not_counted_reasons`), its sizes and nucleus
+  measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
   m = cell.nucleus
   um = lambda v, power: '' if pixel_size_um is None or v is None else (
       f'{v * pixel_size_um**power:.4f}')
@@ -219,6 +230,8 @@ def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
       'touches_border': int(cell.touches_border),
       'predicted_type': class_names[cell.class_id],
       'confidence': f'{cell.confidence:.4f}',
+      'counted': int(counted),
+      'exclusion_reason': exclusion_reason,
       'nucleus_area_px': m['area_px'],
       'nucleus_area_um2': um(m['area_px'], 2),
       'cell_area_px': '' if cell.cell_area_px is None else cell.cell_area_px,
@@ -242,18 +255,33 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
                         probs: np.ndarray, pixel_size_um: float | None,
                         table: classes.ClassTable, cell_rules: cells.CellRules,
                         decode: str) -> tuple[list[dict], list[int]]:
-  """Writes one image's mask and overlay at its own size; returns its cells.csv rows and the
-  cells' class ids. `cell_rules` are those for the image's own pixel scale."""
+  """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
+  cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
+  for the image's own pixel scale."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
   files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
+  found, labels = cells.find_cells(pred_map, probs, table, cell_rules)
+  reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
+  counted = [cell_rules.count_excluded or not why for why in reasons]
+  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
+                              count)
+           for k, (cell, count) in enumerate(zip(found, counted), start=1)]
   files.write_bytes_atomic(output / overlay_file,
-                           reports.encode_png(table.overlay(image, pred_map, OVERLAY_ALPHA)))
-  found, _ = cells.find_cells(pred_map, probs, table, cell_rules)
-  rows = [cell_row(shown(path), mask_file, k, cell, table.names, pixel_size_um)
-          for k, cell in enumerate(found, start=1)]
-  return rows, [cell.class_id for cell in found]
+                           reports.encode_png(overlays.draw_cells(image, labels, drawn, table)))
+  rows = [cell_row(shown(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
+          for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
+  return rows, [cell.class_id for cell, count in zip(found, counted) if count]
+
+
+def write_contact_sheet(output: pathlib.Path, overlay_files: Sequence[str],
+                        table: classes.ClassTable) -> None:
+  """CONTACT_SHEET_FILE: the overlays written, small and captioned, one image for review."""
+  tiles = [(name.removesuffix('_overlay.png'), overlays.thumbnail(
+      overlays.without_legend(overlays.read_rgb(output / name), table))) for name in overlay_files]
+  files.write_bytes_atomic(output / CONTACT_SHEET_FILE,
+                           reports.encode_png(overlays.contact_sheet(tiles, table)))
 
 
 def looks_gray(image: np.ndarray) -> bool:
@@ -296,7 +324,8 @@ def _earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
     raise raw.DataError(f'{listing}: not a readable list of earlier outputs ({e}); remove '
                         f'the folder by hand or choose another --output') from None
   safe = [n for n in names if isinstance(n, str) and n and pathlib.Path(n).name == n]
-  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]]
+  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE,
+                                      OUTPUTS_FILE]]
 
 
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
@@ -304,7 +333,7 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   used = set()
   stems = [_unique_stem(path, used) for path in paths]
   return [name for stem in stems for name in image_output_names(stem)] + [
-      CELLS_FILE, DIFFERENTIAL_FILE, OUTPUTS_FILE]
+      CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE, OUTPUTS_FILE]
 
 
 def prepare_output(output: str | pathlib.Path, overwrite: bool,
@@ -517,11 +546,13 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     return summary
   summary.differential = cells.differential(
       class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
+  summary.not_counted = sum(1 for r in rows if not r['counted'])
   files.write_csv_atomic(output / CELLS_FILE, CSV_COLUMNS,
                          [[r[k] for k in CSV_COLUMNS] for r in rows])
   files.write_csv_atomic(output / DIFFERENTIAL_FILE, DIFFERENTIAL_COLUMNS,
                          [[r['cell_type'], r['count'], f"{r['percent']:.2f}"]
                           for r in summary.differential])
+  write_contact_sheet(output, [n for n in listing['files'] if n.endswith('_overlay.png')], table)
   files.write_json_atomic(output / OUTPUTS_FILE, {**listing, 'complete': True})
   return summary
 
@@ -640,6 +671,9 @@ def define_flags() -> None:
   flags.DEFINE_string('model', None, 'A shipped model by name (%s; default %s) or a model '
                       'folder (tools/build_pretrained.py --output), instead of --workdir.'
                       % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL))
+  flags.DEFINE_bool('count_all_cells', False, 'Count in differential.csv the cells cut by the '
+                    'image border and the objects too small or misshapen for a cell as well '
+                    '(cells.csv lists them either way, with the reason).')
   flags.mark_flags_as_required(['output'])
 
 
@@ -651,7 +685,7 @@ def main(argv):
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
-                            FLAGS.cell_min_nucleus_px)
+                            FLAGS.cell_min_nucleus_px, count_excluded=FLAGS.count_all_cells)
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
                   FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules,
                   FLAGS.model)
@@ -660,7 +694,8 @@ def main(argv):
     print('nothing segmented, nothing written', file=sys.stderr)
     sys.exit(1)
   output = pathlib.Path(FLAGS.output)
-  print(f'wrote masks and overlays, {output / CELLS_FILE} and {output / DIFFERENTIAL_FILE}')
+  print(f'wrote masks and overlays, {output / CELLS_FILE}, {output / DIFFERENTIAL_FILE} and '
+        f'{output / CONTACT_SHEET_FILE} (every overlay, small, for review)')
 
 
 if __name__ == '__main__':

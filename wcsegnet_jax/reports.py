@@ -145,9 +145,14 @@ def figure_indices(cell_types: np.ndarray, n: int) -> list[int]:
   return picked
 
 
-def worst_indices(nucleus_dice: np.ndarray, k: int) -> list[int]:
-  """The `k` images of lowest nucleus Dice, worst first (ties keep the dataset's order)."""
-  return [int(i) for i in np.argsort(nucleus_dice, kind='stable')[:k]]
+def worst_indices(nucleus_dice: np.ndarray, k: int, mistyped: np.ndarray | None = None
+                  ) -> list[int]:
+  """The `k` worst images: those whose cell was mistyped (`mistyped`, bool per image) first,
+  then the lowest nucleus Dice; by Dice within each (ties keep the dataset's order). A cell
+  typed wrong is the error a differential count feels, however well it is outlined."""
+  mistyped = np.zeros(len(nucleus_dice), bool) if mistyped is None else np.asarray(mistyped)
+  order = np.lexsort((np.arange(len(nucleus_dice)), nucleus_dice, ~mistyped))
+  return [int(i) for i in order[:k]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str
   """The paper's Table 1 rows for `paper_key` (if any) and ours: pooled and per-image means."""
   header = ['Method'] + [COLUMN_TITLES[k] for k in PAPER_COLUMNS]
   rows = [[f'{method} (paper)'] + [format_number(values.get(k)) for k in PAPER_COLUMNS]
-          for method, values in PAPER_TABLE1.get(paper_key, ())]
+          for method, values in PAPER_TABLE1.get(paper_key, ()) if values]   # none: no row
   rows.append([f'**{ours_label}**, pooled pixels']
               + [format_number(summary['paper'][k]) for k in PAPER_COLUMNS])
   per_image = summary['per_image']['paper']
@@ -192,11 +197,13 @@ def whole_cell_lines(summary: dict) -> list[str]:
 
 def per_class_table(summary: dict) -> str:
   pc = summary['per_class']
-  rows = [[name, format_number(pc['support'][name])]
+  rows = [[name if pc['support'][name] else f'{name} (none labelled)',
+           format_number(pc['support'][name])]
           + [format_number(pc[k][name]) for k in metrics.CLASS_METRICS]
-          for name in pc['support']]
-  rows.append(['mean (present classes)', ''] + [format_number(pc[f'mean_{k}'])
-                                               for k in metrics.CLASS_METRICS])
+          for name in pc['support'] if pc['support'][name] or pc['dice'][name] is not None]
+  means = metrics.labelled_class_means(pc)
+  rows.append(['mean (labelled classes)', ''] + [format_number(means[k])
+                                                 for k in metrics.CLASS_METRICS])
   header = ['Class', 'Labelled pixels'] + [COLUMN_TITLES.get(k, k.capitalize())
                                            for k in metrics.CLASS_METRICS]
   return markdown_table(header, rows)
@@ -248,7 +255,7 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
       '',
       cell_table(summary),
       '',
-      f'## The {len(worst)} images of lowest nucleus Dice',
+      f'## The {len(worst)} worst images: mistyped cells first, then lowest nucleus Dice',
       '',
       markdown_table(['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
                      [[i + 1, w['file_id'], w['true_type'], w['predicted_type'],
@@ -288,7 +295,7 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
            'predicted_type': table.name(int(predicted[i])),
            'nucleus_dice': float(dice[i]), 'loss': float(result.loss[i])}
           for i in range(len(result.file_ids))]
-  worst_idx = worst_indices(dice, worst_k)
+  worst_idx = worst_indices(dice, worst_k, predicted != np.asarray(result.cell_types))
   worst = [rows[i] for i in worst_idx]
   shown = figure_indices(result.cell_types, figure_rows)
 
@@ -300,7 +307,7 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
       shown, summary['dataset'],
       lambda i: f"{rows[i]['file_id']}\n{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
   write_bytes_atomic(out_dir / 'worst.png', grid(
-      worst_idx, f"{summary['dataset']}: lowest nucleus Dice",
+      worst_idx, f"{summary['dataset']}: mistyped cells, then lowest nucleus Dice",
       lambda i: f"{rows[i]['file_id']}  Dice {rows[i]['nucleus_dice']:.3f}\n"
                 f"{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
   write_csv_atomic(out_dir / 'per_image.csv', list(rows[0]) if rows else ['file_id'],

@@ -9,6 +9,7 @@ all devices, the batch sharded along it, the state replicated.
 import functools
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from wcsegnet_jax import models
 from wcsegnet_jax import parallel
 from wcsegnet_jax import restore
 from wcsegnet_jax import workdirs
+from wcsegnet_jax.data import tfds_builder
 
 # What a run writes in its workdir, checked before any data is built.
 RUN_FOLDERS = ('checkpoints', 'tensorboard')
@@ -59,14 +61,21 @@ class AveragedTrainState(TrainState):
   ema_params: Any
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict,
-                   steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
-  """Adam at `learning_rate` (the paper: 1e-4, constant); cosine with warm-up as an option."""
+def learning_rate_schedule(train_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           total_steps: int) -> optax.Schedule:
+  """The learning rate at each step: `learning_rate` (the paper: 1e-4, constant), or cosine
+  with warm-up as an option."""
   lr = train_config.learning_rate
   if train_config.lr_schedule == 'cosine':
     warmup = int(train_config.warmup_epochs * steps_per_epoch)
-    lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
-  return optax.adam(lr)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+  """Adam at `learning_rate_schedule`."""
+  return optax.adam(learning_rate_schedule(train_config, steps_per_epoch, total_steps))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, seed,
@@ -223,8 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       resume_step)
       state = checkpointing.restore(manager, resume_step, state, train_iter)
       logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
-    if lead:
-      checkpointing.write_config(workdir, config)
+    if lead:   # with the data paths as read, so that evaluate finds the data by itself
+      checkpointing.write_config(workdir, with_data_paths(config))
       checkpointing.write_data_record(workdir, record)
     writer = metric_writers.MetricWriter(workdir, enabled=lead, resume_step=resume_step,
                                          started_at=started_at)
@@ -236,7 +245,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     eval_every, ckpt_every = t.eval_every_epochs * spe, t.checkpoint_every_epochs * spe
     step = first_step = int(jax.device_get(state.step))
     history, timer = [], metric_writers.StepTimer(step)
-    progress = EpochProgress(spe, enabled=t.progress_bar and lead)
+    progress = RunProgress(total_steps, spe, enabled=t.progress_bar and lead)
+    learning_rate = learning_rate_schedule(t, spe, total_steps)
     interrupted = False
     try:
       while step < total_steps:
@@ -251,7 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         step += 1
         progress.finished(step, step_metrics)
         if due(step, t.log_every_steps) or due(step, spe):
-          writer.write(step, _train_scalars(history, timer, step, spe, manager, config))
+          writer.write(step, {**_train_scalars(history, timer, step, spe, manager, config),
+                              'learning_rate': float(learning_rate(step - 1))})
           history = []
         scalars = test_metrics(state) if due(step, eval_every) else {}
         if scalars:
@@ -271,6 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if interrupted:
       raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
     return state
+
+
+def with_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose data paths are those the run reads (`tfds_builder.resolved_paths`)."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.data.update(tfds_builder.resolved_paths(config.data))
+  return out
 
 
 def _warn_if_too_slow(seconds_per_step: float, steps_left: int, config_name: str) -> None:
@@ -306,25 +324,33 @@ def stacked_metrics(step_metrics: list[dict]) -> jax.Array:
                     for m in step_metrics])
 
 
-class EpochProgress:
-  """A progress bar per epoch that counts finished steps (metric_writers.FinishedStepProgress)."""
+class RunProgress:
+  """One progress bar for the whole run, counting finished steps
+  (metric_writers.FinishedStepProgress): its ETA is the run's; the epoch is in its label. Only
+  on a terminal: a log file or pipe gets the log lines, without bar fragments."""
 
-  def __init__(self, steps_per_epoch: int, enabled: bool):
-    self.steps_per_epoch, self.enabled, self.bar = steps_per_epoch, enabled, None
+  def __init__(self, total_steps: int, steps_per_epoch: int, enabled: bool, stream=None):
+    self.stream = sys.stderr if stream is None else stream
+    self.total_steps, self.steps_per_epoch, self.bar = total_steps, steps_per_epoch, None
+    self.enabled = enabled and self.stream.isatty()
+    self.epochs = math.ceil(total_steps / steps_per_epoch)
+
+  def _label(self, step: int) -> str:
+    return f'epoch {min(step // self.steps_per_epoch + 1, self.epochs)}/{self.epochs}'
 
   def finished(self, step: int, step_outputs) -> None:
     """After dispatching the step that brings the count to `step`."""
     if not self.enabled:
       return
     if self.bar is None:
-      done = (step - 1) % self.steps_per_epoch
       self.bar = metric_writers.FinishedStepProgress(tqdm.tqdm(
-          total=self.steps_per_epoch, initial=done, leave=False,
-          desc=f'epoch {(step - 1) // self.steps_per_epoch + 1}'))
+          total=self.total_steps, initial=step - 1, leave=False, file=self.stream,
+          unit='step', desc=self._label(step - 1), dynamic_ncols=True,
+          bar_format='{desc} {percentage:3.0f}%|{bar}| step {n_fmt}/{total_fmt} '
+                     '[{elapsed}<{remaining}]'))
     self.bar.dispatched(step_outputs)
     if step % self.steps_per_epoch == 0:
-      self.bar.close()
-      self.bar = None
+      self.bar.bar.set_description_str(self._label(step), refresh=False)
 
   def abandon(self) -> None:
     if self.bar is not None:

@@ -15,6 +15,7 @@ import json
 import logging as std_logging
 import os
 import pathlib
+import socket
 from typing import Any, Iterator
 
 from absl import logging
@@ -33,6 +34,10 @@ TFDS_DIR_ENV = 'WCSEG_TFDS_DIR'
 # The public repository of Zheng et al. (2018), for users online without a local copy.
 ARCHIVE_URL = 'https://github.com/zxaoyou/segmentation_WBC/archive/refs/heads/master.zip'
 ARCHIVE_FOLDER = 'segmentation_WBC-master'
+REPOSITORY_URL = 'https://github.com/zxaoyou/segmentation_WBC'
+# Asked, with a short timeout, before a download: offline, TFDS retries for minutes and then
+# fails with a long traceback.
+ARCHIVE_HOST, ARCHIVE_PORT, REACHABLE_TIMEOUT_S = 'github.com', 443, 3.0
 SPLIT_IDS_FILE = 'split_ids.csv'
 
 
@@ -151,6 +156,35 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
   return pathlib.Path(path).expanduser()
 
 
+# The data paths a workdir's config.json records as resolved, so that a later evaluation of the
+# workdir reads the same data without $WCSEG_DATA_DIR or $WCSEG_TFDS_DIR.
+RECORDED_PATHS = ('raw_dir', 'tfds_dir', 'folder_dir')
+
+
+def resolved_paths(data_config: ml_collections.ConfigDict) -> dict[str, str]:
+  """data.raw_dir, tfds_dir and folder_dir as a run reads them (the config, else the
+  environment), absolute; '' where none is given (raw_dir: the download)."""
+  raw_dir = raw.resolve_raw_dir(data_config.raw_dir)
+  folder = data_config.folder_dir
+  return {'raw_dir': str(raw_dir.resolve()) if raw_dir else '',
+          'tfds_dir': str(tfds_dir(data_config).resolve()),
+          'folder_dir': str(pathlib.Path(folder).expanduser().resolve()) if folder else ''}
+
+
+def with_recorded_paths(data_config: ml_collections.ConfigDict, recorded: dict
+                        ) -> ml_collections.ConfigDict:
+  """A copy of `data_config` with the paths of `recorded` (a saved config's data section)
+  where neither the config nor the environment gives one."""
+  given = {'raw_dir': data_config.raw_dir or os.environ.get(raw.RAW_DIR_ENV, ''),
+           'tfds_dir': data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, ''),
+           'folder_dir': data_config.folder_dir}
+  out = ml_collections.ConfigDict(data_config.to_dict())
+  for key in RECORDED_PATHS:
+    if not given[key] and recorded.get(key):
+      out[key] = recorded[key]
+  return out
+
+
 def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any],
                  table: classes.ClassTable) -> str:
   """A short hash of the build's settings and its raw files' names, sizes, times and types."""
@@ -196,6 +230,8 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   builder = get_builder(source, data_config)
   if not _is_complete(builder):
     root = tfds_dir(data_config)
+    if not builder.is_prepared() and builder.builder_config.raw_dir is None:
+      check_archive_reachable(root)   # no data and no network: one line within seconds
     existed = _folders_under(root)   # before the lock's folder: a failed build removes it too
     with _build_lock(root, source):
       builder = get_builder(source, data_config)   # another run may have built it meanwhile
@@ -250,6 +286,24 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
         return
     finally:
       os.close(fd)   # releases the lock
+
+
+def no_data_message(root: pathlib.Path) -> str:
+  """Where the data is expected, how to give it and where to get it (one line)."""
+  return (f'no WBC data: neither config.data.raw_dir nor ${raw.RAW_DIR_ENV} is set, no build is '
+          f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
+          f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
+          f'set {raw.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
+          f'"Dataset 1/" and "Dataset 2/") or pass --config.data.raw_dir=that folder')
+
+
+def check_archive_reachable(root: pathlib.Path) -> None:
+  """A DataError within seconds (`no_data_message`) when the archive's host cannot be
+  reached, instead of TFDS's minutes of retries."""
+  try:
+    socket.create_connection((ARCHIVE_HOST, ARCHIVE_PORT), timeout=REACHABLE_TIMEOUT_S).close()
+  except OSError:
+    raise raw.DataError(no_data_message(root)) from None
 
 
 @contextlib.contextmanager
