@@ -8,7 +8,6 @@ import pytest
 
 import fixtures
 import test_evaluate
-from test_typed_fields import make_fields_folder
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import field_crops

@@ -118,9 +118,12 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   for r1, r2 in zip(one_log, two_log):
     np.testing.assert_allclose([r2[k] for k in sorted(r1)], [r1[k] for k in sorted(r1)],
                                atol=TOLERANCE, rtol=0)
-  # One config, data record and metric log, as one process writes; each process's iterator.
-  assert files_of(two) == files_of(one) == {workdirs.LOCK_FILE, 'config.json', 'data.json',
-                                            'metrics.jsonl'}
+  # One config, data record and metric log, as one process writes; each process's iterator. The
+  # command (not the in-process reference run) ends with its reports, written once too.
+  reports = {f for f in files_of(two) if f.startswith('eval/') or f == 'curves.png'}
+  assert files_of(two) - reports == files_of(one) == {workdirs.LOCK_FILE, 'config.json',
+                                                      'data.json', 'metrics.jsonl'}
+  assert {'curves.png', 'eval/jiangxi/metrics.json'} <= reports
   assert json.loads((two / 'config.json').read_text()) == json.loads(
       (one / 'config.json').read_text())
   assert len(list((two / 'tensorboard').iterdir())) == 2   # one per start, not per process

@@ -518,8 +518,9 @@ def test_a_photo_with_exif_orientation_gets_masks_and_boxes_as_viewers_show_it(t
   fixtures.write_with_orientation(tmp_path / 'portrait.jpg', np.rot90(shown, 1), 6)
   config, variables = _tiny_variables(tiny_model)
   predict.predict_files(config, variables, [tmp_path / 'portrait.jpg'], tmp_path / 'out')
-  for name in ('portrait_mask.png', 'portrait_overlay.png'):
-    assert cv2.imread(str(tmp_path / 'out' / name)).shape == (120, 100, 3), name
+  assert cv2.imread(str(tmp_path / 'out' / 'portrait_mask.png')).shape == (120, 100, 3)
+  overlay = cv2.imread(str(tmp_path / 'out' / 'portrait_overlay.png'))   # drawn larger, legend below
+  assert overlay.shape[1] < overlay.shape[0]
   for row in read_cell_rows(tmp_path / 'out' / 'cells.csv'):
     assert int(row['x1']) <= 100 and int(row['y1']) <= 120
 
@@ -558,8 +559,8 @@ def test_an_earlier_predicts_outputs_in_an_input_folder_are_left_out_saying_so(t
   later = predict.run(workdir, str(tmp_path / 'elsewhere'), [str(folder)])
   assert sorted(pathlib.Path(p).name for p in later.done) == sorted(
       p.name for p in folder.glob('*.bmp'))
-  assert (f'{folder}: left out 6 masks and overlays an earlier predict wrote there (listed in '
-          f'its predict_outputs.json)') in capfd.readouterr().err
+  assert (f'{folder}: left out 7 images an earlier predict wrote there (masks, overlays and its '
+          f'contact sheet, listed in its predict_outputs.json)') in capfd.readouterr().err
 
 
 def test_a_huge_pixel_size_is_one_line_before_the_model_loads(tmp_path):

@@ -165,8 +165,9 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
               + (', ...' if len(odd) > 5 else ''), file=sys.stderr)
       theirs = {p.resolve() for p in _earlier_outputs(path)} - skip
       if left_out := [p for p in images if p.resolve() in theirs]:
-        print(f'{shown(path)}: left out {len(left_out)} masks and overlays an earlier predict '
-              f'wrote there (listed in its {OUTPUTS_FILE})', file=sys.stderr)
+        print(f'{shown(path)}: left out {len(left_out)} images an earlier predict wrote there '
+              f'(masks, overlays and its contact sheet, listed in its {OUTPUTS_FILE})',
+              file=sys.stderr)
       found = sorted(p for p in images if p.resolve() not in skip | theirs)
       _refuse_image_mask_pairs(path, found)
       paths += found
