@@ -1,4 +1,4 @@
-r"""The one command for a lent GPU: install, check, benchmark, train, evaluate, report.
+r"""The one command for a GPU machine: install, check, benchmark, train, evaluate, report.
 
   tools/gpu_run.sh --out=DIR [--budget_s=540] [--dry_run] [--archive=FILE.tar.gz]
 

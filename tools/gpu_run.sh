@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command for a lent GPU machine (DEVELOPERS.md): tools/gpu_run.py, run from the
+# The one command for a GPU machine (DEVELOPERS.md): tools/gpu_run.py, run from the
 # repository root with $PYTHON, else this checkout's .venv/bin/python, else python3 (the GPU
 # machine's, which has jax with CUDA).
 #   tools/gpu_run.sh --out=DIR [--budget_s=540] [--dry_run] [--archive=FILE.tar.gz]
