@@ -313,13 +313,19 @@ def test_overwrite_never_replaces_a_file_no_predict_wrote(tiny_model, tmp_path):
   assert mine.read_bytes() == before
 
 
-def test_predicting_into_the_input_folder_again_skips_the_earlier_outputs(tiny_model, tmp_path):
+def _predicted_into_itself(tiny_model, tmp_path, n_images: int) -> tuple[pathlib.Path, str]:
+  """(folder, workdir): a folder of `n_images` crops, predicted once into that same folder."""
   folder = tmp_path / 'cells'
   folder.mkdir()
-  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:2]:
+  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:n_images]:
     shutil.copy(image, folder / image.name)
   workdir = str(tiny_model['workdir'])
   predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  return folder, workdir
+
+
+def test_predicting_into_the_input_folder_again_skips_the_earlier_outputs(tiny_model, tmp_path):
+  folder, workdir = _predicted_into_itself(tiny_model, tmp_path, 2)
   again = predict.run(workdir, str(folder), [str(folder)], overwrite=True)
   assert len(again.done) == 2 and not again.skipped   # its masks and overlays are not inputs
   assert again.text().splitlines()[0] == '2 images: 2 segmented, 0 skipped'
@@ -549,12 +555,7 @@ def test_an_earlier_predicts_outputs_in_an_input_folder_are_left_out_saying_so(t
                                                                              tmp_path, capfd):
   """3 images once predicted into their own folder are 3 images later, not 9 (each mask and
   overlay counted as cells): that folder's predict_outputs.json lists them."""
-  folder = tmp_path / 'cells'
-  folder.mkdir()
-  for image in sorted((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))[:3]:
-    shutil.copy(image, folder / image.name)
-  workdir = str(tiny_model['workdir'])
-  predict.run(workdir, str(folder), [str(folder)], overwrite=True)
+  folder, workdir = _predicted_into_itself(tiny_model, tmp_path, 3)
   capfd.readouterr()
   later = predict.run(workdir, str(tmp_path / 'elsewhere'), [str(folder)])
   assert sorted(pathlib.Path(p).name for p in later.done) == sorted(
