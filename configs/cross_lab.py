@@ -13,6 +13,10 @@ What differs from configs/differential.py (all five types and the cytoplasm) and
   neutrophils by their granules' colour.
 - Optics jitter: gamma 0.25, blur up to sigma 1 px, noise up to 3 levels, JPEG quality 50-95:
   other microscopes, cameras and compressed files.
+Measured (seed 0, 2026-12-06, docs/results.md "Other labs' smears"; the shipped `differential`
+model): test nucleus Dice 0.954 / 0.963 (Jiangxi / CellaVision), five-type cell accuracy 0.85 /
+0.67; on another lab's fields (bccd_fields, --field_scale=auto) 99.3% of white cells found, 0.06
+false cells per field, 62% typed right. ~17 minutes on 2 cores (shared with other jobs).
 """
 
 from configs import differential

@@ -15,7 +15,9 @@ cells, with its colour step and augmentation. What differs from the shipped mode
   cross-validation fold's typing only 0.64 -> 0.68);
 - every crop 6 times per epoch, and all of them (no test split).
 Measured by 5-fold cross-validation on bccd_fields (tools/cross_lab.py finetune_cv;
-docs/results.md, "Other labs' smears").
+docs/results.md, "Other labs' smears", 2026-12-06): 98.5% of white cells found, 67.6% typed right
+(62% before; eosinophils learnt, a third of neutrophils then called eosinophil); ~6 minutes on
+2 cores for ~110 fields.
 """
 
 from wcsegnet_jax import shipped_model
