@@ -123,11 +123,11 @@ def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight and closes `manager`; errors.WriteError if a save failed."""
   try:
     manager.wait_until_finished()
+    manager.close()   # writes the last metadata: a full disk can fail here too
   except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
     with contextlib.suppress(OSError, ValueError):
       manager.close()   # waits again; the error is already in hand
     raise _write_failed(manager, 'a checkpoint', e) or e
-  manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

@@ -2,6 +2,7 @@
 
 import logging as std_logging
 import threading
+import warnings
 
 from absl import logging
 
@@ -61,3 +62,6 @@ def quiet_library_logs() -> None:
   threading.excepthook = _quiet_storage_failures_in_threads(threading.excepthook)
   logging.get_absl_logger().addFilter(_not_tfds_variant_probe)
   std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_tpu_probe)
+  # orbax's writes that a full disk aborted are coroutines never awaited: Python says so at exit.
+  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
