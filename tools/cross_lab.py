@@ -123,7 +123,7 @@ def finetune_cv_command() -> None:
     record['folds'].append({'fold': k, 'train_fields': len(train_fields), 'summary': summary})
     sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
                      f'{len(held_out)}', summary))
-  table_types = classes.table_of(predict.load_model(workdir)[0].data).cell_types
+  table_types = classes.table_of(predict.load_workdir_config(workdir).data).cell_types
   record['pooled'] = field_scoring.summarize(pooled, table_types)
   sections.insert(0, (f'{FLAGS.folds}-fold cross-validation, held-out folds pooled '
                       f'({FLAGS.fields_dir})', record['pooled']))
