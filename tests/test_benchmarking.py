@@ -16,9 +16,9 @@ import pytest
 from conftest import ROOT
 from configs import base
 from configs import smoke
-from wcsegnet_jax import benchmarking
-from wcsegnet_jax import classes
-from wcsegnet_jax import models
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.dev import benchmarking
+from wcsegnet_jax.model import models
 
 NO_DROPOUT = {'encoder_dropout': 0.0, 'decoder_dropout': 0.0, 'head_dropout': 0.0}
 

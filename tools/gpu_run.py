@@ -495,7 +495,7 @@ def plot_curves(out: pathlib.Path, runs: list[dict], env, scratch, clock, s: Set
 def _reports():
   """wcsegnet_jax.reports (the project's tables and Table 1), or the reason it is missing."""
   try:
-    return importlib.import_module('wcsegnet_jax.reports'), None
+    return importlib.import_module('wcsegnet_jax.evaluation.reports'), None
   except Exception as e:   # pylint: disable=broad-except   # a failed setup still reports
     return None, f'{type(e).__name__}: {e}'
 

@@ -1,0 +1,249 @@
+"""predict's work, callable from Python: images in, masks, overlays, cells.csv, differential.csv
+and a contact sheet out (the command, its flags and its doc: `wcsegnet_jax/predict.py`)."""
+
+import dataclasses
+import math
+import pathlib
+import sys
+from typing import Iterable, Sequence
+
+from absl import logging
+import cv2
+import ml_collections
+import numpy as np
+import tqdm
+
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.cells import overlays
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.inference import cells_table
+from wcsegnet_jax.inference import input_images
+from wcsegnet_jax.inference import model_loading
+from wcsegnet_jax.inference import options as options_lib
+from wcsegnet_jax.inference import output_folder
+from wcsegnet_jax.inference import scale_estimate
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import decoding
+
+PredictOptions = options_lib.PredictOptions
+
+
+@dataclasses.dataclass
+class PredictionSummary:
+  """What a run did: the images done, and the ones skipped with the reason."""
+  done: list[str]
+  skipped: list[tuple[str, str]]
+  no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
+  differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
+  cell_types: tuple[str, ...] = ()   # the types the model tells apart
+  not_counted: int = 0   # cells listed in cells.csv but left out of the differential
+
+  def text(self) -> str:
+    n = len(self.done) + len(self.skipped)
+    line = (f'{n} image{"" if n == 1 else "s"}: {len(self.done)} segmented, '
+            f'{len(self.skipped)} skipped')
+    if self.skipped:
+      line += ': ' + '; '.join(f'{path}: {why}' for path, why in self.skipped)
+    if self.no_cells:
+      shown = ', '.join(self.no_cells[:5]) + (', ...' if len(self.no_cells) > 5 else '')
+      line += (f'\nno cell found in {len(self.no_cells)} image'
+               f'{"" if len(self.no_cells) == 1 else "s"}: {shown}')
+    if self.differential:
+      *types, total = self.differential
+      line += f'\n{total["count"]} cell{"" if total["count"] == 1 else "s"}' + (
+          ': ' + ', '.join(f'{r["cell_type"]} {r["count"]} ({r["percent"]:.1f}%)' for r in types)
+          if total['count'] else '')
+    if self.not_counted:
+      line += (f'\n{self.not_counted} more object{"" if self.not_counted == 1 else "s"} not '
+               f'counted (cut by the image border, or too small or misshapen for a cell): in '
+               f'{output_folder.CELLS_FILE} with counted=0 and the reason; --count_all_cells counts them')
+    if unknown := [t for t in classes.ALL_CELL_TYPES if t not in self.cell_types]:
+      line += (f'\nthe model types {", ".join(self.cell_types)} only: a cell of another type '
+               f'({", ".join(unknown)}) is counted as the nearest of these')
+    return line
+
+
+def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Class probabilities (S, S, C) resized bilinearly to (height, width, C)."""
+  if probs.shape[:2] == (height, width):
+    return probs
+  return cv2.resize(probs, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
+                        probs: np.ndarray, pixel_size_um: float | None,
+                        table: classes.ClassTable, cell_rules: cells.CellRules,
+                        decode: str) -> tuple[list[dict], list[int]]:
+  """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
+  cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
+  for the image's own pixel scale."""
+  probs = probs_at_size(probs, *image.shape[:2])
+  pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
+  mask_file, overlay_file = output_folder.image_output_names(stem)
+  files.write_bytes_atomic(output / mask_file, image_files.encode_png(table.colorize(pred_map)))
+  found, labels = cells.find_cells(pred_map, probs, table, cell_rules)
+  reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
+  counted = [cell_rules.count_excluded or not why for why in reasons]
+  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
+                              count)
+           for k, (cell, count) in enumerate(zip(found, counted), start=1)]
+  files.write_bytes_atomic(output / overlay_file,
+                           image_files.encode_png(overlays.draw_cells(image, labels, drawn, table)))
+  rows = [cells_table.cell_row(input_images.shown(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
+          for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
+  return rows, [cell.class_id for cell, count in zip(found, counted) if count]
+
+
+def write_contact_sheet(output: pathlib.Path, overlay_files: Sequence[str],
+                        table: classes.ClassTable) -> None:
+  """output_folder.CONTACT_SHEET_FILE: the overlays written, small and captioned, one image for
+  review."""
+  tiles = [(name.removesuffix('_overlay.png'), overlays.thumbnail(
+      overlays.without_legend(overlays.read_rgb(output / name), table))) for name in overlay_files]
+  files.write_bytes_atomic(output / output_folder.CONTACT_SHEET_FILE,
+                           image_files.encode_png(overlays.contact_sheet(tiles, table)))
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def estimated_scale(segment: segmenter.Segmenter, path: pathlib.Path, image: np.ndarray) -> float:
+  """The field's scale estimated from its nuclei, or FALLBACK_SCALE with a warning naming it."""
+  scale = scale_estimate.estimate_scale(segment, image, segment.config.eval.decode)
+  if scale is None:
+    tqdm.tqdm.write(f'warning: {path}: no nucleus found at any scale, so its scale cannot be '
+                    f'estimated; segmented at --field_scale={scale_estimate.FALLBACK_SCALE}',
+                    file=sys.stderr)
+    return scale_estimate.FALLBACK_SCALE
+  return scale
+
+
+# Training crops are 120 and 300 pixels; an image far larger is likely a field of many cells.
+FIELD_HINT_SIDE = 1000
+
+
+def _field_hint(image: np.ndarray, field_scale: float | None) -> str:
+  """For an image that found no cell: a hint when it looks like a field read as one crop."""
+  height, width = image.shape[:2]
+  if field_scale is not None or max(height, width) <= FIELD_HINT_SIDE:
+    return ''
+  return (f' (at {width}x{height} it may be a field of many cells, squashed here into one '
+          f'crop: try --field_scale=1.0, or 0.4 for cells of ~300 pixels)')
+
+
+def predict_files(config: ml_collections.ConfigDict, variables: dict,
+                  paths: Sequence[pathlib.Path], options: PredictOptions, model_source: str = '',
+                  progress: bool = False) -> PredictionSummary:
+  """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
+  into `options.output` (`options` as `PredictOptions.checked` leaves them).
+
+  Without `options.field_scale` each image is one crop, resized whole to the training size; with
+  it, a field resized by that scale (options_lib.AUTO_SCALE: estimated per image, `scale_estimate.py`) and
+  segmented in tiles of the training size (`fields.segment_field`). `options.cell_rules` are at
+  the training scale. Each batch's files are listed in output_folder.OUTPUTS_FILE before they are written, so
+  even an interrupted run leaves a complete list for --overwrite.
+  """
+  options = options.checked()
+  output = pathlib.Path(options.output).expanduser()
+  output.mkdir(parents=True, exist_ok=True)
+  field_scale, batch_size, cell_rules = options.field_scale, options.batch_size, options.cell_rules
+  tta = bool(config.eval.tta) if options.tta is None else options.tta   # None: as evaluated
+  table = classes.table_of(config.data)
+  listing = {'model': model_source, 'cell_types': list(table.cell_types), 'tta': bool(tta),
+             'complete': False, 'files': []}
+  files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
+  size = int(config.data.image_size)
+  if field_scale is None:   # crops are batched across images, a field's tiles per image
+    batch_size = max(1, min(batch_size, len(paths)))
+  segment = segmenter.Segmenter(config, variables, tta, batch_size)
+  summary = PredictionSummary([], [], cell_types=table.cell_types)
+  rows, class_ids, used_stems = [], [], set()
+  bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
+  for chunk in _chunks(list(paths), 1 if field_scale else batch_size):
+    images = []
+    for path in chunk:
+      try:
+        # A field whose scale is yet to be estimated is checked at its own size.
+        images.append((path, input_images.check_image_size(path, input_images.read_input(path),
+                                              1.0 if field_scale == options_lib.AUTO_SCALE else field_scale)))
+      except errors.DataError as e:
+        tqdm.tqdm.write(f'skipped: {input_images.shown(e)}', file=sys.stderr)
+        summary.skipped.append((input_images.shown(path), input_images.shown(e).removeprefix(f'{input_images.shown(path)}: ')))
+        bar.update(1)
+    if not images:
+      continue
+    if field_scale is None:
+      probs = segment.crops([image for _, image in images])
+      # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
+      scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
+    else:
+      (path, image), = images
+      scale = field_scale if field_scale != options_lib.AUTO_SCALE else estimated_scale(segment, path, image)
+      probs = [segment.field(image, scale)]
+      scales = [1.0 / scale]
+    stems = [output_folder._unique_stem(path, used_stems) for path, _ in images]
+    listing['files'] += [name for stem in stems for name in output_folder.image_output_names(stem)]
+    files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
+    for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
+      image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
+                                                  options.pixel_size_um, table, cell_rules.scaled(scale),
+                                                  config.eval.decode)
+      for row in image_rows:
+        row['field_scale'] = f'{1.0 / scale:.4f}'
+      if not image_rows:
+        tqdm.tqdm.write(f'{input_images.shown(path)}: no cell found' + _field_hint(image, field_scale),
+                        file=sys.stderr)
+        summary.no_cells.append(input_images.shown(path))
+      rows += image_rows
+      class_ids += image_ids
+      summary.done.append(input_images.shown(path))
+      bar.update(1)
+  bar.close()
+  if not summary.done:   # every input skipped: no empty results to block a corrected rerun
+    (output / output_folder.OUTPUTS_FILE).unlink()
+    return summary
+  summary.differential = cells.differential(
+      class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
+  summary.not_counted = sum(1 for r in rows if not r['counted'])
+  cells_table.write_cells(output / output_folder.CELLS_FILE, rows)
+  cells_table.write_differential(output / output_folder.DIFFERENTIAL_FILE, summary.differential)
+  write_contact_sheet(output, [n for n in listing['files'] if n.endswith('_overlay.png')], table)
+  files.write_json_atomic(output / output_folder.OUTPUTS_FILE, {**listing, 'complete': True})
+  return summary
+
+
+def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
+  """The command's work, callable from Python: the options checked, the inputs listed, the
+  output folder prepared, the model loaded (`model_loading.load_model`), then the images.
+
+  With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
+  model shipped in the package; a checkpoint path needs no `workdir`; with a `workdir` and no
+  checkpoint named, its config's `eval.checkpoint` (the latest, unless changed).
+  """
+  options = options.checked()
+  workdir, output = options.workdir, options.output
+  which = None if options.checkpoint is None else str(options.checkpoint).strip()
+  if not workdir and (which in ('best', 'latest') or (which or '').isdigit()):
+    raise errors.CheckpointError(
+        f'--checkpoint={which} names a checkpoint of a workdir: pass --workdir too')
+  output_dir = pathlib.Path(output).expanduser()
+  earlier = output_folder.earlier_outputs(output_dir) if output_dir.is_dir() else []
+  paths = input_images.list_images(inputs, exclude=earlier)
+  # Before the model loads: a bad --output fails at once.
+  output_folder.prepare_output(output_dir, options.overwrite, output_folder.output_names(paths))
+  config, variables, source = model_loading.load_model(workdir, which, options.model)
+  logging.info('Segmenting %d image(s) with %s.', len(paths), source)
+  progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
+  if options.tta is None:   # as the model was evaluated
+    options = dataclasses.replace(options, tta=bool(config.eval.tta))
+  try:
+    return predict_files(config, variables, paths, options, model_source=source,
+                         progress=progress)
+  except OSError as e:   # a full disk, a folder made read-only meanwhile
+    raise errors.WriteError(f'writing to --output={output} failed ({e.strerror or e}); what was '
+                            f'written is listed in its {output_folder.OUTPUTS_FILE}') from None
