@@ -71,7 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.color = 'none'
   # L, a, b means, then L, a, b stds (CIELAB; L 0-100): the CellaVision images' average.
   d.color_reference = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
-  # Fine-tuning on a lab's typed cells (wcsegnet_jax/training/field_crops.py): a folder of fields/ and
+  # Fine-tuning on a lab's typed cells (wcsegnet_jax/training/field_crops.py): a folder of
+  # fields/ and
   # truth.csv (type and box per white cell, no masks). The model of train.init_from labels each
   # typed cell's pixels; the crops replace data.datasets. '' = off.
   d.fields_dir = ''

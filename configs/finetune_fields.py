@@ -7,7 +7,8 @@ typed_fields.py).
   python -m wcsegnet_jax.predict --workdir=runs/my_lab --field_scale=auto --output=out/ fields/
 
 The shipped model labels each typed cell's pixels (its nucleus and cytoplasm inside the box take
-the lab's type: wcsegnet_jax/training/field_crops.py), then training starts from it on crops around those
+the lab's type: wcsegnet_jax/training/field_crops.py), then training starts from it on crops
+around those
 cells, with its colour step and augmentation. What differs from the shipped model's config:
 - train.init_from 'pretrained:differential' and data.fields_dir, the lab's folder;
 - a short schedule (10 epochs, Adam 1e-3 with cosine decay after half an epoch of warm-up): the

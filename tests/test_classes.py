@@ -103,7 +103,8 @@ def test_label_maps_of_every_type_from_masks(tmp_path_factory, cytoplasm):
   records = _one_record_per_type(tmp_path_factory, table)
   assert set(records) == set(FIVE)
   for cell_type, record in records.items():
-    mask = label_maps.snap_mask_levels(image_files.read_mask(record.mask_path), record.mask_path, 40, 0.01)
+    mask = label_maps.snap_mask_levels(image_files.read_mask(record.mask_path), record.mask_path,
+                                       40, 0.01)
     size = mask.shape[0]   # no resize: the label map must match the mask pixel for pixel
     ex = label_maps.load_example(record, table, size, 40, 0.01)
     want = np.zeros(mask.shape, np.uint8)
@@ -123,7 +124,8 @@ def test_a_mask_without_cytoplasm_is_named_when_the_cytoplasm_is_a_class(tmp_pat
   fixtures.write_gray(bad, np.where(manifest[0].mask == 128, 0, manifest[0].mask)
                       .astype(np.uint8))
   table = classes.class_table(('neutrophil',), cytoplasm=True)
-  record = [r for r in records_lib.list_raw_records('jiangxi', root, table) if r.mask_path == bad][0]
+  record = [r for r in records_lib.list_raw_records('jiangxi', root, table)
+            if r.mask_path == bad][0]
   with pytest.raises(errors.DataError, match=re.escape(str(bad)) + '.*no cytoplasm pixel'):
     label_maps.load_example(record, table, 120, 40, 0.01)
   # Without the cytoplasm class the same mask is fine.

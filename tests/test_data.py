@@ -206,7 +206,8 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
 
 
 def fake_records(n_per_type, prefix=''):
-  return [records_lib.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+  return [records_lib.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'),
+                                pathlib.Path('x.png'), t)
           for t, n in n_per_type.items() for i in range(n)]
 
 
@@ -455,7 +456,8 @@ def test_a_configured_type_without_an_image_is_named(tmp_path):
   root, _ = _small_raw(tmp_path)
   c = conftest.data_config(root, tmp_path / 'tfds',
                            cell_types=('neutrophil', 'monocyte', 'lymphocyte'))
-  with pytest.raises(errors_lib.DataError, match=re.escape(str(root)) + ".*no image of the cell type "
+  with pytest.raises(errors_lib.DataError,
+                     match=re.escape(str(root)) + ".*no image of the cell type "
                                           "'monocyte'"):
     tfds_builder.prepare('jiangxi', c.data)
 
@@ -578,7 +580,8 @@ def test_corrupt_png_fails_its_crc(tmp_path):
   data = bytearray(path.read_bytes())
   data[60] ^= 0xFF   # inside the IDAT chunk: the file is whole but wrong
   path.write_bytes(bytes(data))
-  with pytest.raises(errors_lib.DataError, match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
+  with pytest.raises(errors_lib.DataError,
+                     match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
     image_files.read_mask(path)
 
 
@@ -846,7 +849,8 @@ def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
   records = [records_lib.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
              for i, t in enumerate(('neutrophil', 'monocyte', 'lymphocyte', 'eosinophil'))]
   caplog.set_level('INFO')
-  kept = records_lib.filter_cell_types(records, classes.DEFAULT_CELL_TYPES, where='folder data in d',
+  kept = records_lib.filter_cell_types(records, classes.DEFAULT_CELL_TYPES,
+                                       where='folder data in d',
                                every_type=False)
   assert [r.file_id for r in kept] == ['000', '002']
   assert [r.getMessage() for r in caplog.records] == [

@@ -151,7 +151,8 @@ def test_evaluate_command_writes_reports_per_dataset(evaluated, tiny_model):
 
 def test_evaluate_matches_training_metrics(evaluated, tiny_model):
   """The last training evaluation and --mode=evaluate of that step report the same Dice."""
-  lines = [json.loads(l) for l in (tiny_model['workdir'] / 'metrics.jsonl').read_text().splitlines()]
+  lines = [json.loads(line)
+           for line in (tiny_model['workdir'] / 'metrics.jsonl').read_text().splitlines()]
   last = [l for l in lines if l['step'] == 4 and 'test/jiangxi/dice' in l][-1]
   m = json.loads((tiny_model['workdir'] / 'eval' / 'jiangxi' / 'metrics.json').read_text())
   assert math.isclose(m['paper']['dice'], last['test/jiangxi/dice'], rel_tol=1e-5)

@@ -364,7 +364,8 @@ def test_a_refused_overwrite_leaves_the_earlier_results(tmp_path):
   out.mkdir()
   for name in ('a_mask.png', 'a_overlay.png', 'cells.csv', 'b_mask.png'):
     (out / name).write_text(name)
-  (out / output_folder.OUTPUTS_FILE).write_text(json.dumps({'files': ['a_mask.png', 'a_overlay.png']}))
+  (out / output_folder.OUTPUTS_FILE).write_text(
+      json.dumps({'files': ['a_mask.png', 'a_overlay.png']}))
   with pytest.raises(errors.DataError, match='b_mask.png'):
     output_folder.prepare_output(out, True, ['b_mask.png', 'b_overlay.png', 'cells.csv'])
   assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -440,7 +441,8 @@ def test_images_whose_outputs_would_not_fit_in_memory_are_refused_by_name():
   big = np.broadcast_to(np.zeros(3, np.uint8), (6000, 9000, 3))   # 54 MP, no memory used
   with pytest.raises(errors.DataError, match=r'big\.png: 9000x6000 pixels is 54 megapixels'):
     input_images.check_image_size(pathlib.Path('big.png'), big, None)
-  assert input_images.check_image_size(pathlib.Path('big.png'), big[:5000], 0.5) is not None  # 45 MP
+  # 45 megapixels:
+  assert input_images.check_image_size(pathlib.Path('big.png'), big[:5000], 0.5) is not None
   with pytest.raises(errors.DataError, match='at --field_scale=2.0.*smaller --field_scale'):
     input_images.check_image_size(pathlib.Path('f.png'), big[:4000, :4000], 2.0)   # 64 MP
 
@@ -545,7 +547,8 @@ def test_a_photo_with_exif_orientation_gets_masks_and_boxes_as_viewers_show_it(t
   config, variables = _tiny_variables(tiny_model)
   predict_files(config, variables, [tmp_path / 'portrait.jpg'], tmp_path / 'out')
   assert cv2.imread(str(tmp_path / 'out' / 'portrait_mask.png')).shape == (120, 100, 3)
-  overlay = cv2.imread(str(tmp_path / 'out' / 'portrait_overlay.png'))   # drawn larger, legend below
+  # drawn larger, legend below:
+  overlay = cv2.imread(str(tmp_path / 'out' / 'portrait_overlay.png'))
   assert overlay.shape[1] < overlay.shape[0]
   for row in read_cell_rows(tmp_path / 'out' / 'cells.csv'):
     assert int(row['x1']) <= 100 and int(row['y1']) <= 120

@@ -1,4 +1,5 @@
-"""Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
+"""Training: the step learns, the loop writes what it promises, resume is exact, faults are
+clear."""
 
 import functools
 import io

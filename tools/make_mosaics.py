@@ -84,7 +84,8 @@ def _make_and_score(out: pathlib.Path) -> None:
   scale = FLAGS.field_scale if FLAGS.field_scale is not None else FIELD_SCALES[FLAGS.subset]
   prediction.run([str(out / 'mosaics')], prediction.PredictOptions(
       output=out / 'predicted', workdir=FLAGS.workdir, overwrite=True, field_scale=scale))
-  result = mosaics.score(truth, mosaics.read_cells_csv(out / 'predicted' / output_folder.CELLS_FILE))
+  cells_csv = out / 'predicted' / output_folder.CELLS_FILE
+  result = mosaics.score(truth, mosaics.read_cells_csv(cells_csv))
   result = {'subset': FLAGS.subset, 'field_scale': scale, 'crops': len(crops), **result}
   files.write_json_atomic(out / 'score.json', result)
   print(json.dumps({k: v for k, v in result.items() if k != 'per_mosaic'}, indent=1))

@@ -35,7 +35,8 @@ cell: its image, number, bounding box (x0, y0, x1, y1 exclusive, pixels of the i
 touches the image border (cut: its sizes are partial), predicted type (majority of its nucleus
 pixels), the mean probability of that type over them, nucleus and cell area, N:C ratio (blank
 without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micrometres too
-with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row and is named on stderr and in the
+with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row
+and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
 a lab's differential count; cells cut by the image border and objects too small or misshapen for
 a cell (`cells.CellRules`) have counted=0 and the reason in cells.csv, and are counted only with

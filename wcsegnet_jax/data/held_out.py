@@ -23,7 +23,8 @@ class RawExamples:
   file_id.
   """
 
-  def __init__(self, records: Sequence[records_lib.RawRecord], data_config: ml_collections.ConfigDict):
+  def __init__(self, records: Sequence[records_lib.RawRecord],
+               data_config: ml_collections.ConfigDict):
     self.records = list(records)
     self.data_config = data_config
     self.table = classes.table_of(data_config)
@@ -46,7 +47,8 @@ def detect_raw_layout(raw_dir: pathlib.Path) -> str:
     return 'folder'
   raise errors.DataError(
       f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
-      f'{" or ".join(repr(s + "/") for s in records_lib.WBC_SUBSETS.values())} with their class CSVs '
+      f'{" or ".join(repr(s + "/") for s in records_lib.WBC_SUBSETS.values())} with their class '
+      f'CSVs '
       f'(layout wbc), or images/ and masks/ (layout folder)')
 
 

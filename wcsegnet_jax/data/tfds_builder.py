@@ -136,7 +136,8 @@ def split_records(source: str, raw_dir: pathlib.Path, table: classes.ClassTable,
   """Lists, filters (to `table`'s cell types, each of which must have an image unless not
   `every_type`) and splits the raw records of one source."""
   records = records_lib.list_raw_records(source, raw_dir, table)
-  records = records_lib.filter_cell_types(records, table.cell_types, where=f'{source} data in {raw_dir}',
+  records = records_lib.filter_cell_types(records, table.cell_types,
+                                          where=f'{source} data in {raw_dir}',
                                   every_type=every_type)
   return splits.stratified_split(records, test_fraction, split_seed)
 
@@ -293,7 +294,8 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
 
 def no_data_message(root: pathlib.Path) -> str:
   """Where the data is expected, how to give it and where to get it (one line)."""
-  return (f'no WBC data: neither config.data.raw_dir nor ${records_lib.RAW_DIR_ENV} is set, no build is '
+  return (f'no WBC data: neither config.data.raw_dir nor ${records_lib.RAW_DIR_ENV} is set, no '
+          f'build is '
           f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
           f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
           f'set {records_lib.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '

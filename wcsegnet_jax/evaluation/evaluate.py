@@ -2,7 +2,8 @@
 
 Training's periodic evaluation and `--mode=evaluate` share these functions, so a number in a
 training log and one in an evaluation report mean the same thing. `evaluate_checkpoint` (the
-`--mode=evaluate` entry point) restores a checkpoint (`restore`), evaluates the test split of every configured
+`--mode=evaluate` entry point) restores a checkpoint (`restore`), evaluates the test split of every
+configured
 dataset (or every image of `config.eval.raw_dir`) and writes reports to `workdir/eval/<dataset>/`.
 """
 
@@ -43,7 +44,8 @@ def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
   table = classes.table_of(config.data)
 
   def eval_step(variables, batch):
-    probs = probabilities.predict_probs(model, variables, batch['image'], config.data, config.eval.tta,
+    probs = probabilities.predict_probs(model, variables, batch['image'], config.data,
+                                        config.eval.tta,
                           config.eval.tta_rotations)
     labels = batch['label_map'].astype(jnp.int32)
     preds = decoding.decode(probs, table, config.eval.decode)

@@ -24,13 +24,14 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
                 ) -> list[pathlib.Path]:
   """Image files named, plus the images of the folders named (sorted, not recursive), but
   not `exclude` (an earlier predict's outputs, when the output folder is an input too) nor the
-  masks and overlays an earlier predict wrote into a folder named (its output_folder.OUTPUTS_FILE lists
+  masks and overlays an earlier predict wrote into a folder named (its OUTPUTS_FILE lists
   them), which are left out with a line saying so."""
   paths, skip, subfolders = [], {p.resolve() for p in exclude}, []
   for given in inputs:
     path = pathlib.Path(given).expanduser()
     if path.is_dir():
-      images = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES]
+      images = [p for p in path.iterdir()
+                if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES]
       if odd := sorted(p for p in path.iterdir() if not p.is_file() and not p.is_dir()):
         print(f'{shown(path)}: left out {len(odd)} entries that are not files: '
               + ', '.join(f'{shown(p.name)} ({_kind(p)})' for p in odd[:5])
@@ -38,7 +39,8 @@ def list_images(inputs: Sequence[str], exclude: Iterable[pathlib.Path] = ()
       theirs = {p.resolve() for p in output_folder.earlier_outputs(path)} - skip
       if left_out := [p for p in images if p.resolve() in theirs]:
         print(f'{shown(path)}: left out {len(left_out)} images an earlier predict wrote there '
-              f'(masks, overlays and its contact sheet, listed in its {output_folder.OUTPUTS_FILE})',
+              f'(masks, overlays and its contact sheet, listed in its '
+              f'{output_folder.OUTPUTS_FILE})',
               file=sys.stderr)
       found = sorted(p for p in images if p.resolve() not in skip | theirs)
       _refuse_image_mask_pairs(path, found)

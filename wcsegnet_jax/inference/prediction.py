@@ -59,7 +59,8 @@ class PredictionSummary:
     if self.not_counted:
       line += (f'\n{self.not_counted} more object{"" if self.not_counted == 1 else "s"} not '
                f'counted (cut by the image border, or too small or misshapen for a cell): in '
-               f'{output_folder.CELLS_FILE} with counted=0 and the reason; --count_all_cells counts them')
+               f'{output_folder.CELLS_FILE} with counted=0 and the reason; --count_all_cells '
+               f'counts them')
     if unknown := [t for t in classes.ALL_CELL_TYPES if t not in self.cell_types]:
       line += (f'\nthe model types {", ".join(self.cell_types)} only: a cell of another type '
                f'({", ".join(unknown)}) is counted as the nearest of these')
@@ -92,7 +93,8 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
            for k, (cell, count) in enumerate(zip(found, counted), start=1)]
   files.write_bytes_atomic(output / overlay_file,
                            image_files.encode_png(overlays.draw_cells(image, labels, drawn, table)))
-  rows = [cells_table.cell_row(input_images.shown(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
+  rows = [cells_table.cell_row(input_images.shown(path), mask_file, k, cell, table.names,
+                               pixel_size_um, why, count)
           for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
   return rows, [cell.class_id for cell, count in zip(found, counted) if count]
 
@@ -143,9 +145,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   into `options.output` (`options` as `PredictOptions.checked` leaves them).
 
   Without `options.field_scale` each image is one crop, resized whole to the training size; with
-  it, a field resized by that scale (options_lib.AUTO_SCALE: estimated per image, `scale_estimate.py`) and
+  it, a field resized by that scale (AUTO_SCALE: estimated per image, `scale_estimate.py`) and
   segmented in tiles of the training size (`fields.segment_field`). `options.cell_rules` are at
-  the training scale. Each batch's files are listed in output_folder.OUTPUTS_FILE before they are written, so
+  the training scale. Each batch's files are listed in OUTPUTS_FILE before they are written, so
   even an interrupted run leaves a complete list for --overwrite.
   """
   options = options.checked()
@@ -170,10 +172,12 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       try:
         # A field whose scale is yet to be estimated is checked at its own size.
         images.append((path, input_images.check_image_size(path, input_images.read_input(path),
-                                              1.0 if field_scale == options_lib.AUTO_SCALE else field_scale)))
+                                              1.0 if field_scale == options_lib.AUTO_SCALE
+                                              else field_scale)))
       except errors.DataError as e:
         tqdm.tqdm.write(f'skipped: {input_images.shown(e)}', file=sys.stderr)
-        summary.skipped.append((input_images.shown(path), input_images.shown(e).removeprefix(f'{input_images.shown(path)}: ')))
+        shown = input_images.shown(path)
+        summary.skipped.append((shown, input_images.shown(e).removeprefix(f'{shown}: ')))
         bar.update(1)
     if not images:
       continue
@@ -183,7 +187,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
     else:
       (path, image), = images
-      scale = field_scale if field_scale != options_lib.AUTO_SCALE else estimated_scale(segment, path, image)
+      scale = (field_scale if field_scale != options_lib.AUTO_SCALE
+               else estimated_scale(segment, path, image))
       probs = [segment.field(image, scale)]
       scales = [1.0 / scale]
     stems = [output_folder._unique_stem(path, used_stems) for path, _ in images]
@@ -191,12 +196,14 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
     for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
       image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
-                                                  options.pixel_size_um, table, cell_rules.scaled(scale),
+                                                  options.pixel_size_um, table,
+                                                  cell_rules.scaled(scale),
                                                   config.eval.decode)
       for row in image_rows:
         row['field_scale'] = f'{1.0 / scale:.4f}'
       if not image_rows:
-        tqdm.tqdm.write(f'{input_images.shown(path)}: no cell found' + _field_hint(image, field_scale),
+        tqdm.tqdm.write(f'{input_images.shown(path)}: no cell found'
+                        + _field_hint(image, field_scale),
                         file=sys.stderr)
         summary.no_cells.append(input_images.shown(path))
       rows += image_rows

@@ -103,7 +103,8 @@ def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
     return
   check_classes(saved, config, str(workdir))
   diffs = config_lib.config_mismatches(saved, json.loads(config.to_json()),
-                                          config_keys.EVAL_FREE + also_free, within=config_keys.EVAL_CHECKED)
+                                          config_keys.EVAL_FREE + also_free,
+                                          within=config_keys.EVAL_CHECKED)
   if diffs:
     raise errors.CheckpointError(
         f'the checkpoint in {workdir} was trained with another config '
@@ -121,7 +122,8 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   average where the run kept one and `config.eval.ema` asks for it (`reads_average`). Arrays
   are placed with `sharding` (default: the first device).
   `checkpoint='pretrained'` takes the model shipped in the package (`shipped_model`).
-  `also_free`: config keys that may differ besides config_keys.EVAL_FREE (config_keys.INIT_FREE to start training).
+  `also_free`: config keys that may differ besides `config_keys.EVAL_FREE` (`INIT_FREE` to start
+  training).
   """
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if (directory := pretrained_dir(checkpoint)) is not None:
@@ -174,7 +176,8 @@ def _pretrained_variables(config: ml_collections.ConfigDict, sharding, directory
   shipped = shipped_model.load_config(directory)
   check_classes(shipped.to_dict(), config, f'the pretrained model ({directory})')
   diffs = config_lib.config_mismatches(shipped.to_dict(), config.to_dict(),
-                                          config_keys.EVAL_FREE + also_free, within=config_keys.EVAL_CHECKED)
+                                          config_keys.EVAL_FREE + also_free,
+                                          within=config_keys.EVAL_CHECKED)
   if diffs:
     raise errors.CheckpointError(
         f'the pretrained model ({directory}) was trained with another config: '

@@ -99,7 +99,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
   """Restores the state at `step` into the structure (and shardings) of `abstract_state`; a
   damaged step is a CheckpointError naming an intact one and how to resume from it."""
   step_dir = pathlib.Path(manager.directory) / str(step)
-  damage = checkpoints.state_damage(step_dir) or (data_iter is not None and data_iter_damage(step_dir))
+  damage = (checkpoints.state_damage(step_dir)
+            or (data_iter is not None and data_iter_damage(step_dir)))
   if damage:
     raise checkpoints.damaged_error(step_dir, damage, lambda good: (
         f'to resume from step {good}, move the damaged step aside (mv {step_dir} '
