@@ -43,8 +43,8 @@ def main(argv):
                         FLAGS.num_processes, FLAGS.process_id)   # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()
-      from wcsegnet_jax import end_of_run
-      from wcsegnet_jax import train
+      from wcsegnet_jax.training import end_of_run
+      from wcsegnet_jax.training import train
       started_at = time.time()
       train.train_and_evaluate(FLAGS.config, workdir)
       summary = (end_of_run.report(FLAGS.config, workdir, time.time() - started_at)
@@ -52,7 +52,7 @@ def main(argv):
       if summary:
         print('\n' + summary)
     else:
-      from wcsegnet_jax import evaluate
+      from wcsegnet_jax.evaluation import evaluate
       workdirs.check_writable(workdir, folders=('eval',), create=False)
       evaluate.evaluate_checkpoint(FLAGS.config, str(workdir), FLAGS.checkpoint)
 
