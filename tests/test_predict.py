@@ -480,7 +480,7 @@ def test_field_scale_takes_auto_or_a_positive_number():
 
 
 def test_model_names_a_shipped_model_or_a_model_folder(tmp_path):
-  config, variables, source = predict.load_model(None, model='paper')
+  config, variables, source, _ = predict.load_model(None, model='paper')
   assert classes.table_of(config.data).cell_types == classes.DEFAULT_CELL_TYPES
   assert 'paper' in source and set(variables) == {'params', 'batch_stats'}
   folder = predict.shipped_model.model_dir('paper')

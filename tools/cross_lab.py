@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 import tqdm
 
+from wcsegnet_jax import cell_typing
 from wcsegnet_jax import cells
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
@@ -49,6 +50,8 @@ flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipp
 flags.DEFINE_string('checkpoint', None, "fields: as predict's --checkpoint.")
 flags.DEFINE_string('field_scale', 'auto', "fields: the scale to the training crops' "
                     "magnification, or 'auto' (estimated per field).")
+flags.DEFINE_bool('vote', False, "fields, finetune_cv: type cells by their nucleus pixels' vote "
+                  "even where the model has a cell typer.")
 flags.DEFINE_bool('tta', None, "fields: flip test-time augmentation (default: the model's).")
 flags.DEFINE_string('output', None, 'fields: path stem of the .json and .md written.')
 flags.DEFINE_string('config', 'configs/cpu.py', 'lodo: the training config file.')
@@ -68,16 +71,19 @@ WBC_DATASETS = ('jiangxi', 'cellavision')
 
 def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
   """(outcomes, summary, description) of a model on typed fields."""
-  config, variables, source = predict.load_model(workdir, checkpoint)
+  config, variables, source, folder = predict.load_model(workdir, checkpoint)
   table = classes.table_of(config.data)
   tta = bool(config.eval.tta) if FLAGS.tta is None else FLAGS.tta
   segment = segmenter.Segmenter(config, variables, tta)
+  typer = None if FLAGS.vote else cell_typing.load_typer(folder, config, variables)
   scale_of = scale_estimate.scale_function(FLAGS.field_scale, segment)
   bar = tqdm.tqdm(total=len(fields), unit='field')
   outcomes = field_scoring.score_fields(segment, fields, scale_of, table, cells.CellRules(),
-                                        config.eval.decode, progress=lambda _: bar.update(1))
+                                        config.eval.decode, progress=lambda _: bar.update(1),
+                                        typer=typer)
   bar.close()
-  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}')
+  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
+                 f'typed by {"its cell typer" if typer else "nucleus-pixel vote"}')
   return outcomes, field_scoring.summarize(outcomes, table.cell_types), description
 
 
@@ -105,6 +111,7 @@ def _finetune(fields, run_dir: pathlib.Path) -> str:
   workdir = str(run_dir / 'run')
   subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', f'--config={FLAGS.finetune_config}',
                   f'--workdir={workdir}', f'--config.data.fields_dir={folder}',
+                  '--nofinal_report',
                   *[f'--config.{o}' for o in FLAGS.override]], check=True, env=dict(os.environ))
   return workdir
 

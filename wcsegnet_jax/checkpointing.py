@@ -39,7 +39,7 @@ RESUME_FREE = ('name', 'xla_flags', 'data.raw_dir', 'data.tfds_dir', 'data.folde
                'train.num_epochs', 'train.max_steps', 'train.log_every_steps',
                'train.eval_every_epochs', 'train.checkpoint_every_epochs',
                'train.keep_checkpoints', 'train.progress_bar', 'train.distributed',
-               'train.resume_on_changed_data', 'eval')
+               'train.resume_on_changed_data', 'eval', 'typer')
 
 
 CheckpointError = errors.CheckpointError

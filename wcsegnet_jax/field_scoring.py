@@ -14,6 +14,7 @@ from typing import Sequence
 
 from wcsegnet_jax import cells as cells_lib
 from wcsegnet_jax import decoding
+from wcsegnet_jax import fields as fields_lib
 from wcsegnet_jax.data import raw
 from wcsegnet_jax.data import typed_fields
 
@@ -114,15 +115,19 @@ def cells_at_field_scale(probs, table, rules: cells_lib.CellRules, decode: str,
 
 
 def score_fields(segment, fields: Sequence[typed_fields.TypedField], scale_of, table,
-                 rules: cells_lib.CellRules, decode: str, progress=None) -> list[FieldOutcome]:
+                 rules: cells_lib.CellRules, decode: str, progress=None,
+                 typer=None) -> list[FieldOutcome]:
   """Segments each field with `segment` (a `segmenter.Segmenter`) at `scale_of(image)` and
-  matches its cells to the typed ones."""
+  matches its cells to the typed ones; with `typer` (`cell_typing.CellTyper`), cells are typed
+  by it, as predict types them."""
   outcomes = []
   for field in fields:
     image = raw.read_rgb(field.path)
     scale = float(scale_of(image))
     probs = segment.field(image, scale)
     found = cells_at_field_scale(probs, table, rules, decode, scale)
+    if typer is not None and found:
+      found = typer.retyped(found, fields_lib.resize_field(image, scale), (scale, scale))
     outcomes.append(match_field(field, found, table.names, scale))
     if progress:
       progress(outcomes[-1])

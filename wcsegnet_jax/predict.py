@@ -68,12 +68,14 @@ import numpy as np
 import PIL.Image
 import tqdm
 
+from wcsegnet_jax import cell_typing
 from wcsegnet_jax import cells
 from wcsegnet_jax import checkpointing
 from wcsegnet_jax import classes
 from wcsegnet_jax import config_lib
 from wcsegnet_jax import decoding
 from wcsegnet_jax import errors
+from wcsegnet_jax import fields
 from wcsegnet_jax import files
 from wcsegnet_jax import logs
 from wcsegnet_jax import overlays
@@ -255,15 +257,19 @@ def image_output_names(stem: str) -> tuple[str, str]:
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
                         probs: np.ndarray, pixel_size_um: float | None,
                         table: classes.ClassTable, cell_rules: cells.CellRules,
-                        decode: str) -> tuple[list[dict], list[int]]:
+                        decode: str, retype=None) -> tuple[list[dict], list[int]]:
   """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
   cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
-  for the image's own pixel scale."""
+  for the image's own pixel scale; `retype` (the model's cell typer, if it has one) types the
+  cells found, and their nuclei are drawn in its types."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
-  files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   found, labels = cells.find_cells(pred_map, probs, table, cell_rules)
+  if retype is not None and found:
+    found = retype(found)
+    pred_map = cell_typing.recoloured(pred_map, labels, found, table.nucleus_ids)
+  files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
   counted = [cell_rules.count_excluded or not why for why in reasons]
   drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
@@ -474,19 +480,38 @@ def _field_hint(image: np.ndarray, field_scale: float | None) -> str:
           f'crop: try --field_scale=1.0, or 0.4 for cells of ~300 pixels)')
 
 
+def _crop_retype(typer, segment: segmenter.Segmenter, image: np.ndarray):
+  """Types the cells of a crop on the crop as the model saw it (resized whole), or None."""
+  if typer is None:
+    return None
+  height, width = image.shape[:2]
+  seen = raw.resize_image(image, segment.size)
+  return lambda found: typer.retyped(found, seen, (segment.size / width, segment.size / height))
+
+
+def _field_retype(typer, segment: segmenter.Segmenter, image: np.ndarray, scale: float):
+  """Types the cells of a field on the field at the training scale, or None."""
+  if typer is None:
+    return None
+  seen = fields.resize_field(image, scale)
+  return lambda found: typer.retyped(found, seen, (scale, scale))
+
+
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], output: str | pathlib.Path,
                   batch_size: int = 16, tta: bool = False, pixel_size_um: float | None = None,
                   progress: bool = False, model_source: str = '',
                   field_scale: float | str | None = None,
-                  cell_rules: cells.CellRules = cells.CellRules()) -> PredictionSummary:
+                  cell_rules: cells.CellRules = cells.CellRules(),
+                  typer: cell_typing.CellTyper | None = None) -> PredictionSummary:
   """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
   into `output`.
 
   Without `field_scale` each image is one crop, resized whole to the training size; with it,
   a field resized by `field_scale` (AUTO_SCALE: estimated per image, `scale_estimate.py`) and
   segmented in tiles of the training size (`fields.segment_field`). `cell_rules` are at the
-  training scale. Each batch's files are listed in OUTPUTS_FILE before they are written, so
+  training scale. With `typer`, cells are typed by it (`cell_typing.CellTyper`), not by the
+  vote of their nucleus pixels. Each batch's files are listed in OUTPUTS_FILE before they are written, so
   even an interrupted run leaves a complete list for --overwrite.
   """
   output = pathlib.Path(output).expanduser()
@@ -519,18 +544,21 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
       probs = segment.crops([image for _, image in images])
       # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
       scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
+      retypes = [_crop_retype(typer, segment, image) for _, image in images]
     else:
       (path, image), = images
       scale = field_scale if field_scale != AUTO_SCALE else estimated_scale(segment, path, image)
       probs = [segment.field(image, scale)]
       scales = [1.0 / scale]
+      retypes = [_field_retype(typer, segment, image, scale)]
     stems = [_unique_stem(path, used_stems) for path, _ in images]
     listing['files'] += [name for stem in stems for name in image_output_names(stem)]
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
-    for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
+    for stem, (path, image), image_probs, scale, retype in zip(stems, images, probs, scales,
+                                                               retypes):
       image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
                                                   pixel_size_um, table, cell_rules.scaled(scale),
-                                                  config.eval.decode)
+                                                  config.eval.decode, retype)
       for row in image_rows:
         row['field_scale'] = f'{1.0 / scale:.4f}'
       if not image_rows:
@@ -590,23 +618,26 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   paths = list_images(inputs, exclude=earlier)
   # Before the model loads: a bad --output fails at once.
   prepare_output(output_dir, overwrite, output_names(paths))
-  config, variables, source = load_model(workdir, which, model)
-  logging.info('Segmenting %d image(s) with %s.', len(paths), source)
+  config, variables, source, folder = load_model(workdir, which, model)
+  typer = cell_typing.load_typer(folder, config, variables, batch_size)
+  logging.info('Segmenting %d image(s) with %s%s.', len(paths), source,
+               ', cells typed by its cell typer' if typer else '')
   progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
   tta = bool(config.eval.tta) if tta is None else tta   # None: as the model was evaluated
   try:
     return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
                          progress, model_source=source, field_scale=field_scale,
-                         cell_rules=cell_rules)
+                         cell_rules=cell_rules, typer=typer)
   except OSError as e:   # a full disk, a folder made read-only meanwhile
     raise errors.WriteError(f'writing to --output={output} failed ({e.strerror or e}); what was '
                             f'written is listed in its {OUTPUTS_FILE}') from None
 
 
 def load_model(workdir: str | None, which: str | None = None, model: str | None = None):
-  """(config, variables, description) of the model to predict with: a shipped one (`model`, a
-  name or a model folder; `which` 'pretrained[:NAME]'; or neither a workdir nor a checkpoint:
-  the default), else a training checkpoint (`_workdir_model`)."""
+  """(config, variables, description, folder) of the model to predict with: a shipped one
+  (`model`, a name or a model folder; `which` 'pretrained[:NAME]'; or neither a workdir nor a
+  checkpoint: the default), else a training checkpoint (`_workdir_model`); the folder is where
+  its cell typer would be (`cell_typing.load_typer`)."""
   if model is not None and (workdir or which):
     raise checkpointing.CheckpointError(
         f'--model={model} names a shipped model: give it, or --workdir/--checkpoint, not both')
@@ -616,13 +647,13 @@ def load_model(workdir: str | None, which: str | None = None, model: str | None 
   if directory is not None:
     config = shipped_model.load_config(directory)
     variables = shipped_model.load_variables(config, directory)
-    return config, variables, f'the pretrained model in {directory}'
+    return config, variables, f'the pretrained model in {directory}', directory
   return _workdir_model(workdir, which)
 
 
 def _workdir_model(workdir: str | None, which: str | None):
-  """(config, variables, description) of a training checkpoint: `which` of `workdir`, or a
-  checkpoint path; None is the workdir config's `eval.checkpoint`."""
+  """(config, variables, description, workdir) of a training checkpoint: `which` of `workdir`,
+  or a checkpoint path; None is the workdir config's `eval.checkpoint`."""
   if which is None:
     which = str(load_workdir_config(workdir).eval.checkpoint).strip()
   ckpt_workdir, _ = restore.resolve_checkpoint(workdir or '.', which)
@@ -631,7 +662,7 @@ def _workdir_model(workdir: str | None, which: str | None):
                 else workdir)
   config = load_workdir_config(config_dir)
   variables, step = restore.load_variables(config, workdir, which)
-  return config, variables, f'step {step} of {ckpt_workdir}'
+  return config, variables, f'step {step} of {ckpt_workdir}', ckpt_workdir
 
 
 FLAGS = flags.FLAGS
