@@ -267,3 +267,47 @@ def test_package_of_own_data_needs_a_licence(tiny):
   with pytest.raises(errors.UserError, match='--licence'):
     bioimageio_package.licence_of(own, None)
   assert bioimageio_package.licence_of(info, None) == 'GPL-3.0-only'
+
+
+def _masks(folder: pathlib.Path) -> dict[str, bytes]:
+  return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).tobytes()
+          for p in sorted(folder.glob('*_mask.png'))}
+
+
+def test_predict_backend_onnx_writes_the_same_masks(tmp_path):
+  """predict --backend=onnx beside the default: the same masks, byte for byte, and the same
+  cells.csv, for crops (with the flip average, as the shipped model) and a field."""
+  from wcsegnet_jax import predict
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i, crop in enumerate(cell_crops(3, 120, seed=21)):
+    fixtures.write_rgb(images / f'crop{i}.png', crop)
+  field = tmp_path / 'field'
+  field.mkdir()
+  fixtures.write_rgb(field / 'field.png', np.concatenate(list(cell_crops(3, 120, seed=4)), 1))
+  for name, inputs, scale in (('crops', images, None), ('field', field, 1.0)):
+    outputs = {}
+    for backend in onnx_backend.BACKENDS:
+      out = tmp_path / f'{name}_{backend}'
+      predict.run(None, str(out), [str(inputs)], model='paper', field_scale=scale,
+                  backend=backend)
+      outputs[backend] = out
+    jax_masks, onnx_masks = _masks(outputs['jax']), _masks(outputs['onnx'])
+    assert jax_masks and jax_masks == onnx_masks
+    assert ((outputs['jax'] / predict.CELLS_FILE).read_text()
+            == (outputs['onnx'] / predict.CELLS_FILE).read_text())
+
+
+def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
+  from wcsegnet_jax import predict
+  config, _, graph, _ = tiny
+  path = tmp_path / 'tiny.onnx'
+  path.write_bytes(graph.SerializeToString())
+  images = tmp_path / 'images'
+  images.mkdir()
+  fixtures.write_rgb(images / 'a.png', cell_crops(1, 120)[0])
+  with pytest.raises(onnx_export.ExportError) as e:
+    predict.run(None, str(tmp_path / 'out'), [str(images)], backend='onnx', onnx_file=str(path))
+  default = shipped_model.load_config(shipped_model.model_dir())
+  assert classes.table_of(config.data).describe() in str(e.value)
+  assert classes.table_of(default.data).describe() in str(e.value)

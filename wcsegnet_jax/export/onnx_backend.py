@@ -154,3 +154,22 @@ def from_model(config: ml_collections.ConfigDict, variables: dict, source: str, 
   info = onnx_export.describe(config, variables, source, onnx_export.DEFAULT_OPSET, False)
   graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
   return OnnxSegmenter(config, graph, info, tta, batch_size, threads, where=source)
+
+
+BACKENDS = ('jax', 'onnx')
+
+
+def segmenter_for(config: ml_collections.ConfigDict, variables: dict, tta: bool,
+                  batch_size: int = 16, backend: str = 'jax', onnx_file: str | None = None,
+                  threads: int = 0, source: str = 'the model') -> segmenter.Segmenter:
+  """predict's segmenter: JAX's, or ONNX Runtime's from `onnx_file` (checked to be an export of
+  this model) or from the model exported in memory."""
+  if backend == 'jax':
+    if onnx_file:
+      raise onnx_export.ExportError(f'--onnx_file={onnx_file} is for --backend=onnx')
+    return segmenter.Segmenter(config, variables, tta, batch_size)
+  if backend != 'onnx':
+    raise onnx_export.ExportError(f'--backend={backend}: expected one of {BACKENDS}')
+  if onnx_file:
+    return from_file(onnx_file, config, variables, source, tta, batch_size, threads)
+  return from_model(config, variables, source, tta, batch_size, threads)
