@@ -1,4 +1,4 @@
-r"""Predict's speed, XLA (JAX) beside ONNX Runtime, in one run on the same cores (docs/benchmarks.md).
+r"""Predict's speed, XLA (JAX) beside ONNX Runtime, in one run on the same cores.
 
   pip install -e '.[export]'
   python tools/benchmark_predict.py [--model=differential] [--threads=0] [--crops=64] [--fields=4]

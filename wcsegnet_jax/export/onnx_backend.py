@@ -14,19 +14,9 @@ import ml_collections
 import numpy as np
 
 from wcsegnet_jax import classes
+from wcsegnet_jax import evaluate
 from wcsegnet_jax import segmenter
 from wcsegnet_jax.export import onnx_export
-
-
-def _numpy_views(rotations: bool) -> list:
-  """evaluate.tta_views in numpy: [(view, undo)] of (B, H, W, C) arrays, identity first."""
-  def flip(axes):
-    return lambda x: np.flip(x, axes) if axes else x
-  if not rotations:
-    return [(flip(axes), flip(axes)) for axes in ((), (2,), (1,), (1, 2))]
-  turn = lambda k: lambda x: np.rot90(x, k, axes=(1, 2))
-  return [(lambda x, k=k, m=m: flip(m)(turn(k)(x)), lambda y, k=k, m=m: turn(-k)(flip(m)(y)))
-          for k in range(4) for m in ((), (2,))]
 
 
 def read_graph(path: str | pathlib.Path):
@@ -114,7 +104,9 @@ class OnnxSegmenter(segmenter.Segmenter):
           f'itself: export without --tta')
     self._session = _session or session(network_part(graph, info), threads)
     self._input = self._session.get_inputs()[0].name
-    self._views = _numpy_views(bool(config.eval.get('tta_rotations', False))) if tta else None
+    # evaluate.tta_views' own views and undos (jax.numpy on these numpy arrays: a few ms).
+    rotations = bool(config.eval.get('tta_rotations', False))
+    self._views = evaluate.tta_views(rotations) if tta else None
     self._tiles = self._probabilities
 
   def _probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -124,10 +116,10 @@ class OnnxSegmenter(segmenter.Segmenter):
       return run(batch)
     views = self._views
     size = len(batch)
-    viewed = run(np.concatenate([view(batch) for view, _ in views]))
+    viewed = run(np.concatenate([np.asarray(view(batch)) for view, _ in views]))
     total = viewed[:size]
     for i, (_, undo) in enumerate(views[1:], start=1):   # predict_probs' order of the sums
-      total = total + undo(viewed[i * size:(i + 1) * size])
+      total = total + np.asarray(undo(viewed[i * size:(i + 1) * size]))
     return (total / np.float32(len(views))).astype(np.float32)
 
   def without_tta(self) -> 'OnnxSegmenter':
