@@ -116,6 +116,11 @@ def documentation(info: dict, licence: str) -> str:
       f'{", ".join(info["training_data"]["datasets"])} '
       f'({info["training_data"].get("train_images", "")}): '
       'the WBC Image Dataset (Zheng et al., Micron 2018).', '',
+      '## Validation', '',
+      'wcsegnet_jax checks the ONNX graph against the JAX model it came from (its '
+      'tests/test_export.py and tools/export_parity.py; docs/export.md): the same probabilities '
+      'to 1e-6 and the same label maps on the WBC Image Dataset\'s test splits. Test-split '
+      'scores of the weights are in the model\'s info.json (wcsegnet_jax/pretrained/).', '',
       '## Licence', '',
       f'{licence}. The WBC Image Dataset is distributed under GPL-3.0; whether weights learned '
       'from it are a derivative work is unsettled, so the weights keep that licence.', '',
