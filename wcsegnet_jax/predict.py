@@ -2,7 +2,8 @@ r"""Segments and classifies new images with a trained model; writes masks, overl
 
   python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR | --model=NAME|PATH] \
       [--checkpoint=latest] [--field_scale=1.0|auto] [--pixel_size_um=0.1] [--batch_size=16] \
-      [--tta] [--overwrite] IMAGE_OR_FOLDER...
+      [--tta] [--overwrite] [--backend=jax|onnx [--onnx_file=model.onnx] [--threads=N]] \
+      IMAGE_OR_FOLDER...
 
 Without --workdir it uses a model shipped in the package (wcsegnet_jax/pretrained/): by default
 'differential' (all five white-cell types and the cytoplasm, configs/cross_lab.py, made for other
@@ -503,7 +504,9 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   progress: bool = False, model_source: str = '',
                   field_scale: float | str | None = None,
                   cell_rules: cells.CellRules = cells.CellRules(),
-                  typer: cell_typing.CellTyper | None = None) -> PredictionSummary:
+                  typer: cell_typing.CellTyper | None = None,
+                  backend: str = 'jax', onnx_file: str | None = None,
+                  threads: int = 0) -> PredictionSummary:
   """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
   into `output`.
 
@@ -523,7 +526,12 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   size = int(config.data.image_size)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(paths)))
-  segment = segmenter.Segmenter(config, variables, tta, batch_size)
+  if backend == 'jax' and not onnx_file:
+    segment = segmenter.Segmenter(config, variables, tta, batch_size)
+  else:   # ONNX Runtime (the export extra): docs/export.md
+    from wcsegnet_jax.export import onnx_backend   # pylint: disable=g-import-not-at-top
+    segment = onnx_backend.segmenter_for(config, variables, tta, batch_size, backend, onnx_file,
+                                         threads, model_source)
   summary = PredictionSummary([], [], cell_types=table.cell_types)
   rows, class_ids, used_stems = [], [], set()
   bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
@@ -593,7 +601,8 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
         batch_size: int = 16, tta: bool | None = None, pixel_size_um: float | None = None,
         overwrite: bool = False, field_scale: float | str | None = None,
         cell_rules: cells.CellRules = cells.CellRules(),
-        model: str | None = None) -> PredictionSummary:
+        model: str | None = None, backend: str = 'jax', onnx_file: str | None = None,
+        threads: int = 0) -> PredictionSummary:
   """The command's work, callable from Python: config, checkpoint, then the images.
 
   With `checkpoint='pretrained'`, or with neither a `workdir` nor a checkpoint named, the
@@ -627,7 +636,8 @@ def run(workdir: str | None, output: str, inputs: Sequence[str], checkpoint: str
   try:
     return predict_files(config, variables, paths, output, batch_size, tta, pixel_size_um,
                          progress, model_source=source, field_scale=field_scale,
-                         cell_rules=cell_rules, typer=typer)
+                         cell_rules=cell_rules, typer=typer, backend=backend,
+                         onnx_file=onnx_file, threads=threads)
   except OSError as e:   # a full disk, a folder made read-only meanwhile
     raise errors.WriteError(f'writing to --output={output} failed ({e.strerror or e}); what was '
                             f'written is listed in its {OUTPUTS_FILE}') from None
@@ -706,6 +716,12 @@ def define_flags() -> None:
   flags.DEFINE_bool('count_all_cells', False, 'Count in differential.csv the cells cut by the '
                     'image border and the objects too small or misshapen for a cell as well '
                     '(cells.csv lists them either way, with the reason).')
+  flags.DEFINE_enum('backend', 'jax', ['jax', 'onnx'], 'What runs the network: jax (XLA), or '
+                    'onnx (ONNX Runtime; the export extra, docs/export.md). Same outputs.')
+  flags.DEFINE_string('onnx_file', None, "With --backend=onnx: the model's model.onnx from "
+                      'tools/export_model.py (default: exported in memory first).')
+  flags.DEFINE_integer('threads', 0, 'With --backend=onnx: ONNX Runtime threads (0: one per '
+                       'core).', lower_bound=0)
   flags.mark_flags_as_required(['output'])
 
 
@@ -720,7 +736,7 @@ def main(argv):
                             FLAGS.cell_min_nucleus_px, count_excluded=FLAGS.count_all_cells)
     summary = run(FLAGS.workdir, FLAGS.output, inputs, FLAGS.checkpoint, FLAGS.batch_size,
                   FLAGS.tta, FLAGS.pixel_size_um, FLAGS.overwrite, FLAGS.field_scale, rules,
-                  FLAGS.model)
+                  FLAGS.model, FLAGS.backend, FLAGS.onnx_file, FLAGS.threads)
   print(summary.text())
   if not summary.done:
     print('nothing segmented, nothing written', file=sys.stderr)
