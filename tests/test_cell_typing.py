@@ -122,7 +122,8 @@ def test_recoloured_maps_give_each_nucleus_its_cells_type():
 
 
 class _AlwaysBasophil:
-  """A typer that calls every cell a basophil, at confidence 0.3."""
+  """A typer that calls every cell a basophil, at confidence 0.3: below its threshold."""
+  uncertain_below = 0.5
 
   def retyped(self, found, image, to_training_scale):
     assert image.ndim == 3 and min(to_training_scale) > 0
@@ -152,7 +153,10 @@ def test_predict_types_cells_and_draws_masks_with_the_typer(tiny_model, tmp_path
                         cell_rules=cells.CellRules(min_nucleus_px=10, min_counted_nucleus_px=10),
                         typer=typer)
   rows = list(csv.DictReader(open(tmp_path / 'out' / predict.CELLS_FILE)))
-  assert [r['predicted_type'] for r in rows] == ['basophil']
+  assert [(r['predicted_type'], r['review']) for r in rows] == [('basophil', '1')]
+  counts = {r['cell_type']: r['count'] for r in csv.DictReader(
+      open(tmp_path / 'out' / predict.DIFFERENTIAL_FILE))}
+  assert counts['uncertain'] == '1' and counts['basophil'] == '0' and counts['total'] == '1'
   mask = test_field_crops.fixtures.cv2.imread(str(tmp_path / 'out' / 'cell_mask.png'))[..., ::-1]
   table = classes.table_of(config.data)
   basophil = table.colorize(np.array([[table.type_id('basophil')]], np.uint8))[0, 0]

@@ -33,8 +33,10 @@ The predicted map is then split into cells (`cells.py`: one connected cell regio
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the paper model, has its
 cells as nucleus parts within --cell_merge_gap_px of each other). `cells.csv` has one row per
 cell: its image, number, bounding box (x0, y0, x1, y1 exclusive, pixels of the image), whether it
-touches the image border (cut: its sizes are partial), predicted type (majority of its nucleus
-pixels), the mean probability of that type over them, nucleus and cell area, N:C ratio (blank
+touches the image border (cut: its sizes are partial), predicted type and confidence (by the
+model's cell typer where it has one, `cell_typing.py`: its calibrated probability, and review=1
+below the typer's threshold, counted as 'uncertain' in the differential; else the majority of
+its nucleus pixels and the mean probability of that type over them), nucleus and cell area, N:C ratio (blank
 without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micrometres too
 with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
@@ -88,7 +90,7 @@ from wcsegnet_jax import shipped_model
 from wcsegnet_jax.data import raw
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px',
+               'confidence', 'review', 'counted', 'exclusion_reason', 'nucleus_area_px',
                'nucleus_area_um2', 'cell_area_px', 'cell_area_um2', 'nc_ratio', 'perimeter_px',
                'perimeter_um', 'circularity', 'solidity', 'nucleus_parts', 'mask_file',
                'field_scale')
@@ -234,6 +236,7 @@ def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
       'touches_border': int(cell.touches_border),
       'predicted_type': class_names[cell.class_id],
       'confidence': f'{cell.confidence:.4f}',
+      'review': 0,
       'counted': int(counted),
       'exclusion_reason': exclusion_reason,
       'nucleus_area_px': m['area_px'],
@@ -258,11 +261,14 @@ def image_output_names(stem: str) -> tuple[str, str]:
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
                         probs: np.ndarray, pixel_size_um: float | None,
                         table: classes.ClassTable, cell_rules: cells.CellRules,
-                        decode: str, retype=None) -> tuple[list[dict], list[int]]:
+                        decode: str, retype=None, uncertain_below: float = 0.0
+                        ) -> tuple[list[dict], list[int]]:
   """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
   cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
   for the image's own pixel scale; `retype` (the model's cell typer, if it has one) types the
-  cells found, and their nuclei are drawn in its types."""
+  cells found, and their nuclei are drawn in its types. A cell typed with a (calibrated)
+  confidence below `uncertain_below` is flagged for review and counted as UNCERTAIN, as a
+  technologist sets a cell aside for a second look."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = image_output_names(stem)
@@ -273,14 +279,18 @@ def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, ima
   files.write_bytes_atomic(output / mask_file, reports.encode_png(table.colorize(pred_map)))
   reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
   counted = [cell_rules.count_excluded or not why for why in reasons]
-  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
-                              count)
-           for k, (cell, count) in enumerate(zip(found, counted), start=1)]
+  review = [cell.confidence < uncertain_below for cell in found]
+  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id] + '?' * doubt,
+                              cell.confidence, count)
+           for k, (cell, count, doubt) in enumerate(zip(found, counted, review), start=1)]
   files.write_bytes_atomic(output / overlay_file,
                            reports.encode_png(overlays.draw_cells(image, labels, drawn, table)))
   rows = [cell_row(shown(path), mask_file, k, cell, table.names, pixel_size_um, why, count)
           for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
-  return rows, [cell.class_id for cell, count in zip(found, counted) if count]
+  for row, doubt in zip(rows, review):
+    row['review'] = int(doubt)
+  return rows, [cells.UNCERTAIN if doubt else cell.class_id
+                for cell, count, doubt in zip(found, counted, review) if count]
 
 
 def write_contact_sheet(output: pathlib.Path, overlay_files: Sequence[str],
@@ -564,9 +574,10 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     files.write_json_atomic(output / OUTPUTS_FILE, listing)
     for stem, (path, image), image_probs, scale, retype in zip(stems, images, probs, scales,
                                                                retypes):
-      image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
-                                                  pixel_size_um, table, cell_rules.scaled(scale),
-                                                  config.eval.decode, retype)
+      image_rows, image_ids = write_image_outputs(
+          output, stem, path, image, image_probs, pixel_size_um, table,
+          cell_rules.scaled(scale), config.eval.decode, retype,
+          typer.uncertain_below if typer is not None else 0.0)
       for row in image_rows:
         row['field_scale'] = f'{1.0 / scale:.4f}'
       if not image_rows:
@@ -582,7 +593,8 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     (output / OUTPUTS_FILE).unlink()
     return summary
   summary.differential = cells.differential(
-      class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids)
+      class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids,
+      with_uncertain=typer is not None)
   summary.not_counted = sum(1 for r in rows if not r['counted'])
   files.write_csv_atomic(output / CELLS_FILE, CSV_COLUMNS,
                          [[r[k] for k in CSV_COLUMNS] for r in rows])
