@@ -84,7 +84,9 @@ def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
   bar.close()
   description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
                  f'typed by {"its cell typer" if typer else "nucleus-pixel vote"}')
-  return outcomes, field_scoring.summarize(outcomes, table.cell_types), description
+  summary = field_scoring.summarize(outcomes, table.cell_types,
+                                    typer.uncertain_below if typer else None)
+  return outcomes, summary, description
 
 
 def write_report(out: pathlib.Path, sections: list[tuple[str, dict]], record: dict) -> None:
@@ -131,7 +133,9 @@ def finetune_cv_command() -> None:
     sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
                      f'{len(held_out)}', summary))
   table_types = classes.table_of(predict.load_workdir_config(workdir).data).cell_types
-  record['pooled'] = field_scoring.summarize(pooled, table_types)
+  typer = cell_typing.LinearTyper.load(workdir)
+  record['pooled'] = field_scoring.summarize(
+      pooled, table_types, None if typer is None else typer.info.get('uncertain_below'))
   sections.insert(0, (f'{FLAGS.folds}-fold cross-validation, held-out folds pooled '
                       f'({FLAGS.fields_dir})', record['pooled']))
   train_fields = [f for fold in folds[1:] for f in fold]
