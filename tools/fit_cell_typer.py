@@ -9,6 +9,10 @@ them; its test-split accuracy goes into cell_typer.json. A trained workdir gets 
 end of training with `--config.typer.fit=True` instead.
 """
 
+import datetime
+import shlex
+import sys
+
 from absl import app
 from absl import flags
 
@@ -47,9 +51,11 @@ def main(argv):
         raise errors.UserError(f'{folder}: the {dataset.name} training split read now is not '
                                f'the one the model was built with; check data.raw_dir')
     typer = typer_fitting.fit(config, variables, datasets)
+    typer.info.update(built=datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'), command='python ' + shlex.join(sys.argv))
     typer.save(folder)
     print(f'wrote {folder / cell_typing.TYPER_FILE}: test accuracy '
-          f'{typer.info["test_accuracy"]}, temperature {typer.temperature:.2f}')
+          f'{typer_fitting.accuracy_text(typer)}, temperature {typer.temperature:.2f}')
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ from wcsegnet_jax import classes
 from wcsegnet_jax import color
 from wcsegnet_jax import decoding
 from wcsegnet_jax import fields as fields_lib
+from wcsegnet_jax import metrics
 from wcsegnet_jax import scale_estimate
 from wcsegnet_jax import segmenter
 from wcsegnet_jax.data import raw
@@ -164,19 +165,26 @@ def fit(config: ml_collections.ConfigDict, variables: dict, datasets,
   typer.info = {'levels': list(features.levels), 'cells': int(len(np.unique(data.groups))),
                 'lab_fields': fields_dir or '', 'l2': t.l2, 'views': t.views,
                 'uncertain_below': t.uncertain_below, 'crop_color': t.crop_color,
-                'test_accuracy': _test_accuracy(typer, features, datasets, config)}
+                'test': _test_scores(typer, features, datasets, config)}
   return typer
 
 
-def _test_accuracy(typer, features, datasets, config) -> dict:
-  """Per dataset: the typer's accuracy on its test split's cells (one view each)."""
+def _test_scores(typer, features, datasets, config) -> dict:
+  """Per dataset: the typer's accuracy on its test split's cells (one view each) and the
+  calibration of its confidences (`metrics.calibration`)."""
   out = {}
   for dataset in datasets:
     test = dataset_crops([dataset], 'test', config, 1, 0)
     if len(test.labels):
-      predicted = typer.probabilities(features(test.crops)[0]).argmax(1)
-      out[dataset.name] = float((predicted == test.labels).mean())
+      probs = typer.probabilities(features(test.crops)[0])
+      right = probs.argmax(1) == test.labels
+      out[dataset.name] = {'accuracy': float(right.mean()), 'calibration': metrics.calibration(
+          probs.max(1), right, uncertain_below=config.typer.uncertain_below)}
   return out
+
+
+def accuracy_text(typer: cell_typing.LinearTyper) -> str:
+  return ', '.join(f'{name} {v["accuracy"]:.3f}' for name, v in typer.info['test'].items())
 
 
 def fit_into(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, variables: dict,
@@ -185,5 +193,5 @@ def fit_into(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, var
   typer = fit(config, variables, datasets, config.data.fields_dir or None)
   typer.save(workdir)
   logging.info('Cell typer saved in %s (test accuracy %s, temperature %.2f).', workdir,
-               typer.info['test_accuracy'], typer.temperature)
+               accuracy_text(typer), typer.temperature)
   return typer
