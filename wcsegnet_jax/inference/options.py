@@ -26,10 +26,14 @@ class PredictOptions:
   field_scale: float | str | None = None   # None: each image one crop; a number or AUTO_SCALE
   cell_rules: cells.CellRules = cells.CellRules()
   overwrite: bool = False
+  resume: bool = False            # continue the run in `output`, without redoing images done
 
   def checked(self) -> 'PredictOptions':
     """These options with --field_scale parsed (None, a number or AUTO_SCALE); a UsageError
     naming the flag for a value that cannot be meant."""
+    if self.resume and self.overwrite:
+      raise errors.UsageError('--resume continues the run in --output and --overwrite replaces '
+                              'it: give one of them')
     if self.batch_size < 1:
       raise errors.UsageError(f'--batch_size={self.batch_size} must be >= 1')
     if self.pixel_size_um is not None and not (math.isfinite(self.pixel_size_um)
