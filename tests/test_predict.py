@@ -827,3 +827,35 @@ def test_a_killed_runs_cut_last_row_and_unfinished_images_are_left_out_when_resu
   (tmp_path / 'other.csv').write_text('file,cell\nx,1\n')
   with pytest.raises(errors.DataError, match='other.csv: not the columns predict writes'):
     cells_table.read_cells(tmp_path / 'other.csv', {'a_mask.png'})
+
+
+def test_reordered_cell_types_in_a_models_config_are_refused_naming_both_orders(tiny_model,
+                                                                                tmp_path):
+  """The arrays' shapes do not change when config.json's cell types are reordered, but every
+  cell's type would: the classes recorded with the weights are checked (a workdir's
+  classes.json, a model folder's info.json), for predict, evaluation and a resume alike."""
+  from wcsegnet_jax.training import checkpointing   # pylint: disable=g-import-not-at-top
+  image = _crop_files(tmp_path / 'crops', 1)[0]
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  saved = json.loads((workdir / 'config.json').read_text())
+  trained = saved['data']['cell_types']
+  saved['data']['cell_types'] = trained[::-1]
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  both = (rf"classes\.json: the checkpoints there output the classes background, "
+          rf"{', '.join(trained)}, but .*config\.json gives background, "
+          rf"{', '.join(trained[::-1])}: its data\.cell_types")
+  with pytest.raises(errors.CheckpointError, match=both):
+    run(str(workdir), str(tmp_path / 'out'), [str(image)])
+  with pytest.raises(errors.CheckpointError, match=both):
+    checkpointing.check_resume_config(workdir, model_loading.load_workdir_config(workdir))
+  folder = tmp_path / 'model'
+  shutil.copytree(shipped_model.model_dir('paper'), folder)
+  config = json.loads((folder / 'config.json').read_text())
+  config['data']['cell_types'] = config['data']['cell_types'][::-1]
+  (folder / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(shipped_model.PretrainedModelError,
+                     match=r'info\.json: the model outputs the classes background, neutrophil, '
+                           r'basophil, lymphocyte, but .*config\.json gives background, '
+                           r'lymphocyte, basophil, neutrophil'):
+    run(None, str(tmp_path / 'out2'), [str(image)], model=str(folder))

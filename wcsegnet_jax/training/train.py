@@ -44,7 +44,7 @@ from wcsegnet_jax.training import workdirs
 # What a run writes in its workdir, checked before any data is built.
 RUN_FOLDERS = ('checkpoints', 'tensorboard')
 RUN_FILES = (workdirs.LOCK_FILE, run_files.CONFIG_FILE, run_files.DATA_FILE,
-             run_files.METRICS_FILE)
+             run_files.CLASSES_FILE, run_files.METRICS_FILE)
 
 
 TrainingDivergedError = errors.TrainingDivergedError
@@ -238,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
     if lead:   # with the data paths as read, so that evaluate finds the data by itself
       run_files.write_config(workdir, with_data_paths(config))
+      run_files.write_classes_record(workdir, classes.table_of(config.data).names)
       run_files.write_data_record(workdir, record)
     writer = metric_writers.MetricWriter(workdir, enabled=lead, resume_step=resume_step,
                                          started_at=started_at)
