@@ -546,3 +546,23 @@ def test_progress_covers_the_whole_run_and_only_on_a_terminal():
   progress.abandon()
   shown = terminal.getvalue()
   assert 'epoch 2/2' in shown and 'step 3/6' in shown, shown
+
+
+def test_a_batch_larger_than_the_training_set_is_one_warning_with_the_numbers(
+    wbc_raw, wbc_tfds_dir, tmp_path, caplog):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, batch_size=96, num_epochs=1)
+  examples = input_pipeline.train_epoch_size(input_pipeline.load_datasets(c.data), c)
+  assert examples < 96
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(c, tmp_path / 'big_batch')
+  warnings = [r.getMessage() for r in caplog.records if 'batch_size' in r.getMessage()]
+  assert warnings == [
+      f'train.batch_size=96 is larger than an epoch of training examples ({examples}: '
+      f'{examples} images x augment.augment_repeats=1): each step takes them '
+      f'{96 / examples:.1f} times over and each "epoch" is one step; set train.batch_size to '
+      f'at most {examples}']
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
+                             tmp_path / 'small_batch')
+  assert not [r for r in caplog.records if 'batch_size' in r.getMessage()]

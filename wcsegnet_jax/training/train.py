@@ -214,6 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     model = models.model_for(config)
     datasets = input_pipeline.load_datasets(config.data)
     spe = input_pipeline.steps_per_epoch(datasets, config)
+    if (oversized := input_pipeline.oversized_batch_warning(datasets, config)) and lead:
+      logging.warning('%s', oversized)
     total_steps = min(t.num_epochs * spe, t.max_steps or t.num_epochs * spe)
     init = functools.partial(create_train_state, config, model,
                              tx=make_optimizer(t, spe, total_steps))
