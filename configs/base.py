@@ -178,6 +178,19 @@ def get_config() -> ml_collections.ConfigDict:
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 
   # --- Evaluation / prediction --------------------------------------------------------------------
+  # A cell typer (wcsegnet_jax/cells/cell_typing.py): a linear classifier over the net's features
+  # pooled over each cell, fitted after training; predict then types cells with it instead of
+  # the vote of their nucleus pixels.
+  c.typer = y = ml_collections.ConfigDict()
+  y.fit = False                # fit one at the end of training (and save it in the workdir)
+  y.encoder_stages = 3         # the finest encoder stages pooled...
+  y.decoder_stages = 2         # ...and the finest decoder stages
+  y.crop_color = 'crop'        # the colour step on each cell's crop alone | 'field' (whole)
+  y.views = 6                  # augmented views of each training crop
+  y.l2 = 0.01                  # weight decay of the classifier
+  y.field_weight = 20.0        # a lab's typed cell (data.fields_dir) counts as this many crops
+  y.uncertain_below = 0.5      # a cell whose calibrated confidence is lower is flagged for review
+
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 32
   e.raw_dir = ''               # evaluate every image of this folder (raw or folder layout)

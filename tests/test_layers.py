@@ -4,8 +4,9 @@ command free of the training stack.
   commands     main.py (train, evaluate), predict.py
   training     train loop, checkpoints for resume, metric logs, workdirs, fine-tuning data
   evaluation   evaluate, reports, curves, tables over runs
-  inference    the segmenter (crops, fields in tiles), scale estimate, predict's pieces
-  cells        cells in a predicted map, their measurements, overlays, scoring against boxes
+  inference    the segmenter (crops, fields in tiles), scale estimate, predict's pieces; and
+               export/ (ONNX, bioimage.io), predict's other backend, in the same layer
+  cells        cells in a predicted map, their measurements and typing, overlays, scoring
   model        the network, losses, metrics, decoding, probabilities, trained weights
   data         image files, records, label maps, colour, augmentation, TFDS builds, pipelines
   core         errors, files, logs, classes, configs (loading, key roles, checks, flags)
@@ -25,6 +26,8 @@ PACKAGE = ROOT / 'wcsegnet_jax'
 # Lowest first: a layer may import the layers before it.
 LAYERS = ('core', 'data', 'model', 'cells', 'inference', 'evaluation', 'training', 'commands')
 COMMANDS = {'main', 'predict'}
+# Subpackages named for what they make rather than by layer, and the layer they sit in.
+IN_LAYER = {'export': 'inference'}
 DEV = 'dev'
 # What `import wcsegnet_jax.predict` must not load: the training stack and plotting.
 NOT_FOR_PREDICT = ('tensorflow_datasets', 'grain', 'optax', 'matplotlib', 'tensorboardX',
@@ -40,7 +43,7 @@ def layer_of(module: str) -> str:
     return 'package'
   if len(parts) == 2:
     return 'commands' if parts[1] in COMMANDS else 'package'
-  return parts[1]
+  return IN_LAYER.get(parts[1], parts[1])
 
 
 def modules() -> dict[str, pathlib.Path]:
@@ -107,7 +110,9 @@ def loaded_by(module: str) -> tuple[set[str], set[str]]:
 def picture() -> str:
   by_layer = {}
   for module in modules():
-    by_layer.setdefault(layer_of(module), []).append(module.rsplit('.', 1)[1])
+    parts = module.split('.')
+    name = '/'.join(parts[1:]) if parts[1] in IN_LAYER else parts[-1]
+    by_layer.setdefault(layer_of(module), []).append(name)
   lines = ['Layers, highest first (each imports only itself and those below):']
   for layer in reversed(LAYERS):
     lines.append(f'  {layer:<11} {", ".join(by_layer.get(layer, []))}')

@@ -328,3 +328,17 @@ def test_cell_confusion_and_metrics():
   assert m['confusion_matrix'] == expected.tolist()
   with pytest.raises(ValueError):
     metrics.cell_confusion([1, 4], [1, 1])
+
+
+def test_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
+  # Bin [0.9, 1.0): 4 calls at 0.95, 3 right (0.75) -> gap 0.2; bin [0.5, 0.6): 2 at 0.55,
+  # both right -> gap 0.45. ECE = 4/6 * 0.2 + 2/6 * 0.45.
+  out = metrics.calibration([0.95] * 4 + [0.55] * 2, [1, 1, 1, 0, 1, 1], bins=10,
+                            uncertain_below=0.6)
+  assert out['ece'] == pytest.approx(4 / 6 * 0.2 + 2 / 6 * 0.45)
+  assert [(r['n'], r['accuracy']) for r in out['reliability']] == [(2, 1.0), (4, 0.75)]
+  assert out['flagged'] == pytest.approx(2 / 6)
+  assert out['accuracy_flagged'] == 1.0 and out['accuracy_kept'] == 0.75
+  perfect = metrics.calibration([1.0, 1.0, 0.0], [1, 1, 0])   # confidence 1.0 lands in the top bin
+  assert perfect['ece'] == pytest.approx(0.0)
+  assert metrics.calibration([], [])['ece'] is None

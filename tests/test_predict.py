@@ -505,7 +505,7 @@ def test_field_scale_takes_auto_or_a_positive_number():
 
 
 def test_model_names_a_shipped_model_or_a_model_folder(tmp_path):
-  config, variables, source = model_loading.load_model(None, model='paper')
+  config, variables, source, _ = model_loading.load_model(None, model='paper')
   assert classes.table_of(config.data).cell_types == classes.DEFAULT_CELL_TYPES
   assert 'paper' in source and set(variables) == {'params', 'batch_stats'}
   folder = shipped_model.model_dir('paper')

@@ -9,6 +9,7 @@ has it, the very metrics its info.json reports, recomputed from the raw test ima
 import csv
 import json
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -18,9 +19,10 @@ import conftest
 import fixtures
 from configs import cpu
 from configs import pretrained as pretrained_config
-from wcsegnet_jax.core import errors
+from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import image_files
 from wcsegnet_jax.data import records as records_lib
@@ -30,6 +32,7 @@ from wcsegnet_jax.inference.options import PredictOptions
 from wcsegnet_jax.model import models
 from wcsegnet_jax.model import restore
 from wcsegnet_jax.model import shipped_model
+from wcsegnet_jax.training import typer_fitting
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -185,3 +188,29 @@ def test_predict_types_real_test_cells_like_their_labels(shipped, tmp_path):
   with open(tmp_path / 'out' / 'cells.csv', newline='') as f:
     predicted = {row['file']: row['predicted_type'] for row in csv.DictReader(f)}
   assert {str(r.image_path): r.cell_type for r in chosen} == predicted
+
+
+def test_shipped_typer_types_its_model_cells(shipped):
+  config, variables, _ = shipped
+  typer = cell_typing.load_typer(shipped_model.PRETRAINED_DIR, config, variables)
+  assert typer is not None and typer.linear.cell_types == classes.table_of(config.data).cell_types
+  assert 0.25 <= typer.linear.temperature <= 8 and 0 < typer.uncertain_below < 1
+  assert 'fit_cell_typer.py' in typer.linear.info['command']
+
+
+@pytest.mark.skipif(not conftest.REAL_WBC_DIR.is_dir(), reason='no real WBC data here')
+@pytest.mark.parametrize('dataset', ['jiangxi', 'cellavision'])
+def test_shipped_typer_accuracy_recomputed_from_the_real_test_images(shipped, dataset):
+  """The shipped cell typer types the real test cells as its cell_typer.json says."""
+  config, variables, info = shipped
+  test_ids = set(info['images'][dataset]['test'])
+  table = classes.table_of(config.data)
+  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
+             if r.file_id in test_ids]
+  if len(records) != len(test_ids):
+    pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
+  typer = cell_typing.load_typer(shipped_model.PRETRAINED_DIR, config, variables)
+  source = types.SimpleNamespace(name=dataset, test=held_out.RawExamples(records, config.data))
+  crops = typer_fitting.dataset_crops([source], 'test', config, 1, 0)
+  right = typer.linear.probabilities(typer.features(crops.crops)[0]).argmax(1) == crops.labels
+  assert right.mean() == pytest.approx(typer.linear.info['test'][dataset]['accuracy'])

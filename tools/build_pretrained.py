@@ -8,7 +8,9 @@ Trains the config (the CPU recipe, seed 0; ~15 minutes on 2 cores) on the train 
 configured datasets, or resumes/reuses the run already in --workdir, then exports the last
 checkpoint's parameters and BatchNorm statistics as stored (float16 where they fit), evaluates
 *those stored weights* on every test split, and writes config.json, variables.msgpack and
-info.json (metrics, the images that trained it, this command, the data's licence) to --output.
+info.json (metrics, the images that trained it, this command, the data's licence) to --output;
+with typer.fit, a cell typer fitted on the stored weights too (tools/fit_cell_typer.py fits one
+for a model already built).
 """
 
 import datetime
@@ -33,6 +35,7 @@ from wcsegnet_jax.model import models
 from wcsegnet_jax.model import restore
 from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import train
+from wcsegnet_jax.training import typer_fitting
 
 FLAGS = flags.FLAGS
 config_flags.define_config_file('config', 'configs/cpu.py', 'Config to train.', lock_config=True)
@@ -97,6 +100,10 @@ def main(argv):
         'licence': LICENCE,
     }
     out = shipped_model.export(config, stored, FLAGS.output, info)
+    if config.typer.fit:   # refitted on the stored weights, which predict will use
+      typer = typer_fitting.fit(config, stored, input_pipeline.load_datasets(config.data))
+      typer.info.update(built=info['built'], command=info['command'])
+      typer.save(out)
   size = (out / shipped_model.VARIABLES_FILE).stat().st_size
   print(f'wrote {out} ({size / 1e6:.1f} MB of variables, step {step})')
   for name, m in info['test_metrics'].items():

@@ -32,14 +32,15 @@ from absl import app
 from absl import flags
 import tqdm
 
+from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.cells import cells
-from wcsegnet_jax.cells import field_scoring
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import config_lib
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
 from wcsegnet_jax.core import logs
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.evaluation import field_scoring
 from wcsegnet_jax.inference import model_loading
 from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
@@ -49,6 +50,8 @@ flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipp
 flags.DEFINE_string('checkpoint', None, "fields: as predict's --checkpoint.")
 flags.DEFINE_string('field_scale', 'auto', "fields: the scale to the training crops' "
                     "magnification, or 'auto' (estimated per field).")
+flags.DEFINE_bool('vote', False, "fields, finetune_cv: type cells by their nucleus pixels' vote "
+                  "even where the model has a cell typer.")
 flags.DEFINE_bool('tta', None, "fields: flip test-time augmentation (default: the model's).")
 flags.DEFINE_string('output', None, 'fields: path stem of the .json and .md written.')
 flags.DEFINE_string('config', 'configs/cpu.py', 'lodo: the training config file.')
@@ -68,17 +71,22 @@ WBC_DATASETS = ('jiangxi', 'cellavision')
 
 def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
   """(outcomes, summary, description) of a model on typed fields."""
-  config, variables, source = model_loading.load_model(workdir, checkpoint)
+  config, variables, source, folder = model_loading.load_model(workdir, checkpoint)
   table = classes.table_of(config.data)
   tta = bool(config.eval.tta) if FLAGS.tta is None else FLAGS.tta
   segment = segmenter.Segmenter(config, variables, tta)
+  typer = None if FLAGS.vote else cell_typing.load_typer(folder, config, variables)
   scale_of = scale_estimate.scale_function(FLAGS.field_scale, segment)
   bar = tqdm.tqdm(total=len(fields), unit='field')
   outcomes = field_scoring.score_fields(segment, fields, scale_of, table, cells.CellRules(),
-                                        config.eval.decode, progress=lambda _: bar.update(1))
+                                        config.eval.decode, progress=lambda _: bar.update(1),
+                                        typer=typer)
   bar.close()
-  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}')
-  return outcomes, field_scoring.summarize(outcomes, table.cell_types), description
+  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
+                 f'typed by {"its cell typer" if typer else "nucleus-pixel vote"}')
+  summary = field_scoring.summarize(outcomes, table.cell_types,
+                                    typer.uncertain_below if typer else None)
+  return outcomes, summary, description
 
 
 def write_report(out: pathlib.Path, sections: list[tuple[str, dict]], record: dict) -> None:
@@ -105,6 +113,7 @@ def _finetune(fields, run_dir: pathlib.Path) -> str:
   workdir = str(run_dir / 'run')
   subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', f'--config={FLAGS.finetune_config}',
                   f'--workdir={workdir}', f'--config.data.fields_dir={folder}',
+                  '--nofinal_report',
                   *[f'--config.{o}' for o in FLAGS.override]], check=True, env=dict(os.environ))
   return workdir
 
@@ -124,7 +133,9 @@ def finetune_cv_command() -> None:
     sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
                      f'{len(held_out)}', summary))
   table_types = classes.table_of(model_loading.load_workdir_config(workdir).data).cell_types
-  record['pooled'] = field_scoring.summarize(pooled, table_types)
+  typer = cell_typing.LinearTyper.load(workdir)
+  record['pooled'] = field_scoring.summarize(
+      pooled, table_types, None if typer is None else typer.info.get('uncertain_below'))
   sections.insert(0, (f'{FLAGS.folds}-fold cross-validation, held-out folds pooled '
                       f'({FLAGS.fields_dir})', record['pooled']))
   train_fields = [f for fold in folds[1:] for f in fold]

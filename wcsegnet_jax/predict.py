@@ -2,7 +2,8 @@ r"""Segments and classifies new images with a trained model; writes masks, overl
 
   python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR | --model=NAME|PATH] \
       [--checkpoint=latest] [--field_scale=1.0|auto] [--pixel_size_um=0.1] [--batch_size=16] \
-      [--tta] [--overwrite | --resume] IMAGE_OR_FOLDER...
+      [--tta] [--overwrite | --resume] [--backend=jax|onnx [--onnx_file=model.onnx] \
+      [--threads=N]] IMAGE_OR_FOLDER...
 
 Without --workdir it uses a model shipped in the package (wcsegnet_jax/pretrained/): by default
 'differential' (all five white-cell types and the cytoplasm, configs/cross_lab.py, made for other
@@ -32,8 +33,11 @@ The predicted map is then split into cells (`cells.py`: one connected cell regio
 neutrophil's lobes are one cell; a model without a cytoplasm class, as the paper model, has its
 cells as nucleus parts within --cell_merge_gap_px of each other). `cells.csv` has one row per
 cell: its image, number, bounding box (x0, y0, x1, y1 exclusive, pixels of the image), whether it
-touches the image border (cut: its sizes are partial), predicted type (majority of its nucleus
-pixels), the mean probability of that type over them, nucleus and cell area, N:C ratio (blank
+touches the image border (cut: its sizes are partial), predicted type and confidence (by the
+model's cell typer where it has one, `cell_typing.py`: its calibrated probability, and review=1
+below the typer's threshold, counted as 'uncertain' in the differential; else the majority of
+its nucleus pixels and the mean probability of that type over them), nucleus and cell area,
+N:C ratio (blank
 without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micrometres too
 with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row
 and is named on stderr and in the
@@ -94,6 +98,12 @@ def define_flags() -> None:
   flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
                      'areas and perimeters in micrometres to cells.csv.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.')
+  flags.DEFINE_string('backend', 'jax', 'What runs the network: jax (XLA), or onnx (ONNX '
+                      'Runtime; the export extra, docs/export.md). Same outputs.')
+  flags.DEFINE_string('onnx_file', None, "With --backend=onnx: the model's model.onnx from "
+                      'tools/export_model.py (default: exported in memory first).')
+  flags.DEFINE_integer('threads', 0, 'With --backend=onnx: ONNX Runtime threads (0: one per '
+                       'core).')
   flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips (and the quarter '
                     "turns where the model's config has eval.tta_rotations). Default: as the "
                     "model's config (eval.tta; on for the pretrained model).")
@@ -135,6 +145,7 @@ def options_from_flags() -> options_lib.PredictOptions:
       output=FLAGS.output, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, model=FLAGS.model,
       batch_size=FLAGS.batch_size, tta=FLAGS.tta, pixel_size_um=FLAGS.pixel_size_um,
       field_scale=FLAGS.field_scale, cell_rules=rules, overwrite=FLAGS.overwrite,
+      backend=FLAGS.backend, onnx_file=FLAGS.onnx_file, threads=FLAGS.threads,
       resume=FLAGS.resume).checked()
 
 

@@ -195,15 +195,23 @@ def not_counted_reasons(cell: Cell, rules: CellRules) -> str:
   return '; '.join(reasons)
 
 
+UNCERTAIN = -1   # the class id a differential counts a cell flagged for review under
+
+
 def differential(class_ids: Sequence[int], type_names: Sequence[str],
-                 type_ids: Sequence[int]) -> list[dict]:
+                 type_ids: Sequence[int], with_uncertain: bool = False) -> list[dict]:
   """A differential count: per type (in `type_ids` order, named by `type_names`), how many of
-  the cells' `class_ids` it has and its percentage of them; a final 'total' row."""
-  counts = {int(i): 0 for i in type_ids}
+  the cells' `class_ids` it has and its percentage of them; with `with_uncertain`, an
+  'uncertain' row (cells of class id UNCERTAIN: typed, but flagged for review); a final
+  'total' row."""
+  names, ids = list(type_names), [int(i) for i in type_ids]
+  if with_uncertain:
+    names, ids = names + ['uncertain'], ids + [UNCERTAIN]
+  counts = {i: 0 for i in ids}
   for class_id in class_ids:
     counts[int(class_id)] += 1
   total = sum(counts.values())
-  rows = [{'cell_type': name, 'count': counts[int(i)],
-           'percent': 100.0 * counts[int(i)] / total if total else 0.0}
-          for name, i in zip(type_names, type_ids)]
+  rows = [{'cell_type': name, 'count': counts[i],
+           'percent': 100.0 * counts[i] / total if total else 0.0}
+          for name, i in zip(names, ids)]
   return rows + [{'cell_type': 'total', 'count': total, 'percent': 100.0 if total else 0.0}]

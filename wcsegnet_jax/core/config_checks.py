@@ -48,6 +48,15 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
   if d.fields_dir and not config.train.init_from:
     found.append(f'data.fields_dir={d.fields_dir!r} needs train.init_from: the model that labels '
                  f'its typed cells and that fine-tuning starts from (e.g. pretrained)')
+  y = config.typer
+  if min(y.encoder_stages, y.decoder_stages) < 0 or y.encoder_stages + y.decoder_stages < 1:
+    found.append(f'typer.encoder_stages={y.encoder_stages} and typer.decoder_stages='
+                 f'{y.decoder_stages} must be >= 0, one of them >= 1')
+  if y.crop_color not in ('crop', 'field'):
+    found.append(f"typer.crop_color={y.crop_color!r} must be 'crop' or 'field'")
+  if y.views < 1 or y.l2 < 0 or y.field_weight <= 0 or not 0 <= y.uncertain_below < 1:
+    found.append(f'typer: views ({y.views}) must be >= 1, l2 ({y.l2}) >= 0, field_weight '
+                 f'({y.field_weight}) > 0 and uncertain_below ({y.uncertain_below}) in [0, 1)')
   if d.fields_scale < 0:
     found.append(f'data.fields_scale={d.fields_scale} must be > 0, or 0 to estimate it')
   reference = tuple(d.color_reference)
@@ -78,8 +87,11 @@ def problems(config: ml_collections.ConfigDict, device_count: int = 1,
     if t.class_weights and len(t.class_weights) != table.num_classes:
       found.append(f'train.class_weights has {len(t.class_weights)} values; expected '
                    f'{table.num_classes}, one per class ({table.describe()}), or () for none')
-  for key in ('num_epochs', 'log_every_steps', 'eval_every_epochs', 'checkpoint_every_epochs',
-              'keep_checkpoints'):
+  if t.num_epochs == 0 and not (t.init_from and config.typer.fit):
+    found.append('train.num_epochs=0 (no training of the network) needs train.init_from (the '
+                 'model kept) and typer.fit (its cell typer is what is fitted)')
+  for key in (('log_every_steps',) if t.num_epochs == 0 else ('num_epochs', 'log_every_steps')) + (
+      'eval_every_epochs', 'checkpoint_every_epochs', 'keep_checkpoints'):
     if t[key] < 1:
       found.append(f'train.{key}={t[key]} must be >= 1')
   a = config.augment

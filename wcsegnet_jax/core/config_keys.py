@@ -56,6 +56,7 @@ KEY_ROLES = {
     'train.resume_on_changed_data': {RESUME_FREE_ROLE},
     'eval': {RESUME_FREE_ROLE},
     'eval.raw_dir': {MACHINE_PATH, RESUME_FREE_ROLE},
+    'typer': {RESUME_FREE_ROLE},   # the cell typer is fitted after the network's training
 }
 
 

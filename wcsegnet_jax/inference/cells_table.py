@@ -14,7 +14,7 @@ from wcsegnet_jax.core import files
 
 
 CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'counted', 'exclusion_reason', 'nucleus_area_px',
+               'confidence', 'review', 'counted', 'exclusion_reason', 'nucleus_area_px',
                'nucleus_area_um2', 'cell_area_px', 'cell_area_um2', 'nc_ratio', 'perimeter_px',
                'perimeter_um', 'circularity', 'solidity', 'nucleus_parts', 'mask_file',
                'field_scale')
@@ -38,6 +38,7 @@ def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
       'touches_border': int(cell.touches_border),
       'predicted_type': class_names[cell.class_id],
       'confidence': f'{cell.confidence:.4f}',
+      'review': 0,
       'counted': int(counted),
       'exclusion_reason': exclusion_reason,
       'nucleus_area_px': m['area_px'],

@@ -28,9 +28,10 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
 
 
 def load_model(workdir: str | None, which: str | None = None, model: str | None = None):
-  """(config, variables, description) of the model to predict with: a shipped one (`model`, a
-  name or a model folder; `which` 'pretrained[:NAME]'; or neither a workdir nor a checkpoint:
-  the default), else a training checkpoint (`_workdir_model`)."""
+  """(config, variables, description, folder) of the model to predict with: a shipped one
+  (`model`, a name or a model folder; `which` 'pretrained[:NAME]'; or neither a workdir nor a
+  checkpoint: the default), else a training checkpoint (`_workdir_model`); the folder is where
+  its cell typer would be (`cell_typing.load_typer`)."""
   if model is not None and (workdir or which):
     raise errors.CheckpointError(
         f'--model={model} names a shipped model: give it, or --workdir/--checkpoint, not both')
@@ -40,13 +41,13 @@ def load_model(workdir: str | None, which: str | None = None, model: str | None 
   if directory is not None:
     config = shipped_model.load_config(directory)
     variables = shipped_model.load_variables(config, directory)
-    return config, variables, f'the pretrained model in {directory}'
+    return config, variables, f'the pretrained model in {directory}', directory
   return _workdir_model(workdir, which)
 
 
 def _workdir_model(workdir: str | None, which: str | None):
-  """(config, variables, description) of a training checkpoint: `which` of `workdir`, or a
-  checkpoint path; None is the workdir config's `eval.checkpoint`."""
+  """(config, variables, description, workdir) of a training checkpoint: `which` of `workdir`,
+  or a checkpoint path; None is the workdir config's `eval.checkpoint`."""
   if which is None:
     which = str(load_workdir_config(workdir).eval.checkpoint).strip()
   ckpt_workdir, _ = restore.resolve_checkpoint(workdir or '.', which)
@@ -55,4 +56,4 @@ def _workdir_model(workdir: str | None, which: str | None):
                 else workdir)
   config = load_workdir_config(config_dir)
   variables, step = restore.load_variables(config, workdir, which)
-  return config, variables, f'step {step} of {ckpt_workdir}'
+  return config, variables, f'step {step} of {ckpt_workdir}', ckpt_workdir

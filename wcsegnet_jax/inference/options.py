@@ -9,6 +9,7 @@ from wcsegnet_jax.cells import cells
 from wcsegnet_jax.core import errors
 
 AUTO_SCALE = 'auto'   # --field_scale=auto: each field's scale estimated from its nuclei
+BACKENDS = ('jax', 'onnx')   # --backend: XLA, or ONNX Runtime (the export extra, docs/export.md)
 MAX_PIXEL_SIZE_UM = 1000.0   # a millimetre per pixel: larger ones are typing slips (and overflow)
 
 
@@ -26,11 +27,18 @@ class PredictOptions:
   field_scale: float | str | None = None   # None: each image one crop; a number or AUTO_SCALE
   cell_rules: cells.CellRules = cells.CellRules()
   overwrite: bool = False
+  backend: str = 'jax'            # what runs the network: 'jax' (XLA) or 'onnx' (ONNX Runtime)
+  onnx_file: str | None = None    # with backend 'onnx': an exported model.onnx
+  threads: int = 0                # with backend 'onnx': ONNX Runtime threads (0: one per core)
   resume: bool = False            # continue the run in `output`, without redoing images done
 
   def checked(self) -> 'PredictOptions':
     """These options with --field_scale parsed (None, a number or AUTO_SCALE); a UsageError
     naming the flag for a value that cannot be meant."""
+    if self.backend not in BACKENDS:
+      raise errors.UsageError(f'--backend={self.backend}: expected one of {BACKENDS}')
+    if self.threads < 0:
+      raise errors.UsageError(f'--threads={self.threads} must be >= 0 (0: one per core)')
     if self.resume and self.overwrite:
       raise errors.UsageError('--resume continues the run in --output and --overwrite replaces '
                               'it: give one of them')

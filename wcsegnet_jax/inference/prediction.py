@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.cells import cells
 from wcsegnet_jax.cells import overlays
 from wcsegnet_jax.core import classes
@@ -20,6 +21,7 @@ from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
 from wcsegnet_jax.data import image_files
 from wcsegnet_jax.inference import cells_table
+from wcsegnet_jax.inference import fields
 from wcsegnet_jax.inference import input_images
 from wcsegnet_jax.inference import model_loading
 from wcsegnet_jax.inference import options as options_lib
@@ -80,26 +82,37 @@ def probs_at_size(probs: np.ndarray, height: int, width: int) -> np.ndarray:
 def write_image_outputs(output: pathlib.Path, stem: str, path: pathlib.Path, image: np.ndarray,
                         probs: np.ndarray, pixel_size_um: float | None,
                         table: classes.ClassTable, cell_rules: cells.CellRules,
-                        decode: str) -> tuple[list[dict], list[int]]:
+                        decode: str, retype=None, uncertain_below: float = 0.0
+                        ) -> tuple[list[dict], list[int]]:
   """Writes one image's mask (at its own size) and overlay (`overlays.draw_cells`); returns its
   cells.csv rows and the class ids of the cells the differential counts. `cell_rules` are those
-  for the image's own pixel scale."""
+  for the image's own pixel scale; `retype` (the model's cell typer, if it has one) types the
+  cells found, and their nuclei are drawn in its types. A cell typed with a (calibrated)
+  confidence below `uncertain_below` is flagged for review and counted as UNCERTAIN, as a
+  technologist sets a cell aside for a second look."""
   probs = probs_at_size(probs, *image.shape[:2])
   pred_map = decoding.decode(probs, table, decode).astype(np.uint8)
   mask_file, overlay_file = output_folder.image_output_names(stem)
-  files.write_bytes_atomic(output / mask_file, image_files.encode_png(table.colorize(pred_map)))
   found, labels = cells.find_cells(pred_map, probs, table, cell_rules)
+  if retype is not None and found:
+    found = retype(found)
+    pred_map = cell_typing.recoloured(pred_map, labels, found, table.nucleus_ids)
+  files.write_bytes_atomic(output / mask_file, image_files.encode_png(table.colorize(pred_map)))
   reasons = [cells.not_counted_reasons(cell, cell_rules) for cell in found]
   counted = [cell_rules.count_excluded or not why for why in reasons]
-  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id], cell.confidence,
-                              count)
-           for k, (cell, count) in enumerate(zip(found, counted), start=1)]
+  review = [cell.confidence < uncertain_below for cell in found]
+  drawn = [overlays.DrawnCell(k, cell.class_id, table.names[cell.class_id] + '?' * doubt,
+                              cell.confidence, count)
+           for k, (cell, count, doubt) in enumerate(zip(found, counted, review), start=1)]
   files.write_bytes_atomic(output / overlay_file,
                            image_files.encode_png(overlays.draw_cells(image, labels, drawn, table)))
   rows = [cells_table.cell_row(input_images.shown(path), mask_file, k, cell, table.names,
                                pixel_size_um, why, count)
           for k, (cell, why, count) in enumerate(zip(found, reasons, counted), start=1)]
-  return rows, [cell.class_id for cell, count in zip(found, counted) if count]
+  for row, doubt in zip(rows, review):
+    row['review'] = int(doubt)
+  return rows, [cells.UNCERTAIN if doubt else cell.class_id
+                for cell, count, doubt in zip(found, counted, review) if count]
 
 
 def write_contact_sheet(output: pathlib.Path, overlay_files: Sequence[str],
@@ -141,20 +154,39 @@ def _field_hint(image: np.ndarray, field_scale: float | None) -> str:
           f'crop: try --field_scale=1.0, or 0.4 for cells of ~300 pixels)')
 
 
+def _crop_retype(typer, segment: segmenter.Segmenter, image: np.ndarray):
+  """Types the cells of a crop on the crop as the model saw it (resized whole), or None."""
+  if typer is None:
+    return None
+  height, width = image.shape[:2]
+  seen = image_files.resize_image(image, segment.size)
+  return lambda found: typer.retyped(found, seen, (segment.size / width, segment.size / height))
+
+
+def _field_retype(typer, segment: segmenter.Segmenter, image: np.ndarray, scale: float):
+  """Types the cells of a field on the field at the training scale, or None."""
+  if typer is None:
+    return None
+  seen = fields.resize_field(image, scale)
+  return lambda found: typer.retyped(found, seen, (scale, scale))
+
+
 def predict_files(config: ml_collections.ConfigDict, variables: dict,
                   paths: Sequence[pathlib.Path], options: PredictOptions, model_source: str = '',
-                  progress: bool = False) -> PredictionSummary:
+                  progress: bool = False,
+                  typer: cell_typing.CellTyper | None = None) -> PredictionSummary:
   """Segments `paths` with `variables`; writes masks, overlays, cells.csv and differential.csv
   into `options.output` (`options` as `PredictOptions.checked` leaves them).
 
   Without `options.field_scale` each image is one crop, resized whole to the training size; with
   it, a field resized by that scale (AUTO_SCALE: estimated per image, `scale_estimate.py`) and
   segmented in tiles of the training size (`fields.segment_field`). `options.cell_rules` are at
-  the training scale. Each batch's files are listed in OUTPUTS_FILE before they are written, so
-  even an interrupted run leaves a complete list for --overwrite; its cells.csv rows are added
-  and its images recorded as done after, so Ctrl-C leaves the tables of the images done
-  (errors.PredictionInterrupted says so) and `options.resume` continues without redoing them.
-  `progress`: bars of images and of a field's tiles (for a terminal).
+  the training scale. With `typer`, cells are typed by it (`cell_typing.CellTyper`), not by the
+  vote of their nucleus pixels. Each batch's files are listed in OUTPUTS_FILE before they are
+  written, so even an interrupted run leaves a complete list for --overwrite; its cells.csv rows
+  are added and its images recorded as done after, so Ctrl-C leaves the tables of the images
+  done (errors.PredictionInterrupted says so) and `options.resume` continues without redoing
+  them. `progress`: bars of images and of a field's tiles (for a terminal).
   """
   options = options.checked()
   output = pathlib.Path(options.output).expanduser()
@@ -181,7 +213,12 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   size = int(config.data.image_size)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(todo)))
-  segment = segmenter.Segmenter(config, variables, tta, batch_size)
+  if options.backend == 'jax' and not options.onnx_file:
+    segment = segmenter.Segmenter(config, variables, tta, batch_size)
+  else:   # ONNX Runtime (the export extra): docs/export.md
+    from wcsegnet_jax.export import onnx_backend   # pylint: disable=g-import-not-at-top
+    segment = onnx_backend.segmenter_for(config, variables, tta, batch_size, options.backend,
+                                         options.onnx_file, options.threads, model_source)
   used_stems = {d['stem'] for d in done.values()}
   bars = _Progress(len(paths), len(paths) - len(todo), progress)
   try:
@@ -204,22 +241,25 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
         probs = segment.crops([image for _, image in images])
         # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
         scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
+        retypes = [_crop_retype(typer, segment, image) for _, image in images]
       else:
         (path, image), = images
         scale = (field_scale if field_scale != options_lib.AUTO_SCALE
                  else estimated_scale(segment, path, image))
         probs = [segment.field(image, scale, tiles_done=bars.tiles_done)]
         scales = [1.0 / scale]
+        retypes = [_field_retype(typer, segment, image, scale)]
       stems = [output_folder._unique_stem(path, used_stems) for path, _ in images]
       names = [name for stem in stems for name in output_folder.image_output_names(stem)]
       listing['files'] += [name for name in names if name not in listing['files']]
       files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
       batch_rows, batch_done = [], []
-      for stem, (path, image), image_probs, scale in zip(stems, images, probs, scales):
-        image_rows, image_ids = write_image_outputs(output, stem, path, image, image_probs,
-                                                    options.pixel_size_um, table,
-                                                    cell_rules.scaled(scale),
-                                                    config.eval.decode)
+      for stem, (path, image), image_probs, scale, retype in zip(stems, images, probs, scales,
+                                                                 retypes):
+        image_rows, _ = write_image_outputs(
+            output, stem, path, image, image_probs, options.pixel_size_um, table,
+            cell_rules.scaled(scale), config.eval.decode, retype,
+            typer.uncertain_below if typer is not None else 0.0)
         for row in image_rows:
           row['field_scale'] = f'{1.0 / scale:.4f}'
         if not image_rows:
@@ -243,7 +283,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     bars.close()   # the message that follows gets a line of its own
     kept = {output_folder.image_output_names(d['stem'])[0] for d in listing['done']}
     rows = [row for row in rows if row['mask_file'] in kept]
-    _write_tables(output, rows, table, summary)
+    _write_tables(output, rows, table, summary, typer is not None)
     n = len(listing['done'])
     raise errors.PredictionInterrupted(
         f'interrupted: {n} of {len(paths)} image{"" if len(paths) == 1 else "s"} done, their '
@@ -255,7 +295,7 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
     for name in (output_folder.OUTPUTS_FILE, output_folder.CELLS_FILE):
       (output / name).unlink(missing_ok=True)
     return summary
-  _write_tables(output, rows, table, summary)
+  _write_tables(output, rows, table, summary, typer is not None)
   write_contact_sheet(output, [output_folder.image_output_names(d['stem'])[1]
                                for d in listing['done']], table)
   files.write_json_atomic(output / output_folder.OUTPUTS_FILE, {**listing, 'complete': True})
@@ -263,12 +303,14 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
 
 
 def _write_tables(output: pathlib.Path, rows: list[dict], table: classes.ClassTable,
-                  summary: PredictionSummary) -> None:
-  """cells.csv (whole, atomically) and differential.csv of `rows`; the summary's counts."""
+                  summary: PredictionSummary, with_uncertain: bool) -> None:
+  """cells.csv (whole, atomically) and differential.csv of `rows` (a cell flagged for review
+  counted as uncertain, `with_uncertain`: a model with a cell typer); the summary's counts."""
   names = [table.names[i] for i in table.nucleus_ids]
-  class_ids = [table.names.index(row['predicted_type']) for row in rows
-               if int(row['counted'])]
-  summary.differential = cells.differential(class_ids, names, table.nucleus_ids)
+  class_ids = [cells.UNCERTAIN if int(row['review']) else table.names.index(row['predicted_type'])
+               for row in rows if int(row['counted'])]
+  summary.differential = cells.differential(class_ids, names, table.nucleus_ids,
+                                            with_uncertain=with_uncertain)
   summary.not_counted = sum(1 for row in rows if not int(row['counted']))
   cells_table.write_cells(output / output_folder.CELLS_FILE, rows)
   cells_table.write_differential(output / output_folder.DIFFERENTIAL_FILE, summary.differential)
@@ -325,14 +367,16 @@ def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
   # Before the model loads: a bad --output fails at once.
   output_folder.prepare_output(output_dir, options.overwrite, output_folder.output_names(paths),
                                resume=options.resume)
-  config, variables, source = model_loading.load_model(workdir, which, options.model)
-  logging.info('Segmenting %d image(s) with %s.', len(paths), source)
+  config, variables, source, folder = model_loading.load_model(workdir, which, options.model)
+  typer = cell_typing.load_typer(folder, config, variables, options.batch_size)
+  logging.info('Segmenting %d image(s) with %s%s.', len(paths), source,
+               ', cells typed by its cell typer' if typer else '')
   progress = sys.stderr.isatty()   # a log file or pipe gets no bar fragments
   if options.tta is None:   # as the model was evaluated
     options = dataclasses.replace(options, tta=bool(config.eval.tta))
   try:
     return predict_files(config, variables, paths, options, model_source=source,
-                         progress=progress)
+                         progress=progress, typer=typer)
   except OSError as e:   # a full disk, a folder made read-only meanwhile
     raise errors.WriteError(f'writing to --output={output} failed ({e.strerror or e}); what was '
                             f'written is listed in its {output_folder.OUTPUTS_FILE}') from None

@@ -367,3 +367,40 @@ def cell_metrics(cell_cm: Any, table: classes.ClassTable = PAPER) -> dict:
       'n_no_nucleus_predicted': int(cm[:, BACKGROUND].sum()),
       'confusion_matrix': cm.tolist(),
   }
+
+
+# ------------------------------------------------------------------------------------------------
+# Calibration: does a cell's confidence say how often such calls are right?
+# ------------------------------------------------------------------------------------------------
+
+def calibration(confidence: Any, correct: Any, bins: int = 10,
+                uncertain_below: float | None = None) -> dict:
+  """Expected calibration error and a reliability table of cell-type calls.
+
+  The calls are binned by confidence into `bins` equal-width bins of [0, 1]; per bin, its
+  count, mean confidence and accuracy; ECE = sum over bins of (count / n) * |accuracy - mean
+  confidence| (Guo et al. 2017). With `uncertain_below`: the share of calls below it (flagged
+  for review) and the accuracy of the flagged and of the other calls. None where no call is.
+  """
+  confidence = np.asarray(confidence, np.float64)
+  correct = np.asarray(correct, bool)
+  n = len(confidence)
+  which = np.minimum((confidence * bins).astype(int), bins - 1)
+  table = []
+  for b in range(bins):
+    here = which == b
+    if here.any():
+      table.append({'from': b / bins, 'to': (b + 1) / bins, 'n': int(here.sum()),
+                    'confidence': float(confidence[here].mean()),
+                    'accuracy': float(correct[here].mean())})
+  out = {'n': n, 'accuracy': _ratio(correct.sum(), n),
+         'ece': (sum(r['n'] / n * abs(r['accuracy'] - r['confidence']) for r in table)
+                 if n else None),
+         'reliability': table}
+  if uncertain_below is not None:
+    flagged = confidence < uncertain_below
+    out.update(uncertain_below=uncertain_below,
+               flagged=_ratio(flagged.sum(), n),
+               accuracy_flagged=_ratio(correct[flagged].sum(), flagged.sum()),
+               accuracy_kept=_ratio(correct[~flagged].sum(), (~flagged).sum()))
+  return out

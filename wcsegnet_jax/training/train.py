@@ -39,6 +39,7 @@ from wcsegnet_jax.training import checkpointing
 from wcsegnet_jax.training import field_crops
 from wcsegnet_jax.training import metric_writers
 from wcsegnet_jax.training import parallel
+from wcsegnet_jax.training import typer_fitting
 from wcsegnet_jax.training import workdirs
 
 # What a run writes in its workdir, checked before any data is built.
@@ -207,7 +208,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
   lead = jax.process_index() == 0
   with workdirs.held(workdir):   # process 0 holds it, for all processes
-    if config.data.fields_dir:   # fine-tuning on typed fields: pseudo-labelled crops first
+    # Fine-tuning the network on typed fields: pseudo-labelled crops first (with no epochs,
+    # only the cell typer learns the lab's cells, at the end).
+    if config.data.fields_dir and config.train.num_epochs:
       config = field_crops.prepare(config, workdir, initial_variables)
     checkpointing.check_resume_config(workdir, config)
     t, dp = config.train, parallel.data_parallel()
@@ -255,6 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress = RunProgress(total_steps, spe, enabled=t.progress_bar and lead)
     learning_rate = learning_rate_schedule(t, spe, total_steps)
     interrupted, failure = False, None
+    if total_steps == 0 and manager.latest_step() is None:   # the initial model, kept as is
+      checkpointing.save(manager, 0, state, train_iter, None)
     try:
       while step < total_steps:
         batch = next(train_iter)
@@ -288,6 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       close_run(writer, manager, failure, interrupted)
     if interrupted:
       raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
+    if config.typer.fit and lead:
+      typer_fitting.fit_into(workdir, config, jax.device_get(variables_of(state)), datasets)
     return state
 
 

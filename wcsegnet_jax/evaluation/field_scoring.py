@@ -15,7 +15,9 @@ from typing import Sequence
 from wcsegnet_jax.cells import cells
 from wcsegnet_jax.data import image_files
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.inference import fields as fields_lib
 from wcsegnet_jax.model import decoding
+from wcsegnet_jax.model import metrics
 
 MISSED = 'missed'
 
@@ -26,6 +28,7 @@ class FieldOutcome:
   file: str
   true_types: list[str]
   matched_types: list[str | None]   # per true cell: the type of its match, None if missed
+  matched_confidence: list[float | None]   # and the confidence of that type
   false_cells: int
   extra_in_box: int
   predicted_cells: int
@@ -47,14 +50,17 @@ def match_field(field: typed_fields.TypedField, found: Sequence[cells.Cell],
   return FieldOutcome(
       file=field.path.name, true_types=[c.cell_type for c in field.cells],
       matched_types=[None if m is None else type_names[m.class_id] for m in matched],
+      matched_confidence=[None if m is None else float(m.confidence) for m in matched],
       false_cells=sum(id(c) not in in_any for c in found),
       extra_in_box=sum(len(cands) - 1 for cands in inside if cands),
       predicted_cells=len(found), scale=float(scale))
 
 
-def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str]) -> dict:
+def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str],
+              uncertain_below: float | None = None) -> dict:
   """found, exactly_one, false_cells_per_field, type_right (all true cells), type_right_found
-  (among found ones), per-type recall and a confusion table {true: {predicted or missed: n}}."""
+  (among found ones), per-type recall, a confusion table {true: {predicted or missed: n}} and
+  the calibration of the found cells' confidences (`metrics.calibration`)."""
   pairs = [(t, m) for o in outcomes for t, m in zip(o.true_types, o.matched_types)]
   n_cells, n_fields = len(pairs), len(outcomes)
   found = [p for p in pairs if p[1] is not None]
@@ -66,6 +72,8 @@ def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str]) -> di
     key = MISSED if match is None else match
     confusion[truth][key] = confusion[truth].get(key, 0) + 1
   right = sum(t == m for t, m in pairs)
+  calls = [(c, t == m) for o in outcomes
+           for t, m, c in zip(o.true_types, o.matched_types, o.matched_confidence) if m is not None]
   ratio = lambda a, b: a / b if b else None
   return {
       'fields': n_fields, 'cells': n_cells,
@@ -78,6 +86,8 @@ def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str]) -> di
       'type_right_found': ratio(right, len(found)),
       'type_recall': {t: ratio(row.get(t, 0), sum(row.values())) for t, row in confusion.items()},
       'confusion': confusion,
+      'calibration': metrics.calibration([c for c, _ in calls], [r for _, r in calls],
+                                         uncertain_below=uncertain_below),
   }
 
 
@@ -91,6 +101,15 @@ def markdown(summary: dict, title: str) -> str:
            f'| {fmt(summary["found"])} | {fmt(summary["exactly_one"])} | '
            f'{fmt(summary["false_cells_per_field"])} | {fmt(summary["type_right"])} | '
            f'{fmt(summary["type_right_found"])} |', '']
+  calibration = summary.get('calibration') or {}
+  if calibration.get('ece') is not None:
+    line = f'Confidence: expected calibration error {calibration["ece"]:.3f}'
+    if calibration.get('flagged') is not None:
+      line += (f'; {calibration["flagged"]:.0%} of the found cells fall below '
+               f'{calibration["uncertain_below"]:g} (flagged for review), typed right '
+               f'{fmt(calibration["accuracy_flagged"])}, the others '
+               f'{fmt(calibration["accuracy_kept"])}')
+    lines += [line + '.', '']
   confusion = summary['confusion']
   if confusion:
     columns = list(next(iter(confusion.values())))
@@ -114,15 +133,19 @@ def cells_at_field_scale(probs, table, rules: cells.CellRules, decode: str,
 
 
 def score_fields(segment, fields: Sequence[typed_fields.TypedField], scale_of, table,
-                 rules: cells.CellRules, decode: str, progress=None) -> list[FieldOutcome]:
+                 rules: cells.CellRules, decode: str, progress=None,
+                 typer=None) -> list[FieldOutcome]:
   """Segments each field with `segment` (a `segmenter.Segmenter`) at `scale_of(image)` and
-  matches its cells to the typed ones."""
+  matches its cells to the typed ones; with `typer` (`cell_typing.CellTyper`), cells are typed
+  by it, as predict types them."""
   outcomes = []
   for field in fields:
     image = image_files.read_rgb(field.path)
     scale = float(scale_of(image))
     probs = segment.field(image, scale)
     found = cells_at_field_scale(probs, table, rules, decode, scale)
+    if typer is not None and found:
+      found = typer.retyped(found, fields_lib.resize_field(image, scale), (scale, scale))
     outcomes.append(match_field(field, found, table.names, scale))
     if progress:
       progress(outcomes[-1])
