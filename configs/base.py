@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   # or large global batches, at 2x the step's compile time (docs/benchmarks.md, "GPU-path
   # changes, measured on CPU").
   c.rng_impl = 'rbg'
-  # Extra XLA flags ('--xla_...=value ...'), set before JAX starts (wcsegnet_jax/xla_flags.py);
+  # Extra XLA flags ('--xla_...=value ...'), set before JAX starts (wcsegnet_jax/core/xla_flags.py);
   # flags in the XLA_FLAGS environment variable take precedence. configs/cpu.py sets its own.
   c.xla_flags = ''
 
@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The cell types kept (of neutrophil, lymphocyte, monocyte, eosinophil, basophil), in the order
   # of their class ids: 0 is background, then these (their nucleus pixels), so the paper's three
   # give its map 0 background, 1 neutrophil, 2 basophil, 3 lymphocyte. The model's class count
-  # follows (wcsegnet_jax/classes.py); images of other types are left out.
+  # follows (wcsegnet_jax/core/classes.py); images of other types are left out.
   d.cell_types = ('neutrophil', 'basophil', 'lymphocyte')
   # True adds a last class for the cytoplasm (the masks' 128 gray), so the model segments whole
   # cells; False (the paper) counts the cytoplasm as background.
@@ -64,14 +64,15 @@ def get_config() -> ml_collections.ConfigDict:
   d.normalize = 'dataset'
   d.mean = (0.5, 0.5, 0.5)
   d.std = (0.25, 0.25, 0.25)
-  # The colour step (wcsegnet_jax/color.py), on each image as read (whole, before resizing or
+  # The colour step (wcsegnet_jax/data/color.py), on each image as read (whole, before resizing or
   # tiling) in data preparation, evaluation and predict alike: 'none' (the paper) | 'reinhard'
   # (each image's CIELAB channel means and stds moved to color_reference, so another lab's
   # stain, lamp and camera reach the model in the training images' colours).
   d.color = 'none'
   # L, a, b means, then L, a, b stds (CIELAB; L 0-100): the CellaVision images' average.
   d.color_reference = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
-  # Fine-tuning on a lab's typed cells (wcsegnet_jax/field_crops.py): a folder of fields/ and
+  # Fine-tuning on a lab's typed cells (wcsegnet_jax/training/field_crops.py): a folder of
+  # fields/ and
   # truth.csv (type and box per white cell, no masks). The model of train.init_from labels each
   # typed cell's pixels; the crops replace data.datasets. '' = off.
   d.fields_dir = ''
@@ -177,7 +178,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.distributed = False        # call jax.distributed.initialize() for multi-host runs
 
   # --- Evaluation / prediction --------------------------------------------------------------------
-  # A cell typer (wcsegnet_jax/cell_typing.py): a linear classifier over the net's features
+  # A cell typer (wcsegnet_jax/cells/cell_typing.py): a linear classifier over the net's features
   # pooled over each cell, fitted after training; predict then types cells with it instead of
   # the vote of their nucleus pixels.
   c.typer = y = ml_collections.ConfigDict()

@@ -6,7 +6,7 @@ augmentation on configs/differential.py. The model predict uses by default.
 What differs from configs/differential.py (all five types and the cytoplasm) and why
 (docs/results.md, "Other labs' smears"):
 - data.color 'reinhard': each image's CIELAB means and stds moved to the CellaVision images'
-  average before anything else (wcsegnet_jax/color.py), in training, evaluation and predict:
+  average before anything else (wcsegnet_jax/data/color.py), in training, evaluation and predict:
   another lab's stain, lamp and camera reach the model in familiar colours.
 - Colour jitter after it (brightness, contrast 0.15, saturation 0.25, hue 5 degrees): what the
   colour step leaves of a stain's differences. Hue stays small: eosinophils are told from

@@ -6,7 +6,8 @@ each white cell's type and box, no masks (the layout of wcsegnet_jax/data/typed_
   python -m wcsegnet_jax.predict --workdir=runs/my_lab --field_scale=auto --output=out/ fields/
 
 The network is kept as shipped (it finds other labs' white cells already: 99% on bccd_fields);
-what learns the lab's cells is its cell typer (wcsegnet_jax/cell_typing.py): a linear classifier
+what learns the lab's cells is its cell typer (wcsegnet_jax/cells/cell_typing.py): a linear
+classifier
 over the network's features pooled over each cell, fitted on the WBC Image Dataset's training
 cells and the lab's typed cells together, each of the lab's weighing 20 training crops. A lab's
 cell is cut around the model's cell in its box at the field's estimated scale. What differs
@@ -22,7 +23,7 @@ right (67.6% before fitting on the lab's cells), calibration error 0.046; ~2 min
 cores for ~110 fields, most of it the features of the training cells and the lab's fields.
 """
 
-from wcsegnet_jax import shipped_model
+from wcsegnet_jax.model import shipped_model
 
 
 MODEL = 'differential'   # the shipped five-type model, made for other labs' smears

@@ -10,7 +10,7 @@ the default 'differential', configs/cpu.py for 'paper'. The eval section and dat
 overridden, the model keys must stay as they are.
 """
 
-from wcsegnet_jax import shipped_model
+from wcsegnet_jax.model import shipped_model
 
 
 def get_config(name: str | None = None):

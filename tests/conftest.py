@@ -17,7 +17,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 from configs import base  # pylint: disable=g-import-not-at-top
 import fixtures  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+from wcsegnet_jax.data import tfds_builder
 
 # The public WBC Image Dataset, where this machine has it (tests on it are skipped otherwise).
 # CI and developers keep shared/ beside the checkout.

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from wcsegnet_jax import classes
+from wcsegnet_jax.core import classes
 
 SUBSET_DIRS = {'jiangxi': 'Dataset 1', 'cellavision': 'Dataset 2'}
 CSV_HEADER = 'image ID,class label'

@@ -10,8 +10,8 @@ import pytest
 
 from configs import base
 from conftest import ROOT
-from wcsegnet_jax import augment
-from wcsegnet_jax import classes
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.data import augment
 
 FILL_MODES = ('nearest', 'reflect', 'constant')
 
@@ -294,7 +294,7 @@ def test_optics_jitter_off_is_the_identity_and_each_part_acts_within_its_range()
 
 def test_import_leaves_opencv_threads_alone():
   # Only a training pipeline turns OpenCV's threads off (input_pipeline), not every importer.
-  code = ('import cv2; cv2.setNumThreads(3); from wcsegnet_jax import augment; '
+  code = ('import cv2; cv2.setNumThreads(3); from wcsegnet_jax.data import augment; '
           'print(cv2.getNumThreads())')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        check=True)

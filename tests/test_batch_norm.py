@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wcsegnet_jax import batch_norm
+from wcsegnet_jax.model import batch_norm
 
 
 def _inputs(shape=(4, 6, 5, 3), dtype=jnp.float32, seed=0):

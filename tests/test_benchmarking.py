@@ -16,9 +16,9 @@ import pytest
 from conftest import ROOT
 from configs import base
 from configs import smoke
-from wcsegnet_jax import benchmarking
-from wcsegnet_jax import classes
-from wcsegnet_jax import models
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.dev import benchmarking
+from wcsegnet_jax.model import models
 
 NO_DROPOUT = {'encoder_dropout': 0.0, 'decoder_dropout': 0.0, 'head_dropout': 0.0}
 
@@ -182,7 +182,8 @@ def test_cli_end_to_end(wbc_raw, tmp_path):
 @pytest.mark.parametrize('overrides', [
     {}, {'residual': False}, {'block_norm': 'batch'}, {'upsample': 'nearest'},
     {'num_levels': 3, 'blocks_per_stage': 1, 'activation': 'relu'}])
-def test_torch_reference_has_our_parameter_count(overrides):
+@pytest.mark.torch_parity
+def test_torch_parity_parameter_count(overrides):
   pytest.importorskip('torch', reason='PyTorch is optional; the reference is checked with it')
   from tools import torch_reference  # pylint: disable=g-import-not-at-top
   for config in (smoke.get_config(), tiny_config()):
@@ -191,7 +192,8 @@ def test_torch_reference_has_our_parameter_count(overrides):
         torch_reference.build_model(config.model)) == flax_param_count(config)
 
 
-def test_torch_reference_matches_the_paper_model():
+@pytest.mark.torch_parity
+def test_torch_parity_outputs_match_the_paper_model():
   torch = pytest.importorskip('torch', reason='PyTorch is optional')
   from tools import torch_reference  # pylint: disable=g-import-not-at-top
   c = base.get_config()
@@ -203,7 +205,8 @@ def test_torch_reference_matches_the_paper_model():
     assert tuple(tiny(torch.zeros(1, 3, 30, 29)).shape) == (1, 4, 30, 29)
 
 
-def test_torch_reference_tta_is_flip_equivariant_like_ours():
+@pytest.mark.torch_parity
+def test_torch_parity_tta_is_flip_equivariant_like_ours():
   """The reference's timed inference averages over the four flips when eval.tta is on: its
   prediction for a mirrored image is then the mirrored prediction, as without TTA it is not."""
   torch = pytest.importorskip('torch', reason='PyTorch is optional')

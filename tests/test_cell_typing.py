@@ -9,15 +9,17 @@ import pytest
 
 import test_evaluate
 import test_field_crops
-from wcsegnet_jax import cell_typing
-from wcsegnet_jax import cells
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import predict
-from wcsegnet_jax import restore
-from wcsegnet_jax import segmenter
-from wcsegnet_jax import train
-from wcsegnet_jax import typer_fitting
+from wcsegnet_jax.cells import cell_typing
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.inference import model_loading
+from wcsegnet_jax.inference import output_folder
+from wcsegnet_jax.inference import prediction
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import restore
+from wcsegnet_jax.training import train
+from wcsegnet_jax.training import typer_fitting
 from configs import differential
 
 FIVE = classes.class_table(classes.ALL_CELL_TYPES, cytoplasm=True)
@@ -103,7 +105,7 @@ def test_features_of_the_tiny_model_have_one_width(tiny_model):
 
 
 def _tiny(tiny_model):
-  config = predict.load_workdir_config(tiny_model['workdir'])
+  config = model_loading.load_workdir_config(tiny_model['workdir'])
   variables, _ = restore.load_variables(config, str(tiny_model['workdir']), 'latest')
   return config, variables
 
@@ -149,13 +151,14 @@ def test_predict_types_cells_and_draws_masks_with_the_typer(tiny_model, tmp_path
   monkeypatch.setattr(segmenter.Segmenter, 'crops', oracle)
   typer = _AlwaysBasophil()
   typer.config = config
-  predict.predict_files(config, variables, [tmp_path / 'cell.png'], tmp_path / 'out',
-                        cell_rules=cells.CellRules(min_nucleus_px=10, min_counted_nucleus_px=10),
-                        typer=typer)
-  rows = list(csv.DictReader(open(tmp_path / 'out' / predict.CELLS_FILE)))
+  rules = cells.CellRules(min_nucleus_px=10, min_counted_nucleus_px=10)
+  prediction.predict_files(config, variables, [tmp_path / 'cell.png'],
+                           prediction.PredictOptions(output=tmp_path / 'out', cell_rules=rules),
+                           typer=typer)
+  rows = list(csv.DictReader(open(tmp_path / 'out' / output_folder.CELLS_FILE)))
   assert [(r['predicted_type'], r['review']) for r in rows] == [('basophil', '1')]
   counts = {r['cell_type']: r['count'] for r in csv.DictReader(
-      open(tmp_path / 'out' / predict.DIFFERENTIAL_FILE))}
+      open(tmp_path / 'out' / output_folder.DIFFERENTIAL_FILE))}
   assert counts['uncertain'] == '1' and counts['basophil'] == '0' and counts['total'] == '1'
   mask = test_field_crops.fixtures.cv2.imread(str(tmp_path / 'out' / 'cell_mask.png'))[..., ::-1]
   table = classes.table_of(config.data)
@@ -165,9 +168,9 @@ def test_predict_types_cells_and_draws_masks_with_the_typer(tiny_model, tmp_path
 
 def test_no_epochs_needs_a_model_and_a_typer(tmp_path):
   config = test_evaluate.tiny_config(tmp_path, tmp_path, **{'train.num_epochs': 0})
-  assert any('train.num_epochs=0' in p for p in config_lib.problems(config))
+  assert any('train.num_epochs=0' in p for p in config_checks.problems(config))
   config.train.init_from, config.typer.fit = str(tmp_path), True
-  assert not any('num_epochs' in p for p in config_lib.problems(config))
+  assert not any('num_epochs' in p for p in config_checks.problems(config))
 
 
 @pytest.mark.slow

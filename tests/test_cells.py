@@ -10,10 +10,11 @@ import pytest
 
 import conftest
 import fixtures
-from wcsegnet_jax import cells
-from wcsegnet_jax import classes
-from wcsegnet_jax import fields
-from wcsegnet_jax import mosaics
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.dev import mosaics
+from wcsegnet_jax.inference import fields
 
 NUCLEUS_IDS = (1, 2, 3)
 RULES = cells.CellRules()   # merge gap 14, split radius 16, min nucleus 150 (training scale)
@@ -243,7 +244,7 @@ def test_mosaic_truth_and_scoring(tmp_path):
                                   seed=0)
   assert mosaics.read_truth(tmp_path) == written
   assert cv2.imread(str(tmp_path / 'mosaic_01.png')).shape[:2] == tuple(written[1]['size'])
-  with pytest.raises(mosaics.raw.DataError, match='cannot fill'):
+  with pytest.raises(errors.DataError, match='cannot fill'):
     mosaics.write_mosaics(crops, tmp_path, 1, 6, 3, 10, 0)
 
 
@@ -270,16 +271,17 @@ def test_real_crops_true_masks_in_mosaics_are_one_cell_each(subset, scale):
 def test_shipped_model_counts_the_cells_of_a_real_mosaic(tmp_path):
   """The shipped model on a field of 4 real Jiangxi test crops (--field_scale=1.0): one cell
   per crop, where the crop is, of the crop's type (on these crops it types every one)."""
-  from wcsegnet_jax import predict   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax import shipped_model   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import output_folder   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import prediction   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.model import shipped_model   # pylint: disable=g-import-not-at-top
   ids = shipped_model.load_info()['images']['jiangxi']['test']
   crops = mosaics.load_crops(conftest.REAL_WBC_DIR, 'jiangxi', ids[:4])
   truth = mosaics.write_mosaics(crops, tmp_path / 'mosaics', n_mosaics=1, per_mosaic=4,
                                 columns=2, gap=20, seed=0)
-  summary = predict.run(None, str(tmp_path / 'out'), [str(tmp_path / 'mosaics')],
-                        field_scale=1.0)
+  summary = prediction.run([str(tmp_path / 'mosaics')],
+                           prediction.PredictOptions(output=tmp_path / 'out', field_scale=1.0))
   assert len(summary.done) == 1 and not summary.no_cells
-  result = mosaics.score(truth, mosaics.read_cells_csv(tmp_path / 'out' / predict.CELLS_FILE))
+  result = mosaics.score(truth, mosaics.read_cells_csv(tmp_path / 'out' / output_folder.CELLS_FILE))
   assert result['predicted_cells'] == result['matched_cells'] == 4
   assert result['type_accuracy_of_matched'] == 1.0
 

@@ -11,8 +11,12 @@ import pytest
 
 from conftest import ROOT
 from configs import base
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import metric_writers
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.model import checkpoints
+from wcsegnet_jax.training import checkpointing
+from wcsegnet_jax.training import metric_writers
 
 
 def _as_json(config):
@@ -24,7 +28,7 @@ def test_changed_model_data_or_prng_is_named():
   current.model.base_width = 32
   current.data.split_seed = 3
   current.rng_impl = 'threefry2x32'
-  diffs = checkpointing.config_mismatches(_as_json(saved), _as_json(current))
+  diffs = config_lib.config_mismatches(_as_json(saved), _as_json(current))
   assert diffs == ['data.split_seed: 0 -> 3', 'model.base_width: 64 -> 32',
                    "rng_impl: 'rbg' -> 'threefry2x32'"]
 
@@ -35,7 +39,7 @@ def test_moved_data_and_input_speed_do_not_block_a_resume():
   current.data.tfds_dir = '/fast/disk'
   current.input.read_threads = 16
   current.train.num_epochs = 500          # extending a run is allowed
-  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == []
+  assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == []
 
 
 def test_keys_added_after_a_config_was_saved_count_at_their_default():
@@ -43,9 +47,9 @@ def test_keys_added_after_a_config_was_saved_count_at_their_default():
   saved, current = _as_json(base.get_config()), base.get_config()
   del saved['model']['patch_size']
   del saved['data']['dataset_repeats']
-  assert checkpointing.config_mismatches(saved, _as_json(current)) == []
+  assert config_lib.config_mismatches(saved, _as_json(current)) == []
   current.model.patch_size = 2
-  assert checkpointing.config_mismatches(saved, _as_json(current)) == ['model.patch_size: 1 -> 2']
+  assert config_lib.config_mismatches(saved, _as_json(current)) == ['model.patch_size: 1 -> 2']
 
 
 def test_a_knob_another_one_replaces_may_differ():
@@ -53,27 +57,27 @@ def test_a_knob_another_one_replaces_may_differ():
   saved, current = base.get_config(), base.get_config()
   saved.augment.zoom_range = current.augment.zoom_range = (0.7, 1.15)
   saved.augment.zoom, current.augment.zoom = 0.15, 0.2
-  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == []
+  assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == []
   current.augment.zoom_range = ()
-  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == [
+  assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == [
       'augment.zoom: 0.15 -> 0.2', 'augment.zoom_range: [0.7, 1.15] -> []']
 
 
 def test_check_resume_config_needs_a_checkpoint(tmp_path):
   config = base.get_config()
-  checkpointing.write_config(tmp_path, config)
+  run_files.write_config(tmp_path, config)
   config.model.base_width = 8
   checkpointing.check_resume_config(tmp_path, config)   # no checkpoint yet: a fresh start
   (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
-  with pytest.raises(checkpointing.CheckpointError, match='model.base_width: 64 -> 8'):
+  with pytest.raises(errors.CheckpointError, match='model.base_width: 64 -> 8'):
     checkpointing.check_resume_config(tmp_path, config)
 
 
 def test_write_config_round_trips_and_leaves_no_temporary(tmp_path):
   config = base.get_config()
-  checkpointing.write_config(tmp_path, config)
-  assert checkpointing.load_saved_config(tmp_path) == _as_json(config)
-  assert [p.name for p in tmp_path.iterdir()] == [checkpointing.CONFIG_FILE]
+  run_files.write_config(tmp_path, config)
+  assert run_files.load_saved_config(tmp_path) == _as_json(config)
+  assert [p.name for p in tmp_path.iterdir()] == [run_files.CONFIG_FILE]
 
 
 def test_resumed_metric_log_drops_what_the_killed_run_logged_after_its_checkpoint(tmp_path):
@@ -84,16 +88,17 @@ def test_resumed_metric_log_drops_what_the_killed_run_logged_after_its_checkpoin
   writer = metric_writers.MetricWriter(tmp_path, resume_step=20)
   writer.write(30, {'loss': 0.5})
   writer.close()
-  steps = [r['step'] for r in metric_writers.read_metrics(tmp_path)]
+  steps = [r['step'] for r in run_files.read_metrics(tmp_path)]
   assert steps == [10, 20, 30]
 
 
 SAVE_INTO_A_FILE = """
 import pathlib, shutil, sys
 import jax.numpy as jnp
-from wcsegnet_jax import checkpointing
+from wcsegnet_jax.model import checkpoints
+from wcsegnet_jax.training import checkpointing
 workdir = pathlib.Path(sys.argv[1])
-manager = checkpointing.make_manager(workdir)
+manager = checkpoints.make_manager(workdir)
 shutil.rmtree(workdir / 'checkpoints')
 (workdir / 'checkpoints').write_text('')   # made a file after the start-up checks
 try:
@@ -140,7 +145,7 @@ def test_a_key_added_later_is_protected_without_listing_it():
   current.model.dtype = 'bfloat16'
   current.eval.tta = True                 # evaluation settings are free
   current.train.keep_checkpoints = 9
-  assert checkpointing.config_mismatches(_as_json(saved), _as_json(current)) == [
+  assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == [
       "model.dtype: 'float32' -> 'bfloat16'", 'train.some_new_knob: 1.0 -> 2.0']
 
 
@@ -159,7 +164,7 @@ class _ManagerWithoutScores:
 
 
 def test_best_on_a_run_without_test_scores_is_refused_not_the_latest():
-  with pytest.raises(checkpointing.CheckpointError, match='none is best: pass --checkpoint='
+  with pytest.raises(errors.CheckpointError, match='none is best: pass --checkpoint='
                      r'latest or a step \(\[10, 20\]\)'):
-    checkpointing.select_step(_ManagerWithoutScores(), 'best')
-  assert checkpointing.select_step(_ManagerWithoutScores(), 'latest') == 20
+    checkpoints.select_step(_ManagerWithoutScores(), 'best')
+  assert checkpoints.select_step(_ManagerWithoutScores(), 'latest') == 20

@@ -12,13 +12,16 @@ from pytest import approx
 import conftest
 import fixtures
 from configs import base
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import metrics
-from wcsegnet_jax import restore
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import label_maps
+from wcsegnet_jax.data import records as records_lib
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.model import metrics
+from wcsegnet_jax.model import restore
 
 FIVE = ('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil')
 
@@ -89,7 +92,7 @@ def _one_record_per_type(tmp_path_factory, table):
     sources = ('jiangxi',)
   found = {}
   for source in sources:
-    for record in raw.list_raw_records(source, root, table):
+    for record in records_lib.list_raw_records(source, root, table):
       found.setdefault(record.cell_type, record)
   return found
 
@@ -100,9 +103,10 @@ def test_label_maps_of_every_type_from_masks(tmp_path_factory, cytoplasm):
   records = _one_record_per_type(tmp_path_factory, table)
   assert set(records) == set(FIVE)
   for cell_type, record in records.items():
-    mask = raw.snap_mask_levels(raw.read_mask(record.mask_path), record.mask_path, 40, 0.01)
+    mask = label_maps.snap_mask_levels(image_files.read_mask(record.mask_path), record.mask_path,
+                                       40, 0.01)
     size = mask.shape[0]   # no resize: the label map must match the mask pixel for pixel
-    ex = raw.load_example(record, table, size, 40, 0.01)
+    ex = label_maps.load_example(record, table, size, 40, 0.01)
     want = np.zeros(mask.shape, np.uint8)
     want[mask == 255] = table.type_id(cell_type)
     if cytoplasm:
@@ -120,11 +124,12 @@ def test_a_mask_without_cytoplasm_is_named_when_the_cytoplasm_is_a_class(tmp_pat
   fixtures.write_gray(bad, np.where(manifest[0].mask == 128, 0, manifest[0].mask)
                       .astype(np.uint8))
   table = classes.class_table(('neutrophil',), cytoplasm=True)
-  record = [r for r in raw.list_raw_records('jiangxi', root, table) if r.mask_path == bad][0]
-  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*no cytoplasm pixel'):
-    raw.load_example(record, table, 120, 40, 0.01)
+  record = [r for r in records_lib.list_raw_records('jiangxi', root, table)
+            if r.mask_path == bad][0]
+  with pytest.raises(errors.DataError, match=re.escape(str(bad)) + '.*no cytoplasm pixel'):
+    label_maps.load_example(record, table, 120, 40, 0.01)
   # Without the cytoplasm class the same mask is fine.
-  raw.load_example(record, classes.class_table(('neutrophil',)), 120, 40, 0.01)
+  label_maps.load_example(record, classes.class_table(('neutrophil',)), 120, 40, 0.01)
 
 
 def test_folder_label_maps_use_the_tables_ids_and_need_the_cytoplasm(tmp_path):
@@ -140,14 +145,14 @@ def test_folder_label_maps_use_the_tables_ids_and_need_the_cytoplasm(tmp_path):
     if with_cytoplasm:
       label_map = np.where(mask == 128, table.cytoplasm_id, label_map)
     fixtures.write_gray(folder / 'masks' / f'{name}.png', label_map.astype(np.uint8))
-  with pytest.raises(raw.DataError, match=r'c\.png: label-map mask without cytoplasm.*carry '
+  with pytest.raises(errors.DataError, match=r'c\.png: label-map mask without cytoplasm.*carry '
                                           r'only the nucleus'):
-    raw.list_folder_records(folder, table)
+    records_lib.list_folder_records(folder, table)
   (folder / 'images' / 'c.png').unlink()
   (folder / 'masks' / 'c.png').unlink()
-  records = raw.list_folder_records(folder, table)
+  records = records_lib.list_folder_records(folder, table)
   assert [r.cell_type for r in records] == ['lymphocyte', 'monocyte']
-  ex = raw.load_example(records[1], table, 64, 40, 0.01)
+  ex = label_maps.load_example(records[1], table, 64, 40, 0.01)
   assert set(np.unique(ex['label_map']).tolist()) == {0, 2, table.cytoplasm_id}
 
 
@@ -229,16 +234,16 @@ def test_a_matrix_of_another_size_than_the_table_is_an_error():
 def test_evaluating_a_model_with_other_classes_is_refused(tmp_path):
   trained = base.get_config()
   trained.data.cell_types, trained.data.cytoplasm = FIVE, True
-  (tmp_path / checkpointing.CONFIG_FILE).write_text(trained.to_json())
+  (tmp_path / run_files.CONFIG_FILE).write_text(trained.to_json())
   restore.check_eval_config(tmp_path, trained)   # its own classes: fine
   paper = base.get_config()
-  with pytest.raises(checkpointing.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     restore.check_eval_config(tmp_path, paper)
   message = str(e.value)
   assert classes.table_of(trained.data).describe() in message
   assert classes.table_of(paper.data).describe() in message
   saved = json.loads(trained.to_json())
   saved['data']['cell_types'] = list(FIVE[::-1])   # the same types in another order
-  (tmp_path / checkpointing.CONFIG_FILE).write_text(json.dumps(saved))
-  with pytest.raises(checkpointing.CheckpointError, match='1 basophil'):
+  (tmp_path / run_files.CONFIG_FILE).write_text(json.dumps(saved))
+  with pytest.raises(errors.CheckpointError, match='1 basophil'):
     restore.check_eval_config(tmp_path, trained)

@@ -7,11 +7,12 @@ import pytest
 
 import conftest
 import test_data
-from wcsegnet_jax import color
-from wcsegnet_jax import segmenter
+from wcsegnet_jax.data import color
 from wcsegnet_jax.data import held_out
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import records
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.inference import segmenter
 
 REFERENCE = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
 
@@ -59,13 +60,13 @@ def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_p
   config = conftest.data_config(wbc_raw[0], tmp_path / 'tfds', color='reinhard')
   builder = tfds_builder.prepare('cellavision', config.data)
   file_id, built = test_data.read_split(builder, 'train')[0]
-  record = next(r for r in raw.list_raw_records('cellavision', wbc_raw[0],
+  record = next(r for r in records.list_raw_records('cellavision', wbc_raw[0],
                                                  tfds_builder.classes.table_of(config.data))
                 if r.file_id == file_id)
-  as_read = raw.read_rgb(record.image_path)
-  expected = raw.resize_image(color.reinhard(as_read, REFERENCE), config.data.image_size)
+  as_read = image_files.read_rgb(record.image_path)
+  expected = image_files.resize_image(color.reinhard(as_read, REFERENCE), config.data.image_size)
   np.testing.assert_array_equal(built['image'], expected)
-  assert not np.array_equal(expected, raw.resize_image(as_read, config.data.image_size))
+  assert not np.array_equal(expected, image_files.resize_image(as_read, config.data.image_size))
   evaluated = held_out.RawExamples([record], config.data)[0]
   np.testing.assert_array_equal(evaluated['image'], expected)
   seen = []

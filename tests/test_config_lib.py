@@ -7,7 +7,10 @@ import ml_collections
 import pytest
 
 from configs import base
-from wcsegnet_jax import config_lib
+from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import config_keys
+from wcsegnet_jax.core import config_lib
 
 
 SHIPPED_CONFIGS = sorted(p.stem for p in config_lib.BASE_CONFIG.parent.glob('*.py')
@@ -24,7 +27,7 @@ def test_colour_and_optics_knobs_are_checked(key, value, message):
   config = importlib.import_module('configs.cross_lab').get_config()
   section, name = key.split('.')
   config[section][name] = value
-  assert any(message in line for line in config_lib.problems(config))
+  assert any(message in line for line in config_checks.problems(config))
 
 
 def test_every_config_file_is_checked():
@@ -34,11 +37,11 @@ def test_every_config_file_is_checked():
 @pytest.mark.parametrize('name', SHIPPED_CONFIGS)
 def test_shipped_configs_are_valid(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  assert config_lib.problems(config) == []
+  assert config_checks.problems(config) == []
 
 
 def test_differential_has_five_types_and_cytoplasm_and_paper_configs_keep_the_paper_map():
-  from wcsegnet_jax import classes
+  from wcsegnet_jax.core import classes
   table = classes.table_of(importlib.import_module('configs.differential').get_config().data)
   assert table.names == ('background', 'neutrophil', 'lymphocyte', 'monocyte', 'eosinophil',
                          'basophil', 'cytoplasm')
@@ -71,7 +74,7 @@ def test_unknown_key_is_named_with_the_closest_real_one():
   c.train.bach_size = 16
   with pytest.raises(config_lib.ConfigError, match=r'unknown config key train.bach_size \(did '
                      r'you mean train.batch_size\?\)'):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_unknown_command_line_overrides_are_one_line_each():
@@ -79,7 +82,7 @@ def test_unknown_command_line_overrides_are_one_line_each():
           '--config.train.batch_size=8', '--noconfig.train.progress_barr',
           '--config.data.mean[0]=1', '--config.trainn.batch_size', '4', '--config.zzzz=1',
           '--workdir=/tmp/x']
-  assert config_lib.unknown_overrides(argv, base.get_config()) == [
+  assert config_flags.unknown_overrides(argv, base.get_config()) == [
       'unknown config key train.batch_sizee (did you mean train.batch_size?)',
       'unknown config key train.progress_barr (did you mean train.progress_bar?)',
       'unknown config key trainn.batch_size (did you mean train.batch_size?)',
@@ -99,7 +102,7 @@ def test_every_problem_is_listed_at_once():
   c.data.image_size = 8
   c.model.activation = 'gelu'
   c.data.cell_types = ('neutrophil', 'myelocyte')
-  found = config_lib.problems(c, device_count=4)
+  found = config_checks.problems(c, device_count=4)
   text = '\n'.join(found)
   assert 'train.learning_rate=-1.0 must be > 0' in text
   assert 'train.batch_size=10 must be a positive multiple of the device count (4)' in text
@@ -113,17 +116,17 @@ def test_every_problem_is_listed_at_once():
 def test_bad_zoom_range_is_named(zoom_range):
   c = base.get_config()
   c.augment.zoom_range = zoom_range
-  assert [p for p in config_lib.problems(c, device_count=1) if 'zoom_range' in p] == [
+  assert [p for p in config_checks.problems(c, device_count=1) if 'zoom_range' in p] == [
       f'augment.zoom_range={zoom_range}: (lower, upper) scale factors with 0 < lower <= upper, '
       f'or () for [1 - zoom, 1 + zoom]']
   c.augment.zoom_range = (0.7, 1.15)
-  assert not config_lib.problems(c, device_count=1)
+  assert not config_checks.problems(c, device_count=1)
 
 
 def test_batch_size_must_split_over_processes():
   c = base.get_config()
   c.train.batch_size = 18
-  assert any('process count (4)' in p for p in config_lib.problems(c, process_count=4))
+  assert any('process count (4)' in p for p in config_checks.problems(c, process_count=4))
 
 
 @pytest.mark.parametrize('key, value, message', [
@@ -141,24 +144,24 @@ def test_single_problems(key, value, message):
   c = base.get_config()
   section, name = key.split('.')
   c[section][name] = value
-  assert any(message in p for p in config_lib.problems(c))
+  assert any(message in p for p in config_checks.problems(c))
 
 
 def test_dataset_repeats_need_one_per_dataset():
   c = base.get_config()
   c.data.dataset_repeats = (1,)
-  assert any('data.dataset_repeats=(1,)' in p for p in config_lib.problems(c))
+  assert any('data.dataset_repeats=(1,)' in p for p in config_checks.problems(c))
   c.data.dataset_repeats = (1, 0)
-  assert any('data.dataset_repeats=(1, 0)' in p for p in config_lib.problems(c))
+  assert any('data.dataset_repeats=(1, 0)' in p for p in config_checks.problems(c))
   c.data.dataset_repeats = (1, 3)
-  assert config_lib.problems(c) == []
+  assert config_checks.problems(c) == []
 
 
 def test_patch_size_must_fit_the_image():
   c = base.get_config()
   c.model.patch_size = 8
   c.data.image_size = 120   # needs 8 * 2**4 = 128
-  assert any('with model.patch_size=8 (needs >= 128' in p for p in config_lib.problems(c))
+  assert any('with model.patch_size=8 (needs >= 128' in p for p in config_checks.problems(c))
 
 
 @pytest.mark.parametrize('cell_types, message', [
@@ -169,7 +172,7 @@ def test_patch_size_must_fit_the_image():
 def test_bad_cell_types_are_named(cell_types, message):
   c = base.get_config()
   c.data.cell_types = cell_types
-  assert any(message in p for p in config_lib.problems(c))
+  assert any(message in p for p in config_checks.problems(c))
 
 
 @pytest.mark.parametrize('cell_types, cytoplasm, n_classes', [
@@ -181,11 +184,11 @@ def test_any_cell_types_and_the_cytoplasm_validate_and_size_class_weights(cell_t
                                                                          n_classes):
   c = base.get_config()
   c.data.cell_types, c.data.cytoplasm = cell_types, cytoplasm
-  assert config_lib.problems(c) == []
+  assert config_checks.problems(c) == []
   c.train.class_weights = (1.0,) * n_classes
-  assert config_lib.problems(c) == []
+  assert config_checks.problems(c) == []
   c.train.class_weights = (1.0,) * (n_classes + 1)
-  assert any(f'expected {n_classes}, one per class' in p for p in config_lib.problems(c))
+  assert any(f'expected {n_classes}, one per class' in p for p in config_checks.problems(c))
 
 
 def test_an_older_config_with_num_classes_loads_when_its_map_is_the_papers():
@@ -194,7 +197,7 @@ def test_an_older_config_with_num_classes_loads_when_its_map_is_the_papers():
   saved['model']['num_classes'] = 4   # a knob of older versions
   filled = config_lib.with_defaults(saved)
   assert 'num_classes' not in filled['model'] and filled['data']['cytoplasm'] is False
-  assert config_lib.problems(ml_collections.ConfigDict(filled)) == []
+  assert config_checks.problems(ml_collections.ConfigDict(filled)) == []
   # Its fixed map gave lymphocytes id 3; config order would give 2: refused, not misread.
   saved['data']['cell_types'] = ['neutrophil', 'lymphocyte']
   with pytest.raises(config_lib.ConfigError, match='fixed map 0 background, 1 neutrophil'):
@@ -209,21 +212,21 @@ def test_with_defaults_fills_keys_added_since_a_config_was_saved():
   filled = config_lib.with_defaults(saved)
   assert filled['xla_flags'] == '' and filled['model']['patch_size'] == 1
   assert filled['model']['base_width'] == 8   # what was saved stays
-  assert config_lib.problems(ml_collections.ConfigDict(filled)) == []
+  assert config_checks.problems(ml_collections.ConfigDict(filled)) == []
 
 
-@pytest.mark.parametrize('impl', config_lib.CHOICES['rng_impl'])
+@pytest.mark.parametrize('impl', config_keys.CHOICES['rng_impl'])
 def test_every_accepted_prng_name_is_one_jax_takes(impl):
   import jax
   config = base.get_config()
   config.rng_impl = impl
-  config_lib.validate(config, 1, 1)
+  config_checks.validate(config, 1, 1)
   assert jax.random.key_impl(jax.random.key(0, impl=impl)) is not None
 
 
 def test_an_index_past_a_tuples_end_is_one_line_naming_its_length():
   config = base.get_config()
-  lines = config_lib.bad_index_overrides(
+  lines = config_flags.bad_index_overrides(
       ['--config.data.datasets[2]=x', '--config.data.datasets[1]=ok', '--config.seed=1'], config)
   assert lines == ["config.data.datasets[2]: data.datasets has 2 item(s) "
                    "(('jiangxi', 'cellavision')); set the whole value instead, e.g. "

@@ -26,8 +26,11 @@ import pytest
 
 import conftest
 import fixtures
-from wcsegnet_jax import classes
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors as errors_lib
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import label_maps
+from wcsegnet_jax.data import records as records_lib
 from wcsegnet_jax.data import splits
 from wcsegnet_jax.data import tfds_builder
 
@@ -108,7 +111,7 @@ def test_generated_build(wbc_raw, wbc_builders, source):
       # Stray gray levels snap back to their level: the label map is the clean mask's.
       np.testing.assert_array_equal(ex['label_map'], fake.label_map())
     else:                     # 300 -> 120: each pixel takes the class covering most of it
-      expected_map = raw.resize_label_map(fake.label_map(), 120)
+      expected_map = label_maps.resize_label_map(fake.label_map(), 120)
       np.testing.assert_array_equal(ex['label_map'], expected_map)
       small = cv2.resize(fake.image, (120, 120), interpolation=cv2.INTER_AREA)
       assert np.abs(ex['image'].astype(int) - small).max() <= 1
@@ -152,7 +155,7 @@ def test_split_seed_gives_its_own_build(wbc_raw, tmp_path):
 
 def test_csv_ids_without_leading_zeros(wbc_raw):
   raw_dir, manifest = wbc_raw
-  records = raw.list_wbc_records(raw_dir, 'jiangxi')
+  records = records_lib.list_wbc_records(raw_dir, 'jiangxi')
   assert {r.file_id: r.cell_type for r in records} == {
       f.file_id: f.cell_type for f in manifest['jiangxi']}
   assert all(r.file_id.startswith('0') for r in records)   # '002' matched to CSV row '2'
@@ -160,7 +163,7 @@ def test_csv_ids_without_leading_zeros(wbc_raw):
 
 
 def test_raw_dir_from_the_environment(wbc_raw, wbc_builders, monkeypatch, tmp_path):
-  monkeypatch.setenv(raw.RAW_DIR_ENV, str(wbc_raw[0]))
+  monkeypatch.setenv(records_lib.RAW_DIR_ENV, str(wbc_raw[0]))
   monkeypatch.setenv(tfds_builder.TFDS_DIR_ENV, str(tmp_path / 'env_tfds'))
   c = conftest.data_config('', '')
   builder = tfds_builder.get_builder('jiangxi', c.data)
@@ -176,7 +179,7 @@ def test_too_few_images_to_split(tmp_path):
   c = conftest.data_config(root, tmp_path / 'tfds')
   builder = tfds_builder.prepare('jiangxi', c.data)
   assert len(tfds_builder.data_source(builder, 'train')) == 3
-  with pytest.raises(raw.DataError, match="no 'test' split"):
+  with pytest.raises(errors_lib.DataError, match="no 'test' split"):
     tfds_builder.data_source(builder, 'test')
   assert [r[0] for r in read_split_ids(builder)] == ['train'] * 3
 
@@ -203,7 +206,8 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
 
 
 def fake_records(n_per_type, prefix=''):
-  return [raw.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+  return [records_lib.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'),
+                                pathlib.Path('x.png'), t)
           for t, n in n_per_type.items() for i in range(n)]
 
 
@@ -247,7 +251,7 @@ def test_folder_source(tmp_path, with_labels_csv):
     assert tfds_builder.as_str(ex['dataset']) == 'my_cells'
   by_id = {f.file_id: f for f in manifest}
   for fid, ex in examples:   # 100 -> 120
-    want = raw.resize_label_map(by_id[fid].label_map(), 120)
+    want = label_maps.resize_label_map(by_id[fid].label_map(), 120)
     np.testing.assert_array_equal(ex['label_map'], want)
 
 
@@ -416,10 +420,10 @@ def test_bad_input_raises_data_error_naming_the_file(tmp_path, case):
   corrupt, what = BAD_INPUTS[case]
   path = corrupt(root, fid)
   c = conftest.data_config(root, tmp_path / 'tfds')
-  with pytest.raises(raw.DataError, match=re.escape(str(path))) as info:
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(path))) as info:
     tfds_builder.prepare('jiangxi', c.data)
   assert re.search(what, str(info.value)), str(info.value)
-  assert type(info.value) is raw.DataError   # not wrapped by TFDS
+  assert type(info.value) is errors_lib.DataError   # not wrapped by TFDS
   leftovers = [p for p in (tmp_path / 'tfds').rglob('*')] if (tmp_path / 'tfds').exists() else []
   assert not leftovers   # a failed build leaves no empty TFDS folders behind
 
@@ -444,7 +448,7 @@ def test_local_build_does_not_announce_a_download(tmp_path, capfd):
 def test_empty_after_filtering(tmp_path):
   root, _ = _small_raw(tmp_path)   # neutrophils, lymphocytes and a basophil: no eosinophil
   c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('eosinophil',))
-  with pytest.raises(raw.DataError, match=re.escape(str(root)) + '.*eosinophil'):
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(root)) + '.*eosinophil'):
     tfds_builder.prepare('jiangxi', c.data)
 
 
@@ -452,7 +456,8 @@ def test_a_configured_type_without_an_image_is_named(tmp_path):
   root, _ = _small_raw(tmp_path)
   c = conftest.data_config(root, tmp_path / 'tfds',
                            cell_types=('neutrophil', 'monocyte', 'lymphocyte'))
-  with pytest.raises(raw.DataError, match=re.escape(str(root)) + ".*no image of the cell type "
+  with pytest.raises(errors_lib.DataError,
+                     match=re.escape(str(root)) + ".*no image of the cell type "
                                           "'monocyte'"):
     tfds_builder.prepare('jiangxi', c.data)
 
@@ -460,15 +465,15 @@ def test_a_configured_type_without_an_image_is_named(tmp_path):
 def test_raw_dir_does_not_exist(tmp_path):
   missing = tmp_path / 'nowhere'
   c = conftest.data_config(missing, tmp_path / 'tfds')
-  with pytest.raises(raw.DataError, match=re.escape(str(missing))):
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(missing))):
     tfds_builder.prepare('jiangxi', c.data)
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(missing))
-  with pytest.raises(raw.DataError, match=re.escape(str(missing))):
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(missing))):
     tfds_builder.prepare('folder', c.data)
 
 
 def test_unknown_source(wbc_config):
-  with pytest.raises(raw.DataError, match="unknown dataset 'kaggle'"):
+  with pytest.raises(errors_lib.DataError, match="unknown dataset 'kaggle'"):
     tfds_builder.prepare('kaggle', wbc_config.data)
 
 
@@ -480,11 +485,11 @@ def test_folder_label_map_with_two_classes(tmp_path):
   label_map[:5, :5] = 3 if label_map.max() != 3 else 1
   fixtures.write_gray(bad, label_map)
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
-  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*exactly one cell type'):
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(bad)) + '.*exactly one cell type'):
     tfds_builder.prepare('folder', c.data)
   label_map[:5, :5], label_map[-5:, -5:] = 7, 200
   fixtures.write_gray(bad, label_map)
-  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*outside') as info:
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(bad)) + '.*outside') as info:
     tfds_builder.prepare('folder', c.data)
   # The values out of range, and the valid ids beside them.
   assert re.search(r'values \[7, 200\] outside the class ids \(0 background, 1 neutrophil, '
@@ -505,7 +510,7 @@ def test_folder_palette_label_maps_read_as_class_ids(tmp_path):
   examples = check_build(builder, {f.file_id: f.cell_type for f in manifest})
   by_id = {f.file_id: f for f in manifest}
   for fid, ex in examples:
-    want = raw.resize_label_map(by_id[fid].label_map(), 120)
+    want = label_maps.resize_label_map(by_id[fid].label_map(), 120)
     np.testing.assert_array_equal(ex['label_map'], want)
 
 
@@ -517,7 +522,7 @@ def test_folder_zero_one_masks_with_labels_csv(tmp_path):
     fixtures.write_gray(folder / 'masks' / f'{fake.file_id}.png',
                         (fake.mask == 255).astype(np.uint8))
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
-  with pytest.raises(raw.DataError) as info:
+  with pytest.raises(errors_lib.DataError) as info:
     tfds_builder.prepare('folder', c.data)
   message = str(info.value)
   assert str(folder / 'masks') in message and 'no nucleus pixel' in message
@@ -530,8 +535,8 @@ def test_label_map_without_nucleus(tmp_path):
   manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
   bad = folder / 'masks' / f'{manifest[0].file_id}.png'
   fixtures.write_gray(bad, np.zeros_like(manifest[0].mask))
-  with pytest.raises(raw.DataError, match=re.escape(str(bad)) + '.*without a nucleus pixel'):
-    raw.list_folder_records(folder, PAPER)
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(bad)) + '.*without a nucleus pixel'):
+    records_lib.list_folder_records(folder, PAPER)
 
 
 # --- Truncated and corrupt files ----------------------------------------------------------------
@@ -546,11 +551,11 @@ def test_truncated_files_are_rejected_quietly(tmp_path, capfd, suffix, keep):
   image_path, mask_path = tmp_path / f'image{suffix}', tmp_path / f'mask{suffix}'
   fixtures.write_rgb(image_path, fixtures.cell_image(rng, mask))
   fixtures.write_gray(mask_path, mask)
-  assert raw.read_rgb(image_path).shape == (64, 64, 3)   # whole, they read
-  assert raw.read_mask(mask_path).shape == (64, 64)
-  for path, read in ((image_path, raw.read_rgb), (mask_path, raw.read_mask)):
+  assert image_files.read_rgb(image_path).shape == (64, 64, 3)   # whole, they read
+  assert image_files.read_mask(mask_path).shape == (64, 64)
+  for path, read in ((image_path, image_files.read_rgb), (mask_path, image_files.read_mask)):
     fixtures.truncate(path, keep)
-    with pytest.raises(raw.DataError, match=re.escape(str(path)) + ': not a readable'):
+    with pytest.raises(errors_lib.DataError, match=re.escape(str(path)) + ': not a readable'):
       read(path)
   assert capfd.readouterr().err == ''
 
@@ -564,8 +569,8 @@ def test_corrupt_jpeg_that_still_ends_well_is_rejected_quietly(tmp_path, capfd):
   fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 100)))
   data = path.read_bytes()
   path.write_bytes(data[:len(data) // 2] + b'\xff\xd9')
-  with pytest.raises(raw.DataError, match=re.escape(str(path)) + ': .*corrupt JPEG'):
-    raw.read_rgb(path)
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(path)) + ': .*corrupt JPEG'):
+    image_files.read_rgb(path)
   assert capfd.readouterr().err == ''
 
 
@@ -575,8 +580,9 @@ def test_corrupt_png_fails_its_crc(tmp_path):
   data = bytearray(path.read_bytes())
   data[60] ^= 0xFF   # inside the IDAT chunk: the file is whole but wrong
   path.write_bytes(bytes(data))
-  with pytest.raises(raw.DataError, match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
-    raw.read_mask(path)
+  with pytest.raises(errors_lib.DataError,
+                     match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
+    image_files.read_mask(path)
 
 
 def test_jpeg_structure_walks_to_the_end_marker(tmp_path):
@@ -585,10 +591,10 @@ def test_jpeg_structure_walks_to_the_end_marker(tmp_path):
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, 'JPEG', comment=b'\xff\xd9' * 8)
   data = buffer.getvalue()
-  assert raw.file_structure_problem(data) is None
-  assert raw.file_structure_problem(data + b'trailer\xff\x00') is None
+  assert image_files.file_structure_problem(data) is None
+  assert image_files.file_structure_problem(data + b'trailer\xff\x00') is None
   cut = data.index(b'\xff\xd9') + 100   # past the comment's FFD9, short of the image's end
-  assert 'truncated JPEG' in raw.file_structure_problem(data[:cut])
+  assert 'truncated JPEG' in image_files.file_structure_problem(data[:cut])
 
 
 # --- Label CSVs -----------------------------------------------------------------------------------
@@ -599,18 +605,18 @@ def test_label_csv_without_header_keeps_its_first_row(tmp_path):
   csv_path = root / 'Class Labels of Dataset 1.csv'
   rows = _csv_rows(root)
   fixtures.write_csv(csv_path, rows, header=False)
-  assert raw.read_cell_type_csv(csv_path) == {
+  assert records_lib.read_cell_type_csv(csv_path) == {
       i: classes.CSV_CELL_TYPES[int(label)] for i, label in rows}
-  assert len(raw.list_wbc_records(root, 'jiangxi')) == len(rows)
+  assert len(records_lib.list_wbc_records(root, 'jiangxi')) == len(rows)
   rows[0][1] = '6'   # a first row with a bad label is a row, not a header
   fixtures.write_csv(csv_path, rows, header=False)
-  with pytest.raises(raw.DataError, match=re.escape(str(csv_path)) + ":1: label '6'"):
-    raw.read_cell_type_csv(csv_path)
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(csv_path)) + ":1: label '6'"):
+    records_lib.read_cell_type_csv(csv_path)
   folder = tmp_path / 'cells'
   manifest = fixtures.make_folder_raw(folder)
   fixtures.write_csv(folder / 'labels.csv', [(f.csv_id, f.cell_type) for f in manifest],
                      header=False)
-  assert {r.file_id: r.cell_type for r in raw.list_folder_records(folder, PAPER)} == {
+  assert {r.file_id: r.cell_type for r in records_lib.list_folder_records(folder, PAPER)} == {
       f.file_id: f.cell_type for f in manifest}
 
 
@@ -644,7 +650,7 @@ def test_images_are_read_as_their_exif_orientation_shows_them(tmp_path, suffix):
     fixtures.write_with_orientation(path, stored, orientation)
     with Image.open(path) as image:
       shown = np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
-    got = raw.read_rgb(path)
+    got = image_files.read_rgb(path)
     assert got.shape == shown.shape, orientation
     assert np.abs(got.astype(int) - shown).mean() < 2, orientation   # JPEG decoders differ
 
@@ -653,13 +659,13 @@ def test_a_rotated_photo_is_paired_with_its_mask_as_viewers_show_both(tmp_path):
   """A 100x120 portrait stored as 120x100 with orientation 6, its mask drawn as it is shown:
   training reads a pair of one size, the nucleus where the mask puts it."""
   root, fid = _small_raw(tmp_path)
-  mask = raw.read_mask(root / 'Dataset 1' / f'{fid}.png')[:120, :100]
+  mask = image_files.read_mask(root / 'Dataset 1' / f'{fid}.png')[:120, :100]
   image = np.where(mask[..., None] > 200, 40, 220).astype(np.uint8).repeat(3, -1)
   fixtures.write_gray(root / 'Dataset 1' / f'{fid}.png', mask)
   (root / 'Dataset 1' / f'{fid}.bmp').unlink()
   fixtures.write_with_orientation(root / 'Dataset 1' / f'{fid}.jpg', np.rot90(image, 1), 6)
-  record = next(r for r in raw.list_wbc_records(root, 'jiangxi') if r.file_id == fid)
-  example = raw.load_example(record, PAPER, 64, 40, 0.01)
+  record = next(r for r in records_lib.list_wbc_records(root, 'jiangxi') if r.file_id == fid)
+  example = label_maps.load_example(record, PAPER, 64, 40, 0.01)
   dark = example['image'].mean(-1) < 130
   assert (dark == (example['label_map'] > 0)).mean() > 0.95
 
@@ -680,10 +686,10 @@ def test_two_channel_and_gray_files(tmp_path):
   gray = np.random.default_rng(0).integers(0, 256, size=(20, 30), dtype=np.uint8)
   path = tmp_path / 'la.png'
   _write_png(path, np.stack([gray, np.full_like(gray, 200)], -1), color_type=4)
-  np.testing.assert_array_equal(raw.read_rgb(path), np.repeat(gray[..., None], 3, -1))
+  np.testing.assert_array_equal(image_files.read_rgb(path), np.repeat(gray[..., None], 3, -1))
   path = tmp_path / 'mask.png'
   assert cv2.imwrite(str(path), np.repeat(gray[..., None], 3, -1))
-  np.testing.assert_array_equal(raw.read_mask(path), gray)
+  np.testing.assert_array_equal(image_files.read_mask(path), gray)
 
 
 def test_stray_gray_levels_snap(tmp_path):
@@ -691,15 +697,15 @@ def test_stray_gray_levels_snap(tmp_path):
   mask = np.zeros((100, 100), np.uint8)
   mask[20:60, 20:60] = 128
   mask[30:50, 30:50] = 255
-  record = raw.RawRecord('1', tmp_path / '1.bmp', tmp_path / '1.png', 'basophil')
+  record = records_lib.RawRecord('1', tmp_path / '1.bmp', tmp_path / '1.png', 'basophil')
   noisy = mask.copy()
   noisy[0, :99] = 50                                     # 0.99% off-level: allowed
   noisy[25, 25], noisy[35, 35], noisy[1, 1] = 160, 220, 3   # within tolerance: snapped
-  got = raw.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
+  got = label_maps.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
   np.testing.assert_array_equal(got, np.where(mask == 255, classes.CLASS_ID['basophil'], 0))
   noisy[1, :2] = 50                                      # 1.01%: another scheme
-  with pytest.raises(raw.DataError, match=re.escape(str(record.mask_path))):
-    raw.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(record.mask_path))):
+    label_maps.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
 
 
 def test_far_gray_levels_snapped_are_logged(tmp_path, caplog):
@@ -708,11 +714,11 @@ def test_far_gray_levels_snapped_are_logged(tmp_path, caplog):
   mask[30:50, 30:50] = 255
   path = tmp_path / '1.png'
   caplog.set_level('INFO')
-  raw.snap_mask_levels(np.where(mask == 0, 3, mask).astype(np.uint8), path, 40, 0.01)
+  label_maps.snap_mask_levels(np.where(mask == 0, 3, mask).astype(np.uint8), path, 40, 0.01)
   assert not caplog.records   # near the levels only: nothing to say
   noisy = mask.copy()
   noisy[0, :37] = 60
-  raw.snap_mask_levels(noisy, path, 40, 0.01)
+  label_maps.snap_mask_levels(noisy, path, 40, 0.01)
   assert len(caplog.records) == 1
   assert str(path) in caplog.text and 'snapped 37 mask pixels' in caplog.text
 
@@ -729,7 +735,7 @@ def real_builders(tmp_path_factory):
 @needs_real_data
 @pytest.mark.parametrize('source', SOURCES)
 def test_real_build(real_builders, source):
-  subset = raw.WBC_SUBSETS[source]
+  subset = records_lib.WBC_SUBSETS[source]
   folder = conftest.REAL_WBC_DIR / subset
   types = csv_types(conftest.REAL_WBC_DIR / f'Class Labels of {subset}.csv')
   files = {p.stem: p for p in folder.glob('*.bmp')}
@@ -760,12 +766,12 @@ def test_nucleus_that_vanishes_in_the_resize_is_an_error(tmp_path):
   mask[1, 1] = 255   # 300 -> 120: one source pixel covers 0.16 of a pixel, never its majority
   fixtures.write_rgb(tmp_path / '001.bmp', image)
   fixtures.write_gray(tmp_path / '001.png', mask)
-  record = raw.RawRecord('1', tmp_path / '001.bmp', tmp_path / '001.png', 'neutrophil')
-  with pytest.raises(raw.DataError, match=re.escape(str(tmp_path / '001.png')) +
+  record = records_lib.RawRecord('1', tmp_path / '001.bmp', tmp_path / '001.png', 'neutrophil')
+  with pytest.raises(errors_lib.DataError, match=re.escape(str(tmp_path / '001.png')) +
                      r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120'):
-    raw.load_example(record, PAPER, 120, 40, 0.01)
+    label_maps.load_example(record, PAPER, 120, 40, 0.01)
   # Kept at full size.
-  assert raw.load_example(record, PAPER, 300, 40, 0.01)['label_map'][1, 1] == 1
+  assert label_maps.load_example(record, PAPER, 300, 40, 0.01)['label_map'][1, 1] == 1
 
 
 def _centroid(label_map, class_id):
@@ -791,7 +797,7 @@ def test_resized_label_map_stays_on_its_image(source_size):
   errors, area_ratios = [], []
   for offset in np.linspace(0, 5, 10, endpoint=False):   # 5 source px: whole pixel cycles
     label_map = _disc_with_a_segment(source_size, offset)
-    resized = raw.resize_label_map(label_map, 120)
+    resized = label_maps.resize_label_map(label_map, 120)
     assert resized.shape == (120, 120) and resized.dtype == np.uint8
     assert set(np.unique(resized)) == {0, 1, 3}
     for class_id in (1, 3):
@@ -804,7 +810,7 @@ def test_resized_label_map_stays_on_its_image(source_size):
 
 def test_label_map_at_its_size_is_unchanged():
   label_map = np.random.default_rng(0).integers(0, 4, (120, 120), dtype=np.uint8)
-  assert raw.resize_label_map(label_map, 120) is label_map
+  assert label_maps.resize_label_map(label_map, 120) is label_map
 
 
 @contextlib.contextmanager
@@ -831,8 +837,8 @@ def test_jpeg_reads_without_a_stderr(tmp_path):
   path = tmp_path / 'cell.jpg'
   rng = np.random.default_rng(0)
   fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 50)))
-  code = ('import pathlib, sys; sys.stderr = None; from wcsegnet_jax.data import raw; '
-          f'print(raw.read_rgb(pathlib.Path({str(path)!r})).shape)')
+  code = ('import pathlib, sys; sys.stderr = None; from wcsegnet_jax.data import image_files; '
+          f'print(image_files.read_rgb(pathlib.Path({str(path)!r})).shape)')
   result = subprocess.run(f'{sys.executable} -c "{code}" 2>&-', shell=True, cwd=conftest.ROOT,
                           capture_output=True, text=True, timeout=120)
   assert result.stdout.strip() == '(50, 50, 3)', result.stderr
@@ -840,10 +846,11 @@ def test_jpeg_reads_without_a_stderr(tmp_path):
 
 def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
   """An evaluation folder's monocyte is not scored by a 3-type model, and the log says so."""
-  records = [raw.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+  records = [records_lib.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
              for i, t in enumerate(('neutrophil', 'monocyte', 'lymphocyte', 'eosinophil'))]
   caplog.set_level('INFO')
-  kept = raw.filter_cell_types(records, classes.DEFAULT_CELL_TYPES, where='folder data in d',
+  kept = records_lib.filter_cell_types(records, classes.DEFAULT_CELL_TYPES,
+                                       where='folder data in d',
                                every_type=False)
   assert [r.file_id for r in kept] == ['000', '002']
   assert [r.getMessage() for r in caplog.records] == [
@@ -851,7 +858,7 @@ def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
       "(1 eosinophil, 1 monocyte: 001, 003; config.data.cell_types=('neutrophil', 'basophil', "
       "'lymphocyte'))"]
   caplog.clear()
-  raw.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
+  records_lib.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
   assert not caplog.records
 
 
@@ -886,25 +893,25 @@ def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
 def test_a_raw_dir_with_one_subset_points_to_data_datasets(tmp_path):
   root, _ = _small_raw(tmp_path)
   shutil.rmtree(root / 'Dataset 2')
-  with pytest.raises(raw.DataError, match=re.escape(
+  with pytest.raises(errors_lib.DataError, match=re.escape(
       'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"')):
-    raw.list_wbc_records(root, 'cellavision')
+    records_lib.list_wbc_records(root, 'cellavision')
 
 
 def test_no_data_and_no_network_is_one_line_within_seconds(tmp_path, monkeypatch):
   """No raw folder, no build and no route to the archive: where the data goes and where to
   get it, at once, instead of TFDS's minutes of retries and its traceback."""
-  monkeypatch.delenv(raw.RAW_DIR_ENV, raising=False)
+  monkeypatch.delenv(records_lib.RAW_DIR_ENV, raising=False)
   # TEST-NET-1 (RFC 5737): routed nowhere, as on a machine without network.
   monkeypatch.setattr(tfds_builder, 'ARCHIVE_HOST', '192.0.2.1')
   c = conftest.data_config('', tmp_path / 'tfds')
   start = time.monotonic()
-  with pytest.raises(raw.DataError) as info:
+  with pytest.raises(errors_lib.DataError) as info:
     tfds_builder.prepare('jiangxi', c.data)
   assert time.monotonic() - start < tfds_builder.REACHABLE_TIMEOUT_S + 3
   message = str(info.value)
   assert '\n' not in message
-  for part in ('config.data.raw_dir', raw.RAW_DIR_ENV, str(tmp_path / 'tfds'),
+  for part in ('config.data.raw_dir', records_lib.RAW_DIR_ENV, str(tmp_path / 'tfds'),
                'github.com/zxaoyou/segmentation_WBC', '"Dataset 1/"'):
     assert part in message, part
   assert not (tmp_path / 'tfds').exists() or not list((tmp_path / 'tfds').rglob('*'))

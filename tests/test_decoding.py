@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import decoding
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.model import decoding
 
 PAPER = classes.PAPER_TABLE                                   # 0 bg, 1 neut, 2 baso, 3 lymph
 WITH_CYTOPLASM = classes.class_table(('neutrophil', 'lymphocyte'), cytoplasm=True)   # 3 = cyto

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from conftest import ROOT
-from wcsegnet_jax import end_of_run
-from wcsegnet_jax import metric_writers
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.data import records as records_lib
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.training import end_of_run
 
 
 def run_main(args, env):
@@ -51,18 +51,18 @@ def test_summary_of_a_run_without_a_test_split_says_so(tmp_path):
 def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw, tmp_path):
   workdir, tfds = tmp_path / 'wd', tmp_path / 'tfds'
   env = {k: v for k, v in os.environ.items()
-         if k not in (raw.RAW_DIR_ENV, tfds_builder.TFDS_DIR_ENV)}
+         if k not in (records_lib.RAW_DIR_ENV, tfds_builder.TFDS_DIR_ENV)}
   env['HOME'] = str(tmp_path / 'home')   # a default ~/tensorflow_datasets would show up here
   # The progress bar is on (smoke's default) but stderr is a pipe: no bar fragments.
   trained = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}'],
-                     {**env, raw.RAW_DIR_ENV: str(wbc_raw[0]),
+                     {**env, records_lib.RAW_DIR_ENV: str(wbc_raw[0]),
                       tfds_builder.TFDS_DIR_ENV: str(tfds)})
   assert trained.returncode == 0, trained.stderr[-3000:]
   out = trained.stdout
   assert '\r' not in trained.stderr and '%|' not in trained.stderr
   step_lines = [l for l in trained.stderr.splitlines() if '] step ' in l]
   assert step_lines and max(len(l) for l in step_lines) < 200, step_lines
-  records = [r for r in metric_writers.read_metrics(workdir) if 'loss' in r]
+  records = [r for r in run_files.read_metrics(workdir) if 'loss' in r]
   assert records and all(r['learning_rate'] == pytest.approx(1e-3) for r in records)
   for name in ('jiangxi', 'cellavision'):
     folder = workdir / 'eval' / name

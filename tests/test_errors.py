@@ -6,27 +6,25 @@ import sys
 import pytest
 
 from conftest import ROOT
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import shipped_model
-from wcsegnet_jax import train
-from wcsegnet_jax import workdirs
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.model import shipped_model
+from wcsegnet_jax.training import train
+from wcsegnet_jax.training import workdirs
 
 
 def test_errors_is_a_leaf_module():
   """Printing an error must not load the training stack (JAX, TFDS, orbax)."""
-  code = ('import sys; import wcsegnet_jax.errors; '
+  code = ('import sys; import wcsegnet_jax.core.errors; '
           'print(sorted(m for m in sys.modules if m.startswith(("wcsegnet_jax", "jax", '
           '"tensorflow_datasets", "orbax"))))')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        check=True).stdout
-  assert out.strip() == "['wcsegnet_jax', 'wcsegnet_jax.errors']"
+  assert out.strip() == "['wcsegnet_jax', 'wcsegnet_jax.core', 'wcsegnet_jax.core.errors']"
 
 
 @pytest.mark.parametrize('error', [
-    raw.DataError, config_lib.ConfigError, checkpointing.CheckpointError,
+    errors.DataError, config_lib.ConfigError, errors.CheckpointError,
     shipped_model.PretrainedModelError, workdirs.WorkdirError, workdirs.WorkdirBusyError,
     train.TrainingDivergedError, errors.WriteError])
 def test_every_module_error_is_a_user_error(error):
@@ -41,7 +39,7 @@ def _exit_of(exc: BaseException, capsys) -> tuple[int, str]:
 
 
 def test_user_errors_are_one_line_with_status_2(capsys):
-  assert _exit_of(raw.DataError('/x/001.png: truncated PNG'), capsys) == (
+  assert _exit_of(errors.DataError('/x/001.png: truncated PNG'), capsys) == (
       2, 'error: /x/001.png: truncated PNG\n')
   try:   # wrapped by a library (TFDS does): the user's error is what is printed
     raise RuntimeError('in a TFDS worker') from config_lib.ConfigError('bad key')
@@ -67,6 +65,6 @@ def test_a_bug_raised_while_a_user_error_propagates_keeps_its_traceback():
   with pytest.raises(AttributeError):
     with errors.user_errors_as_messages():
       try:
-        raise raw.DataError('bad file')
+        raise errors.DataError('bad file')
       finally:
         raise AttributeError('a bug in the clean-up')

@@ -23,16 +23,23 @@ import pytest
 import fixtures
 from configs import base
 from configs import smoke
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import classes
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import files
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import metrics
-from wcsegnet_jax import models
-from wcsegnet_jax import reports
-from wcsegnet_jax import restore
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_keys
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.core import run_files
 from wcsegnet_jax.data import held_out
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.data import normalize
+from wcsegnet_jax.evaluation import evaluate
+from wcsegnet_jax.evaluation import reports
+from wcsegnet_jax.model import checkpoints
+from wcsegnet_jax.model import metrics
+from wcsegnet_jax.model import models
+from wcsegnet_jax.model import probabilities
+from wcsegnet_jax.model import restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # configs/smoke.py made smaller still; given to training in-process and to the command line.
@@ -73,7 +80,7 @@ def trained_tiny_model(tmp_path_factory) -> dict:
   base = tmp_path_factory.getbasetemp() / 'tiny_model'
   paths = {'workdir': base / 'workdir', 'raw_dir': base / 'wbc_raw', 'tfds_dir': base / 'tfds'}
   if not (base / 'trained').exists():
-    from wcsegnet_jax import train   # pylint: disable=g-import-not-at-top
+    from wcsegnet_jax.training import train   # pylint: disable=g-import-not-at-top
     fixtures.make_wbc_raw(paths['raw_dir'])
     train.train_and_evaluate(tiny_config(paths['raw_dir'], paths['tfds_dir']),
                              str(paths['workdir']))
@@ -144,7 +151,8 @@ def test_evaluate_command_writes_reports_per_dataset(evaluated, tiny_model):
 
 def test_evaluate_matches_training_metrics(evaluated, tiny_model):
   """The last training evaluation and --mode=evaluate of that step report the same Dice."""
-  lines = [json.loads(l) for l in (tiny_model['workdir'] / 'metrics.jsonl').read_text().splitlines()]
+  lines = [json.loads(line)
+           for line in (tiny_model['workdir'] / 'metrics.jsonl').read_text().splitlines()]
   last = [l for l in lines if l['step'] == 4 and 'test/jiangxi/dice' in l][-1]
   m = json.loads((tiny_model['workdir'] / 'eval' / 'jiangxi' / 'metrics.json').read_text())
   assert math.isclose(m['paper']['dice'], last['test/jiangxi/dice'], rel_tol=1e-5)
@@ -222,11 +230,11 @@ def test_load_variables_checkpoint_forms(tiny_model):
     variables, got = restore.load_variables(config, workdir, str(checkpoint))
     assert set(variables) == {'params', 'batch_stats'}
     assert got in (2, 4) and (step is None or got == step)
-  with pytest.raises(checkpointing.CheckpointError, match='not in'):
+  with pytest.raises(errors.CheckpointError, match='not in'):
     restore.load_variables(config, workdir, '99')
   other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                       **{'model.activation': 'relu'})
-  with pytest.raises(checkpointing.CheckpointError, match='model.activation'):
+  with pytest.raises(errors.CheckpointError, match='model.activation'):
     restore.load_variables(other, workdir, 'latest')
 
 
@@ -238,7 +246,7 @@ def test_a_damaged_latest_checkpoint_names_itself_and_the_intact_step(tiny_model
   shutil.copytree(tiny_model['workdir'], workdir)
   fixtures.damage_checkpoint(workdir / 'checkpoints' / '4', how)
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'])
-  with pytest.raises(checkpointing.CheckpointError) as err:
+  with pytest.raises(errors.CheckpointError) as err:
     restore.load_variables(config, workdir, 'latest')
   assert str(err.value).startswith(f'checkpoint {workdir}/checkpoints/4 is damaged (')
   assert f'step 2 is intact: pass --checkpoint={workdir}/checkpoints/2.' in str(err.value)
@@ -281,7 +289,7 @@ def test_figure_and_worst_selection():
 def test_encode_png_round_trips(tmp_path):
   rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
   path = tmp_path / 'grid.png'
-  files.write_bytes_atomic(path, reports.encode_png(rgb))
+  files.write_bytes_atomic(path, image_files.encode_png(rgb))
   np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), rgb)
   assert [p.name for p in tmp_path.iterdir()] == ['grid.png']
 
@@ -332,7 +340,7 @@ def test_another_model_without_config_json_is_one_readable_error(tiny_model, tmp
   no_config = tmp_path / 'copy'
   shutil.copytree(tiny_model['workdir'] / 'checkpoints', no_config / 'checkpoints')
   other = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'], **{'model.base_width': 3})
-  with pytest.raises(checkpointing.CheckpointError) as err:
+  with pytest.raises(errors.CheckpointError) as err:
     restore.load_variables(other, no_config, 'latest')
   message = str(err.value)
   assert re.search(r'holds another model than this config: .*\(.*\) in the checkpoint, '
@@ -344,10 +352,10 @@ def test_another_model_without_config_json_is_one_readable_error(tiny_model, tmp
 def test_shape_mismatches_names_each_difference():
   saved = {'params': {'a': np.zeros((2, 3)), 'b': np.zeros(4), 'old': np.zeros(1)}}
   wanted = {'params': {'a': np.zeros((2, 3)), 'b': np.zeros(5), 'new': np.zeros(1)}}
-  assert checkpointing.shape_mismatches(saved, wanted) == [
+  assert checkpoints.shape_mismatches(saved, wanted) == [
       'params/b (4,) in the checkpoint, (5,) here', 'params/new missing in the checkpoint',
       'params/old in the checkpoint only']
-  assert checkpointing.shape_mismatches(saved, saved) == []
+  assert checkpoints.shape_mismatches(saved, saved) == []
 
 
 def test_evaluation_checks_model_and_data_but_not_where_data_lives():
@@ -357,8 +365,8 @@ def test_evaluation_checks_model_and_data_but_not_where_data_lives():
   current.data.std = (0.3, 0.3, 0.3)
   current.model.patch_size = 2
   as_dict = lambda c: json.loads(c.to_json())
-  assert checkpointing.config_mismatches(
-      as_dict(saved), as_dict(current), restore.EVAL_FREE, within=restore.EVAL_CHECKED) == [
+  assert config_lib.config_mismatches(
+      as_dict(saved), as_dict(current), config_keys.EVAL_FREE, within=config_keys.EVAL_CHECKED) == [
           'data.std: [0.25, 0.25, 0.25] -> [0.3, 0.3, 0.3]', 'model.patch_size: 1 -> 2']
 
 
@@ -385,26 +393,26 @@ def _fake_source(n: int, size: int = 32, seed: int = 0) -> list[dict]:
 def test_tta_in_one_batch_equals_the_average_of_four_passes():
   config, model, variables = _random_model(tta=True)
   images = np.stack([e['image'] for e in _fake_source(3)])
-  x = input_pipeline.normalize_images(images, config.data.mean, config.data.std)
+  x = normalize.normalize_images(images, config.data.mean, config.data.std)
   probs = lambda y: jax.nn.softmax(model.apply(variables, y, train=False), axis=-1)
   four_passes = sum(jnp.flip(probs(jnp.flip(x, axes)), axes)
                     for axes in ((), (2,), (1,), (1, 2))) / 4
-  one_batch = evaluate.predict_probs(model, variables, images, config.data, tta=True)
+  one_batch = probabilities.predict_probs(model, variables, images, config.data, tta=True)
   assert one_batch.shape == (3, 32, 32, 4)
   np.testing.assert_allclose(one_batch, four_passes, atol=1e-6)
-  plain = evaluate.predict_probs(model, variables, images, config.data, tta=False)
+  plain = probabilities.predict_probs(model, variables, images, config.data, tta=False)
   assert float(jnp.abs(plain - one_batch).max()) > 1e-4   # the flips do change the answer
 
 
 def test_tta_with_rotations_averages_the_eight_symmetries_and_commutes_with_them():
   config, model, variables = _random_model(tta=True)
   images = np.stack([e['image'] for e in _fake_source(3)])
-  x = input_pipeline.normalize_images(images, config.data.mean, config.data.std)
+  x = normalize.normalize_images(images, config.data.mean, config.data.std)
   probs = lambda y: jax.nn.softmax(model.apply(variables, y, train=False), axis=-1)
   turn = lambda y, k: jnp.rot90(y, k, axes=(1, 2))
   eight_passes = sum(turn(jnp.flip(probs(jnp.flip(turn(x, k), m)), m), -k)
                      for k in range(4) for m in ((), (2,))) / 8
-  rotated = lambda imgs: evaluate.predict_probs(model, variables, imgs, config.data, tta=True,
+  rotated = lambda imgs: probabilities.predict_probs(model, variables, imgs, config.data, tta=True,
                                                 rotations=True)
   one_batch = rotated(images)
   np.testing.assert_allclose(one_batch, eight_passes, atol=1e-6)
@@ -412,8 +420,8 @@ def test_tta_with_rotations_averages_the_eight_symmetries_and_commutes_with_them
   # the four flips alone do not give that for a quarter turn.
   np.testing.assert_allclose(rotated(np.rot90(images, 1, axes=(1, 2))), turn(one_batch, 1),
                              atol=1e-5)
-  flips = evaluate.predict_probs(model, variables, images, config.data, tta=True)
-  turned_flips = evaluate.predict_probs(model, variables, np.rot90(images, 1, axes=(1, 2)),
+  flips = probabilities.predict_probs(model, variables, images, config.data, tta=True)
+  turned_flips = probabilities.predict_probs(model, variables, np.rot90(images, 1, axes=(1, 2)),
                                         config.data, tta=True)
   assert float(jnp.abs(turned_flips - turn(flips, 1)).max()) > 1e-4
 
@@ -489,7 +497,7 @@ def test_a_source_evaluated_once_goes_to_the_device_in_chunks_with_the_same_resu
 def test_held_out_images_the_model_trained_on_are_reported_apart(tiny_model, tmp_path):
   """Evaluating the training data's own folder as held-out reported training images as unseen;
   those with the ids of the run's training images (its data.json) are now reported apart."""
-  record = json.loads((tiny_model['workdir'] / checkpointing.DATA_FILE).read_text())
+  record = json.loads((tiny_model['workdir'] / run_files.DATA_FILE).read_text())
   config = tiny_config(tiny_model['raw_dir'], tiny_model['tfds_dir'],
                        **{'eval.raw_dir': str(tiny_model['raw_dir'])})
   written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'wd'), str(tiny_model['workdir']))

@@ -23,15 +23,15 @@ for _module in ('jax2onnx', 'onnx', 'onnxruntime'):
 
 import fixtures  # pylint: disable=g-import-not-at-top
 from configs import smoke  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import classes  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import color  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import errors  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import evaluate  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import models  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import segmenter  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax import shipped_model  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax.export import onnx_backend  # pylint: disable=g-import-not-at-top
-from wcsegnet_jax.export import onnx_export  # pylint: disable=g-import-not-at-top
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.data import color
+from wcsegnet_jax.export import onnx_backend
+from wcsegnet_jax.export import onnx_export
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import models
+from wcsegnet_jax.model import probabilities
+from wcsegnet_jax.model import shipped_model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAX_DIFF = 1e-4
@@ -74,7 +74,7 @@ def jax_probabilities(config, variables, images, tta=False) -> np.ndarray:
   """What predict computes: the colour step (color.py) per image, then predict_probs."""
   standardized = np.stack([color.standardize(image, config.data) for image in images])
   model = models.model_for(config)
-  return np.asarray(jax.jit(lambda x: evaluate.predict_probs(
+  return np.asarray(jax.jit(lambda x: probabilities.predict_probs(
       model, variables, x, config.data, tta))(standardized))
 
 
@@ -277,7 +277,7 @@ def _masks(folder: pathlib.Path) -> dict[str, bytes]:
 def test_predict_backend_onnx_writes_the_same_masks(tmp_path):
   """predict --backend=onnx beside the default: the same masks, byte for byte, and the same
   cells.csv, for crops (with the flip average, as the shipped model) and a field."""
-  from wcsegnet_jax import predict
+  from wcsegnet_jax.inference import output_folder, prediction   # pylint: disable=g-import-not-at-top
   images = tmp_path / 'images'
   images.mkdir()
   for i, crop in enumerate(cell_crops(3, 120, seed=21)):
@@ -289,17 +289,17 @@ def test_predict_backend_onnx_writes_the_same_masks(tmp_path):
     outputs = {}
     for backend in onnx_backend.BACKENDS:
       out = tmp_path / f'{name}_{backend}'
-      predict.run(None, str(out), [str(inputs)], model='paper', field_scale=scale,
-                  backend=backend)
+      prediction.run([str(inputs)], prediction.PredictOptions(
+          output=out, model='paper', field_scale=scale, backend=backend))
       outputs[backend] = out
     jax_masks, onnx_masks = _masks(outputs['jax']), _masks(outputs['onnx'])
     assert jax_masks and jax_masks == onnx_masks
-    assert ((outputs['jax'] / predict.CELLS_FILE).read_text()
-            == (outputs['onnx'] / predict.CELLS_FILE).read_text())
+    assert ((outputs['jax'] / output_folder.CELLS_FILE).read_text()
+            == (outputs['onnx'] / output_folder.CELLS_FILE).read_text())
 
 
 def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
-  from wcsegnet_jax import predict
+  from wcsegnet_jax.inference import prediction   # pylint: disable=g-import-not-at-top
   config, _, graph, _ = tiny
   path = tmp_path / 'tiny.onnx'
   path.write_bytes(graph.SerializeToString())
@@ -307,7 +307,8 @@ def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
   images.mkdir()
   fixtures.write_rgb(images / 'a.png', cell_crops(1, 120)[0])
   with pytest.raises(onnx_export.ExportError) as e:
-    predict.run(None, str(tmp_path / 'out'), [str(images)], backend='onnx', onnx_file=str(path))
+    prediction.run([str(images)], prediction.PredictOptions(
+        output=tmp_path / 'out', backend='onnx', onnx_file=str(path)))
   default = shipped_model.load_config(shipped_model.model_dir())
   assert classes.table_of(config.data).describe() in str(e.value)
   assert classes.table_of(default.data).describe() in str(e.value)

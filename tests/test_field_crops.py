@@ -8,13 +8,13 @@ import pytest
 
 import fixtures
 import test_evaluate
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import field_crops
-from wcsegnet_jax import restore
-from wcsegnet_jax import segmenter
-from wcsegnet_jax import train
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_checks
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.training import field_crops
+from wcsegnet_jax.training import train
 
 FIVE = classes.class_table(classes.ALL_CELL_TYPES, cytoplasm=True)
 
@@ -105,7 +105,7 @@ def test_fine_tuning_trains_on_pseudo_labelled_crops_from_the_initial_model(
 
 def test_fields_dir_needs_a_model_to_start_from(tmp_path):
   config = test_evaluate.tiny_config(tmp_path, tmp_path, **{'data.fields_dir': str(tmp_path)})
-  assert any('needs train.init_from' in line for line in config_lib.problems(config))
-  with pytest.raises(restore.checkpointing.CheckpointError):
+  assert any('needs train.init_from' in line for line in config_checks.problems(config))
+  with pytest.raises(errors.CheckpointError):
     train.initial_variables(test_evaluate.tiny_config(
         tmp_path, tmp_path, **{'train.init_from': str(tmp_path / 'no_such_workdir')}))

@@ -4,10 +4,10 @@ import pathlib
 
 import numpy as np
 
-from wcsegnet_jax import cells
-from wcsegnet_jax import classes
-from wcsegnet_jax import field_scoring
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import classes
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.evaluation import field_scoring
 
 TABLE = classes.class_table(('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil'),
                             cytoplasm=True)

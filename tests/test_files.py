@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from wcsegnet_jax import files
+from wcsegnet_jax.core import files
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 
 import conftest
 from configs import base
-from wcsegnet_jax import classes
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.data import normalize
 from wcsegnet_jax.data import tfds_builder
 
 BATCH = 4
@@ -86,7 +87,7 @@ def test_epoch_sees_each_image_augment_repeats_times(datasets, config):
 
 def test_no_training_images_is_a_data_error(config):
   empty = input_pipeline.DatasetSplits(name='empty', builder=None, train=None, test=None)
-  with pytest.raises(raw.DataError, match='empty'):
+  with pytest.raises(errors.DataError, match='empty'):
     input_pipeline.train_dataset([empty], config)
 
 
@@ -195,13 +196,13 @@ def test_eval_batches(datasets, batch_size):
 
 def test_normalize_images():
   images = np.array([[[0, 255, 51], [127, 128, 204]]], np.uint8)
-  out = np.asarray(input_pipeline.normalize_images(images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+  out = np.asarray(normalize.normalize_images(images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
   assert out.dtype == np.float32 and out.shape == images.shape
   want = (images / 255.0 - 0.5) / 0.25
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out[0, 0], [-2.0, 2.0, -1.2], atol=1e-6)
   # Per-channel statistics apply to their own channel.
-  out = np.asarray(input_pipeline.normalize_images(
+  out = np.asarray(normalize.normalize_images(
       np.full((2, 3), 255, np.uint8).reshape(1, 2, 3), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25)))
   np.testing.assert_allclose(out[0, 0], [1.0, 1.0, 0.0], atol=1e-6)
 
@@ -209,7 +210,7 @@ def test_normalize_images():
 def test_standardize_each_image_removes_each_images_colour_and_strength():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 128, (2, 9, 7, 3)).astype(np.uint8)
-  out = np.asarray(input_pipeline.standardize_each_image(images))
+  out = np.asarray(normalize.standardize_each_image(images))
   assert out.dtype == np.float32 and out.shape == images.shape
   np.testing.assert_allclose(out.mean(axis=(1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-4)
@@ -217,20 +218,20 @@ def test_standardize_each_image_removes_each_images_colour_and_strength():
   stained = images.copy()
   stained[0] = images[0] * 2
   stained[1] = images[1] + np.array([30, 0, 90], np.uint8)
-  np.testing.assert_allclose(input_pipeline.standardize_each_image(stained), out, atol=1e-5)
+  np.testing.assert_allclose(normalize.standardize_each_image(stained), out, atol=1e-5)
   # A flat channel is centred, not divided by ~0.
   flat = np.full((1, 4, 4, 3), 200, np.uint8)
-  np.testing.assert_allclose(input_pipeline.standardize_each_image(flat), 0.0, atol=1e-3)
+  np.testing.assert_allclose(normalize.standardize_each_image(flat), 0.0, atol=1e-3)
 
 
 def test_model_inputs_follow_data_normalize():
   c = base.get_config()
   images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
-  np.testing.assert_array_equal(input_pipeline.model_inputs(images, c.data),
-                                input_pipeline.normalize_images(images, c.data.mean, c.data.std))
+  np.testing.assert_array_equal(normalize.model_inputs(images, c.data),
+                                normalize.normalize_images(images, c.data.mean, c.data.std))
   c.data.normalize = 'per_image'
-  np.testing.assert_array_equal(input_pipeline.model_inputs(images, c.data),
-                                input_pipeline.standardize_each_image(images))
+  np.testing.assert_array_equal(normalize.model_inputs(images, c.data),
+                                normalize.standardize_each_image(images))
 
 
 def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets):

@@ -19,12 +19,13 @@ import pytest
 
 from conftest import ROOT
 from test_train import cli_args, tiny_config
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import local_cluster
-from wcsegnet_jax import parallel
-from wcsegnet_jax import train
-from wcsegnet_jax import workdirs
+from wcsegnet_jax.core import errors as errors_lib
+from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.dev import local_cluster
+from wcsegnet_jax.model import checkpoints
+from wcsegnet_jax.training import parallel
+from wcsegnet_jax.training import train
+from wcsegnet_jax.training import workdirs
 
 TOLERANCE = 1e-5
 CLUSTER_TIMEOUT = 240   # seconds; a hang fails the test instead of stalling CI
@@ -55,7 +56,7 @@ def run_cluster(args, num_processes=2) -> tuple[int, str]:
 
 def saved_state(workdir: pathlib.Path, step: int) -> dict:
   """A checkpoint's whole train state as numpy, whatever the processes that wrote it."""
-  path = checkpointing.checkpoint_dir(workdir) / str(step) / 'state'
+  path = checkpoints.checkpoint_dir(workdir) / str(step) / 'state'
   metadata = ocp.PyTreeCheckpointer().metadata(path)
   tree = getattr(metadata, 'item_metadata', metadata)
   tree = getattr(tree, 'tree', tree)
@@ -95,7 +96,7 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   two, one = tmp_path / 'two', tmp_path / 'one'
   status, first = run_cluster([*main_args(c), f'--workdir={two}', '--config.train.max_steps=2'])
   assert status == 0, first[-3000:]
-  assert checkpointing.make_manager(two, read_only=True).all_steps() == [2]
+  assert checkpoints.make_manager(two, read_only=True).all_steps() == [2]
   status, resumed = run_cluster([*main_args(c), f'--workdir={two}'])
   assert status == 0, resumed[-3000:]
   assert 'Resumed from' in resumed and 'at step 2' in resumed
@@ -134,7 +135,7 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
 
   # Another number of processes cannot continue the iterators: one clear error.
   c.train.num_epochs = 3
-  with pytest.raises(checkpointing.CheckpointError, match='written by a run of 2 processes'):
+  with pytest.raises(errors_lib.CheckpointError, match='written by a run of 2 processes'):
     train.train_and_evaluate(c, two)
 
 
@@ -198,7 +199,7 @@ def test_sigterm_to_the_launcher_stops_every_process(tmp_path):
   script = tmp_path / 'fake_main.py'
   script.write_text(FAKE_MAIN)
   launcher = subprocess.Popen(
-      [sys.executable, '-c', 'import sys; from wcsegnet_jax import local_cluster; '
+      [sys.executable, '-c', 'import sys; from wcsegnet_jax.dev import local_cluster; '
        f'sys.exit(local_cluster.run(2, ["--sleep"], command=(sys.executable, {str(script)!r})))'],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)
   pids = []

@@ -4,7 +4,7 @@ import logging as std_logging
 
 from absl import logging
 
-from wcsegnet_jax import logs
+from wcsegnet_jax.core import logs
 
 
 def _record(name, level, message, pathname='x.py'):

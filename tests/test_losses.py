@@ -7,8 +7,8 @@ import optax
 import pytest
 
 from configs import base
-from wcsegnet_jax import losses
-from wcsegnet_jax.classes import NUM_CLASSES
+from wcsegnet_jax.core.classes import NUM_CLASSES
+from wcsegnet_jax.model import losses
 
 approx = pytest.approx
 

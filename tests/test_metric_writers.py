@@ -2,7 +2,8 @@
 
 import pytest
 
-from wcsegnet_jax import metric_writers
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.training import metric_writers
 
 
 class FakeBar:
@@ -70,16 +71,23 @@ def test_elapsed_seconds_in_metric_lines(tmp_path):
   writer = metric_writers.MetricWriter(tmp_path, started_at=0.0)
   writer.write(1, {'loss': 1.0})
   writer.close()
-  (record,) = metric_writers.read_metrics(tmp_path)
+  (record,) = run_files.read_metrics(tmp_path)
   assert record['elapsed_seconds'] == pytest.approx(record['time'], abs=1e-2)
 
 
 def test_resume_drops_a_partial_last_line(tmp_path):
   """A run killed mid-write leaves half a JSON line; the resume keeps the whole ones."""
-  (tmp_path / metric_writers.METRICS_FILE).write_text(
+  (tmp_path / run_files.METRICS_FILE).write_text(
       '{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')
   metric_writers.MetricWriter(tmp_path, enabled=True, resume_step=4, started_at=0.0).close()
-  assert [r['step'] for r in metric_writers.read_metrics(tmp_path)] == [2, 4]
+  assert [r['step'] for r in run_files.read_metrics(tmp_path)] == [2, 4]
+
+
+def test_reading_a_killed_runs_metrics_skips_its_partial_last_line(tmp_path):
+  """A run killed mid-write leaves half a JSON line: curves and summaries read the whole ones."""
+  (tmp_path / run_files.METRICS_FILE).write_text(
+      '{"step": 2, "loss": 1.0}\n\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')
+  assert [r['step'] for r in run_files.read_metrics(tmp_path)] == [2, 4]
 
 
 def test_log_line_is_short_and_keeps_each_datasets_dice():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from wcsegnet_jax import metrics
-from wcsegnet_jax.classes import CLASS_NAMES, NUM_CLASSES
+from wcsegnet_jax.core.classes import CLASS_NAMES
+from wcsegnet_jax.core.classes import NUM_CLASSES
+from wcsegnet_jax.model import metrics
 
 approx = pytest.approx
 

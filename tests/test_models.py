@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from wcsegnet_jax import classes
-from wcsegnet_jax import models
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.model import models
 
 # Plain (residual=False) paper model, by hand: conv(k, cin, cout) = k*k*cin*cout + cout, each
 # stage = 2 blocks = 4 convs (the first from the stage's input width), each decoder stage adds

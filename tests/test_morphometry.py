@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wcsegnet_jax import morphometry
+from wcsegnet_jax.cells import morphometry
 
 
 def disk(radius: float, size: int = 101, centre=(50.0, 50.0)) -> np.ndarray:

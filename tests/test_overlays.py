@@ -3,8 +3,8 @@
 import cv2
 import numpy as np
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import overlays
+from wcsegnet_jax.cells import overlays
+from wcsegnet_jax.core import classes
 
 TABLE = classes.class_table(classes.DEFAULT_CELL_TYPES, cytoplasm=False)
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import conftest
-from wcsegnet_jax import fields
-from wcsegnet_jax import scale_estimate
-from wcsegnet_jax import segmenter
-from wcsegnet_jax import shipped_model
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.inference import fields
+from wcsegnet_jax.inference import scale_estimate
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import shipped_model
 
 BCCD_FIELDS = pathlib.Path(conftest.ROOT).parent / 'shared' / 'datasets' / 'bccd_fields' / 'fields'
 needs_real_data = pytest.mark.skipif(
@@ -32,7 +32,7 @@ def shipped():
                                   BCCD_FIELDS / 'BloodImage_00000.jpg'])
 def test_the_estimate_follows_a_known_rescaling_within_15_percent(shipped, path):
   """An image resized by f (0.25x-2x) gets 1/f times the original's scale, within 15%."""
-  image = raw.read_rgb(path)
+  image = image_files.read_rgb(path)
   base = scale_estimate.estimate_scale(shipped, image)
   assert base is not None
   for factor in (0.5, 2.0) if image.shape[0] > 200 else (2.0, 4.0):
@@ -45,7 +45,7 @@ def test_the_estimate_follows_a_known_rescaling_within_15_percent(shipped, path)
 @needs_real_data
 def test_a_crop_is_put_near_the_training_scale(shipped):
   """A CellaVision crop (300 px, trained at 120) reads ~0.4; a Jiangxi crop (120 px) ~1."""
-  cellavision = raw.read_rgb(conftest.REAL_WBC_DIR / 'Dataset 2' / '001.bmp')
+  cellavision = image_files.read_rgb(conftest.REAL_WBC_DIR / 'Dataset 2' / '001.bmp')
   assert 0.3 < scale_estimate.estimate_scale(shipped, cellavision) < 0.55
 
 

@@ -19,17 +19,20 @@ import conftest
 import fixtures
 from configs import cpu
 from configs import pretrained as pretrained_config
-from wcsegnet_jax import cell_typing
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import models
-from wcsegnet_jax import predict
-from wcsegnet_jax import restore
-from wcsegnet_jax import shipped_model
-from wcsegnet_jax import typer_fitting
+from wcsegnet_jax.cells import cell_typing
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.data import held_out
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import records as records_lib
+from wcsegnet_jax.evaluation import evaluate
+from wcsegnet_jax.inference import prediction
+from wcsegnet_jax.inference.options import PredictOptions
+from wcsegnet_jax.model import models
+from wcsegnet_jax.model import restore
+from wcsegnet_jax.model import shipped_model
+from wcsegnet_jax.training import typer_fitting
 
 MAX_BYTES = 10 * 1024 * 1024
 
@@ -41,7 +44,7 @@ def shipped():
 
 def test_shipped_config_is_valid_and_is_the_cpu_recipe(shipped):
   config, _, _ = shipped
-  assert config_lib.problems(config) == []
+  assert config_checks.problems(config) == []
   recipe = cpu.get_config()
   assert config.model.to_dict() == recipe.model.to_dict() | {
       'decoder_dropout_stages': list(recipe.model.decoder_dropout_stages)}
@@ -72,9 +75,9 @@ def test_shipped_files_are_small_and_documented(shipped):
 def test_predict_without_workdir_uses_the_shipped_model(tmp_path):
   rng = np.random.default_rng(3)
   fixtures.write_rgb(tmp_path / 'cell.png', fixtures.cell_image(rng, fixtures.cell_mask(rng, 90)))
-  summary = predict.run(None, str(tmp_path / 'out'), [str(tmp_path / 'cell.png')])
+  summary = prediction.run([str(tmp_path / 'cell.png')], PredictOptions(output=tmp_path / 'out'))
   assert summary.done == [str(tmp_path / 'cell.png')]
-  mask = raw.read_rgb(tmp_path / 'out' / 'cell_mask.png')
+  mask = image_files.read_rgb(tmp_path / 'out' / 'cell_mask.png')
   assert mask.shape == (90, 90, 3)
 
 
@@ -95,7 +98,7 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
 def test_pretrained_with_another_model_config_is_refused(tmp_path):
   config = pretrained_config.get_config()
   config.model.base_width = 8
-  with pytest.raises(shipped_model.checkpointing.CheckpointError, match='model.base_width'):
+  with pytest.raises(errors.CheckpointError, match='model.base_width'):
     restore.load_variables(config, tmp_path, 'pretrained')
 
 
@@ -148,7 +151,7 @@ def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
   config, variables, info = shipped
   test_ids = set(info['images'][dataset]['test'])
   table = classes.table_of(config.data)
-  records = [r for r in raw.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
+  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
              if r.file_id in test_ids]
   if len(records) != len(test_ids):
     pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
@@ -172,14 +175,15 @@ def test_predict_types_real_test_cells_like_their_labels(shipped, tmp_path):
   come back with their labelled type (the model types all 36 Jiangxi test cells right)."""
   _, _, info = shipped
   test_ids = set(info['images']['jiangxi']['test'])
-  records = [r for r in raw.list_raw_records('jiangxi', conftest.REAL_WBC_DIR,
+  records = [r for r in records_lib.list_raw_records('jiangxi', conftest.REAL_WBC_DIR,
                                              classes.PAPER_TABLE)
              if r.file_id in test_ids]
   chosen = ([r for r in records if r.cell_type == 'neutrophil'][:2] +
             [r for r in records if r.cell_type == 'lymphocyte'][:2])
   if len(chosen) < 4:
     pytest.skip('this copy of the data lacks the Jiangxi test images')
-  summary = predict.run(None, str(tmp_path / 'out'), [str(r.image_path) for r in chosen])
+  summary = prediction.run([str(r.image_path) for r in chosen],
+                           PredictOptions(output=tmp_path / 'out'))
   assert len(summary.done) == 4
   with open(tmp_path / 'out' / 'cells.csv', newline='') as f:
     predicted = {row['file']: row['predicted_type'] for row in csv.DictReader(f)}
@@ -201,7 +205,7 @@ def test_shipped_typer_accuracy_recomputed_from_the_real_test_images(shipped, da
   config, variables, info = shipped
   test_ids = set(info['images'][dataset]['test'])
   table = classes.table_of(config.data)
-  records = [r for r in raw.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
+  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
              if r.file_id in test_ids]
   if len(records) != len(test_ids):
     pytest.skip(f'this copy of the data lacks some of the {dataset} test images')

@@ -12,11 +12,11 @@ import numpy as np
 from configs import base
 from conftest import ROOT
 from tools import show_augmentations
-from wcsegnet_jax import classes
-from wcsegnet_jax import curves
-from wcsegnet_jax import metric_writers
-from wcsegnet_jax import models
-from wcsegnet_jax import run_summary
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.evaluation import curves
+from wcsegnet_jax.evaluation import run_summary
+from wcsegnet_jax.model import models
 
 
 def run_tool(script, *args):
@@ -52,7 +52,7 @@ def test_figure_grid_has_a_tile_per_augmentation_and_overlays_the_nucleus():
 
 def _write_fake_run(workdir, dices):
   workdir.mkdir()
-  with open(workdir / metric_writers.METRICS_FILE, 'w') as f:
+  with open(workdir / run_files.METRICS_FILE, 'w') as f:
     for epoch, dice in enumerate(dices, start=1):
       f.write(json.dumps({'step': 10 * epoch, 'loss': 1.0 / epoch, 'epoch': float(epoch)}) + '\n')
       f.write(json.dumps({'step': 10 * epoch, 'test/jiangxi/dice': dice}) + '\n')
@@ -60,7 +60,7 @@ def _write_fake_run(workdir, dices):
 
 def test_epoch_curves_and_first_epoch_reaching(tmp_path):
   _write_fake_run(tmp_path / 'run', [0.5, 0.97, 0.95, 0.98])
-  c = curves.epoch_curves(metric_writers.read_metrics(tmp_path / 'run'))
+  c = curves.epoch_curves(run_files.read_metrics(tmp_path / 'run'))
   np.testing.assert_array_equal(c['epoch'], [1, 2, 3, 4])
   np.testing.assert_allclose(c['train_loss'], [1, 1 / 2, 1 / 3, 1 / 4])
   assert curves.first_epoch_reaching(c, 'test/jiangxi/dice', 0.96) == 2
@@ -79,9 +79,9 @@ def test_plot_curves_tool(tmp_path):
 def _write_fake_evaluated_run(workdir, dice, times=True):
   _write_fake_run(workdir, [0.9, dice])
   if times:   # add wall-clock times to the records
-    lines = (workdir / metric_writers.METRICS_FILE).read_text().splitlines()
+    lines = (workdir / run_files.METRICS_FILE).read_text().splitlines()
     records = [dict(json.loads(l), time=100.0 + 10 * i) for i, l in enumerate(lines)]
-    (workdir / metric_writers.METRICS_FILE).write_text(
+    (workdir / run_files.METRICS_FILE).write_text(
         '\n'.join(json.dumps(r) for r in records) + '\n')
   (workdir / 'eval' / 'jiangxi').mkdir(parents=True)
   per_class = {name: 0.5 for name in ('background', 'neutrophil', 'basophil', 'lymphocyte')}
@@ -118,9 +118,9 @@ def test_per_class_columns_follow_the_runs_classes():
 
 def test_build_pretrained_trains_exports_and_the_export_scores_what_it_says(
     wbc_raw, wbc_tfds_dir, tmp_path):
-  from wcsegnet_jax import evaluate
-  from wcsegnet_jax import restore
-  from wcsegnet_jax import shipped_model
+  from wcsegnet_jax.evaluation import evaluate
+  from wcsegnet_jax.model import restore
+  from wcsegnet_jax.model import shipped_model
   out = tmp_path / 'model'
   result = run_tool('build_pretrained.py', f'--config={ROOT}/configs/base.py',
                     f'--config.data.raw_dir={wbc_raw[0]}', f'--config.data.tfds_dir={wbc_tfds_dir}',

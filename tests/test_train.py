@@ -1,4 +1,5 @@
-"""Training: the step learns, the loop writes what it promises, resume is exact, faults are clear."""
+"""Training: the step learns, the loop writes what it promises, resume is exact, faults are
+clear."""
 
 import functools
 import io
@@ -22,15 +23,19 @@ import pytest
 from conftest import REAL_WBC_DIR, ROOT
 import fixtures
 from configs import base
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import metric_writers
-from wcsegnet_jax import metrics
-from wcsegnet_jax import models
-from wcsegnet_jax import train
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.data import normalize
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.model import checkpoints
+from wcsegnet_jax.model import metrics
+from wcsegnet_jax.model import models
+from wcsegnet_jax.training import checkpointing
+from wcsegnet_jax.training import metric_writers
+from wcsegnet_jax.training import train
 
 
 def tiny_config(raw_dir, tfds_dir, **train_overrides):
@@ -68,7 +73,7 @@ def run_main(args, **kwargs):
 
 def final_params(workdir: pathlib.Path):
   """The parameters of a workdir's latest checkpoint, as a numpy tree."""
-  manager = checkpointing.make_manager(workdir, read_only=True)
+  manager = checkpoints.make_manager(workdir, read_only=True)
   path = manager.directory / str(manager.latest_step()) / 'state'
   return ocp.StandardCheckpointer().restore(path)['params']
 
@@ -89,7 +94,7 @@ def test_tiny_net_overfits_eight_images(wbc_raw, wbc_tfds_dir):
   for _ in range(119):
     state, _ = step(state, batch)
   jax.block_until_ready(state)
-  images = input_pipeline.normalize_images(batch['image'], c.data.mean, c.data.std)
+  images = normalize.normalize_images(batch['image'], c.data.mean, c.data.std)
   logits = model.apply(train.variables_of(state), images, train=False)
   cm = np.asarray(metrics.per_image_confusion(batch['label_map'], logits.argmax(-1)).sum(0))
   assert metrics.paper_metrics(cm)['dice'] > 0.9
@@ -101,14 +106,14 @@ def test_train_and_evaluate_writes_logs_config_and_checkpoints(wbc_raw, wbc_tfds
   state = train.train_and_evaluate(c, str(tmp_path))
   spe = input_pipeline.steps_per_epoch(input_pipeline.load_datasets(c.data), c)
   assert int(state.step) == 2 * spe
-  records = metric_writers.read_metrics(tmp_path)
+  records = run_files.read_metrics(tmp_path)
   assert any('test/jiangxi/dice' in r for r in records)
   assert any('images_per_second' in r for r in records)
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
   assert (tmp_path / 'config.json').exists()
   assert list((tmp_path / 'tensorboard').iterdir())
   # Keeps the last one and the best by test Dice (which may be the same step).
-  manager = checkpointing.make_manager(tmp_path, read_only=True)
+  manager = checkpoints.make_manager(tmp_path, read_only=True)
   assert manager.latest_step() == 2 * spe
   assert set(manager.all_steps()) <= {spe, 2 * spe}
 
@@ -128,7 +133,7 @@ def test_resume_with_another_model_names_the_differing_keys(wbc_raw, wbc_tfds_di
   train.train_and_evaluate(c, str(tmp_path))
   c.model.base_width = 3
   c.data.image_size = 48
-  with pytest.raises(checkpointing.CheckpointError) as err:
+  with pytest.raises(errors.CheckpointError) as err:
     train.train_and_evaluate(c, str(tmp_path))
   assert 'model.base_width: 2 -> 3' in str(err.value)
   assert 'data.image_size: 32 -> 48' in str(err.value)
@@ -143,7 +148,7 @@ def test_resume_from_a_damaged_checkpoint_says_how_and_resumes_from_the_intact_s
   last = int(train.train_and_evaluate(c, str(tmp_path)).step)
   damaged = tmp_path / 'checkpoints' / str(last)
   fixtures.damage_checkpoint(damaged, how)
-  with pytest.raises(checkpointing.CheckpointError) as err:
+  with pytest.raises(errors.CheckpointError) as err:
     train.train_and_evaluate(c, str(tmp_path))
   intact = last // 2
   assert str(err.value).startswith(f'checkpoint {damaged} is damaged (')
@@ -209,7 +214,7 @@ def test_nan_loss_stops_names_the_step_and_what_to_try(wbc_raw, wbc_tfds_dir, tm
   assert 'no checkpoint was written yet' in message and 'None' not in message
   assert message.endswith('Train again with a lower train.learning_rate in a new --workdir.')
   assert bars and all(bar.closed for bar in bars)   # the message gets a line of its own
-  records = metric_writers.read_metrics(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else []
+  records = run_files.read_metrics(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else []
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
 
 
@@ -278,7 +283,7 @@ def test_ctrl_c_in_a_terminal_is_one_line_and_status_130(wbc_raw, wbc_tfds_dir, 
                        r'to resume', text.splitlines()[-1])
   assert match and 'Traceback' not in text, text[-3000:]
   step, last = int(match[1]), int(match[2])
-  manager = checkpointing.make_manager(workdir, read_only=True)
+  manager = checkpoints.make_manager(workdir, read_only=True)
   assert manager.latest_step() == last <= step
   assert final_params(workdir)   # restores: the checkpoint was written whole
 
@@ -307,8 +312,8 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoin
   assert re.fullmatch(rf'error: writing (the checkpoint of step \d+|a checkpoint|the metrics) to '
                       rf'{workdir}.* '
                       r'failed: .*No space left on device.* intact\.?', ours[0]), ours[0]
-  saved = checkpointing.make_manager(workdir, read_only=True).all_steps()
-  assert saved and all(checkpointing.state_damage(workdir / 'checkpoints' / str(step)) is None
+  saved = checkpoints.make_manager(workdir, read_only=True).all_steps()
+  assert saved and all(checkpoints.state_damage(workdir / 'checkpoints' / str(step)) is None
                        for step in saved)
 
 
@@ -340,7 +345,7 @@ def test_smoke_config_runs_end_to_end_on_the_shared_data(tmp_path):
   # Training, then the final evaluation's reports and figures (~30 s more on a loaded 2-core
   # machine, where the whole took 219 s once).
   assert time.time() - start < 240
-  records = metric_writers.read_metrics(tmp_path / 'wd')
+  records = run_files.read_metrics(tmp_path / 'wd')
   assert any('test/cellavision/dice' in r for r in records)
   assert (tmp_path / 'wd' / 'eval' / 'cellavision' / 'report.md').is_file()
 
@@ -372,7 +377,7 @@ def test_resume_on_changed_data_is_refused_with_what_changed(wbc_raw, wbc_tfds_d
   c = tiny_config(raw_dir, tmp_path / 'tfds', num_epochs=1)
   workdir = tmp_path / 'run'
   train.train_and_evaluate(c, workdir)
-  record = json.loads((workdir / checkpointing.DATA_FILE).read_text())
+  record = json.loads((workdir / run_files.DATA_FILE).read_text())
   assert set(record) == {'jiangxi', 'cellavision'}
   assert record['jiangxi']['train'] and not set(record['jiangxi']['train']) & set(
       record['jiangxi']['test'])
@@ -385,12 +390,12 @@ def test_resume_on_changed_data_is_refused_with_what_changed(wbc_raw, wbc_tfds_d
           if not line.split(',')[0].strip().isdigit() or int(line.split(',')[0]) not in gone]
   csv_path.write_text('\n'.join(keep) + '\n')
   c.train.num_epochs = 2
-  with pytest.raises(checkpointing.CheckpointError, match=r'data changed.*jiangxi: 3 images '
+  with pytest.raises(errors.CheckpointError, match=r'data changed.*jiangxi: 3 images '
                      r'removed \([^.]*\).*resume_on_changed_data=True'):
     train.train_and_evaluate(c, workdir)
   c.train.resume_on_changed_data = True   # asked for explicitly: goes on, and records the data
   train.train_and_evaluate(c, workdir)
-  now = json.loads((workdir / checkpointing.DATA_FILE).read_text())
+  now = json.loads((workdir / run_files.DATA_FILE).read_text())
   earlier = list(workdir.glob('data.until_step_*.json'))   # what the earlier steps trained on
   assert len(earlier) == 1 and json.loads(earlier[0].read_text()) == record
   assert len(now['jiangxi']['train']) + len(now['jiangxi']['test']) == len(
@@ -488,7 +493,7 @@ def test_ema_update_warms_up_then_keeps_the_configured_decay():
 
 def test_ema_is_kept_beside_the_parameters_and_evaluated_when_asked(wbc_raw, wbc_tfds_dir,
                                                                     tmp_path):
-  from wcsegnet_jax import restore
+  from wcsegnet_jax.model import restore
   off = train.train_and_evaluate(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
                                  str(tmp_path / 'off'))
   c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1, ema_decay=0.9)
@@ -505,7 +510,7 @@ def test_ema_is_kept_beside_the_parameters_and_evaluated_when_asked(wbc_raw, wbc
     variables, _ = restore.load_variables(c, tmp_path / 'on', 'latest')
     jax.tree.map(np.testing.assert_array_equal, variables['params'], jax.device_get(want))
   # --mode=evaluate says which it read, and keeps each in its own folder.
-  from wcsegnet_jax import evaluate
+  from wcsegnet_jax.evaluation import evaluate
   for ema, folder in ((True, 'jiangxi'), (False, 'jiangxi-raw')):
     c.eval.ema = ema
     evaluate.evaluate_checkpoint(c, str(tmp_path / 'on'))
@@ -541,3 +546,60 @@ def test_progress_covers_the_whole_run_and_only_on_a_terminal():
   progress.abandon()
   shown = terminal.getvalue()
   assert 'epoch 2/2' in shown and 'step 3/6' in shown, shown
+
+
+def test_a_batch_larger_than_the_training_set_is_one_warning_with_the_numbers(
+    wbc_raw, wbc_tfds_dir, tmp_path, caplog):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, batch_size=96, num_epochs=1)
+  examples = input_pipeline.train_epoch_size(input_pipeline.load_datasets(c.data), c)
+  assert examples < 96
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(c, tmp_path / 'big_batch')
+  warnings = [r.getMessage() for r in caplog.records if 'batch_size' in r.getMessage()]
+  assert warnings == [
+      f'train.batch_size=96 is larger than an epoch of training examples ({examples}: '
+      f'{examples} images x augment.augment_repeats=1): each step takes them '
+      f'{96 / examples:.1f} times over and each "epoch" is one step; set train.batch_size to '
+      f'at most {examples}']
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
+                             tmp_path / 'small_batch')
+  assert not [r for r in caplog.records if 'batch_size' in r.getMessage()]
+
+
+def test_a_failure_in_the_last_checkpoint_wait_never_hides_the_divergence(
+    wbc_raw, wbc_tfds_dir, tmp_path, monkeypatch, caplog):
+  def full_disk(manager):
+    raise errors.WriteError(f'writing a checkpoint to {manager.directory} failed: disk full')
+
+  monkeypatch.setattr(checkpointing, 'finish', full_disk)
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, learning_rate=1e30, num_epochs=3)
+  with caplog.at_level('ERROR'):
+    with pytest.raises(train.TrainingDivergedError, match=r'at step \d+; stopping'):
+      train.train_and_evaluate(c, str(tmp_path))
+  assert [r.getMessage() for r in caplog.records if 'disk full' in r.getMessage()] == [
+      f'While stopping: writing a checkpoint to {tmp_path / "checkpoints"} failed: disk full']
+
+
+def test_a_second_ctrl_c_in_the_last_checkpoint_wait_says_what_is_left(
+    wbc_raw, wbc_tfds_dir, tmp_path, monkeypatch):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=2)
+  spe = input_pipeline.steps_per_epoch(input_pipeline.load_datasets(c.data), c)
+  real_save, real_finish = checkpointing.save, checkpointing.finish
+
+  def save_then_ctrl_c(*args, **kwargs):
+    real_save(*args, **kwargs)
+    raise KeyboardInterrupt
+
+  def ctrl_c_again(manager):
+    real_finish(manager)   # the checkpoint completes; the second Ctrl-C comes as it does
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpointing, 'save', save_then_ctrl_c)
+  monkeypatch.setattr(checkpointing, 'finish', ctrl_c_again)
+  with pytest.raises(train.TrainingInterrupted) as err:
+    train.train_and_evaluate(c, tmp_path)
+  assert str(err.value) == (f'interrupted again while the last checkpoint was being written '
+                            f'(left out if incomplete); last complete checkpoint {spe}; run the '
+                            f'same command to resume')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fixtures
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.data import typed_fields
 
 REAL_FIELDS = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'datasets' / (
@@ -47,20 +47,20 @@ def test_reads_every_field_with_its_typed_cells(tmp_path):
 ])
 def test_each_mistake_is_one_line_naming_the_file(tmp_path, rows, images, message):
   folder = make_fields_folder(tmp_path, rows, images)
-  with pytest.raises(raw.DataError, match=message) as e:
+  with pytest.raises(errors.DataError, match=message) as e:
     typed_fields.read_typed_fields(folder)
   assert '\n' not in str(e.value)
 
 
 def test_a_folder_in_another_layout_is_named_with_the_expected_one(tmp_path):
   (tmp_path / 'images').mkdir()
-  with pytest.raises(raw.DataError, match=r'no fields/; a typed-fields folder holds fields/'):
+  with pytest.raises(errors.DataError, match=r'no fields/; a typed-fields folder holds fields/'):
     typed_fields.read_typed_fields(tmp_path)
   (tmp_path / 'fields').mkdir()
-  with pytest.raises(raw.DataError, match=r'no truth\.csv'):
+  with pytest.raises(errors.DataError, match=r'no truth\.csv'):
     typed_fields.read_typed_fields(tmp_path)
   (tmp_path / 'truth.csv').write_text('name,kind\nx,y\n')
-  with pytest.raises(raw.DataError, match=r'no column file, type, xmin'):
+  with pytest.raises(errors.DataError, match=r'no column file, type, xmin'):
     typed_fields.read_typed_fields(tmp_path)
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from conftest import ROOT
 from configs import base
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import train
-from wcsegnet_jax import workdirs
+from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.training import train
+from wcsegnet_jax.training import workdirs
 
 HOLD = ('import pathlib, sys, time\n'
-        'from wcsegnet_jax import workdirs\n'
+        'from wcsegnet_jax.training import workdirs\n'
         'with workdirs.held(pathlib.Path(sys.argv[1])):\n'
         '  print("held", flush=True)\n'
         '  time.sleep(120)\n')

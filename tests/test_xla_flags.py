@@ -8,8 +8,9 @@ import pytest
 
 from configs import base
 from configs import cpu
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import xla_flags
+from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,13 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_non_xla_flags_are_config_problems():
   config = base.get_config()
   config.xla_flags = '--xla_cpu_use_xnnpack=false -O3'
-  assert any("['-O3'] are not --xla_" in p for p in config_lib.problems(config))
-  assert config_lib.problems(cpu.get_config()) == []
+  assert any("['-O3'] are not --xla_" in p for p in config_checks.problems(config))
+  assert config_checks.problems(cpu.get_config()) == []
 
 
 def test_flags_are_set_before_the_backend_starts_and_the_users_win():
   """In a fresh process: the config's flags come first in XLA_FLAGS, the user's after them."""
-  code = ('import os, jax; from wcsegnet_jax import xla_flags; '
+  code = ('import os, jax; from wcsegnet_jax.core import xla_flags; '
           "xla_flags.apply('--xla_cpu_use_xnnpack=false'); "
           "print(os.environ['XLA_FLAGS']); jax.devices()")
   env = dict(os.environ, XLA_FLAGS='--xla_cpu_enable_fast_math=false', JAX_PLATFORMS='cpu')

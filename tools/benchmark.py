@@ -30,8 +30,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import files
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import files
 
 
 def _load_torch_reference():
@@ -46,7 +46,7 @@ def _load_torch_reference():
 MODES = ('train', 'infer', 'input', 'torch_train', 'torch_infer')
 
 FLAGS = flags.FLAGS
-config_lib.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+config_flags.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_list('batch_sizes', ['16', '64', '256'], 'Batch sizes (per device) of the model '
                   'timings.')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (config.model.dtype).')
@@ -115,9 +115,9 @@ def main(argv):
     os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
 
   # JAX's GPU client reads the environment when it starts, at the first device query below.
-  from wcsegnet_jax import benchmarking   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax import input_pipeline   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax import xla_flags   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.dev import benchmarking   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.data import input_pipeline   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.core import xla_flags   # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   xla_flags.apply(config.xla_flags)   # the config's, as training sets them
@@ -196,4 +196,4 @@ def _write(report: dict) -> bool:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

@@ -51,8 +51,8 @@ def best_time(fn, repeats: int) -> float:
 
 def main(argv):
   del argv
-  from wcsegnet_jax import segmenter
-  from wcsegnet_jax import shipped_model
+  from wcsegnet_jax.inference import segmenter
+  from wcsegnet_jax.model import shipped_model
   from wcsegnet_jax.export import onnx_backend
   config, variables, _ = shipped_model.load(shipped_model.model_dir(FLAGS.model))
   name = shipped_model.model_dir(FLAGS.model).name

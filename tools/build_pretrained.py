@@ -24,21 +24,21 @@ from absl import app
 from absl import flags
 import jax
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import models
-from wcsegnet_jax import restore
-from wcsegnet_jax import shipped_model
-from wcsegnet_jax import train
-from wcsegnet_jax import typer_fitting
-from wcsegnet_jax import xla_flags
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import xla_flags
+from wcsegnet_jax.data import input_pipeline
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.evaluation import evaluate
+from wcsegnet_jax.model import models
+from wcsegnet_jax.model import restore
+from wcsegnet_jax.model import shipped_model
+from wcsegnet_jax.training import train
+from wcsegnet_jax.training import typer_fitting
 
 FLAGS = flags.FLAGS
-config_lib.define_config_file('config', 'configs/cpu.py', 'Config to train.', lock_config=True)
+config_flags.define_config_file('config', 'configs/cpu.py', 'Config to train.', lock_config=True)
 flags.DEFINE_string('workdir', 'runs/pretrained', 'Training workdir (resumed if it holds a run).')
 flags.DEFINE_string('output', str(shipped_model.PRETRAINED_DIR), 'Folder to export into.')
 
@@ -112,4 +112,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

@@ -21,11 +21,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import files
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import files
 
 FLAGS = flags.FLAGS
-config_lib.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+config_flags.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_integer('batch_size', 0, 'Batch of the timed convolutions (0: train.batch_size).')
 flags.DEFINE_integer('steps', 20, 'Timed calls per pass; the median is reported.')
 flags.DEFINE_integer('warmup', 3, 'Untimed calls per pass after compilation.')
@@ -69,8 +69,8 @@ def format_table(report: dict) -> str:
 
 def main(argv):
   del argv
-  from wcsegnet_jax import benchmarking   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax import xla_flags   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.dev import benchmarking   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.core import xla_flags   # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   xla_flags.apply(config.xla_flags)   # the config's, as training sets them
   torch_reference = None
@@ -106,4 +106,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

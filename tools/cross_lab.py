@@ -32,18 +32,18 @@ from absl import app
 from absl import flags
 import tqdm
 
-from wcsegnet_jax import cell_typing
-from wcsegnet_jax import cells
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import field_scoring
-from wcsegnet_jax import files
-from wcsegnet_jax import logs
-from wcsegnet_jax import predict
-from wcsegnet_jax import scale_estimate
-from wcsegnet_jax import segmenter
+from wcsegnet_jax.cells import cell_typing
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_lib
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.core import logs
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.evaluation import field_scoring
+from wcsegnet_jax.inference import model_loading
+from wcsegnet_jax.inference import scale_estimate
+from wcsegnet_jax.inference import segmenter
 
 flags.DEFINE_string('fields_dir', None, 'fields: a typed-fields folder (fields/ + truth.csv).')
 flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipped model).')
@@ -71,7 +71,7 @@ WBC_DATASETS = ('jiangxi', 'cellavision')
 
 def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
   """(outcomes, summary, description) of a model on typed fields."""
-  config, variables, source, folder = predict.load_model(workdir, checkpoint)
+  config, variables, source, folder = model_loading.load_model(workdir, checkpoint)
   table = classes.table_of(config.data)
   tta = bool(config.eval.tta) if FLAGS.tta is None else FLAGS.tta
   segment = segmenter.Segmenter(config, variables, tta)
@@ -132,7 +132,7 @@ def finetune_cv_command() -> None:
     record['folds'].append({'fold': k, 'train_fields': len(train_fields), 'summary': summary})
     sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
                      f'{len(held_out)}', summary))
-  table_types = classes.table_of(predict.load_workdir_config(workdir).data).cell_types
+  table_types = classes.table_of(model_loading.load_workdir_config(workdir).data).cell_types
   typer = cell_typing.LinearTyper.load(workdir)
   record['pooled'] = field_scoring.summarize(
       pooled, table_types, None if typer is None else typer.info.get('uncertain_below'))

@@ -16,10 +16,10 @@ import sys
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import errors
-from wcsegnet_jax import logs
-from wcsegnet_jax import shipped_model
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import logs
 from wcsegnet_jax.export import onnx_export
+from wcsegnet_jax.model import shipped_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('output', None, 'Folder to write into (new or empty, unless --overwrite).')

@@ -24,7 +24,7 @@ flags.DEFINE_bool('paper_size', False, "configs/wcseg.py's network instead (rand
 
 
 def report(name: str, reference: list, got: list, table, decode: str) -> None:
-  from wcsegnet_jax import decoding
+  from wcsegnet_jax.model import decoding
   diff = max(float(np.abs(a - b).max()) for a, b in zip(reference, got))
   pixels = sum(a.shape[0] * a.shape[1] for a in reference)
   argmax = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(reference, got))
@@ -43,10 +43,10 @@ def main(argv):
   import cv2
   import jax
   import jax.numpy as jnp
-  from wcsegnet_jax import classes
-  from wcsegnet_jax import models
-  from wcsegnet_jax import segmenter
-  from wcsegnet_jax import shipped_model
+  from wcsegnet_jax.core import classes
+  from wcsegnet_jax.model import models
+  from wcsegnet_jax.inference import segmenter
+  from wcsegnet_jax.model import shipped_model
   from wcsegnet_jax.export import onnx_backend
   from wcsegnet_jax.export import onnx_export
   if FLAGS.paper_size:

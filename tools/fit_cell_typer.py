@@ -1,4 +1,4 @@
-r"""Fits a cell typer (wcsegnet_jax/cell_typing.py) for a shipped model and saves it beside it.
+r"""Fits a cell typer (wcsegnet_jax/cells/cell_typing.py) for a shipped model; saves it beside it.
 
   python tools/fit_cell_typer.py [--model=differential] \
       [--config.data.raw_dir=/path/to/segmentation_WBC] [--config.typer.views=6 ...]
@@ -16,17 +16,18 @@ import sys
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import cell_typing
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import logs
-from wcsegnet_jax import shipped_model
-from wcsegnet_jax import typer_fitting
+from wcsegnet_jax.cells import cell_typing
+from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import logs
+from wcsegnet_jax.data import input_pipeline
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.model import shipped_model
+from wcsegnet_jax.training import typer_fitting
 
 flags.DEFINE_string('model', 'differential', 'A shipped model: its name or folder.')
-config_lib.define_config_file('config', 'configs/pretrained.py', 'The model\'s config (give '
+config_flags.define_config_file('config', 'configs/pretrained.py', 'The model\'s config (give '
                               '--model, not this; its keys typer.* and data.raw_dir may be '
                               'overridden).', lock_config=False)
 FLAGS = flags.FLAGS
@@ -40,7 +41,7 @@ def main(argv):
     config = shipped_model.load_config(folder)
     config.data.update({k: FLAGS.config.data[k] for k in ('raw_dir', 'tfds_dir')})
     config.typer.update(FLAGS.config.typer)
-    config_lib.validate(config)
+    config_checks.validate(config)
     variables = shipped_model.load_variables(config, folder)
     datasets = input_pipeline.load_datasets(config.data)
     trained_on = shipped_model.load_info(folder).get('images', {})
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

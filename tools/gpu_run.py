@@ -78,7 +78,7 @@ flags.DEFINE_string('scratch', '', 'Workdirs, checkpoints, TFDS builds (default:
 flags.DEFINE_string('wheels', str(ROOT / '.whl'), 'Wheels to install offline when needed.')
 flags.DEFINE_string('site_dir', '/tmp/site', 'Where the wheels are installed (pip --target).')
 flags.DEFINE_string('archive', '', 'Also write --out as this .tar.gz after every step (the GPU '
-                    "tool brings back at most 8 files: give a path under $OUT).")
+                    "machine may return few files: one archive holds everything).")
 flags.mark_flags_as_required(['out'])
 
 
@@ -246,8 +246,8 @@ def install_wheels(wheels: pathlib.Path, site_dir: pathlib.Path, log: pathlib.Pa
   found = sorted(wheels.glob('*.whl'))
   if not found:
     result['error'] = (f'{", ".join(missing)} not importable and no wheels in {wheels}: run '
-                       "'bash ../shared/tools/device-wheels.sh' on the developer machine and "
-                       "carry '.whl'")
+                       "'pip download -d .whl grain tensorflow-datasets ml-collections' with "
+                       "the same Python on a machine with network, and bring .whl/ along")
     return result
   cmd = [sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--no-compile',
          '--no-cache-dir', '--upgrade', '--target', str(site_dir), *map(str, found)]
@@ -299,7 +299,7 @@ def find_data(data_dir: str, dry_run: bool,
   if data_dir or not dry_run:
     return None, (f'no WBC Image Dataset (a folder holding "Dataset 1/") at '
                   f'{", ".join(map(str, candidates))}; give --data_dir, or copy the data into '
-                  'shared/datasets/segmentation_WBC inside the checkout and carry it')
+                  'shared/datasets/segmentation_WBC inside the checkout')
   sys.path.insert(0, str(ROOT / 'tests'))
   fixtures = importlib.import_module('fixtures')
   fixtures.make_wbc_raw(scratch / 'generated_data')
@@ -495,7 +495,7 @@ def plot_curves(out: pathlib.Path, runs: list[dict], env, scratch, clock, s: Set
 def _reports():
   """wcsegnet_jax.reports (the project's tables and Table 1), or the reason it is missing."""
   try:
-    return importlib.import_module('wcsegnet_jax.reports'), None
+    return importlib.import_module('wcsegnet_jax.evaluation.reports'), None
   except Exception as e:   # pylint: disable=broad-except   # a failed setup still reports
     return None, f'{type(e).__name__}: {e}'
 

@@ -13,7 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import local_cluster
+from wcsegnet_jax.dev import local_cluster
 
 flags.DEFINE_integer('num_processes', 2, 'How many processes to start.', lower_bound=1)
 flags.DEFINE_integer('port', None, "The coordinator's port on 127.0.0.1 (default: a free one).")

@@ -18,12 +18,13 @@ import pathlib
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import checkpointing
-from wcsegnet_jax import errors
-from wcsegnet_jax import files
-from wcsegnet_jax import mosaics
-from wcsegnet_jax import predict
-from wcsegnet_jax import shipped_model
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.core import run_files
+from wcsegnet_jax.dev import mosaics
+from wcsegnet_jax.inference import output_folder
+from wcsegnet_jax.inference import prediction
+from wcsegnet_jax.model import shipped_model
 
 FIELD_SCALES = {'jiangxi': 1.0, 'cellavision': 0.4}   # to the 120-pixel training scale
 
@@ -51,12 +52,12 @@ def test_crops_of_the_model(workdir: str | None, subset: str) -> tuple[list[str]
     return (shipped_model.load_info()['images'][subset]['test'],
             list(shipped_model.load_config().data.cell_types))
   workdir = pathlib.Path(workdir)
-  data_file = workdir / checkpointing.DATA_FILE
+  data_file = workdir / run_files.DATA_FILE
   record = json.loads(data_file.read_text()) if data_file.exists() else None
-  config = checkpointing.load_saved_config(workdir)
+  config = run_files.load_saved_config(workdir)
   if record is None or config is None or subset not in record:
-    raise errors.UserError(f'{workdir}: no {checkpointing.DATA_FILE} with a {subset} test split '
-                           f'or no {checkpointing.CONFIG_FILE}; give --all_crops to use every crop')
+    raise errors.UserError(f'{workdir}: no {run_files.DATA_FILE} with a {subset} test split '
+                           f'or no {run_files.CONFIG_FILE}; give --all_crops to use every crop')
   return record[subset]['test'], list(config['data']['cell_types'])
 
 
@@ -81,9 +82,10 @@ def _make_and_score(out: pathlib.Path) -> None:
   if FLAGS.no_predict:
     return
   scale = FLAGS.field_scale if FLAGS.field_scale is not None else FIELD_SCALES[FLAGS.subset]
-  predict.run(FLAGS.workdir, str(out / 'predicted'), [str(out / 'mosaics')], overwrite=True,
-              field_scale=scale)
-  result = mosaics.score(truth, mosaics.read_cells_csv(out / 'predicted' / predict.CELLS_FILE))
+  prediction.run([str(out / 'mosaics')], prediction.PredictOptions(
+      output=out / 'predicted', workdir=FLAGS.workdir, overwrite=True, field_scale=scale))
+  cells_csv = out / 'predicted' / output_folder.CELLS_FILE
+  result = mosaics.score(truth, mosaics.read_cells_csv(cells_csv))
   result = {'subset': FLAGS.subset, 'field_scale': scale, 'crops': len(crops), **result}
   files.write_json_atomic(out / 'score.json', result)
   print(json.dumps({k: v for k, v in result.items() if k != 'per_mosaic'}, indent=1))

@@ -8,7 +8,7 @@ import pathlib
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import curves
+from wcsegnet_jax.evaluation import curves
 
 flags.DEFINE_string('output', 'curves.png', 'PNG file to write.')
 

@@ -13,13 +13,13 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from wcsegnet_jax import augment
-from wcsegnet_jax import classes
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import files
-from wcsegnet_jax import input_pipeline
-from wcsegnet_jax import reports
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.data import augment
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import input_pipeline
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command's flags; defined only when run as a command, so that tests can import the
   grid functions beside other modules that define --config or --output."""
-  config_lib.define_config_file('config', 'configs/wcseg.py', 'Config file.')
+  config_flags.define_config_file('config', 'configs/wcseg.py', 'Config file.')
   flags.DEFINE_string('output', 'augmentations.png', 'PNG file to write.')
   flags.DEFINE_integer('num_images', 3, 'Rows of the grid.')
   flags.DEFINE_string('dataset', '', 'Dataset to draw from (default: the first configured).')
@@ -86,11 +86,11 @@ def main(argv):
     examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
     names, grid = figure_grid(examples, config.augment, np.random.default_rng(FLAGS.seed),
                               table=classes.table_of(config.data))
-    files.write_bytes_atomic(FLAGS.output, reports.encode_png(grid))
+    files.write_bytes_atomic(FLAGS.output, image_files.encode_png(grid))
     print(f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns '
           f'({", ".join(names)})')
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

@@ -10,7 +10,7 @@ import pathlib
 from absl import app
 from absl import flags
 
-from wcsegnet_jax import run_summary
+from wcsegnet_jax.evaluation import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
 flags.DEFINE_bool('tta', False, 'Read the test-time-augmented evaluations (eval/<dataset>-tta).')

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from wcsegnet_jax import benchmarking
-from wcsegnet_jax import classes
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.dev import benchmarking
 
 
 class ConvBlock(nn.Module):

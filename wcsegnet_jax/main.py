@@ -8,15 +8,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from wcsegnet_jax import config_lib
-from wcsegnet_jax import errors
-from wcsegnet_jax import logs
-from wcsegnet_jax import parallel
-from wcsegnet_jax import workdirs
-from wcsegnet_jax import xla_flags
+from wcsegnet_jax.core import config_flags
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import logs
+from wcsegnet_jax.core import xla_flags
+from wcsegnet_jax.training import parallel
+from wcsegnet_jax.training import workdirs
 
 FLAGS = flags.FLAGS
-config_lib.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+config_flags.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train (or resume), or evaluate.')
 flags.DEFINE_string('checkpoint', None, "For evaluate: 'best', 'latest', a step, a path, or "
@@ -43,8 +43,8 @@ def main(argv):
                         FLAGS.num_processes, FLAGS.process_id)   # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()
-      from wcsegnet_jax import end_of_run
-      from wcsegnet_jax import train
+      from wcsegnet_jax.training import end_of_run
+      from wcsegnet_jax.training import train
       started_at = time.time()
       train.train_and_evaluate(FLAGS.config, workdir)
       summary = (end_of_run.report(FLAGS.config, workdir, time.time() - started_at)
@@ -52,10 +52,10 @@ def main(argv):
       if summary:
         print('\n' + summary)
     else:
-      from wcsegnet_jax import evaluate
+      from wcsegnet_jax.evaluation import evaluate
       workdirs.check_writable(workdir, folders=('eval',), create=False)
       evaluate.evaluate_checkpoint(FLAGS.config, str(workdir), FLAGS.checkpoint)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=config_flags.parse_flags)

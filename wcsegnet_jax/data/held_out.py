@@ -9,9 +9,11 @@ from typing import Sequence
 from absl import logging
 import ml_collections
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import color
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.data import color
+from wcsegnet_jax.data import label_maps
+from wcsegnet_jax.data import records as records_lib
 
 
 class RawExamples:
@@ -21,7 +23,8 @@ class RawExamples:
   file_id.
   """
 
-  def __init__(self, records: Sequence[raw.RawRecord], data_config: ml_collections.ConfigDict):
+  def __init__(self, records: Sequence[records_lib.RawRecord],
+               data_config: ml_collections.ConfigDict):
     self.records = list(records)
     self.data_config = data_config
     self.table = classes.table_of(data_config)
@@ -31,20 +34,21 @@ class RawExamples:
 
   def __getitem__(self, index: int) -> dict:
     d = self.data_config
-    return raw.load_example(self.records[index], self.table, d.image_size,
+    return label_maps.load_example(self.records[index], self.table, d.image_size,
                             d.mask_level_tolerance, d.mask_max_off_level_fraction,
                             color.step_of(d))
 
 
 def detect_raw_layout(raw_dir: pathlib.Path) -> str:
   """'wbc' (Dataset 1/, Dataset 2/) or 'folder' (images/, masks/); a clear error otherwise."""
-  if any((raw_dir / sub).is_dir() for sub in raw.WBC_SUBSETS.values()):
+  if any((raw_dir / sub).is_dir() for sub in records_lib.WBC_SUBSETS.values()):
     return 'wbc'
   if (raw_dir / 'images').is_dir() and (raw_dir / 'masks').is_dir():
     return 'folder'
-  raise raw.DataError(
+  raise errors.DataError(
       f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
-      f'{" or ".join(repr(s + "/") for s in raw.WBC_SUBSETS.values())} with their class CSVs '
+      f'{" or ".join(repr(s + "/") for s in records_lib.WBC_SUBSETS.values())} with their class '
+      f'CSVs '
       f'(layout wbc), or images/ and masks/ (layout folder)')
 
 
@@ -64,7 +68,7 @@ def raw_eval_sources(config: ml_collections.ConfigDict,
   `<name>-training_images`, without the paper's rows beside them."""
   raw_dir = pathlib.Path(config.eval.raw_dir).expanduser().resolve()
   if not raw_dir.is_dir():
-    raise raw.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
+    raise errors.DataError(f'{raw_dir} (config.eval.raw_dir) is not a folder')
   layout = config.eval.raw_layout
   if layout == 'auto':
     layout = detect_raw_layout(raw_dir)
@@ -72,15 +76,15 @@ def raw_eval_sources(config: ml_collections.ConfigDict,
   if layout == 'folder':
     sources = [('folder', name, None)]
   else:
-    sources = [(s, f'{name}-{s}', s) for s, sub in raw.WBC_SUBSETS.items()
+    sources = [(s, f'{name}-{s}', s) for s, sub in records_lib.WBC_SUBSETS.items()
                if (raw_dir / sub).is_dir()]
     if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
-      sources = [(s, f'{name}-{s}', s) for s in raw.WBC_SUBSETS]
+      sources = [(s, f'{name}-{s}', s) for s in records_lib.WBC_SUBSETS]
   out = []
   for source, name, paper_key in sources:
-    records = raw.list_raw_records(source, raw_dir, classes.table_of(config.data))
+    records = records_lib.list_raw_records(source, raw_dir, classes.table_of(config.data))
     # Held-out images of only some of the model's types are a fair test of those types.
-    records = raw.filter_cell_types(records, config.data.cell_types,
+    records = records_lib.filter_cell_types(records, config.data.cell_types,
                                     where=f'{source} data in {raw_dir}', every_type=False)
     seen = _training_images(records, trained, source, raw_dir, name)
     if unseen := [r for r in records if r.file_id not in {t.file_id for t in seen}]:
@@ -90,8 +94,8 @@ def raw_eval_sources(config: ml_collections.ConfigDict,
   return out
 
 
-def _training_images(records: list[raw.RawRecord], trained, source: str,
-                     raw_dir: pathlib.Path, name: str) -> list[raw.RawRecord]:
+def _training_images(records: list[records_lib.RawRecord], trained, source: str,
+                     raw_dir: pathlib.Path, name: str) -> list[records_lib.RawRecord]:
   """The records whose ids the model trained on in the dataset of the same name, said in a
   line: their figures measure recall, not how the model does on new images."""
   if trained is None:

@@ -24,10 +24,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import color as color_lib
-from wcsegnet_jax import files
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import config_keys
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.data import color as color_lib
+from wcsegnet_jax.data import label_maps
+from wcsegnet_jax.data import records as records_lib
 from wcsegnet_jax.data import splits
 
 TFDS_DIR_ENV = 'WCSEG_TFDS_DIR'
@@ -114,10 +117,10 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   def _log_download_done(self) -> None:
     logging.info('Built %s.', self.data_dir)
 
-  def _generate_examples(self, records: list[raw.RawRecord]):
+  def _generate_examples(self, records: list[records_lib.RawRecord]):
     cfg = self.builder_config
     for record in records:
-      example = raw.load_example(record, cfg.table, cfg.image_size, cfg.mask_level_tolerance,
+      example = label_maps.load_example(record, cfg.table, cfg.image_size, cfg.mask_level_tolerance,
                                  cfg.mask_max_off_level_fraction, cfg.color_step)
       yield record.file_id, {**example, 'dataset': dataset_name(cfg.source, cfg.raw_dir)}
 
@@ -129,11 +132,12 @@ def dataset_name(source: str, raw_dir: pathlib.Path | None) -> str:
 
 def split_records(source: str, raw_dir: pathlib.Path, table: classes.ClassTable,
                   test_fraction: float, split_seed: int, every_type: bool = True
-                  ) -> dict[str, list[raw.RawRecord]]:
+                  ) -> dict[str, list[records_lib.RawRecord]]:
   """Lists, filters (to `table`'s cell types, each of which must have an image unless not
   `every_type`) and splits the raw records of one source."""
-  records = raw.list_raw_records(source, raw_dir, table)
-  records = raw.filter_cell_types(records, table.cell_types, where=f'{source} data in {raw_dir}',
+  records = records_lib.list_raw_records(source, raw_dir, table)
+  records = records_lib.filter_cell_types(records, table.cell_types,
+                                          where=f'{source} data in {raw_dir}',
                                   every_type=every_type)
   return splits.stratified_split(records, test_fraction, split_seed)
 
@@ -142,13 +146,13 @@ def source_dir(source: str, data_config: ml_collections.ConfigDict) -> pathlib.P
   """The raw folder of a source (None: download the public archive)."""
   if source == 'folder':
     if not data_config.folder_dir:
-      raise raw.DataError('dataset "folder" needs config.data.folder_dir (a folder holding '
+      raise errors.DataError('dataset "folder" needs config.data.folder_dir (a folder holding '
                           'images/ and masks/)')
     path = pathlib.Path(data_config.folder_dir).expanduser()
     if not path.is_dir():
-      raise raw.DataError(f'folder dataset {path} does not exist (config.data.folder_dir)')
+      raise errors.DataError(f'folder dataset {path} does not exist (config.data.folder_dir)')
     return path
-  return raw.resolve_raw_dir(data_config.raw_dir)
+  return records_lib.resolve_raw_dir(data_config.raw_dir)
 
 
 def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -158,13 +162,13 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
 
 # The data paths a workdir's config.json records as resolved, so that a later evaluation of the
 # workdir reads the same data without $WCSEG_DATA_DIR or $WCSEG_TFDS_DIR.
-RECORDED_PATHS = ('raw_dir', 'tfds_dir', 'folder_dir')
+RECORDED_PATHS = tuple(k.removeprefix('data.') for k in config_keys.DATA_LOCATION_KEYS)
 
 
 def resolved_paths(data_config: ml_collections.ConfigDict) -> dict[str, str]:
   """data.raw_dir, tfds_dir and folder_dir as a run reads them (the config, else the
   environment), absolute; '' where none is given (raw_dir: the download)."""
-  raw_dir = raw.resolve_raw_dir(data_config.raw_dir)
+  raw_dir = records_lib.resolve_raw_dir(data_config.raw_dir)
   folder = data_config.folder_dir
   return {'raw_dir': str(raw_dir.resolve()) if raw_dir else '',
           'tfds_dir': str(tfds_dir(data_config).resolve()),
@@ -175,7 +179,7 @@ def with_recorded_paths(data_config: ml_collections.ConfigDict, recorded: dict
                         ) -> ml_collections.ConfigDict:
   """A copy of `data_config` with the paths of `recorded` (a saved config's data section)
   where neither the config nor the environment gives one."""
-  given = {'raw_dir': data_config.raw_dir or os.environ.get(raw.RAW_DIR_ENV, ''),
+  given = {'raw_dir': data_config.raw_dir or os.environ.get(records_lib.RAW_DIR_ENV, ''),
            'tfds_dir': data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, ''),
            'folder_dir': data_config.folder_dir}
   out = ml_collections.ConfigDict(data_config.to_dict())
@@ -191,7 +195,7 @@ def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, 
   h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   if raw_dir is not None:
     h.update(str(raw_dir.resolve()).encode())
-    for r in raw.list_raw_records(source, raw_dir, table):
+    for r in records_lib.list_raw_records(source, raw_dir, table):
       image, mask = r.image_path.stat(), r.mask_path.stat()
       h.update(f'{r.file_id}|{image.st_size}|{image.st_mtime_ns}|{mask.st_size}|'
                f'{mask.st_mtime_ns}|{r.cell_type}\n'.encode())
@@ -271,7 +275,7 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
         raise OSError(errno.EACCES, 'not writable')
       fd = os.open(root, os.O_RDONLY)
     except OSError as e:
-      raise raw.DataError(
+      raise errors.DataError(
           f'the {source} data needs a new build in {root} (config.data.tfds_dir), which cannot '
           f'be written ({e.strerror}): make it writable, or pass '
           f'--config.data.tfds_dir=A_WRITABLE_FOLDER') from None
@@ -290,10 +294,11 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
 
 def no_data_message(root: pathlib.Path) -> str:
   """Where the data is expected, how to give it and where to get it (one line)."""
-  return (f'no WBC data: neither config.data.raw_dir nor ${raw.RAW_DIR_ENV} is set, no build is '
+  return (f'no WBC data: neither config.data.raw_dir nor ${records_lib.RAW_DIR_ENV} is set, no '
+          f'build is '
           f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
           f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
-          f'set {raw.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
+          f'set {records_lib.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
           f'"Dataset 1/" and "Dataset 2/") or pass --config.data.raw_dir=that folder')
 
 
@@ -303,7 +308,7 @@ def check_archive_reachable(root: pathlib.Path) -> None:
   try:
     socket.create_connection((ARCHIVE_HOST, ARCHIVE_PORT), timeout=REACHABLE_TIMEOUT_S).close()
   except OSError:
-    raise raw.DataError(no_data_message(root)) from None
+    raise errors.DataError(no_data_message(root)) from None
 
 
 @contextlib.contextmanager
@@ -370,6 +375,6 @@ def as_str(text: bytes | str) -> str:
 def data_source(builder: WbcSegmentation, split: str):
   """A random-access source of decoded numpy examples (what `tfds.data_source` returns)."""
   if split not in builder.info.splits:
-    raise raw.DataError(f'{builder.info.full_name} has no {split!r} split '
+    raise errors.DataError(f'{builder.info.full_name} has no {split!r} split '
                         f'(has {sorted(builder.info.splits)}): too few images to split?')
   return builder.as_data_source(split)

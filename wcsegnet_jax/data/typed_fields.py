@@ -17,8 +17,9 @@ import pathlib
 
 import numpy as np
 
-from wcsegnet_jax import classes
-from wcsegnet_jax.data import raw
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.data import image_files
 
 FIELDS_SUBDIR = 'fields'
 TRUTH_FILE = 'truth.csv'
@@ -43,8 +44,8 @@ class TypedField:
   cells: tuple[TypedCell, ...]
 
 
-def _layout_error(folder: pathlib.Path, what: str) -> raw.DataError:
-  return raw.DataError(
+def _layout_error(folder: pathlib.Path, what: str) -> errors.DataError:
+  return errors.DataError(
       f'{folder}: {what}; a typed-fields folder holds {FIELDS_SUBDIR}/ (the images) and '
       f'{TRUTH_FILE} with the columns {",".join(TRUTH_COLUMNS)}')
 
@@ -56,33 +57,33 @@ def _read_rows(truth: pathlib.Path) -> list[dict]:
       header = [h.strip().lower() for h in reader.fieldnames or []]
       missing = [c for c in TRUTH_COLUMNS if c not in header]
       if missing:
-        raise raw.DataError(f'{truth}: no column {", ".join(missing)} (the header must name '
+        raise errors.DataError(f'{truth}: no column {", ".join(missing)} (the header must name '
                             f'{",".join(TRUTH_COLUMNS)})')
       return [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k}
               for row in reader]
   except (UnicodeDecodeError, csv.Error) as e:
-    raise raw.DataError(f'{truth}: not a readable CSV ({e})') from None
+    raise errors.DataError(f'{truth}: not a readable CSV ({e})') from None
 
 
 def _typed_cell(row: dict, where: str, cell_types: tuple[str, ...]) -> TypedCell:
   cell_type = row['type'].lower()
   if cell_type not in cell_types:
-    raise raw.DataError(f'{where}: unknown type {row["type"]!r}; expected one of '
+    raise errors.DataError(f'{where}: unknown type {row["type"]!r}; expected one of '
                         f'{", ".join(cell_types)}')
   try:
     box = tuple(int(round(float(row[k]))) for k in TRUTH_COLUMNS[2:])
   except ValueError:
-    raise raw.DataError(f'{where}: the box {[row[k] for k in TRUTH_COLUMNS[2:]]} is not four '
+    raise errors.DataError(f'{where}: the box {[row[k] for k in TRUTH_COLUMNS[2:]]} is not four '
                         f'numbers') from None
   if not (box[0] < box[2] and box[1] < box[3]):
-    raise raw.DataError(f'{where}: empty box {box} (xmin < xmax and ymin < ymax needed)')
+    raise errors.DataError(f'{where}: empty box {box} (xmin < xmax and ymin < ymax needed)')
   return TypedCell(cell_type, box)
 
 
 def _check_box(cell: TypedCell, where: str, width: int, height: int) -> None:
   x0, y0, x1, y1 = cell.box
   if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-    raise raw.DataError(f'{where}: the box {cell.box} lies outside its {width}x{height} image')
+    raise errors.DataError(f'{where}: the box {cell.box} lies outside its {width}x{height} image')
 
 
 def read_typed_fields(folder: str | pathlib.Path, check_images: bool = True,
@@ -92,32 +93,32 @@ def read_typed_fields(folder: str | pathlib.Path, check_images: bool = True,
   (and, with `check_images`, every image read once to check it and its boxes)."""
   folder = pathlib.Path(folder).expanduser()
   if not folder.is_dir():
-    raise raw.DataError(f'{folder}: no such folder')
+    raise errors.DataError(f'{folder}: no such folder')
   images_dir, truth = folder / FIELDS_SUBDIR, folder / TRUTH_FILE
   if not images_dir.is_dir() or not truth.is_file():
     raise _layout_error(folder, f'no {FIELDS_SUBDIR}/' if not images_dir.is_dir()
                         else f'no {TRUTH_FILE}')
   images = {p.name: p for p in images_dir.iterdir()
-            if p.is_file() and p.suffix.lower() in raw.IMAGE_SUFFIXES}
+            if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES}
   by_file: dict[str, list[TypedCell]] = {}
   for line, row in enumerate(_read_rows(truth), start=2):
     where = f'{truth}, line {line}'
     if not row.get('file'):
-      raise raw.DataError(f'{where}: no file name')
+      raise errors.DataError(f'{where}: no file name')
     if row['file'] not in images:
-      raise raw.DataError(f'{where}: {row["file"]} is not in {images_dir}')
+      raise errors.DataError(f'{where}: {row["file"]} is not in {images_dir}')
     by_file.setdefault(row['file'], []).append(_typed_cell(row, where, cell_types))
   if not by_file:
     raise _layout_error(folder, f'{TRUTH_FILE} has no rows')
   unlisted = sorted(set(images) - set(by_file))
   if unlisted:
-    raise raw.DataError(f'{images_dir / unlisted[0]}: a field without a row in {truth}'
+    raise errors.DataError(f'{images_dir / unlisted[0]}: a field without a row in {truth}'
                         + (f' ({len(unlisted)} such fields)' if len(unlisted) > 1 else '')
                         + '; add its typed cells, or move it out of the folder')
   fields = [TypedField(images[name], tuple(cells)) for name, cells in sorted(by_file.items())]
   if check_images:
     for field in fields:
-      height, width = raw.read_rgb(field.path).shape[:2]
+      height, width = image_files.read_rgb(field.path).shape[:2]
       for cell in field.cells:
         _check_box(cell, f'{truth}: {field.path.name}', width, height)
   return fields

@@ -15,7 +15,7 @@ import tempfile
 import cv2
 import numpy as np
 
-from wcsegnet_jax import classes
+from wcsegnet_jax.core import classes
 from wcsegnet_jax.export import onnx_backend
 from wcsegnet_jax.export import onnx_export
 

@@ -4,9 +4,9 @@ DIR/model.json and the bioimage.io package, each checked before it is written.""
 import dataclasses
 import pathlib
 
-from wcsegnet_jax import predict
-from wcsegnet_jax import shipped_model
 from wcsegnet_jax.export import onnx_export
+from wcsegnet_jax.inference import model_loading
+from wcsegnet_jax.model import shipped_model
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ def export_model(output: str | pathlib.Path, workdir: str | None = None,
     from wcsegnet_jax.export import bioimageio_package
     bioimageio_package.require_extra()
   out_dir = onnx_export.prepare_output(output, overwrite)
-  config, variables, source, _ = predict.load_model(workdir, checkpoint, model)
+  config, variables, source, _ = model_loading.load_model(workdir, checkpoint, model)
   shipped_info = None
   if not workdir and checkpoint is None:
     shipped_info = shipped_model.load_info(shipped_model.model_dir(model))

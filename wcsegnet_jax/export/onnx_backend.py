@@ -13,10 +13,10 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import segmenter
+from wcsegnet_jax.core import classes
 from wcsegnet_jax.export import onnx_export
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import probabilities
 
 
 def read_graph(path: str | pathlib.Path):
@@ -104,13 +104,13 @@ class OnnxSegmenter(segmenter.Segmenter):
           f'itself: export without --tta')
     self._session = _session or session(network_part(graph, info), threads)
     self._input = self._session.get_inputs()[0].name
-    # evaluate.tta_views' own views and undos (jax.numpy on these numpy arrays: a few ms).
+    # probabilities.tta_views' own views and undos (jax.numpy on these numpy arrays: a few ms).
     rotations = bool(config.eval.get('tta_rotations', False))
-    self._views = evaluate.tta_views(rotations) if tta else None
+    self._views = probabilities.tta_views(rotations) if tta else None
     self._tiles = self._probabilities
 
   def _probabilities(self, batch: np.ndarray) -> np.ndarray:
-    """evaluate.predict_probs on a uint8 batch (after the colour step), by ONNX Runtime."""
+    """probabilities.predict_probs on a uint8 batch (after the colour step), by ONNX Runtime."""
     run = lambda x: self._session.run(None, {self._input: np.ascontiguousarray(x)})[0]
     if self._views is None:
       return run(batch)

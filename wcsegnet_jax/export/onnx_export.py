@@ -3,7 +3,7 @@
 The graph, in order (tensor names in quotes):
   'image'          (B, S, S, 3) uint8 RGB as read, S the model's input size, B any batch size
   colour step      data.color 'reinhard': each image's CIELAB means and stds moved to the
-                   reference (wcsegnet_jax/color.py), rounded back to uint8 -> 'standardized';
+                   reference (wcsegnet_jax/data/color.py), rounded back to uint8 -> 'standardized';
                    absent for data.color 'none'
   normalisation    data.normalize ('dataset': (x - mean) / std; 'per_image')
   WCSegNet         in inference mode (BatchNorm's running statistics), softmax over classes;
@@ -35,12 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wcsegnet_jax import classes
-from wcsegnet_jax import color
-from wcsegnet_jax import errors
-from wcsegnet_jax import evaluate
-from wcsegnet_jax import files
-from wcsegnet_jax import models
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
+from wcsegnet_jax.core import files
+from wcsegnet_jax.data import color
+from wcsegnet_jax.model import models
+from wcsegnet_jax.model import probabilities
 
 ONNX_FILE = 'model.onnx'
 INFO_FILE = 'model.json'
@@ -144,23 +144,23 @@ def colour_fn(data_config: ml_collections.ConfigDict) -> Callable | None:
 def probabilities_fn(config: ml_collections.ConfigDict, variables: dict,
                      tta: bool) -> Callable[[jax.Array], jax.Array]:
   """(B, S, S, 3) uint8 (after the colour step) -> (B, S, S, C) float32 probabilities, as
-  `evaluate.predict_probs`; the flip views are split by a reshape, which a symbolic batch
+  `probabilities.predict_probs`; the flip views are split by a reshape, which a symbolic batch
   allows (predict_probs slices by the batch size)."""
   model = models.model_for(config)
   variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
   data = config.data
   if not tta:
-    return lambda images: evaluate.predict_probs(model, variables, images, data, False)
+    return lambda images: probabilities.predict_probs(model, variables, images, data, False)
   if config.eval.get('tta_rotations', False):
     raise ExportError('eval.tta_rotations: the export averages the four flips only; export '
                       'without --tta (predict then averages the eight views itself)')
 
-  views = evaluate.tta_views(False)
+  views = probabilities.tta_views(False)
 
   def averaged(images):
     shape = images.shape
     stacked = jnp.concatenate([view(images) for view, _ in views])
-    viewed = evaluate.predict_probs(model, variables, stacked, data, False)
+    viewed = probabilities.predict_probs(model, variables, stacked, data, False)
     viewed = viewed.reshape((len(views),) + shape[:3] + viewed.shape[-1:])
     total = viewed[0]
     for i, (_, undo) in enumerate(views[1:], start=1):   # summed in predict_probs' order

@@ -1,0 +1,63 @@
+"""What a finished training run shows: its evaluation reports, its curves, and what to do next.
+
+After the last epoch the training command evaluates the checkpoint `--mode=evaluate` would
+(`evaluate.evaluate_checkpoint`: report.md, figure.png and worst.png per test split), draws the
+training curves (`curves.plot_runs`) and prints a few lines naming them, the nucleus Dice of
+each dataset and the predict command for the workdir.
+"""
+
+import pathlib
+
+import jax
+import ml_collections
+
+from wcsegnet_jax.evaluation import curves
+from wcsegnet_jax.evaluation import evaluate
+from wcsegnet_jax.model import restore
+
+CURVES_FILE = 'curves.png'
+
+
+def report(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           seconds: float) -> str | None:
+  """Evaluates the run's checkpoint (config.eval.checkpoint) on every test split, writes the
+  curves figure, and returns the summary (None on processes other than 0)."""
+  checkpoint = str(config.eval.checkpoint).strip()
+  has_test = bool(config.eval.raw_dir) or config.data.test_fraction > 0
+  written = evaluate.evaluate_checkpoint(config, str(workdir), checkpoint) if has_test else {}
+  if jax.process_index() != 0:
+    return None
+  keeps_average = restore.keeps_average(workdir, checkpoint)
+  report_dirs = {name: workdir / 'eval' / evaluate.report_folder(name, config, keeps_average)
+                 for name in written}
+  curves_png = workdir / CURVES_FILE if written else None   # curves are per evaluated epoch
+  try:
+    if curves_png:
+      curves.plot_runs({config.name: workdir}, curves_png)
+  except ValueError:   # no epoch logged (a run of fewer steps than one log)
+    curves_png = None
+  dice = {name: metrics['paper']['dice'] for name, metrics in written.items()}
+  return summary_text(workdir, seconds, dice, report_dirs, curves_png)
+
+
+def summary_text(workdir: pathlib.Path, seconds: float, nucleus_dice: dict[str, float | None],
+                 report_dirs: dict[str, pathlib.Path], curves_png: pathlib.Path | None) -> str:
+  """The lines a finished run ends on: its results, where they are, the next command."""
+  dice = ', '.join(f'{name} {"n/a" if d is None else f"{d:.3f}"}'
+                   for name, d in nucleus_dice.items())
+  lines = [f'Training done in {_duration(seconds)}; results in {workdir}',
+           f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}' if dice
+           else '  no test split (data.test_fraction=0): nothing evaluated']
+  lines += [f'  report: {folder / "report.md"} (figures: {folder / "figure.png"}, '
+            f'{folder / "worst.png"})' for folder in report_dirs.values()]
+  if curves_png is not None:
+    lines.append(f'  training curves: {curves_png}')
+  lines.append(f'Next, segment your own images: python -m wcsegnet_jax.predict '
+               f'--workdir={workdir} --output={workdir / "predictions"} IMAGE_OR_FOLDER...')
+  return '\n'.join(lines)
+
+
+def _duration(seconds: float) -> str:
+  minutes, secs = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours} h {minutes:02d} min' if hours else f'{minutes} min {secs:02d} s'

@@ -1,0 +1,197 @@
+"""Fitting a cell typer (`cell_typing`) on a run's training cells and a lab's typed fields.
+
+The training crops (one cell each, the run's train split) are seen in `typer.views` augmented
+views (the run's own augmentation: another stain, optics, zoom); a lab's typed cells
+(`data.fields_dir`: fields/ + truth.csv) are cut from their fields at the estimated scale around
+the model's cell in each true box (the box's centre where the model found none) and weigh
+`typer.field_weight` training crops each, so a hundred of them steer the classifier to the
+lab's stain. The temperature that calibrates its probabilities is chosen on held-out folds of
+the same cells (out-of-fold logits, whole images or fields per fold), never on a test split.
+"""
+
+import dataclasses
+import pathlib
+from typing import Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from wcsegnet_jax.cells import cell_typing
+from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import classes
+from wcsegnet_jax.data import augment
+from wcsegnet_jax.data import color
+from wcsegnet_jax.data import image_files
+from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.inference import fields
+from wcsegnet_jax.inference import scale_estimate
+from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.model import decoding
+from wcsegnet_jax.model import metrics
+
+FOLDS = 5
+TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+
+
+@dataclasses.dataclass
+class TypedCrops:
+  """Cell crops at the training scale (after the colour step), their type index into the
+  model's cell types, the image or field each came from, and its weight in the fit."""
+  crops: np.ndarray
+  labels: np.ndarray
+  groups: np.ndarray
+  weights: np.ndarray
+
+  @staticmethod
+  def join(parts: Sequence['TypedCrops']) -> 'TypedCrops':
+    parts = [p for p in parts if len(p.labels)]
+    return TypedCrops(*(np.concatenate([getattr(p, f.name) for p in parts])
+                        for f in dataclasses.fields(TypedCrops)))
+
+
+def dataset_crops(datasets, split: str, config: ml_collections.ConfigDict, views: int,
+                  seed: int) -> TypedCrops:
+  """The `split` examples of the run's datasets (`input_pipeline.load_datasets`), each in
+  `views` views: as stored, then augmented by `config.augment`."""
+  table = classes.table_of(config.data)
+  rng = np.random.default_rng(seed)
+  crops, labels, groups = [], [], []
+  for dataset in datasets:
+    source = getattr(dataset, split)
+    for i in range(0 if source is None else len(source)):
+      example = source[i]
+      label = list(table.nucleus_ids).index(int(example['cell_type']))
+      for view in range(views):
+        image = example['image'] if view == 0 else augment.augment_example(
+            example, rng, config.augment)['image']
+        # Stored after the colour step on the whole image, which is one cell's crop: with
+        # typer.crop_color 'crop' a view's colours are standardized again, on their own.
+        crops.append(image if config.typer.crop_color == 'field'
+                     else color.standardize(image, config.data))
+        labels.append(label)
+        groups.append(f'{dataset.name}/{i}')
+  return _typed_crops(crops, labels, groups, 1.0, int(config.data.image_size))
+
+
+def field_crops(segment: segmenter.Segmenter, typed: Sequence[typed_fields.TypedField],
+                weight: float) -> TypedCrops:
+  """A crop around each typed cell of a lab's fields, at the field's estimated scale."""
+  config = segment.config
+  table = classes.table_of(config.data)
+  plain = segment.without_tta()
+  crops, labels, groups = [], [], []
+  for field in typed:
+    image = image_files.read_rgb(field.path)
+    scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
+    probs = plain.field(image, scale)
+    found, _ = cells.find_cells(decoding.decode(probs, table, config.eval.decode), probs,
+                                    table, cells.CellRules())
+    centres = [_centre_in(truth, found, scale) for truth in field.cells]
+    crops += list(cell_typing.cell_crops(fields.resize_field(image, scale), centres,
+                                         segment.size, config.data, config.typer.crop_color))
+    labels += [list(table.cell_types).index(truth.cell_type) for truth in field.cells]
+    groups += [field.path.name] * len(field.cells)
+  return _typed_crops(crops, labels, groups, weight, segment.size)
+
+
+def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
+  return TypedCrops(np.asarray(crops, np.uint8).reshape(-1, size, size, 3),
+                    np.asarray(labels, np.int32), np.asarray(groups, str),
+                    np.full(len(labels), float(weight)))
+
+
+def _centre_in(truth: typed_fields.TypedCell, found: Sequence[cells.Cell],
+               scale: float) -> tuple[float, float]:
+  """The centre (at `scale`) of the found cell with the largest nucleus whose box centre lies
+  in the true box (as `field_scoring` matches them), else the box's centre."""
+  x0, y0, x1, y1 = (v * scale for v in truth.box)
+  inside = [c for c in found
+            if x0 <= (c.bbox[0] + c.bbox[2]) / 2 < x1 and y0 <= (c.bbox[1] + c.bbox[3]) / 2 < y1]
+  if inside:
+    return max(inside, key=lambda c: c.nucleus_area_px).centre
+  return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+def _folds_of(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+  names = np.unique(groups)
+  np.random.default_rng(seed).shuffle(names)
+  fold_of = {name: i % k for i, name in enumerate(names)}
+  return np.array([fold_of[g] for g in groups])
+
+
+def out_of_fold_logits(features: np.ndarray, data: TypedCrops, cell_types: Sequence[str],
+                       l2: float, seed: int = 0) -> np.ndarray:
+  """Each cell's logits from a typer fitted without its image or field (FOLDS folds)."""
+  folds = _folds_of(data.groups, FOLDS, seed)
+  logits = np.zeros((len(data.labels), len(cell_types)), np.float32)
+  for k in range(FOLDS):
+    held = folds == k
+    typer = cell_typing.fit_linear(features[~held], data.labels[~held], cell_types,
+                                   data.weights[~held], l2)
+    logits[held] = typer.logits(features[held])
+  return logits
+
+
+def best_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+  """The temperature minimising the weighted negative log-likelihood (a grid, 0.25-8)."""
+  def nll(t):
+    z = logits / t
+    z = z - z.max(1, keepdims=True)
+    log_p = z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(1))
+    return -(weights * log_p).sum() / weights.sum()
+  return float(min(TEMPERATURES, key=nll))
+
+
+def fit(config: ml_collections.ConfigDict, variables: dict, datasets,
+        fields_dir: str | None = None) -> cell_typing.LinearTyper:
+  """A calibrated typer for the model (config + variables) from its datasets' training cells
+  and, with `fields_dir`, a lab's typed fields; its test-split accuracy in `info`."""
+  t = config.typer
+  table = classes.table_of(config.data)
+  features = cell_typing.CellFeatures(config, variables, levels=cell_typing.levels_of(config))
+  parts = [dataset_crops(datasets, 'train', config, t.views, config.seed)]
+  if fields_dir:
+    typed = typed_fields.read_typed_fields(fields_dir, cell_types=table.cell_types)
+    parts.append(field_crops(segmenter.Segmenter(config, variables, tta=False), typed,
+                             t.field_weight))
+  data = TypedCrops.join(parts)
+  logging.info('Cell typer: features of %d cell crops.', len(data.labels))
+  x, _ = features(data.crops)
+  temperature = best_temperature(
+      out_of_fold_logits(x, data, table.cell_types, t.l2), data.labels, data.weights)
+  typer = cell_typing.fit_linear(x, data.labels, table.cell_types, data.weights, t.l2)
+  typer.temperature = temperature
+  typer.info = {'levels': list(features.levels), 'cells': int(len(np.unique(data.groups))),
+                'lab_fields': fields_dir or '', 'l2': t.l2, 'views': t.views,
+                'uncertain_below': t.uncertain_below, 'crop_color': t.crop_color,
+                'test': _test_scores(typer, features, datasets, config)}
+  return typer
+
+
+def _test_scores(typer, features, datasets, config) -> dict:
+  """Per dataset: the typer's accuracy on its test split's cells (one view each) and the
+  calibration of its confidences (`metrics.calibration`)."""
+  out = {}
+  for dataset in datasets:
+    test = dataset_crops([dataset], 'test', config, 1, 0)
+    if len(test.labels):
+      probs = typer.probabilities(features(test.crops)[0])
+      right = probs.argmax(1) == test.labels
+      out[dataset.name] = {'accuracy': float(right.mean()), 'calibration': metrics.calibration(
+          probs.max(1), right, uncertain_below=config.typer.uncertain_below)}
+  return out
+
+
+def accuracy_text(typer: cell_typing.LinearTyper) -> str:
+  return ', '.join(f'{name} {v["accuracy"]:.3f}' for name, v in typer.info['test'].items())
+
+
+def fit_into(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, variables: dict,
+             datasets) -> cell_typing.LinearTyper:
+  """Fits the typer (`fit`, with the run's `data.fields_dir`) and saves it in `workdir`."""
+  typer = fit(config, variables, datasets, config.data.fields_dir or None)
+  typer.save(workdir)
+  logging.info('Cell typer saved in %s (test accuracy %s, temperature %.2f).', workdir,
+               accuracy_text(typer), typer.temperature)
+  return typer
