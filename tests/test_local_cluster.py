@@ -123,7 +123,8 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   # command (not the in-process reference run) ends with its reports, written once too.
   reports = {f for f in files_of(two) if f.startswith('eval/') or f == 'curves.png'}
   assert files_of(two) - reports == files_of(one) == {workdirs.LOCK_FILE, 'config.json',
-                                                      'data.json', 'metrics.jsonl'}
+                                                      'classes.json', 'data.json',
+                                                      'metrics.jsonl'}
   assert {'curves.png', 'eval/jiangxi/metrics.json'} <= reports
   assert json.loads((two / 'config.json').read_text()) == json.loads(
       (one / 'config.json').read_text())

@@ -4,12 +4,14 @@ Uses the tiny model that tests/test_evaluate.py trains once per session.
 """
 
 import csv
+import io
 import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ from wcsegnet_jax.cells import overlays
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.data import image_files
+from wcsegnet_jax.inference import cells_table
 from wcsegnet_jax.inference import input_images
 from wcsegnet_jax.inference import model_loading
 from wcsegnet_jax.inference import options as options_lib
@@ -391,12 +394,12 @@ def test_field_scale_segments_in_tiles_at_that_scale(tiny_model, tmp_path, monke
   seen = []
   real = segmenter.fields.segment_field
   monkeypatch.setattr(segmenter.fields, 'segment_field', lambda fn, field, tile, **kw: seen.append(
-      (field.shape, tile, kw)) or real(fn, field, tile, **kw))
+      (field.shape, tile, kw['batch_size'])) or real(fn, field, tile, **kw))
   summary = predict_files(config, variables, [path], tmp_path / 'out', batch_size=4,
                                   field_scale=0.5)
   height, width = image.shape[:2]
   size = int(config.data.image_size)
-  assert seen == [((round(height * 0.5), round(width * 0.5), 3), size, {'batch_size': 4})]
+  assert seen == [((round(height * 0.5), round(width * 0.5), 3), size, 4)]
   assert summary.done == [str(path)]
   mask = cv2.imread(str(tmp_path / 'out' / 'field_mask.png'))
   assert mask.shape == image.shape
@@ -710,3 +713,149 @@ def test_summary_says_how_many_objects_were_not_counted():
   assert summary.text().splitlines()[-1] == (
       '2 more objects not counted (cut by the image border, or too small or misshapen for a '
       'cell): in cells.csv with counted=0 and the reason; --count_all_cells counts them')
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def _crop_files(folder: pathlib.Path, n: int, seed: int = 21) -> list[pathlib.Path]:
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  paths = [folder / f'cell_{k}.png' for k in range(n)]
+  for path in paths:
+    fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 40)))
+  return paths
+
+
+def test_progress_of_listed_files_and_of_a_fields_tiles_shows_on_a_terminal_only(
+    tiny_model, tmp_path, monkeypatch):
+  """Files given one by one (a shell's glob) get the bar a folder gets, one large field a bar
+  of its tiles; a log file or pipe gets no bar fragments at all."""
+  paths = [str(p) for p in _crop_files(tmp_path / 'crops', 3)]
+  field, _ = _field(tmp_path, np.random.default_rng(8))
+  workdir = str(tiny_model['workdir'])
+  for stream, shows in ((_Terminal(), True), (io.StringIO(), False)):
+    monkeypatch.setattr(sys, 'stderr', stream)
+    out = tmp_path / f'out_{shows}'
+    run(workdir, str(out / 'crops'), paths, batch_size=2)
+    run(workdir, str(out / 'field'), [str(field)], batch_size=2, field_scale=1.0)
+    text = stream.getvalue()
+    assert ('3/3' in text and 'image' in text and 'tile' in text) == shows, text[-2000:]
+    assert ('\r' in text or '%|' in text) == shows, text[-2000:]
+
+
+def test_ctrl_c_keeps_the_tables_of_the_images_done_and_resume_finishes_without_redoing_them(
+    tiny_model, tmp_path, monkeypatch):
+  paths = [str(p) for p in _crop_files(tmp_path / 'crops', 5)]
+  workdir, out = str(tiny_model['workdir']), tmp_path / 'out'
+  run(workdir, str(tmp_path / 'whole'), paths, batch_size=2)
+  whole = read_cell_rows(tmp_path / 'whole' / 'cells.csv')
+  real_crops, calls = segmenter.Segmenter.crops, []
+
+  def ctrl_c_at_the_third_batch(self, images):
+    calls.append(len(images))
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real_crops(self, images)
+
+  monkeypatch.setattr(segmenter.Segmenter, 'crops', ctrl_c_at_the_third_batch)
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, 'stderr', terminal)
+  with pytest.raises(SystemExit) as stop:
+    with errors.user_errors_as_messages():
+      run(workdir, str(out), paths, batch_size=2)
+  assert stop.value.code == errors.INTERRUPTED_STATUS
+  text = terminal.getvalue()
+  last = text.rsplit('\n', 2)[-2]   # the message is a line of its own, after the bar's
+  assert last == (f'interrupted: 4 of 5 images done, their cells in {out / "cells.csv"}; to '
+                  f'continue without redoing them, run the same command with --resume'), text
+  done = {pathlib.Path(p).name for p in paths[:4]}
+  rows = read_cell_rows(out / 'cells.csv')
+  assert rows == [r for r in whole if pathlib.Path(r['file']).name in done]
+  counted = sum(r['counted'] == '1' for r in rows)
+  assert read_differential(out / 'differential.csv')['total'] == counted
+  # A plain rerun is refused, as ever; --resume does the last image only.
+  monkeypatch.setattr(segmenter.Segmenter, 'crops', lambda self, images: calls.append(
+      len(images)) or real_crops(self, images))
+  with pytest.raises(errors.DataError, match='--resume'):
+    run(workdir, str(out), paths, batch_size=2)
+  calls.clear()
+  summary = run(workdir, str(out), paths, batch_size=2, resume=True)
+  assert calls == [1] and summary.kept == 4 and len(summary.done) == 5
+  assert '(4 of them by the run resumed, kept)' in summary.text()
+  assert read_cell_rows(out / 'cells.csv') == whole
+  assert (read_differential(out / 'differential.csv')
+          == read_differential(tmp_path / 'whole' / 'differential.csv'))
+  listing = json.loads((out / output_folder.OUTPUTS_FILE).read_text())
+  assert listing['complete'] and len(listing['done']) == 5
+  assert (out / output_folder.CONTACT_SHEET_FILE).is_file()
+
+
+def test_resume_never_mixes_two_models_or_settings_in_one_table(tiny_model, tmp_path):
+  paths = [str(p) for p in _crop_files(tmp_path / 'crops', 2)]
+  workdir, out = str(tiny_model['workdir']), tmp_path / 'out'
+  run(workdir, str(out), paths[:1])
+  before = (out / 'cells.csv').read_bytes()
+  with pytest.raises(errors.DataError, match=r"pixel_size_um=None, this one pixel_size_um=0\.5"):
+    run(workdir, str(out), paths, resume=True, pixel_size_um=0.5)
+  listing = json.loads((out / output_folder.OUTPUTS_FILE).read_text())
+  listing['model'] = 'the pretrained model in /elsewhere'
+  (out / output_folder.OUTPUTS_FILE).write_text(json.dumps(listing))
+  with pytest.raises(errors.DataError, match="model='the pretrained model in /elsewhere', this "
+                     "one model='step"):
+    run(workdir, str(out), paths, resume=True)
+  assert (out / 'cells.csv').read_bytes() == before
+  with pytest.raises(errors.UsageError, match='--resume .* --overwrite'):
+    run(workdir, str(out), paths, resume=True, overwrite=True)
+  # On a new folder, --resume is a plain run.
+  assert len(run(workdir, str(tmp_path / 'new'), paths, resume=True).done) == 2
+
+
+def test_a_killed_runs_cut_last_row_and_unfinished_images_are_left_out_when_resumed(tmp_path):
+  """A run killed outright (no Ctrl-C handling) leaves cells.csv as appended: the rows of
+  images not recorded as done, and a row cut short, are not kept."""
+  path = tmp_path / 'cells.csv'
+  row = dict.fromkeys(cells_table.CSV_COLUMNS, '1')
+  cells_table.write_cells(path, [{**row, 'mask_file': 'a_mask.png'}])
+  cells_table.append_cells(path, [{**row, 'mask_file': 'b_mask.png'}])
+  with open(path, 'a') as f:
+    f.write('c.png,1,2,3')   # cut short
+  kept = cells_table.read_cells(path, {'a_mask.png', 'c_mask.png'})
+  assert [r['mask_file'] for r in kept] == ['a_mask.png']
+  (tmp_path / 'other.csv').write_text('file,cell\nx,1\n')
+  with pytest.raises(errors.DataError, match='other.csv: not the columns predict writes'):
+    cells_table.read_cells(tmp_path / 'other.csv', {'a_mask.png'})
+
+
+def test_reordered_cell_types_in_a_models_config_are_refused_naming_both_orders(tiny_model,
+                                                                                tmp_path):
+  """The arrays' shapes do not change when config.json's cell types are reordered, but every
+  cell's type would: the classes recorded with the weights are checked (a workdir's
+  classes.json, a model folder's info.json), for predict, evaluation and a resume alike."""
+  from wcsegnet_jax.training import checkpointing   # pylint: disable=g-import-not-at-top
+  image = _crop_files(tmp_path / 'crops', 1)[0]
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  saved = json.loads((workdir / 'config.json').read_text())
+  trained = saved['data']['cell_types']
+  saved['data']['cell_types'] = trained[::-1]
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  both = (rf"classes\.json: the checkpoints there output the classes background, "
+          rf"{', '.join(trained)}, but .*config\.json gives background, "
+          rf"{', '.join(trained[::-1])}: its data\.cell_types")
+  with pytest.raises(errors.CheckpointError, match=both):
+    run(str(workdir), str(tmp_path / 'out'), [str(image)])
+  with pytest.raises(errors.CheckpointError, match=both):
+    checkpointing.check_resume_config(workdir, model_loading.load_workdir_config(workdir))
+  folder = tmp_path / 'model'
+  shutil.copytree(shipped_model.model_dir('paper'), folder)
+  config = json.loads((folder / 'config.json').read_text())
+  config['data']['cell_types'] = config['data']['cell_types'][::-1]
+  (folder / 'config.json').write_text(json.dumps(config))
+  with pytest.raises(shipped_model.PretrainedModelError,
+                     match=r'info\.json: the model outputs the classes background, neutrophil, '
+                           r'basophil, lymphocyte, but .*config\.json gives background, '
+                           r'lymphocyte, basophil, neutrophil'):
+    run(None, str(tmp_path / 'out2'), [str(image)], model=str(folder))

@@ -144,17 +144,25 @@ def test_export_round_trips(tmp_path, shipped):
   jax.tree.map(np.testing.assert_array_equal, variables, variables2)
 
 
+def _real_test_records(shipped, dataset: str) -> list:
+  """The real test images of the shipped model's split of `dataset` (skips where any lacks)."""
+  config, _, info = shipped
+  test_ids = set(info['images'][dataset]['test'])
+  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR,
+                                                      classes.table_of(config.data))
+             if r.file_id in test_ids]
+  if len(records) != len(test_ids):
+    pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
+  return records
+
+
 @pytest.mark.skipif(not conftest.REAL_WBC_DIR.is_dir(), reason='no real WBC data here')
 @pytest.mark.parametrize('dataset', ['jiangxi', 'cellavision'])
 def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
   """The model types the real test images as its info.json says, image for image."""
   config, variables, info = shipped
-  test_ids = set(info['images'][dataset]['test'])
   table = classes.table_of(config.data)
-  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
-             if r.file_id in test_ids]
-  if len(records) != len(test_ids):
-    pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
+  records = _real_test_records(shipped, dataset)
   eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model,
                                                                   table.num_classes), config))
   result = evaluate.evaluate_source(eval_step, variables,
@@ -202,13 +210,8 @@ def test_shipped_typer_types_its_model_cells(shipped):
 @pytest.mark.parametrize('dataset', ['jiangxi', 'cellavision'])
 def test_shipped_typer_accuracy_recomputed_from_the_real_test_images(shipped, dataset):
   """The shipped cell typer types the real test cells as its cell_typer.json says."""
-  config, variables, info = shipped
-  test_ids = set(info['images'][dataset]['test'])
-  table = classes.table_of(config.data)
-  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR, table)
-             if r.file_id in test_ids]
-  if len(records) != len(test_ids):
-    pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
+  config, variables, _ = shipped
+  records = _real_test_records(shipped, dataset)
   typer = cell_typing.load_typer(shipped_model.PRETRAINED_DIR, config, variables)
   source = types.SimpleNamespace(name=dataset, test=held_out.RawExamples(records, config.data))
   crops = typer_fitting.dataset_crops([source], 'test', config, 1, 0)

@@ -546,3 +546,60 @@ def test_progress_covers_the_whole_run_and_only_on_a_terminal():
   progress.abandon()
   shown = terminal.getvalue()
   assert 'epoch 2/2' in shown and 'step 3/6' in shown, shown
+
+
+def test_a_batch_larger_than_the_training_set_is_one_warning_with_the_numbers(
+    wbc_raw, wbc_tfds_dir, tmp_path, caplog):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, batch_size=96, num_epochs=1)
+  examples = input_pipeline.train_epoch_size(input_pipeline.load_datasets(c.data), c)
+  assert examples < 96
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(c, tmp_path / 'big_batch')
+  warnings = [r.getMessage() for r in caplog.records if 'batch_size' in r.getMessage()]
+  assert warnings == [
+      f'train.batch_size=96 is larger than an epoch of training examples ({examples}: '
+      f'{examples} images x augment.augment_repeats=1): each step takes them '
+      f'{96 / examples:.1f} times over and each "epoch" is one step; set train.batch_size to '
+      f'at most {examples}']
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=1),
+                             tmp_path / 'small_batch')
+  assert not [r for r in caplog.records if 'batch_size' in r.getMessage()]
+
+
+def test_a_failure_in_the_last_checkpoint_wait_never_hides_the_divergence(
+    wbc_raw, wbc_tfds_dir, tmp_path, monkeypatch, caplog):
+  def full_disk(manager):
+    raise errors.WriteError(f'writing a checkpoint to {manager.directory} failed: disk full')
+
+  monkeypatch.setattr(checkpointing, 'finish', full_disk)
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, learning_rate=1e30, num_epochs=3)
+  with caplog.at_level('ERROR'):
+    with pytest.raises(train.TrainingDivergedError, match=r'at step \d+; stopping'):
+      train.train_and_evaluate(c, str(tmp_path))
+  assert [r.getMessage() for r in caplog.records if 'disk full' in r.getMessage()] == [
+      f'While stopping: writing a checkpoint to {tmp_path / "checkpoints"} failed: disk full']
+
+
+def test_a_second_ctrl_c_in_the_last_checkpoint_wait_says_what_is_left(
+    wbc_raw, wbc_tfds_dir, tmp_path, monkeypatch):
+  c = tiny_config(wbc_raw[0], wbc_tfds_dir, num_epochs=2)
+  spe = input_pipeline.steps_per_epoch(input_pipeline.load_datasets(c.data), c)
+  real_save, real_finish = checkpointing.save, checkpointing.finish
+
+  def save_then_ctrl_c(*args, **kwargs):
+    real_save(*args, **kwargs)
+    raise KeyboardInterrupt
+
+  def ctrl_c_again(manager):
+    real_finish(manager)   # the checkpoint completes; the second Ctrl-C comes as it does
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(checkpointing, 'save', save_then_ctrl_c)
+  monkeypatch.setattr(checkpointing, 'finish', ctrl_c_again)
+  with pytest.raises(train.TrainingInterrupted) as err:
+    train.train_and_evaluate(c, tmp_path)
+  assert str(err.value) == (f'interrupted again while the last checkpoint was being written '
+                            f'(left out if incomplete); last complete checkpoint {spe}; run the '
+                            f'same command to resume')

@@ -2,8 +2,8 @@ r"""Segments and classifies new images with a trained model; writes masks, overl
 
   python -m wcsegnet_jax.predict --output=OUT [--workdir=DIR | --model=NAME|PATH] \
       [--checkpoint=latest] [--field_scale=1.0|auto] [--pixel_size_um=0.1] [--batch_size=16] \
-      [--tta] [--overwrite] [--backend=jax|onnx [--onnx_file=model.onnx] [--threads=N]] \
-      IMAGE_OR_FOLDER...
+      [--tta] [--overwrite | --resume] [--backend=jax|onnx [--onnx_file=model.onnx] \
+      [--threads=N]] IMAGE_OR_FOLDER...
 
 Without --workdir it uses a model shipped in the package (wcsegnet_jax/pretrained/): by default
 'differential' (all five white-cell types and the cytoplasm, configs/cross_lab.py, made for other
@@ -48,6 +48,18 @@ a cell (`cells.CellRules`) have counted=0 and the reason in cells.csv, and are c
 
 OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
 earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.
+
+cells.csv grows as the run goes, and `predict_outputs.json` records the images done, the model
+and the options that shape the results. Ctrl-C (or SIGTERM) stops a run with one line saying how
+many images were done: cells.csv and differential.csv then hold those images' cells. --resume
+continues the run in OUT: the images it did are kept, not redone (an image is known by its path
+as given: run the same command), the rest are segmented and the tables and contact sheet cover
+all of them. It is refused, naming both values, when the run there used another model, cell
+types, --tta, --field_scale, --pixel_size_um or cell rules, so one table never mixes two models;
+on a new or empty OUT it is a plain run.
+
+On a terminal a bar shows the images done and, for a field of many tiles, its tiles; a log file
+or pipe gets no bar.
 
 Exit status: 0 when at least one image was segmented (unreadable files, truncated ones included,
 are reported on stderr, skipped and listed in the summary; a grayscale image is segmented with a
@@ -112,6 +124,9 @@ def define_flags() -> None:
                      'nucleus (pixels at the training scale) are dropped as specks.')
   flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
                     'results an earlier predict wrote there are removed first.')
+  flags.DEFINE_bool('resume', False, 'Continue the run in --output (one stopped by Ctrl-C): '
+                    'the images it did are kept, not redone; refused if it used another model '
+                    'or other options.')
   flags.DEFINE_string('model', None, 'A shipped model by name (%s; default %s) or a model '
                       'folder (tools/build_pretrained.py --output), instead of --workdir.'
                       % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL))
@@ -130,7 +145,8 @@ def options_from_flags() -> options_lib.PredictOptions:
       output=FLAGS.output, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, model=FLAGS.model,
       batch_size=FLAGS.batch_size, tta=FLAGS.tta, pixel_size_um=FLAGS.pixel_size_um,
       field_scale=FLAGS.field_scale, cell_rules=rules, overwrite=FLAGS.overwrite,
-      backend=FLAGS.backend, onnx_file=FLAGS.onnx_file, threads=FLAGS.threads).checked()
+      backend=FLAGS.backend, onnx_file=FLAGS.onnx_file, threads=FLAGS.threads,
+      resume=FLAGS.resume).checked()
 
 
 def main(argv):
@@ -140,6 +156,7 @@ def main(argv):
     if not inputs:
       raise errors.UsageError('give at least one image file or folder (see --help)')
     logs.quiet_library_logs()
+    errors.terminate_as_interrupt()   # a scheduler's stop keeps the tables, as Ctrl-C does
     summary = prediction.run(inputs, options)
   print(summary.text())
   if not summary.done:

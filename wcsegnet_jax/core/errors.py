@@ -56,6 +56,10 @@ class TrainingInterrupted(KeyboardInterrupt):
   """Ctrl-C during training; the message says where it stopped and how to resume."""
 
 
+class PredictionInterrupted(KeyboardInterrupt):
+  """Ctrl-C during predict; the message says what was kept and how to continue."""
+
+
 # TensorStore (under orbax) raises storage failures as ValueError with its status code first.
 _TENSORSTORE_STORAGE = re.compile(
     r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|NOT_FOUND|DATA_LOSS): (.*)', re.DOTALL)

@@ -98,6 +98,20 @@ def steps_per_epoch(datasets: list[DatasetSplits], config: ml_collections.Config
   return max(1, train_epoch_size(datasets, config) // config.train.batch_size)
 
 
+def oversized_batch_warning(datasets: list[DatasetSplits],
+                            config: ml_collections.ConfigDict) -> str | None:
+  """A warning when train.batch_size exceeds an epoch's examples (`train_epoch_size`): each
+  step then draws the training images several times over, and an "epoch" is one step."""
+  examples, batch = train_epoch_size(datasets, config), int(config.train.batch_size)
+  if batch <= examples:
+    return None
+  repeats = int(config.augment.augment_repeats)
+  return (f'train.batch_size={batch} is larger than an epoch of training examples ({examples}: '
+          f'{examples // repeats} images x augment.augment_repeats={repeats}): each step takes '
+          f'them {batch / examples:.1f} times over and each "epoch" is one step; set '
+          f'train.batch_size to at most {examples}')
+
+
 def epoch_examples(datasets: list[DatasetSplits], config: ml_collections.ConfigDict
                    ) -> grain.MapDataset:
   """One epoch's training examples, unshuffled and unaugmented (`train_epoch_size` of them)."""

@@ -1,10 +1,15 @@
 """The tables predict writes: cells.csv, a row per cell found, and differential.csv, the cells
-counted per type as a lab's differential count."""
+counted per type as a lab's differential count.
 
+cells.csv grows as a run goes (`append_cells` after each batch of images), so a run stopped
+before its end leaves the rows of the images it did; `read_cells` takes them back to continue."""
+
+import csv
 import pathlib
 from typing import Sequence
 
 from wcsegnet_jax.cells import cells
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
 
 
@@ -60,3 +65,28 @@ def write_differential(path: pathlib.Path, differential: Sequence[dict]) -> None
   files.write_csv_atomic(path, DIFFERENTIAL_COLUMNS,
                          [[r['cell_type'], r['count'], f"{r['percent']:.2f}"]
                           for r in differential])
+
+
+def append_cells(path: pathlib.Path, rows: Sequence[dict]) -> None:
+  """Adds `rows` to a cells.csv that `write_cells` began; flushed before it returns."""
+  with open(path, 'a', encoding='utf-8', newline='') as f:
+    csv.writer(f, lineterminator='\n').writerows([[r[k] for k in CSV_COLUMNS] for r in rows])
+
+
+def read_cells(path: pathlib.Path, mask_files: set[str]) -> list[dict]:
+  """The rows of a cells.csv whose image (its mask_file) is one of `mask_files`: the images a
+  stopped run finished. Rows of other images, and a last row cut short, are left out. A
+  missing table, or one of other columns, is a DataError: those images' rows would be lost."""
+  if not mask_files:
+    return []
+  try:
+    with open(path, encoding='utf-8', newline='') as f:
+      reader = csv.DictReader(f)
+      if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        raise errors.DataError(f'{path}: not the columns predict writes; it cannot be resumed: '
+                               f'use --overwrite to start again, or choose another --output')
+      return [row for row in reader
+              if None not in row.values() and row['mask_file'] in mask_files]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise errors.DataError(f'{path}: unreadable ({e}); the images done before cannot be kept: '
+                           f'use --overwrite to start again, or choose another --output') from None

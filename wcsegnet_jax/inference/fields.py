@@ -47,7 +47,8 @@ def resize_field(image: np.ndarray, scale: float) -> np.ndarray:
 
 
 def segment_field(predict_tiles: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-                  tile: int, margin: int | None = None, batch_size: int = 16) -> np.ndarray:
+                  tile: int, margin: int | None = None, batch_size: int = 16,
+                  tiles_done: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Class probabilities (H, W, C) of an (H, W, 3) image of any size, from overlapping tiles.
 
   predict_tiles: (batch_size, tile, tile, 3) uint8 -> (batch_size, tile, tile, C) probabilities
@@ -72,4 +73,6 @@ def segment_field(predict_tiles: Callable[[np.ndarray], np.ndarray], image: np.n
       out = np.zeros(padded.shape[:2] + probs.shape[-1:], np.float32)
     for i, ((y, y0, y1), (x, x0, x1)) in enumerate(chunk):
       out[y0:y1, x0:x1] = probs[i, y0 - y:y1 - y, x0 - x:x1 - x]
+    if tiles_done is not None:
+      tiles_done(first + len(chunk), len(places))
   return out[:height, :width]

@@ -30,6 +30,7 @@ class PredictOptions:
   backend: str = 'jax'            # what runs the network: 'jax' (XLA) or 'onnx' (ONNX Runtime)
   onnx_file: str | None = None    # with backend 'onnx': an exported model.onnx
   threads: int = 0                # with backend 'onnx': ONNX Runtime threads (0: one per core)
+  resume: bool = False            # continue the run in `output`, without redoing images done
 
   def checked(self) -> 'PredictOptions':
     """These options with --field_scale parsed (None, a number or AUTO_SCALE); a UsageError
@@ -38,6 +39,9 @@ class PredictOptions:
       raise errors.UsageError(f'--backend={self.backend}: expected one of {BACKENDS}')
     if self.threads < 0:
       raise errors.UsageError(f'--threads={self.threads} must be >= 0 (0: one per core)')
+    if self.resume and self.overwrite:
+      raise errors.UsageError('--resume continues the run in --output and --overwrite replaces '
+                              'it: give one of them')
     if self.batch_size < 1:
       raise errors.UsageError(f'--batch_size={self.batch_size} must be >= 1')
     if self.pixel_size_um is not None and not (math.isfinite(self.pixel_size_um)

@@ -1,6 +1,12 @@
 """predict's output folder: new or empty, or holding only what an earlier predict wrote (listed in
-its OUTPUTS_FILE, which --overwrite removes first), so two runs' results never mix; and the file
-names each image's outputs take."""
+its OUTPUTS_FILE, which --overwrite removes first, and --resume continues), so two runs' results
+never mix; and the file names each image's outputs take.
+
+OUTPUTS_FILE records the run as it goes: the model and the settings that shape its results
+(`run_settings`), the files written (each batch's listed before they are written) and the images
+done (`done`: each image's input as shown, its outputs' stem and its number of cells, after its
+rows are in CELLS_FILE), and whether the run completed.
+"""
 
 import json
 import os
@@ -36,6 +42,39 @@ def earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
                                       OUTPUTS_FILE]]
 
 
+def run_settings(model: str, cell_types: Sequence[str], tta: bool, field_scale, pixel_size_um,
+                 cell_rules: dict) -> dict:
+  """What makes two runs' rows comparable: the model, the types it tells apart, and the options
+  that change masks or cells.csv. A resumed run must have every one of them as the earlier."""
+  return {'model': model, 'cell_types': list(cell_types), 'tta': bool(tta),
+          'field_scale': None if field_scale is None else str(field_scale),
+          'pixel_size_um': pixel_size_um, 'cell_rules': dict(cell_rules)}
+
+
+def resumable_run(output: pathlib.Path, settings: dict) -> dict | None:
+  """The OUTPUTS_FILE record of the run in `output` to continue (None: the folder holds none,
+  so a resumed run starts anew); a DataError naming both values when it was made with another
+  model or other settings, so rows of two models never mix."""
+  listing_path = output / OUTPUTS_FILE
+  if not listing_path.is_file():
+    return None
+  try:
+    listing = json.loads(listing_path.read_text())
+    done = listing['done']
+    if not all(isinstance(d, dict) and {'file', 'stem'} <= set(d) for d in done):
+      raise ValueError('its "done" entries are not images')
+  except (ValueError, KeyError, TypeError) as e:
+    raise DataError(f'{listing_path}: no record of the images done ({e}); it cannot be resumed: '
+                    f'use --overwrite to start again there, or choose another --output') from None
+  for key, value in settings.items():
+    if listing.get(key) != value:
+      raise DataError(
+          f'{listing_path}: the run there has {key}={listing.get(key)!r}, this one '
+          f'{key}={value!r}; --resume continues a run with the same model and options only: '
+          f'give those, or --overwrite to replace it, or another --output')
+  return listing
+
+
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   """The files a run on `paths` writes (the stems as `predict_files` gives them)."""
   used = set()
@@ -45,21 +84,26 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
 
 
 def prepare_output(output: str | pathlib.Path, overwrite: bool,
-                   planned: Sequence[str] = ()) -> pathlib.Path:
+                   planned: Sequence[str] = (), resume: bool = False) -> pathlib.Path:
   """The output folder, created; one holding files is refused unless `overwrite`, which first
-  removes what an earlier predict wrote there, so two runs' results never mix, and refuses to
-  replace any other file of the `planned` names (the user's, not ours)."""
+  removes what an earlier predict wrote there, so two runs' results never mix, or `resume`,
+  which keeps them to continue that run (`resumable_run` checks it is the same model's); either
+  refuses to replace any other file of the `planned` names (the user's, not ours)."""
   output = pathlib.Path(output).expanduser()
   if output.exists() and not output.is_dir():
     raise DataError(f'--output={output} is a file, not a folder')
   if (above := next((p for p in output.parents if p.exists()), None)) and not above.is_dir():
     raise DataError(f'--output={output} runs through {above}, a file, not a folder')
   present = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
-  if present and not overwrite:
+  if present and resume and not (output / OUTPUTS_FILE).is_file():
+    raise DataError(f'--output={output} holds files but no {OUTPUTS_FILE}: no earlier predict '
+                    f'to resume there; give a new or empty folder')
+  if present and not (overwrite or resume):
     shown = ', '.join(present[:3]) + (', ...' if len(present) > 3 else '')
     raise DataError(
         f'--output={output} already holds {len(present)} files ({shown}); give a new or empty '
-        f'folder, or --overwrite to replace the results of an earlier predict there')
+        f'folder, --resume to continue an interrupted predict there, or --overwrite to replace '
+        f'its results')
   earlier = {p.name for p in earlier_outputs(output)} if present else set()
   theirs = [name for name in planned if (output / name).exists() and name not in earlier]
   if theirs:   # checked before anything is removed: a refusal leaves the folder as it was
@@ -67,7 +111,7 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool,
         f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
         f'this one would replace; move it away or choose another --output')
   try:
-    for name in earlier:
+    for name in () if resume else earlier:
       (output / name).unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     probe = output / f'.write_test.{os.getpid()}'   # a read-only mount passes os.access

@@ -39,6 +39,7 @@ class PredictionSummary:
   done: list[str]
   skipped: list[tuple[str, str]]
   no_cells: list[str] = dataclasses.field(default_factory=list)   # done, but no cell found
+  kept: int = 0   # of `done`, those an earlier run did (--resume)
   differential: list[dict] = dataclasses.field(default_factory=list)   # cells.differential
   cell_types: tuple[str, ...] = ()   # the types the model tells apart
   not_counted: int = 0   # cells listed in cells.csv but left out of the differential
@@ -47,6 +48,8 @@ class PredictionSummary:
     n = len(self.done) + len(self.skipped)
     line = (f'{n} image{"" if n == 1 else "s"}: {len(self.done)} segmented, '
             f'{len(self.skipped)} skipped')
+    if self.kept:
+      line += f' ({self.kept} of them by the run resumed, kept)'
     if self.skipped:
       line += ': ' + '; '.join(f'{path}: {why}' for path, why in self.skipped)
     if self.no_cells:
@@ -180,8 +183,10 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   segmented in tiles of the training size (`fields.segment_field`). `options.cell_rules` are at
   the training scale. With `typer`, cells are typed by it (`cell_typing.CellTyper`), not by the
   vote of their nucleus pixels. Each batch's files are listed in OUTPUTS_FILE before they are
-  written, so
-  even an interrupted run leaves a complete list for --overwrite.
+  written, so even an interrupted run leaves a complete list for --overwrite; its cells.csv rows
+  are added and its images recorded as done after, so Ctrl-C leaves the tables of the images
+  done (errors.PredictionInterrupted says so) and `options.resume` continues without redoing
+  them. `progress`: bars of images and of a field's tiles (for a terminal).
   """
   options = options.checked()
   output = pathlib.Path(options.output).expanduser()
@@ -189,81 +194,157 @@ def predict_files(config: ml_collections.ConfigDict, variables: dict,
   field_scale, batch_size, cell_rules = options.field_scale, options.batch_size, options.cell_rules
   tta = bool(config.eval.tta) if options.tta is None else options.tta   # None: as evaluated
   table = classes.table_of(config.data)
-  listing = {'model': model_source, 'cell_types': list(table.cell_types), 'tta': bool(tta),
-             'complete': False, 'files': []}
+  settings = output_folder.run_settings(model_source, table.cell_types, tta, field_scale,
+                                        options.pixel_size_um,
+                                        dataclasses.asdict(cell_rules))
+  earlier = output_folder.resumable_run(output, settings) if options.resume else None
+  listing = {**settings, 'files': [], 'done': [], **(earlier or {}), 'complete': False}
+  done = {d['file']: d for d in listing['done']}
+  rows = cells_table.read_cells(output / output_folder.CELLS_FILE,
+                                {output_folder.image_output_names(d['stem'])[0]
+                                 for d in done.values()})
+  summary = PredictionSummary([], [], cell_types=table.cell_types)
+  summary.done = list(done)
+  summary.no_cells = [d['file'] for d in done.values() if not d.get('cells')]
+  summary.kept = len(done)
   files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
+  cells_table.write_cells(output / output_folder.CELLS_FILE, rows)   # the kept rows, or none
+  todo = [path for path in paths if input_images.shown(path) not in done]
   size = int(config.data.image_size)
   if field_scale is None:   # crops are batched across images, a field's tiles per image
-    batch_size = max(1, min(batch_size, len(paths)))
+    batch_size = max(1, min(batch_size, len(todo)))
   if options.backend == 'jax' and not options.onnx_file:
     segment = segmenter.Segmenter(config, variables, tta, batch_size)
   else:   # ONNX Runtime (the export extra): docs/export.md
     from wcsegnet_jax.export import onnx_backend   # pylint: disable=g-import-not-at-top
     segment = onnx_backend.segmenter_for(config, variables, tta, batch_size, options.backend,
                                          options.onnx_file, options.threads, model_source)
-  summary = PredictionSummary([], [], cell_types=table.cell_types)
-  rows, class_ids, used_stems = [], [], set()
-  bar = tqdm.tqdm(total=len(paths), unit='image', disable=not progress)
-  for chunk in _chunks(list(paths), 1 if field_scale else batch_size):
-    images = []
-    for path in chunk:
-      try:
-        # A field whose scale is yet to be estimated is checked at its own size.
-        images.append((path, input_images.check_image_size(path, input_images.read_input(path),
-                                              1.0 if field_scale == options_lib.AUTO_SCALE
-                                              else field_scale)))
-      except errors.DataError as e:
-        tqdm.tqdm.write(f'skipped: {input_images.shown(e)}', file=sys.stderr)
-        shown = input_images.shown(path)
-        summary.skipped.append((shown, input_images.shown(e).removeprefix(f'{shown}: ')))
-        bar.update(1)
-    if not images:
-      continue
-    if field_scale is None:
-      probs = segment.crops([image for _, image in images])
-      # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
-      scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
-      retypes = [_crop_retype(typer, segment, image) for _, image in images]
-    else:
-      (path, image), = images
-      scale = (field_scale if field_scale != options_lib.AUTO_SCALE
-               else estimated_scale(segment, path, image))
-      probs = [segment.field(image, scale)]
-      scales = [1.0 / scale]
-      retypes = [_field_retype(typer, segment, image, scale)]
-    stems = [output_folder._unique_stem(path, used_stems) for path, _ in images]
-    listing['files'] += [name for stem in stems for name in output_folder.image_output_names(stem)]
-    files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
-    for stem, (path, image), image_probs, scale, retype in zip(stems, images, probs, scales,
-                                                               retypes):
-      image_rows, image_ids = write_image_outputs(
-          output, stem, path, image, image_probs, options.pixel_size_um, table,
-          cell_rules.scaled(scale), config.eval.decode, retype,
-          typer.uncertain_below if typer is not None else 0.0)
-      for row in image_rows:
-        row['field_scale'] = f'{1.0 / scale:.4f}'
-      if not image_rows:
-        tqdm.tqdm.write(f'{input_images.shown(path)}: no cell found'
-                        + _field_hint(image, field_scale),
-                        file=sys.stderr)
-        summary.no_cells.append(input_images.shown(path))
-      rows += image_rows
-      class_ids += image_ids
-      summary.done.append(input_images.shown(path))
-      bar.update(1)
-  bar.close()
-  if not summary.done:   # every input skipped: no empty results to block a corrected rerun
-    (output / output_folder.OUTPUTS_FILE).unlink()
+  used_stems = {d['stem'] for d in done.values()}
+  bars = _Progress(len(paths), len(paths) - len(todo), progress)
+  try:
+    for chunk in _chunks(todo, 1 if field_scale else batch_size):
+      images = []
+      for path in chunk:
+        try:
+          # A field whose scale is yet to be estimated is checked at its own size.
+          images.append((path, input_images.check_image_size(
+              path, input_images.read_input(path),
+              1.0 if field_scale == options_lib.AUTO_SCALE else field_scale)))
+        except errors.DataError as e:
+          tqdm.tqdm.write(f'skipped: {input_images.shown(e)}', file=sys.stderr)
+          shown = input_images.shown(path)
+          summary.skipped.append((shown, input_images.shown(e).removeprefix(f'{shown}: ')))
+          bars.image_done()
+      if not images:
+        continue
+      if field_scale is None:
+        probs = segment.crops([image for _, image in images])
+        # A training pixel spans sqrt(h * w) / size pixels of the crop (its mean side ratio).
+        scales = [math.sqrt(image.shape[0] * image.shape[1]) / size for _, image in images]
+        retypes = [_crop_retype(typer, segment, image) for _, image in images]
+      else:
+        (path, image), = images
+        scale = (field_scale if field_scale != options_lib.AUTO_SCALE
+                 else estimated_scale(segment, path, image))
+        probs = [segment.field(image, scale, tiles_done=bars.tiles_done)]
+        scales = [1.0 / scale]
+        retypes = [_field_retype(typer, segment, image, scale)]
+      stems = [output_folder._unique_stem(path, used_stems) for path, _ in images]
+      names = [name for stem in stems for name in output_folder.image_output_names(stem)]
+      listing['files'] += [name for name in names if name not in listing['files']]
+      files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
+      batch_rows, batch_done = [], []
+      for stem, (path, image), image_probs, scale, retype in zip(stems, images, probs, scales,
+                                                                 retypes):
+        image_rows, _ = write_image_outputs(
+            output, stem, path, image, image_probs, options.pixel_size_um, table,
+            cell_rules.scaled(scale), config.eval.decode, retype,
+            typer.uncertain_below if typer is not None else 0.0)
+        for row in image_rows:
+          row['field_scale'] = f'{1.0 / scale:.4f}'
+        if not image_rows:
+          tqdm.tqdm.write(f'{input_images.shown(path)}: no cell found'
+                          + _field_hint(image, field_scale),
+                          file=sys.stderr)
+          summary.no_cells.append(input_images.shown(path))
+        batch_rows += image_rows
+        batch_done.append({'file': input_images.shown(path), 'stem': stem,
+                           'cells': len(image_rows)})
+      # The rows first, then the record that the images are done: a run stopped between the
+      # two redoes these images when resumed (`cells_table.read_cells` drops their rows).
+      cells_table.append_cells(output / output_folder.CELLS_FILE, batch_rows)
+      rows += batch_rows
+      listing['done'] += batch_done
+      files.write_json_atomic(output / output_folder.OUTPUTS_FILE, listing)
+      summary.done += [d['file'] for d in batch_done]
+      for _ in batch_done:
+        bars.image_done()
+  except KeyboardInterrupt:
+    bars.close()   # the message that follows gets a line of its own
+    kept = {output_folder.image_output_names(d['stem'])[0] for d in listing['done']}
+    rows = [row for row in rows if row['mask_file'] in kept]
+    _write_tables(output, rows, table, summary, typer is not None)
+    n = len(listing['done'])
+    raise errors.PredictionInterrupted(
+        f'interrupted: {n} of {len(paths)} image{"" if len(paths) == 1 else "s"} done, their '
+        f'cells in {output / output_folder.CELLS_FILE}; to continue without redoing them, run '
+        f'the same command with --resume') from None
+  finally:
+    bars.close()
+  if not summary.done and earlier is None:   # all skipped: no empty results to block a rerun
+    for name in (output_folder.OUTPUTS_FILE, output_folder.CELLS_FILE):
+      (output / name).unlink(missing_ok=True)
     return summary
-  summary.differential = cells.differential(
-      class_ids, [table.names[i] for i in table.nucleus_ids], table.nucleus_ids,
-      with_uncertain=typer is not None)
-  summary.not_counted = sum(1 for r in rows if not r['counted'])
-  cells_table.write_cells(output / output_folder.CELLS_FILE, rows)
-  cells_table.write_differential(output / output_folder.DIFFERENTIAL_FILE, summary.differential)
-  write_contact_sheet(output, [n for n in listing['files'] if n.endswith('_overlay.png')], table)
+  _write_tables(output, rows, table, summary, typer is not None)
+  write_contact_sheet(output, [output_folder.image_output_names(d['stem'])[1]
+                               for d in listing['done']], table)
   files.write_json_atomic(output / output_folder.OUTPUTS_FILE, {**listing, 'complete': True})
   return summary
+
+
+def _write_tables(output: pathlib.Path, rows: list[dict], table: classes.ClassTable,
+                  summary: PredictionSummary, with_uncertain: bool) -> None:
+  """cells.csv (whole, atomically) and differential.csv of `rows` (a cell flagged for review
+  counted as uncertain, `with_uncertain`: a model with a cell typer); the summary's counts."""
+  names = [table.names[i] for i in table.nucleus_ids]
+  class_ids = [cells.UNCERTAIN if int(row['review']) else table.names.index(row['predicted_type'])
+               for row in rows if int(row['counted'])]
+  summary.differential = cells.differential(class_ids, names, table.nucleus_ids,
+                                            with_uncertain=with_uncertain)
+  summary.not_counted = sum(1 for row in rows if not int(row['counted']))
+  cells_table.write_cells(output / output_folder.CELLS_FILE, rows)
+  cells_table.write_differential(output / output_folder.DIFFERENTIAL_FILE, summary.differential)
+
+
+class _Progress:
+  """predict's progress on a terminal: a bar of images, and below it a bar of the tiles of the
+  field being segmented (a large field takes minutes). Nothing when `enabled` is false."""
+
+  def __init__(self, total: int, initial: int, enabled: bool):
+    self.enabled = enabled
+    self.images = tqdm.tqdm(total=total, initial=initial, unit='image', dynamic_ncols=True,
+                            disable=not enabled or total < 2)
+    self.tiles = None
+
+  def image_done(self) -> None:
+    self.images.update(1)
+    if self.tiles is not None:
+      self.tiles.close()
+      self.tiles = None
+
+  def tiles_done(self, done: int, total: int) -> None:
+    if not self.enabled or total <= 1:
+      return
+    if self.tiles is None:
+      self.tiles = tqdm.tqdm(total=total, unit='tile', leave=False, dynamic_ncols=True,
+                             position=0 if self.images.disable else 1)
+    self.tiles.update(done - self.tiles.n)
+
+  def close(self) -> None:
+    if self.tiles is not None:
+      self.tiles.close()
+      self.tiles = None
+    self.images.close()
 
 
 def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
@@ -284,12 +365,13 @@ def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
   earlier = output_folder.earlier_outputs(output_dir) if output_dir.is_dir() else []
   paths = input_images.list_images(inputs, exclude=earlier)
   # Before the model loads: a bad --output fails at once.
-  output_folder.prepare_output(output_dir, options.overwrite, output_folder.output_names(paths))
+  output_folder.prepare_output(output_dir, options.overwrite, output_folder.output_names(paths),
+                               resume=options.resume)
   config, variables, source, folder = model_loading.load_model(workdir, which, options.model)
   typer = cell_typing.load_typer(folder, config, variables, options.batch_size)
   logging.info('Segmenting %d image(s) with %s%s.', len(paths), source,
                ', cells typed by its cell typer' if typer else '')
-  progress = len(paths) > 1 and any(pathlib.Path(i).expanduser().is_dir() for i in inputs)
+  progress = sys.stderr.isatty()   # a log file or pipe gets no bar fragments
   if options.tta is None:   # as the model was evaluated
     options = dataclasses.replace(options, tta=bool(config.eval.tta))
   try:

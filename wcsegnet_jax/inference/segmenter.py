@@ -6,7 +6,7 @@ cut into tiles (`fields.segment_field`). predict, the cross-lab scoring and the 
 share this one path, so they see what the model saw in training.
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
@@ -59,9 +59,11 @@ class Segmenter:
       out += list(self._tiles(batch)[:len(chunk)])
     return out
 
-  def field(self, image: np.ndarray, scale: float, standardized: bool = False) -> np.ndarray:
+  def field(self, image: np.ndarray, scale: float, standardized: bool = False,
+            tiles_done: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(round(H * scale), round(W * scale), C) probabilities of a field resized by `scale`, in
-    overlapping tiles; `standardized` when the colour step was already applied."""
+    overlapping tiles; `standardized` when the colour step was already applied; `tiles_done`
+    as `fields.segment_field`'s."""
     image = image if standardized else self.standardize(image)
     return fields.segment_field(self._tiles, fields.resize_field(image, scale), self.size,
-                                batch_size=self.batch_size)
+                                batch_size=self.batch_size, tiles_done=tiles_done)

@@ -135,6 +135,7 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
         f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
         f'(--mode=train with this workdir), or pass --checkpoint=PATH')
   check_eval_config(ckpt_workdir, config, also_free)
+  run_files.check_classes_record(ckpt_workdir, classes.table_of(config.data).names)
   manager = checkpoints.make_manager(ckpt_workdir, read_only=True)
   try:
     step = checkpoints.select_step(manager, which)

@@ -5,8 +5,9 @@ holds three files, written by `tools/build_pretrained.py`:
   config.json        the full training config (the model, normalisation and image size)
   variables.msgpack  parameters and BatchNorm statistics (flax msgpack; float16 where the values
                      fit, which halves the file and changes no prediction we measured)
-  info.json          the file's SHA-256, the test metrics of the stored weights, the images that
-                     trained it, the command that rebuilt it, and the data's licence
+  info.json          the file's SHA-256, the class of each output channel (`classes`), the test
+                     metrics of the stored weights, the images that trained it, the command that
+                     rebuilt it, and the data's licence
 """
 
 import hashlib
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import config_checks
 from wcsegnet_jax.core import config_keys
 from wcsegnet_jax.core import config_lib
@@ -95,7 +97,8 @@ def export(config: ml_collections.ConfigDict, variables: dict, out_dir: str | pa
     section, name = key.split('.')
     config[section][name] = ''
   files.write_text_atomic(out_dir / CONFIG_FILE, config.to_json(indent=2, sort_keys=True))
-  info = dict(info, variables_sha256=hashlib.sha256(data).hexdigest(),
+  info = dict(info, classes=list(classes.table_of(config.data).names),
+              variables_sha256=hashlib.sha256(data).hexdigest(),
               variables_bytes=len(data),
               parameters=models.count_params(stored['params']))
   files.write_json_atomic(out_dir / INFO_FILE, info)
@@ -179,6 +182,14 @@ def load_variables(config: ml_collections.ConfigDict,
   if hashlib.sha256(data).hexdigest() != expected:
     raise PretrainedModelError(f'{path}: corrupt (its SHA-256 is not the one in '
                                f'{directory / INFO_FILE}); {_fix()}')
+  # The checksum covers the weights only: a config.json whose cell types were reordered would
+  # relabel every cell. info.json records the classes the weights output.
+  recorded, names = load_info(directory).get('classes'), list(classes.table_of(config.data).names)
+  if recorded is not None and list(recorded) != names:
+    raise PretrainedModelError(
+        f'{directory / INFO_FILE}: the model outputs the classes {", ".join(map(str, recorded))}, '
+        f'but {directory / CONFIG_FILE} gives {", ".join(names)}: its data.cell_types (or '
+        f'data.cytoplasm) were changed; {_fix()}')
   try:
     stored = serialization.msgpack_restore(data)
   except Exception as e:   # msgpack raises several unrelated types on bad bytes

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import config_lib
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
@@ -163,6 +164,7 @@ def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict
     raise CheckpointError(
         f'{workdir} holds a checkpoint trained with another config; these keys differ: '
         + '; '.join(diffs) + '. Use a new --workdir, or restore the old values.')
+  run_files.check_classes_record(workdir, classes.table_of(config.data).names)
 
 
 def data_changes(saved: dict, current: dict) -> list[str]:

@@ -45,7 +45,7 @@ from wcsegnet_jax.training import workdirs
 # What a run writes in its workdir, checked before any data is built.
 RUN_FOLDERS = ('checkpoints', 'tensorboard')
 RUN_FILES = (workdirs.LOCK_FILE, run_files.CONFIG_FILE, run_files.DATA_FILE,
-             run_files.METRICS_FILE)
+             run_files.CLASSES_FILE, run_files.METRICS_FILE)
 
 
 TrainingDivergedError = errors.TrainingDivergedError
@@ -217,6 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     model = models.model_for(config)
     datasets = input_pipeline.load_datasets(config.data)
     spe = input_pipeline.steps_per_epoch(datasets, config)
+    if (oversized := input_pipeline.oversized_batch_warning(datasets, config)) and lead:
+      logging.warning('%s', oversized)
     total_steps = min(t.num_epochs * spe, t.max_steps or t.num_epochs * spe)
     init = functools.partial(create_train_state, config, model,
                              tx=make_optimizer(t, spe, total_steps))
@@ -241,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.info('Resumed from %s at step %d.', manager.directory, resume_step)
     if lead:   # with the data paths as read, so that evaluate finds the data by itself
       run_files.write_config(workdir, with_data_paths(config))
+      run_files.write_classes_record(workdir, classes.table_of(config.data).names)
       run_files.write_data_record(workdir, record)
     writer = metric_writers.MetricWriter(workdir, enabled=lead, resume_step=resume_step,
                                          started_at=started_at)
@@ -254,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     history, timer = [], metric_writers.StepTimer(step)
     progress = RunProgress(total_steps, spe, enabled=t.progress_bar and lead)
     learning_rate = learning_rate_schedule(t, spe, total_steps)
-    interrupted = False
+    interrupted, failure = False, None
     if total_steps == 0 and manager.latest_step() is None:   # the initial model, kept as is
       checkpointing.save(manager, 0, state, train_iter, None)
     try:
@@ -282,17 +285,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                              None if best is None else {checkpoints.BEST_METRIC: best})
     except KeyboardInterrupt:
       interrupted = True
+    except BaseException as e:   # a divergence, an error: kept whatever the closing does
+      failure = e
+      raise
     finally:
       progress.abandon()   # stopped mid-epoch: what is printed next gets a line of its own
-      try:
-        writer.close()
-      finally:
-        checkpointing.finish(manager)   # the save in flight completes, whatever close raised
+      close_run(writer, manager, failure, interrupted)
     if interrupted:
       raise TrainingInterrupted(interrupted_message(step, manager.latest_step()))
     if config.typer.fit and lead:
       typer_fitting.fit_into(workdir, config, jax.device_get(variables_of(state)), datasets)
     return state
+
+
+def complete_checkpoints(directory: pathlib.Path) -> list[int]:
+  """The steps whose checkpoint orbax finished (renamed from its temporary folder)."""
+  directory = pathlib.Path(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if (
+      directory.is_dir()) else []
+
+
+def close_run(writer: metric_writers.MetricWriter, manager, failure: BaseException | None,
+              interrupted: bool = False) -> None:
+  """Closes the metric log and waits for the checkpoint in flight to complete (whatever the
+  close raised). With a `failure` on its way out (a divergence, an error), a failure here is one
+  logged line, so it never hides that one; a Ctrl-C during the wait is a TrainingInterrupted
+  saying what the run leaves (`interrupted`: a second one, after the first stopped the loop)."""
+  try:
+    try:
+      writer.close()
+    finally:
+      checkpointing.finish(manager)
+  except KeyboardInterrupt:
+    steps = complete_checkpoints(manager.directory)
+    left = (f'last complete checkpoint {steps[-1]}; run the same command to resume' if steps
+            else 'no complete checkpoint; run the same command to start again')
+    stopped = (f'{errors.user_error(failure) or failure}; then interrupted' if failure
+               else 'interrupted again' if interrupted else 'interrupted')
+    raise TrainingInterrupted(
+        f'{stopped} while the last checkpoint was being written (left out if incomplete); '
+        f'{left}') from None
+  except Exception as e:   # pylint: disable=broad-except
+    if failure is None:
+      raise
+    logging.error('While stopping: %s', errors.user_error(e) or e)
 
 
 def with_data_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
