@@ -100,10 +100,10 @@ class CellFeatures:
     return (np.stack([np.zeros(width, np.float32) if v is None else v for v in features])
             if features else np.zeros((0, 0), np.float32), np.array(found, bool))
 
-  def central_cell(self, probs: np.ndarray) -> tuple[np.ndarray, cells.Cell] | None:
+  def central_cell(self, pred_map: np.ndarray, probs: np.ndarray
+                   ) -> tuple[np.ndarray, cells.Cell] | None:
     """(the cell's mask, the cell) of the crop's cell whose nucleus centre is nearest the
     crop's centre; None where the crop shows no cell."""
-    pred_map = np.asarray(decoding.decode(probs, self.table, self.config.eval.decode))
     found, labels = cells.find_cells(pred_map, probs, self.table, self.rules)
     if not found:
       return None
@@ -113,11 +113,11 @@ class CellFeatures:
     return labels == k + 1, found[k]
 
   def _one(self, crop: np.ndarray, probs: np.ndarray, maps: dict) -> np.ndarray | None:
-    picked = self.central_cell(probs)
+    pred_map = np.asarray(decoding.decode(probs, self.table, self.config.eval.decode))
+    picked = self.central_cell(pred_map, probs)
     if picked is None:
       return None
     own, cell = picked
-    pred_map = np.asarray(decoding.decode(probs, self.table, self.config.eval.decode))
     nucleus = own & np.isin(pred_map, self.table.nucleus_ids)
     cytoplasm = own & ~nucleus if self.table.cytoplasm else _ring(nucleus)
     parts = []
