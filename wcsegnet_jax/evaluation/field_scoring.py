@@ -40,12 +40,26 @@ def _box_centre(cell: cells.Cell) -> tuple[float, float]:
   return (x0 + x1) / 2, (y0 + y1) / 2
 
 
+def _inside_boxes(field: typed_fields.TypedField, found: Sequence[cells.Cell]
+                  ) -> list[list[cells.Cell]]:
+  """Per true cell: the found cells whose box centre lies in its box."""
+  return [[c for c in found if truth.holds(*_box_centre(c))] for truth in field.cells]
+
+
+def matched_cells(field: typed_fields.TypedField, found: Sequence[cells.Cell]
+                  ) -> list[cells.Cell | None]:
+  """Per true cell: its match among `found` (the largest nucleus of those inside its box), or
+  None where it was missed."""
+  return [max(cands, key=lambda c: c.nucleus_area_px) if cands else None
+          for cands in _inside_boxes(field, found)]
+
+
 def match_field(field: typed_fields.TypedField, found: Sequence[cells.Cell],
                 type_names: Sequence[str], scale: float = 1.0) -> FieldOutcome:
   """Matches `found` (boxes in the field's own pixels, types by class id into `type_names`)
   to the field's typed cells."""
-  inside = [[c for c in found if truth.holds(*_box_centre(c))] for truth in field.cells]
-  matched = [max(cands, key=lambda c: c.nucleus_area_px) if cands else None for cands in inside]
+  inside = _inside_boxes(field, found)
+  matched = matched_cells(field, found)
   in_any = {id(c) for cands in inside for c in cands}
   return FieldOutcome(
       file=field.path.name, true_types=[c.cell_type for c in field.cells],

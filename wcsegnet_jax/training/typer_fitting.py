@@ -24,10 +24,10 @@ from wcsegnet_jax.data import augment
 from wcsegnet_jax.data import color
 from wcsegnet_jax.data import image_files
 from wcsegnet_jax.data import typed_fields
+from wcsegnet_jax.evaluation import field_scoring
 from wcsegnet_jax.inference import fields
 from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
-from wcsegnet_jax.model import decoding
 from wcsegnet_jax.model import metrics
 
 FOLDS = 5
@@ -84,10 +84,10 @@ def field_crops(segment: segmenter.Segmenter, typed: Sequence[typed_fields.Typed
   for field in typed:
     image = image_files.read_rgb(field.path)
     scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
-    probs = plain.field(image, scale)
-    found, _ = cells.find_cells(decoding.decode(probs, table, config.eval.decode), probs,
-                                    table, cells.CellRules())
-    centres = [_centre_in(truth, found, scale) for truth in field.cells]
+    found = field_scoring.cells_at_field_scale(plain.field(image, scale), table,
+                                               cells.CellRules(), config.eval.decode, scale)
+    centres = [_centre(truth, match, scale) for truth, match
+               in zip(field.cells, field_scoring.matched_cells(field, found))]
     crops += list(cell_typing.cell_crops(fields.resize_field(image, scale), centres,
                                          segment.size, config.data, config.typer.crop_color))
     labels += [list(table.cell_types).index(truth.cell_type) for truth in field.cells]
@@ -101,16 +101,14 @@ def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
                     np.full(len(labels), float(weight)))
 
 
-def _centre_in(truth: typed_fields.TypedCell, found: Sequence[cells.Cell],
-               scale: float) -> tuple[float, float]:
-  """The centre (at `scale`) of the found cell with the largest nucleus whose box centre lies
-  in the true box (as `field_scoring` matches them), else the box's centre."""
-  x0, y0, x1, y1 = (v * scale for v in truth.box)
-  inside = [c for c in found
-            if x0 <= (c.bbox[0] + c.bbox[2]) / 2 < x1 and y0 <= (c.bbox[1] + c.bbox[3]) / 2 < y1]
-  if inside:
-    return max(inside, key=lambda c: c.nucleus_area_px).centre
-  return (x0 + x1) / 2, (y0 + y1) / 2
+def _centre(truth: typed_fields.TypedCell, match: cells.Cell | None,
+            scale: float) -> tuple[float, float]:
+  """Where to cut a typed cell's crop, at `scale`: the centre of the model's cell that matches
+  it (`field_scoring.matched_cells`), else the centre of its box."""
+  if match is not None:
+    return match.centre[0] * scale, match.centre[1] * scale
+  x0, y0, x1, y1 = truth.box
+  return (x0 + x1) / 2 * scale, (y0 + y1) / 2 * scale
 
 
 def _folds_of(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
