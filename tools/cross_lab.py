@@ -62,6 +62,7 @@ flags.DEFINE_multi_string('override', [], 'lodo, finetune_cv: extra KEY=VALUE co
 flags.DEFINE_string('finetune_config', 'configs/finetune_fields.py', 'finetune_cv: the '
                     'fine-tuning config.')
 flags.DEFINE_integer('folds', 5, 'finetune_cv: number of folds.')
+flags.DEFINE_integer('fold_seed', 0, 'finetune_cv: the seed that deals the fields into folds.')
 flags.DEFINE_list('curve', [], 'finetune_cv: training-field counts for a learning curve on '
                   'fold 0.')
 
@@ -121,7 +122,7 @@ def _finetune(fields, run_dir: pathlib.Path) -> str:
 def finetune_cv_command() -> None:
   """k-fold fine-tuning on typed fields; the held-out folds pooled, and a learning curve."""
   fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
-  folds = typed_fields.stratified_folds(fields, FLAGS.folds)
+  folds = typed_fields.stratified_folds(fields, FLAGS.folds, FLAGS.fold_seed)
   prefix = pathlib.Path(FLAGS.workdir_prefix)
   pooled, sections, record = [], [], {'folds': [], 'curve': []}
   for k, held_out in enumerate(folds):
