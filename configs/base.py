@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.folder_dir = ''
   # Where the TFDS builds (array_record) go. '' reads WCSEG_TFDS_DIR, else ~/tensorflow_datasets.
   d.tfds_dir = ''
-  d.datasets = ('jiangxi', 'cellavision')   # trained on their union, evaluated one by one
+  d.datasets = ('jiangxi', 'cellavision')  # trained on their union, evaluated one by one
   d.image_size = 120
   # The cell types kept (of neutrophil, lymphocyte, monocyte, eosinophil, basophil), in the order
   # of their class ids: 0 is background, then these (their nucleus pixels), so the paper's three
@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Times each dataset's train split enters an epoch, one per entry of `datasets`; () = once
   # each (the paper: the plain union). (1, 3) shows the 47 CellaVision images three times.
   d.dataset_repeats = ()
-  d.test_fraction = 0.2                      # the paper's 80:20 split, stratified by cell type
+  d.test_fraction = 0.2  # the paper's 80:20 split, stratified by cell type
   d.split_seed = 0
   # Mask gray levels are snapped to the nearest of 0/128/255. A mask with more than
   # `mask_max_off_level_fraction` of its pixels farther than `mask_level_tolerance` from every
@@ -76,24 +76,24 @@ def get_config() -> ml_collections.ConfigDict:
   # truth.csv (type and box per white cell, no masks). The model of train.init_from labels each
   # typed cell's pixels; the crops replace data.datasets. '' = off.
   d.fields_dir = ''
-  d.fields_scale = 0.0         # the fields' scale to the training crops'; 0 = estimated per field
+  d.fields_scale = 0.0  # the fields' scale to the training crops'; 0 = estimated per field
 
   # --- Augmentation (Keras ImageDataGenerator semantics; units explicit) -------------------------
   c.augment = a = ml_collections.ConfigDict()
   a.enabled = True
-  a.rotation_deg = 40.0        # uniform in [-40, 40] degrees
-  a.width_shift = 0.2          # fraction of the width, uniform in [-0.2, 0.2]
-  a.height_shift = 0.2         # fraction of the height
+  a.rotation_deg = 40.0  # uniform in [-40, 40] degrees
+  a.width_shift = 0.2  # fraction of the width, uniform in [-0.2, 0.2]
+  a.height_shift = 0.2  # fraction of the height
   # Keras reads `shear_range=0.2` as 0.2 DEGREES: the paper's shear is nearly the identity.
   # We keep that faithful reading; set e.g. 11.5 for a shear of 0.2 radians.
   a.shear_deg = 0.2
-  a.zoom = 0.2                 # scale factors uniform in [1-0.2, 1+0.2]
+  a.zoom = 0.2  # scale factors uniform in [1-0.2, 1+0.2]
   # (lower, upper) scale factors instead of zoom's symmetric range when given (Keras' zoom_range
   # as a pair): a factor below 1 magnifies (each output pixel samples nearer the centre).
   a.zoom_range = ()
   a.zoom_independent_xy = True  # Keras draws the x and y zoom independently
   a.horizontal_flip = True
-  a.fill_mode = 'nearest'      # border fill: 'nearest' (Keras' default), 'reflect', 'constant'
+  a.fill_mode = 'nearest'  # border fill: 'nearest' (Keras' default), 'reflect', 'constant'
   # Colour jitter (not in the paper; 0 = off): brightness, contrast and saturation factors
   # uniform in [1-x, 1+x], and a hue rotation uniform in [-hue_deg, hue_deg] degrees.
   a.brightness = 0.0
@@ -107,37 +107,37 @@ def get_config() -> ml_collections.ConfigDict:
   a.blur_sigma = 0.0
   a.noise_std = 0.0
   a.jpeg_quality = 0
-  a.augment_repeats = 10       # an epoch sees each training image this many times (ten-fold)
+  a.augment_repeats = 10  # an epoch sees each training image this many times (ten-fold)
 
   # --- Input pipeline -----------------------------------------------------------------------------
   c.input = i = ml_collections.ConfigDict()
-  i.num_workers = 0            # grain worker processes; 0 = in the main process
+  i.num_workers = 0  # grain worker processes; 0 = in the main process
   i.worker_buffer_size = 2
-  i.read_threads = 4           # threads per process reading and augmenting (OpenCV frees the GIL)
-  i.prefetch = 8               # batches read ahead per process
+  i.read_threads = 4  # threads per process reading and augmenting (OpenCV frees the GIL)
+  i.prefetch = 8  # batches read ahead per process
   i.shuffle_seed = 0
 
   # --- Model --------------------------------------------------------------------------------
   c.model = m = ml_collections.ConfigDict()
   # The number of classes is not a knob: it follows data.cell_types and data.cytoplasm.
-  m.base_width = 64            # widths base * 2**level: 64, 128, 256, 512, bottleneck 1024
-  m.num_levels = 4             # 2x2 poolings; the input is padded to a multiple of 2**num_levels
+  m.base_width = 64  # widths base * 2**level: 64, 128, 256, 512, bottleneck 1024
+  m.num_levels = 4  # 2x2 poolings; the input is padded to a multiple of 2**num_levels
   m.blocks_per_stage = 2
-  m.residual = True            # WCSegNet's residual Conv-Blocks; False gives the plain U-Net
+  m.residual = True  # WCSegNet's residual Conv-Blocks; False gives the plain U-Net
   m.activation = 'leaky_relu'  # 'leaky_relu' | 'relu'
-  m.leaky_relu_slope = 0.3     # Keras' LeakyReLU default; the paper gives none
-  m.block_norm = 'none'        # 'none' | 'batch' inside the Conv-Blocks (the paper has none)
+  m.leaky_relu_slope = 0.3  # Keras' LeakyReLU default; the paper gives none
+  m.block_norm = 'none'  # 'none' | 'batch' inside the Conv-Blocks (the paper has none)
   # BatchNorm running-average momentum. The paper gives none; Keras' and Flax's 0.99 let the
   # running statistics lag behind the growing activations of the unnormalised blocks, and some
   # runs then predicted all background at evaluation; 0.9 (PyTorch's default) did not
   # (docs/results.md).
   m.bn_momentum = 0.9
-  m.encoder_dropout = 0.5      # after the deepest encoder stage
-  m.decoder_dropout = 0.5      # "two dropouts mid-path" of the decoder
-  m.decoder_dropout_stages = (0, 1)   # decoder stages (0 = deepest) followed by a dropout
-  m.head_dropout = 0.1         # in the head: conv3x3 + BatchNorm + act + dropout
-  m.upsample = 'transpose'     # 'transpose' (learned 2x2, stride 2) | 'nearest' (resize)
-  m.pad_mode = 'reflect'       # how the input is padded to a multiple of 2**num_levels
+  m.encoder_dropout = 0.5  # after the deepest encoder stage
+  m.decoder_dropout = 0.5  # "two dropouts mid-path" of the decoder
+  m.decoder_dropout_stages = (0, 1)  # decoder stages (0 = deepest) followed by a dropout
+  m.head_dropout = 0.1  # in the head: conv3x3 + BatchNorm + act + dropout
+  m.upsample = 'transpose'  # 'transpose' (learned 2x2, stride 2) | 'nearest' (resize)
+  m.pad_mode = 'reflect'  # how the input is padded to a multiple of 2**num_levels
   # 1 = the paper. p > 1 folds each p x p pixel patch into channels at the input and unfolds p*p
   # logits per class at the output: the U-Net runs at 1/p resolution (the CPU recipe uses 2).
   m.patch_size = 1
@@ -145,18 +145,18 @@ def get_config() -> ml_collections.ConfigDict:
   # convs of this width over the image and the logits, adding a correction to the logits (zero
   # at initialisation). With patch_size > 1 it lets pixel-exact edges follow the image.
   m.refine_width = 0
-  m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
+  m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16' (parameters stay float32)
 
   # --- Training -----------------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
-  t.batch_size = 16            # global, over all devices and hosts
+  t.batch_size = 16  # global, over all devices and hosts
   t.num_epochs = 100
   t.learning_rate = 1e-4
-  t.lr_schedule = 'constant'   # 'constant' | 'cosine' (with warm-up)
+  t.lr_schedule = 'constant'  # 'constant' | 'cosine' (with warm-up)
   t.warmup_epochs = 0.0
-  t.loss = 'ce'                # 'ce' | 'dice_ce'
-  t.dice_weight = 1.0          # weight of the soft Dice term in 'dice_ce'
-  t.class_weights = ()         # () = unweighted; else one weight per class
+  t.loss = 'ce'  # 'ce' | 'dice_ce'
+  t.dice_weight = 1.0  # weight of the soft Dice term in 'dice_ce'
+  t.class_weights = ()  # () = unweighted; else one weight per class
   # > 0 keeps an exponential moving average of the parameters (decay per step, warmed up as
   # min(decay, (1 + step) / (10 + step))). Training never reads it; evaluation during training,
   # the best checkpoint and `--mode=evaluate` / predict / exports use it (eval.ema). 0 = off,
@@ -165,8 +165,8 @@ def get_config() -> ml_collections.ConfigDict:
   t.log_every_steps = 50
   t.eval_every_epochs = 1
   t.checkpoint_every_epochs = 1
-  t.keep_checkpoints = 3       # the last N, plus the best by test Dice
-  t.max_steps = 0              # > 0 stops early (smoke runs, benchmarks)
+  t.keep_checkpoints = 3  # the last N, plus the best by test Dice
+  t.max_steps = 0  # > 0 stops early (smoke runs, benchmarks)
   # A resume whose images or splits differ from those the run started on (workdir/data.json)
   # is refused: its test metrics would mix two data sets. True goes on with the new data.
   t.resume_on_changed_data = False
@@ -174,37 +174,37 @@ def get_config() -> ml_collections.ConfigDict:
   # (the shipped default model), 'pretrained:NAME' (a shipped model by name) or a training
   # workdir (its latest checkpoint). Its model config must be this config's.
   t.init_from = ''
-  t.progress_bar = True       # one bar over the whole run (its ETA), shown on a terminal only
-  t.distributed = False        # call jax.distributed.initialize() for multi-host runs
+  t.progress_bar = True  # one bar over the whole run (its ETA), shown on a terminal only
+  t.distributed = False  # call jax.distributed.initialize() for multi-host runs
 
   # --- Evaluation / prediction --------------------------------------------------------------------
   # A cell typer (wcsegnet_jax/cells/cell_typing.py): a linear classifier over the net's features
   # pooled over each cell, fitted after training; predict then types cells with it instead of
   # the vote of their nucleus pixels.
   c.typer = y = ml_collections.ConfigDict()
-  y.fit = False                # fit one at the end of training (and save it in the workdir)
-  y.encoder_stages = 3         # the finest encoder stages pooled...
-  y.decoder_stages = 2         # ...and the finest decoder stages
-  y.crop_color = 'crop'        # the colour step on each cell's crop alone | 'field' (whole)
-  y.views = 6                  # augmented views of each training crop
-  y.l2 = 0.01                  # weight decay of the classifier
-  y.field_weight = 20.0        # a lab's typed cell (data.fields_dir) counts as this many crops
-  y.uncertain_below = 0.5      # a cell whose calibrated confidence is lower is flagged for review
+  y.fit = False  # fit one at the end of training (and save it in the workdir)
+  y.encoder_stages = 3  # the finest encoder stages pooled...
+  y.decoder_stages = 2  # ...and the finest decoder stages
+  y.crop_color = 'crop'  # the colour step on each cell's crop alone | 'field' (whole)
+  y.views = 6  # augmented views of each training crop
+  y.l2 = 0.01  # weight decay of the classifier
+  y.field_weight = 20.0  # a lab's typed cell (data.fields_dir) counts as this many crops
+  y.uncertain_below = 0.5  # a cell whose calibrated confidence is lower is flagged for review
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 32
-  e.raw_dir = ''               # evaluate every image of this folder (raw or folder layout)
-  e.raw_layout = 'auto'        # 'auto' | 'wbc' | 'folder'
+  e.raw_dir = ''  # evaluate every image of this folder (raw or folder layout)
+  e.raw_layout = 'auto'  # 'auto' | 'wbc' | 'folder'
   # 'latest' | 'best' | a step | a path. 'best' was picked by test Dice during training, so its
   # test figures are optimistic; 'latest' is the unbiased default.
   e.checkpoint = 'latest'
-  e.tta = False                # average predictions over flips
-  e.tta_rotations = False      # with tta: the 8 symmetries of the square, not only the 4 flips
+  e.tta = False  # average predictions over flips
+  e.tta_rotations = False  # with tta: the 8 symmetries of the square, not only the 4 flips
   # How probabilities become a label map (decoding.py): 'argmax' (the paper) | 'by_part' (the
   # most probable part, background / nucleus / cytoplasm, summed over its classes, then its
   # most probable class: an unsure type does not turn a sure nucleus into background).
   e.decode = 'argmax'
-  e.ema = True                 # the averaged parameters, where the run kept them (train.ema_decay)
+  e.ema = True  # the averaged parameters, where the run kept them (train.ema_decay)
   e.worst_k = 8
   e.figure_rows = 8
   return c

@@ -58,10 +58,10 @@ def get_config():
   a.rotation_deg = 180.0
   a.width_shift = 0.1
   a.height_shift = 0.1
-  a.zoom_range = (0.7, 1.15)   # below 1 magnifies: up to 1.43x, down to 0.87x
+  a.zoom_range = (0.7, 1.15)  # below 1 magnifies: up to 1.43x, down to 0.87x
   a.fill_mode = 'reflect'
   a.augment_repeats = 3
-  config.data.dataset_repeats = (1, 5)   # jiangxi, cellavision
+  config.data.dataset_repeats = (1, 5)  # jiangxi, cellavision
 
   t = config.train
   t.batch_size = 16

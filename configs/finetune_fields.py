@@ -26,7 +26,7 @@ cores for ~110 fields, most of it the features of the training cells and the lab
 from wcsegnet_jax.model import shipped_model
 
 
-MODEL = 'differential'   # the shipped five-type model, made for other labs' smears
+MODEL = 'differential'  # the shipped five-type model, made for other labs' smears
 
 
 def get_config():
@@ -34,8 +34,8 @@ def get_config():
   config.name = 'finetune_fields'
   config.train.init_from = f'pretrained:{MODEL}'
   config.train.num_epochs = 0
-  config.data.fields_dir = ''   # the lab's folder, given on the command line
-  config.data.fields_scale = 0.0   # estimated per field (when the network trains on them)
+  config.data.fields_dir = ''  # the lab's folder, given on the command line
+  config.data.fields_scale = 0.0  # estimated per field (when the network trains on them)
   config.typer.fit = True
   config.typer.crop_color = 'field'
   config.typer.field_weight = 20.0

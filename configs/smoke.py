@@ -13,7 +13,7 @@ def get_config():
   config.augment.augment_repeats = 1
   config.train.batch_size = 8
   config.train.num_epochs = 2
-  config.train.learning_rate = 1e-3   # a tiny net in two epochs needs a bolder step
+  config.train.learning_rate = 1e-3  # a tiny net in two epochs needs a bolder step
   config.train.log_every_steps = 10
   config.eval.batch_size = 16
   return config

@@ -14,11 +14,11 @@ def get_config():
   config.name = 'wcseg_plus'
   config.model.dtype = 'bfloat16'
   config.train.batch_size = 64
-  config.train.learning_rate = 4e-4        # sqrt scaling from 1e-4 at batch 16
+  config.train.learning_rate = 4e-4  # sqrt scaling from 1e-4 at batch 16
   config.train.lr_schedule = 'cosine'
   config.train.warmup_epochs = 2.0
   config.train.num_epochs = 150
   config.train.loss = 'dice_ce'
-  config.train.class_weights = (1.0, 1.0, 4.0, 1.0)   # background, neutro, baso, lympho
+  config.train.class_weights = (1.0, 1.0, 4.0, 1.0)  # background, neutro, baso, lympho
   config.eval.tta = True
   return config

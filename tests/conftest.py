@@ -21,9 +21,11 @@ from wcsegnet_jax.data import tfds_builder
 
 # The public WBC Image Dataset, where this machine has it (tests on it are skipped otherwise).
 # CI and developers keep shared/ beside the checkout.
-REAL_WBC_DIR = pathlib.Path(os.environ.get(
-    'WCSEG_TEST_REAL_DATA',
-    os.path.join(ROOT, '..', 'shared', 'datasets', 'segmentation_WBC'))).resolve()
+REAL_WBC_DIR = pathlib.Path(
+  os.environ.get(
+    'WCSEG_TEST_REAL_DATA', os.path.join(ROOT, '..', 'shared', 'datasets', 'segmentation_WBC')
+  )
+).resolve()
 
 
 def pytest_configure(config):
@@ -33,8 +35,9 @@ def pytest_configure(config):
   if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   config.addinivalue_line(
-      'markers', 'slow: takes more than a few seconds (still run by default; '
-      'deselect with -m "not slow")')
+    'markers',
+    'slow: takes more than a few seconds (still run by default; deselect with -m "not slow")',
+  )
 
 
 def data_config(raw_dir, tfds_dir, **overrides):
@@ -81,8 +84,12 @@ def small_disk(tmp_path):
     pytest.skip('a full disk is simulated with a small tmpfs, which only root may mount')
   disk = tmp_path / 'small_disk'
   disk.mkdir()
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)],
-                           capture_output=True, text=True, check=False)
+  mounted = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(disk)],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if mounted.returncode:
     pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
   try:
@@ -94,6 +101,7 @@ def small_disk(tmp_path):
 def _share_compilations(cache_dir: str) -> None:
   """Tests build the same tiny programs many times (and in subprocesses): compile each once."""
   import jax  # pylint: disable=g-import-not-at-top
+
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', cache_dir)
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
@@ -102,5 +110,8 @@ def _share_compilations(cache_dir: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-_share_compilations(os.path.join(
-    os.environ.get('PYTEST_JAX_CACHE_ROOT', '/tmp'), f'wcsegnet_jax_test_cache_{os.getuid()}'))
+_share_compilations(
+  os.path.join(
+    os.environ.get('PYTEST_JAX_CACHE_ROOT', '/tmp'), f'wcsegnet_jax_test_cache_{os.getuid()}'
+  )
+)

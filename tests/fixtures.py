@@ -22,20 +22,21 @@ from wcsegnet_jax.core import classes
 SUBSET_DIRS = {'jiangxi': 'Dataset 1', 'cellavision': 'Dataset 2'}
 CSV_HEADER = 'image ID,class label'
 # Stray gray levels as some of the real masks carry them: each snaps to a level of 0/128/255.
-STRAY_BACKGROUND = (3, 50)   # 50 is farther than the tolerance (40) from every level: "off"
+STRAY_BACKGROUND = (3, 50)  # 50 is farther than the tolerance (40) from every level: "off"
 STRAY_CYTOPLASM = 130
 STRAY_NUCLEUS = 250
-STRAY_FRACTION = 0.003       # of the background pixels; well under the 1% allowed off-level
+STRAY_FRACTION = 0.003  # of the background pixels; well under the 1% allowed off-level
 
 
 @dataclasses.dataclass(frozen=True)
 class FakeImage:
   """One generated image: its file id, CSV id and code, and the clean mask (0/128/255)."""
-  file_id: str          # '007' (the file name's stem)
-  csv_id: str           # '7'
-  type_code: int        # 1..5 as in the CSV
-  mask: np.ndarray      # clean mask at the written size, before stray pixels
-  image: np.ndarray     # the RGB image written (as BGR, the way image files store it)
+
+  file_id: str  # '007' (the file name's stem)
+  csv_id: str  # '7'
+  type_code: int  # 1..5 as in the CSV
+  mask: np.ndarray  # clean mask at the written size, before stray pixels
+  image: np.ndarray  # the RGB image written (as BGR, the way image files store it)
 
   @property
   def cell_type(self) -> str:
@@ -71,8 +72,7 @@ def cell_image(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
 def add_stray_levels(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
   """Sprinkles stray gray levels that snap back to the clean mask's level at each pixel."""
   noisy = mask.copy()
-  for level, stray in ((0, STRAY_BACKGROUND), (128, (STRAY_CYTOPLASM,)),
-                       (255, (STRAY_NUCLEUS,))):
+  for level, stray in ((0, STRAY_BACKGROUND), (128, (STRAY_CYTOPLASM,)), (255, (STRAY_NUCLEUS,))):
     ys, xs = np.nonzero(mask == level)
     n = max(1, int(STRAY_FRACTION * mask.size / len(stray)))
     for value in stray:
@@ -117,7 +117,7 @@ def write_with_orientation(path: pathlib.Path, stored: np.ndarray, orientation: 
 def truncate(path: pathlib.Path, keep: float = 0.5) -> pathlib.Path:
   """Cuts a file to its first `keep` fraction, like an interrupted copy or download."""
   data = path.read_bytes()
-  path.write_bytes(data[:int(len(data) * keep)])
+  path.write_bytes(data[: int(len(data) * keep)])
   return path
 
 
@@ -140,8 +140,9 @@ def damage_checkpoint(step_dir: pathlib.Path, how: str) -> None:
     raise ValueError(how)
 
 
-def make_wbc_raw(root, n_per_type=None, size1: int = 120, size2: int = 300,
-                 seed: int = 0) -> dict[str, list[FakeImage]]:
+def make_wbc_raw(
+  root, n_per_type=None, size1: int = 120, size2: int = 300, seed: int = 0
+) -> dict[str, list[FakeImage]]:
   """Writes both subsets of the WBC layout under `root`; returns {source: [FakeImage]}.
 
   `n_per_type` maps CSV codes (1 neutrophil, 2 lymphocyte, 3 monocyte, 4 eosinophil, 5 basophil)
@@ -159,20 +160,22 @@ def make_wbc_raw(root, n_per_type=None, size1: int = 120, size2: int = 300,
     codes = [codes[i] for i in rng.permutation(len(codes))]
     images = []
     for k, code in enumerate(codes):
-      number = 1 + 2 * k + int(k % 3 == 0)   # 2, 3, 5, 8, 9, 11, 14, ...: ids with gaps
+      number = 1 + 2 * k + int(k % 3 == 0)  # 2, 3, 5, 8, 9, 11, 14, ...: ids with gaps
       mask = cell_mask(rng, size)
       fake = FakeImage(f'{number:03d}', str(number), code, mask, cell_image(rng, mask))
       write_rgb(folder / f'{fake.file_id}.bmp', fake.image)
       write_gray(folder / f'{fake.file_id}.png', add_stray_levels(rng, fake.mask))
       images.append(fake)
-    write_csv(root / f'Class Labels of {SUBSET_DIRS[source]}.csv',
-              [(f.csv_id, f.type_code) for f in images])
+    write_csv(
+      root / f'Class Labels of {SUBSET_DIRS[source]}.csv', [(f.csv_id, f.type_code) for f in images]
+    )
     manifest[source] = images
   return manifest
 
 
-def make_folder_raw(root, with_labels_csv: bool = True, size: int = 100,
-                    n_per_type=None, seed: int = 1) -> list[FakeImage]:
+def make_folder_raw(
+  root, with_labels_csv: bool = True, size: int = 100, n_per_type=None, seed: int = 1
+) -> list[FakeImage]:
   """Writes the `folder` layout: images/*.png, masks/*.png and (optionally) labels.csv.
 
   With labels.csv, masks follow the WBC scheme and one row names its type by name instead of by
@@ -182,8 +185,9 @@ def make_folder_raw(root, with_labels_csv: bool = True, size: int = 100,
   """
   n_per_type = {1: 3, 2: 3, 5: 2, 4: 1} if n_per_type is None else n_per_type
   if not with_labels_csv:
-    n_per_type = {c: n for c, n in n_per_type.items() if classes.CSV_CELL_TYPES[c] in
-                  classes.CLASS_ID}
+    n_per_type = {
+      c: n for c, n in n_per_type.items() if classes.CSV_CELL_TYPES[c] in classes.CLASS_ID
+    }
   root = pathlib.Path(root)
   (root / 'images').mkdir(parents=True, exist_ok=True)
   (root / 'masks').mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,6 @@ def make_folder_raw(root, with_labels_csv: bool = True, size: int = 100,
     images.append(fake)
   if with_labels_csv:
     rows = [(f.csv_id, f.type_code) for f in images]
-    rows[0] = (rows[0][0], images[0].cell_type)   # a type name instead of a code
+    rows[0] = (rows[0][0], images[0].cell_type)  # a type name instead of a code
     write_csv(root / 'labels.csv', rows)
   return images

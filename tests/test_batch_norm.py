@@ -23,10 +23,16 @@ def _init_both(x, momentum=0.9):
   rng = np.random.default_rng(1)
   c = x.shape[-1]
   # Trained-looking parameters and statistics, shared by both modules.
-  variables = {'params': {'scale': jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32),
-                          'bias': jnp.asarray(rng.normal(size=c), jnp.float32)},
-               'batch_stats': {'mean': jnp.asarray(rng.normal(size=c), jnp.float32),
-                               'var': jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)}}
+  variables = {
+    'params': {
+      'scale': jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32),
+      'bias': jnp.asarray(rng.normal(size=c), jnp.float32),
+    },
+    'batch_stats': {
+      'mean': jnp.asarray(rng.normal(size=c), jnp.float32),
+      'var': jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32),
+    },
+  }
   return ours, flax_bn, variables
 
 
@@ -47,8 +53,9 @@ def test_training_output_and_running_statistics_match_flax():
   y_ref, updates_ref = flax_bn.apply(variables, x, mutable=['batch_stats'])
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
   for key in ('mean', 'var'):
-    np.testing.assert_allclose(updates['batch_stats'][key], updates_ref['batch_stats'][key],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      updates['batch_stats'][key], updates_ref['batch_stats'][key], rtol=1e-5, atol=1e-6
+    )
   # The output is normalised per channel: zero mean and the parameters' scale.
   y_hat = (y - variables['params']['bias']) / variables['params']['scale']
   np.testing.assert_allclose(y_hat.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
@@ -77,7 +84,7 @@ def test_gradients_match_flax_autodiff():
 
   def loss(module, params, x):
     y, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
-    return jnp.sum(jnp.tanh(y) * weights)   # a non-linear loss: dy varies per element
+    return jnp.sum(jnp.tanh(y) * weights)  # a non-linear loss: dy varies per element
 
   grads = jax.grad(loss, argnums=(1, 2))(ours, variables['params'], x)
   grads_ref = jax.grad(loss, argnums=(1, 2))(flax_bn, variables['params'], x)
@@ -99,8 +106,9 @@ def test_gradient_through_the_statistics_matches_autodiff():
     rows = x.reshape(-1, 3)
     return jnp.sum(rows.mean(0) * jnp.arange(3.0)) + jnp.sum(jnp.sqrt(rows.var(0)))
 
-  np.testing.assert_allclose(jax.grad(through_stats)(x), jax.grad(reference)(x),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.grad(through_stats)(x), jax.grad(reference)(x), rtol=1e-4, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('train', [True, False])
@@ -114,5 +122,5 @@ def test_bfloat16_inputs_give_float32_outputs_as_flax(train):
     y, y_ref = y[0], y_ref[0]
   assert y.dtype == y_ref.dtype == jnp.float32
   np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
-  dx = jax.grad(lambda x: jnp.sum(ours.apply(variables, x, mutable=['batch_stats'])[0]**2))(x)
+  dx = jax.grad(lambda x: jnp.sum(ours.apply(variables, x, mutable=['batch_stats'])[0] ** 2))(x)
   assert dx.dtype == jnp.bfloat16

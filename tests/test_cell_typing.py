@@ -52,7 +52,7 @@ def test_linear_typer_separates_classes_and_survives_a_folder(tmp_path):
 def test_rare_classes_weigh_as_much_as_common_ones():
   rng = np.random.default_rng(1)
   x, y = _blobs(rng, 200, k=2, dim=2)
-  keep = np.r_[np.arange(200), 200 + np.arange(5)]   # 200 of one class, 5 of the other
+  keep = np.r_[np.arange(200), 200 + np.arange(5)]  # 200 of one class, 5 of the other
   typer = cell_typing.fit_linear(x[keep], y[keep], ('common', 'rare'), l2=1e-2, steps=100)
   rare = x[200:]
   assert (typer.probabilities(rare).argmax(1) == 1).mean() > 0.9
@@ -68,8 +68,8 @@ def test_temperature_undoes_overconfident_logits():
 
 def test_pooling_weighs_map_positions_by_the_masks_share():
   size = 8
-  feature_map = np.zeros((4, 4, 2), np.float32)   # the map of a model padding 8 -> 8
-  feature_map[:2, :, 0] = 1.0                     # top half of the image
+  feature_map = np.zeros((4, 4, 2), np.float32)  # the map of a model padding 8 -> 8
+  feature_map[:2, :, 0] = 1.0  # top half of the image
   feature_map[..., 1] = 5.0
   top = np.zeros((size, size), bool)
   top[:4] = True
@@ -88,16 +88,22 @@ def test_a_crop_is_centred_on_its_cell_and_mirrored_past_the_border():
 
 def test_levels_are_the_finest_stages_of_any_depth():
   config = differential.get_config()
-  assert cell_typing.levels_of(config) == ('encoder0', 'encoder1', 'encoder2', 'decoder3',
-                                           'decoder2')
+  assert cell_typing.levels_of(config) == (
+    'encoder0',
+    'encoder1',
+    'encoder2',
+    'decoder3',
+    'decoder2',
+  )
   config.model.num_levels = 1
   assert cell_typing.levels_of(config) == ('encoder0', 'decoder0')
 
 
 def test_features_of_the_tiny_model_have_one_width(tiny_model):
   config, variables = _tiny(tiny_model)
-  features = cell_typing.CellFeatures(config, variables, cell_typing.levels_of(config),
-                                      batch_size=4)
+  features = cell_typing.CellFeatures(
+    config, variables, cell_typing.levels_of(config), batch_size=4
+  )
   crops = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
   x, found = features(crops)
   assert x.shape[0] == 5 and found.shape == (5,) and x.dtype == np.float32
@@ -115,8 +121,9 @@ def test_recoloured_maps_give_each_nucleus_its_cells_type():
   pred[2:6, 2:6] = FIVE.type_id('neutrophil')
   pred[2:6, 12:16] = FIVE.type_id('lymphocyte')
   pred[1, 1:8] = FIVE.cytoplasm_id
-  found, labels = cells.find_cells(pred, None, FIVE, cells.CellRules(min_nucleus_px=1,
-                                                                      split_radius_px=0))
+  found, labels = cells.find_cells(
+    pred, None, FIVE, cells.CellRules(min_nucleus_px=1, split_radius_px=0)
+  )
   retyped = [dataclasses.replace(c, class_id=FIVE.type_id('eosinophil')) for c in found]
   out = cell_typing.recoloured(pred, labels, retyped, FIVE.nucleus_ids)
   assert set(np.unique(out[pred != pred.max()])) <= {0, FIVE.type_id('eosinophil')}
@@ -125,13 +132,15 @@ def test_recoloured_maps_give_each_nucleus_its_cells_type():
 
 class _AlwaysBasophil:
   """A typer that calls every cell a basophil, at confidence 0.3: below its threshold."""
+
   uncertain_below = 0.5
 
   def retyped(self, found, image, to_training_scale):
     assert image.ndim == 3 and min(to_training_scale) > 0
     table = classes.table_of(self.config.data)
-    return [dataclasses.replace(c, class_id=table.type_id('basophil'), confidence=0.3)
-            for c in found]
+    return [
+      dataclasses.replace(c, class_id=table.type_id('basophil'), confidence=0.3) for c in found
+    ]
 
 
 def test_predict_types_cells_and_draws_masks_with_the_typer(tiny_model, tmp_path, monkeypatch):
@@ -152,13 +161,19 @@ def test_predict_types_cells_and_draws_masks_with_the_typer(tiny_model, tmp_path
   typer = _AlwaysBasophil()
   typer.config = config
   rules = cells.CellRules(min_nucleus_px=10, min_counted_nucleus_px=10)
-  prediction.predict_files(config, variables, [tmp_path / 'cell.png'],
-                           prediction.PredictOptions(output=tmp_path / 'out', cell_rules=rules),
-                           typer=typer)
+  prediction.predict_files(
+    config,
+    variables,
+    [tmp_path / 'cell.png'],
+    prediction.PredictOptions(output=tmp_path / 'out', cell_rules=rules),
+    typer=typer,
+  )
   rows = list(csv.DictReader(open(tmp_path / 'out' / output_folder.CELLS_FILE)))
   assert [(r['predicted_type'], r['review']) for r in rows] == [('basophil', '1')]
-  counts = {r['cell_type']: r['count'] for r in csv.DictReader(
-      open(tmp_path / 'out' / output_folder.DIFFERENTIAL_FILE))}
+  counts = {
+    r['cell_type']: r['count']
+    for r in csv.DictReader(open(tmp_path / 'out' / output_folder.DIFFERENTIAL_FILE))
+  }
   assert counts['uncertain'] == '1' and counts['basophil'] == '0' and counts['total'] == '1'
   mask = test_field_crops.fixtures.cv2.imread(str(tmp_path / 'out' / 'cell_mask.png'))[..., ::-1]
   table = classes.table_of(config.data)
@@ -175,23 +190,32 @@ def test_no_epochs_needs_a_model_and_a_typer(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tuning_only_the_typer_keeps_the_network_and_writes_a_typer(
-    tiny_model, tmp_path, monkeypatch):
+  tiny_model, tmp_path, monkeypatch
+):
   lab = test_field_crops._field_folder(tmp_path, np.random.default_rng(0), 32)
   monkeypatch.setattr(segmenter.Segmenter, 'field', test_field_crops._oracle_field)
   config = test_evaluate.tiny_config(
-      tiny_model['raw_dir'], tmp_path / 'tfds',
-      **{'data.fields_dir': str(lab), 'train.init_from': str(tiny_model['workdir']),
-         'train.num_epochs': 0, 'typer.fit': True, 'typer.views': 2})
+    tiny_model['raw_dir'],
+    tmp_path / 'tfds',
+    **{
+      'data.fields_dir': str(lab),
+      'train.init_from': str(tiny_model['workdir']),
+      'train.num_epochs': 0,
+      'typer.fit': True,
+      'typer.views': 2,
+    },
+  )
   workdir = tmp_path / 'typer_only'
   initial = train.initial_variables(config)
   state = train.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 0
   restored, step = restore.load_variables(config, str(workdir), 'latest')
   assert step == 0
-  for a, b in zip(train.jax.tree.leaves(restored['params']),
-                  train.jax.tree.leaves(initial['params'])):
+  for a, b in zip(
+    train.jax.tree.leaves(restored['params']), train.jax.tree.leaves(initial['params'])
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   typer = cell_typing.LinearTyper.load(workdir)
   assert typer.cell_types == classes.table_of(config.data).cell_types
   assert typer.info['lab_fields'] == str(lab) and 0.25 <= typer.temperature <= 8
-  assert not (workdir / 'field_crops').exists()   # no pseudo-labelled crops without epochs
+  assert not (workdir / 'field_crops').exists()  # no pseudo-labelled crops without epochs

@@ -17,7 +17,7 @@ from wcsegnet_jax.dev import mosaics
 from wcsegnet_jax.inference import fields
 
 NUCLEUS_IDS = (1, 2, 3)
-RULES = cells.CellRules()   # merge gap 14, split radius 16, min nucleus 150 (training scale)
+RULES = cells.CellRules()  # merge gap 14, split radius 16, min nucleus 150 (training scale)
 
 
 def disk_map(shape, disks) -> np.ndarray:
@@ -82,14 +82,14 @@ def test_a_cell_cut_by_the_border_is_flagged():
 def test_no_cell_and_specks_give_no_rows():
   found, labels = find(np.zeros((50, 50), np.uint8))
   assert found == [] and labels.shape == (50, 50) and not labels.any()
-  speck = disk_map((50, 50), [(25, 25, 4, 1)])   # ~50 px < 150
+  speck = disk_map((50, 50), [(25, 25, 4, 1)])  # ~50 px < 150
   found, labels = find(speck)
   assert found == [] and not labels.any()
   assert len(find(speck, rules=cells.CellRules(min_nucleus_px=10))[0]) == 1
 
 
 def test_type_vote_and_confidence():
-  label_map = disk_map((60, 60), [(30, 30, 15, 1), (30, 30, 6, 3)])   # mostly 1, a 3 centre
+  label_map = disk_map((60, 60), [(30, 30, 15, 1), (30, 30, 6, 3)])  # mostly 1, a 3 centre
   probs = np.zeros((60, 60, 4), np.float32)
   probs[..., 0] = 1.0
   nucleus = label_map > 0
@@ -97,7 +97,7 @@ def test_type_vote_and_confidence():
   (cell,), _ = find(label_map, probs)
   assert cell.class_id == 1
   assert cell.confidence == pytest.approx(0.7)
-  (cell,), _ = find(label_map)   # without probabilities: the vote share
+  (cell,), _ = find(label_map)  # without probabilities: the vote share
   assert cell.confidence == pytest.approx((label_map == 1).sum() / nucleus.sum())
   tie = np.zeros((20, 40), np.uint8)
   tie[5:15, 10:20], tie[5:15, 20:30] = 3, 2
@@ -108,9 +108,18 @@ def test_with_cytoplasm_cells_are_nucleus_and_cytoplasm_regions():
   cyto = 4
   # One cell whose two lobes are 30 px apart (beyond the merge gap) in one cytoplasm, and two
   # touching cells each with a thick nucleus.
-  label_map = disk_map((100, 240), [(50, 50, 40, cyto), (30, 50, 10, 1), (70, 50, 10, 1),
-                                    (145, 50, 30, cyto), (200, 50, 30, cyto),
-                                    (145, 50, 18, 3), (200, 50, 18, 2)])
+  label_map = disk_map(
+    (100, 240),
+    [
+      (50, 50, 40, cyto),
+      (30, 50, 10, 1),
+      (70, 50, 10, 1),
+      (145, 50, 30, cyto),
+      (200, 50, 30, cyto),
+      (145, 50, 18, 3),
+      (200, 50, 18, 2),
+    ],
+  )
   found, labels = find(label_map, cytoplasm_id=cyto)
   assert len(found) == 3
   lobed, left, right = sorted(found, key=lambda c: c.centre[0])
@@ -126,21 +135,27 @@ def test_with_cytoplasm_cells_are_nucleus_and_cytoplasm_regions():
 
 
 def test_differential_counts_and_percentages():
-  rows = cells.differential([1, 3, 3, 1, 1, 3, 3, 3], ['neutrophil', 'basophil', 'lymphocyte'],
-                            (1, 2, 3))
+  rows = cells.differential(
+    [1, 3, 3, 1, 1, 3, 3, 3], ['neutrophil', 'basophil', 'lymphocyte'], (1, 2, 3)
+  )
   assert [(r['cell_type'], r['count']) for r in rows] == [
-      ('neutrophil', 3), ('basophil', 0), ('lymphocyte', 5), ('total', 8)]
+    ('neutrophil', 3),
+    ('basophil', 0),
+    ('lymphocyte', 5),
+    ('total', 8),
+  ]
   assert [r['percent'] for r in rows] == pytest.approx([37.5, 0.0, 62.5, 100.0])
   empty = cells.differential([], ['neutrophil'], (1,))
   assert [(r['count'], r['percent']) for r in empty] == [(0, 0.0), (0, 0.0)]
 
 
-@pytest.mark.parametrize('length,tile,margin', [(64, 64, 16), (65, 64, 16), (250, 64, 16),
-                                                (170, 64, 0), (1000, 120, 30)])
+@pytest.mark.parametrize(
+  'length,tile,margin', [(64, 64, 16), (65, 64, 16), (250, 64, 16), (170, 64, 0), (1000, 120, 30)]
+)
 def test_tile_plan_partitions_with_context(length, tile, margin):
   plan = fields.tile_plan(length, tile, margin)
   owned = np.concatenate([np.arange(a, b) for _, a, b in plan])
-  np.testing.assert_array_equal(owned, np.arange(length))   # each pixel once, in order
+  np.testing.assert_array_equal(owned, np.arange(length))  # each pixel once, in order
   for start, own_from, own_to in plan:
     assert start <= own_from < own_to <= start + tile
     assert own_from == 0 or own_from - start >= margin
@@ -149,8 +164,9 @@ def test_tile_plan_partitions_with_context(length, tile, margin):
 
 def _blur_model(batch: np.ndarray) -> np.ndarray:
   """A stand-in model whose output at a pixel sees 2 pixels around it (5x5 box filter)."""
-  return np.stack([cv2.blur(x.astype(np.float32) / 255, (5, 5), borderType=cv2.BORDER_REFLECT_101)
-                   for x in batch])
+  return np.stack(
+    [cv2.blur(x.astype(np.float32) / 255, (5, 5), borderType=cv2.BORDER_REFLECT_101) for x in batch]
+  )
 
 
 def test_tiles_stitch_to_the_whole_image_result():
@@ -160,7 +176,7 @@ def test_tiles_stitch_to_the_whole_image_result():
   model = lambda b: calls.append(b.shape) or _blur_model(b)
   stitched = fields.segment_field(model, image, tile=64, margin=16, batch_size=4)
   np.testing.assert_allclose(stitched, _blur_model(image[None])[0], atol=1e-6)
-  assert set(calls) == {(4, 64, 64, 3)} and len(calls) > 1   # full batches only
+  assert set(calls) == {(4, 64, 64, 3)} and len(calls) > 1  # full batches only
   # Smaller than a tile: mirrored out and cropped back; a per-pixel model is unchanged.
   small = image[:40, :50]
   out = fields.segment_field(lambda b: b.astype(np.float32) / 255, small, tile=64, batch_size=2)
@@ -178,11 +194,18 @@ def _generated_crops(n: int, size: int = 120) -> list[mosaics.Crop]:
   rng = np.random.default_rng(5)
   crops = []
   for k in range(n):
-    mask = np.zeros((size, size), np.uint8)   # a round cell well inside the crop
+    mask = np.zeros((size, size), np.uint8)  # a round cell well inside the crop
     cv2.circle(mask, (size // 2, size // 2), size // 3, 128, thickness=-1)
     cv2.circle(mask, (size // 2 + int(rng.integers(-5, 6)), size // 2), size // 5, 255, -1)
-    crops.append(mosaics.Crop(f'gen/{k}', fixtures.cell_image(rng, mask), mask == 255,
-                              ('neutrophil', 'lymphocyte')[k % 2], mask > 0))
+    crops.append(
+      mosaics.Crop(
+        f'gen/{k}',
+        fixtures.cell_image(rng, mask),
+        mask == 255,
+        ('neutrophil', 'lymphocyte')[k % 2],
+        mask > 0,
+      )
+    )
   return crops
 
 
@@ -192,12 +215,19 @@ def test_cytoplasm_models_are_scored_on_whole_cell_boxes():
   cells' radii, 1/5 and 1/3 of the crop) they would be near the threshold."""
   crops = _generated_crops(4)
   _, truth = mosaics.build_mosaic(crops, columns=2, gap=20)
-  rows = [{'file': 'm.png', **dict(zip(('x0', 'y0', 'x1', 'y1'), t['cell_bbox'])),
-           'predicted_type': t['cell_type'], 'cell_area_px': '900'} for t in truth]
+  rows = [
+    {
+      'file': 'm.png',
+      **dict(zip(('x0', 'y0', 'x1', 'y1'), t['cell_bbox'])),
+      'predicted_type': t['cell_type'],
+      'cell_area_px': '900',
+    }
+    for t in truth
+  ]
   result = mosaics.score([{'file': 'm.png', 'cells': truth}], rows)
   assert result['boxes'] == 'whole cell' and result['matched_cells'] == 4
   assert mosaics._iou(truth[0]['bbox'], truth[0]['cell_bbox']) < 0.4
-  for row in rows:   # the same boxes from a nucleus-only model would be scored on nuclei
+  for row in rows:  # the same boxes from a nucleus-only model would be scored on nuclei
     row['cell_area_px'] = ''
   assert mosaics.score([{'file': 'm.png', 'cells': truth}], rows)['boxes'] == 'nucleus'
 
@@ -213,8 +243,17 @@ def _true_label_map(shape, truth, crops, type_ids) -> np.ndarray:
 
 
 def _cell_rows(file, found, names):
-  return [{'file': file, 'x0': c.bbox[0], 'y0': c.bbox[1], 'x1': c.bbox[2], 'y1': c.bbox[3],
-           'predicted_type': names[c.class_id]} for c in found]
+  return [
+    {
+      'file': file,
+      'x0': c.bbox[0],
+      'y0': c.bbox[1],
+      'x1': c.bbox[2],
+      'y1': c.bbox[3],
+      'predicted_type': names[c.class_id],
+    }
+    for c in found
+  ]
 
 
 def test_mosaic_truth_and_scoring(tmp_path):
@@ -223,12 +262,11 @@ def test_mosaic_truth_and_scoring(tmp_path):
   assert image.shape == (20 + 3 * 140, 20 + 2 * 140, 3)
   names = ('background', 'neutrophil', 'basophil', 'lymphocyte')
   label_map = _true_label_map(image.shape[:2], truth, crops, {'neutrophil': 1, 'lymphocyte': 3})
-  for cell, crop in zip(truth, crops):   # the crop's pixels are where its truth box says
+  for cell, crop in zip(truth, crops):  # the crop's pixels are where its truth box says
     x0, y0, x1, y1 = cell['bbox']
     assert (label_map[y0:y1, x0:x1] > 0).sum() == crop.nucleus.sum()
   found, _ = find(label_map)
-  result = mosaics.score([{'file': 'm.png', 'cells': truth}],
-                         _cell_rows('/x/m.png', found, names))
+  result = mosaics.score([{'file': 'm.png', 'cells': truth}], _cell_rows('/x/m.png', found, names))
   assert (result['true_cells'], result['predicted_cells'], result['matched_cells']) == (5, 5, 5)
   assert result['exact_count_fraction'] == 1.0 and result['type_accuracy_of_matched'] == 1.0
   # One cell missed, one wrongly typed, one spurious far from every true cell.
@@ -240,8 +278,9 @@ def test_mosaic_truth_and_scoring(tmp_path):
   assert result['recall'] == pytest.approx(4 / 5) and result['precision'] == pytest.approx(4 / 5)
   assert result['type_accuracy_of_matched'] == pytest.approx(3 / 4)
   assert result['exact_count_fraction'] == 1.0 and result['mean_abs_count_error'] == 0.0
-  written = mosaics.write_mosaics(crops, tmp_path, n_mosaics=2, per_mosaic=3, columns=3, gap=10,
-                                  seed=0)
+  written = mosaics.write_mosaics(
+    crops, tmp_path, n_mosaics=2, per_mosaic=3, columns=3, gap=10, seed=0
+  )
   assert mosaics.read_truth(tmp_path) == written
   assert cv2.imread(str(tmp_path / 'mosaic_01.png')).shape[:2] == tuple(written[1]['size'])
   with pytest.raises(errors.DataError, match='cannot fill'):
@@ -271,15 +310,18 @@ def test_real_crops_true_masks_in_mosaics_are_one_cell_each(subset, scale):
 def test_shipped_model_counts_the_cells_of_a_real_mosaic(tmp_path):
   """The shipped model on a field of 4 real Jiangxi test crops (--field_scale=1.0): one cell
   per crop, where the crop is, of the crop's type (on these crops it types every one)."""
-  from wcsegnet_jax.inference import output_folder   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax.inference import prediction   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax.model import shipped_model   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import output_folder  # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import prediction  # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.model import shipped_model  # pylint: disable=g-import-not-at-top
+
   ids = shipped_model.load_info()['images']['jiangxi']['test']
   crops = mosaics.load_crops(conftest.REAL_WBC_DIR, 'jiangxi', ids[:4])
-  truth = mosaics.write_mosaics(crops, tmp_path / 'mosaics', n_mosaics=1, per_mosaic=4,
-                                columns=2, gap=20, seed=0)
-  summary = prediction.run([str(tmp_path / 'mosaics')],
-                           prediction.PredictOptions(output=tmp_path / 'out', field_scale=1.0))
+  truth = mosaics.write_mosaics(
+    crops, tmp_path / 'mosaics', n_mosaics=1, per_mosaic=4, columns=2, gap=20, seed=0
+  )
+  summary = prediction.run(
+    [str(tmp_path / 'mosaics')], prediction.PredictOptions(output=tmp_path / 'out', field_scale=1.0)
+  )
   assert len(summary.done) == 1 and not summary.no_cells
   result = mosaics.score(truth, mosaics.read_cells_csv(tmp_path / 'out' / output_folder.CELLS_FILE))
   assert result['predicted_cells'] == result['matched_cells'] == 4
@@ -302,7 +344,8 @@ def test_border_cut_small_and_misshapen_objects_are_not_counted_and_say_why():
   assert cells.not_counted_reasons(cut, RULES) == 'cut by the image border'
   assert blob.nucleus_area_px < RULES.min_counted_nucleus_px
   assert cells.not_counted_reasons(blob, RULES) == (
-      f'nucleus {blob.nucleus_area_px} px < {RULES.min_counted_nucleus_px:.0f}')
+    f'nucleus {blob.nucleus_area_px} px < {RULES.min_counted_nucleus_px:.0f}'
+  )
   assert sliver.nucleus_area_px > RULES.min_counted_nucleus_px
   assert cells.not_counted_reasons(sliver, RULES).startswith('circularity 0.')
   # Twice the pixels per training pixel: the same blob, four times the area, is enough.

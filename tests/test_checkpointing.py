@@ -29,8 +29,11 @@ def test_changed_model_data_or_prng_is_named():
   current.data.split_seed = 3
   current.rng_impl = 'threefry2x32'
   diffs = config_lib.config_mismatches(_as_json(saved), _as_json(current))
-  assert diffs == ['data.split_seed: 0 -> 3', 'model.base_width: 64 -> 32',
-                   "rng_impl: 'rbg' -> 'threefry2x32'"]
+  assert diffs == [
+    'data.split_seed: 0 -> 3',
+    'model.base_width: 64 -> 32',
+    "rng_impl: 'rbg' -> 'threefry2x32'",
+  ]
 
 
 def test_moved_data_and_input_speed_do_not_block_a_resume():
@@ -38,7 +41,7 @@ def test_moved_data_and_input_speed_do_not_block_a_resume():
   current.data.raw_dir = '/elsewhere/segmentation_WBC'
   current.data.tfds_dir = '/fast/disk'
   current.input.read_threads = 16
-  current.train.num_epochs = 500          # extending a run is allowed
+  current.train.num_epochs = 500  # extending a run is allowed
   assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == []
 
 
@@ -60,14 +63,16 @@ def test_a_knob_another_one_replaces_may_differ():
   assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == []
   current.augment.zoom_range = ()
   assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == [
-      'augment.zoom: 0.15 -> 0.2', 'augment.zoom_range: [0.7, 1.15] -> []']
+    'augment.zoom: 0.15 -> 0.2',
+    'augment.zoom_range: [0.7, 1.15] -> []',
+  ]
 
 
 def test_check_resume_config_needs_a_checkpoint(tmp_path):
   config = base.get_config()
   run_files.write_config(tmp_path, config)
   config.model.base_width = 8
-  checkpointing.check_resume_config(tmp_path, config)   # no checkpoint yet: a fresh start
+  checkpointing.check_resume_config(tmp_path, config)  # no checkpoint yet: a fresh start
   (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
   with pytest.raises(errors.CheckpointError, match='model.base_width: 64 -> 8'):
     checkpointing.check_resume_config(tmp_path, config)
@@ -112,11 +117,17 @@ except OSError as e:
 def test_failed_save_is_an_error_and_the_process_exits(tmp_path):
   """orbax made step folders in background threads; when that failed, its other threads waited
   20 minutes for them, and the process could not exit."""
-  result = subprocess.run([sys.executable, '-c', SAVE_INTO_A_FILE, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, '-c', SAVE_INTO_A_FILE, str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
-  assert (f'writing the checkpoint of step 1 to {tmp_path}/checkpoints failed: [Errno 20] Not a '
-          'directory') in result.stdout
+  assert (
+    f'writing the checkpoint of step 1 to {tmp_path}/checkpoints failed: [Errno 20] Not a directory'
+  ) in result.stdout
 
 
 class _SaveInterruptedMidway:
@@ -143,14 +154,17 @@ def test_a_key_added_later_is_protected_without_listing_it():
   saved, current = base.get_config(), base.get_config()
   saved.train.some_new_knob, current.train.some_new_knob = 1.0, 2.0
   current.model.dtype = 'bfloat16'
-  current.eval.tta = True                 # evaluation settings are free
+  current.eval.tta = True  # evaluation settings are free
   current.train.keep_checkpoints = 9
   assert config_lib.config_mismatches(_as_json(saved), _as_json(current)) == [
-      "model.dtype: 'float32' -> 'bfloat16'", 'train.some_new_knob: 1.0 -> 2.0']
+    "model.dtype: 'float32' -> 'bfloat16'",
+    'train.some_new_knob: 1.0 -> 2.0',
+  ]
 
 
 class _ManagerWithoutScores:
   """A manager whose steps were saved without a test Dice (no test split)."""
+
   directory = '/runs/no_test/checkpoints'
 
   def all_steps(self):
@@ -164,7 +178,10 @@ class _ManagerWithoutScores:
 
 
 def test_best_on_a_run_without_test_scores_is_refused_not_the_latest():
-  with pytest.raises(errors.CheckpointError, match='none is best: pass --checkpoint='
-                     r'latest or a step \(\[10, 20\]\)'):
+  with pytest.raises(
+    errors.CheckpointError,
+    match='none is best: pass --checkpoint='
+    r'latest or a step \(\[10, 20\]\)',
+  ):
     checkpoints.select_step(_ManagerWithoutScores(), 'best')
   assert checkpoints.select_step(_ManagerWithoutScores(), 'latest') == 20

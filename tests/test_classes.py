@@ -39,14 +39,15 @@ def test_the_papers_config_gives_the_papers_map():
   np.testing.assert_array_equal(table.colors, [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]])
 
 
-@pytest.mark.parametrize('cell_types', [FIVE, ('lymphocyte', 'basophil', 'neutrophil'),
-                                        ('eosinophil',)])
+@pytest.mark.parametrize(
+  'cell_types', [FIVE, ('lymphocyte', 'basophil', 'neutrophil'), ('eosinophil',)]
+)
 @pytest.mark.parametrize('cytoplasm', [False, True])
 def test_table_follows_the_configured_types_in_order(cell_types, cytoplasm):
   table = classes.class_table(cell_types, cytoplasm)
   n = len(cell_types)
   assert table.num_classes == 1 + n + cytoplasm
-  assert table.names[0] == 'background' and table.names[1:1 + n] == cell_types
+  assert table.names[0] == 'background' and table.names[1 : 1 + n] == cell_types
   assert table.nucleus_ids == tuple(range(1, n + 1))
   assert table.cytoplasm_id == (n + 1 if cytoplasm else None)
   if cytoplasm:
@@ -54,7 +55,7 @@ def test_table_follows_the_configured_types_in_order(cell_types, cytoplasm):
   assert {t: table.type_id(t) for t in cell_types} == table.type_to_id
   assert [table.names[table.type_id(t)] for t in cell_types] == list(cell_types)
   colours = [tuple(c) for c in table.colors]
-  assert len(set(colours)) == table.num_classes   # every class told apart
+  assert len(set(colours)) == table.num_classes  # every class told apart
   assert all(colours[i] == classes.PALETTE[name] for i, name in enumerate(table.names))
   assert classes.table_from_names(table.names) == table
 
@@ -73,7 +74,7 @@ def test_colorize_and_overlay_use_the_table():
   np.testing.assert_array_equal(table.colorize(label_map)[0], table.colors)
   image = np.full((1, table.num_classes, 3), 200, np.uint8)
   over = table.overlay(image, label_map, alpha=1.0)
-  np.testing.assert_array_equal(over[0, 0], image[0, 0])     # background kept
+  np.testing.assert_array_equal(over[0, 0], image[0, 0])  # background kept
   np.testing.assert_array_equal(over[0, 1:], table.colors[1:])
 
 
@@ -87,8 +88,7 @@ def _one_record_per_type(tmp_path_factory, table):
     root, sources = conftest.REAL_WBC_DIR, ('jiangxi', 'cellavision')
   else:
     root = tmp_path_factory.mktemp('all_types')
-    fixtures.make_wbc_raw(root, n_per_type={code: 1 for code in classes.CSV_CELL_TYPES},
-                          size2=120)
+    fixtures.make_wbc_raw(root, n_per_type={code: 1 for code in classes.CSV_CELL_TYPES}, size2=120)
     sources = ('jiangxi',)
   found = {}
   for source in sources:
@@ -103,9 +103,10 @@ def test_label_maps_of_every_type_from_masks(tmp_path_factory, cytoplasm):
   records = _one_record_per_type(tmp_path_factory, table)
   assert set(records) == set(FIVE)
   for cell_type, record in records.items():
-    mask = label_maps.snap_mask_levels(image_files.read_mask(record.mask_path), record.mask_path,
-                                       40, 0.01)
-    size = mask.shape[0]   # no resize: the label map must match the mask pixel for pixel
+    mask = label_maps.snap_mask_levels(
+      image_files.read_mask(record.mask_path), record.mask_path, 40, 0.01
+    )
+    size = mask.shape[0]  # no resize: the label map must match the mask pixel for pixel
     ex = label_maps.load_example(record, table, size, 40, 0.01)
     want = np.zeros(mask.shape, np.uint8)
     want[mask == 255] = table.type_id(cell_type)
@@ -121,11 +122,11 @@ def test_a_mask_without_cytoplasm_is_named_when_the_cytoplasm_is_a_class(tmp_pat
   root = tmp_path / 'raw'
   manifest = fixtures.make_wbc_raw(root, n_per_type={1: 2}, size2=120)['jiangxi']
   bad = root / 'Dataset 1' / f'{manifest[0].file_id}.png'
-  fixtures.write_gray(bad, np.where(manifest[0].mask == 128, 0, manifest[0].mask)
-                      .astype(np.uint8))
+  fixtures.write_gray(bad, np.where(manifest[0].mask == 128, 0, manifest[0].mask).astype(np.uint8))
   table = classes.class_table(('neutrophil',), cytoplasm=True)
-  record = [r for r in records_lib.list_raw_records('jiangxi', root, table)
-            if r.mask_path == bad][0]
+  record = [r for r in records_lib.list_raw_records('jiangxi', root, table) if r.mask_path == bad][
+    0
+  ]
   with pytest.raises(errors.DataError, match=re.escape(str(bad)) + '.*no cytoplasm pixel'):
     label_maps.load_example(record, table, 120, 40, 0.01)
   # Without the cytoplasm class the same mask is fine.
@@ -145,8 +146,11 @@ def test_folder_label_maps_use_the_tables_ids_and_need_the_cytoplasm(tmp_path):
     if with_cytoplasm:
       label_map = np.where(mask == 128, table.cytoplasm_id, label_map)
     fixtures.write_gray(folder / 'masks' / f'{name}.png', label_map.astype(np.uint8))
-  with pytest.raises(errors.DataError, match=r'c\.png: label-map mask without cytoplasm.*carry '
-                                          r'only the nucleus'):
+  with pytest.raises(
+    errors.DataError,
+    match=r'c\.png: label-map mask without cytoplasm.*carry '
+    r'only the nucleus',
+  ):
     records_lib.list_folder_records(folder, table)
   (folder / 'images' / 'c.png').unlink()
   (folder / 'masks' / 'c.png').unlink()
@@ -162,8 +166,9 @@ def test_builds_encode_the_tables_map_and_differ_by_type_order_and_cytoplasm(tmp
   masks = {f.file_id: f.mask for f in manifest}
   dirs = set()
   for cell_types, cytoplasm in (((FIVE[:3]), True), (FIVE[:3][::-1], True), (FIVE[:3], False)):
-    c = conftest.data_config(root, tmp_path / 'tfds', cell_types=cell_types, cytoplasm=cytoplasm,
-                             test_fraction=0.0)
+    c = conftest.data_config(
+      root, tmp_path / 'tfds', cell_types=cell_types, cytoplasm=cytoplasm, test_fraction=0.0
+    )
     table = classes.table_of(c.data)
     builder = tfds_builder.prepare('jiangxi', c.data)
     dirs.add(builder.data_dir)
@@ -178,14 +183,14 @@ def test_builds_encode_the_tables_map_and_differ_by_type_order_and_cytoplasm(tmp
       np.testing.assert_array_equal(ex['label_map'], want)
     with open(f'{builder.data_dir}/{tfds_builder.SPLIT_IDS_FILE}', newline='') as f:
       assert {r['file_id']: r['cell_type'] for r in csv.DictReader(f)} == types
-  assert len(dirs) == 3   # no build is served for another class map
+  assert len(dirs) == 3  # no build is served for another class map
 
 
 # --- Metrics of a table ---------------------------------------------------------------------------
 
 
 def test_paper_metrics_count_the_cytoplasm_as_not_nucleus_and_add_whole_cell_scores():
-  table = classes.class_table(('neutrophil', 'lymphocyte'), cytoplasm=True)   # 3 = cytoplasm
+  table = classes.class_table(('neutrophil', 'lymphocyte'), cytoplasm=True)  # 3 = cytoplasm
   labels = np.array([[0, 0, 3, 3, 1, 1, 2, 0]])
   preds = np.array([[0, 3, 3, 1, 1, 2, 0, 0]])
   cm = np.zeros((4, 4), np.int64)
@@ -198,8 +203,9 @@ def test_paper_metrics_count_the_cytoplasm_as_not_nucleus_and_add_whole_cell_sco
   # Whole cell = {1, 2, 3} vs background: tp 4, fp 1 (0->3), fn 1 (2->0).
   assert m['cell_dice'] == approx(2 * 4 / (2 * 4 + 1 + 1))
   assert m['cell_iou'] == approx(4 / 6)
-  assert 'cell_dice' not in metrics.paper_metrics(cm[:3, :3], classes.class_table(
-      ('neutrophil', 'lymphocyte')))
+  assert 'cell_dice' not in metrics.paper_metrics(
+    cm[:3, :3], classes.class_table(('neutrophil', 'lymphocyte'))
+  )
   s = metrics.per_image_summary(cm[None], table=table)
   assert s['paper']['cell_dice']['mean'] == approx(m['cell_dice'])
   assert list(metrics.class_metrics(cm, table)['dice']) == list(table.names)
@@ -235,7 +241,7 @@ def test_evaluating_a_model_with_other_classes_is_refused(tmp_path):
   trained = base.get_config()
   trained.data.cell_types, trained.data.cytoplasm = FIVE, True
   (tmp_path / run_files.CONFIG_FILE).write_text(trained.to_json())
-  restore.check_eval_config(tmp_path, trained)   # its own classes: fine
+  restore.check_eval_config(tmp_path, trained)  # its own classes: fine
   paper = base.get_config()
   with pytest.raises(errors.CheckpointError) as e:
     restore.check_eval_config(tmp_path, paper)
@@ -243,7 +249,7 @@ def test_evaluating_a_model_with_other_classes_is_refused(tmp_path):
   assert classes.table_of(trained.data).describe() in message
   assert classes.table_of(paper.data).describe() in message
   saved = json.loads(trained.to_json())
-  saved['data']['cell_types'] = list(FIVE[::-1])   # the same types in another order
+  saved['data']['cell_types'] = list(FIVE[::-1])  # the same types in another order
   (tmp_path / run_files.CONFIG_FILE).write_text(json.dumps(saved))
   with pytest.raises(errors.CheckpointError, match='1 basophil'):
     restore.check_eval_config(tmp_path, trained)

@@ -30,7 +30,7 @@ def smear(rng, size=96):
 def test_reinhard_moves_the_lab_statistics_to_the_reference():
   image = smear(np.random.default_rng(0))
   stats = color.lab_statistics(color.reinhard(image, REFERENCE))
-  np.testing.assert_allclose(stats, REFERENCE, atol=1.5)   # uint8 rounding and gamut clipping
+  np.testing.assert_allclose(stats, REFERENCE, atol=1.5)  # uint8 rounding and gamut clipping
 
 
 def test_a_lab_of_other_colours_reaches_the_model_in_the_same_colours():
@@ -49,7 +49,7 @@ def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():
   assert color.color_step('none')(image) is image
   flat = np.full((8, 8, 3), 128, np.uint8)
   out = color.reinhard(flat, REFERENCE)
-  assert out.std(axis=(0, 1)).max() < 1.0   # one colour stays one colour (std floored)
+  assert out.std(axis=(0, 1)).max() < 1.0  # one colour stays one colour (std floored)
   with pytest.raises(ValueError, match='unknown colour step'):
     color.color_step('macenko')
 
@@ -60,9 +60,13 @@ def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_p
   config = conftest.data_config(wbc_raw[0], tmp_path / 'tfds', color='reinhard')
   builder = tfds_builder.prepare('cellavision', config.data)
   file_id, built = test_data.read_split(builder, 'train')[0]
-  record = next(r for r in records.list_raw_records('cellavision', wbc_raw[0],
-                                                 tfds_builder.classes.table_of(config.data))
-                if r.file_id == file_id)
+  record = next(
+    r
+    for r in records.list_raw_records(
+      'cellavision', wbc_raw[0], tfds_builder.classes.table_of(config.data)
+    )
+    if r.file_id == file_id
+  )
   as_read = image_files.read_rgb(record.image_path)
   expected = image_files.resize_image(color.reinhard(as_read, REFERENCE), config.data.image_size)
   np.testing.assert_array_equal(built['image'], expected)
@@ -78,4 +82,5 @@ def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_p
   # A build without the colour step keeps its earlier name (no colour settings in it).
   plain = conftest.data_config(wbc_raw[0], tmp_path / 'tfds')
   assert tfds_builder.get_builder('cellavision', plain.data).builder_config.name != (
-      builder.builder_config.name)
+    builder.builder_config.name
+  )

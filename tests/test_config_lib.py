@@ -13,16 +13,20 @@ from wcsegnet_jax.core import config_keys
 from wcsegnet_jax.core import config_lib
 
 
-SHIPPED_CONFIGS = sorted(p.stem for p in config_lib.BASE_CONFIG.parent.glob('*.py')
-                         if p.stem != '__init__')
+SHIPPED_CONFIGS = sorted(
+  p.stem for p in config_lib.BASE_CONFIG.parent.glob('*.py') if p.stem != '__init__'
+)
 
 
-@pytest.mark.parametrize('key,value,message', [
+@pytest.mark.parametrize(
+  'key,value,message',
+  [
     ('data.color', 'macenko', "data.color='macenko'"),
     ('data.color_reference', (70.0, 10.0, 5.0, 20.0, 0.0, 10.0), 'data.color_reference'),
     ('augment.blur_sigma', -1.0, 'blur_sigma'),
     ('augment.jpeg_quality', 99, 'jpeg_quality'),
-])
+  ],
+)
 def test_colour_and_optics_knobs_are_checked(key, value, message):
   config = importlib.import_module('configs.cross_lab').get_config()
   section, name = key.split('.')
@@ -42,9 +46,17 @@ def test_shipped_configs_are_valid(name):
 
 def test_differential_has_five_types_and_cytoplasm_and_paper_configs_keep_the_paper_map():
   from wcsegnet_jax.core import classes
+
   table = classes.table_of(importlib.import_module('configs.differential').get_config().data)
-  assert table.names == ('background', 'neutrophil', 'lymphocyte', 'monocyte', 'eosinophil',
-                         'basophil', 'cytoplasm')
+  assert table.names == (
+    'background',
+    'neutrophil',
+    'lymphocyte',
+    'monocyte',
+    'eosinophil',
+    'basophil',
+    'cytoplasm',
+  )
   for name in ('wcseg', 'unet_relu', 'unet_leakyrelu', 'cpu'):
     paper = classes.table_of(importlib.import_module(f'configs.{name}').get_config().data)
     assert paper.names == ('background', 'neutrophil', 'basophil', 'lymphocyte')
@@ -55,7 +67,9 @@ def test_cpu_small_keeps_the_ablation_it_is_given(network):
   small = importlib.import_module('configs.cpu_small').get_config(network)
   full = importlib.import_module(f'configs.{network}').get_config()
   assert (small.model.residual, small.model.activation) == (
-      full.model.residual, full.model.activation)
+    full.model.residual,
+    full.model.activation,
+  )
 
 
 def test_ablations_differ_from_wcseg_only_in_the_block():
@@ -72,21 +86,32 @@ def test_ablations_differ_from_wcseg_only_in_the_block():
 def test_unknown_key_is_named_with_the_closest_real_one():
   c = base.get_config()
   c.train.bach_size = 16
-  with pytest.raises(config_lib.ConfigError, match=r'unknown config key train.bach_size \(did '
-                     r'you mean train.batch_size\?\)'):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r'unknown config key train.bach_size \(did '
+    r'you mean train.batch_size\?\)',
+  ):
     config_checks.validate(c)
 
 
 def test_unknown_command_line_overrides_are_one_line_each():
-  argv = ['main.py', '--config=configs/base.py', '--config.train.batch_sizee=8',
-          '--config.train.batch_size=8', '--noconfig.train.progress_barr',
-          '--config.data.mean[0]=1', '--config.trainn.batch_size', '4', '--config.zzzz=1',
-          '--workdir=/tmp/x']
+  argv = [
+    'main.py',
+    '--config=configs/base.py',
+    '--config.train.batch_sizee=8',
+    '--config.train.batch_size=8',
+    '--noconfig.train.progress_barr',
+    '--config.data.mean[0]=1',
+    '--config.trainn.batch_size',
+    '4',
+    '--config.zzzz=1',
+    '--workdir=/tmp/x',
+  ]
   assert config_flags.unknown_overrides(argv, base.get_config()) == [
-      'unknown config key train.batch_sizee (did you mean train.batch_size?)',
-      'unknown config key train.progress_barr (did you mean train.progress_bar?)',
-      'unknown config key trainn.batch_size (did you mean train.batch_size?)',
-      'unknown config key zzzz',
+    'unknown config key train.batch_sizee (did you mean train.batch_size?)',
+    'unknown config key train.progress_barr (did you mean train.progress_bar?)',
+    'unknown config key trainn.batch_size (did you mean train.batch_size?)',
+    'unknown config key zzzz',
   ]
 
 
@@ -117,8 +142,9 @@ def test_bad_zoom_range_is_named(zoom_range):
   c = base.get_config()
   c.augment.zoom_range = zoom_range
   assert [p for p in config_checks.problems(c, device_count=1) if 'zoom_range' in p] == [
-      f'augment.zoom_range={zoom_range}: (lower, upper) scale factors with 0 < lower <= upper, '
-      f'or () for [1 - zoom, 1 + zoom]']
+    f'augment.zoom_range={zoom_range}: (lower, upper) scale factors with 0 < lower <= upper, '
+    f'or () for [1 - zoom, 1 + zoom]'
+  ]
   c.augment.zoom_range = (0.7, 1.15)
   assert not config_checks.problems(c, device_count=1)
 
@@ -129,7 +155,9 @@ def test_batch_size_must_split_over_processes():
   assert any('process count (4)' in p for p in config_checks.problems(c, process_count=4))
 
 
-@pytest.mark.parametrize('key, value, message', [
+@pytest.mark.parametrize(
+  'key, value, message',
+  [
     ('data.std', (0.2, 0.0, 0.2), 'std > 0'),
     ('data.test_fraction', 1.0, 'test_fraction'),
     ('train.class_weights', (1.0, 2.0), 'class_weights has 2 values'),
@@ -139,7 +167,8 @@ def test_batch_size_must_split_over_processes():
     ('train.ema_decay', 1.0, 'train.ema_decay=1.0'),
     ('train.ema_decay', -0.1, 'train.ema_decay=-0.1'),
     ('eval.decode', 'max', 'eval.decode'),
-])
+  ],
+)
 def test_single_problems(key, value, message):
   c = base.get_config()
   section, name = key.split('.')
@@ -160,28 +189,35 @@ def test_dataset_repeats_need_one_per_dataset():
 def test_patch_size_must_fit_the_image():
   c = base.get_config()
   c.model.patch_size = 8
-  c.data.image_size = 120   # needs 8 * 2**4 = 128
+  c.data.image_size = 120  # needs 8 * 2**4 = 128
   assert any('with model.patch_size=8 (needs >= 128' in p for p in config_checks.problems(c))
 
 
-@pytest.mark.parametrize('cell_types, message', [
+@pytest.mark.parametrize(
+  'cell_types, message',
+  [
     (('neutrophil', 'blast'), "['blast'] not a cell type; the types are ('neutrophil', "),
     (('basophil', 'basophil'), "['basophil'] listed twice"),
     ((), 'data.cell_types is empty'),
-])
+  ],
+)
 def test_bad_cell_types_are_named(cell_types, message):
   c = base.get_config()
   c.data.cell_types = cell_types
   assert any(message in p for p in config_checks.problems(c))
 
 
-@pytest.mark.parametrize('cell_types, cytoplasm, n_classes', [
+@pytest.mark.parametrize(
+  'cell_types, cytoplasm, n_classes',
+  [
     (('neutrophil', 'basophil', 'lymphocyte'), False, 4),
     (('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil'), True, 7),
     (('monocyte',), True, 3),
-])
-def test_any_cell_types_and_the_cytoplasm_validate_and_size_class_weights(cell_types, cytoplasm,
-                                                                         n_classes):
+  ],
+)
+def test_any_cell_types_and_the_cytoplasm_validate_and_size_class_weights(
+  cell_types, cytoplasm, n_classes
+):
   c = base.get_config()
   c.data.cell_types, c.data.cytoplasm = cell_types, cytoplasm
   assert config_checks.problems(c) == []
@@ -194,7 +230,7 @@ def test_any_cell_types_and_the_cytoplasm_validate_and_size_class_weights(cell_t
 def test_an_older_config_with_num_classes_loads_when_its_map_is_the_papers():
   saved = json.loads(base.get_config().to_json())
   del saved['data']['cytoplasm']
-  saved['model']['num_classes'] = 4   # a knob of older versions
+  saved['model']['num_classes'] = 4  # a knob of older versions
   filled = config_lib.with_defaults(saved)
   assert 'num_classes' not in filled['model'] and filled['data']['cytoplasm'] is False
   assert config_checks.problems(ml_collections.ConfigDict(filled)) == []
@@ -211,13 +247,14 @@ def test_with_defaults_fills_keys_added_since_a_config_was_saved():
   saved['model']['base_width'] = 8
   filled = config_lib.with_defaults(saved)
   assert filled['xla_flags'] == '' and filled['model']['patch_size'] == 1
-  assert filled['model']['base_width'] == 8   # what was saved stays
+  assert filled['model']['base_width'] == 8  # what was saved stays
   assert config_checks.problems(ml_collections.ConfigDict(filled)) == []
 
 
 @pytest.mark.parametrize('impl', config_keys.CHOICES['rng_impl'])
 def test_every_accepted_prng_name_is_one_jax_takes(impl):
   import jax
+
   config = base.get_config()
   config.rng_impl = impl
   config_checks.validate(config, 1, 1)
@@ -227,7 +264,10 @@ def test_every_accepted_prng_name_is_one_jax_takes(impl):
 def test_an_index_past_a_tuples_end_is_one_line_naming_its_length():
   config = base.get_config()
   lines = config_flags.bad_index_overrides(
-      ['--config.data.datasets[2]=x', '--config.data.datasets[1]=ok', '--config.seed=1'], config)
-  assert lines == ["config.data.datasets[2]: data.datasets has 2 item(s) "
-                   "(('jiangxi', 'cellavision')); set the whole value instead, e.g. "
-                   '--config.data.datasets="(...)"']
+    ['--config.data.datasets[2]=x', '--config.data.datasets[1]=ok', '--config.seed=1'], config
+  )
+  assert lines == [
+    'config.data.datasets[2]: data.datasets has 2 item(s) '
+    "(('jiangxi', 'cellavision')); set the whole value instead, e.g. "
+    '--config.data.datasets="(...)"'
+  ]

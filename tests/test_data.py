@@ -38,8 +38,9 @@ SOURCES = ('jiangxi', 'cellavision')
 KEPT = classes.DEFAULT_CELL_TYPES
 PAPER = classes.PAPER_TABLE
 needs_real_data = pytest.mark.skipif(
-    not (conftest.REAL_WBC_DIR / 'Dataset 1').is_dir(),
-    reason=f'the WBC Image Dataset is not at {conftest.REAL_WBC_DIR}')
+  not (conftest.REAL_WBC_DIR / 'Dataset 1').is_dir(),
+  reason=f'the WBC Image Dataset is not at {conftest.REAL_WBC_DIR}',
+)
 
 
 def read_split(builder, split):
@@ -69,7 +70,7 @@ def check_build(builder, expected_types, size=120):
   """The checks every build must pass. `expected_types`: {file_id: type name} of kept images."""
   examples = read_split(builder, 'train') + read_split(builder, 'test')
   ids = [fid for fid, _ in examples]
-  assert sorted(ids) == sorted(expected_types)   # every kept image once; nothing else
+  assert sorted(ids) == sorted(expected_types)  # every kept image once; nothing else
   for fid, ex in examples:
     class_id = classes.CLASS_ID[expected_types[fid]]
     assert ex['image'].shape == (size, size, 3) and ex['image'].dtype == np.uint8, fid
@@ -88,7 +89,8 @@ def check_build(builder, expected_types, size=120):
   assert sorted(r[1] for r in rows) == sorted(ids)
   for split in ('train', 'test'):
     assert sorted((r[1], r[2]) for r in rows if r[0] == split) == sorted(
-        (fid, expected_types[fid]) for fid, _ in read_split(builder, split))
+      (fid, expected_types[fid]) for fid, _ in read_split(builder, split)
+    )
   return examples
 
 
@@ -99,18 +101,18 @@ def check_build(builder, expected_types, size=120):
 def test_generated_build(wbc_raw, wbc_builders, source):
   manifest = wbc_raw[1][source]
   expected = {f.file_id: f.cell_type for f in manifest if f.cell_type in KEPT}
-  assert len(expected) == 12   # 5 neutrophils, 5 lymphocytes, 2 basophils; the monocyte is left out
+  assert len(expected) == 12  # 5 neutrophils, 5 lymphocytes, 2 basophils; the monocyte is left out
   examples = dict(check_build(wbc_builders[source], expected))
   for fake in manifest:
     if fake.file_id not in examples:
       continue
     ex = examples[fake.file_id]
     assert tfds_builder.as_str(ex['dataset']) == source
-    if source == 'jiangxi':   # 120x120 already: pixels pass through unchanged, in RGB order
+    if source == 'jiangxi':  # 120x120 already: pixels pass through unchanged, in RGB order
       np.testing.assert_array_equal(ex['image'], fake.image)
       # Stray gray levels snap back to their level: the label map is the clean mask's.
       np.testing.assert_array_equal(ex['label_map'], fake.label_map())
-    else:                     # 300 -> 120: each pixel takes the class covering most of it
+    else:  # 300 -> 120: each pixel takes the class covering most of it
       expected_map = label_maps.resize_label_map(fake.label_map(), 120)
       np.testing.assert_array_equal(ex['label_map'], expected_map)
       small = cv2.resize(fake.image, (120, 120), interpolation=cv2.INTER_AREA)
@@ -141,7 +143,7 @@ def test_split_seed_gives_its_own_build(wbc_raw, tmp_path):
     listed = tfds_builder.split_records('jiangxi', raw_dir, PAPER, 0.2, seed)
     assert ids == sorted(r.file_id for r in listed['test'])
     test_ids.setdefault(seed, ids)
-    assert test_ids[seed] == ids   # same seed, same ids (from another TFDS folder)
+    assert test_ids[seed] == ids  # same seed, same ids (from another TFDS folder)
   assert test_ids[0] != test_ids[3]
   # Both seeds built in one folder: each its own build.
   c0 = conftest.data_config(raw_dir, tmp_path / 'shared', split_seed=0)
@@ -157,8 +159,9 @@ def test_csv_ids_without_leading_zeros(wbc_raw):
   raw_dir, manifest = wbc_raw
   records = records_lib.list_wbc_records(raw_dir, 'jiangxi')
   assert {r.file_id: r.cell_type for r in records} == {
-      f.file_id: f.cell_type for f in manifest['jiangxi']}
-  assert all(r.file_id.startswith('0') for r in records)   # '002' matched to CSV row '2'
+    f.file_id: f.cell_type for f in manifest['jiangxi']
+  }
+  assert all(r.file_id.startswith('0') for r in records)  # '002' matched to CSV row '2'
   assert b'\r\n' in (raw_dir / 'Class Labels of Dataset 1.csv').read_bytes()
 
 
@@ -192,8 +195,10 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
   before = tfds_builder.prepare('jiangxi', c.data)
   relabelled = manifest[0]
   new_code = 2 if relabelled.type_code == 1 else 1
-  fixtures.write_csv(root / 'Class Labels of Dataset 1.csv',
-                     [(f.csv_id, new_code if f is relabelled else f.type_code) for f in manifest])
+  fixtures.write_csv(
+    root / 'Class Labels of Dataset 1.csv',
+    [(f.csv_id, new_code if f is relabelled else f.type_code) for f in manifest],
+  )
   after = tfds_builder.prepare('jiangxi', c.data)
   assert after.data_dir != before.data_dir
   examples = dict(read_split(after, 'train') + read_split(after, 'test'))
@@ -206,9 +211,13 @@ def test_changed_raw_folder_gets_a_new_build(tmp_path):
 
 
 def fake_records(n_per_type, prefix=''):
-  return [records_lib.RawRecord(f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'),
-                                pathlib.Path('x.png'), t)
-          for t, n in n_per_type.items() for i in range(n)]
+  return [
+    records_lib.RawRecord(
+      f'{prefix}{t[:3]}{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t
+    )
+    for t, n in n_per_type.items()
+    for i in range(n)
+  ]
 
 
 @pytest.mark.parametrize('n', [1, 2, 3, 4, 5, 7, 8, 12, 13, 17, 30, 141])
@@ -221,14 +230,15 @@ def test_split_stratified_counts(n):
     assert n_test == (int(round(0.2 * count)) if count > 1 else 0)
     assert n_test + n_train == count
   assert sorted(r.file_id for r in split['train'] + split['test']) == sorted(
-      r.file_id for r in records)
+    r.file_id for r in records
+  )
 
 
 def test_split_deterministic_and_seeded():
   records = fake_records({'neutrophil': 40, 'lymphocyte': 20, 'basophil': 6})
   test_ids = lambda s: [r.file_id for r in s['test']]
   a = splits.stratified_split(records, 0.2, seed=0)
-  b = splits.stratified_split(list(reversed(records)), 0.2, seed=0)   # listing order is irrelevant
+  b = splits.stratified_split(list(reversed(records)), 0.2, seed=0)  # listing order is irrelevant
   c = splits.stratified_split(records, 0.2, seed=1)
   assert test_ids(a) == test_ids(b)
   assert test_ids(a) != test_ids(c)
@@ -246,11 +256,11 @@ def test_folder_source(tmp_path, with_labels_csv):
   builder = tfds_builder.prepare('folder', c.data)
   expected = {f.file_id: f.cell_type for f in manifest if f.cell_type in KEPT}
   examples = check_build(builder, expected)
-  assert len(expected) == 8   # the eosinophil (with labels.csv) is left out
+  assert len(expected) == 8  # the eosinophil (with labels.csv) is left out
   for _, ex in examples:
     assert tfds_builder.as_str(ex['dataset']) == 'my_cells'
   by_id = {f.file_id: f for f in manifest}
-  for fid, ex in examples:   # 100 -> 120
+  for fid, ex in examples:  # 100 -> 120
     want = label_maps.resize_label_map(by_id[fid].label_map(), 120)
     np.testing.assert_array_equal(ex['label_map'], want)
 
@@ -330,6 +340,7 @@ def _label_out_of_range(label):
     rows[1][1] = label
     _set_csv(root, rows)
     return root / 'Class Labels of Dataset 1.csv'
+
   return corrupt
 
 
@@ -367,7 +378,7 @@ def _all_background_mask(root, fid):
 def _zero_one_mask(root, fid):
   path = root / 'Dataset 1' / f'{fid}.png'
   nucleus = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 192
-  fixtures.write_gray(path, nucleus.astype(np.uint8))   # 1 nucleus, 0 the rest: a common export
+  fixtures.write_gray(path, nucleus.astype(np.uint8))  # 1 nucleus, 0 the rest: a common export
   return path
 
 
@@ -379,6 +390,7 @@ def _truncated_image(suffix):
     bmp.unlink()
     assert cv2.imwrite(str(path), image)
     return fixtures.truncate(path)
+
   return corrupt
 
 
@@ -387,29 +399,29 @@ def _truncated_mask(root, fid):
 
 
 BAD_INPUTS = {
-    'all_background_mask': (_all_background_mask, 'no nucleus pixel.*all background'),
-    'zero_one_mask': (_zero_one_mask, '0 background, 128 cytoplasm, 255 nucleus.*0/1 mask'),
-    'truncated_bmp_image': (_truncated_image('.bmp'), 'truncated or corrupt BMP'),
-    'truncated_jpeg_image': (_truncated_image('.jpg'), 'truncated JPEG'),
-    'truncated_tif_image': (_truncated_image('.tif'), 'not a readable image'),
-    'truncated_png_mask': (_truncated_mask, 'truncated PNG'),
-    'missing_mask': (_missing_mask, 'no mask'),
-    'missing_image': (_missing_image, 'without an image'),
-    'size_mismatch': (_size_mismatch, '120x100'),
-    'unreadable_image': (_garbage_image, 'not a readable image'),
-    'unreadable_mask': (_garbage_mask, 'not a readable mask'),
-    'image_16bit': (_image_16bit, 'uint16'),
-    'mask_16bit': (_mask_16bit, 'uint16'),
-    'colour_mask': (_colour_mask, 'colour mask'),
-    'noise_mask': (_noise_mask, '0/128/255'),
-    'label_6': (_label_out_of_range('6'), "label '6'"),
-    'label_0': (_label_out_of_range('0'), "label '0'"),
-    'label_text': (_label_out_of_range('platelet'), "label 'platelet'"),
-    'image_without_csv_row': (_image_without_row, 'has no row'),
-    'csv_row_without_image': (_row_without_image, r"no image file.*'999'"),
-    'duplicate_csv_row': (_duplicate_row, 'listed twice'),
-    'missing_csv': (_missing_csv, 'does not exist'),
-    'missing_subset_folder': (_missing_subset, 'does not exist'),
+  'all_background_mask': (_all_background_mask, 'no nucleus pixel.*all background'),
+  'zero_one_mask': (_zero_one_mask, '0 background, 128 cytoplasm, 255 nucleus.*0/1 mask'),
+  'truncated_bmp_image': (_truncated_image('.bmp'), 'truncated or corrupt BMP'),
+  'truncated_jpeg_image': (_truncated_image('.jpg'), 'truncated JPEG'),
+  'truncated_tif_image': (_truncated_image('.tif'), 'not a readable image'),
+  'truncated_png_mask': (_truncated_mask, 'truncated PNG'),
+  'missing_mask': (_missing_mask, 'no mask'),
+  'missing_image': (_missing_image, 'without an image'),
+  'size_mismatch': (_size_mismatch, '120x100'),
+  'unreadable_image': (_garbage_image, 'not a readable image'),
+  'unreadable_mask': (_garbage_mask, 'not a readable mask'),
+  'image_16bit': (_image_16bit, 'uint16'),
+  'mask_16bit': (_mask_16bit, 'uint16'),
+  'colour_mask': (_colour_mask, 'colour mask'),
+  'noise_mask': (_noise_mask, '0/128/255'),
+  'label_6': (_label_out_of_range('6'), "label '6'"),
+  'label_0': (_label_out_of_range('0'), "label '0'"),
+  'label_text': (_label_out_of_range('platelet'), "label 'platelet'"),
+  'image_without_csv_row': (_image_without_row, 'has no row'),
+  'csv_row_without_image': (_row_without_image, r"no image file.*'999'"),
+  'duplicate_csv_row': (_duplicate_row, 'listed twice'),
+  'missing_csv': (_missing_csv, 'does not exist'),
+  'missing_subset_folder': (_missing_subset, 'does not exist'),
 }
 
 
@@ -423,30 +435,30 @@ def test_bad_input_raises_data_error_naming_the_file(tmp_path, case):
   with pytest.raises(errors_lib.DataError, match=re.escape(str(path))) as info:
     tfds_builder.prepare('jiangxi', c.data)
   assert re.search(what, str(info.value)), str(info.value)
-  assert type(info.value) is errors_lib.DataError   # not wrapped by TFDS
+  assert type(info.value) is errors_lib.DataError  # not wrapped by TFDS
   leftovers = [p for p in (tmp_path / 'tfds').rglob('*')] if (tmp_path / 'tfds').exists() else []
-  assert not leftovers   # a failed build leaves no empty TFDS folders behind
+  assert not leftovers  # a failed build leaves no empty TFDS folders behind
 
 
 def test_local_build_does_not_announce_a_download(tmp_path, capfd):
   root, _ = _small_raw(tmp_path)
   c = conftest.data_config(root, tmp_path / 'tfds')
   existing = tmp_path / 'tfds' / 'other_build'
-  existing.mkdir(parents=True)   # a folder that was there before is not the build's to remove
+  existing.mkdir(parents=True)  # a folder that was there before is not the build's to remove
   with absltest_log_capture() as records:
     tfds_builder.prepare('jiangxi', c.data)
   out, err = capfd.readouterr()
   assert 'Downloading and preparing' not in out and 'Unknown size' not in out
-  assert 'Shuffling' not in out + err   # TFDS's progress bars
+  assert 'Shuffling' not in out + err  # TFDS's progress bars
   messages = [r.getMessage() for r in records]
   assert not [m for m in messages if 'custom data configuration' in m or 'Done writing' in m]
   assert any(m.startswith('Building jiangxi examples') for m in messages)
   assert existing.is_dir()
-  assert tfds_builder.tfds_utils.tqdm_utils._active   # TFDS's bars are back for other users
+  assert tfds_builder.tfds_utils.tqdm_utils._active  # TFDS's bars are back for other users
 
 
 def test_empty_after_filtering(tmp_path):
-  root, _ = _small_raw(tmp_path)   # neutrophils, lymphocytes and a basophil: no eosinophil
+  root, _ = _small_raw(tmp_path)  # neutrophils, lymphocytes and a basophil: no eosinophil
   c = conftest.data_config(root, tmp_path / 'tfds', cell_types=('eosinophil',))
   with pytest.raises(errors_lib.DataError, match=re.escape(str(root)) + '.*eosinophil'):
     tfds_builder.prepare('jiangxi', c.data)
@@ -454,11 +466,12 @@ def test_empty_after_filtering(tmp_path):
 
 def test_a_configured_type_without_an_image_is_named(tmp_path):
   root, _ = _small_raw(tmp_path)
-  c = conftest.data_config(root, tmp_path / 'tfds',
-                           cell_types=('neutrophil', 'monocyte', 'lymphocyte'))
-  with pytest.raises(errors_lib.DataError,
-                     match=re.escape(str(root)) + ".*no image of the cell type "
-                                          "'monocyte'"):
+  c = conftest.data_config(
+    root, tmp_path / 'tfds', cell_types=('neutrophil', 'monocyte', 'lymphocyte')
+  )
+  with pytest.raises(
+    errors_lib.DataError, match=re.escape(str(root)) + ".*no image of the cell type 'monocyte'"
+  ):
     tfds_builder.prepare('jiangxi', c.data)
 
 
@@ -492,8 +505,11 @@ def test_folder_label_map_with_two_classes(tmp_path):
   with pytest.raises(errors_lib.DataError, match=re.escape(str(bad)) + '.*outside') as info:
     tfds_builder.prepare('folder', c.data)
   # The values out of range, and the valid ids beside them.
-  assert re.search(r'values \[7, 200\] outside the class ids \(0 background, 1 neutrophil, '
-                   r'2 basophil, 3 lymphocyte\)', str(info.value)), str(info.value)
+  assert re.search(
+    r'values \[7, 200\] outside the class ids \(0 background, 1 neutrophil, '
+    r'2 basophil, 3 lymphocyte\)',
+    str(info.value),
+  ), str(info.value)
 
 
 def test_folder_palette_label_maps_read_as_class_ids(tmp_path):
@@ -501,10 +517,11 @@ def test_folder_palette_label_maps_read_as_class_ids(tmp_path):
   folder = tmp_path / 'cells'
   manifest = fixtures.make_folder_raw(folder, with_labels_csv=False)
   for fake in manifest:
-    fixtures.write_palette_png(folder / 'masks' / f'{fake.file_id}.png', fake.label_map(),
-                               classes.CLASS_COLORS)
+    fixtures.write_palette_png(
+      folder / 'masks' / f'{fake.file_id}.png', fake.label_map(), classes.CLASS_COLORS
+    )
   mask = cv2.imread(str(folder / 'masks' / f'{manifest[0].file_id}.png'), cv2.IMREAD_UNCHANGED)
-  assert mask.ndim == 3   # OpenCV alone sees a colour mask
+  assert mask.ndim == 3  # OpenCV alone sees a colour mask
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
   builder = tfds_builder.prepare('folder', c.data)
   examples = check_build(builder, {f.file_id: f.cell_type for f in manifest})
@@ -519,8 +536,9 @@ def test_folder_zero_one_masks_with_labels_csv(tmp_path):
   folder = tmp_path / 'cells'
   manifest = fixtures.make_folder_raw(folder, with_labels_csv=True)
   for fake in manifest:
-    fixtures.write_gray(folder / 'masks' / f'{fake.file_id}.png',
-                        (fake.mask == 255).astype(np.uint8))
+    fixtures.write_gray(
+      folder / 'masks' / f'{fake.file_id}.png', (fake.mask == 255).astype(np.uint8)
+    )
   c = conftest.data_config('', tmp_path / 'tfds', folder_dir=str(folder))
   with pytest.raises(errors_lib.DataError) as info:
     tfds_builder.prepare('folder', c.data)
@@ -551,7 +569,7 @@ def test_truncated_files_are_rejected_quietly(tmp_path, capfd, suffix, keep):
   image_path, mask_path = tmp_path / f'image{suffix}', tmp_path / f'mask{suffix}'
   fixtures.write_rgb(image_path, fixtures.cell_image(rng, mask))
   fixtures.write_gray(mask_path, mask)
-  assert image_files.read_rgb(image_path).shape == (64, 64, 3)   # whole, they read
+  assert image_files.read_rgb(image_path).shape == (64, 64, 3)  # whole, they read
   assert image_files.read_mask(mask_path).shape == (64, 64)
   for path, read in ((image_path, image_files.read_rgb), (mask_path, image_files.read_mask)):
     fixtures.truncate(path, keep)
@@ -568,7 +586,7 @@ def test_corrupt_jpeg_that_still_ends_well_is_rejected_quietly(tmp_path, capfd):
   rng = np.random.default_rng(0)
   fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 100)))
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2] + b'\xff\xd9')
+  path.write_bytes(data[: len(data) // 2] + b'\xff\xd9')
   with pytest.raises(errors_lib.DataError, match=re.escape(str(path)) + ': .*corrupt JPEG'):
     image_files.read_rgb(path)
   assert capfd.readouterr().err == ''
@@ -578,10 +596,11 @@ def test_corrupt_png_fails_its_crc(tmp_path):
   path = tmp_path / 'mask.png'
   fixtures.write_gray(path, fixtures.cell_mask(np.random.default_rng(0), 64))
   data = bytearray(path.read_bytes())
-  data[60] ^= 0xFF   # inside the IDAT chunk: the file is whole but wrong
+  data[60] ^= 0xFF  # inside the IDAT chunk: the file is whole but wrong
   path.write_bytes(bytes(data))
-  with pytest.raises(errors_lib.DataError,
-                     match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'):
+  with pytest.raises(
+    errors_lib.DataError, match=re.escape(str(path)) + '.*IDAT chunk fails its CRC'
+  ):
     image_files.read_mask(path)
 
 
@@ -593,7 +612,7 @@ def test_jpeg_structure_walks_to_the_end_marker(tmp_path):
   data = buffer.getvalue()
   assert image_files.file_structure_problem(data) is None
   assert image_files.file_structure_problem(data + b'trailer\xff\x00') is None
-  cut = data.index(b'\xff\xd9') + 100   # past the comment's FFD9, short of the image's end
+  cut = data.index(b'\xff\xd9') + 100  # past the comment's FFD9, short of the image's end
   assert 'truncated JPEG' in image_files.file_structure_problem(data[:cut])
 
 
@@ -606,18 +625,21 @@ def test_label_csv_without_header_keeps_its_first_row(tmp_path):
   rows = _csv_rows(root)
   fixtures.write_csv(csv_path, rows, header=False)
   assert records_lib.read_cell_type_csv(csv_path) == {
-      i: classes.CSV_CELL_TYPES[int(label)] for i, label in rows}
+    i: classes.CSV_CELL_TYPES[int(label)] for i, label in rows
+  }
   assert len(records_lib.list_wbc_records(root, 'jiangxi')) == len(rows)
-  rows[0][1] = '6'   # a first row with a bad label is a row, not a header
+  rows[0][1] = '6'  # a first row with a bad label is a row, not a header
   fixtures.write_csv(csv_path, rows, header=False)
   with pytest.raises(errors_lib.DataError, match=re.escape(str(csv_path)) + ":1: label '6'"):
     records_lib.read_cell_type_csv(csv_path)
   folder = tmp_path / 'cells'
   manifest = fixtures.make_folder_raw(folder)
-  fixtures.write_csv(folder / 'labels.csv', [(f.csv_id, f.cell_type) for f in manifest],
-                     header=False)
+  fixtures.write_csv(
+    folder / 'labels.csv', [(f.csv_id, f.cell_type) for f in manifest], header=False
+  )
   assert {r.file_id: r.cell_type for r in records_lib.list_folder_records(folder, PAPER)} == {
-      f.file_id: f.cell_type for f in manifest}
+    f.file_id: f.cell_type for f in manifest
+  }
 
 
 @pytest.mark.parametrize('kind', ['gray', 'rgba'])
@@ -633,7 +655,8 @@ def test_gray_and_rgba_images_are_converted(tmp_path, kind):
     assert cv2.imwrite(str(path), bgra)
     want = rgb
   assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape == want.shape[:2] + (
-      () if kind == 'gray' else (4,))   # the file really is gray / RGBA
+    () if kind == 'gray' else (4,)
+  )  # the file really is gray / RGBA
   builder = tfds_builder.prepare('jiangxi', conftest.data_config(root, tmp_path / 'tfds').data)
   examples = dict(read_split(builder, 'train') + read_split(builder, 'test'))
   np.testing.assert_array_equal(examples[fid]['image'], want)
@@ -643,7 +666,8 @@ def test_gray_and_rgba_images_are_converted(tmp_path, kind):
 def test_images_are_read_as_their_exif_orientation_shows_them(tmp_path, suffix):
   """Cameras store a portrait photo on its side with an EXIF orientation: every viewer (PIL's
   exif_transpose here) shows it turned, and so must every reader of ours."""
-  from PIL import ImageOps   # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+
   stored = np.random.default_rng(0).integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
   for orientation in range(1, 9):
     path = tmp_path / f'photo_{orientation}{suffix}'
@@ -652,7 +676,7 @@ def test_images_are_read_as_their_exif_orientation_shows_them(tmp_path, suffix):
       shown = np.asarray(ImageOps.exif_transpose(image).convert('RGB'))
     got = image_files.read_rgb(path)
     assert got.shape == shown.shape, orientation
-    assert np.abs(got.astype(int) - shown).mean() < 2, orientation   # JPEG decoders differ
+    assert np.abs(got.astype(int) - shown).mean() < 2, orientation  # JPEG decoders differ
 
 
 def test_a_rotated_photo_is_paired_with_its_mask_as_viewers_show_both(tmp_path):
@@ -674,11 +698,15 @@ def _write_png(path, pixels, color_type):
   """A minimal 8-bit PNG by hand (OpenCV cannot write 2-channel files)."""
   h, w = pixels.shape[:2]
   rows = b''.join(b'\x00' + pixels[y].tobytes() for y in range(h))
-  chunk = lambda tag, data: (struct.pack('>I', len(data)) + tag + data +
-                             struct.pack('>I', zlib.crc32(tag + data)))
-  path.write_bytes(b'\x89PNG\r\n\x1a\n' +
-                   chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0)) +
-                   chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+  chunk = lambda tag, data: (
+    struct.pack('>I', len(data)) + tag + data + struct.pack('>I', zlib.crc32(tag + data))
+  )
+  path.write_bytes(
+    b'\x89PNG\r\n\x1a\n'
+    + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0))
+    + chunk(b'IDAT', zlib.compress(rows))
+    + chunk(b'IEND', b'')
+  )
 
 
 def test_two_channel_and_gray_files(tmp_path):
@@ -699,11 +727,11 @@ def test_stray_gray_levels_snap(tmp_path):
   mask[30:50, 30:50] = 255
   record = records_lib.RawRecord('1', tmp_path / '1.bmp', tmp_path / '1.png', 'basophil')
   noisy = mask.copy()
-  noisy[0, :99] = 50                                     # 0.99% off-level: allowed
-  noisy[25, 25], noisy[35, 35], noisy[1, 1] = 160, 220, 3   # within tolerance: snapped
+  noisy[0, :99] = 50  # 0.99% off-level: allowed
+  noisy[25, 25], noisy[35, 35], noisy[1, 1] = 160, 220, 3  # within tolerance: snapped
   got = label_maps.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
   np.testing.assert_array_equal(got, np.where(mask == 255, classes.CLASS_ID['basophil'], 0))
-  noisy[1, :2] = 50                                      # 1.01%: another scheme
+  noisy[1, :2] = 50  # 1.01%: another scheme
   with pytest.raises(errors_lib.DataError, match=re.escape(str(record.mask_path))):
     label_maps.label_map_from_mask(noisy, record, PAPER, 40, 0.01)
 
@@ -715,7 +743,7 @@ def test_far_gray_levels_snapped_are_logged(tmp_path, caplog):
   path = tmp_path / '1.png'
   caplog.set_level('INFO')
   label_maps.snap_mask_levels(np.where(mask == 0, 3, mask).astype(np.uint8), path, 40, 0.01)
-  assert not caplog.records   # near the levels only: nothing to say
+  assert not caplog.records  # near the levels only: nothing to say
   noisy = mask.copy()
   noisy[0, :37] = 60
   label_maps.snap_mask_levels(noisy, path, 40, 0.01)
@@ -750,8 +778,7 @@ def test_real_build(real_builders, source):
 @needs_real_data
 @pytest.mark.parametrize('source', SOURCES)
 def test_real_split_determinism(source):
-  split = lambda seed: tfds_builder.split_records(source, conftest.REAL_WBC_DIR, PAPER, 0.2,
-                                                         seed)
+  split = lambda seed: tfds_builder.split_records(source, conftest.REAL_WBC_DIR, PAPER, 0.2, seed)
   test_ids = lambda s: [r.file_id for r in s['test']]
   assert test_ids(split(0)) == test_ids(split(0))
   assert test_ids(split(0)) != test_ids(split(1))
@@ -763,12 +790,15 @@ def test_nucleus_that_vanishes_in_the_resize_is_an_error(tmp_path):
   rng = np.random.default_rng(0)
   image = fixtures.cell_image(rng, fixtures.cell_mask(rng, 300))
   mask = np.zeros((300, 300), np.uint8)
-  mask[1, 1] = 255   # 300 -> 120: one source pixel covers 0.16 of a pixel, never its majority
+  mask[1, 1] = 255  # 300 -> 120: one source pixel covers 0.16 of a pixel, never its majority
   fixtures.write_rgb(tmp_path / '001.bmp', image)
   fixtures.write_gray(tmp_path / '001.png', mask)
   record = records_lib.RawRecord('1', tmp_path / '001.bmp', tmp_path / '001.png', 'neutrophil')
-  with pytest.raises(errors_lib.DataError, match=re.escape(str(tmp_path / '001.png')) +
-                     r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120'):
+  with pytest.raises(
+    errors_lib.DataError,
+    match=re.escape(str(tmp_path / '001.png'))
+    + r'.*nucleus \(1 pixels\) vanishes.*300x300.*120x120',
+  ):
     label_maps.load_example(record, PAPER, 120, 40, 0.01)
   # Kept at full size.
   assert label_maps.load_example(record, PAPER, 300, 40, 0.01)['label_map'][1, 1] == 1
@@ -783,7 +813,7 @@ def _disc_with_a_segment(size, offset):
   """Class 3 a disc, its right part class 1 (a straight edge and two arcs)."""
   yy, xx = np.mgrid[:size, :size]
   centre, radius = (size - 1) / 2 + offset, 0.3 * size
-  label_map = np.where((yy - centre) ** 2 + (xx - centre) ** 2 < radius ** 2, 3, 0)
+  label_map = np.where((yy - centre) ** 2 + (xx - centre) ** 2 < radius**2, 3, 0)
   return np.where((label_map == 3) & (xx > centre + radius / 2), 1, label_map).astype(np.uint8)
 
 
@@ -795,7 +825,7 @@ def test_resized_label_map_stays_on_its_image(source_size):
   average); no label appears that was not there."""
   scale = 120 / source_size
   errors, area_ratios = [], []
-  for offset in np.linspace(0, 5, 10, endpoint=False):   # 5 source px: whole pixel cycles
+  for offset in np.linspace(0, 5, 10, endpoint=False):  # 5 source px: whole pixel cycles
     label_map = _disc_with_a_segment(source_size, offset)
     resized = label_maps.resize_label_map(label_map, 120)
     assert resized.shape == (120, 120) and resized.dtype == np.uint8
@@ -803,7 +833,7 @@ def test_resized_label_map_stays_on_its_image(source_size):
     for class_id in (1, 3):
       source_centroid = np.array(_centroid(label_map, class_id))
       errors.append(_centroid(resized, class_id) - ((source_centroid + 0.5) * scale - 0.5))
-      area_ratios.append((resized == class_id).sum() / ((label_map == class_id).sum() * scale ** 2))
+      area_ratios.append((resized == class_id).sum() / ((label_map == class_id).sum() * scale**2))
   np.testing.assert_allclose(np.mean(errors, axis=0), 0, atol=0.05)
   assert abs(np.mean(area_ratios) - 1) < 0.01
 
@@ -821,6 +851,7 @@ def absltest_log_capture():
   class Keep(std_logging.Handler):
     def emit(self, record):
       records.append(record)
+
   handler, logger = Keep(), absl_logging.get_absl_logger()
   logger.addHandler(handler)
   level = logger.level
@@ -837,26 +868,37 @@ def test_jpeg_reads_without_a_stderr(tmp_path):
   path = tmp_path / 'cell.jpg'
   rng = np.random.default_rng(0)
   fixtures.write_rgb(path, fixtures.cell_image(rng, fixtures.cell_mask(rng, 50)))
-  code = ('import pathlib, sys; sys.stderr = None; from wcsegnet_jax.data import image_files; '
-          f'print(image_files.read_rgb(pathlib.Path({str(path)!r})).shape)')
-  result = subprocess.run(f'{sys.executable} -c "{code}" 2>&-', shell=True, cwd=conftest.ROOT,
-                          capture_output=True, text=True, timeout=120)
+  code = (
+    'import pathlib, sys; sys.stderr = None; from wcsegnet_jax.data import image_files; '
+    f'print(image_files.read_rgb(pathlib.Path({str(path)!r})).shape)'
+  )
+  result = subprocess.run(
+    f'{sys.executable} -c "{code}" 2>&-',
+    shell=True,
+    cwd=conftest.ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.stdout.strip() == '(50, 50, 3)', result.stderr
 
 
 def test_images_of_types_without_a_class_are_named_when_left_out(caplog):
   """An evaluation folder's monocyte is not scored by a 3-type model, and the log says so."""
-  records = [records_lib.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
-             for i, t in enumerate(('neutrophil', 'monocyte', 'lymphocyte', 'eosinophil'))]
+  records = [
+    records_lib.RawRecord(f'{i:03d}', pathlib.Path('x.bmp'), pathlib.Path('x.png'), t)
+    for i, t in enumerate(('neutrophil', 'monocyte', 'lymphocyte', 'eosinophil'))
+  ]
   caplog.set_level('INFO')
-  kept = records_lib.filter_cell_types(records, classes.DEFAULT_CELL_TYPES,
-                                       where='folder data in d',
-                               every_type=False)
+  kept = records_lib.filter_cell_types(
+    records, classes.DEFAULT_CELL_TYPES, where='folder data in d', every_type=False
+  )
   assert [r.file_id for r in kept] == ['000', '002']
   assert [r.getMessage() for r in caplog.records] == [
-      "folder data in d: left out 2 image(s) of cell types the model has no class for "
-      "(1 eosinophil, 1 monocyte: 001, 003; config.data.cell_types=('neutrophil', 'basophil', "
-      "'lymphocyte'))"]
+    'folder data in d: left out 2 image(s) of cell types the model has no class for '
+    "(1 eosinophil, 1 monocyte: 001, 003; config.data.cell_types=('neutrophil', 'basophil', "
+    "'lymphocyte'))"
+  ]
   caplog.clear()
   records_lib.filter_cell_types(kept, classes.DEFAULT_CELL_TYPES, where='d', every_type=False)
   assert not caplog.records
@@ -876,12 +918,22 @@ print(builder.data_dir, len(tfds_builder.data_source(builder, 'train')))
 def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
   """Two processes started together on a fresh tfds_dir: one builds while the other waits for
   it, and both read the same build (each removed the other's folder before)."""
-  fixtures.make_wbc_raw(tmp_path / 'raw', n_per_type={1: 30, 2: 30, 3: 10, 4: 10, 5: 10},
-                        size1=200, size2=40)
-  command = [sys.executable, '-c', BUILD_IN_A_PROCESS, str(tmp_path / 'raw'),
-             str(tmp_path / 'tfds')]
-  runs = [subprocess.Popen(command, cwd=conftest.ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  fixtures.make_wbc_raw(
+    tmp_path / 'raw', n_per_type={1: 30, 2: 30, 3: 10, 4: 10, 5: 10}, size1=200, size2=40
+  )
+  command = [
+    sys.executable,
+    '-c',
+    BUILD_IN_A_PROCESS,
+    str(tmp_path / 'raw'),
+    str(tmp_path / 'tfds'),
+  ]
+  runs = [
+    subprocess.Popen(
+      command, cwd=conftest.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(2)
+  ]
   results = [run.communicate(timeout=240) for run in runs]
   for run, (out, err) in zip(runs, results):
     assert run.returncode == 0, err[-3000:]
@@ -893,8 +945,12 @@ def test_two_runs_building_the_same_data_at_once_both_get_it(tmp_path):
 def test_a_raw_dir_with_one_subset_points_to_data_datasets(tmp_path):
   root, _ = _small_raw(tmp_path)
   shutil.rmtree(root / 'Dataset 2')
-  with pytest.raises(errors_lib.DataError, match=re.escape(
-      'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"')):
+  with pytest.raises(
+    errors_lib.DataError,
+    match=re.escape(
+      'it holds only Dataset 1/: use that alone with --config.data.datasets="(\'jiangxi\',)"'
+    ),
+  ):
     records_lib.list_wbc_records(root, 'cellavision')
 
 
@@ -911,7 +967,12 @@ def test_no_data_and_no_network_is_one_line_within_seconds(tmp_path, monkeypatch
   assert time.monotonic() - start < tfds_builder.REACHABLE_TIMEOUT_S + 3
   message = str(info.value)
   assert '\n' not in message
-  for part in ('config.data.raw_dir', records_lib.RAW_DIR_ENV, str(tmp_path / 'tfds'),
-               'github.com/zxaoyou/segmentation_WBC', '"Dataset 1/"'):
+  for part in (
+    'config.data.raw_dir',
+    records_lib.RAW_DIR_ENV,
+    str(tmp_path / 'tfds'),
+    'github.com/zxaoyou/segmentation_WBC',
+    '"Dataset 1/"',
+  ):
     assert part in message, part
   assert not (tmp_path / 'tfds').exists() or not list((tmp_path / 'tfds').rglob('*'))

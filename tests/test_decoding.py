@@ -8,8 +8,8 @@ import pytest
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.model import decoding
 
-PAPER = classes.PAPER_TABLE                                   # 0 bg, 1 neut, 2 baso, 3 lymph
-WITH_CYTOPLASM = classes.class_table(('neutrophil', 'lymphocyte'), cytoplasm=True)   # 3 = cyto
+PAPER = classes.PAPER_TABLE  # 0 bg, 1 neut, 2 baso, 3 lymph
+WITH_CYTOPLASM = classes.class_table(('neutrophil', 'lymphocyte'), cytoplasm=True)  # 3 = cyto
 
 
 def random_probs(shape, seed=0):
@@ -23,20 +23,28 @@ def test_argmax_is_the_most_probable_class():
 
 
 def test_a_sure_nucleus_of_an_unsure_type_is_a_nucleus_by_part():
-  probs = np.array([[0.4, 0.3, 0.0, 0.3],     # nucleus 0.6: argmax says background
-                    [0.4, 0.1, 0.2, 0.3],     # nucleus 0.6, its most probable type lymphocyte
-                    [0.7, 0.1, 0.1, 0.1],     # background either way
-                    [0.5, 0.5, 0.0, 0.0]],    # a tie between parts goes to background
-                   np.float32)
+  probs = np.array(
+    [
+      [0.4, 0.3, 0.0, 0.3],  # nucleus 0.6: argmax says background
+      [0.4, 0.1, 0.2, 0.3],  # nucleus 0.6, its most probable type lymphocyte
+      [0.7, 0.1, 0.1, 0.1],  # background either way
+      [0.5, 0.5, 0.0, 0.0],
+    ],  # a tie between parts goes to background
+    np.float32,
+  )
   np.testing.assert_array_equal(decoding.decode(probs, PAPER, 'argmax'), [0, 0, 0, 0])
   np.testing.assert_array_equal(decoding.decode(probs, PAPER, 'by_part'), [1, 3, 0, 0])
 
 
 def test_cytoplasm_is_a_part_of_its_own():
-  probs = np.array([[0.30, 0.25, 0.15, 0.30],   # nucleus 0.40 beats background and cytoplasm
-                    [0.20, 0.20, 0.15, 0.45],   # cytoplasm 0.45 beats nucleus 0.35
-                    [0.40, 0.10, 0.10, 0.40]],  # background and cytoplasm tie: background
-                   np.float32)
+  probs = np.array(
+    [
+      [0.30, 0.25, 0.15, 0.30],  # nucleus 0.40 beats background and cytoplasm
+      [0.20, 0.20, 0.15, 0.45],  # cytoplasm 0.45 beats nucleus 0.35
+      [0.40, 0.10, 0.10, 0.40],
+    ],  # background and cytoplasm tie: background
+    np.float32,
+  )
   np.testing.assert_array_equal(decoding.decode(probs, WITH_CYTOPLASM, 'by_part'), [1, 3, 0])
 
 

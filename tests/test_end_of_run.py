@@ -17,46 +17,61 @@ from wcsegnet_jax.training import end_of_run
 
 
 def run_main(args, env):
-  return subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600,
-                        env={**env, 'PYTHONPATH': ROOT})
+  return subprocess.run(
+    [sys.executable, '-m', 'wcsegnet_jax.main', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**env, 'PYTHONPATH': ROOT},
+  )
 
 
 def test_summary_names_dice_reports_curves_and_the_predict_command(tmp_path):
   text = end_of_run.summary_text(
-      tmp_path, 3725, {'jiangxi': 0.96612, 'cellavision': None},
-      {'jiangxi': tmp_path / 'eval' / 'jiangxi', 'cellavision': tmp_path / 'eval' / 'cellavision'},
-      tmp_path / 'curves.png')
+    tmp_path,
+    3725,
+    {'jiangxi': 0.96612, 'cellavision': None},
+    {'jiangxi': tmp_path / 'eval' / 'jiangxi', 'cellavision': tmp_path / 'eval' / 'cellavision'},
+    tmp_path / 'curves.png',
+  )
   lines = text.splitlines()
   assert lines[0] == f'Training done in 1 h 02 min; results in {tmp_path}'
   assert 'jiangxi 0.966, cellavision n/a' in lines[1]
   assert f'{tmp_path}/eval/jiangxi/report.md' in text
   assert f'{tmp_path}/eval/cellavision/worst.png' in text
   assert f'training curves: {tmp_path}/curves.png' in text
-  assert lines[-1].endswith(f'python -m wcsegnet_jax.predict --workdir={tmp_path} '
-                            f'--output={tmp_path}/predictions IMAGE_OR_FOLDER...')
+  assert lines[-1].endswith(
+    f'python -m wcsegnet_jax.predict --workdir={tmp_path} '
+    f'--output={tmp_path}/predictions IMAGE_OR_FOLDER...'
+  )
   assert max(len(l) for l in lines if 'predict' not in l and 'report' not in l) < 120
 
 
 def test_summary_of_a_run_without_a_test_split_says_so(tmp_path):
   text = end_of_run.summary_text(tmp_path, 59.6, {}, {}, None)
   assert text.splitlines() == [
-      f'Training done in 1 min 00 s; results in {tmp_path}',
-      '  no test split (data.test_fraction=0): nothing evaluated',
-      f'Next, segment your own images: python -m wcsegnet_jax.predict --workdir={tmp_path} '
-      f'--output={tmp_path}/predictions IMAGE_OR_FOLDER...']
+    f'Training done in 1 min 00 s; results in {tmp_path}',
+    '  no test split (data.test_fraction=0): nothing evaluated',
+    f'Next, segment your own images: python -m wcsegnet_jax.predict --workdir={tmp_path} '
+    f'--output={tmp_path}/predictions IMAGE_OR_FOLDER...',
+  ]
 
 
 @pytest.mark.slow
 def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw, tmp_path):
   workdir, tfds = tmp_path / 'wd', tmp_path / 'tfds'
-  env = {k: v for k, v in os.environ.items()
-         if k not in (records_lib.RAW_DIR_ENV, tfds_builder.TFDS_DIR_ENV)}
-  env['HOME'] = str(tmp_path / 'home')   # a default ~/tensorflow_datasets would show up here
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in (records_lib.RAW_DIR_ENV, tfds_builder.TFDS_DIR_ENV)
+  }
+  env['HOME'] = str(tmp_path / 'home')  # a default ~/tensorflow_datasets would show up here
   # The progress bar is on (smoke's default) but stderr is a pipe: no bar fragments.
-  trained = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}'],
-                     {**env, records_lib.RAW_DIR_ENV: str(wbc_raw[0]),
-                      tfds_builder.TFDS_DIR_ENV: str(tfds)})
+  trained = run_main(
+    [f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}'],
+    {**env, records_lib.RAW_DIR_ENV: str(wbc_raw[0]), tfds_builder.TFDS_DIR_ENV: str(tfds)},
+  )
   assert trained.returncode == 0, trained.stderr[-3000:]
   out = trained.stdout
   assert '\r' not in trained.stderr and '%|' not in trained.stderr
@@ -78,11 +93,14 @@ def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw,
 
   builds = sorted(p.name for p in (tfds / 'wbc_segmentation').iterdir())
   (workdir / 'eval').rename(tmp_path / 'first_eval')
-  evaluated = run_main([f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}',
-                        '--mode=evaluate'], env)
+  evaluated = run_main(
+    [f'--config={ROOT}/configs/smoke.py', f'--workdir={workdir}', '--mode=evaluate'], env
+  )
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert (workdir / 'eval' / 'jiangxi' / 'report.md').is_file()
   assert sorted(p.name for p in (tfds / 'wbc_segmentation').iterdir()) == builds
   assert not (tmp_path / 'home' / 'tensorflow_datasets').exists()
-  assert json.loads((workdir / 'eval' / 'jiangxi' / 'metrics.json').read_text())['paper'] == (
-      json.loads((tmp_path / 'first_eval' / 'jiangxi' / 'metrics.json').read_text())['paper'])
+  assert (
+    json.loads((workdir / 'eval' / 'jiangxi' / 'metrics.json').read_text())['paper']
+    == (json.loads((tmp_path / 'first_eval' / 'jiangxi' / 'metrics.json').read_text())['paper'])
+  )

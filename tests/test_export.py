@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 for _module in ('jax2onnx', 'onnx', 'onnxruntime'):
-  pytest.importorskip(_module, reason="the export extra is not installed "
-                      "(pip install -e '.[export]')")
+  pytest.importorskip(
+    _module, reason="the export extra is not installed (pip install -e '.[export]')"
+  )
 
 import fixtures  # pylint: disable=g-import-not-at-top
 from configs import smoke  # pylint: disable=g-import-not-at-top
@@ -47,15 +48,17 @@ def assert_parity(reference: np.ndarray, got: np.ndarray) -> None:
 def cell_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
   """(n, size, size, 3) uint8 drawn cells (tests/fixtures.py), blurred a little as optics do."""
   rng = np.random.default_rng(seed)
-  crops = [cv2.GaussianBlur(fixtures.cell_image(rng, fixtures.cell_mask(rng, size)), (3, 3), 0)
-           for _ in range(n)]
+  crops = [
+    cv2.GaussianBlur(fixtures.cell_image(rng, fixtures.cell_mask(rng, size)), (3, 3), 0)
+    for _ in range(n)
+  ]
   return np.stack(crops)
 
 
 def tiny_config(colour: str = 'reinhard'):
   config = smoke.get_config()
   config.data.color = colour
-  config.model.block_norm = 'batch'   # BatchNorm in the blocks too, as the shipped models
+  config.model.block_norm = 'batch'  # BatchNorm in the blocks too, as the shipped models
   return config
 
 
@@ -63,10 +66,12 @@ def random_variables(config, seed: int = 0) -> dict:
   """A tiny model's initial variables, with BatchNorm statistics away from (0, 1)."""
   size = config.data.image_size
   variables = models.model_for(config).init(
-      jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False)
+    jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False
+  )
   keys = iter(jax.random.split(jax.random.key(seed + 1), 1000))
-  stats = jax.tree.map(lambda x: x + 0.1 * jax.random.uniform(next(keys), x.shape),
-                       variables['batch_stats'])
+  stats = jax.tree.map(
+    lambda x: x + 0.1 * jax.random.uniform(next(keys), x.shape), variables['batch_stats']
+  )
   return {'params': variables['params'], 'batch_stats': stats}
 
 
@@ -74,16 +79,20 @@ def jax_probabilities(config, variables, images, tta=False) -> np.ndarray:
   """What predict computes: the colour step (color.py) per image, then predict_probs."""
   standardized = np.stack([color.standardize(image, config.data) for image in images])
   model = models.model_for(config)
-  return np.asarray(jax.jit(lambda x: probabilities.predict_probs(
-      model, variables, x, config.data, tta))(standardized))
+  return np.asarray(
+    jax.jit(lambda x: probabilities.predict_probs(model, variables, x, config.data, tta))(
+      standardized
+    )
+  )
 
 
 @pytest.fixture(scope='module')
 def tiny():
   config = tiny_config()
   variables = random_variables(config)
-  info = onnx_export.describe(config, variables, 'a tiny test model', onnx_export.DEFAULT_OPSET,
-                              False, name='tiny')
+  info = onnx_export.describe(
+    config, variables, 'a tiny test model', onnx_export.DEFAULT_OPSET, False, name='tiny'
+  )
   graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
   return config, variables, graph, info
 
@@ -103,11 +112,13 @@ def test_whole_graph_takes_raw_rgb(tiny):
   approximation of the definition the graph follows): a level apart on a few pixels."""
   config, variables, graph, info = tiny
   assert [i.name for i in graph.graph.input] == [onnx_export.INPUT]
-  assert graph.graph.input[0].type.tensor_type.elem_type == 2   # uint8
+  assert graph.graph.input[0].type.tensor_type.elem_type == 2  # uint8
   images = cell_crops(4, config.data.image_size, seed=7)
   import onnx.utils
-  colour_part = onnx_backend.session(onnx.utils.Extractor(graph).extract_model(
-      [onnx_export.INPUT], [onnx_export.STANDARDIZED]))
+
+  colour_part = onnx_backend.session(
+    onnx.utils.Extractor(graph).extract_model([onnx_export.INPUT], [onnx_export.STANDARDIZED])
+  )
   ours = colour_part.run(None, {onnx_export.INPUT: images})[0].astype(int)
   opencv = np.stack([color.standardize(image, config.data) for image in images]).astype(int)
   assert np.abs(ours - opencv).max() <= 2
@@ -140,8 +151,10 @@ def test_backend_matches_segmenter_on_crops_and_fields(tiny):
     jax_path = segmenter.Segmenter(config, variables, tta, batch_size=4)
     onnx_path = onnx_backend.OnnxSegmenter(config, graph, info, tta, batch_size=4)
     rng = np.random.default_rng(0)
-    crops = [cv2.resize(image, (w, h)) for image, (h, w) in
-             zip(cell_crops(3, 100), [(64, 64), (100, 100), (50, 80)])]
+    crops = [
+      cv2.resize(image, (w, h))
+      for image, (h, w) in zip(cell_crops(3, 100), [(64, 64), (100, 100), (50, 80)])
+    ]
     for a, b in zip(jax_path.crops(crops), onnx_path.crops(crops)):
       assert_parity(a, b)
     field = cv2.GaussianBlur(rng.integers(0, 256, (150, 170, 3), np.uint8), (9, 9), 0)
@@ -152,8 +165,13 @@ def test_backend_matches_segmenter_on_crops_and_fields(tiny):
 @pytest.fixture(scope='module', params=shipped_model.MODEL_NAMES)
 def shipped(request):
   config, variables, _ = shipped_model.load(shipped_model.model_dir(request.param))
-  return config, variables, onnx_backend.from_model(config, variables, request.param,
-                                                    tta=bool(config.eval.tta), batch_size=8)
+  return (
+    config,
+    variables,
+    onnx_backend.from_model(
+      config, variables, request.param, tta=bool(config.eval.tta), batch_size=8
+    ),
+  )
 
 
 def test_shipped_models_onnx_backend_matches_jax(shipped):
@@ -164,8 +182,9 @@ def test_shipped_models_onnx_backend_matches_jax(shipped):
   crops = list(cell_crops(5, 120, seed=11)) + [cv2.resize(cell_crops(1, 300)[0], (300, 300))]
   for a, b in zip(jax_path.crops(crops), onnx_path.crops(crops)):
     assert_parity(a, b)
-  field = np.concatenate([np.concatenate(list(cell_crops(3, 120, seed=s)), 1)
-                          for s in (1, 2)], 0)   # 240 x 360: six cells
+  field = np.concatenate(
+    [np.concatenate(list(cell_crops(3, 120, seed=s)), 1) for s in (1, 2)], 0
+  )  # 240 x 360: six cells
   assert_parity(jax_path.field(field, 1.0), onnx_path.field(field, 1.0))
 
 
@@ -183,7 +202,7 @@ def test_another_models_graph_is_refused_naming_both_class_tables(tiny, tmp_path
   other = random_variables(config, seed=5)
   with pytest.raises(onnx_export.ExportError, match='other weights'):
     onnx_backend.from_file(path, config, other, 'another tiny model', tta=False)
-  onnx_backend.from_file(path, config, variables, 'the tiny model', tta=False)   # its own
+  onnx_backend.from_file(path, config, variables, 'the tiny model', tta=False)  # its own
 
 
 def test_not_an_export_is_refused(tmp_path):
@@ -194,6 +213,7 @@ def test_not_an_export_is_refused(tmp_path):
   with pytest.raises(onnx_export.ExportError, match='no such ONNX file'):
     onnx_backend.read_graph(tmp_path / 'missing.onnx')
   import onnx
+
   plain = tmp_path / 'plain.onnx'
   onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], 'g', [], [])), str(plain))
   with pytest.raises(onnx_export.ExportError, match='tools/export_model.py'):
@@ -221,8 +241,14 @@ def test_unknown_opset_and_existing_output(tmp_path):
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3'}
-  return subprocess.run([sys.executable, 'tools/export_model.py', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, 'tools/export_model.py', *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_command_line_bad_input_is_one_line(tmp_path):
@@ -232,7 +258,7 @@ def test_command_line_bad_input_is_one_line(tmp_path):
   proc = run_tool(f'--output={tmp_path / "a"}', f'--workdir={workdir}', '--nobioimageio')
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
-  line, = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  (line,) = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert str(workdir) in line
   proc = run_tool(f'--output={tmp_path / "b"}', '--opset=7')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
@@ -242,18 +268,25 @@ def test_command_line_bad_input_is_one_line(tmp_path):
 def test_bioimageio_package_passes_bioimageio_core_test(tiny, tmp_path):
   pytest.importorskip('bioimageio.core', reason='the export extra is not installed')
   from wcsegnet_jax.export import bioimageio_package
+
   config, variables, _, _ = tiny
-  graph_path, info = onnx_export.export(config, variables, tmp_path, 'a tiny test model',
-                                        name='tiny')
+  graph_path, info = onnx_export.export(
+    config, variables, tmp_path, 'a tiny test model', name='tiny'
+  )
   assert (tmp_path / onnx_export.INFO_FILE).is_file()
   assert info['classes'][1] == {'id': 1, 'name': 'neutrophil', 'color': [255, 0, 0]}
   assert info['source']['variables_sha256'] == onnx_export.variables_sha256(variables)
   archive = bioimageio_package.write_package(tmp_path, graph_path, info, licence='CC0-1.0')
   assert archive.is_file()
   folder = tmp_path / bioimageio_package.PACKAGE_DIR
-  for name in (bioimageio_package.RDF_FILE, bioimageio_package.COVER, bioimageio_package.DOC,
-               bioimageio_package.TEST_INPUT, bioimageio_package.TEST_OUTPUT,
-               onnx_export.ONNX_FILE):
+  for name in (
+    bioimageio_package.RDF_FILE,
+    bioimageio_package.COVER,
+    bioimageio_package.DOC,
+    bioimageio_package.TEST_INPUT,
+    bioimageio_package.TEST_OUTPUT,
+    onnx_export.ONNX_FILE,
+  ):
     assert (folder / name).is_file(), name
   assert '10.18280/isi.300102' in (folder / bioimageio_package.RDF_FILE).read_text()
   status, details = bioimageio_package.test_package(folder / bioimageio_package.RDF_FILE)
@@ -262,6 +295,7 @@ def test_bioimageio_package_passes_bioimageio_core_test(tiny, tmp_path):
 
 def test_package_of_own_data_needs_a_licence(tiny):
   from wcsegnet_jax.export import bioimageio_package
+
   _, _, _, info = tiny
   own = dict(info, training_data={'datasets': ['folder']})
   with pytest.raises(errors.UserError, match='--licence'):
@@ -270,14 +304,17 @@ def test_package_of_own_data_needs_a_licence(tiny):
 
 
 def _masks(folder: pathlib.Path) -> dict[str, bytes]:
-  return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).tobytes()
-          for p in sorted(folder.glob('*_mask.png'))}
+  return {
+    p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED).tobytes()
+    for p in sorted(folder.glob('*_mask.png'))
+  }
 
 
 def test_predict_backend_onnx_writes_the_same_masks(tmp_path):
   """predict --backend=onnx beside the default: the same masks, byte for byte, and the same
   cells.csv, for crops (with the flip average, as the shipped model) and a field."""
-  from wcsegnet_jax.inference import output_folder, prediction   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import output_folder, prediction  # pylint: disable=g-import-not-at-top
+
   images = tmp_path / 'images'
   images.mkdir()
   for i, crop in enumerate(cell_crops(3, 120, seed=21)):
@@ -289,17 +326,21 @@ def test_predict_backend_onnx_writes_the_same_masks(tmp_path):
     outputs = {}
     for backend in onnx_backend.BACKENDS:
       out = tmp_path / f'{name}_{backend}'
-      prediction.run([str(inputs)], prediction.PredictOptions(
-          output=out, model='paper', field_scale=scale, backend=backend))
+      prediction.run(
+        [str(inputs)],
+        prediction.PredictOptions(output=out, model='paper', field_scale=scale, backend=backend),
+      )
       outputs[backend] = out
     jax_masks, onnx_masks = _masks(outputs['jax']), _masks(outputs['onnx'])
     assert jax_masks and jax_masks == onnx_masks
-    assert ((outputs['jax'] / output_folder.CELLS_FILE).read_text()
-            == (outputs['onnx'] / output_folder.CELLS_FILE).read_text())
+    assert (outputs['jax'] / output_folder.CELLS_FILE).read_text() == (
+      outputs['onnx'] / output_folder.CELLS_FILE
+    ).read_text()
 
 
 def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
-  from wcsegnet_jax.inference import prediction   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.inference import prediction  # pylint: disable=g-import-not-at-top
+
   config, _, graph, _ = tiny
   path = tmp_path / 'tiny.onnx'
   path.write_bytes(graph.SerializeToString())
@@ -307,8 +348,10 @@ def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
   images.mkdir()
   fixtures.write_rgb(images / 'a.png', cell_crops(1, 120)[0])
   with pytest.raises(onnx_export.ExportError) as e:
-    prediction.run([str(images)], prediction.PredictOptions(
-        output=tmp_path / 'out', backend='onnx', onnx_file=str(path)))
+    prediction.run(
+      [str(images)],
+      prediction.PredictOptions(output=tmp_path / 'out', backend='onnx', onnx_file=str(path)),
+    )
   default = shipped_model.load_config(shipped_model.model_dir())
   assert classes.table_of(config.data).describe() in str(e.value)
   assert classes.table_of(default.data).describe() in str(e.value)

@@ -9,28 +9,40 @@ from wcsegnet_jax.core import classes
 from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.evaluation import field_scoring
 
-TABLE = classes.class_table(('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil'),
-                            cytoplasm=True)
+TABLE = classes.class_table(
+  ('neutrophil', 'lymphocyte', 'monocyte', 'eosinophil', 'basophil'), cytoplasm=True
+)
 
 
 def cell(box, type_name, nucleus_px=500):
   x0, y0, x1, y1 = box
-  return cells.Cell(bbox=box, centre=((x0 + x1) / 2, (y0 + y1) / 2), touches_border=False,
-                    class_id=TABLE.type_id(type_name), confidence=0.9,
-                    nucleus_area_px=nucleus_px, cell_area_px=None, nc_ratio=None, nucleus={})
+  return cells.Cell(
+    bbox=box,
+    centre=((x0 + x1) / 2, (y0 + y1) / 2),
+    touches_border=False,
+    class_id=TABLE.type_id(type_name),
+    confidence=0.9,
+    nucleus_area_px=nucleus_px,
+    cell_area_px=None,
+    nc_ratio=None,
+    nucleus={},
+  )
 
 
 def field(*typed):
-  return typed_fields.TypedField(pathlib.Path('f.jpg'), tuple(
-      typed_fields.TypedCell(t, box) for t, box in typed))
+  return typed_fields.TypedField(
+    pathlib.Path('f.jpg'), tuple(typed_fields.TypedCell(t, box) for t, box in typed)
+  )
 
 
 def test_a_cell_is_found_by_its_box_centre_and_typed_by_its_largest_match():
   truth = field(('eosinophil', (100, 100, 200, 200)))
-  found = [cell((90, 90, 150, 150), 'neutrophil', 300),      # centre (120, 120): inside
-           cell((140, 140, 210, 210), 'eosinophil', 900),    # centre (175, 175): inside, larger
-           cell((0, 0, 40, 40), 'lymphocyte'),                # a false cell
-           cell((150, 180, 260, 260), 'monocyte')]            # centre (205, 220): outside
+  found = [
+    cell((90, 90, 150, 150), 'neutrophil', 300),  # centre (120, 120): inside
+    cell((140, 140, 210, 210), 'eosinophil', 900),  # centre (175, 175): inside, larger
+    cell((0, 0, 40, 40), 'lymphocyte'),  # a false cell
+    cell((150, 180, 260, 260), 'monocyte'),
+  ]  # centre (205, 220): outside
   outcome = field_scoring.match_field(truth, found, TABLE.names)
   assert outcome.matched_types == ['eosinophil']
   assert outcome.false_cells == 2 and outcome.extra_in_box == 1 and outcome.predicted_cells == 4
@@ -38,20 +50,27 @@ def test_a_cell_is_found_by_its_box_centre_and_typed_by_its_largest_match():
 
 def test_summary_counts_found_exactly_one_false_cells_and_types():
   outcomes = [
-      field_scoring.match_field(field(('neutrophil', (0, 0, 50, 50))),
-                                [cell((10, 10, 40, 40), 'neutrophil')], TABLE.names),
-      field_scoring.match_field(field(('neutrophil', (0, 0, 50, 50))),
-                                [cell((10, 10, 40, 40), 'monocyte'),
-                                 cell((60, 60, 90, 90), 'lymphocyte')], TABLE.names),
-      field_scoring.match_field(field(('lymphocyte', (0, 0, 50, 50))), [], TABLE.names),
+    field_scoring.match_field(
+      field(('neutrophil', (0, 0, 50, 50))), [cell((10, 10, 40, 40), 'neutrophil')], TABLE.names
+    ),
+    field_scoring.match_field(
+      field(('neutrophil', (0, 0, 50, 50))),
+      [cell((10, 10, 40, 40), 'monocyte'), cell((60, 60, 90, 90), 'lymphocyte')],
+      TABLE.names,
+    ),
+    field_scoring.match_field(field(('lymphocyte', (0, 0, 50, 50))), [], TABLE.names),
   ]
   s = field_scoring.summarize(outcomes, TABLE.cell_types)
   assert (s['fields'], s['cells']) == (3, 3)
   assert np.isclose(s['found'], 2 / 3) and np.isclose(s['exactly_one'], 1 / 3)
   assert np.isclose(s['false_cells_per_field'], 1 / 3)
   assert np.isclose(s['type_right'], 1 / 3) and np.isclose(s['type_right_found'], 1 / 2)
-  assert s['confusion']['neutrophil'] == {**{t: 0 for t in TABLE.cell_types}, 'neutrophil': 1,
-                                          'monocyte': 1, 'missed': 0}
+  assert s['confusion']['neutrophil'] == {
+    **{t: 0 for t in TABLE.cell_types},
+    'neutrophil': 1,
+    'monocyte': 1,
+    'missed': 0,
+  }
   assert s['confusion']['lymphocyte']['missed'] == 1 and s['type_recall']['lymphocyte'] == 0
   text = field_scoring.markdown(s, 'title')
   assert '| 0.667 | 0.333 | 0.333 | 0.333 | 0.500 |' in text

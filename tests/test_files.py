@@ -11,7 +11,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
   path = tmp_path / 'metrics.json'
   files.write_json_atomic(path, {'a': 1})
   with pytest.raises(TypeError):
-    files.write_bytes_atomic(path, 'text, not bytes')   # fails inside the write
+    files.write_bytes_atomic(path, 'text, not bytes')  # fails inside the write
   assert json.loads(path.read_text()) == {'a': 1}
   assert [p.name for p in tmp_path.iterdir()] == ['metrics.json']
 

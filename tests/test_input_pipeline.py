@@ -31,7 +31,7 @@ def small_config(wbc_raw, wbc_tfds_dir, **input_overrides):
 
 
 @pytest.fixture(scope='module')
-def datasets(wbc_raw, wbc_tfds_dir, wbc_builders):   # wbc_builders: prepared once per session
+def datasets(wbc_raw, wbc_tfds_dir, wbc_builders):  # wbc_builders: prepared once per session
   del wbc_builders
   return input_pipeline.load_datasets(small_config(wbc_raw, wbc_tfds_dir).data)
 
@@ -60,7 +60,7 @@ def test_load_datasets(datasets):
 
 
 def test_train_batches(datasets, config):
-  batches = take(iter(input_pipeline.train_dataset(datasets, config)), 12)   # over an epoch
+  batches = take(iter(input_pipeline.train_dataset(datasets, config)), 12)  # over an epoch
   for batch in batches:
     assert sorted(batch) == sorted(input_pipeline.TRAIN_KEYS)
     assert batch['image'].shape == (BATCH, 120, 120, 3) and batch['image'].dtype == np.uint8
@@ -77,7 +77,7 @@ def test_train_batches(datasets, config):
 
 def test_epoch_sees_each_image_augment_repeats_times(datasets, config):
   """One epoch = every training image `augment_repeats` times, each time augmented anew."""
-  config.augment.enabled = False   # un-augmented: identify images by their pixels
+  config.augment.enabled = False  # un-augmented: identify images by their pixels
   steps = input_pipeline.steps_per_epoch(datasets, config)
   batches = take(iter(input_pipeline.train_dataset(datasets, config)), steps)
   seen = [b['image'][i].tobytes() for b in batches for i in range(BATCH)]
@@ -137,7 +137,7 @@ def test_iterator_state_round_trip_across_an_epoch(datasets, config):
   it = iter(input_pipeline.train_dataset(datasets, config))
   take(it, steps - 1)
   state = it.get_state()
-  a = take(it, 3)   # the epoch's last batch and the next epoch's first two
+  a = take(it, 3)  # the epoch's last batch and the next epoch's first two
   resumed = iter(input_pipeline.train_dataset(datasets, config))
   resumed.set_state(state)
   assert_same_batches(a, take(resumed, 3))
@@ -146,8 +146,9 @@ def test_iterator_state_round_trip_across_an_epoch(datasets, config):
 def test_augmentation_disabled_passes_examples_through(datasets, config):
   config.augment.enabled = False
   batch = next(iter(input_pipeline.train_dataset(datasets, config)))
-  originals = {d.train[i]['image'].tobytes(): d.train[i]
-               for d in datasets for i in range(len(d.train))}
+  originals = {
+    d.train[i]['image'].tobytes(): d.train[i] for d in datasets for i in range(len(d.train))
+  }
   for image, label_map in zip(batch['image'], batch['label_map']):
     np.testing.assert_array_equal(label_map, originals[image.tobytes()]['label_map'])
 
@@ -160,7 +161,8 @@ def test_process_shards_partition_the_global_batch(datasets, config):
     assert shards[0][step]['image'].shape[0] == BATCH // 2
     together = np.concatenate([s[step]['image'] for s in shards])
     assert sorted(x.tobytes() for x in together) == sorted(
-        x.tobytes() for x in whole[step]['image'])
+      x.tobytes() for x in whole[step]['image']
+    )
 
 
 def _check_eval_covers(source, batch_size):
@@ -174,11 +176,11 @@ def _check_eval_covers(source, batch_size):
     assert b['cell_type'].shape == b['valid'].shape == b['file_id'].shape == (batch_size,)
     assert b['valid'].dtype == bool
     ids += b['file_id'][b['valid']].tolist()
-  assert ids == [tfds_builder.as_str(source[i]['file_id']) for i in range(n)]   # in order, once
+  assert ids == [tfds_builder.as_str(source[i]['file_id']) for i in range(n)]  # in order, once
   last = batches[-1]
   n_last = n - batch_size * (len(batches) - 1)
   assert last['valid'].tolist() == [True] * n_last + [False] * (batch_size - n_last)
-  for j in range(n_last, batch_size):   # padding repeats the batch's first example
+  for j in range(n_last, batch_size):  # padding repeats the batch's first example
     np.testing.assert_array_equal(last['image'][j], last['image'][0])
     assert last['file_id'][j] == last['file_id'][0]
   for b, start in zip(batches, range(0, n, batch_size)):
@@ -202,8 +204,11 @@ def test_normalize_images():
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(out[0, 0], [-2.0, 2.0, -1.2], atol=1e-6)
   # Per-channel statistics apply to their own channel.
-  out = np.asarray(normalize.normalize_images(
-      np.full((2, 3), 255, np.uint8).reshape(1, 2, 3), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25)))
+  out = np.asarray(
+    normalize.normalize_images(
+      np.full((2, 3), 255, np.uint8).reshape(1, 2, 3), (0.0, 0.5, 1.0), (1.0, 0.5, 0.25)
+    )
+  )
   np.testing.assert_allclose(out[0, 0], [1.0, 1.0, 0.0], atol=1e-6)
 
 
@@ -227,25 +232,33 @@ def test_standardize_each_image_removes_each_images_colour_and_strength():
 def test_model_inputs_follow_data_normalize():
   c = base.get_config()
   images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
-  np.testing.assert_array_equal(normalize.model_inputs(images, c.data),
-                                normalize.normalize_images(images, c.data.mean, c.data.std))
+  np.testing.assert_array_equal(
+    normalize.model_inputs(images, c.data),
+    normalize.normalize_images(images, c.data.mean, c.data.std),
+  )
   c.data.normalize = 'per_image'
-  np.testing.assert_array_equal(normalize.model_inputs(images, c.data),
-                                normalize.standardize_each_image(images))
+  np.testing.assert_array_equal(
+    normalize.model_inputs(images, c.data), normalize.standardize_each_image(images)
+  )
 
 
 def test_worker_processes_give_the_same_batches(wbc_raw, wbc_tfds_dir, datasets):
   # grain reads absl flags, which `absl.app.run` parses in the tools; here nobody does: the
   # pipeline lets grain read its own defaults without marking the program's flags parsed.
   parsed = flags.FLAGS.is_parsed()
-  in_process = take(iter(input_pipeline.train_dataset(
-      datasets, small_config(wbc_raw, wbc_tfds_dir, num_workers=0))), 3)
+  in_process = take(
+    iter(
+      input_pipeline.train_dataset(datasets, small_config(wbc_raw, wbc_tfds_dir, num_workers=0))
+    ),
+    3,
+  )
   start = time.time()
-  with_workers = iter(input_pipeline.train_dataset(
-      datasets, small_config(wbc_raw, wbc_tfds_dir, num_workers=1)))
+  with_workers = iter(
+    input_pipeline.train_dataset(datasets, small_config(wbc_raw, wbc_tfds_dir, num_workers=1))
+  )
   assert_same_batches(in_process, take(with_workers, 3))
   del with_workers
-  assert time.time() - start < 60   # about 3 s on 2 CPU cores; mark `slow` if it grows past 20 s
+  assert time.time() - start < 60  # about 3 s on 2 CPU cores; mark `slow` if it grows past 20 s
   assert flags.FLAGS.is_parsed() == parsed
 
 

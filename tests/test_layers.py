@@ -30,10 +30,19 @@ COMMANDS = {'main', 'predict'}
 IN_LAYER = {'export': 'inference'}
 DEV = 'dev'
 # What `import wcsegnet_jax.predict` must not load: the training stack and plotting.
-NOT_FOR_PREDICT = ('tensorflow_datasets', 'grain', 'optax', 'matplotlib', 'tensorboardX',
-                   'orbax', 'wcsegnet_jax.training', 'wcsegnet_jax.evaluation',
-                   'wcsegnet_jax.data.tfds_builder', 'wcsegnet_jax.data.input_pipeline',
-                   'wcsegnet_jax.dev')
+NOT_FOR_PREDICT = (
+  'tensorflow_datasets',
+  'grain',
+  'optax',
+  'matplotlib',
+  'tensorboardX',
+  'orbax',
+  'wcsegnet_jax.training',
+  'wcsegnet_jax.evaluation',
+  'wcsegnet_jax.data.tfds_builder',
+  'wcsegnet_jax.data.input_pipeline',
+  'wcsegnet_jax.dev',
+)
 
 
 def layer_of(module: str) -> str:
@@ -47,8 +56,11 @@ def layer_of(module: str) -> str:
 
 
 def modules() -> dict[str, pathlib.Path]:
-  return {'.'.join(p.relative_to(ROOT).with_suffix('').parts): p
-          for p in sorted(PACKAGE.rglob('*.py')) if p.name != '__init__.py'}
+  return {
+    '.'.join(p.relative_to(ROOT).with_suffix('').parts): p
+    for p in sorted(PACKAGE.rglob('*.py'))
+    if p.name != '__init__.py'
+  }
 
 
 def imports(path: pathlib.Path, top_level_only: bool = False) -> set[str]:
@@ -63,8 +75,11 @@ def imports(path: pathlib.Path, top_level_only: bool = False) -> set[str]:
     elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('wcsegnet_jax'):
       for a in node.names:
         name = f'{node.module}.{a.name}'
-        found.add(name if name in known or (PACKAGE / name.split('.', 1)[1].replace('.', '/')
-                                            ).is_dir() else node.module)
+        found.add(
+          name
+          if name in known or (PACKAGE / name.split('.', 1)[1].replace('.', '/')).is_dir()
+          else node.module
+        )
   return found
 
 
@@ -124,8 +139,14 @@ def missing_imports() -> list[str]:
   """'a: from p import n' for each import, anywhere in the package, tools or tests, of a name
   that a package of ours does not have as a module (a deferred import after a move, say)."""
   found, known = [], modules()
-  for path in sorted([*PACKAGE.rglob('*.py'), *(ROOT / 'tools').glob('*.py'),
-                      *(ROOT / 'tests').glob('*.py'), *(ROOT / 'configs').glob('*.py')]):
+  for path in sorted(
+    [
+      *PACKAGE.rglob('*.py'),
+      *(ROOT / 'tools').glob('*.py'),
+      *(ROOT / 'tests').glob('*.py'),
+      *(ROOT / 'configs').glob('*.py'),
+    ]
+  ):
     for node in ast.walk(ast.parse(path.read_text())):
       if not (isinstance(node, ast.ImportFrom) and (node.module or '').startswith('wcsegnet_jax')):
         continue
@@ -133,8 +154,9 @@ def missing_imports() -> list[str]:
       for a in node.names:
         name = f'{node.module}.{a.name}'
         if package_dir.is_dir() and name not in known and not (package_dir / a.name).is_dir():
-          found.append(f'{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import '
-                       f'{a.name}')
+          found.append(
+            f'{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {a.name}'
+          )
         elif not package_dir.is_dir() and node.module not in known:
           found.append(f'{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import ...')
   return found
@@ -158,24 +180,34 @@ def test_no_layer_imports_a_higher_one():
 
 def test_predict_imports_no_training_stack_by_its_source():
   ours, external = loaded_by('wcsegnet_jax.predict')
-  heavy = sorted(m for m in ours | external
-                 if any(m == bad or m.startswith(bad + '.') for bad in NOT_FOR_PREDICT))
+  heavy = sorted(
+    m
+    for m in ours | external
+    if any(m == bad or m.startswith(bad + '.') for bad in NOT_FOR_PREDICT)
+  )
   assert not heavy, f'wcsegnet_jax.predict loads {heavy}'
 
 
 def test_importing_predict_loads_no_training_stack():
   """The same, as Python loads it (what the libraries import too)."""
-  code = ('import sys, wcsegnet_jax.predict; '
-          f'print(sorted(m for m in sys.modules if m.split(".")[0] in {NOT_FOR_PREDICT!r} '
-          f'or any(m.startswith(p) for p in {NOT_FOR_PREDICT!r} if "." in p)))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                       check=True).stdout
+  code = (
+    'import sys, wcsegnet_jax.predict; '
+    f'print(sorted(m for m in sys.modules if m.split(".")[0] in {NOT_FOR_PREDICT!r} '
+    f'or any(m.startswith(p) for p in {NOT_FOR_PREDICT!r} if "." in p)))'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
   assert out.strip() == '[]'
 
 
 def test_predict_help_exits_0():
-  proc = subprocess.run([sys.executable, '-m', 'wcsegnet_jax.predict', '--help'], cwd=ROOT,
-                        capture_output=True, text=True)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'wcsegnet_jax.predict', '--help'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '--output' in proc.stdout and '--field_scale' in proc.stdout
 

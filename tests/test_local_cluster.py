@@ -28,7 +28,7 @@ from wcsegnet_jax.training import train
 from wcsegnet_jax.training import workdirs
 
 TOLERANCE = 1e-5
-CLUSTER_TIMEOUT = 240   # seconds; a hang fails the test instead of stalling CI
+CLUSTER_TIMEOUT = 240  # seconds; a hang fails the test instead of stalling CI
 UNTIMED = ('time', 'elapsed_seconds', 'images_per_second')
 
 
@@ -39,13 +39,16 @@ def cluster_config(raw_dir, tfds_dir):
   c = tiny_config(raw_dir, tfds_dir)
   c.model.update(num_levels=1, decoder_dropout_stages=(0,))
   c.data.datasets = ('jiangxi',)
-  c.train.log_every_steps = 50   # the command line's default: logs at epoch ends
+  c.train.log_every_steps = 50  # the command line's default: logs at epoch ends
   return c
 
 
 def main_args(c) -> list[str]:
-  return [*cli_args(c), f'--config.data.datasets={c.data.datasets!r}',
-          f'--config.model.decoder_dropout_stages={c.model.decoder_dropout_stages!r}']
+  return [
+    *cli_args(c),
+    f'--config.data.datasets={c.data.datasets!r}',
+    f'--config.model.decoder_dropout_stages={c.model.decoder_dropout_stages!r}',
+  ]
 
 
 def run_cluster(args, num_processes=2) -> tuple[int, str]:
@@ -61,8 +64,7 @@ def saved_state(workdir: pathlib.Path, step: int) -> dict:
   tree = getattr(metadata, 'item_metadata', metadata)
   tree = getattr(tree, 'tree', tree)
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-      restore_args=as_numpy))
+  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def logged(workdir: pathlib.Path) -> list[dict]:
@@ -73,8 +75,11 @@ def logged(workdir: pathlib.Path) -> list[dict]:
 
 def files_of(workdir: pathlib.Path) -> set[str]:
   """Every file under `workdir` but inside checkpoint steps and TensorBoard (named by time)."""
-  return {str(p.relative_to(workdir)) for p in workdir.rglob('*') if p.is_file()
-          and p.parent.name != 'tensorboard' and 'checkpoints' not in p.parts}
+  return {
+    str(p.relative_to(workdir))
+    for p in workdir.rglob('*')
+    if p.is_file() and p.parent.name != 'tensorboard' and 'checkpoints' not in p.parts
+  }
 
 
 def test_processes_read_their_blocks_of_the_one_process_batches(wbc_raw, wbc_tfds_dir):
@@ -82,7 +87,7 @@ def test_processes_read_their_blocks_of_the_one_process_batches(wbc_raw, wbc_tfd
   datasets = input_pipeline.load_datasets(c.data)
   one = iter(input_pipeline.train_dataset(datasets, c))
   two = [iter(input_pipeline.train_dataset(datasets, c, i, 2)) for i in range(2)]
-  for _ in range(3):   # past an epoch's end (two steps)
+  for _ in range(3):  # past an epoch's end (two steps)
     whole, halves = next(one), [next(it) for it in two]
     for key in whole:
       np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
@@ -92,7 +97,7 @@ def test_processes_read_their_blocks_of_the_one_process_batches(wbc_raw, wbc_tfd
 def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   """Process 0 builds the data while process 1 waits; stopped after the first epoch's
   checkpoint and started again, the two end where one uninterrupted process does."""
-  c = cluster_config(wbc_raw[0], tmp_path / 'tfds')   # a fresh build, made by the cluster
+  c = cluster_config(wbc_raw[0], tmp_path / 'tfds')  # a fresh build, made by the cluster
   two, one = tmp_path / 'two', tmp_path / 'one'
   status, first = run_cluster([*main_args(c), f'--workdir={two}', '--config.train.max_steps=2'])
   assert status == 0, first[-3000:]
@@ -100,7 +105,7 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   status, resumed = run_cluster([*main_args(c), f'--workdir={two}'])
   assert status == 0, resumed[-3000:]
   assert 'Resumed from' in resumed and 'at step 2' in resumed
-  for output in (first, resumed):   # process 1 logs warnings at most
+  for output in (first, resumed):  # process 1 logs warnings at most
     assert not [line for line in output.splitlines() if line.startswith('[1] I')], output[-3000:]
 
   state = train.train_and_evaluate(c, one)
@@ -108,8 +113,9 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   assert final == 4
   a, b = saved_state(one, final), saved_state(two, final)
   assert jax.tree.structure(a) == jax.tree.structure(b)
-  diffs = jax.tree.leaves(jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y))), a, b))
+  diffs = jax.tree.leaves(
+    jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y))), a, b)
+  )
   assert max(diffs) <= TOLERANCE
 
   # The same records, each once (process 0 alone writes), with the same training and test numbers.
@@ -117,21 +123,26 @@ def test_two_processes_train_and_resume_as_one_process(wbc_raw, tmp_path):
   assert [sorted(r) for r in two_log] == [sorted(r) for r in one_log]
   assert any('test/jiangxi/dice' in r for r in two_log)
   for r1, r2 in zip(one_log, two_log):
-    np.testing.assert_allclose([r2[k] for k in sorted(r1)], [r1[k] for k in sorted(r1)],
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+      [r2[k] for k in sorted(r1)], [r1[k] for k in sorted(r1)], atol=TOLERANCE, rtol=0
+    )
   # One config, data record and metric log, as one process writes; each process's iterator. The
   # command (not the in-process reference run) ends with its reports, written once too.
   reports = {f for f in files_of(two) if f.startswith('eval/') or f == 'curves.png'}
-  assert files_of(two) - reports == files_of(one) == {workdirs.LOCK_FILE, 'config.json',
-                                                      'classes.json', 'data.json',
-                                                      'metrics.jsonl'}
+  assert (
+    files_of(two) - reports
+    == files_of(one)
+    == {workdirs.LOCK_FILE, 'config.json', 'classes.json', 'data.json', 'metrics.jsonl'}
+  )
   assert {'curves.png', 'eval/jiangxi/metrics.json'} <= reports
   assert json.loads((two / 'config.json').read_text()) == json.loads(
-      (one / 'config.json').read_text())
-  assert len(list((two / 'tensorboard').iterdir())) == 2   # one per start, not per process
+    (one / 'config.json').read_text()
+  )
+  assert len(list((two / 'tensorboard').iterdir())) == 2  # one per start, not per process
   for step in (2, 4):
-    assert sorted(p.name for p in (two / 'checkpoints' / str(step) / 'data_iter').glob('*.json')
-                  ) == ['process_0-of-2.json', 'process_1-of-2.json']
+    assert sorted(
+      p.name for p in (two / 'checkpoints' / str(step) / 'data_iter').glob('*.json')
+    ) == ['process_0-of-2.json', 'process_1-of-2.json']
   assert not [p for p in tmp_path.rglob('*') if p.name.endswith('.tmp') or 'write_test' in p.name]
 
   # Another number of processes cannot continue the iterators: one clear error.
@@ -148,10 +159,21 @@ def test_a_busy_workdir_stops_every_process(wbc_raw, tmp_path):
   workdir.mkdir()
   port = local_cluster.free_port()
   with workdirs.held(workdir):
-    procs = [subprocess.Popen(
-        [*local_cluster.MAIN_COMMAND, *main_args(c), f'--workdir={workdir}',
-         *local_cluster.process_args(i, 2, port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+      subprocess.Popen(
+        [
+          *local_cluster.MAIN_COMMAND,
+          *main_args(c),
+          f'--workdir={workdir}',
+          *local_cluster.process_args(i, 2, port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in range(2)
+    ]
     try:
       errors = [p.communicate(timeout=90)[1].splitlines()[-1] for p in procs]
     finally:
@@ -163,7 +185,7 @@ def test_a_busy_workdir_stops_every_process(wbc_raw, tmp_path):
   assert not (workdir / 'checkpoints').exists()
 
 
-FAKE_MAIN = textwrap.dedent('''
+FAKE_MAIN = textwrap.dedent("""
     import os, sys, time
     process_id = int(next(a for a in sys.argv if a.startswith('--process_id='))[13:])
     print('started with', *sys.argv[1:], flush=True)
@@ -174,20 +196,23 @@ FAKE_MAIN = textwrap.dedent('''
     if '--sleep' in sys.argv:
       print('pid', os.getpid(), flush=True)
       time.sleep(60)
-''')
+""")
 
 
 def test_a_failed_process_stops_the_others_and_gives_its_status(tmp_path):
   script = tmp_path / 'fake_main.py'
   script.write_text(FAKE_MAIN)
   out, started = io.StringIO(), time.monotonic()
-  status = local_cluster.run(2, ['--fail'], port=1234, command=(sys.executable, str(script)),
-                             out=out, grace=1)
+  status = local_cluster.run(
+    2, ['--fail'], port=1234, command=(sys.executable, str(script)), out=out, grace=1
+  )
   assert status == 3 and time.monotonic() - started < 30
   lines = out.getvalue().splitlines()
   assert sorted(lines[:2]) == [
-      f'[{i}] started with --fail --coordinator_address=127.0.0.1:1234 --num_processes=2 '
-      f'--process_id={i}' for i in range(2)]
+    f'[{i}] started with --fail --coordinator_address=127.0.0.1:1234 --num_processes=2 '
+    f'--process_id={i}'
+    for i in range(2)
+  ]
   assert lines[2:] == ['local_cluster: process 1 of 2 failed (exit status 3); stopped the others']
 
   out = io.StringIO()
@@ -200,9 +225,16 @@ def test_sigterm_to_the_launcher_stops_every_process(tmp_path):
   script = tmp_path / 'fake_main.py'
   script.write_text(FAKE_MAIN)
   launcher = subprocess.Popen(
-      [sys.executable, '-c', 'import sys; from wcsegnet_jax.dev import local_cluster; '
-       f'sys.exit(local_cluster.run(2, ["--sleep"], command=(sys.executable, {str(script)!r})))'],
-      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      '-c',
+      'import sys; from wcsegnet_jax.dev import local_cluster; '
+      f'sys.exit(local_cluster.run(2, ["--sleep"], command=(sys.executable, {str(script)!r})))',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   pids = []
   while len(pids) < 2:
     line = launcher.stdout.readline()
@@ -217,8 +249,13 @@ def test_sigterm_to_the_launcher_stops_every_process(tmp_path):
 
 
 def test_the_tool_refuses_a_call_without_main_arguments():
-  result = subprocess.run([sys.executable, 'tools/local_cluster.py', '--num_processes=2'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, 'tools/local_cluster.py', '--num_processes=2'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.returncode != 0
   assert 'give the arguments of wcsegnet_jax.main after --' in result.stderr
 
@@ -227,5 +264,7 @@ def test_coordinator_settings_are_checked_before_jax_sees_them():
   assert parallel.coordinator_problems(None, None, None) == []
   assert parallel.coordinator_problems('10.0.0.1:1234', 4, 3) == []
   assert parallel.coordinator_problems('10.0.0.1', 2, 2) == [
-      "--coordinator_address='10.0.0.1' is not HOST:PORT", '--process_id=2 must be in 0..1']
+    "--coordinator_address='10.0.0.1' is not HOST:PORT",
+    '--process_id=2 must be in 0..1',
+  ]
   assert parallel.coordinator_problems(None, 2, 0)[0].startswith('--coordinator_address missing')

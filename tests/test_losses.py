@@ -29,8 +29,9 @@ def test_class_weights_give_the_weighted_mean():
   weights = (0.5, 1.0, 4.0, 2.0)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   w = jnp.asarray(weights)[labels]
-  np.testing.assert_allclose(losses.cross_entropy(logits, labels, weights),
-                             (w * ce).sum() / w.sum(), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.cross_entropy(logits, labels, weights), (w * ce).sum() / w.sum(), rtol=1e-6
+  )
 
 
 def test_dice_ce_adds_the_weighted_soft_dice():
@@ -48,6 +49,7 @@ def test_bfloat16_logits_give_a_float32_loss():
 
 
 # --- soft Dice loss ------------------------------------------------------------------------------
+
 
 def _labels(seed=0, shape=(2, 8, 8)):
   return jnp.asarray(np.random.default_rng(seed).integers(0, NUM_CLASSES, size=shape))
@@ -68,7 +70,7 @@ def test_soft_dice_loss_perfect_wrong_and_gradient():
 
 
 def test_soft_dice_loss_class_weights_absent_class_and_ignored_pixels():
-  labels = jnp.array([[[0, 1], [1, 0]]])            # basophil, lymphocyte absent
+  labels = jnp.array([[[0, 1], [1, 0]]])  # basophil, lymphocyte absent
   logits = jnp.zeros((1, 2, 2, NUM_CLASSES))
   # Uniform softmax p = 1/4. Unsmoothed (eps=0) Dice of neutrophil: 2 * (2p) / (4p + 2) = 1/3.
   only_neutrophil = losses.soft_dice_loss(logits, labels, class_weights=(0, 1, 0, 0), eps=0.0)
@@ -80,4 +82,5 @@ def test_soft_dice_loss_class_weights_absent_class_and_ignored_pixels():
   ignored = jnp.array([[[0, 1, 255], [1, 0, 255]]])
   wrong_there = jnp.concatenate([perfect, 20.0 * jnp.ones((1, 2, 1, NUM_CLASSES))], axis=2)
   assert float(losses.soft_dice_loss(wrong_there, ignored)) == approx(
-      float(losses.soft_dice_loss(perfect, labels)), abs=1e-6)
+    float(losses.soft_dice_loss(perfect, labels)), abs=1e-6
+  )

@@ -21,15 +21,12 @@ approx = pytest.approx
 # Pixels (true, pred): (0,0) (1,1) (1,2) (0,1) (2,2) (3,0).
 LABELS = np.array([[[0, 1, 1], [0, 2, 3]]])
 PREDS = np.array([[[0, 1, 2], [1, 2, 0]]])
-CM = np.array([[1, 1, 0, 0],
-               [0, 1, 1, 0],
-               [0, 0, 1, 0],
-               [1, 0, 0, 0]])
+CM = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
 
 
 def _no_nan(tree):
   """True if no float in a nested dict / list is NaN."""
-  leaves = jax.tree_util.tree_leaves(tree)   # None leaves are dropped, as they should be
+  leaves = jax.tree_util.tree_leaves(tree)  # None leaves are dropped, as they should be
   return not any(isinstance(v, float) and math.isnan(v) for v in leaves)
 
 
@@ -39,6 +36,7 @@ def pooled_confusion(labels, preds):
 
 
 # --- confusion matrices --------------------------------------------------------------------------
+
 
 def test_per_image_confusion_hand_example():
   cm = metrics.per_image_confusion(LABELS, PREDS)
@@ -59,8 +57,9 @@ def test_per_image_confusion_matches_sklearn(seed):
 
   # Evaluation leaves out the padding examples of its last batch by their rows (`valid`).
   keep = np.array([1, 0, 1, 1, 0], bool)
-  expected_kept = sk_confusion_matrix(labels[keep].ravel(), preds[keep].ravel(),
-                                      labels=range(NUM_CLASSES))
+  expected_kept = sk_confusion_matrix(
+    labels[keep].ravel(), preds[keep].ravel(), labels=range(NUM_CLASSES)
+  )
   np.testing.assert_array_equal(per_image[keep].sum(0), expected_kept)
 
 
@@ -107,27 +106,31 @@ def test_one_hot_confusion_equals_bincount_with_out_of_range_values(num_classes)
   rng = np.random.default_rng(num_classes)
   labels = rng.integers(-3, num_classes + 3, size=(7, 15, 12))
   preds = rng.integers(-3, num_classes + 3, size=(7, 15, 12))
-  got = np.asarray(jax.jit(metrics.per_image_confusion, static_argnums=2)(
-      labels, preds, num_classes))
+  got = np.asarray(
+    jax.jit(metrics.per_image_confusion, static_argnums=2)(labels, preds, num_classes)
+  )
   np.testing.assert_array_equal(got, _bincount_confusion(labels, preds, num_classes))
-  assert 0 < got.sum() < labels.size   # some pixels were left out, some counted
-  as_uint8 = np.where(labels < 0, 255, labels).astype(np.uint8)   # 255: the usual ignore value
-  np.testing.assert_array_equal(metrics.per_image_confusion(as_uint8, preds, num_classes),
-                                _bincount_confusion(as_uint8, preds, num_classes))
+  assert 0 < got.sum() < labels.size  # some pixels were left out, some counted
+  as_uint8 = np.where(labels < 0, 255, labels).astype(np.uint8)  # 255: the usual ignore value
+  np.testing.assert_array_equal(
+    metrics.per_image_confusion(as_uint8, preds, num_classes),
+    _bincount_confusion(as_uint8, preds, num_classes),
+  )
 
 
 # --- paper metrics (nucleus vs background) -------------------------------------------------------
+
 
 def test_paper_metrics_hand_example():
   # Collapsed: TN = cm[0,0] = 1; FP = cm[0,1:] = 1; FN = cm[1:,0] = 1 (the lymphocyte pixel
   # predicted background); TP = cm[1:,1:] = 3 (a basophil predicted as neutrophil counts: binary).
   m = metrics.paper_metrics(CM)
-  assert m['accuracy'] == approx(4 / 6)            # (TP + TN) / 6
-  assert m['precision'] == approx(3 / 4)           # 3 / (3 + 1)
-  assert m['recall'] == approx(3 / 4)              # 3 / (3 + 1)
-  assert m['dice'] == approx(6 / 8)                # 2*3 / (2*3 + 1 + 1)
-  assert m['nucleus_iou'] == approx(3 / 5)         # 3 / (3 + 1 + 1)
-  assert m['background_iou'] == approx(1 / 3)      # 1 / (1 + 1 + 1)
+  assert m['accuracy'] == approx(4 / 6)  # (TP + TN) / 6
+  assert m['precision'] == approx(3 / 4)  # 3 / (3 + 1)
+  assert m['recall'] == approx(3 / 4)  # 3 / (3 + 1)
+  assert m['dice'] == approx(6 / 8)  # 2*3 / (2*3 + 1 + 1)
+  assert m['nucleus_iou'] == approx(3 / 5)  # 3 / (3 + 1 + 1)
+  assert m['background_iou'] == approx(1 / 3)  # 1 / (1 + 1 + 1)
   assert m['miou'] == approx((3 / 5 + 1 / 3) / 2)  # 7/15
   json.dumps(m)
 
@@ -137,11 +140,11 @@ def test_paper_metrics_empty_prediction():
   labels = np.array([[[0, 1, 1], [0, 0, 1]]])
   m = metrics.paper_metrics(pooled_confusion(labels, np.zeros_like(labels)))
   assert m['accuracy'] == approx(0.5)
-  assert m['precision'] == 0.0                     # nothing predicted, nucleus labelled: 0, not NaN
+  assert m['precision'] == 0.0  # nothing predicted, nucleus labelled: 0, not NaN
   assert m['recall'] == 0.0
   assert m['dice'] == 0.0
   assert m['nucleus_iou'] == 0.0
-  assert m['background_iou'] == approx(0.5)        # 3 / (3 + 3 + 0)
+  assert m['background_iou'] == approx(0.5)  # 3 / (3 + 3 + 0)
   assert m['miou'] == approx(0.25)
 
 
@@ -156,16 +159,16 @@ def test_paper_metrics_hallucinated_nucleus():
 
 
 def test_paper_metrics_empty_vs_empty_is_undefined_not_nan():
-  m = metrics.paper_metrics(pooled_confusion(np.zeros((1, 3, 3), int),
-                                             np.zeros((1, 3, 3), int)))
+  m = metrics.paper_metrics(pooled_confusion(np.zeros((1, 3, 3), int), np.zeros((1, 3, 3), int)))
   for k in ('precision', 'recall', 'dice', 'nucleus_iou'):
     assert m[k] is None
   assert m['accuracy'] == 1.0 and m['background_iou'] == 1.0
-  assert m['miou'] == 1.0                          # mean of the defined IoUs only
+  assert m['miou'] == 1.0  # mean of the defined IoUs only
   assert metrics.paper_metrics(np.zeros((4, 4), int))['accuracy'] is None
 
 
 # --- per-class metrics ---------------------------------------------------------------------------
+
 
 def test_class_metrics_hand_example():
   # Per class c: TP = CM[c,c], FP = column sum - TP, FN = row sum - TP.
@@ -175,19 +178,19 @@ def test_class_metrics_hand_example():
   #   lymphocyte  TP 0 FP 0 FN 1: P 0 (nothing predicted), R 0, Dice 0, IoU 0
   m = metrics.class_metrics(CM)
   expected = {
-      'precision': [1 / 2, 1 / 2, 1 / 2, 0.0],
-      'recall': [1 / 2, 1 / 2, 1.0, 0.0],
-      'dice': [1 / 2, 1 / 2, 2 / 3, 0.0],
-      'iou': [1 / 3, 1 / 3, 1 / 2, 0.0],
+    'precision': [1 / 2, 1 / 2, 1 / 2, 0.0],
+    'recall': [1 / 2, 1 / 2, 1.0, 0.0],
+    'dice': [1 / 2, 1 / 2, 2 / 3, 0.0],
+    'iou': [1 / 3, 1 / 3, 1 / 2, 0.0],
   }
   for k, values in expected.items():
     assert list(m[k]) == list(CLASS_NAMES)
     assert [m[k][name] for name in CLASS_NAMES] == approx(values)
-  assert m['mean_precision'] == approx(1.5 / 4)    # 0.375
-  assert m['mean_recall'] == approx(2 / 4)         # 0.5
-  assert m['mean_dice'] == approx((5 / 3) / 4)     # 5/12
-  assert m['mean_iou'] == approx((7 / 6) / 4)      # 7/24
-  assert m['pixel_accuracy'] == approx(3 / 6)      # trace / total
+  assert m['mean_precision'] == approx(1.5 / 4)  # 0.375
+  assert m['mean_recall'] == approx(2 / 4)  # 0.5
+  assert m['mean_dice'] == approx((5 / 3) / 4)  # 5/12
+  assert m['mean_iou'] == approx((7 / 6) / 4)  # 7/24
+  assert m['pixel_accuracy'] == approx(3 / 6)  # trace / total
   assert m['support'] == {'background': 2, 'neutrophil': 2, 'basophil': 1, 'lymphocyte': 1}
   assert m['absent_classes'] == []
   json.dumps(m)
@@ -204,7 +207,7 @@ def test_class_metrics_empty_prediction_and_absent_classes():
     assert m[k]['basophil'] is None and m[k]['lymphocyte'] is None
     assert m[k]['neutrophil'] == 0.0
   assert m['dice']['background'] == approx(2 / 3)
-  assert m['mean_dice'] == approx(1 / 3)           # (2/3 + 0) / 2, absent classes left out
+  assert m['mean_dice'] == approx(1 / 3)  # (2/3 + 0) / 2, absent classes left out
   assert m['mean_iou'] == approx(1 / 4)
   assert m['mean_precision'] == approx(1 / 4)
   assert m['mean_recall'] == approx(1 / 2)
@@ -228,6 +231,7 @@ def test_class_metrics_all_absent():
 
 # --- per-image summaries -------------------------------------------------------------------------
 
+
 def _three_images():
   # A: perfect neutrophil (nucleus Dice 1); B: basophil missed entirely (Dice 0);
   # C: no nucleus in label nor prediction (Dice undefined).
@@ -246,9 +250,9 @@ def test_per_image_summary():
   s = metrics.per_image_summary(_three_images())
   json.dumps(s)
   assert s['n_images'] == 3
-  dice = s['paper']['dice']                         # [1, 0, 1 (empty-vs-empty convention)]
+  dice = s['paper']['dice']  # [1, 0, 1 (empty-vs-empty convention)]
   assert dice['mean'] == approx(2 / 3)
-  assert dice['std'] == approx(math.sqrt(2) / 3)   # population std of [1, 0, 1]
+  assert dice['std'] == approx(math.sqrt(2) / 3)  # population std of [1, 0, 1]
   assert dice['n_undefined'] == 1 and dice['n_images'] == 3
   assert s['paper']['accuracy']['n_undefined'] == 0
   assert s['paper']['accuracy']['mean'] == approx((1 + 0.5 + 1) / 3)
@@ -271,6 +275,7 @@ def test_per_image_summary():
 
 # --- per-cell classification ---------------------------------------------------------------------
 
+
 def test_predicted_cell_type_majority_and_confidence():
   # Nucleus pixels: 1, 1, 2, 1, 3 -> neutrophil wins 3 votes of 5.
   pred_map = np.array([[0, 1, 1], [2, 1, 3]])
@@ -286,10 +291,12 @@ def test_predicted_cell_type_majority_and_confidence():
 
 
 def test_predicted_cell_type_ties_and_empty():
-  assert metrics.predicted_cell_type(np.array([[3, 2, 0]])) == (2, 0.5)   # tie -> smaller id
+  assert metrics.predicted_cell_type(np.array([[3, 2, 0]])) == (2, 0.5)  # tie -> smaller id
   assert metrics.predicted_cell_type(np.zeros((4, 4), int)) == (0, 0.0)
-  assert metrics.predicted_cell_type(jnp.zeros((4, 4), jnp.int32),
-                                     np.full((4, 4, 4), 0.25)) == (0, 0.0)
+  assert metrics.predicted_cell_type(jnp.zeros((4, 4), jnp.int32), np.full((4, 4, 4), 0.25)) == (
+    0,
+    0.0,
+  )
 
 
 def test_voted_cell_type_of_a_label_map():
@@ -305,11 +312,11 @@ def test_voted_cell_type_from_per_image_confusion_matches_the_map_vote(seed):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, NUM_CLASSES, size=(40, 4, 4))
   preds = rng.choice(NUM_CLASSES, size=(40, 4, 4), p=(0.85, 0.05, 0.05, 0.05))
-  preds[0] = 0   # an image with no predicted nucleus
+  preds[0] = 0  # an image with no predicted nucleus
   voted = metrics.voted_cell_type(np.asarray(metrics.per_image_confusion(labels, preds)).sum(1))
   assert voted.shape == (40,) and voted[0] == 0
   assert list(voted) == [metrics.predicted_cell_type(p)[0] for p in preds]
-  assert metrics.voted_cell_type([0, 2, 2, 1]) == 1   # tie -> smaller id
+  assert metrics.voted_cell_type([0, 2, 2, 1]) == 1  # tie -> smaller id
 
 
 def test_cell_confusion_and_metrics():
@@ -321,8 +328,7 @@ def test_cell_confusion_and_metrics():
   m = metrics.cell_metrics(cm)
   json.dumps(m)
   assert m['cell_accuracy'] == approx(3 / 5)
-  assert m['recall'] == {'background': None, 'neutrophil': 0.5, 'basophil': 1.0,
-                         'lymphocyte': 0.5}
+  assert m['recall'] == {'background': None, 'neutrophil': 0.5, 'basophil': 1.0, 'lymphocyte': 0.5}
   assert m['mean_recall'] == approx(2 / 3)
   assert m['n_cells'] == 5 and m['n_no_nucleus_predicted'] == 1
   assert m['confusion_matrix'] == expected.tolist()
@@ -333,12 +339,13 @@ def test_cell_confusion_and_metrics():
 def test_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
   # Bin [0.9, 1.0): 4 calls at 0.95, 3 right (0.75) -> gap 0.2; bin [0.5, 0.6): 2 at 0.55,
   # both right -> gap 0.45. ECE = 4/6 * 0.2 + 2/6 * 0.45.
-  out = metrics.calibration([0.95] * 4 + [0.55] * 2, [1, 1, 1, 0, 1, 1], bins=10,
-                            uncertain_below=0.6)
+  out = metrics.calibration(
+    [0.95] * 4 + [0.55] * 2, [1, 1, 1, 0, 1, 1], bins=10, uncertain_below=0.6
+  )
   assert out['ece'] == pytest.approx(4 / 6 * 0.2 + 2 / 6 * 0.45)
   assert [(r['n'], r['accuracy']) for r in out['reliability']] == [(2, 1.0), (4, 0.75)]
   assert out['flagged'] == pytest.approx(2 / 6)
   assert out['accuracy_flagged'] == 1.0 and out['accuracy_kept'] == 0.75
-  perfect = metrics.calibration([1.0, 1.0, 0.0], [1, 1, 0])   # confidence 1.0 lands in the top bin
+  perfect = metrics.calibration([1.0, 1.0, 0.0], [1, 1, 0])  # confidence 1.0 lands in the top bin
   assert perfect['ece'] == pytest.approx(0.0)
   assert metrics.calibration([], [])['ece'] is None

@@ -34,10 +34,10 @@ PLAIN_UNET_PARAMS = 62_482_948
 # conv(1,3,64) + conv(1,64,128) + conv(1,128,256) + conv(1,256,512) + conv(1,512,1024)
 # + conv(1,1024,512) + conv(1,512,256) + conv(1,256,128) + conv(1,128,64)
 # = 256 + 8_320 + 33_024 + 131_584 + 525_312 + 524_800 + 131_328 + 32_896 + 8_256 = 1_395_776.
-WCSEGNET_PARAMS = PLAIN_UNET_PARAMS + 1_395_776   # 63_878_724
+WCSEGNET_PARAMS = PLAIN_UNET_PARAMS + 1_395_776  # 63_878_724
 
 
-IMAGES_SHAPE = (2, 32, 32, 3)   # shared by most tests: op-by-op compiles are cached by shape
+IMAGES_SHAPE = (2, 32, 32, 3)  # shared by most tests: op-by-op compiles are cached by shape
 
 
 def tiny_config(**overrides):
@@ -51,7 +51,8 @@ def tiny_config(**overrides):
 def abstract_variables(model, shape):
   """The variables' shapes and dtypes, traced without computing anything."""
   return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False))
+    lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False)
+  )
 
 
 def random_variables(model, shape, seed=0):
@@ -71,7 +72,7 @@ def random_variables(model, shape, seed=0):
       values = 0.1 * rng.normal(size=leaf.shape)
     elif name in ('scale', 'var'):
       values = np.ones(leaf.shape)
-    else:   # BatchNorm running 'mean'
+    else:  # BatchNorm running 'mean'
       values = np.zeros(leaf.shape)
     return jnp.asarray(values, leaf.dtype)
 
@@ -90,18 +91,26 @@ def forward(model, variables, images, *, train, dropout_seed=0):
   """
   if not train:
     return model.apply(variables, images, train=False)
-  logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                                rngs={'dropout': jax.random.key(dropout_seed)})
+  logits, updates = model.apply(
+    variables,
+    images,
+    train=True,
+    mutable=['batch_stats'],
+    rngs={'dropout': jax.random.key(dropout_seed)},
+  )
   assert set(updates) == {'batch_stats'}
   return logits
 
 
-@pytest.mark.parametrize('height,width,num_levels,pad_mode', [
+@pytest.mark.parametrize(
+  'height,width,num_levels,pad_mode',
+  [
     (120, 120, 4, 'reflect'),
     (64, 64, 2, 'constant'),
     (100, 72, 3, 'edge'),
-    (4, 22, 2, 'reflect'),      # height exactly 2**num_levels, width padded 1 + 1
-])
+    (4, 22, 2, 'reflect'),  # height exactly 2**num_levels, width padded 1 + 1
+  ],
+)
 def test_output_shape(height, width, num_levels, pad_mode):
   model = models.create_model(tiny_config(num_levels=num_levels, pad_mode=pad_mode), 4)
   images = random_images((2, height, width, 3))
@@ -121,12 +130,13 @@ def test_paper_parameter_count(residual, expected):
   num_params = models.count_params(variables['params'])
   print(f'residual={residual}: {num_params:,} parameters')
   assert num_params == expected
-  assert models.count_params(variables['batch_stats']) == 2 * 64   # the head's BatchNorm only
+  assert models.count_params(variables['batch_stats']) == 2 * 64  # the head's BatchNorm only
 
 
 def _conv_same(x, conv_params):
-  y = jax.lax.conv_general_dilated(x, conv_params['kernel'], (1, 1), 'SAME',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(
+    x, conv_params['kernel'], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   return y + conv_params['bias']
 
 
@@ -140,12 +150,13 @@ def test_residual_block_is_input_plus_branch(in_features):
   if in_features == 6:
     assert 'proj' not in params
     shortcut = x
-  else:   # widths differ: a 1x1 projection
+  else:  # widths differ: a 1x1 projection
     proj = params['proj']
     shortcut = jnp.einsum('bhwc,cd->bhwd', x, proj['kernel'][0, 0]) + proj['bias']
   expected = act(shortcut + branch)
-  np.testing.assert_allclose(block.apply({'params': params}, x, train=False), expected,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    block.apply({'params': params}, x, train=False), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_plain_block_has_no_add():
@@ -154,16 +165,18 @@ def test_plain_block_has_no_add():
   params = random_variables(block, x.shape)['params']
   assert set(params) == {'conv1', 'conv2'}
   expected = jax.nn.relu(_conv_same(jax.nn.relu(_conv_same(x, params['conv1'])), params['conv2']))
-  np.testing.assert_allclose(block.apply({'params': params}, x, train=False), expected,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    block.apply({'params': params}, x, train=False), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_eval_deterministic_and_train_uses_dropout_rng():
   model = models.create_model(tiny_config(), 4)
   images = random_images(IMAGES_SHAPE)
   variables = random_variables(model, images.shape)
-  np.testing.assert_array_equal(forward(model, variables, images, train=False),
-                                forward(model, variables, images, train=False))
+  np.testing.assert_array_equal(
+    forward(model, variables, images, train=False), forward(model, variables, images, train=False)
+  )
   train_logits = lambda seed: forward(model, variables, images, train=True, dropout_seed=seed)
   np.testing.assert_array_equal(train_logits(1), train_logits(1))
   assert not np.allclose(train_logits(1), train_logits(2))
@@ -186,12 +199,15 @@ def test_bfloat16_compute_close_to_float32():
   assert float(jnp.max(jnp.abs(logits16 - logits32))) < 0.05 * scale
 
 
-@pytest.mark.parametrize('overrides', [
+@pytest.mark.parametrize(
+  'overrides',
+  [
     dict(upsample='nearest'),
     dict(activation='relu'),
     dict(block_norm='batch'),
     dict(residual=False, blocks_per_stage=1),
-])
+  ],
+)
 def test_variants_build_and_run(overrides):
   model = models.create_model(tiny_config(**overrides), 4)
   images = random_images(IMAGES_SHAPE)
@@ -226,7 +242,7 @@ def test_patch_size_keeps_full_resolution_logits(size):
   variables = model.init(jax.random.key(0), images, train=False)
   assert model.apply(variables, images, train=False).shape == (1, size, size, 4)
   kernel = variables['params']['encoder0']['block0']['conv1']['kernel']
-  assert kernel.shape[2] == 12   # 3 channels x 2 x 2 pixels per position
+  assert kernel.shape[2] == 12  # 3 channels x 2 x 2 pixels per position
   assert variables['params']['head']['logits']['kernel'].shape[-1] == 4 * 4
 
 
@@ -238,25 +254,33 @@ def test_refinement_starts_as_the_plain_net_and_adds_its_convs(width=8):
   refine = variables['params']['refine']
   # [image, logits] -> width -> width -> a 1x1 correction of the 4 logits, biases included.
   assert models.count_params(refine) == (9 * 7 * width + width) + (9 * width * width + width) + (
-      width * 4 + 4)
+    width * 4 + 4
+  )
   # The correction's kernel starts at zero (as `init` makes it); with zero bias too, the logits
   # are the plain net's.
-  zero = {'kernel': jnp.zeros_like(refine['correction']['kernel']),
-          'bias': jnp.zeros_like(refine['correction']['bias'])}
+  zero = {
+    'kernel': jnp.zeros_like(refine['correction']['kernel']),
+    'bias': jnp.zeros_like(refine['correction']['bias']),
+  }
   params = {**variables['params'], 'refine': {**refine, 'correction': zero}}
   without = {**variables, 'params': {k: v for k, v in params.items() if k != 'refine'}}
-  np.testing.assert_allclose(forward(refined, {**variables, 'params': params}, images, train=False),
-                             forward(plain, without, images, train=False), atol=1e-5)
+  np.testing.assert_allclose(
+    forward(refined, {**variables, 'params': params}, images, train=False),
+    forward(plain, without, images, train=False),
+    atol=1e-5,
+  )
   init = refined.init(jax.random.key(0), images, train=False)
   assert not np.any(init['params']['refine']['correction']['kernel'])
   # Trained (non-zero) corrections change the logits pixel by pixel.
-  assert not np.allclose(forward(refined, variables, images, train=False),
-                         forward(plain, without, images, train=False))
+  assert not np.allclose(
+    forward(refined, variables, images, train=False), forward(plain, without, images, train=False)
+  )
 
 
 def test_cpu_recipe_parameter_count():
   """configs/cpu.py's net: base width 16, BatchNorm blocks, 2x2 patches (shipped pretrained)."""
-  from configs import cpu   # pylint: disable=g-import-not-at-top
+  from configs import cpu  # pylint: disable=g-import-not-at-top
+
   config = cpu.get_config()
   model = models.create_model(config.model, classes.table_of(config.data).num_classes)
   shapes = abstract_variables(model, (1, 120, 120, 3))
@@ -271,9 +295,11 @@ def test_transposed_conv_2x2_is_flax_conv_transpose(dtype):
   flax_conv = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding='VALID', dtype=dtype)
   variables = ours.init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-      jnp.shape, flax_conv.init(jax.random.PRNGKey(1), x))
-  variables = jax.tree.map(lambda v: jax.random.normal(jax.random.PRNGKey(2), v.shape),
-                           variables)   # a non-zero bias too
+    jnp.shape, flax_conv.init(jax.random.PRNGKey(1), x)
+  )
+  variables = jax.tree.map(
+    lambda v: jax.random.normal(jax.random.PRNGKey(2), v.shape), variables
+  )  # a non-zero bias too
   got, want = ours.apply(variables, x), flax_conv.apply(variables, x)
   assert got.shape == (2, 10, 14, 4) and got.dtype == want.dtype
   tol = 1e-5 if dtype == jnp.float32 else 5e-2
@@ -282,5 +308,4 @@ def test_transposed_conv_2x2_is_flax_conv_transpose(dtype):
 
 def test_max_pool_2x2_is_flax_max_pool():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3))
-  np.testing.assert_array_equal(models.max_pool_2x2(x),
-                                nn.max_pool(x, (2, 2), strides=(2, 2)))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

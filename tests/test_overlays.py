@@ -21,9 +21,10 @@ def _crop():
 def test_a_cell_is_outlined_in_its_colour_numbered_and_its_inside_left_as_it_was():
   image, labels = _crop()
   lymphocyte = TABLE.type_id('lymphocyte')
-  drawn = overlays.draw_cells(image, labels, [overlays.DrawnCell(1, lymphocyte, 'lymphocyte',
-                                                                 0.97, True)], TABLE)
-  factor = overlays.MIN_DRAWN_SIDE // 60   # a 60-pixel crop is drawn 8 times larger
+  drawn = overlays.draw_cells(
+    image, labels, [overlays.DrawnCell(1, lymphocyte, 'lymphocyte', 0.97, True)], TABLE
+  )
+  factor = overlays.MIN_DRAWN_SIDE // 60  # a 60-pixel crop is drawn 8 times larger
   side = 60 * factor
   canvas, band = drawn[:side], drawn[side:]
   assert canvas.shape == (side, side, 3) and band.shape[1] == side and len(band) > 10
@@ -37,7 +38,7 @@ def test_a_cell_is_outlined_in_its_colour_numbered_and_its_inside_left_as_it_was
   assert inside.sum() > 1000
   np.testing.assert_array_equal(canvas[inside], np.broadcast_to((110, 50, 150), (inside.sum(), 3)))
   # The label, above the cell: black text on a white box edged in the cell's colour.
-  above = canvas[:big_labels.nonzero()[0].min()]
+  above = canvas[: big_labels.nonzero()[0].min()]
   assert (above == 0).all(-1).sum() > 50 and (above == 255).all(-1).sum() > 200
   assert (above == colour).all(-1).sum() > 50
   # The legend names every type with a swatch of its colour, and the uncounted white.
@@ -48,8 +49,9 @@ def test_a_cell_is_outlined_in_its_colour_numbered_and_its_inside_left_as_it_was
 def test_a_cell_not_counted_is_outlined_in_white_not_its_type_colour():
   image, labels = _crop()
   neutrophil = TABLE.type_id('neutrophil')
-  drawn = overlays.draw_cells(image, labels, [overlays.DrawnCell(1, neutrophil, 'neutrophil',
-                                                                 0.5, False)], TABLE)
+  drawn = overlays.draw_cells(
+    image, labels, [overlays.DrawnCell(1, neutrophil, 'neutrophil', 0.5, False)], TABLE
+  )
   side = overlays.MIN_DRAWN_SIDE // 60 * 60
   canvas = drawn[:side]
   assert not (canvas == TABLE.colors[neutrophil]).all(-1).any()
@@ -58,15 +60,18 @@ def test_a_cell_not_counted_is_outlined_in_white_not_its_type_colour():
 
 def test_contact_sheet_tiles_every_image_with_its_caption_and_the_legend():
   image, labels = _crop()
-  drawn = overlays.draw_cells(image, labels, [overlays.DrawnCell(1, 3, 'lymphocyte', 0.9, True)],
-                              TABLE)
-  assert overlays.without_legend(drawn, TABLE).shape[0] == drawn.shape[1]   # square again
-  tiles = [(f'crop{i}', overlays.thumbnail(overlays.without_legend(drawn, TABLE), 100))
-           for i in range(8)]
+  drawn = overlays.draw_cells(
+    image, labels, [overlays.DrawnCell(1, 3, 'lymphocyte', 0.9, True)], TABLE
+  )
+  assert overlays.without_legend(drawn, TABLE).shape[0] == drawn.shape[1]  # square again
+  tiles = [
+    (f'crop{i}', overlays.thumbnail(overlays.without_legend(drawn, TABLE), 100)) for i in range(8)
+  ]
   sheet = overlays.contact_sheet(tiles, TABLE, tile=100, columns=3)
   assert sheet.shape[1] == 3 * 106
-  assert sheet.shape[0] > 3 * 100   # three rows of tiles, captions and the legend
-  for i in range(8):   # each tile holds the nucleus colour
+  assert sheet.shape[0] > 3 * 100  # three rows of tiles, captions and the legend
+  for i in range(8):  # each tile holds the nucleus colour
     top, left = (i // 3) * (100 + 24) + 3, (i % 3) * 106 + 3
-    assert (np.abs(sheet[top:top + 100, left:left + 100].astype(int) - (110, 50, 150)).sum(-1)
-            < 30).sum() > 100, i
+    assert (
+      np.abs(sheet[top : top + 100, left : left + 100].astype(int) - (110, 50, 150)).sum(-1) < 30
+    ).sum() > 100, i

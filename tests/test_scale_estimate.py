@@ -14,22 +14,28 @@ from wcsegnet_jax.model import shipped_model
 
 BCCD_FIELDS = pathlib.Path(conftest.ROOT).parent / 'shared' / 'datasets' / 'bccd_fields' / 'fields'
 needs_real_data = pytest.mark.skipif(
-    not (conftest.REAL_WBC_DIR / 'Dataset 2').is_dir() or not BCCD_FIELDS.is_dir(),
-    reason='the WBC Image Dataset or bccd_fields is not in ../shared/datasets')
+  not (conftest.REAL_WBC_DIR / 'Dataset 2').is_dir() or not BCCD_FIELDS.is_dir(),
+  reason='the WBC Image Dataset or bccd_fields is not in ../shared/datasets',
+)
 
 
 @pytest.fixture(scope='module')
 def shipped():
   config = shipped_model.load_config()
   variables = shipped_model.load_variables(config)
-  config.data.color = 'reinhard'   # another lab's field needs the colour step to show nuclei
+  config.data.color = 'reinhard'  # another lab's field needs the colour step to show nuclei
   return segmenter.Segmenter(config, variables, tta=False)
 
 
 @needs_real_data
-@pytest.mark.parametrize('path', [conftest.REAL_WBC_DIR / 'Dataset 2' / '001.bmp',
-                                  conftest.REAL_WBC_DIR / 'Dataset 1' / '003.bmp',
-                                  BCCD_FIELDS / 'BloodImage_00000.jpg'])
+@pytest.mark.parametrize(
+  'path',
+  [
+    conftest.REAL_WBC_DIR / 'Dataset 2' / '001.bmp',
+    conftest.REAL_WBC_DIR / 'Dataset 1' / '003.bmp',
+    BCCD_FIELDS / 'BloodImage_00000.jpg',
+  ],
+)
 def test_the_estimate_follows_a_known_rescaling_within_15_percent(shipped, path):
   """An image resized by f (0.25x-2x) gets 1/f times the original's scale, within 15%."""
   image = image_files.read_rgb(path)

@@ -47,11 +47,12 @@ def test_shipped_config_is_valid_and_is_the_cpu_recipe(shipped):
   assert config_checks.problems(config) == []
   recipe = cpu.get_config()
   assert config.model.to_dict() == recipe.model.to_dict() | {
-      'decoder_dropout_stages': list(recipe.model.decoder_dropout_stages)}
+    'decoder_dropout_stages': list(recipe.model.decoder_dropout_stages)
+  }
   assert config.data.image_size == recipe.data.image_size
-  assert config.data.raw_dir == '' and config.data.tfds_dir == ''   # no builder's paths
+  assert config.data.raw_dir == '' and config.data.tfds_dir == ''  # no builder's paths
   for_evaluation = pretrained_config.get_config()
-  assert for_evaluation.eval.checkpoint == 'pretrained'   # its config fits no other weights
+  assert for_evaluation.eval.checkpoint == 'pretrained'  # its config fits no other weights
   for_evaluation.eval.checkpoint = config.eval.checkpoint
   assert for_evaluation.to_dict() == config.to_dict()
 
@@ -83,10 +84,10 @@ def test_predict_without_workdir_uses_the_shipped_model(tmp_path):
 
 def test_evaluate_pretrained_on_a_folder(tmp_path):
   fixtures.make_folder_raw(tmp_path / 'held_out', with_labels_csv=False)
-  config = pretrained_config.get_config('paper')   # the folder's masks: the paper's classes
+  config = pretrained_config.get_config('paper')  # the folder's masks: the paper's classes
   config.eval.raw_dir = str(tmp_path / 'held_out')
-  written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))   # its eval.checkpoint
-  assert config.eval.tta   # the pretrained model is evaluated over flips, as it was measured
+  written = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))  # its eval.checkpoint
+  assert config.eval.tta  # the pretrained model is evaluated over flips, as it was measured
   # Its own decoding too (eval.decode): the folder names both.
   name = held_out.report_name(tmp_path / 'held_out')
   report = tmp_path / 'eval' / 'eval' / evaluate.report_folder(name, config, False)
@@ -102,8 +103,17 @@ def test_pretrained_with_another_model_config_is_refused(tmp_path):
     restore.load_variables(config, tmp_path, 'pretrained')
 
 
-@pytest.mark.parametrize('damage', ['missing_variables', 'corrupt_variables', 'bad_config_json',
-                                    'config_not_a_config', 'missing_info', 'info_without_checksum'])
+@pytest.mark.parametrize(
+  'damage',
+  [
+    'missing_variables',
+    'corrupt_variables',
+    'bad_config_json',
+    'config_not_a_config',
+    'missing_info',
+    'info_without_checksum',
+  ],
+)
 def test_damaged_model_files_are_named(tmp_path, damage):
   folder = tmp_path / 'model'
   shutil.copytree(shipped_model.PRETRAINED_DIR, folder)
@@ -140,7 +150,7 @@ def test_export_round_trips(tmp_path, shipped):
   out = shipped_model.export(config, variables, tmp_path / 'copy', {'step': info['step']})
   config2, variables2, info2 = shipped_model.load(out)
   assert config2.to_dict() == config.to_dict()
-  assert info2['variables_sha256'] == info['variables_sha256']   # already float16-rounded
+  assert info2['variables_sha256'] == info['variables_sha256']  # already float16-rounded
   jax.tree.map(np.testing.assert_array_equal, variables, variables2)
 
 
@@ -148,9 +158,13 @@ def _real_test_records(shipped, dataset: str) -> list:
   """The real test images of the shipped model's split of `dataset` (skips where any lacks)."""
   config, _, info = shipped
   test_ids = set(info['images'][dataset]['test'])
-  records = [r for r in records_lib.list_raw_records(dataset, conftest.REAL_WBC_DIR,
-                                                      classes.table_of(config.data))
-             if r.file_id in test_ids]
+  records = [
+    r
+    for r in records_lib.list_raw_records(
+      dataset, conftest.REAL_WBC_DIR, classes.table_of(config.data)
+    )
+    if r.file_id in test_ids
+  ]
   if len(records) != len(test_ids):
     pytest.skip(f'this copy of the data lacks some of the {dataset} test images')
   return records
@@ -163,18 +177,24 @@ def test_shipped_metrics_recomputed_from_the_real_test_images(shipped, dataset):
   config, variables, info = shipped
   table = classes.table_of(config.data)
   records = _real_test_records(shipped, dataset)
-  eval_step = jax.jit(evaluate.make_eval_step(models.create_model(config.model,
-                                                                  table.num_classes), config))
-  result = evaluate.evaluate_source(eval_step, variables,
-                                    held_out.RawExamples(records, config.data), dataset,
-                                    config.eval.batch_size, jax.device_put)
+  eval_step = jax.jit(
+    evaluate.make_eval_step(models.create_model(config.model, table.num_classes), config)
+  )
+  result = evaluate.evaluate_source(
+    eval_step,
+    variables,
+    held_out.RawExamples(records, config.data),
+    dataset,
+    config.eval.batch_size,
+    jax.device_put,
+  )
   summary = evaluate.summarize(result, table)
   expected = info['test_metrics'][dataset]
   assert summary['paper']['dice'] == pytest.approx(expected['dice'], abs=1e-4)
   assert summary['cells']['cell_accuracy'] == pytest.approx(expected['cell_accuracy'])
   predicted = evaluate.predicted_cell_types(result.confusion, table)
   majority_baseline = np.max(np.bincount(result.cell_types)) / len(result.cell_types)
-  assert np.mean(predicted == result.cell_types) > majority_baseline   # it reads the cells
+  assert np.mean(predicted == result.cell_types) > majority_baseline  # it reads the cells
 
 
 @pytest.mark.skipif(not conftest.REAL_WBC_DIR.is_dir(), reason='no real WBC data here')
@@ -183,15 +203,19 @@ def test_predict_types_real_test_cells_like_their_labels(shipped, tmp_path):
   come back with their labelled type (the model types all 36 Jiangxi test cells right)."""
   _, _, info = shipped
   test_ids = set(info['images']['jiangxi']['test'])
-  records = [r for r in records_lib.list_raw_records('jiangxi', conftest.REAL_WBC_DIR,
-                                             classes.PAPER_TABLE)
-             if r.file_id in test_ids]
-  chosen = ([r for r in records if r.cell_type == 'neutrophil'][:2] +
-            [r for r in records if r.cell_type == 'lymphocyte'][:2])
+  records = [
+    r
+    for r in records_lib.list_raw_records('jiangxi', conftest.REAL_WBC_DIR, classes.PAPER_TABLE)
+    if r.file_id in test_ids
+  ]
+  chosen = [r for r in records if r.cell_type == 'neutrophil'][:2] + [
+    r for r in records if r.cell_type == 'lymphocyte'
+  ][:2]
   if len(chosen) < 4:
     pytest.skip('this copy of the data lacks the Jiangxi test images')
-  summary = prediction.run([str(r.image_path) for r in chosen],
-                           PredictOptions(output=tmp_path / 'out'))
+  summary = prediction.run(
+    [str(r.image_path) for r in chosen], PredictOptions(output=tmp_path / 'out')
+  )
   assert len(summary.done) == 4
   with open(tmp_path / 'out' / 'cells.csv', newline='') as f:
     predicted = {row['file']: row['predicted_type'] for row in csv.DictReader(f)}

@@ -20,16 +20,25 @@ from wcsegnet_jax.model import models
 
 
 def run_tool(script, *args):
-  return subprocess.run([sys.executable, f'{ROOT}/tools/{script}', *args], cwd=ROOT,
-                        capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ROOT})
+  return subprocess.run(
+    [sys.executable, f'{ROOT}/tools/{script}', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'PYTHONPATH': ROOT},
+  )
 
 
 def test_show_augmentations_writes_the_grid(wbc_raw, wbc_tfds_dir, tmp_path):
   out = tmp_path / 'aug.png'
-  result = run_tool('show_augmentations.py', f'--config={ROOT}/configs/wcseg.py',
-                    f'--config.data.raw_dir={wbc_raw[0]}',
-                    f'--config.data.tfds_dir={wbc_tfds_dir}', f'--output={out}',
-                    '--num_images=2')
+  result = run_tool(
+    'show_augmentations.py',
+    f'--config={ROOT}/configs/wcseg.py',
+    f'--config.data.raw_dir={wbc_raw[0]}',
+    f'--config.data.tfds_dir={wbc_tfds_dir}',
+    f'--output={out}',
+    '--num_images=2',
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   grid = cv2.imread(str(out))
   assert grid.shape == (2 * 120 + 4, 8 * 120 + 7 * 4, 3)
@@ -42,12 +51,20 @@ def test_figure_grid_has_a_tile_per_augmentation_and_overlays_the_nucleus():
   label_map[5:15, 6:18] = 3
   example = {'image': np.full((20, 24, 3), 200, np.uint8), 'label_map': label_map}
   names, grid = show_augmentations.figure_grid([example, example], c.augment, rng, gap=4)
-  assert names == ['original', 'rotation', 'width shift', 'height shift', 'shear', 'zoom',
-                   'flip', 'all']
+  assert names == [
+    'original',
+    'rotation',
+    'width shift',
+    'height shift',
+    'shear',
+    'zoom',
+    'flip',
+    'all',
+  ]
   assert grid.shape == (2 * 20 + 4, 8 * 24 + 7 * 4, 3)
   original = grid[:20, :24]
-  np.testing.assert_array_equal(original[0, 0], [200, 200, 200])   # background untouched
-  assert original[10, 12, 2] > original[10, 12, 0]                  # lymphocyte: blue overlay
+  np.testing.assert_array_equal(original[0, 0], [200, 200, 200])  # background untouched
+  assert original[10, 12, 2] > original[10, 12, 0]  # lymphocyte: blue overlay
 
 
 def _write_fake_run(workdir, dices):
@@ -78,17 +95,22 @@ def test_plot_curves_tool(tmp_path):
 
 def _write_fake_evaluated_run(workdir, dice, times=True):
   _write_fake_run(workdir, [0.9, dice])
-  if times:   # add wall-clock times to the records
+  if times:  # add wall-clock times to the records
     lines = (workdir / run_files.METRICS_FILE).read_text().splitlines()
     records = [dict(json.loads(l), time=100.0 + 10 * i) for i, l in enumerate(lines)]
-    (workdir / run_files.METRICS_FILE).write_text(
-        '\n'.join(json.dumps(r) for r in records) + '\n')
+    (workdir / run_files.METRICS_FILE).write_text('\n'.join(json.dumps(r) for r in records) + '\n')
   (workdir / 'eval' / 'jiangxi').mkdir(parents=True)
   per_class = {name: 0.5 for name in ('background', 'neutrophil', 'basophil', 'lymphocyte')}
   support = {'background': 900, 'neutrophil': 60, 'basophil': 0, 'lymphocyte': 40}
-  (workdir / 'eval' / 'jiangxi' / 'metrics.json').write_text(json.dumps({
-      'paper': {'accuracy': 0.99, 'precision': 0.9, 'dice': dice, 'miou': 0.9},
-      'per_class': {'dice': per_class, 'support': support}, 'cells': {'cell_accuracy': 1.0}}))
+  (workdir / 'eval' / 'jiangxi' / 'metrics.json').write_text(
+    json.dumps(
+      {
+        'paper': {'accuracy': 0.99, 'precision': 0.9, 'dice': dice, 'miou': 0.9},
+        'per_class': {'dice': per_class, 'support': support},
+        'cells': {'cell_accuracy': 1.0},
+      }
+    )
+  )
 
 
 def test_run_summary_means_over_seeds(tmp_path):
@@ -97,46 +119,78 @@ def test_run_summary_means_over_seeds(tmp_path):
   summary = run_summary.summarize({'net': [tmp_path / 's0', tmp_path / 's1']}, 'jiangxi')
   mean, std, n = summary['net']['dice']
   assert (round(mean, 6), round(std, 6), n) == (0.96, 0.01, 2)
-  assert summary['net']['epochs_to_target'] == (2.0, 0.0, 1)   # s1 never reached 0.96
+  assert summary['net']['epochs_to_target'] == (2.0, 0.0, 1)  # s1 never reached 0.96
   assert summary['net']['seconds_to_target'] == (30.0, 0.0, 1)
-  table = run_summary.markdown(summary, ('dice', 'cell_accuracy', 'epochs_to_target',
-                                         'dice_basophil'))
-  assert ('| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 | 2.0000 (1 of 2 runs) | n/a |'
-          in table)   # the fake runs' test splits hold no basophil
+  table = run_summary.markdown(
+    summary, ('dice', 'cell_accuracy', 'epochs_to_target', 'dice_basophil')
+  )
+  assert (
+    '| net | 0.9600 +- 0.0100 | 1.0000 +- 0.0000 | 2.0000 (1 of 2 runs) | n/a |' in table
+  )  # the fake runs' test splits hold no basophil
 
 
 def test_per_class_columns_follow_the_runs_classes():
   paper = {'dice_neutrophil': 1, 'dice_basophil': 1, 'dice_lymphocyte': 1, 'cell_accuracy': 1}
-  five = {'dice_neutrophil': 1, 'dice_lymphocyte': 1, 'dice_monocyte': 1, 'cell_dice': 1,
-          'dice_cytoplasm': 1, 'cell_accuracy': 1}
+  five = {
+    'dice_neutrophil': 1,
+    'dice_lymphocyte': 1,
+    'dice_monocyte': 1,
+    'cell_dice': 1,
+    'dice_cytoplasm': 1,
+    'cell_accuracy': 1,
+  }
   assert run_summary.class_metric_keys({'a': paper}) == (
-      'dice_neutrophil', 'dice_basophil', 'dice_lymphocyte', 'cell_accuracy')
+    'dice_neutrophil',
+    'dice_basophil',
+    'dice_lymphocyte',
+    'cell_accuracy',
+  )
   assert run_summary.class_metric_keys({'a': paper, 'b': five}) == (
-      'dice_neutrophil', 'dice_basophil', 'dice_lymphocyte', 'dice_monocyte', 'dice_cytoplasm',
-      'cell_dice', 'cell_accuracy')
+    'dice_neutrophil',
+    'dice_basophil',
+    'dice_lymphocyte',
+    'dice_monocyte',
+    'dice_cytoplasm',
+    'cell_dice',
+    'cell_accuracy',
+  )
 
 
 def test_build_pretrained_trains_exports_and_the_export_scores_what_it_says(
-    wbc_raw, wbc_tfds_dir, tmp_path):
+  wbc_raw, wbc_tfds_dir, tmp_path
+):
   from wcsegnet_jax.evaluation import evaluate
   from wcsegnet_jax.model import restore
   from wcsegnet_jax.model import shipped_model
+
   out = tmp_path / 'model'
-  result = run_tool('build_pretrained.py', f'--config={ROOT}/configs/base.py',
-                    f'--config.data.raw_dir={wbc_raw[0]}', f'--config.data.tfds_dir={wbc_tfds_dir}',
-                    '--config.data.image_size=32', '--config.model.base_width=2',
-                    '--config.model.num_levels=2', '--config.model.blocks_per_stage=1',
-                    '--config.augment.augment_repeats=1', '--config.train.batch_size=4',
-                    '--config.train.num_epochs=1', '--config.train.ema_decay=0.9',
-                    '--config.train.progress_bar=False', f'--workdir={tmp_path / "run"}',
-                    f'--output={out}')
+  result = run_tool(
+    'build_pretrained.py',
+    f'--config={ROOT}/configs/base.py',
+    f'--config.data.raw_dir={wbc_raw[0]}',
+    f'--config.data.tfds_dir={wbc_tfds_dir}',
+    '--config.data.image_size=32',
+    '--config.model.base_width=2',
+    '--config.model.num_levels=2',
+    '--config.model.blocks_per_stage=1',
+    '--config.augment.augment_repeats=1',
+    '--config.train.batch_size=4',
+    '--config.train.num_epochs=1',
+    '--config.train.ema_decay=0.9',
+    '--config.train.progress_bar=False',
+    f'--workdir={tmp_path / "run"}',
+    f'--output={out}',
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   config, variables, info = shipped_model.load(out)
   assert info['averaged_parameters'] is True and 'moving average' in (out / 'README.md').read_text()
   # The stored weights are the run's average, rounded as stored.
   saved, _ = restore.load_variables(config, tmp_path / 'run', 'latest')
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3),
-               variables['params'], jax.device_get(saved['params']))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3),
+    variables['params'],
+    jax.device_get(saved['params']),
+  )
   # info.json's metrics are those of the stored weights.
   config.data.raw_dir, config.data.tfds_dir = str(wbc_raw[0]), str(wbc_tfds_dir)
   eval_step = jax.jit(evaluate.make_eval_step(models.model_for(config), config))
@@ -147,7 +201,8 @@ def test_build_pretrained_trains_exports_and_the_export_scores_what_it_says(
 
 
 def test_make_mosaics_with_a_negative_gap_is_one_line(wbc_raw, tmp_path):
-  result = run_tool('make_mosaics.py', f'--raw_dir={wbc_raw[0]}', f'--out={tmp_path / "m"}',
-                    '--gap=-50')
+  result = run_tool(
+    'make_mosaics.py', f'--raw_dir={wbc_raw[0]}', f'--out={tmp_path / "m"}', '--gap=-50'
+  )
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr and '--gap=-50' in result.stderr

@@ -47,25 +47,39 @@ MODES = ('train', 'infer', 'input', 'torch_train', 'torch_infer')
 
 FLAGS = flags.FLAGS
 config_flags.define_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_list('batch_sizes', ['16', '64', '256'], 'Batch sizes (per device) of the model '
-                  'timings.')
+flags.DEFINE_list(
+  'batch_sizes', ['16', '64', '256'], 'Batch sizes (per device) of the model timings.'
+)
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (config.model.dtype).')
 flags.DEFINE_integer('steps', 50, 'Timed steps; the median is reported.')
 flags.DEFINE_integer('warmup', 5, 'Untimed steps after compilation.')
 flags.DEFINE_list('modes', ['train', 'infer', 'input'], f'Any of {", ".join(MODES)}.')
 flags.DEFINE_bool('torch', False, 'Also time the PyTorch reference (torch_train, torch_infer).')
 flags.DEFINE_bool('torch_compile', True, 'torch.compile the PyTorch model.')
-flags.DEFINE_list('input_workers', ['0', '1', '2', '4'],
-                  'Input pipeline worker processes to try (0: in this process).')
+flags.DEFINE_list(
+  'input_workers',
+  ['0', '1', '2', '4'],
+  'Input pipeline worker processes to try (0: in this process).',
+)
 flags.DEFINE_integer('input_batches', 50, 'Timed batches of the input pipeline per setting.')
-flags.DEFINE_integer('matmul_size', 0, 'Side of the peak-FLOPs matrix product (0: by platform, '
-                     '8192 on accelerators, 1024 on CPU).')
-flags.DEFINE_string('matmul_dtype', '', 'Its dtype (empty: bfloat16 on accelerators, float32 on '
-                    'CPU, where bfloat16 is emulated).')
+flags.DEFINE_integer(
+  'matmul_size',
+  0,
+  'Side of the peak-FLOPs matrix product (0: by platform, 8192 on accelerators, 1024 on CPU).',
+)
+flags.DEFINE_string(
+  'matmul_dtype',
+  '',
+  'Its dtype (empty: bfloat16 on accelerators, float32 on CPU, where bfloat16 is emulated).',
+)
 flags.DEFINE_integer('bandwidth_mib', 0, 'Array size of the bandwidth ceiling (0: by platform).')
 flags.DEFINE_string('output', '', 'Write the report here as JSON.')
-flags.DEFINE_float('time_limit_s', 0.0, 'Start no measurement after this many seconds from the '
-                   'start (0: no limit); those left are rows marked skipped.')
+flags.DEFINE_float(
+  'time_limit_s',
+  0.0,
+  'Start no measurement after this many seconds from the '
+  'start (0: no limit); those left are rows marked skipped.',
+)
 flags.mark_flags_as_required(['config'])
 
 
@@ -85,15 +99,14 @@ def _guarded(what: str, fn, **keys) -> dict:
   logging.info('Benchmarking %s %s', what, keys)
   try:
     return fn()
-  except Exception as e:   # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     logging.error('%s %s failed:\n%s', what, keys, traceback.format_exc())
     return {'mode': what, **keys, 'error': f'{type(e).__name__}: {e}'[:2000]}
 
 
 def main(argv):
   del argv
-  modes = list(dict.fromkeys(FLAGS.modes + (['torch_train', 'torch_infer'] if FLAGS.torch
-                                            else [])))
+  modes = list(dict.fromkeys(FLAGS.modes + (['torch_train', 'torch_infer'] if FLAGS.torch else [])))
   unknown = sorted(set(modes) - set(MODES))
   if unknown:
     raise app.UsageError(f'--modes: unknown {unknown}; choose from {", ".join(MODES)}')
@@ -104,8 +117,10 @@ def main(argv):
     try:
       torch_reference = _load_torch_reference()
     except ImportError as e:
-      notes.append(f'{", ".join(torch_modes)} skipped: PyTorch is not importable ({e}); '
-                   'pip install torch to compare.')
+      notes.append(
+        f'{", ".join(torch_modes)} skipped: PyTorch is not importable ({e}); '
+        'pip install torch to compare.'
+      )
       logging.warning(notes[-1])
       modes = [m for m in modes if m not in torch_modes]
       torch_modes = []
@@ -115,25 +130,36 @@ def main(argv):
     os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
 
   # JAX's GPU client reads the environment when it starts, at the first device query below.
-  from wcsegnet_jax.dev import benchmarking   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax.data import input_pipeline   # pylint: disable=g-import-not-at-top
-  from wcsegnet_jax.core import xla_flags   # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.dev import benchmarking  # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from wcsegnet_jax.core import xla_flags  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
-  xla_flags.apply(config.xla_flags)   # the config's, as training sets them
+  xla_flags.apply(config.xla_flags)  # the config's, as training sets them
   batch_sizes = sorted(int(b) for b in FLAGS.batch_sizes)
-  report = {'command': shlex.join([sys.executable, *sys.argv]),
-            'environment': benchmarking.environment(), 'config': json.loads(config.to_json()),
-            'steps': FLAGS.steps, 'warmup': FLAGS.warmup, 'time_limit_s': FLAGS.time_limit_s,
-            'complete': False, 'ceilings': {}, 'results': [], 'ratios': [], 'notes': notes}
+  report = {
+    'command': shlex.join([sys.executable, *sys.argv]),
+    'environment': benchmarking.environment(),
+    'config': json.loads(config.to_json()),
+    'steps': FLAGS.steps,
+    'warmup': FLAGS.warmup,
+    'time_limit_s': FLAGS.time_limit_s,
+    'complete': False,
+    'ceilings': {},
+    'results': [],
+    'ratios': [],
+    'notes': notes,
+  }
   datasheet = benchmarking.datasheet_peak(report['environment']['device_kind'])
   report['ceilings']['datasheet'] = datasheet
   datasheet_peak = datasheet['bf16_dense_flops_per_s'] if datasheet else None
   logging.info('Measuring the device ceilings.')
   report['ceilings']['matmul'] = benchmarking.matmul_peak_flops(
-      FLAGS.matmul_size or None, FLAGS.matmul_dtype or None)
+    FLAGS.matmul_size or None, FLAGS.matmul_dtype or None
+  )
   report['ceilings']['memory_bandwidth'] = benchmarking.memory_bandwidth(
-      FLAGS.bandwidth_mib * 2**20 or None)
+    FLAGS.bandwidth_mib * 2**20 or None
+  )
   report['model_flops'] = benchmarking.model_flops(config)
   peak = report['ceilings']['matmul']['flops_per_s']
   results = report['results']
@@ -152,32 +178,51 @@ def main(argv):
     fn = getattr(torch_reference, torch_fns[mode])
     for dtype in FLAGS.dtypes:
       for b in batch_sizes:
-        add(_guarded(mode, lambda: fn(config, b, dtype, FLAGS.steps, FLAGS.warmup,
-                                      use_compile=FLAGS.torch_compile),
-                     batch_size=b, dtype=dtype))
+        add(
+          _guarded(
+            mode,
+            lambda: fn(
+              config, b, dtype, FLAGS.steps, FLAGS.warmup, use_compile=FLAGS.torch_compile
+            ),
+            batch_size=b,
+            dtype=dtype,
+          )
+        )
         torch_reference.release_memory()
-  jax_fns = {'train': benchmarking.benchmark_train_step,
-             'infer': benchmarking.benchmark_inference}
+  jax_fns = {'train': benchmarking.benchmark_train_step, 'infer': benchmarking.benchmark_inference}
   for mode in (m for m in modes if m in jax_fns):
     for dtype in FLAGS.dtypes:
-      for b in batch_sizes:   # ascending: the device's running peak memory stays meaningful
-        add(_guarded(mode, lambda: jax_fns[mode](
-            config, b, dtype, FLAGS.steps, FLAGS.warmup, peak_flops_per_s=peak),
-                     batch_size=b, dtype=dtype))
+      for b in batch_sizes:  # ascending: the device's running peak memory stays meaningful
+        add(
+          _guarded(
+            mode,
+            lambda: jax_fns[mode](
+              config, b, dtype, FLAGS.steps, FLAGS.warmup, peak_flops_per_s=peak
+            ),
+            batch_size=b,
+            dtype=dtype,
+          )
+        )
   if 'input' in modes:
     datasets = None
     for workers in (int(w) for w in FLAGS.input_workers):
+
       def measure(workers=workers):
         nonlocal datasets
         datasets = datasets or input_pipeline.load_datasets(config.data)
-        return {'mode': 'input', 'num_workers': workers,
-                'batch_size': config.train.batch_size, 'num_batches': FLAGS.input_batches,
-                'read_threads': config.input.read_threads,
-                'images_per_s': benchmarking.benchmark_input(
-                    config, workers, FLAGS.input_batches, datasets=datasets)}
-      add(_guarded('input', measure, num_workers=workers,
-                   batch_size=config.train.batch_size))
-  if hasattr(os, 'getloadavg'):   # other work during the run skews CPU timings
+        return {
+          'mode': 'input',
+          'num_workers': workers,
+          'batch_size': config.train.batch_size,
+          'num_batches': FLAGS.input_batches,
+          'read_threads': config.input.read_threads,
+          'images_per_s': benchmarking.benchmark_input(
+            config, workers, FLAGS.input_batches, datasets=datasets
+          ),
+        }
+
+      add(_guarded('input', measure, num_workers=workers, batch_size=config.train.batch_size))
+  if hasattr(os, 'getloadavg'):  # other work during the run skews CPU timings
     report['environment']['load_average_1min_end'] = os.getloadavg()[0]
   report['complete'] = True
   print(benchmarking.format_report(report))

@@ -42,11 +42,13 @@ config_flags.define_config_file('config', 'configs/cpu.py', 'Config to train.', 
 flags.DEFINE_string('workdir', 'runs/pretrained', 'Training workdir (resumed if it holds a run).')
 flags.DEFINE_string('output', str(shipped_model.PRETRAINED_DIR), 'Folder to export into.')
 
-LICENCE = ('Trained on the WBC Image Dataset (Zheng et al., Micron 107, 2018; '
-           'github.com/zxaoyou/segmentation_WBC), distributed under GPL-3.0. Whether weights '
-           'learned from GPL-3.0 data are a derivative work is unsettled; we distribute them '
-           'under GPL-3.0 too, so keep that licence when you redistribute them or models '
-           'fine-tuned from them. The code of wcsegnet_jax is Apache-2.0.')
+LICENCE = (
+  'Trained on the WBC Image Dataset (Zheng et al., Micron 107, 2018; '
+  'github.com/zxaoyou/segmentation_WBC), distributed under GPL-3.0. Whether weights '
+  'learned from GPL-3.0 data are a derivative work is unsettled; we distribute them '
+  'under GPL-3.0 too, so keep that licence when you redistribute them or models '
+  'fine-tuned from them. The code of wcsegnet_jax is Apache-2.0.'
+)
 
 
 def split_ids(datasets) -> dict[str, dict[str, list[str]]]:
@@ -68,12 +70,21 @@ def test_metrics(config, variables) -> dict[str, dict]:
   eval_step = jax.jit(evaluate.make_eval_step(models.model_for(config), config))
   out = {}
   for name, _, source in evaluate.eval_sources(config):
-    result = evaluate.evaluate_source(eval_step, variables, source, name,
-                                      config.eval.batch_size, lambda b: jax.device_put(b, device))
+    result = evaluate.evaluate_source(
+      eval_step,
+      variables,
+      source,
+      name,
+      config.eval.batch_size,
+      lambda b: jax.device_put(b, device),
+    )
     summary = evaluate.summarize(result, classes.table_of(config.data))
-    out[name] = {'n_images': summary['n_images'], **summary['paper'],
-                 'dice_per_class': summary['per_class']['dice'],
-                 'cell_accuracy': summary['cells']['cell_accuracy']}
+    out[name] = {
+      'n_images': summary['n_images'],
+      **summary['paper'],
+      'dice_per_class': summary['per_class']['dice'],
+      'cell_accuracy': summary['cells']['cell_accuracy'],
+    }
   return out
 
 
@@ -86,29 +97,31 @@ def main(argv):
     variables, step = restore.load_variables(config, FLAGS.workdir, 'latest')
     stored = shipped_model.as_stored(variables)
     info = {
-        'name': config.name,
-        'step': int(step),
-        # The run's moving average of the parameters where it kept one (train.ema_decay,
-        # eval.ema), else its last parameters.
-        'averaged_parameters': restore.reads_average(config, FLAGS.workdir, 'latest'),
-        'built': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        'machine': f'{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} '
-                   f'({jax.default_backend()})',
-        'command': 'python ' + shlex.join(sys.argv),
-        'test_metrics': test_metrics(config, stored),
-        'images': split_ids(input_pipeline.load_datasets(config.data)),
-        'licence': LICENCE,
+      'name': config.name,
+      'step': int(step),
+      # The run's moving average of the parameters where it kept one (train.ema_decay,
+      # eval.ema), else its last parameters.
+      'averaged_parameters': restore.reads_average(config, FLAGS.workdir, 'latest'),
+      'built': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'machine': f'{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} '
+      f'({jax.default_backend()})',
+      'command': 'python ' + shlex.join(sys.argv),
+      'test_metrics': test_metrics(config, stored),
+      'images': split_ids(input_pipeline.load_datasets(config.data)),
+      'licence': LICENCE,
     }
     out = shipped_model.export(config, stored, FLAGS.output, info)
-    if config.typer.fit:   # refitted on the stored weights, which predict will use
+    if config.typer.fit:  # refitted on the stored weights, which predict will use
       typer = typer_fitting.fit(config, stored, input_pipeline.load_datasets(config.data))
       typer.info.update(built=info['built'], command=info['command'])
       typer.save(out)
   size = (out / shipped_model.VARIABLES_FILE).stat().st_size
   print(f'wrote {out} ({size / 1e6:.1f} MB of variables, step {step})')
   for name, m in info['test_metrics'].items():
-    print(f'  {name}: Dice {m["dice"]:.4f}, mIoU {m["miou"]:.4f}, '
-          f'cell accuracy {m["cell_accuracy"]:.4f} ({m["n_images"]} test images)')
+    print(
+      f'  {name}: Dice {m["dice"]:.4f}, mIoU {m["miou"]:.4f}, '
+      f'cell accuracy {m["cell_accuracy"]:.4f} ({m["n_images"]} test images)'
+    )
 
 
 if __name__ == '__main__':

@@ -48,23 +48,29 @@ from wcsegnet_jax.inference import segmenter
 flags.DEFINE_string('fields_dir', None, 'fields: a typed-fields folder (fields/ + truth.csv).')
 flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipped model).')
 flags.DEFINE_string('checkpoint', None, "fields: as predict's --checkpoint.")
-flags.DEFINE_string('field_scale', 'auto', "fields: the scale to the training crops' "
-                    "magnification, or 'auto' (estimated per field).")
-flags.DEFINE_bool('vote', False, "fields, finetune_cv: type cells by their nucleus pixels' vote "
-                  "even where the model has a cell typer.")
+flags.DEFINE_string(
+  'field_scale',
+  'auto',
+  "fields: the scale to the training crops' magnification, or 'auto' (estimated per field).",
+)
+flags.DEFINE_bool(
+  'vote',
+  False,
+  "fields, finetune_cv: type cells by their nucleus pixels' vote "
+  'even where the model has a cell typer.',
+)
 flags.DEFINE_bool('tta', None, "fields: flip test-time augmentation (default: the model's).")
 flags.DEFINE_string('output', None, 'fields: path stem of the .json and .md written.')
 flags.DEFINE_string('config', 'configs/cpu.py', 'lodo: the training config file.')
 flags.DEFINE_string('workdir_prefix', None, 'lodo: prefix of the two workdirs.')
 flags.DEFINE_integer('seed', 0, 'lodo: config.seed of both runs.')
-flags.DEFINE_multi_string('override', [], 'lodo, finetune_cv: extra KEY=VALUE config '
-                          'overrides.')
-flags.DEFINE_string('finetune_config', 'configs/finetune_fields.py', 'finetune_cv: the '
-                    'fine-tuning config.')
+flags.DEFINE_multi_string('override', [], 'lodo, finetune_cv: extra KEY=VALUE config overrides.')
+flags.DEFINE_string(
+  'finetune_config', 'configs/finetune_fields.py', 'finetune_cv: the fine-tuning config.'
+)
 flags.DEFINE_integer('folds', 5, 'finetune_cv: number of folds.')
 flags.DEFINE_integer('fold_seed', 0, 'finetune_cv: the seed that deals the fields into folds.')
-flags.DEFINE_list('curve', [], 'finetune_cv: training-field counts for a learning curve on '
-                  'fold 0.')
+flags.DEFINE_list('curve', [], 'finetune_cv: training-field counts for a learning curve on fold 0.')
 
 FLAGS = flags.FLAGS
 WBC_DATASETS = ('jiangxi', 'cellavision')
@@ -79,14 +85,24 @@ def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
   typer = None if FLAGS.vote else cell_typing.load_typer(folder, config, variables)
   scale_of = scale_estimate.scale_function(FLAGS.field_scale, segment)
   bar = tqdm.tqdm(total=len(fields), unit='field')
-  outcomes = field_scoring.score_fields(segment, fields, scale_of, table, cells.CellRules(),
-                                        config.eval.decode, progress=lambda _: bar.update(1),
-                                        typer=typer)
+  outcomes = field_scoring.score_fields(
+    segment,
+    fields,
+    scale_of,
+    table,
+    cells.CellRules(),
+    config.eval.decode,
+    progress=lambda _: bar.update(1),
+    typer=typer,
+  )
   bar.close()
-  description = (f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
-                 f'typed by {"its cell typer" if typer else "nucleus-pixel vote"}')
-  summary = field_scoring.summarize(outcomes, table.cell_types,
-                                    typer.uncertain_below if typer else None)
+  description = (
+    f'{source}, --field_scale={FLAGS.field_scale}, TTA {"on" if tta else "off"}, '
+    f'typed by {"its cell typer" if typer else "nucleus-pixel vote"}'
+  )
+  summary = field_scoring.summarize(
+    outcomes, table.cell_types, typer.uncertain_below if typer else None
+  )
   return outcomes, summary, description
 
 
@@ -103,19 +119,36 @@ def score_fields_command() -> None:
   """Scores a model on a typed-fields folder; writes <output>.json and .md."""
   fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
   outcomes, summary, description = score_model(FLAGS.workdir, FLAGS.checkpoint, fields)
-  write_report(pathlib.Path(FLAGS.output), [(f'{description}, {FLAGS.fields_dir}', summary)],
-               {'model': description, 'fields_dir': str(FLAGS.fields_dir), 'summary': summary,
-                'fields': [vars(o) for o in outcomes]})
+  write_report(
+    pathlib.Path(FLAGS.output),
+    [(f'{description}, {FLAGS.fields_dir}', summary)],
+    {
+      'model': description,
+      'fields_dir': str(FLAGS.fields_dir),
+      'summary': summary,
+      'fields': [vars(o) for o in outcomes],
+    },
+  )
 
 
 def _finetune(fields, run_dir: pathlib.Path) -> str:
   """Fine-tunes on `fields` in run_dir/run (their folder at run_dir/fields); the workdir."""
   folder = typed_fields.write_subset(fields, run_dir / 'fields')
   workdir = str(run_dir / 'run')
-  subprocess.run([sys.executable, '-m', 'wcsegnet_jax.main', f'--config={FLAGS.finetune_config}',
-                  f'--workdir={workdir}', f'--config.data.fields_dir={folder}',
-                  '--nofinal_report',
-                  *[f'--config.{o}' for o in FLAGS.override]], check=True, env=dict(os.environ))
+  subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'wcsegnet_jax.main',
+      f'--config={FLAGS.finetune_config}',
+      f'--workdir={workdir}',
+      f'--config.data.fields_dir={folder}',
+      '--nofinal_report',
+      *[f'--config.{o}' for o in FLAGS.override],
+    ],
+    check=True,
+    env=dict(os.environ),
+  )
   return workdir
 
 
@@ -131,14 +164,21 @@ def finetune_cv_command() -> None:
     outcomes, summary, _ = score_model(workdir, None, held_out)
     pooled += outcomes
     record['folds'].append({'fold': k, 'train_fields': len(train_fields), 'summary': summary})
-    sections.append((f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on '
-                     f'{len(held_out)}', summary))
+    sections.append(
+      (f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on {len(held_out)}', summary)
+    )
   table_types = classes.table_of(model_loading.load_workdir_config(workdir).data).cell_types
   typer = cell_typing.LinearTyper.load(workdir)
   record['pooled'] = field_scoring.summarize(
-      pooled, table_types, None if typer is None else typer.info.get('uncertain_below'))
-  sections.insert(0, (f'{FLAGS.folds}-fold cross-validation, held-out folds pooled '
-                      f'({FLAGS.fields_dir})', record['pooled']))
+    pooled, table_types, None if typer is None else typer.info.get('uncertain_below')
+  )
+  sections.insert(
+    0,
+    (
+      f'{FLAGS.folds}-fold cross-validation, held-out folds pooled ({FLAGS.fields_dir})',
+      record['pooled'],
+    ),
+  )
   train_fields = [f for fold in folds[1:] for f in fold]
   for n in (int(v) for v in FLAGS.curve):
     subset = typed_fields.stratified_folds(train_fields, max(1, round(len(train_fields) / n)))[0]
@@ -164,16 +204,24 @@ def lodo_command() -> None:
     workdir = f'{FLAGS.workdir_prefix}_from_{train_on}'
     # Each dataset as often per epoch as in the config's runs on both (CellaVision's 47
     # training images 5 times in the CPU recipe), so a run on it alone is not a short one.
-    one = [f'--workdir={workdir}', f'--config.seed={FLAGS.seed}',
-           f'--config.data.datasets=("{train_on}",)',
-           f'--config.data.dataset_repeats=({repeats.get(train_on, 1)},)']
+    one = [
+      f'--workdir={workdir}',
+      f'--config.seed={FLAGS.seed}',
+      f'--config.data.datasets=("{train_on}",)',
+      f'--config.data.dataset_repeats=({repeats.get(train_on, 1)},)',
+    ]
     _main_command(*one, *extra)
     for test_on in WBC_DATASETS:
       if test_on != train_on:
         # data.datasets is free at evaluation: the same split seed gives the same test split.
-        _main_command(f'--workdir={workdir}', '--mode=evaluate', f'--config.seed={FLAGS.seed}',
-                      f'--config.data.datasets=("{test_on}",)',
-                      '--config.data.dataset_repeats=()', *extra)
+        _main_command(
+          f'--workdir={workdir}',
+          '--mode=evaluate',
+          f'--config.seed={FLAGS.seed}',
+          f'--config.data.datasets=("{test_on}",)',
+          '--config.data.dataset_repeats=()',
+          *extra,
+        )
 
 
 def main(argv):

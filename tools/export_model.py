@@ -23,23 +23,48 @@ from wcsegnet_jax.model import shipped_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('output', None, 'Folder to write into (new or empty, unless --overwrite).')
-flags.DEFINE_string('workdir', None, 'A training workdir: its checkpoint (--checkpoint) is '
-                    'exported. Without it, a shipped model.')
-flags.DEFINE_string('checkpoint', None, "With --workdir: 'latest', 'best' or a step (default: "
-                    "the workdir config's eval.checkpoint).")
-flags.DEFINE_string('model', None, 'A shipped model by name (%s; default %s) or a model folder.'
-                    % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL))
-flags.DEFINE_integer('opset', onnx_export.DEFAULT_OPSET, 'ONNX opset (%d..%d).'
-                     % (onnx_export.OPSETS[0], onnx_export.OPSETS[-1]))
-flags.DEFINE_bool('tta', False, 'Put the average over the four flips into the graph (4x the '
-                  'work; predict --backend=onnx wants a graph without it).')
+flags.DEFINE_string(
+  'workdir',
+  None,
+  'A training workdir: its checkpoint (--checkpoint) is exported. Without it, a shipped model.',
+)
+flags.DEFINE_string(
+  'checkpoint',
+  None,
+  "With --workdir: 'latest', 'best' or a step (default: the workdir config's eval.checkpoint).",
+)
+flags.DEFINE_string(
+  'model',
+  None,
+  'A shipped model by name (%s; default %s) or a model folder.'
+  % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL),
+)
+flags.DEFINE_integer(
+  'opset',
+  onnx_export.DEFAULT_OPSET,
+  'ONNX opset (%d..%d).' % (onnx_export.OPSETS[0], onnx_export.OPSETS[-1]),
+)
+flags.DEFINE_bool(
+  'tta',
+  False,
+  'Put the average over the four flips into the graph (4x the '
+  'work; predict --backend=onnx wants a graph without it).',
+)
 flags.DEFINE_bool('overwrite', False, 'Write into an --output folder that holds files.')
 flags.DEFINE_bool('bioimageio', True, 'Also write the bioimage.io model package.')
 flags.DEFINE_bool('test', True, "Run bioimageio.core's model test on the package.")
-flags.DEFINE_string('sample_image', None, "The package's test input and cover: an image of one "
-                    'cell (resized to the model size). Default: a drawn cell.')
-flags.DEFINE_string('licence', None, "The weights' SPDX licence for the package (default: "
-                    "GPL-3.0-only for a model trained on the WBC Image Dataset).")
+flags.DEFINE_string(
+  'sample_image',
+  None,
+  "The package's test input and cover: an image of one "
+  'cell (resized to the model size). Default: a drawn cell.',
+)
+flags.DEFINE_string(
+  'licence',
+  None,
+  "The weights' SPDX licence for the package (default: "
+  'GPL-3.0-only for a model trained on the WBC Image Dataset).',
+)
 flags.mark_flags_as_required(['output'])
 
 
@@ -50,9 +75,20 @@ def main(argv):
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     from wcsegnet_jax.export import exporter
+
     result = exporter.export_model(
-        FLAGS.output, FLAGS.workdir, FLAGS.model, FLAGS.checkpoint, FLAGS.opset, FLAGS.tta,
-        FLAGS.overwrite, FLAGS.bioimageio, FLAGS.test, FLAGS.sample_image, FLAGS.licence)
+      FLAGS.output,
+      FLAGS.workdir,
+      FLAGS.model,
+      FLAGS.checkpoint,
+      FLAGS.opset,
+      FLAGS.tta,
+      FLAGS.overwrite,
+      FLAGS.bioimageio,
+      FLAGS.test,
+      FLAGS.sample_image,
+      FLAGS.licence,
+    )
   print(result.text())
   if result.test_status not in (None, 'passed', 'valid-format'):
     print(result.test_details, file=sys.stderr)

@@ -27,9 +27,14 @@ from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import typer_fitting
 
 flags.DEFINE_string('model', 'differential', 'A shipped model: its name or folder.')
-config_flags.define_config_file('config', 'configs/pretrained.py', 'The model\'s config (give '
-                              '--model, not this; its keys typer.* and data.raw_dir may be '
-                              'overridden).', lock_config=False)
+config_flags.define_config_file(
+  'config',
+  'configs/pretrained.py',
+  "The model's config (give "
+  '--model, not this; its keys typer.* and data.raw_dir may be '
+  'overridden).',
+  lock_config=False,
+)
 FLAGS = flags.FLAGS
 
 
@@ -47,16 +52,23 @@ def main(argv):
     trained_on = shipped_model.load_info(folder).get('images', {})
     for dataset in datasets:
       recorded = trained_on.get(dataset.name, {}).get('train')
-      if recorded is not None and set(recorded) != set(tfds_builder.read_split_ids(
-          dataset.builder).get('train', [])):
-        raise errors.UserError(f'{folder}: the {dataset.name} training split read now is not '
-                               f'the one the model was built with; check data.raw_dir')
+      if recorded is not None and set(recorded) != set(
+        tfds_builder.read_split_ids(dataset.builder).get('train', [])
+      ):
+        raise errors.UserError(
+          f'{folder}: the {dataset.name} training split read now is not '
+          f'the one the model was built with; check data.raw_dir'
+        )
     typer = typer_fitting.fit(config, variables, datasets)
-    typer.info.update(built=datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds'), command='python ' + shlex.join(sys.argv))
+    typer.info.update(
+      built=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      command='python ' + shlex.join(sys.argv),
+    )
     typer.save(folder)
-    print(f'wrote {folder / cell_typing.TYPER_FILE}: test accuracy '
-          f'{typer_fitting.accuracy_text(typer)}, temperature {typer.temperature:.2f}')
+    print(
+      f'wrote {folder / cell_typing.TYPER_FILE}: test accuracy '
+      f'{typer_fitting.accuracy_text(typer)}, temperature {typer.temperature:.2f}'
+    )
 
 
 if __name__ == '__main__':

@@ -23,8 +23,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   main_args = argv[1:]
   if not main_args:
-    raise app.UsageError('give the arguments of wcsegnet_jax.main after --, e.g. '
-                         '-- --config=configs/smoke.py --workdir=runs/x')
+    raise app.UsageError(
+      'give the arguments of wcsegnet_jax.main after --, e.g. '
+      '-- --config=configs/smoke.py --workdir=runs/x'
+    )
   sys.exit(local_cluster.run(FLAGS.num_processes, main_args, port=FLAGS.port))
 
 

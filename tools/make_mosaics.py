@@ -26,7 +26,7 @@ from wcsegnet_jax.inference import output_folder
 from wcsegnet_jax.inference import prediction
 from wcsegnet_jax.model import shipped_model
 
-FIELD_SCALES = {'jiangxi': 1.0, 'cellavision': 0.4}   # to the 120-pixel training scale
+FIELD_SCALES = {'jiangxi': 1.0, 'cellavision': 0.4}  # to the 120-pixel training scale
 
 flags.DEFINE_string('raw_dir', None, 'Folder of the WBC Image Dataset ("Dataset 1/", ...).')
 flags.DEFINE_enum('subset', 'jiangxi', list(FIELD_SCALES), 'Which crops.')
@@ -34,12 +34,13 @@ flags.DEFINE_string('out', None, 'Output folder (mosaics/, predicted/, score.jso
 flags.DEFINE_integer('n_mosaics', 10, 'Mosaics to build.', lower_bound=1)
 flags.DEFINE_integer('per_mosaic', 4, 'Crops per mosaic.', lower_bound=1)
 flags.DEFINE_integer('columns', 2, 'Crops per mosaic row.', lower_bound=1)
-flags.DEFINE_integer('gap', None, 'Pixels between crops; default a sixth of the crop side.',
-                     lower_bound=0)
+flags.DEFINE_integer(
+  'gap', None, 'Pixels between crops; default a sixth of the crop side.', lower_bound=0
+)
 flags.DEFINE_integer('seed', 0, 'Seed of the crop draws.')
 flags.DEFINE_bool('all_crops', False, 'Use every crop, training ones too.')
 flags.DEFINE_float('field_scale', None, 'predict --field_scale; default by subset.')
-flags.DEFINE_string('workdir', None, 'Predict with this workdir\'s model, not the shipped one.')
+flags.DEFINE_string('workdir', None, "Predict with this workdir's model, not the shipped one.")
 flags.DEFINE_bool('no_predict', False, 'Only build the mosaics.')
 flags.mark_flags_as_required(['raw_dir', 'out'])
 FLAGS = flags.FLAGS
@@ -49,15 +50,19 @@ def test_crops_of_the_model(workdir: str | None, subset: str) -> tuple[list[str]
   """(test image ids, cell types) of the model that predicts: a run's (its data.json and
   config.json) or the pretrained model's (its info.json and config)."""
   if workdir is None:
-    return (shipped_model.load_info()['images'][subset]['test'],
-            list(shipped_model.load_config().data.cell_types))
+    return (
+      shipped_model.load_info()['images'][subset]['test'],
+      list(shipped_model.load_config().data.cell_types),
+    )
   workdir = pathlib.Path(workdir)
   data_file = workdir / run_files.DATA_FILE
   record = json.loads(data_file.read_text()) if data_file.exists() else None
   config = run_files.load_saved_config(workdir)
   if record is None or config is None or subset not in record:
-    raise errors.UserError(f'{workdir}: no {run_files.DATA_FILE} with a {subset} test split '
-                           f'or no {run_files.CONFIG_FILE}; give --all_crops to use every crop')
+    raise errors.UserError(
+      f'{workdir}: no {run_files.DATA_FILE} with a {subset} test split '
+      f'or no {run_files.CONFIG_FILE}; give --all_crops to use every crop'
+    )
   return record[subset]['test'], list(config['data']['cell_types'])
 
 
@@ -75,15 +80,21 @@ def _make_and_score(out: pathlib.Path) -> None:
   if not crops:
     raise errors.DataError(f'no {FLAGS.subset} crops in {FLAGS.raw_dir} to build mosaics from')
   gap = FLAGS.gap if FLAGS.gap is not None else crops[0].image.shape[0] // 6
-  truth = mosaics.write_mosaics(crops, out / 'mosaics', FLAGS.n_mosaics, FLAGS.per_mosaic,
-                                FLAGS.columns, gap, FLAGS.seed)
-  print(f'wrote {len(truth)} mosaics of {FLAGS.per_mosaic} of {len(crops)} crops to '
-        f'{out / "mosaics"}')
+  truth = mosaics.write_mosaics(
+    crops, out / 'mosaics', FLAGS.n_mosaics, FLAGS.per_mosaic, FLAGS.columns, gap, FLAGS.seed
+  )
+  print(
+    f'wrote {len(truth)} mosaics of {FLAGS.per_mosaic} of {len(crops)} crops to {out / "mosaics"}'
+  )
   if FLAGS.no_predict:
     return
   scale = FLAGS.field_scale if FLAGS.field_scale is not None else FIELD_SCALES[FLAGS.subset]
-  prediction.run([str(out / 'mosaics')], prediction.PredictOptions(
-      output=out / 'predicted', workdir=FLAGS.workdir, overwrite=True, field_scale=scale))
+  prediction.run(
+    [str(out / 'mosaics')],
+    prediction.PredictOptions(
+      output=out / 'predicted', workdir=FLAGS.workdir, overwrite=True, field_scale=scale
+    ),
+  )
   cells_csv = out / 'predicted' / output_folder.CELLS_FILE
   result = mosaics.score(truth, mosaics.read_cells_csv(cells_csv))
   result = {'subset': FLAGS.subset, 'field_scale': scale, 'crops': len(crops), **result}

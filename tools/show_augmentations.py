@@ -34,23 +34,28 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'Seed of the "all together" draws.')
 
 
-def one_at_a_time(aug: ml_collections.ConfigDict, height: int,
-                  width: int) -> list[tuple[str, augment.AffineParams]]:
+def one_at_a_time(
+  aug: ml_collections.ConfigDict, height: int, width: int
+) -> list[tuple[str, augment.AffineParams]]:
   """Each augmentation alone at the edge of its configured range (the grid's columns)."""
   return [
-      ('original', augment.AffineParams()),
-      ('rotation', augment.AffineParams(rotation_deg=aug.rotation_deg)),
-      ('width shift', augment.AffineParams(shift_x_px=aug.width_shift * width)),
-      ('height shift', augment.AffineParams(shift_y_px=aug.height_shift * height)),
-      ('shear', augment.AffineParams(shear_deg=aug.shear_deg)),
-      ('zoom', augment.AffineParams(zoom_x=1 - aug.zoom, zoom_y=1 + aug.zoom)),
-      ('flip', augment.AffineParams(flip=aug.horizontal_flip)),
+    ('original', augment.AffineParams()),
+    ('rotation', augment.AffineParams(rotation_deg=aug.rotation_deg)),
+    ('width shift', augment.AffineParams(shift_x_px=aug.width_shift * width)),
+    ('height shift', augment.AffineParams(shift_y_px=aug.height_shift * height)),
+    ('shear', augment.AffineParams(shear_deg=aug.shear_deg)),
+    ('zoom', augment.AffineParams(zoom_x=1 - aug.zoom, zoom_y=1 + aug.zoom)),
+    ('flip', augment.AffineParams(flip=aug.horizontal_flip)),
   ]
 
 
-def figure_grid(examples: list[dict], aug: ml_collections.ConfigDict,
-                rng: np.random.Generator, gap: int = 4,
-                table: classes.ClassTable = classes.PAPER_TABLE) -> tuple[list[str], np.ndarray]:
+def figure_grid(
+  examples: list[dict],
+  aug: ml_collections.ConfigDict,
+  rng: np.random.Generator,
+  gap: int = 4,
+  table: classes.ClassTable = classes.PAPER_TABLE,
+) -> tuple[list[str], np.ndarray]:
   """Column names and an RGB grid: one row per example, masks overlaid in `table`'s colours."""
   rows, names = [], []
   for example in examples:
@@ -59,9 +64,12 @@ def figure_grid(examples: list[dict], aug: ml_collections.ConfigDict,
     names = [name for name, _ in columns]
     tiles = []
     for _, params in columns:
-      image, labels = augment.warp_pair(example['image'], example['label_map'],
-                                        augment.inverse_affine_matrix(params, h, w),
-                                        aug.fill_mode)
+      image, labels = augment.warp_pair(
+        example['image'],
+        example['label_map'],
+        augment.inverse_affine_matrix(params, h, w),
+        aug.fill_mode,
+      )
       tiles.append(table.overlay(image, labels))
     rows.append(_tile(tiles, gap, axis=1))
   return names, _tile(rows, gap, axis=0)
@@ -84,11 +92,16 @@ def main(argv):
       config.data.datasets = (FLAGS.dataset,)
     source = input_pipeline.load_datasets(config.data)[0].train
     examples = [source[i] for i in range(min(FLAGS.num_images, len(source)))]
-    names, grid = figure_grid(examples, config.augment, np.random.default_rng(FLAGS.seed),
-                              table=classes.table_of(config.data))
+    names, grid = figure_grid(
+      examples,
+      config.augment,
+      np.random.default_rng(FLAGS.seed),
+      table=classes.table_of(config.data),
+    )
     files.write_bytes_atomic(FLAGS.output, image_files.encode_png(grid))
-    print(f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns '
-          f'({", ".join(names)})')
+    print(
+      f'wrote {FLAGS.output}: {len(examples)} images x {len(names)} columns ({", ".join(names)})'
+    )
 
 
 if __name__ == '__main__':

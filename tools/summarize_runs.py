@@ -14,18 +14,25 @@ from wcsegnet_jax.evaluation import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
 flags.DEFINE_bool('tta', False, 'Read the test-time-augmented evaluations (eval/<dataset>-tta).')
-flags.DEFINE_string('variant', '', 'Read eval/<dataset>[-tta]<variant>: "-rot" (with --tta: '
-                    'eval.tta_rotations), "-raw" (a run\'s own parameters where it kept their '
-                    'average), "-by_part" (eval.decode), in that order, e.g. "-raw-by_part"')
+flags.DEFINE_string(
+  'variant',
+  '',
+  'Read eval/<dataset>[-tta]<variant>: "-rot" (with --tta: '
+  'eval.tta_rotations), "-raw" (a run\'s own parameters where it kept their '
+  'average), "-by_part" (eval.decode), in that order, e.g. "-raw-by_part"',
+)
 
+TIME_TABLE = (
+  'time to test Dice 0.95 / 0.96 / 0.965 (seconds from the start, data and compile included)'
+)
 TABLES = {
-    'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,
-    # The runs' own classes (whole-cell Dice/IoU where they have a cytoplasm class).
-    'per-class Dice and cell-type accuracy': None,
-    'time to test Dice 0.95 / 0.96 / 0.965 (seconds from the start, data and compile included)':
-        tuple(f'seconds_to_{t}' for t in run_summary.DICE_THRESHOLDS) + ('train_seconds',),
-    'epochs to test Dice 0.95 / 0.96 / 0.965':
-        tuple(f'epochs_to_{t}' for t in run_summary.DICE_THRESHOLDS),
+  'paper metrics (nucleus vs background)': run_summary.PAPER_KEYS,
+  # The runs' own classes (whole-cell Dice/IoU where they have a cytoplasm class).
+  'per-class Dice and cell-type accuracy': None,
+  TIME_TABLE: tuple(f'seconds_to_{t}' for t in run_summary.DICE_THRESHOLDS) + ('train_seconds',),
+  'epochs to test Dice 0.95 / 0.96 / 0.965': tuple(
+    f'epochs_to_{t}' for t in run_summary.DICE_THRESHOLDS
+  ),
 }
 
 
@@ -41,8 +48,11 @@ def main(argv):
     for title, keys in TABLES.items():
       keys = keys or run_summary.class_metric_keys(summary)
       tta = (', TTA' if flags.FLAGS.tta else '') + flags.FLAGS.variant
-      print(f'\n**{dataset}{tta}: {title}** (runs: ' + ', '.join(
-          f'{n} x{len(w)}' for n, w in groups.items()) + ')\n')
+      print(
+        f'\n**{dataset}{tta}: {title}** (runs: '
+        + ', '.join(f'{n} x{len(w)}' for n, w in groups.items())
+        + ')\n'
+      )
       digits = 1 if 'time' in title or 'epochs' in title else 4
       print(run_summary.markdown(summary, keys, digits))
 

@@ -89,64 +89,132 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """The command's flags; defined only when run as a command, so that importing this module
   beside `wcsegnet_jax.main` (which has --workdir and --checkpoint too) is no flag clash."""
-  flags.DEFINE_string('workdir', None, 'Training workdir: config.json and checkpoints/. '
-                      'Without it, the pretrained model shipped in the package is used.')
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'Training workdir: config.json and checkpoints/. '
+    'Without it, the pretrained model shipped in the package is used.',
+  )
   flags.DEFINE_string('output', None, 'Folder for masks, overlays and cells.csv (created).')
-  flags.DEFINE_string('checkpoint', None, "'latest', 'best', a step, a checkpoint path, or "
-                      "'pretrained'. Default: the shipped model without --workdir; with one, "
-                      "its config's eval.checkpoint (latest: 'best' was picked by test Dice).")
-  flags.DEFINE_float('pixel_size_um', None, 'Micrometres per pixel of the input images; adds '
-                     'areas and perimeters in micrometres to cells.csv.')
+  flags.DEFINE_string(
+    'checkpoint',
+    None,
+    "'latest', 'best', a step, a checkpoint path, or "
+    "'pretrained'. Default: the shipped model without --workdir; with one, "
+    "its config's eval.checkpoint (latest: 'best' was picked by test Dice).",
+  )
+  flags.DEFINE_float(
+    'pixel_size_um',
+    None,
+    'Micrometres per pixel of the input images; adds '
+    'areas and perimeters in micrometres to cells.csv.',
+  )
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.')
-  flags.DEFINE_string('backend', 'jax', 'What runs the network: jax (XLA), or onnx (ONNX '
-                      'Runtime; the export extra, docs/export.md). Same outputs.')
-  flags.DEFINE_string('onnx_file', None, "With --backend=onnx: the model's model.onnx from "
-                      'tools/export_model.py (default: exported in memory first).')
-  flags.DEFINE_integer('threads', 0, 'With --backend=onnx: ONNX Runtime threads (0: one per '
-                       'core).')
-  flags.DEFINE_bool('tta', None, 'Average the predictions over the four flips (and the quarter '
-                    "turns where the model's config has eval.tta_rotations). Default: as the "
-                    "model's config (eval.tta; on for the pretrained model).")
-  flags.DEFINE_string('field_scale', None, 'Treat each image as a field of many cells: resize '
-                      'it by this factor to the training scale and segment it in overlapping '
-                      'tiles (1.0 for fields at the Jiangxi crops\' scale; 0.4 at the '
-                      'CellaVision crops\'), or "auto": estimated per image from its nuclei '
-                      '(written to cells.csv). Without it, each image is one cell crop, resized '
-                      'whole.')
+  flags.DEFINE_string(
+    'backend',
+    'jax',
+    'What runs the network: jax (XLA), or onnx (ONNX '
+    'Runtime; the export extra, docs/export.md). Same outputs.',
+  )
+  flags.DEFINE_string(
+    'onnx_file',
+    None,
+    "With --backend=onnx: the model's model.onnx from "
+    'tools/export_model.py (default: exported in memory first).',
+  )
+  flags.DEFINE_integer('threads', 0, 'With --backend=onnx: ONNX Runtime threads (0: one per core).')
+  flags.DEFINE_bool(
+    'tta',
+    None,
+    'Average the predictions over the four flips (and the quarter '
+    "turns where the model's config has eval.tta_rotations). Default: as the "
+    "model's config (eval.tta; on for the pretrained model).",
+  )
+  flags.DEFINE_string(
+    'field_scale',
+    None,
+    'Treat each image as a field of many cells: resize '
+    'it by this factor to the training scale and segment it in overlapping '
+    "tiles (1.0 for fields at the Jiangxi crops' scale; 0.4 at the "
+    'CellaVision crops\'), or "auto": estimated per image from its nuclei '
+    '(written to cells.csv). Without it, each image is one cell crop, resized '
+    'whole.',
+  )
   defaults = cells.CellRules()
-  flags.DEFINE_float('cell_merge_gap_px', defaults.merge_gap_px, 'Nucleus parts at most this '
-                     'far apart (pixels at the training scale) are one cell: a neutrophil\'s '
-                     'lobes. See wcsegnet_jax/cells/cells.py.')
-  flags.DEFINE_float('cell_split_radius_px', defaults.split_radius_px, 'A cell region holding '
-                     'two nucleus parts this deep (pixels from the nucleus edge, at the training '
-                     'scale) is split in two touching cells; 0 never splits.')
-  flags.DEFINE_float('cell_min_nucleus_px', defaults.min_nucleus_px, 'Cells with a smaller '
-                     'nucleus (pixels at the training scale) are dropped as specks.')
-  flags.DEFINE_bool('overwrite', False, 'Allow an --output folder that holds files: the '
-                    'results an earlier predict wrote there are removed first.')
-  flags.DEFINE_bool('resume', False, 'Continue the run in --output (one stopped by Ctrl-C): '
-                    'the images it did are kept, not redone; refused if it used another model '
-                    'or other options.')
-  flags.DEFINE_string('model', None, 'A shipped model by name (%s; default %s) or a model '
-                      'folder (tools/build_pretrained.py --output), instead of --workdir.'
-                      % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL))
-  flags.DEFINE_bool('count_all_cells', False, 'Count in differential.csv the cells cut by the '
-                    'image border and the objects too small or misshapen for a cell as well '
-                    '(cells.csv lists them either way, with the reason).')
+  flags.DEFINE_float(
+    'cell_merge_gap_px',
+    defaults.merge_gap_px,
+    'Nucleus parts at most this '
+    "far apart (pixels at the training scale) are one cell: a neutrophil's "
+    'lobes. See wcsegnet_jax/cells/cells.py.',
+  )
+  flags.DEFINE_float(
+    'cell_split_radius_px',
+    defaults.split_radius_px,
+    'A cell region holding '
+    'two nucleus parts this deep (pixels from the nucleus edge, at the training '
+    'scale) is split in two touching cells; 0 never splits.',
+  )
+  flags.DEFINE_float(
+    'cell_min_nucleus_px',
+    defaults.min_nucleus_px,
+    'Cells with a smaller nucleus (pixels at the training scale) are dropped as specks.',
+  )
+  flags.DEFINE_bool(
+    'overwrite',
+    False,
+    'Allow an --output folder that holds files: the '
+    'results an earlier predict wrote there are removed first.',
+  )
+  flags.DEFINE_bool(
+    'resume',
+    False,
+    'Continue the run in --output (one stopped by Ctrl-C): '
+    'the images it did are kept, not redone; refused if it used another model '
+    'or other options.',
+  )
+  flags.DEFINE_string(
+    'model',
+    None,
+    'A shipped model by name (%s; default %s) or a model '
+    'folder (tools/build_pretrained.py --output), instead of --workdir.'
+    % (', '.join(shipped_model.MODEL_NAMES), shipped_model.DEFAULT_MODEL),
+  )
+  flags.DEFINE_bool(
+    'count_all_cells',
+    False,
+    'Count in differential.csv the cells cut by the '
+    'image border and the objects too small or misshapen for a cell as well '
+    '(cells.csv lists them either way, with the reason).',
+  )
 
 
 def options_from_flags() -> options_lib.PredictOptions:
   """The flags as `PredictOptions`, checked: a bad value is one line naming the flag (exit 2)."""
   if not FLAGS.output:
     raise errors.UsageError('--output is required: the folder for masks, overlays and cells.csv')
-  rules = cells.CellRules(FLAGS.cell_merge_gap_px, FLAGS.cell_split_radius_px,
-                          FLAGS.cell_min_nucleus_px, count_excluded=FLAGS.count_all_cells)
+  rules = cells.CellRules(
+    FLAGS.cell_merge_gap_px,
+    FLAGS.cell_split_radius_px,
+    FLAGS.cell_min_nucleus_px,
+    count_excluded=FLAGS.count_all_cells,
+  )
   return options_lib.PredictOptions(
-      output=FLAGS.output, workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint, model=FLAGS.model,
-      batch_size=FLAGS.batch_size, tta=FLAGS.tta, pixel_size_um=FLAGS.pixel_size_um,
-      field_scale=FLAGS.field_scale, cell_rules=rules, overwrite=FLAGS.overwrite,
-      backend=FLAGS.backend, onnx_file=FLAGS.onnx_file, threads=FLAGS.threads,
-      resume=FLAGS.resume).checked()
+    output=FLAGS.output,
+    workdir=FLAGS.workdir,
+    checkpoint=FLAGS.checkpoint,
+    model=FLAGS.model,
+    batch_size=FLAGS.batch_size,
+    tta=FLAGS.tta,
+    pixel_size_um=FLAGS.pixel_size_um,
+    field_scale=FLAGS.field_scale,
+    cell_rules=rules,
+    overwrite=FLAGS.overwrite,
+    backend=FLAGS.backend,
+    onnx_file=FLAGS.onnx_file,
+    threads=FLAGS.threads,
+    resume=FLAGS.resume,
+  ).checked()
 
 
 def main(argv):
@@ -156,16 +224,18 @@ def main(argv):
     if not inputs:
       raise errors.UsageError('give at least one image file or folder (see --help)')
     logs.quiet_library_logs()
-    errors.terminate_as_interrupt()   # a scheduler's stop keeps the tables, as Ctrl-C does
+    errors.terminate_as_interrupt()  # a scheduler's stop keeps the tables, as Ctrl-C does
     summary = prediction.run(inputs, options)
   print(summary.text())
   if not summary.done:
     print('nothing segmented, nothing written', file=sys.stderr)
     sys.exit(1)
   output = pathlib.Path(options.output)
-  print(f'wrote masks and overlays, {output / output_folder.CELLS_FILE}, '
-        f'{output / output_folder.DIFFERENTIAL_FILE} and '
-        f'{output / output_folder.CONTACT_SHEET_FILE} (every overlay, small, for review)')
+  print(
+    f'wrote masks and overlays, {output / output_folder.CELLS_FILE}, '
+    f'{output / output_folder.DIFFERENTIAL_FILE} and '
+    f'{output / output_folder.CONTACT_SHEET_FILE} (every overlay, small, for review)'
+  )
 
 
 if __name__ == '__main__':

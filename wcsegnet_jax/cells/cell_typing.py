@@ -39,8 +39,14 @@ from wcsegnet_jax.model import models
 
 TYPER_FILE = 'cell_typer.npz'
 TYPER_INFO_FILE = 'cell_typer.json'
-SHAPE_FEATURES = ('log_nucleus_area', 'circularity', 'solidity', 'nucleus_parts',
-                  'log_cell_area', 'nc_ratio')
+SHAPE_FEATURES = (
+  'log_nucleus_area',
+  'circularity',
+  'solidity',
+  'nucleus_parts',
+  'log_cell_area',
+  'nc_ratio',
+)
 
 
 def _captured(module: nn.Module, method: str) -> bool:
@@ -52,9 +58,9 @@ def levels_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   stages and the `typer.decoder_stages` finest decoder stages (the deep ones are the most
   specific to the training lab's images: with them, typing on another lab's cells was worse)."""
   levels = int(config.model.num_levels)
-  return (tuple(f'encoder{i}' for i in range(min(config.typer.encoder_stages, levels)))
-          + tuple(f'decoder{levels - 1 - j}' for j in range(min(config.typer.decoder_stages,
-                                                                 levels))))
+  return tuple(f'encoder{i}' for i in range(min(config.typer.encoder_stages, levels))) + tuple(
+    f'decoder{levels - 1 - j}' for j in range(min(config.typer.decoder_stages, levels))
+  )
 
 
 class CellFeatures:
@@ -62,8 +68,13 @@ class CellFeatures:
 
   Crops are (N, size, size, 3) uint8 at the training scale after the model's colour step."""
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict,
-               levels: Sequence[str], batch_size: int = 16):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    levels: Sequence[str],
+    batch_size: int = 16,
+  ):
     self.config = config
     self.levels = tuple(sorted(levels))
     self.table = classes.table_of(config.data)
@@ -74,10 +85,14 @@ class CellFeatures:
 
     def forward(v, images):
       x = normalize.model_inputs(images, config.data)
-      logits, state = model.apply(v, x, train=False, capture_intermediates=_captured,
-                                  mutable=['intermediates'])
-      maps = {name: out['__call__'][0] for name, out in state['intermediates'].items()
-              if name in self.levels}
+      logits, state = model.apply(
+        v, x, train=False, capture_intermediates=_captured, mutable=['intermediates']
+      )
+      maps = {
+        name: out['__call__'][0]
+        for name, out in state['intermediates'].items()
+        if name in self.levels
+      }
       return jax.nn.softmax(logits, axis=-1), maps
 
     jitted = jax.jit(forward)
@@ -87,21 +102,27 @@ class CellFeatures:
     """(features (N, F) float32, found (N,) bool: a cell was found near the crop's centre)."""
     features, found = [], []
     for first in range(0, len(crops), self.batch_size):
-      chunk = crops[first:first + self.batch_size]
+      chunk = crops[first : first + self.batch_size]
       batch = np.zeros((self.batch_size, self.size, self.size, 3), np.uint8)
-      batch[:len(chunk)] = chunk
+      batch[: len(chunk)] = chunk
       probs, maps = self._forward(batch)
       for i in range(len(chunk)):
-        vector = self._one(chunk[i], np.asarray(probs[i]), {k: np.asarray(v[i])
-                                                             for k, v in maps.items()})
+        vector = self._one(
+          chunk[i], np.asarray(probs[i]), {k: np.asarray(v[i]) for k, v in maps.items()}
+        )
         found.append(vector is not None)
         features.append(vector)
     width = next((len(v) for v in features if v is not None), 0)
-    return (np.stack([np.zeros(width, np.float32) if v is None else v for v in features])
-            if features else np.zeros((0, 0), np.float32), np.array(found, bool))
+    return (
+      np.stack([np.zeros(width, np.float32) if v is None else v for v in features])
+      if features
+      else np.zeros((0, 0), np.float32),
+      np.array(found, bool),
+    )
 
-  def central_cell(self, pred_map: np.ndarray, probs: np.ndarray
-                   ) -> tuple[np.ndarray, cells.Cell] | None:
+  def central_cell(
+    self, pred_map: np.ndarray, probs: np.ndarray
+  ) -> tuple[np.ndarray, cells.Cell] | None:
     """(the cell's mask, the cell) of the crop's cell whose nucleus centre is nearest the
     crop's centre; None where the crop shows no cell."""
     found, labels = cells.find_cells(pred_map, probs, self.table, self.rules)
@@ -128,8 +149,12 @@ class CellFeatures:
     # The background (plasma, red cells) is the colour reference a technologist's eye uses:
     # with it, the classifier can weigh the cell's colours against what is around it.
     background = pred_map == classes.BACKGROUND
-    parts += [_colour(crop, nucleus), _colour(crop, cytoplasm), _colour(crop, background),
-              _shape(cell)]
+    parts += [
+      _colour(crop, nucleus),
+      _colour(crop, cytoplasm),
+      _colour(crop, background),
+      _shape(cell),
+    ]
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -148,7 +173,7 @@ def _pooled(feature_map: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
   top = (padded_h - size) // 2
   left = top
   full = np.zeros((padded_h, padded_h), np.float32)
-  full[top:top + size, left:left + size] = mask
+  full[top : top + size, left : left + size] = mask
   weights = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
   total = weights.sum()
   if total <= 0:
@@ -166,13 +191,26 @@ def _colour(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _shape(cell: cells.Cell) -> np.ndarray:
   m = cell.nucleus
-  return np.array([np.log1p(m['area_px']), m['circularity'], m['solidity'],
-                   min(m['nucleus_parts'], 4), np.log1p(cell.cell_area_px or 0),
-                   min(cell.nc_ratio or 0.0, 5.0)], np.float32)
+  return np.array(
+    [
+      np.log1p(m['area_px']),
+      m['circularity'],
+      m['solidity'],
+      min(m['nucleus_parts'], 4),
+      np.log1p(cell.cell_area_px or 0),
+      min(cell.nc_ratio or 0.0, 5.0),
+    ],
+    np.float32,
+  )
 
 
-def cell_crops(image: np.ndarray, centres: Sequence[tuple[float, float]], size: int,
-               data_config: ml_collections.ConfigDict, crop_color: str) -> np.ndarray:
+def cell_crops(
+  image: np.ndarray,
+  centres: Sequence[tuple[float, float]],
+  size: int,
+  data_config: ml_collections.ConfigDict,
+  crop_color: str,
+) -> np.ndarray:
   """(N, size, size, 3) crops of an image at the training scale (before the colour step)
   centred on the cells, after the model's colour step: on each crop alone ('crop': a cell's
   colours measured against its own surroundings, as in the one-cell training crops; better on
@@ -181,8 +219,7 @@ def cell_crops(image: np.ndarray, centres: Sequence[tuple[float, float]], size: 
   if crop_color == 'field':
     standardized = color.standardize(image, data_config)
     return np.stack([crop_around(standardized, c, size) for c in centres])
-  return np.stack([color.standardize(crop_around(image, c, size), data_config)
-                   for c in centres])
+  return np.stack([color.standardize(crop_around(image, c, size), data_config) for c in centres])
 
 
 def crop_around(image: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
@@ -191,12 +228,13 @@ def crop_around(image: np.ndarray, centre: tuple[float, float], size: int) -> np
   y0 = int(round(centre[1] - size / 2))
   pad = size
   padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='symmetric')
-  return padded[y0 + pad:y0 + pad + size, x0 + pad:x0 + pad + size]
+  return padded[y0 + pad : y0 + pad + size, x0 + pad : x0 + pad + size]
 
 
 @dataclasses.dataclass
 class LinearTyper:
   """A softmax classifier over standardized cell features; `cell_types` names its outputs."""
+
   cell_types: tuple[str, ...]
   mean: np.ndarray
   scale: np.ndarray
@@ -218,8 +256,10 @@ class LinearTyper:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     files.write_bytes_atomic(directory / TYPER_FILE, buffer.getvalue())
-    files.write_json_atomic(directory / TYPER_INFO_FILE, {
-        'cell_types': list(self.cell_types), 'temperature': self.temperature, **self.info})
+    files.write_json_atomic(
+      directory / TYPER_INFO_FILE,
+      {'cell_types': list(self.cell_types), 'temperature': self.temperature, **self.info},
+    )
 
   @classmethod
   def load(cls, directory: str | pathlib.Path) -> 'LinearTyper | None':
@@ -235,21 +275,31 @@ class LinearTyper:
     return cls(cell_types, temperature=temperature, info=info, **values)
 
 
-def fit_linear(features: np.ndarray, labels: np.ndarray, cell_types: Sequence[str],
-               sample_weight: np.ndarray | None = None, l2: float = 1e-2,
-               steps: int = 500) -> LinearTyper:
+def fit_linear(
+  features: np.ndarray,
+  labels: np.ndarray,
+  cell_types: Sequence[str],
+  sample_weight: np.ndarray | None = None,
+  l2: float = 1e-2,
+  steps: int = 500,
+) -> LinearTyper:
   """A `LinearTyper` fitted by full-batch L-BFGS on the weighted cross-entropy plus
   l2 * |weights|^2 (features standardized first); classes weighted to equal total weight, so
   the rare types (basophils, eosinophils) are not ignored."""
-  import optax   # pylint: disable=g-import-not-at-top  # fitting only: predict never loads it
+  import optax  # pylint: disable=g-import-not-at-top  # fitting only: predict never loads it
+
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels, np.int32)
   k = len(cell_types)
-  weight = np.ones(len(labels), np.float32) if sample_weight is None else np.asarray(
-      sample_weight, np.float32)
+  weight = (
+    np.ones(len(labels), np.float32)
+    if sample_weight is None
+    else np.asarray(sample_weight, np.float32)
+  )
   per_class = np.bincount(labels, weights=weight, minlength=k)
-  weight = weight / np.maximum(per_class[labels], 1e-9) * weight.sum() / max(
-      (per_class > 0).sum(), 1)
+  weight = (
+    weight / np.maximum(per_class[labels], 1e-9) * weight.sum() / max((per_class > 0).sum(), 1)
+  )
   weight = weight / weight.sum()
   mean = features.mean(0)
   scale = features.std(0) + 1e-6
@@ -277,40 +327,50 @@ def fit_linear(features: np.ndarray, labels: np.ndarray, cell_types: Sequence[st
   for _ in range(steps):
     carry = step(carry)
   params = jax.device_get(carry[0])
-  return LinearTyper(tuple(cell_types), mean, scale, np.asarray(params['w'], np.float32),
-                     np.asarray(params['b'], np.float32))
+  return LinearTyper(
+    tuple(cell_types),
+    mean,
+    scale,
+    np.asarray(params['w'], np.float32),
+    np.asarray(params['b'], np.float32),
+  )
 
 
 class CellTyper:
   """A model's cell typer: `LinearTyper` over `CellFeatures`, typing the cells of an image."""
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict, linear: LinearTyper,
-               batch_size: int = 16):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    variables: dict,
+    linear: LinearTyper,
+    batch_size: int = 16,
+  ):
     table = classes.table_of(config.data)
     if tuple(linear.cell_types) != tuple(table.cell_types):
-      raise ValueError(f'the cell typer types {linear.cell_types} but the model '
-                       f'{table.cell_types}')
+      raise ValueError(f'the cell typer types {linear.cell_types} but the model {table.cell_types}')
     self.linear = linear
     self.class_ids = np.array([table.type_id(t) for t in linear.cell_types])
     self.uncertain_below = float(linear.info.get('uncertain_below', 0.0))
     self.crop_color = linear.info.get('crop_color', 'field')
     self.features = CellFeatures(config, variables, linear.info['levels'], batch_size)
 
-  def probabilities(self, image: np.ndarray, centres: Sequence[tuple[float, float]]
-                    ) -> np.ndarray:
+  def probabilities(self, image: np.ndarray, centres: Sequence[tuple[float, float]]) -> np.ndarray:
     """(N, types) probabilities of the cells centred at `centres` (x, y) of an image at the
     training scale (before the colour step); a row of NaN where the crop shows no cell."""
     if not len(centres):
       return np.zeros((0, len(self.class_ids)), np.float32)
-    crops = cell_crops(image, centres, self.features.size, self.features.config.data,
-                       self.crop_color)
+    crops = cell_crops(
+      image, centres, self.features.size, self.features.config.data, self.crop_color
+    )
     x, found = self.features(crops)
     probs = self.linear.probabilities(x).astype(np.float32)
     probs[~found] = np.nan
     return probs
 
-  def retyped(self, found: Sequence[cells.Cell], image: np.ndarray,
-              to_training_scale: tuple[float, float]) -> list[cells.Cell]:
+  def retyped(
+    self, found: Sequence[cells.Cell], image: np.ndarray, to_training_scale: tuple[float, float]
+  ) -> list[cells.Cell]:
     """`found` (cells of a map at the image's own size) with the typer's type and confidence;
     `image` is at the training scale (before the colour step), `to_training_scale` the (x, y)
     factors taking the map's pixels there. A cell whose crop shows no cell keeps its voted type."""
@@ -322,20 +382,26 @@ class CellTyper:
         out.append(cell)
         continue
       best = int(p.argmax())
-      out.append(dataclasses.replace(cell, class_id=int(self.class_ids[best]),
-                                     confidence=float(p[best])))
+      out.append(
+        dataclasses.replace(cell, class_id=int(self.class_ids[best]), confidence=float(p[best]))
+      )
     return out
 
 
-def load_typer(directory: str | pathlib.Path, config: ml_collections.ConfigDict,
-               variables: dict, batch_size: int = 16) -> CellTyper | None:
+def load_typer(
+  directory: str | pathlib.Path,
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  batch_size: int = 16,
+) -> CellTyper | None:
   """The cell typer saved beside a model (a workdir or a shipped model's folder), or None."""
   linear = LinearTyper.load(directory)
   return None if linear is None else CellTyper(config, variables, linear, batch_size)
 
 
-def recoloured(pred_map: np.ndarray, labels: np.ndarray, found: Sequence[cells.Cell],
-               nucleus_ids: Sequence[int]) -> np.ndarray:
+def recoloured(
+  pred_map: np.ndarray, labels: np.ndarray, found: Sequence[cells.Cell], nucleus_ids: Sequence[int]
+) -> np.ndarray:
   """The map with each cell's nucleus pixels set to the cell's type, so that masks and
   overlays show the type cells.csv gives."""
   out = np.array(pred_map, copy=True)

@@ -59,6 +59,7 @@ class CellRules:
   two touching neutrophil nuclei (no core) in 0 of 20: without a cytoplasm class, the gap
   between nuclei is the only evidence for those.
   """
+
   merge_gap_px: float = 14.0
   split_radius_px: float = 16.0
   min_nucleus_px: float = 150.0
@@ -70,31 +71,34 @@ class CellRules:
   min_counted_nucleus_px: float = 200.0
   min_circularity: float = 0.1
   min_solidity: float = 0.3
-  count_excluded: bool = False   # count those cells too (listed as not countable all the same)
+  count_excluded: bool = False  # count those cells too (listed as not countable all the same)
 
   def scaled(self, factor: float) -> 'CellRules':
     """The rules for a map whose pixels are `factor` times smaller than the training scale's
     (a map enlarged by `factor`): lengths times factor, areas times factor**2; shape ratios
     unchanged."""
     return dataclasses.replace(
-        self, merge_gap_px=self.merge_gap_px * factor,
-        split_radius_px=self.split_radius_px * factor,
-        min_nucleus_px=self.min_nucleus_px * factor**2,
-        min_counted_nucleus_px=self.min_counted_nucleus_px * factor**2)
+      self,
+      merge_gap_px=self.merge_gap_px * factor,
+      split_radius_px=self.split_radius_px * factor,
+      min_nucleus_px=self.min_nucleus_px * factor**2,
+      min_counted_nucleus_px=self.min_counted_nucleus_px * factor**2,
+    )
 
 
 @dataclasses.dataclass
 class Cell:
   """One cell found in a label map. bbox is (x0, y0, x1, y1), x1 and y1 exclusive."""
+
   bbox: tuple[int, int, int, int]
-  centre: tuple[float, float]        # (x, y) of the nucleus centroid
+  centre: tuple[float, float]  # (x, y) of the nucleus centroid
   touches_border: bool
   class_id: int
   confidence: float
   nucleus_area_px: int
-  cell_area_px: int | None           # None without a cytoplasm class
-  nc_ratio: float | None             # nucleus / cytoplasm area; None without cytoplasm or if 0
-  nucleus: dict                      # morphometry.nucleus_measurements of its nucleus
+  cell_area_px: int | None  # None without a cytoplasm class
+  nc_ratio: float | None  # nucleus / cytoplasm area; None without cytoplasm or if 0
+  nucleus: dict  # morphometry.nucleus_measurements of its nucleus
 
 
 def _split_by_cores(group: np.ndarray, nucleus: np.ndarray, radius: float) -> np.ndarray:
@@ -112,8 +116,9 @@ def _split_by_cores(group: np.ndarray, nucleus: np.ndarray, radius: float) -> np
   return np.where(group, cores[iy, ix], 0).astype(np.int32)
 
 
-def label_cells(pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: int | None,
-                rules: CellRules) -> tuple[np.ndarray, int]:
+def label_cells(
+  pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: int | None, rules: CellRules
+) -> tuple[np.ndarray, int]:
   """(labels, n): an int32 (H, W) map of cell k = 1..n over each cell's pixels (its nucleus
   pixels, and its cytoplasm where the model has that class), 0 elsewhere; see the module doc."""
   pred_map = np.asarray(pred_map)
@@ -121,8 +126,11 @@ def label_cells(pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: 
   if cytoplasm_id is None:
     # A dilation by a disk of half the gap, as a distance threshold: the same pixels, in time
     # independent of the gap (a large field at a small --field_scale has a large one).
-    region = (ndimage.distance_transform_edt(~nucleus) <= rules.merge_gap_px / 2
-              if nucleus.any() else nucleus)
+    region = (
+      ndimage.distance_transform_edt(~nucleus) <= rules.merge_gap_px / 2
+      if nucleus.any()
+      else nucleus
+    )
     member = nucleus
   else:
     region = member = nucleus | (pred_map == cytoplasm_id)
@@ -141,8 +149,9 @@ def label_cells(pred_map: np.ndarray, nucleus_ids: Sequence[int], cytoplasm_id: 
   return labels, n
 
 
-def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.ndarray,
-                  table: classes.ClassTable) -> list[Cell]:
+def measure_cells(
+  pred_map: np.ndarray, probs: np.ndarray | None, labels: np.ndarray, table: classes.ClassTable
+) -> list[Cell]:
   """The `Cell` of each label of `labels` (as `label_cells` gives), in label order."""
   pred_map = np.asarray(pred_map)
   nucleus = np.isin(pred_map, table.nucleus_ids)
@@ -154,8 +163,8 @@ def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.nda
     own = labels[box] == index
     own_nucleus = own & nucleus[box]
     class_id, confidence = metrics.predicted_cell_type(
-        np.where(own, pred_map[box], classes.BACKGROUND), None if probs is None else probs[box],
-        table)
+      np.where(own, pred_map[box], classes.BACKGROUND), None if probs is None else probs[box], table
+    )
     n_nucleus = int(own_nucleus.sum())
     ys, xs = np.nonzero(own_nucleus)
     y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
@@ -163,17 +172,25 @@ def measure_cells(pred_map: np.ndarray, probs: np.ndarray | None, labels: np.nda
     if table.cytoplasm:
       cell_area = int(own.sum())
       nc_ratio = n_nucleus / (cell_area - n_nucleus) if cell_area > n_nucleus else None
-    cells.append(Cell(
-        bbox=(x0, y0, x1, y1), centre=(float(xs.mean()) + x0, float(ys.mean()) + y0),
+    cells.append(
+      Cell(
+        bbox=(x0, y0, x1, y1),
+        centre=(float(xs.mean()) + x0, float(ys.mean()) + y0),
         touches_border=bool(x0 == 0 or y0 == 0 or x1 == width or y1 == height),
-        class_id=class_id, confidence=confidence, nucleus_area_px=n_nucleus,
-        cell_area_px=cell_area, nc_ratio=nc_ratio,
-        nucleus=morphometry.nucleus_measurements(own_nucleus)))
+        class_id=class_id,
+        confidence=confidence,
+        nucleus_area_px=n_nucleus,
+        cell_area_px=cell_area,
+        nc_ratio=nc_ratio,
+        nucleus=morphometry.nucleus_measurements(own_nucleus),
+      )
+    )
   return cells
 
 
-def find_cells(pred_map: np.ndarray, probs: np.ndarray | None, table: classes.ClassTable,
-               rules: CellRules) -> tuple[list[Cell], np.ndarray]:
+def find_cells(
+  pred_map: np.ndarray, probs: np.ndarray | None, table: classes.ClassTable, rules: CellRules
+) -> tuple[list[Cell], np.ndarray]:
   """The cells of a predicted map (`label_cells`, then `measure_cells`), and their labels."""
   labels, _ = label_cells(pred_map, table.nucleus_ids, table.cytoplasm_id, rules)
   return measure_cells(pred_map, probs, labels, table), labels
@@ -187,19 +204,23 @@ def not_counted_reasons(cell: Cell, rules: CellRules) -> str:
   if cell.touches_border:
     reasons.append('cut by the image border')
   if m['area_px'] < rules.min_counted_nucleus_px:
-    reasons.append(f"nucleus {m['area_px']} px < {rules.min_counted_nucleus_px:.0f}")
+    reasons.append(f'nucleus {m["area_px"]} px < {rules.min_counted_nucleus_px:.0f}')
   if m['circularity'] < rules.min_circularity:
-    reasons.append(f"circularity {m['circularity']:.2f} < {rules.min_circularity:g}")
+    reasons.append(f'circularity {m["circularity"]:.2f} < {rules.min_circularity:g}')
   if m['solidity'] < rules.min_solidity:
-    reasons.append(f"solidity {m['solidity']:.2f} < {rules.min_solidity:g}")
+    reasons.append(f'solidity {m["solidity"]:.2f} < {rules.min_solidity:g}')
   return '; '.join(reasons)
 
 
-UNCERTAIN = -1   # the class id a differential counts a cell flagged for review under
+UNCERTAIN = -1  # the class id a differential counts a cell flagged for review under
 
 
-def differential(class_ids: Sequence[int], type_names: Sequence[str],
-                 type_ids: Sequence[int], with_uncertain: bool = False) -> list[dict]:
+def differential(
+  class_ids: Sequence[int],
+  type_names: Sequence[str],
+  type_ids: Sequence[int],
+  with_uncertain: bool = False,
+) -> list[dict]:
   """A differential count: per type (in `type_ids` order, named by `type_names`), how many of
   the cells' `class_ids` it has and its percentage of them; with `with_uncertain`, an
   'uncertain' row (cells of class id UNCERTAIN: typed, but flagged for review); a final
@@ -211,7 +232,8 @@ def differential(class_ids: Sequence[int], type_names: Sequence[str],
   for class_id in class_ids:
     counts[int(class_id)] += 1
   total = sum(counts.values())
-  rows = [{'cell_type': name, 'count': counts[i],
-           'percent': 100.0 * counts[i] / total if total else 0.0}
-          for name, i in zip(names, ids)]
+  rows = [
+    {'cell_type': name, 'count': counts[i], 'percent': 100.0 * counts[i] / total if total else 0.0}
+    for name, i in zip(names, ids)
+  ]
   return rows + [{'cell_type': 'total', 'count': total, 'percent': 100.0 if total else 0.0}]

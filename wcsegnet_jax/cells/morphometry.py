@@ -43,16 +43,26 @@ def nucleus_measurements(nucleus_mask: np.ndarray) -> dict:
     raise ValueError(f'expected a 2-D mask, got shape {mask.shape}')
   area = int(mask.sum())
   if area == 0:
-    return {'area_px': 0, 'perimeter_px': 0.0, 'circularity': 0.0, 'solidity': 0.0,
-            'nucleus_parts': 0}
+    return {
+      'area_px': 0,
+      'perimeter_px': 0.0,
+      'circularity': 0.0,
+      'solidity': 0.0,
+      'nucleus_parts': 0,
+    }
   mask_u8 = mask.astype(np.uint8)
-  parts = cv2.connectedComponents(mask_u8, connectivity=8)[0] - 1   # minus the background
+  parts = cv2.connectedComponents(mask_u8, connectivity=8)[0] - 1  # minus the background
   polygons = _outer_polygons(mask_u8)
   perimeter = float(sum(cv2.arcLength(p, True) for p in polygons))
   enclosed = float(sum(cv2.contourArea(p) for p in polygons))
   circularity = 4.0 * math.pi * enclosed / perimeter**2 if perimeter > 0 else 0.0
-  return {'area_px': area, 'perimeter_px': perimeter, 'circularity': float(circularity),
-          'solidity': area / _hull_pixels(mask), 'nucleus_parts': int(parts)}
+  return {
+    'area_px': area,
+    'perimeter_px': perimeter,
+    'circularity': float(circularity),
+    'solidity': area / _hull_pixels(mask),
+    'nucleus_parts': int(parts),
+  }
 
 
 def _hull_pixels(mask: np.ndarray) -> int:
@@ -63,15 +73,15 @@ def _hull_pixels(mask: np.ndarray) -> int:
   """
   ys, xs = np.nonzero(mask)
   hull = cv2.convexHull(np.stack([xs, ys], axis=1).astype(np.int32))[:, 0, :].astype(np.int64)
-  gy, gx = np.mgrid[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-  if len(hull) < 3:   # a point or a segment (convexHull drops collinear points)
+  gy, gx = np.mgrid[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+  if len(hull) < 3:  # a point or a segment (convexHull drops collinear points)
     (x0, y0), (x1, y1) = hull[0], hull[-1]
     inside = (x1 - x0) * (gy - y0) == (y1 - y0) * (gx - x0)
   else:
     x, y = hull[:, 0], hull[:, 1]
-    orientation = np.sign(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))   # shoelace sign
+    orientation = np.sign(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))  # shoelace sign
     inside = np.ones(gy.shape, bool)
     for (x0, y0), (x1, y1) in zip(hull, np.roll(hull, -1, axis=0)):
       inside &= orientation * ((x1 - x0) * (gy - y0) - (y1 - y0) * (gx - x0)) >= 0
-  inside |= mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+  inside |= mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
   return int(inside.sum())

@@ -20,18 +20,19 @@ import numpy as np
 from wcsegnet_jax.core import classes
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-MIN_DRAWN_SIDE = 480     # crops are enlarged to at least this many pixels on their longer side
+MIN_DRAWN_SIDE = 480  # crops are enlarged to at least this many pixels on their longer side
 NOT_COUNTED_COLOR = (255, 255, 255)
 RIM_COLOR = (0, 0, 0)
 BAND_COLOR = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
-SHEET_TILE = 220          # pixels per contact-sheet image (longer side)
+SHEET_TILE = 220  # pixels per contact-sheet image (longer side)
 SHEET_COLUMNS = 6
 
 
 @dataclasses.dataclass(frozen=True)
 class DrawnCell:
   """What the overlay writes beside a cell: its cells.csv number, type and confidence."""
+
   number: int
   class_id: int
   type_name: str
@@ -50,8 +51,9 @@ def _text_size(width: int) -> tuple[float, int]:
   return scale, max(1, round(scale * 1.5))
 
 
-def _put_label(canvas: np.ndarray, text: str, origin: tuple[int, int], color, scale: float,
-               stroke: int) -> None:
+def _put_label(
+  canvas: np.ndarray, text: str, origin: tuple[int, int], color, scale: float, stroke: int
+) -> None:
   """Black text on a white box edged in the cell's colour: legible on any stain."""
   (width, height), base = cv2.getTextSize(text, FONT, scale, stroke)
   x, y = origin
@@ -60,8 +62,9 @@ def _put_label(canvas: np.ndarray, text: str, origin: tuple[int, int], color, sc
   cv2.putText(canvas, text, (x, y), FONT, scale, TEXT_COLOR, stroke, cv2.LINE_AA)
 
 
-def draw_cells(image: np.ndarray, labels: np.ndarray, drawn: Sequence[DrawnCell],
-               table: classes.ClassTable) -> np.ndarray:
+def draw_cells(
+  image: np.ndarray, labels: np.ndarray, drawn: Sequence[DrawnCell], table: classes.ClassTable
+) -> np.ndarray:
   """The image (RGB uint8), enlarged if small, with each cell of `labels` (1..n, as
   `cells.find_cells` gives them, `drawn[k - 1]` for label k) outlined and labelled, and a
   legend band below."""
@@ -76,9 +79,16 @@ def draw_cells(image: np.ndarray, labels: np.ndarray, drawn: Sequence[DrawnCell]
     cv2.drawContours(canvas, contours, -1, RIM_COLOR, line + 2, cv2.LINE_AA)
     cv2.drawContours(canvas, contours, -1, color, line, cv2.LINE_AA)
     text = f'{cell.number} {cell.type_name} {cell.confidence:.2f}' + (
-        '' if cell.counted else ' (not counted)')
-    _put_label(canvas, text, _label_origin(mask, text, font_scale, stroke, canvas.shape),
-               color, font_scale, stroke)
+      '' if cell.counted else ' (not counted)'
+    )
+    _put_label(
+      canvas,
+      text,
+      _label_origin(mask, text, font_scale, stroke, canvas.shape),
+      color,
+      font_scale,
+      stroke,
+    )
   return np.concatenate([canvas, legend_band(table, canvas.shape[1])])
 
 
@@ -90,29 +100,31 @@ def _cell_color(cell: DrawnCell, table: classes.ClassTable) -> tuple[int, int, i
 
 def without_legend(overlay: np.ndarray, table: classes.ClassTable) -> np.ndarray:
   """An overlay `draw_cells` drew, without its legend band."""
-  return overlay[:overlay.shape[0] - legend_band(table, overlay.shape[1]).shape[0]]
+  return overlay[: overlay.shape[0] - legend_band(table, overlay.shape[1]).shape[0]]
 
 
-def _label_origin(mask: np.ndarray, text: str, scale: float, stroke: int,
-                  shape: tuple[int, ...]) -> tuple[int, int]:
+def _label_origin(
+  mask: np.ndarray, text: str, scale: float, stroke: int, shape: tuple[int, ...]
+) -> tuple[int, int]:
   """Where a cell's text goes: just above its outline, moved inside the canvas."""
   ys, xs = np.nonzero(mask)
   (width, height), _ = cv2.getTextSize(text, FONT, scale, stroke)
   x = int(np.clip(xs.min(), 5, max(5, shape[1] - width - 5)))
   y = int(ys.min()) - 10
-  if y - height < 5:   # no room above: below the cell, or inside at the bottom
+  if y - height < 5:  # no room above: below the cell, or inside at the bottom
     y = min(int(ys.max()) + height + 10, shape[0] - 8)
   return x, y
 
 
-def legend_band(table: classes.ClassTable, width: int, scale: float | None = None
-                ) -> np.ndarray:
+def legend_band(table: classes.ClassTable, width: int, scale: float | None = None) -> np.ndarray:
   """A white band, `width` wide, naming each cell type's outline colour and the white outline
   of the cells not counted, in as many rows as it takes; text as in `draw_cells` unless a
   font `scale` is given."""
   scale, stroke = _text_size(width) if scale is None else (scale, 1)
-  entries = [(name, tuple(int(c) for c in table.colors[i]))
-             for i, name in zip(table.nucleus_ids, table.cell_types)]
+  entries = [
+    (name, tuple(int(c) for c in table.colors[i]))
+    for i, name in zip(table.nucleus_ids, table.cell_types)
+  ]
   entries.append(('not counted', NOT_COUNTED_COLOR))
   (_, height), _ = cv2.getTextSize('Ag', FONT, scale, stroke)
   row_height, swatch = height * 2, height + 4
@@ -129,8 +141,9 @@ def legend_band(table: classes.ClassTable, width: int, scale: float | None = Non
     top = row * row_height + (row_height - swatch) // 2
     cv2.rectangle(band, (x, top), (x + swatch, top + swatch), color, -1)
     cv2.rectangle(band, (x, top), (x + swatch, top + swatch), RIM_COLOR, 1)
-    cv2.putText(band, name, (x + swatch + 6, top + swatch - 2), FONT, scale, TEXT_COLOR, stroke,
-                cv2.LINE_AA)
+    cv2.putText(
+      band, name, (x + swatch + 6, top + swatch - 2), FONT, scale, TEXT_COLOR, stroke, cv2.LINE_AA
+    )
   return band
 
 
@@ -141,8 +154,12 @@ def thumbnail(image: np.ndarray, tile: int = SHEET_TILE) -> np.ndarray:
   return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def contact_sheet(tiles: Sequence[tuple[str, np.ndarray]], table: classes.ClassTable,
-                  tile: int = SHEET_TILE, columns: int = SHEET_COLUMNS) -> np.ndarray:
+def contact_sheet(
+  tiles: Sequence[tuple[str, np.ndarray]],
+  table: classes.ClassTable,
+  tile: int = SHEET_TILE,
+  columns: int = SHEET_COLUMNS,
+) -> np.ndarray:
   """One RGB image of the (caption, `thumbnail`) pairs given, each captioned, `columns` to a
   row, and the legend below."""
   caption_height = 18
@@ -152,10 +169,11 @@ def contact_sheet(tiles: Sequence[tuple[str, np.ndarray]], table: classes.ClassT
   sheet = np.full((rows * cell_h, columns * (tile + 6), 3), BAND_COLOR, np.uint8)
   for i, (caption, small) in enumerate(tiles):
     top, left = (i // columns) * cell_h + 3, (i % columns) * (tile + 6) + 3
-    sheet[top:top + small.shape[0], left:left + small.shape[1]] = small
+    sheet[top : top + small.shape[0], left : left + small.shape[1]] = small
     text = caption if len(caption) <= 30 else caption[:27] + '...'
-    cv2.putText(sheet, text, (left, top + tile + caption_height - 4), FONT, 0.45, TEXT_COLOR, 1,
-                cv2.LINE_AA)
+    cv2.putText(
+      sheet, text, (left, top + tile + caption_height - 4), FONT, 0.45, TEXT_COLOR, 1, cv2.LINE_AA
+    )
   return np.concatenate([sheet, legend_band(table, sheet.shape[1], scale=0.6)])
 
 

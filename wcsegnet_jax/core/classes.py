@@ -30,19 +30,20 @@ ALL_CELL_TYPES = tuple(CSV_CELL_TYPES.values())
 DEFAULT_CELL_TYPES = ('neutrophil', 'basophil', 'lymphocyte')
 
 PALETTE = {
-    'background': (0, 0, 0),          # black
-    'neutrophil': (255, 0, 0),        # red (the paper's)
-    'basophil': (0, 255, 0),          # green (the paper's)
-    'lymphocyte': (0, 0, 255),        # blue (the paper's)
-    'monocyte': (86, 180, 233),       # Okabe-Ito sky blue
-    'eosinophil': (204, 121, 167),    # Okabe-Ito reddish purple
-    CYTOPLASM: (128, 128, 128),       # mid gray
+  'background': (0, 0, 0),  # black
+  'neutrophil': (255, 0, 0),  # red (the paper's)
+  'basophil': (0, 255, 0),  # green (the paper's)
+  'lymphocyte': (0, 0, 255),  # blue (the paper's)
+  'monocyte': (86, 180, 233),  # Okabe-Ito sky blue
+  'eosinophil': (204, 121, 167),  # Okabe-Ito reddish purple
+  CYTOPLASM: (128, 128, 128),  # mid gray
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassTable:
   """The classes of a label map: names[i] is class i; nucleus ids are the cell types' ids."""
+
   cell_types: tuple[str, ...]
   cytoplasm: bool
 
@@ -75,8 +76,10 @@ class ClassTable:
   def type_id(self, cell_type: str) -> int:
     """The class id of a configured cell type; a clear error for another type."""
     if cell_type not in self.cell_types:
-      raise ValueError(f'cell type {cell_type!r} has no class in the label map; its cell types '
-                       f'are {self.cell_types} (config.data.cell_types)')
+      raise ValueError(
+        f'cell type {cell_type!r} has no class in the label map; its cell types '
+        f'are {self.cell_types} (config.data.cell_types)'
+      )
     return self.cell_types.index(cell_type) + 1
 
   def name(self, class_id: int) -> str:
@@ -104,8 +107,9 @@ def cell_type_problems(cell_types: Sequence[str]) -> list[str]:
   found = []
   unknown = [t for t in cell_types if t not in ALL_CELL_TYPES]
   if unknown:
-    found.append(f'data.cell_types={cell_types}: {unknown} not a cell type; the types are '
-                 f'{ALL_CELL_TYPES}')
+    found.append(
+      f'data.cell_types={cell_types}: {unknown} not a cell type; the types are {ALL_CELL_TYPES}'
+    )
   duplicated = sorted({t for t in cell_types if cell_types.count(t) > 1})
   if duplicated:
     found.append(f'data.cell_types={cell_types}: {duplicated} listed twice')
@@ -134,7 +138,7 @@ def table_from_names(names: Sequence[str]) -> ClassTable:
   if not names or names[0] != 'background':
     raise ValueError(f'class names {names} do not start with background')
   cytoplasm = names[-1] == CYTOPLASM
-  return class_table(names[1:len(names) - cytoplasm], cytoplasm)
+  return class_table(names[1 : len(names) - cytoplasm], cytoplasm)
 
 
 # The paper's classes (configs/base.py); the constants below are its table's, for code and tests

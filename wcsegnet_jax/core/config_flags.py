@@ -25,21 +25,23 @@ def _keys(config, prefix: str = '') -> list[str]:
   return out
 
 
-def unknown_overrides(argv: list[str], config: ml_collections.ConfigDict,
-                      name: str = 'config') -> list[str]:
+def unknown_overrides(
+  argv: list[str], config: ml_collections.ConfigDict, name: str = 'config'
+) -> list[str]:
   """A line per `--name.KEY=...` of `argv` whose KEY is not in `config`."""
   known = set(_keys(config))
   lines = []
   for arg in argv:
     match = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
-    key = match and re.sub(r'\[[^]]*\]', '', match.group(1))   # 'a.b[0]' indexes a.b
+    key = match and re.sub(r'\[[^]]*\]', '', match.group(1))  # 'a.b[0]' indexes a.b
     if key and key not in known:
       lines.append(config_lib.unknown_key_line(key, known))
   return lines
 
 
-def bad_index_overrides(argv: list[str], config: ml_collections.ConfigDict,
-                        name: str = 'config') -> list[str]:
+def bad_index_overrides(
+  argv: list[str], config: ml_collections.ConfigDict, name: str = 'config'
+) -> list[str]:
   """A line per `--name.KEY[i]=...` of `argv` whose index i is past the end of KEY's tuple."""
   lines = []
   for arg in argv:
@@ -51,8 +53,10 @@ def bad_index_overrides(argv: list[str], config: ml_collections.ConfigDict,
     for part in key.split('.'):
       value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
     if isinstance(value, (tuple, list)) and not -len(value) <= index < len(value):
-      lines.append(f'{name}.{key}[{index}]: {key} has {len(value)} item(s) ({tuple(value)}); '
-                   f'set the whole value instead, e.g. --{name}.{key}="(...)"')
+      lines.append(
+        f'{name}.{key}[{index}]: {key} has {len(value)} item(s) ({tuple(value)}); '
+        f'set the whole value instead, e.g. --{name}.{key}="(...)"'
+      )
   return lines
 
 
@@ -71,27 +75,35 @@ def _exit_if_unknown_overrides(argv: list[str], name: str, path: str | None) -> 
   none is found."""
   try:
     config = config_lib.load_config_file(path) if path else None
-    lines = (unknown_overrides(argv, config, name) or bad_index_overrides(argv, config, name)
-             if config is not None else [])
-  except Exception:   # pylint: disable=broad-except  # let config_flags report its own error
+    lines = (
+      unknown_overrides(argv, config, name) or bad_index_overrides(argv, config, name)
+      if config is not None
+      else []
+    )
+  except Exception:  # pylint: disable=broad-except  # let config_flags report its own error
     return
   if lines:
     print('\n'.join(f'error: {line}' for line in lines), file=sys.stderr)
     sys.exit(2)
 
 
-_DEFAULT_CONFIG_FILES: dict[str, str | None] = {}   # flag name -> its default config file
+_DEFAULT_CONFIG_FILES: dict[str, str | None] = {}  # flag name -> its default config file
 
 
-def define_config_file(name: str = 'config', default: str | None = None,
-                       help_string: str = 'Config file (configs/*.py).', **kwargs):
+def define_config_file(
+  name: str = 'config',
+  default: str | None = None,
+  help_string: str = 'Config file (configs/*.py).',
+  **kwargs,
+):
   """`config_flags.DEFINE_config_file`, with unknown override keys as one line (exit 2).
 
   A default config applies the command line's overrides here, when the flag is defined.
   """
   _DEFAULT_CONFIG_FILES[name] = default
-  help_string += (f' Override its keys with --{name}.SECTION.KEY=VALUE, e.g. '
-                  f'--{name}.train.batch_size=64.')
+  help_string += (
+    f' Override its keys with --{name}.SECTION.KEY=VALUE, e.g. --{name}.train.batch_size=64.'
+  )
   try:
     holder = config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
   except (AttributeError, KeyError):
@@ -107,13 +119,15 @@ def config_file_problem(path: str) -> str | None:
   """Why a `--config` value cannot be loaded, in a line (None if it loads)."""
   file = pathlib.Path(path.split(':', 1)[0])
   if not file.is_file():
-    return (f'{file}: no such config file (a path relative to the current folder, '
-            f'{pathlib.Path.cwd()}, or an absolute one)')
+    return (
+      f'{file}: no such config file (a path relative to the current folder, '
+      f'{pathlib.Path.cwd()}, or an absolute one)'
+    )
   try:
     config_lib.load_config_file(path)
   except SyntaxError as e:
     return f'{file}, line {e.lineno}: not valid Python ({e.msg})'
-  except Exception as e:   # pylint: disable=broad-except  # whatever its get_config raised
+  except Exception as e:  # pylint: disable=broad-except  # whatever its get_config raised
     return f'{file}: loading it failed: {type(e).__name__}: {e}'
   return None
 
@@ -126,11 +140,19 @@ def _exit_on_config_usage_errors(argv: list[str], names: list[str]) -> None:
   loading the small file once more up front is simpler than catching each of those.)"""
   for name in names:
     path = _config_path(argv, name) or _DEFAULT_CONFIG_FILES.get(name)
-    overrides = [a for a in argv if re.match(rf'^--?{re.escape(name)}\.', a)
-                 and not any(b.startswith(('--flagfile', '-flagfile')) for b in argv)]
-    problem = (config_file_problem(path) if path
-               else f'{overrides[0]}: give the config file first, --{name}=configs/....py'
-               if overrides else None)
+    overrides = [
+      a
+      for a in argv
+      if re.match(rf'^--?{re.escape(name)}\.', a)
+      and not any(b.startswith(('--flagfile', '-flagfile')) for b in argv)
+    ]
+    problem = (
+      config_file_problem(path)
+      if path
+      else f'{overrides[0]}: give the config file first, --{name}=configs/....py'
+      if overrides
+      else None
+    )
     if problem:
       print(f'error: --{name}: {problem}', file=sys.stderr)
       sys.exit(2)
@@ -143,8 +165,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with a missing or broken
   config file, and unknown `--config.*` keys, as one line each and exit 2; --help exits 0 (absl
   ends it with status 1, as if asking for help failed)."""
-  names = [name for name in list(flags.FLAGS)
-           if config_flags.config_flags.is_config_flag(flags.FLAGS[name])]
+  names = [
+    name
+    for name in list(flags.FLAGS)
+    if config_flags.config_flags.is_config_flag(flags.FLAGS[name])
+  ]
   asks_help = any(a in HELP_FLAGS for a in argv[1:])
   if not asks_help:
     _exit_on_config_usage_errors(argv, names)
@@ -154,7 +179,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if asks_help and e.code == 1:
       sys.exit(0)
     raise
-  except (AttributeError, KeyError, IndexError):   # ml_collections, for a key it lacks
+  except (AttributeError, KeyError, IndexError):  # ml_collections, for a key it lacks
     for name in names:
       _exit_if_unknown_overrides(argv, name, _config_path(argv, name))
     raise

@@ -59,12 +59,14 @@ def with_defaults(saved: dict) -> dict:
   1 neutrophil, 2 basophil, 3 lymphocyte), is dropped: the data's classes decide now. A saved
   config whose cell types gave that fixed map other ids than config order does is a ConfigError.
   """
+
   def merge(defaults: dict, given: dict) -> dict:
     out = dict(defaults)
     for key, value in given.items():
       both_dicts = isinstance(value, dict) and isinstance(defaults.get(key), dict)
       out[key] = merge(defaults[key], value) if both_dicts else value
     return out
+
   merged = merge(json.loads(base_config().to_json()), saved)
   old_num_classes = merged.get('model', {}).pop('num_classes', None)
   if old_num_classes is not None:
@@ -72,9 +74,10 @@ def with_defaults(saved: dict) -> dict:
     if old_num_classes != 4 or cell_types != classes.DEFAULT_CELL_TYPES:
       table = classes.class_table(classes.DEFAULT_CELL_TYPES)
       raise ConfigError(
-          f'a config of an older version (model.num_classes={old_num_classes}, '
-          f'data.cell_types={cell_types}): its model used the fixed map {table.describe()}, '
-          f'which the data.cell_types order no longer gives; train it again with this version')
+        f'a config of an older version (model.num_classes={old_num_classes}, '
+        f'data.cell_types={cell_types}): its model used the fixed map {table.describe()}, '
+        f'which the data.cell_types order no longer gives; train it again with this version'
+      )
   return merged
 
 
@@ -84,8 +87,9 @@ def unknown_key_line(key: str, known) -> str:
   return f'unknown config key {key}' + (f' (did you mean {close[0]}?)' if close else '')
 
 
-def config_mismatches(saved: dict, current: dict, free_keys=config_keys.RESUME_FREE,
-                      within: tuple[str, ...] = ('',)) -> list[str]:
+def config_mismatches(
+  saved: dict, current: dict, free_keys=config_keys.RESUME_FREE, within: tuple[str, ...] = ('',)
+) -> list[str]:
   """Keys under `within` ('' = all) and not under `free_keys` whose values differ between a
   saved and a new config.
 
@@ -97,7 +101,13 @@ def config_mismatches(saved: dict, current: dict, free_keys=config_keys.RESUME_F
   saved_flat = flatten(with_defaults(saved))
   current_flat = flatten(current)
   unused = unused_keys(saved_flat) & unused_keys(current_flat)
-  keys = [k for k in sorted(set(saved_flat) | set(current_flat))
-          if under(k, within) and not under(k, free_keys) and k not in unused]
-  return [f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}' for k in keys
-          if saved_flat.get(k) != current_flat.get(k)]
+  keys = [
+    k
+    for k in sorted(set(saved_flat) | set(current_flat))
+    if under(k, within) and not under(k, free_keys) and k not in unused
+  ]
+  return [
+    f'{k}: {saved_flat.get(k)!r} -> {current_flat.get(k)!r}'
+    for k in keys
+    if saved_flat.get(k) != current_flat.get(k)
+  ]

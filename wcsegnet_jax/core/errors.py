@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 
-INTERRUPTED_STATUS = 128 + 2   # killed by SIGINT, as shells report it
+INTERRUPTED_STATUS = 128 + 2  # killed by SIGINT, as shells report it
 USAGE_STATUS = 2
 
 
@@ -62,7 +62,8 @@ class PredictionInterrupted(KeyboardInterrupt):
 
 # TensorStore (under orbax) raises storage failures as ValueError with its status code first.
 _TENSORSTORE_STORAGE = re.compile(
-    r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|NOT_FOUND|DATA_LOSS): (.*)', re.DOTALL)
+  r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|NOT_FOUND|DATA_LOSS): (.*)', re.DOTALL
+)
 
 
 def storage_failure(exc: BaseException | None) -> str | None:
@@ -73,16 +74,18 @@ def storage_failure(exc: BaseException | None) -> str | None:
   match = _TENSORSTORE_STORAGE.match(str(exc)) if isinstance(exc, ValueError) else None
   if not match:
     return None
-  reason = match[2].split(' [')[0].rsplit(': ', 1)[-1]   # without TensorStore's source lines
+  reason = match[2].split(' [')[0].rsplit(': ', 1)[-1]  # without TensorStore's source lines
   return f'{match[1]} ({reason.strip()})'
 
 
 def terminate_as_interrupt() -> None:
   """SIGTERM (a batch scheduler's or `kill`'s stop) ends a run as Ctrl-C does: the checkpoint
   in flight completes and one line says where the run stopped. Call from the main thread."""
+
   def interrupt(signum, frame):
     del signum, frame
     raise KeyboardInterrupt
+
   signal.signal(signal.SIGTERM, interrupt)
 
 
@@ -105,7 +108,7 @@ def user_errors_as_messages():
   except KeyboardInterrupt as e:
     print(str(e) or 'interrupted', file=sys.stderr)
     sys.exit(INTERRUPTED_STATUS)
-  except Exception as e:   # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     cause = user_error(e)
     if cause is None:
       raise

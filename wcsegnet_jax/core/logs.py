@@ -29,8 +29,9 @@ def _not_orbax(record: std_logging.LogRecord) -> bool:
 def _not_tfds_variant_probe(record: std_logging.LogRecord) -> bool:
   """TFDS warns that a build's folder has no dataset_info.json each time it looks for a build
   that is not there yet, i.e. before every first build."""
-  return not ('tensorflow_datasets' in record.pathname
-              and 'has no dataset_info.json' in record.getMessage())
+  return not (
+    'tensorflow_datasets' in record.pathname and 'has no dataset_info.json' in record.getMessage()
+  )
 
 
 def _not_storage_failure(record: std_logging.LogRecord) -> bool:
@@ -43,10 +44,12 @@ def _quiet_storage_failures_in_threads(previous):
   """A library's background thread (tensorboardX's event writer, orbax's) that a full disk
   stops prints its traceback; the main thread's next write fails the same way and says so in
   one line (errors.WriteError), so those tracebacks are left out."""
+
   def hook(args):
     if args.thread is not threading.main_thread() and errors.storage_failure(args.exc_value):
       return
     previous(args)
+
   return hook
 
 
@@ -63,5 +66,6 @@ def quiet_library_logs() -> None:
   logging.get_absl_logger().addFilter(_not_tfds_variant_probe)
   std_logging.getLogger('jax._src.xla_bridge').addFilter(_not_tpu_probe)
   # orbax's writes that a full disk aborted are coroutines never awaited: Python says so at exit.
-  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
-                          category=RuntimeWarning)
+  warnings.filterwarnings(
+    'ignore', message="coroutine '.*' was never awaited", category=RuntimeWarning
+  )

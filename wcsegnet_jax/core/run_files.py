@@ -15,7 +15,7 @@ from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
 
 CONFIG_FILE = 'config.json'
-DATA_FILE = 'data.json'   # the images a run started on (input_pipeline.data_record)
+DATA_FILE = 'data.json'  # the images a run started on (input_pipeline.data_record)
 METRICS_FILE = 'metrics.jsonl'
 # The class of each output channel, as training wrote it: config.json can be edited, and its
 # data.cell_types reordered would relabel every pixel without changing any array's shape.
@@ -51,13 +51,15 @@ def check_classes_record(workdir: pathlib.Path, names: Sequence[str]) -> None:
   try:
     recorded = json.loads(path.read_text())['classes']
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise errors.CheckpointError(f'{path}: unreadable ({e}); it records the classes the '
-                                 f'checkpoints there output') from None
+    raise errors.CheckpointError(
+      f'{path}: unreadable ({e}); it records the classes the checkpoints there output'
+    ) from None
   if list(recorded) != list(names):
     raise errors.CheckpointError(
-        f'{path}: the checkpoints there output the classes {", ".join(recorded)}, but '
-        f'{pathlib.Path(workdir) / CONFIG_FILE} gives {", ".join(names)}: its data.cell_types '
-        f'(or data.cytoplasm) changed after training; restore them in the recorded order')
+      f'{path}: the checkpoints there output the classes {", ".join(recorded)}, but '
+      f'{pathlib.Path(workdir) / CONFIG_FILE} gives {", ".join(names)}: its data.cell_types '
+      f'(or data.cytoplasm) changed after training; restore them in the recorded order'
+    )
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:

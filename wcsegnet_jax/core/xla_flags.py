@@ -7,7 +7,7 @@ Flags the user already put in XLA_FLAGS come later on the line and so take prece
 
 import os
 
-from jax._src import xla_bridge   # no public API says whether the backend has started
+from jax._src import xla_bridge  # no public API says whether the backend has started
 
 from wcsegnet_jax.core import config_lib
 
@@ -20,6 +20,7 @@ def apply(flags: str) -> None:
     return
   if xla_bridge.backends_are_initialized():
     raise config_lib.ConfigError(
-        f'config.xla_flags={flags!r} came after JAX started its backend, too late to take '
-        'effect; set them in the XLA_FLAGS environment variable instead')
+      f'config.xla_flags={flags!r} came after JAX started its backend, too late to take '
+      'effect; set them in the XLA_FLAGS environment variable instead'
+    )
   os.environ['XLA_FLAGS'] = f'{flags} {user}'.strip()

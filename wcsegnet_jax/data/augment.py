@@ -20,13 +20,17 @@ import cv2
 import ml_collections
 import numpy as np
 
-FILL_MODES = {'nearest': cv2.BORDER_REPLICATE, 'reflect': cv2.BORDER_REFLECT_101,
-              'constant': cv2.BORDER_CONSTANT}
+FILL_MODES = {
+  'nearest': cv2.BORDER_REPLICATE,
+  'reflect': cv2.BORDER_REFLECT_101,
+  'constant': cv2.BORDER_CONSTANT,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class AffineParams:
   """One draw of the augmentation, in explicit units."""
+
   rotation_deg: float = 0.0
   shift_x_px: float = 0.0
   shift_y_px: float = 0.0
@@ -36,26 +40,30 @@ class AffineParams:
   flip: bool = False
 
 
-def sample_params(rng: np.random.Generator, aug: ml_collections.ConfigDict, height: int,
-                  width: int) -> AffineParams:
+def sample_params(
+  rng: np.random.Generator, aug: ml_collections.ConfigDict, height: int, width: int
+) -> AffineParams:
   """Draws one set of parameters from the configured ranges."""
   low, high = tuple(aug.zoom_range) or (1 - aug.zoom, 1 + aug.zoom)
   zoom_x = rng.uniform(low, high)
   zoom_y = rng.uniform(low, high) if aug.zoom_independent_xy else zoom_x
   return AffineParams(
-      rotation_deg=rng.uniform(-aug.rotation_deg, aug.rotation_deg),
-      shift_x_px=rng.uniform(-aug.width_shift, aug.width_shift) * width,
-      shift_y_px=rng.uniform(-aug.height_shift, aug.height_shift) * height,
-      shear_deg=rng.uniform(-aug.shear_deg, aug.shear_deg),
-      zoom_x=zoom_x, zoom_y=zoom_y,
-      flip=bool(aug.horizontal_flip and rng.random() < 0.5))
+    rotation_deg=rng.uniform(-aug.rotation_deg, aug.rotation_deg),
+    shift_x_px=rng.uniform(-aug.width_shift, aug.width_shift) * width,
+    shift_y_px=rng.uniform(-aug.height_shift, aug.height_shift) * height,
+    shear_deg=rng.uniform(-aug.shear_deg, aug.shear_deg),
+    zoom_x=zoom_x,
+    zoom_y=zoom_y,
+    flip=bool(aug.horizontal_flip and rng.random() < 0.5),
+  )
 
 
 def inverse_affine_matrix(p: AffineParams, height: int, width: int) -> np.ndarray:
   """3x3 matrix taking output pixel (x, y, 1) to the input pixel it samples."""
   theta, shear = np.deg2rad(p.rotation_deg), np.deg2rad(p.shear_deg)
-  rotation = np.array([[np.cos(theta), -np.sin(theta), 0],
-                       [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+  rotation = np.array(
+    [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+  )
   shift = np.array([[1, 0, p.shift_x_px], [0, 1, p.shift_y_px], [0, 0, 1]])
   shear_m = np.array([[1, -np.sin(shear), 0], [0, np.cos(shear), 0], [0, 0, 1]])
   zoom = np.diag([p.zoom_x, p.zoom_y, 1.0])
@@ -67,21 +75,25 @@ def inverse_affine_matrix(p: AffineParams, height: int, width: int) -> np.ndarra
   return from_centre @ rotation @ shift @ shear_m @ zoom @ to_centre @ flip
 
 
-def warp_pair(image: np.ndarray, label_map: np.ndarray, matrix: np.ndarray,
-              fill_mode: str) -> tuple[np.ndarray, np.ndarray]:
+def warp_pair(
+  image: np.ndarray, label_map: np.ndarray, matrix: np.ndarray, fill_mode: str
+) -> tuple[np.ndarray, np.ndarray]:
   """Warps image (bilinear) and label map (nearest) with the same output->input matrix."""
   h, w = label_map.shape
   border = FILL_MODES[fill_mode]
   flags = cv2.WARP_INVERSE_MAP
-  warped_image = cv2.warpAffine(image, matrix[:2], (w, h), flags=flags | cv2.INTER_LINEAR,
-                                borderMode=border)
-  warped_labels = cv2.warpAffine(label_map, matrix[:2], (w, h), flags=flags | cv2.INTER_NEAREST,
-                                 borderMode=border)
+  warped_image = cv2.warpAffine(
+    image, matrix[:2], (w, h), flags=flags | cv2.INTER_LINEAR, borderMode=border
+  )
+  warped_labels = cv2.warpAffine(
+    label_map, matrix[:2], (w, h), flags=flags | cv2.INTER_NEAREST, borderMode=border
+  )
   return warped_image, warped_labels
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator,
-                 aug: ml_collections.ConfigDict) -> np.ndarray:
+def color_jitter(
+  image: np.ndarray, rng: np.random.Generator, aug: ml_collections.ConfigDict
+) -> np.ndarray:
   """Random brightness, contrast and saturation factors in [1-a, 1+a] and a hue rotation in
   [-h, h] degrees (not in the paper: stains and cameras differ between labs). uint8 in and out.
   """
@@ -103,8 +115,9 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator,
   return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
-def optics_jitter(image: np.ndarray, rng: np.random.Generator,
-                  aug: ml_collections.ConfigDict) -> np.ndarray:
+def optics_jitter(
+  image: np.ndarray, rng: np.random.Generator, aug: ml_collections.ConfigDict
+) -> np.ndarray:
   """Another microscope and camera (not in the paper; 0 = off): a gamma exp(U(-g, g)), a
   Gaussian blur of sigma U(0, blur_sigma) pixels (defocus), sensor noise of std
   U(0, noise_std) levels and JPEG compression at a quality U(jpeg_quality, 95). uint8 in/out."""
@@ -125,12 +138,14 @@ def optics_jitter(image: np.ndarray, rng: np.random.Generator,
   return x
 
 
-def augment_example(example: dict, rng: np.random.Generator,
-                    aug: ml_collections.ConfigDict) -> dict:
+def augment_example(
+  example: dict, rng: np.random.Generator, aug: ml_collections.ConfigDict
+) -> dict:
   """One random augmentation of an example's image and label map; other fields pass through."""
   h, w = example['label_map'].shape
   params = sample_params(rng, aug, h, w)
-  image, label_map = warp_pair(example['image'], example['label_map'],
-                               inverse_affine_matrix(params, h, w), aug.fill_mode)
+  image, label_map = warp_pair(
+    example['image'], example['label_map'], inverse_affine_matrix(params, h, w), aug.fill_mode
+  )
   image = optics_jitter(color_jitter(image, rng, aug), rng, aug)
   return {**example, 'image': image, 'label_map': label_map}

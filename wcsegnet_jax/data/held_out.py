@@ -23,8 +23,9 @@ class RawExamples:
   file_id.
   """
 
-  def __init__(self, records: Sequence[records_lib.RawRecord],
-               data_config: ml_collections.ConfigDict):
+  def __init__(
+    self, records: Sequence[records_lib.RawRecord], data_config: ml_collections.ConfigDict
+  ):
     self.records = list(records)
     self.data_config = data_config
     self.table = classes.table_of(data_config)
@@ -34,9 +35,14 @@ class RawExamples:
 
   def __getitem__(self, index: int) -> dict:
     d = self.data_config
-    return label_maps.load_example(self.records[index], self.table, d.image_size,
-                            d.mask_level_tolerance, d.mask_max_off_level_fraction,
-                            color.step_of(d))
+    return label_maps.load_example(
+      self.records[index],
+      self.table,
+      d.image_size,
+      d.mask_level_tolerance,
+      d.mask_max_off_level_fraction,
+      color.step_of(d),
+    )
 
 
 def detect_raw_layout(raw_dir: pathlib.Path) -> str:
@@ -46,10 +52,11 @@ def detect_raw_layout(raw_dir: pathlib.Path) -> str:
   if (raw_dir / 'images').is_dir() and (raw_dir / 'masks').is_dir():
     return 'folder'
   raise errors.DataError(
-      f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
-      f'{" or ".join(repr(s + "/") for s in records_lib.WBC_SUBSETS.values())} with their class '
-      f'CSVs '
-      f'(layout wbc), or images/ and masks/ (layout folder)')
+    f'{raw_dir} (config.eval.raw_dir) is in no known layout: expected '
+    f'{" or ".join(repr(s + "/") for s in records_lib.WBC_SUBSETS.values())} with their class '
+    f'CSVs '
+    f'(layout wbc), or images/ and masks/ (layout folder)'
+  )
 
 
 def report_name(raw_dir: pathlib.Path) -> str:
@@ -60,9 +67,9 @@ def report_name(raw_dir: pathlib.Path) -> str:
   return f'held_out/{pathlib.Path(raw_dir).name}-{digest}'
 
 
-def raw_eval_sources(config: ml_collections.ConfigDict,
-                     trained: tuple[dict[str, set[str]], pathlib.Path] | None = None
-                     ) -> list[tuple[str, str | None, object]]:
+def raw_eval_sources(
+  config: ml_collections.ConfigDict, trained: tuple[dict[str, set[str]], pathlib.Path] | None = None
+) -> list[tuple[str, str | None, object]]:
   """[(report name, paper key, source)] for every subset of `config.eval.raw_dir`; the images
   with the ids of the model's training images (`trained`: restore.training_ids) apart, under
   `<name>-training_images`, without the paper's rows beside them."""
@@ -76,16 +83,20 @@ def raw_eval_sources(config: ml_collections.ConfigDict,
   if layout == 'folder':
     sources = [('folder', name, None)]
   else:
-    sources = [(s, f'{name}-{s}', s) for s, sub in records_lib.WBC_SUBSETS.items()
-               if (raw_dir / sub).is_dir()]
-    if not sources:   # layout forced to 'wbc' on another folder: list_wbc_records explains
+    sources = [
+      (s, f'{name}-{s}', s)
+      for s, sub in records_lib.WBC_SUBSETS.items()
+      if (raw_dir / sub).is_dir()
+    ]
+    if not sources:  # layout forced to 'wbc' on another folder: list_wbc_records explains
       sources = [(s, f'{name}-{s}', s) for s in records_lib.WBC_SUBSETS]
   out = []
   for source, name, paper_key in sources:
     records = records_lib.list_raw_records(source, raw_dir, classes.table_of(config.data))
     # Held-out images of only some of the model's types are a fair test of those types.
-    records = records_lib.filter_cell_types(records, config.data.cell_types,
-                                    where=f'{source} data in {raw_dir}', every_type=False)
+    records = records_lib.filter_cell_types(
+      records, config.data.cell_types, where=f'{source} data in {raw_dir}', every_type=False
+    )
     seen = _training_images(records, trained, source, raw_dir, name)
     if unseen := [r for r in records if r.file_id not in {t.file_id for t in seen}]:
       out.append((name, paper_key, RawExamples(unseen, config.data)))
@@ -94,8 +105,9 @@ def raw_eval_sources(config: ml_collections.ConfigDict,
   return out
 
 
-def _training_images(records: list[records_lib.RawRecord], trained, source: str,
-                     raw_dir: pathlib.Path, name: str) -> list[records_lib.RawRecord]:
+def _training_images(
+  records: list[records_lib.RawRecord], trained, source: str, raw_dir: pathlib.Path, name: str
+) -> list[records_lib.RawRecord]:
   """The records whose ids the model trained on in the dataset of the same name, said in a
   line: their figures measure recall, not how the model does on new images."""
   if trained is None:
@@ -104,8 +116,16 @@ def _training_images(records: list[records_lib.RawRecord], trained, source: str,
   dataset = raw_dir.name if source == 'folder' else source
   seen = [r for r in records if r.file_id in ids.get(dataset, ())]
   if seen:
-    logging.warning('%d of the %d %s images in %s have the ids of the model\'s training images '
-                    '(%s): reported apart as %s-training_images, the other %d as %s.',
-                    len(seen), len(records), dataset, raw_dir, where, name,
-                    len(records) - len(seen), name)
+    logging.warning(
+      "%d of the %d %s images in %s have the ids of the model's training images "
+      '(%s): reported apart as %s-training_images, the other %d as %s.',
+      len(seen),
+      len(records),
+      dataset,
+      raw_dir,
+      where,
+      name,
+      len(records) - len(seen),
+      name,
+    )
   return seen

@@ -19,7 +19,7 @@ import zlib
 
 import cv2
 import numpy as np
-from PIL import Image   # palette label maps (OpenCV expands them) and EXIF orientation
+from PIL import Image  # palette label maps (OpenCV expands them) and EXIF orientation
 
 from wcsegnet_jax.core import errors
 
@@ -32,17 +32,17 @@ def _jpeg_problem(data: bytes) -> str | None:
 
   Stray bytes between markers are skipped as libjpeg does; data after the end is allowed.
   """
-  pos = 2   # after SOI
+  pos = 2  # after SOI
   while (pos := data.find(b'\xff', pos)) >= 0 and pos + 1 < len(data):
     marker = data[pos + 1]
     if marker == 0xD9:
       return None
-    if marker == 0xFF:                                    # fill byte
+    if marker == 0xFF:  # fill byte
       pos += 1
-    elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:   # stuffing, TEM, restart: no length
+    elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # stuffing, TEM, restart: no length
       pos += 2
-    else:                                                 # a segment: skip its payload
-      pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+    else:  # a segment: skip its payload
+      pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], 'big')
   return f'truncated JPEG (no end-of-image marker FFD9 in its {len(data)} bytes)'
 
 
@@ -50,11 +50,11 @@ def _png_problem(data: bytes) -> str | None:
   """Walks the PNG's chunks to IEND, checking each one's CRC; None if all is well."""
   pos, view = 8, memoryview(data)
   while pos + 12 <= len(data):
-    length, tag = struct.unpack('>I4s', data[pos:pos + 8])
+    length, tag = struct.unpack('>I4s', data[pos : pos + 8])
     end = pos + 12 + length
     if end > len(data):
       break
-    if zlib.crc32(view[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], 'big'):
+    if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], 'big'):
       return f'corrupt PNG (its {tag.decode("latin-1")} chunk fails its CRC)'
     if tag == b'IEND':
       return None
@@ -68,12 +68,12 @@ def _bmp_problem(data: bytes) -> str | None:
   if len(data) < (26 if header_size == 12 else 34):
     return f'truncated BMP (a header of {len(data)} bytes)'
   offset = int.from_bytes(data[10:14], 'little')
-  if header_size == 12:   # OS/2 core header
+  if header_size == 12:  # OS/2 core header
     width, height, _, bpp = struct.unpack('<HHHH', data[18:26])
     compression = 0
   else:
     width, height, _, bpp, compression = struct.unpack('<iiHHI', data[18:34])
-  if compression not in (0, 3, 6):   # run-length coded: the header does not give the size
+  if compression not in (0, 3, 6):  # run-length coded: the header does not give the size
     return None
   need = offset + (abs(width) * bpp + 31) // 32 * 4 * abs(height)
   if len(data) < need:
@@ -83,8 +83,11 @@ def _bmp_problem(data: bytes) -> str | None:
 
 # Formats checked by their leading bytes, not their suffix. TIFF is left to libtiff, which
 # rejects truncated strips itself.
-_STRUCTURE_CHECKS = ((b'\xff\xd8', _jpeg_problem), (b'\x89PNG\r\n\x1a\n', _png_problem),
-                     (b'BM', _bmp_problem))
+_STRUCTURE_CHECKS = (
+  (b'\xff\xd8', _jpeg_problem),
+  (b'\x89PNG\r\n\x1a\n', _png_problem),
+  (b'BM', _bmp_problem),
+)
 
 
 def file_structure_problem(data: bytes) -> str | None:
@@ -131,7 +134,7 @@ def _c_stderr_captured() -> Iterator[list[str]]:
       if sys.stderr is not None and not sys.stderr.closed:
         sys.stderr.flush()
       saved = os.dup(2)
-    except OSError:   # no stderr at all (a daemon): nothing to capture
+    except OSError:  # no stderr at all (a daemon): nothing to capture
       yield printed
       printed.append('')
       return
@@ -153,7 +156,7 @@ def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   lines = printed[0].splitlines()
   corrupt = [line for line in lines if 'Corrupt JPEG' in line or 'Premature end' in line]
-  other = [line for line in lines if line not in corrupt]   # not ours to hide
+  other = [line for line in lines if line not in corrupt]  # not ours to hide
   if other and sys.stderr is not None and not sys.stderr.closed:
     print('\n'.join(other), file=sys.stderr)
   if corrupt:
@@ -167,9 +170,15 @@ def _decode(data: bytes, path: pathlib.Path, what: str) -> np.ndarray:
 _EXIF_ORIENTATION = 0x0112
 
 
-_TURN = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-         5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
-         7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
+_TURN = {
+  2: lambda a: a[:, ::-1],
+  3: lambda a: a[::-1, ::-1],
+  4: lambda a: a[::-1],
+  5: lambda a: a.swapaxes(0, 1),
+  6: lambda a: np.rot90(a, -1),
+  7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+  8: lambda a: np.rot90(a, 1),
+}
 
 
 def exif_orientation(data: bytes) -> int:
@@ -195,7 +204,7 @@ def _palette_indices(data: bytes) -> np.ndarray | None:
   try:
     with Image.open(io.BytesIO(data)) as image:
       return as_viewed(np.asarray(image), data) if image.mode == 'P' else None
-  except (OSError, ValueError, SyntaxError):   # a format PIL does not read: OpenCV decides
+  except (OSError, ValueError, SyntaxError):  # a format PIL does not read: OpenCV decides
     return None
 
 

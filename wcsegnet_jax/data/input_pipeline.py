@@ -32,6 +32,7 @@ _GRAIN_PARENT_FLAGS = ('grain_enable_multiprocess_worker_profiling',)
 @dataclasses.dataclass
 class DatasetSplits:
   """One configured dataset, prepared: its name and random-access train/test sources."""
+
   name: str
   builder: tfds_builder.WbcSegmentation
   train: object | None
@@ -54,23 +55,32 @@ def load_datasets(data_config: ml_collections.ConfigDict) -> list[DatasetSplits]
   for source in data_config.datasets:
     builder = _prepare_once(source, data_config)
     splits = builder.info.splits
-    datasets.append(DatasetSplits(
-        name=tfds_builder.dataset_name(source, builder.builder_config.raw_dir), builder=builder,
+    datasets.append(
+      DatasetSplits(
+        name=tfds_builder.dataset_name(source, builder.builder_config.raw_dir),
+        builder=builder,
         train=tfds_builder.data_source(builder, 'train') if 'train' in splits else None,
-        test=tfds_builder.data_source(builder, 'test') if 'test' in splits else None))
+        test=tfds_builder.data_source(builder, 'test') if 'test' in splits else None,
+      )
+    )
   return datasets
 
 
 def data_record(datasets: list[DatasetSplits]) -> dict[str, dict]:
   """What a run trains and tests on: per dataset, its build and the ids of each split."""
-  return {d.name: {'build': d.builder.builder_config.name,
-                   **{split: ids for split, ids in tfds_builder.read_split_ids(d.builder).items()}}
-          for d in datasets}
+  return {
+    d.name: {
+      'build': d.builder.builder_config.name,
+      **{split: ids for split, ids in tfds_builder.read_split_ids(d.builder).items()},
+    }
+    for d in datasets
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class _Augment(grain.transforms.RandomMap):
   """Picklable (for grain's worker processes) augmentation of one training example."""
+
   aug: ml_collections.FrozenConfigDict
 
   def random_map(self, element, rng: np.random.Generator):
@@ -80,8 +90,7 @@ class _Augment(grain.transforms.RandomMap):
     return augment.augment_example(element, rng, self.aug)
 
 
-def dataset_repeats(datasets: list[DatasetSplits], config: ml_collections.ConfigDict
-                    ) -> list[int]:
+def dataset_repeats(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> list[int]:
   """How often each dataset's train split enters an epoch (`data.dataset_repeats`; () = once)."""
   repeats = tuple(config.data.dataset_repeats) or (1,) * len(datasets)
   return list(repeats)
@@ -90,40 +99,57 @@ def dataset_repeats(datasets: list[DatasetSplits], config: ml_collections.Config
 def train_epoch_size(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
   """Examples per epoch: every training image `augment_repeats` times (the ten-fold), times
   its dataset's repeat."""
-  return sum(len(d.train) * k for d, k in zip(datasets, dataset_repeats(datasets, config))
-             if d.train is not None) * config.augment.augment_repeats
+  return (
+    sum(
+      len(d.train) * k
+      for d, k in zip(datasets, dataset_repeats(datasets, config))
+      if d.train is not None
+    )
+    * config.augment.augment_repeats
+  )
 
 
 def steps_per_epoch(datasets: list[DatasetSplits], config: ml_collections.ConfigDict) -> int:
   return max(1, train_epoch_size(datasets, config) // config.train.batch_size)
 
 
-def oversized_batch_warning(datasets: list[DatasetSplits],
-                            config: ml_collections.ConfigDict) -> str | None:
+def oversized_batch_warning(
+  datasets: list[DatasetSplits], config: ml_collections.ConfigDict
+) -> str | None:
   """A warning when train.batch_size exceeds an epoch's examples (`train_epoch_size`): each
   step then draws the training images several times over, and an "epoch" is one step."""
   examples, batch = train_epoch_size(datasets, config), int(config.train.batch_size)
   if batch <= examples:
     return None
   repeats = int(config.augment.augment_repeats)
-  return (f'train.batch_size={batch} is larger than an epoch of training examples ({examples}: '
-          f'{examples // repeats} images x augment.augment_repeats={repeats}): each step takes '
-          f'them {batch / examples:.1f} times over and each "epoch" is one step; set '
-          f'train.batch_size to at most {examples}')
+  return (
+    f'train.batch_size={batch} is larger than an epoch of training examples ({examples}: '
+    f'{examples // repeats} images x augment.augment_repeats={repeats}): each step takes '
+    f'them {batch / examples:.1f} times over and each "epoch" is one step; set '
+    f'train.batch_size to at most {examples}'
+  )
 
 
-def epoch_examples(datasets: list[DatasetSplits], config: ml_collections.ConfigDict
-                   ) -> grain.MapDataset:
+def epoch_examples(
+  datasets: list[DatasetSplits], config: ml_collections.ConfigDict
+) -> grain.MapDataset:
   """One epoch's training examples, unshuffled and unaugmented (`train_epoch_size` of them)."""
-  sources = [grain.MapDataset.source(d.train).repeat(k)
-             for d, k in zip(datasets, dataset_repeats(datasets, config)) if d.train is not None]
+  sources = [
+    grain.MapDataset.source(d.train).repeat(k)
+    for d, k in zip(datasets, dataset_repeats(datasets, config))
+    if d.train is not None
+  ]
   if not sources:
     raise errors.DataError(f'no training images in {[d.name for d in datasets]}')
   return grain.MapDataset.concatenate(sources).repeat(config.augment.augment_repeats)
 
 
-def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDict,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def train_dataset(
+  datasets: list[DatasetSplits],
+  config: ml_collections.ConfigDict,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.IterDataset:
   """Infinite, seeded, augmented batches of this process's share of the global batch.
 
   Each epoch is the union of the datasets' train splits, each image `augment_repeats` times,
@@ -133,23 +159,29 @@ def train_dataset(datasets: list[DatasetSplits], config: ml_collections.ConfigDi
   the seed, and its iterator's state can be saved and restored for an exact resume.
   """
   ds = epoch_examples(datasets, config).shuffle(seed=config.input.shuffle_seed)
-  ds = ds.random_map(_Augment(ml_collections.FrozenConfigDict(config.augment)),
-                     seed=config.input.shuffle_seed + 1)
-  ds = ds.repeat(None)   # reseeds shuffle and augmentation each epoch
+  ds = ds.random_map(
+    _Augment(ml_collections.FrozenConfigDict(config.augment)), seed=config.input.shuffle_seed + 1
+  )
+  ds = ds.repeat(None)  # reseeds shuffle and augmentation each epoch
   # Process i takes the i-th contiguous block of each global batch: the rows of the global array
   # it holds, so the batch the step sees is in the same order as in a one-process run.
   ds = ds.batch(config.train.batch_size // process_count, drop_remainder=True)
   ds = ds[process_index::process_count]
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.input.read_threads,
-                                            prefetch_buffer_size=config.input.prefetch))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=config.input.read_threads, prefetch_buffer_size=config.input.prefetch
+    )
+  )
   if config.input.num_workers == 0:
-    _single_threaded_opencv()   # this process's read threads augment
+    _single_threaded_opencv()  # this process's read threads augment
     return it
   _let_grain_read_its_flags()
-  return it.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=config.input.num_workers,
-      per_worker_buffer_size=config.input.worker_buffer_size),
-      worker_init_fn=_init_worker)
+  return it.mp_prefetch(
+    grain.MultiprocessingOptions(
+      num_workers=config.input.num_workers, per_worker_buffer_size=config.input.worker_buffer_size
+    ),
+    worker_init_fn=_init_worker,
+  )
 
 
 def _single_threaded_opencv() -> None:
@@ -199,7 +231,7 @@ class DevicePrefetch(grain.DatasetIterator):
   def __init__(self, parent: grain.DatasetIterator, to_device, depth: int = 2):
     super().__init__(parent)
     self._to_device, self._depth = to_device, depth
-    self._in_flight = collections.deque()   # (device batch, parent state after it)
+    self._in_flight = collections.deque()  # (device batch, parent state after it)
     self._state = copy.deepcopy(parent.get_state())
 
   def __next__(self):
@@ -208,8 +240,7 @@ class DevicePrefetch(grain.DatasetIterator):
         host_batch = next(self._parent)
       except StopIteration:
         break
-      self._in_flight.append((self._to_device(host_batch),
-                              copy.deepcopy(self._parent.get_state())))
+      self._in_flight.append((self._to_device(host_batch), copy.deepcopy(self._parent.get_state())))
     if not self._in_flight:
       raise StopIteration
     batch, self._state = self._in_flight.popleft()
@@ -233,12 +264,12 @@ def eval_batches(source, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   for start in range(0, n, batch_size):
     items = [source[i] for i in range(start, min(start + batch_size, n))]
     valid = np.zeros(batch_size, bool)
-    valid[:len(items)] = True
+    valid[: len(items)] = True
     items += [items[0]] * (batch_size - len(items))
-    yield {'image': np.stack([e['image'] for e in items]),
-           'label_map': np.stack([e['label_map'] for e in items]),
-           'cell_type': np.array([e['cell_type'] for e in items], np.int32),
-           'file_id': np.array([tfds_builder.as_str(e['file_id']) for e in items]),
-           'valid': valid}
-
-
+    yield {
+      'image': np.stack([e['image'] for e in items]),
+      'label_map': np.stack([e['label_map'] for e in items]),
+      'cell_type': np.array([e['cell_type'] for e in items], np.int32),
+      'file_id': np.array([tfds_builder.as_str(e['file_id']) for e in items]),
+      'valid': valid,
+    }

@@ -9,8 +9,9 @@ import numpy as np
 from wcsegnet_jax.data import records as records_lib
 
 
-def stratified_split(records: Sequence[records_lib.RawRecord], test_fraction: float,
-                     seed: int) -> dict[str, list[records_lib.RawRecord]]:
+def stratified_split(
+  records: Sequence[records_lib.RawRecord], test_fraction: float, seed: int
+) -> dict[str, list[records_lib.RawRecord]]:
   """Splits each cell type on its own: round(test_fraction * n) of its images go to test.
 
   Depends only on the file ids, the types, the fraction and the seed (not on listing order), so

@@ -47,13 +47,28 @@ SPLIT_IDS_FILE = 'split_ids.csv'
 class WbcSegmentationConfig(tfds.core.BuilderConfig):
   """One build: a source and every setting that changes its examples or split."""
 
-  def __init__(self, *, source: str, raw_dir: pathlib.Path | None, image_size: int,
-               cell_types: tuple[str, ...], cytoplasm: bool, test_fraction: float,
-               split_seed: int, mask_level_tolerance: int, mask_max_off_level_fraction: float,
-               name: str, color: str = 'none', color_reference: tuple[float, ...] = (),
-               every_type: bool = True):
-    super().__init__(name=name, version=WbcSegmentation.VERSION,
-                     description=f'{source} at {image_size}x{image_size}')
+  def __init__(
+    self,
+    *,
+    source: str,
+    raw_dir: pathlib.Path | None,
+    image_size: int,
+    cell_types: tuple[str, ...],
+    cytoplasm: bool,
+    test_fraction: float,
+    split_seed: int,
+    mask_level_tolerance: int,
+    mask_max_off_level_fraction: float,
+    name: str,
+    color: str = 'none',
+    color_reference: tuple[float, ...] = (),
+    every_type: bool = True,
+  ):
+    super().__init__(
+      name=name,
+      version=WbcSegmentation.VERSION,
+      description=f'{source} at {image_size}x{image_size}',
+    )
     self.source = source
     self.raw_dir = raw_dir
     self.image_size = image_size
@@ -73,46 +88,52 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   background, the cell types in config order, and the cytoplasm last when configured."""
 
   VERSION = tfds.core.Version('1.3.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.',
-                   '1.1.0': 'Class ids from config.data.cell_types (in order) and cytoplasm.',
-                   '1.2.0': 'Label maps shrunk by the class covering most of each pixel, not '
-                            'nearest (which sat 0.4 px off the image at 300 -> 120).',
-                   '1.3.0': 'Images and masks turned as their EXIF orientation says (a rotated '
-                            'JPEG was read on its side).'}
+  RELEASE_NOTES = {
+    '1.0.0': 'First release.',
+    '1.1.0': 'Class ids from config.data.cell_types (in order) and cytoplasm.',
+    '1.2.0': 'Label maps shrunk by the class covering most of each pixel, not '
+    'nearest (which sat 0.4 px off the image at 300 -> 120).',
+    '1.3.0': 'Images and masks turned as their EXIF orientation says (a rotated '
+    'JPEG was read on its side).',
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8,
-                                          encoding='zlib'),
-            'label_map': tfds.features.Tensor(shape=(size, size), dtype=np.uint8,
-                                              encoding='zlib'),
-            'cell_type': tfds.features.Scalar(dtype=np.int32,
-                                              doc=self.builder_config.table.describe()),
-            'dataset': tfds.features.Text(),
-            'file_id': tfds.features.Text(),
-        }),
-        homepage='https://github.com/zxaoyou/segmentation_WBC',
-        citation='Zheng et al., Fast and robust segmentation of white blood cell images by '
-                 'self-supervised learning, Micron 107 (2018) 55-71.',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding='zlib'),
+          'label_map': tfds.features.Tensor(shape=(size, size), dtype=np.uint8, encoding='zlib'),
+          'cell_type': tfds.features.Scalar(
+            dtype=np.int32, doc=self.builder_config.table.describe()
+          ),
+          'dataset': tfds.features.Text(),
+          'file_id': tfds.features.Text(),
+        }
+      ),
+      homepage='https://github.com/zxaoyou/segmentation_WBC',
+      citation='Zheng et al., Fast and robust segmentation of white blood cell images by '
+      'self-supervised learning, Micron 107 (2018) 55-71.',
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     cfg = self.builder_config
     raw_dir = cfg.raw_dir
-    if raw_dir is None:   # online: the public repository's archive
+    if raw_dir is None:  # online: the public repository's archive
       raw_dir = pathlib.Path(dl_manager.download_and_extract(ARCHIVE_URL)) / ARCHIVE_FOLDER
-    split = split_records(cfg.source, raw_dir, cfg.table, cfg.test_fraction, cfg.split_seed,
-                          cfg.every_type)
-    return {name: self._generate_examples(records) for name, records in split.items()
-            if records}
+    split = split_records(
+      cfg.source, raw_dir, cfg.table, cfg.test_fraction, cfg.split_seed, cfg.every_type
+    )
+    return {name: self._generate_examples(records) for name, records in split.items() if records}
 
   # TFDS prints "Downloading and preparing dataset Unknown size ..." to stdout, even for a local
   # folder that downloads nothing; one log line each says what happens instead.
   def _log_download_bytes(self) -> None:
-    logging.info('Building %s examples into %s (once; later runs reuse them).',
-                 self.builder_config.source, self.data_dir)
+    logging.info(
+      'Building %s examples into %s (once; later runs reuse them).',
+      self.builder_config.source,
+      self.data_dir,
+    )
 
   def _log_download_done(self) -> None:
     logging.info('Built %s.', self.data_dir)
@@ -120,8 +141,14 @@ class WbcSegmentation(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, records: list[records_lib.RawRecord]):
     cfg = self.builder_config
     for record in records:
-      example = label_maps.load_example(record, cfg.table, cfg.image_size, cfg.mask_level_tolerance,
-                                 cfg.mask_max_off_level_fraction, cfg.color_step)
+      example = label_maps.load_example(
+        record,
+        cfg.table,
+        cfg.image_size,
+        cfg.mask_level_tolerance,
+        cfg.mask_max_off_level_fraction,
+        cfg.color_step,
+      )
       yield record.file_id, {**example, 'dataset': dataset_name(cfg.source, cfg.raw_dir)}
 
 
@@ -130,15 +157,20 @@ def dataset_name(source: str, raw_dir: pathlib.Path | None) -> str:
   return raw_dir.name if source == 'folder' and raw_dir is not None else source
 
 
-def split_records(source: str, raw_dir: pathlib.Path, table: classes.ClassTable,
-                  test_fraction: float, split_seed: int, every_type: bool = True
-                  ) -> dict[str, list[records_lib.RawRecord]]:
+def split_records(
+  source: str,
+  raw_dir: pathlib.Path,
+  table: classes.ClassTable,
+  test_fraction: float,
+  split_seed: int,
+  every_type: bool = True,
+) -> dict[str, list[records_lib.RawRecord]]:
   """Lists, filters (to `table`'s cell types, each of which must have an image unless not
   `every_type`) and splits the raw records of one source."""
   records = records_lib.list_raw_records(source, raw_dir, table)
-  records = records_lib.filter_cell_types(records, table.cell_types,
-                                          where=f'{source} data in {raw_dir}',
-                                  every_type=every_type)
+  records = records_lib.filter_cell_types(
+    records, table.cell_types, where=f'{source} data in {raw_dir}', every_type=every_type
+  )
   return splits.stratified_split(records, test_fraction, split_seed)
 
 
@@ -146,8 +178,9 @@ def source_dir(source: str, data_config: ml_collections.ConfigDict) -> pathlib.P
   """The raw folder of a source (None: download the public archive)."""
   if source == 'folder':
     if not data_config.folder_dir:
-      raise errors.DataError('dataset "folder" needs config.data.folder_dir (a folder holding '
-                          'images/ and masks/)')
+      raise errors.DataError(
+        'dataset "folder" needs config.data.folder_dir (a folder holding images/ and masks/)'
+      )
     path = pathlib.Path(data_config.folder_dir).expanduser()
     if not path.is_dir():
       raise errors.DataError(f'folder dataset {path} does not exist (config.data.folder_dir)')
@@ -170,18 +203,23 @@ def resolved_paths(data_config: ml_collections.ConfigDict) -> dict[str, str]:
   environment), absolute; '' where none is given (raw_dir: the download)."""
   raw_dir = records_lib.resolve_raw_dir(data_config.raw_dir)
   folder = data_config.folder_dir
-  return {'raw_dir': str(raw_dir.resolve()) if raw_dir else '',
-          'tfds_dir': str(tfds_dir(data_config).resolve()),
-          'folder_dir': str(pathlib.Path(folder).expanduser().resolve()) if folder else ''}
+  return {
+    'raw_dir': str(raw_dir.resolve()) if raw_dir else '',
+    'tfds_dir': str(tfds_dir(data_config).resolve()),
+    'folder_dir': str(pathlib.Path(folder).expanduser().resolve()) if folder else '',
+  }
 
 
-def with_recorded_paths(data_config: ml_collections.ConfigDict, recorded: dict
-                        ) -> ml_collections.ConfigDict:
+def with_recorded_paths(
+  data_config: ml_collections.ConfigDict, recorded: dict
+) -> ml_collections.ConfigDict:
   """A copy of `data_config` with the paths of `recorded` (a saved config's data section)
   where neither the config nor the environment gives one."""
-  given = {'raw_dir': data_config.raw_dir or os.environ.get(records_lib.RAW_DIR_ENV, ''),
-           'tfds_dir': data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, ''),
-           'folder_dir': data_config.folder_dir}
+  given = {
+    'raw_dir': data_config.raw_dir or os.environ.get(records_lib.RAW_DIR_ENV, ''),
+    'tfds_dir': data_config.tfds_dir or os.environ.get(TFDS_DIR_ENV, ''),
+    'folder_dir': data_config.folder_dir,
+  }
   out = ml_collections.ConfigDict(data_config.to_dict())
   for key in RECORDED_PATHS:
     if not given[key] and recorded.get(key):
@@ -189,16 +227,19 @@ def with_recorded_paths(data_config: ml_collections.ConfigDict, recorded: dict
   return out
 
 
-def _fingerprint(source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any],
-                 table: classes.ClassTable) -> str:
+def _fingerprint(
+  source: str, raw_dir: pathlib.Path | None, settings: dict[str, Any], table: classes.ClassTable
+) -> str:
   """A short hash of the build's settings and its raw files' names, sizes, times and types."""
   h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   if raw_dir is not None:
     h.update(str(raw_dir.resolve()).encode())
     for r in records_lib.list_raw_records(source, raw_dir, table):
       image, mask = r.image_path.stat(), r.mask_path.stat()
-      h.update(f'{r.file_id}|{image.st_size}|{image.st_mtime_ns}|{mask.st_size}|'
-               f'{mask.st_mtime_ns}|{r.cell_type}\n'.encode())
+      h.update(
+        f'{r.file_id}|{image.st_size}|{image.st_mtime_ns}|{mask.st_size}|'
+        f'{mask.st_mtime_ns}|{r.cell_type}\n'.encode()
+      )
   else:
     h.update(ARCHIVE_URL.encode())
   return h.hexdigest()[:10]
@@ -208,16 +249,22 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
   """The builder of one configured source (not yet prepared)."""
   raw_dir = source_dir(source, data_config)
   settings = dict(
-      source=source, image_size=int(data_config.image_size),
-      cell_types=tuple(data_config.cell_types), cytoplasm=bool(data_config.cytoplasm),
-      test_fraction=float(data_config.test_fraction), split_seed=int(data_config.split_seed),
-      mask_level_tolerance=int(data_config.mask_level_tolerance),
-      mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction))
-  if data_config.get('fields_dir'):   # fine-tuning: the model already knows the lab's other types
+    source=source,
+    image_size=int(data_config.image_size),
+    cell_types=tuple(data_config.cell_types),
+    cytoplasm=bool(data_config.cytoplasm),
+    test_fraction=float(data_config.test_fraction),
+    split_seed=int(data_config.split_seed),
+    mask_level_tolerance=int(data_config.mask_level_tolerance),
+    mask_max_off_level_fraction=float(data_config.mask_max_off_level_fraction),
+  )
+  if data_config.get('fields_dir'):  # fine-tuning: the model already knows the lab's other types
     settings.update(every_type=False)
-  if data_config.get('color', 'none') != 'none':   # builds without a colour step keep their names
-    settings.update(color=str(data_config.color),
-                    color_reference=tuple(float(v) for v in data_config.color_reference))
+  if data_config.get('color', 'none') != 'none':  # builds without a colour step keep their names
+    settings.update(
+      color=str(data_config.color),
+      color_reference=tuple(float(v) for v in data_config.color_reference),
+    )
   table = classes.class_table(settings['cell_types'], settings['cytoplasm'])
   fingerprint = _fingerprint(source, raw_dir, settings, table)
   name = f'{source}-{settings["image_size"]}-{fingerprint}'
@@ -235,10 +282,10 @@ def prepare(source: str, data_config: ml_collections.ConfigDict) -> WbcSegmentat
   if not _is_complete(builder):
     root = tfds_dir(data_config)
     if not builder.is_prepared() and builder.builder_config.raw_dir is None:
-      check_archive_reachable(root)   # no data and no network: one line within seconds
-    existed = _folders_under(root)   # before the lock's folder: a failed build removes it too
+      check_archive_reachable(root)  # no data and no network: one line within seconds
+    existed = _folders_under(root)  # before the lock's folder: a failed build removes it too
     with _build_lock(root, source):
-      builder = get_builder(source, data_config)   # another run may have built it meanwhile
+      builder = get_builder(source, data_config)  # another run may have built it meanwhile
       if not builder.is_prepared():
         _build(builder, root, existed)
   ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
@@ -257,7 +304,7 @@ def _build(builder: WbcSegmentation, root: pathlib.Path, existed: set[pathlib.Pa
     with _tfds_quiet():
       builder.download_and_prepare(file_format='array_record')
   except BaseException:
-    _remove_new_empty_folders(root, existed)   # a failed build leaves no empty shells
+    _remove_new_empty_folders(root, existed)  # a failed build leaves no empty shells
     raise
   ids_path = pathlib.Path(builder.data_dir) / SPLIT_IDS_FILE
   write_split_ids(builder, ids_path)
@@ -276,9 +323,10 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
       fd = os.open(root, os.O_RDONLY)
     except OSError as e:
       raise errors.DataError(
-          f'the {source} data needs a new build in {root} (config.data.tfds_dir), which cannot '
-          f'be written ({e.strerror}): make it writable, or pass '
-          f'--config.data.tfds_dir=A_WRITABLE_FOLDER') from None
+        f'the {source} data needs a new build in {root} (config.data.tfds_dir), which cannot '
+        f'be written ({e.strerror}): make it writable, or pass '
+        f'--config.data.tfds_dir=A_WRITABLE_FOLDER'
+      ) from None
     try:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -289,17 +337,19 @@ def _build_lock(root: pathlib.Path, source: str) -> Iterator[None]:
         yield
         return
     finally:
-      os.close(fd)   # releases the lock
+      os.close(fd)  # releases the lock
 
 
 def no_data_message(root: pathlib.Path) -> str:
   """Where the data is expected, how to give it and where to get it (one line)."""
-  return (f'no WBC data: neither config.data.raw_dir nor ${records_lib.RAW_DIR_ENV} is set, no '
-          f'build is '
-          f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
-          f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
-          f'set {records_lib.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
-          f'"Dataset 1/" and "Dataset 2/") or pass --config.data.raw_dir=that folder')
+  return (
+    f'no WBC data: neither config.data.raw_dir nor ${records_lib.RAW_DIR_ENV} is set, no '
+    f'build is '
+    f'in {root}, and {ARCHIVE_HOST} cannot be reached to download it. Download the WBC '
+    f'Image Dataset from {REPOSITORY_URL} (Code > Download ZIP), unpack it, and '
+    f'set {records_lib.RAW_DIR_ENV}=/path/to/segmentation_WBC-master (the folder holding '
+    f'"Dataset 1/" and "Dataset 2/") or pass --config.data.raw_dir=that folder'
+  )
 
 
 def check_archive_reachable(root: pathlib.Path) -> None:
@@ -316,12 +366,14 @@ def _tfds_quiet():
   """Without TFDS's progress bars and INFO lines (per split: seconds here, with long temporary
   paths) and its 'Using custom data configuration' warning (every build of ours is a custom
   configuration); the two log lines of `WbcSegmentation` say what happens."""
+
   def not_custom_config(record) -> bool:
     if 'tensorflow_datasets' in record.pathname and record.levelno <= std_logging.INFO:
       return False
     return 'Using custom data configuration' not in record.getMessage()
+
   absl_logger = logging.get_absl_logger()
-  was_active = tfds_utils.tqdm_utils._active   # pylint: disable=protected-access
+  was_active = tfds_utils.tqdm_utils._active  # pylint: disable=protected-access
   tfds.display_progress_bar(False)
   absl_logger.addFilter(not_custom_config)
   try:
@@ -340,7 +392,7 @@ def _remove_new_empty_folders(root: pathlib.Path, existed: set[pathlib.Path]) ->
   if not root.is_dir():
     return
   for folder in sorted(_folders_under(root) - existed, key=lambda p: len(p.parts), reverse=True):
-    with contextlib.suppress(OSError):   # not empty: someone else's, or a partial build
+    with contextlib.suppress(OSError):  # not empty: someone else's, or a partial build
       folder.rmdir()
   with contextlib.suppress(OSError):
     if root not in existed:
@@ -352,8 +404,9 @@ def write_split_ids(builder: WbcSegmentation, path: pathlib.Path) -> None:
   rows = []
   for split in sorted(builder.info.splits):
     source = builder.as_data_source(split)
-    ids = sorted((as_str(source[i]['file_id']), int(source[i]['cell_type']))
-                 for i in range(len(source)))
+    ids = sorted(
+      (as_str(source[i]['file_id']), int(source[i]['cell_type'])) for i in range(len(source))
+    )
     rows += [(split, fid, builder.builder_config.table.names[t]) for fid, t in ids]
   files.write_csv_atomic(path, ('split', 'file_id', 'cell_type'), rows)
 
@@ -375,6 +428,8 @@ def as_str(text: bytes | str) -> str:
 def data_source(builder: WbcSegmentation, split: str):
   """A random-access source of decoded numpy examples (what `tfds.data_source` returns)."""
   if split not in builder.info.splits:
-    raise errors.DataError(f'{builder.info.full_name} has no {split!r} split '
-                        f'(has {sorted(builder.info.splits)}): too few images to split?')
+    raise errors.DataError(
+      f'{builder.info.full_name} has no {split!r} split '
+      f'(has {sorted(builder.info.splits)}): too few images to split?'
+    )
   return builder.as_data_source(split)

@@ -29,6 +29,7 @@ TRUTH_COLUMNS = ('file', 'type', 'xmin', 'ymin', 'xmax', 'ymax')
 @dataclasses.dataclass(frozen=True)
 class TypedCell:
   """One white cell a lab typed and boxed: box (x0, y0, x1, y1), x1 and y1 exclusive."""
+
   cell_type: str
   box: tuple[int, int, int, int]
 
@@ -40,14 +41,16 @@ class TypedCell:
 @dataclasses.dataclass(frozen=True)
 class TypedField:
   """A field and the typed cells in it."""
+
   path: pathlib.Path
   cells: tuple[TypedCell, ...]
 
 
 def _layout_error(folder: pathlib.Path, what: str) -> errors.DataError:
   return errors.DataError(
-      f'{folder}: {what}; a typed-fields folder holds {FIELDS_SUBDIR}/ (the images) and '
-      f'{TRUTH_FILE} with the columns {",".join(TRUTH_COLUMNS)}')
+    f'{folder}: {what}; a typed-fields folder holds {FIELDS_SUBDIR}/ (the images) and '
+    f'{TRUTH_FILE} with the columns {",".join(TRUTH_COLUMNS)}'
+  )
 
 
 def _read_rows(truth: pathlib.Path) -> list[dict]:
@@ -57,10 +60,11 @@ def _read_rows(truth: pathlib.Path) -> list[dict]:
       header = [h.strip().lower() for h in reader.fieldnames or []]
       missing = [c for c in TRUTH_COLUMNS if c not in header]
       if missing:
-        raise errors.DataError(f'{truth}: no column {", ".join(missing)} (the header must name '
-                            f'{",".join(TRUTH_COLUMNS)})')
-      return [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k}
-              for row in reader]
+        raise errors.DataError(
+          f'{truth}: no column {", ".join(missing)} (the header must name '
+          f'{",".join(TRUTH_COLUMNS)})'
+        )
+      return [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k} for row in reader]
   except (UnicodeDecodeError, csv.Error) as e:
     raise errors.DataError(f'{truth}: not a readable CSV ({e})') from None
 
@@ -68,13 +72,15 @@ def _read_rows(truth: pathlib.Path) -> list[dict]:
 def _typed_cell(row: dict, where: str, cell_types: tuple[str, ...]) -> TypedCell:
   cell_type = row['type'].lower()
   if cell_type not in cell_types:
-    raise errors.DataError(f'{where}: unknown type {row["type"]!r}; expected one of '
-                        f'{", ".join(cell_types)}')
+    raise errors.DataError(
+      f'{where}: unknown type {row["type"]!r}; expected one of {", ".join(cell_types)}'
+    )
   try:
     box = tuple(int(round(float(row[k]))) for k in TRUTH_COLUMNS[2:])
   except ValueError:
-    raise errors.DataError(f'{where}: the box {[row[k] for k in TRUTH_COLUMNS[2:]]} is not four '
-                        f'numbers') from None
+    raise errors.DataError(
+      f'{where}: the box {[row[k] for k in TRUTH_COLUMNS[2:]]} is not four numbers'
+    ) from None
   if not (box[0] < box[2] and box[1] < box[3]):
     raise errors.DataError(f'{where}: empty box {box} (xmin < xmax and ymin < ymax needed)')
   return TypedCell(cell_type, box)
@@ -86,9 +92,11 @@ def _check_box(cell: TypedCell, where: str, width: int, height: int) -> None:
     raise errors.DataError(f'{where}: the box {cell.box} lies outside its {width}x{height} image')
 
 
-def read_typed_fields(folder: str | pathlib.Path, check_images: bool = True,
-                      cell_types: tuple[str, ...] = classes.ALL_CELL_TYPES
-                      ) -> list[TypedField]:
+def read_typed_fields(
+  folder: str | pathlib.Path,
+  check_images: bool = True,
+  cell_types: tuple[str, ...] = classes.ALL_CELL_TYPES,
+) -> list[TypedField]:
   """The fields of `folder` with their typed cells, sorted by file name, every row checked
   (and, with `check_images`, every image read once to check it and its boxes)."""
   folder = pathlib.Path(folder).expanduser()
@@ -96,10 +104,14 @@ def read_typed_fields(folder: str | pathlib.Path, check_images: bool = True,
     raise errors.DataError(f'{folder}: no such folder')
   images_dir, truth = folder / FIELDS_SUBDIR, folder / TRUTH_FILE
   if not images_dir.is_dir() or not truth.is_file():
-    raise _layout_error(folder, f'no {FIELDS_SUBDIR}/' if not images_dir.is_dir()
-                        else f'no {TRUTH_FILE}')
-  images = {p.name: p for p in images_dir.iterdir()
-            if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES}
+    raise _layout_error(
+      folder, f'no {FIELDS_SUBDIR}/' if not images_dir.is_dir() else f'no {TRUTH_FILE}'
+    )
+  images = {
+    p.name: p
+    for p in images_dir.iterdir()
+    if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES
+  }
   by_file: dict[str, list[TypedCell]] = {}
   for line, row in enumerate(_read_rows(truth), start=2):
     where = f'{truth}, line {line}'
@@ -112,9 +124,11 @@ def read_typed_fields(folder: str | pathlib.Path, check_images: bool = True,
     raise _layout_error(folder, f'{TRUTH_FILE} has no rows')
   unlisted = sorted(set(images) - set(by_file))
   if unlisted:
-    raise errors.DataError(f'{images_dir / unlisted[0]}: a field without a row in {truth}'
-                        + (f' ({len(unlisted)} such fields)' if len(unlisted) > 1 else '')
-                        + '; add its typed cells, or move it out of the folder')
+    raise errors.DataError(
+      f'{images_dir / unlisted[0]}: a field without a row in {truth}'
+      + (f' ({len(unlisted)} such fields)' if len(unlisted) > 1 else '')
+      + '; add its typed cells, or move it out of the folder'
+    )
   fields = [TypedField(images[name], tuple(cells)) for name, cells in sorted(by_file.items())]
   if check_images:
     for field in fields:

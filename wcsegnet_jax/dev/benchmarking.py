@@ -49,18 +49,22 @@ BANDWIDTH_ACCELERATOR_DEFAULT_BYTES = 2**30
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s. The SXM and
 # PCIe H100 differ by a third; JAX's device_kind never says "SXM" ('NVIDIA H100 80GB HBM3' is
 # the SXM part, 'NVIDIA H100 PCIe' the PCIe one), hence `datasheet_peak`'s matching.
-DATASHEET_BF16_DENSE_TFLOPS = {'H100 SXM': 989.0, 'H100 PCIe': 756.0, 'H200': 989.0,
-                               'A100': 312.0}
+DATASHEET_BF16_DENSE_TFLOPS = {'H100 SXM': 989.0, 'H100 PCIe': 756.0, 'H200': 989.0, 'A100': 312.0}
 
 
 # --- Timing ---------------------------------------------------------------------------------------
 
+
 def timing_stats(seconds: Sequence[float]) -> dict[str, float]:
   """Median and spread of per-step times; the one definition for JAX and PyTorch alike."""
   ms = np.asarray(seconds, np.float64) * 1e3
-  return {'median_ms': float(np.median(ms)), 'p10_ms': float(np.percentile(ms, 10)),
-          'p90_ms': float(np.percentile(ms, 90)), 'min_ms': float(ms.min()),
-          'steps': int(ms.size)}
+  return {
+    'median_ms': float(np.median(ms)),
+    'p10_ms': float(np.percentile(ms, 10)),
+    'p90_ms': float(np.percentile(ms, 90)),
+    'min_ms': float(ms.min()),
+    'steps': int(ms.size),
+  }
 
 
 def timed_steps(step: Callable[[], Any], steps: int, warmup: int) -> dict[str, float]:
@@ -89,17 +93,28 @@ def _memory_analysis(compiled) -> dict[str, int] | None:
   """The executable's static buffer sizes (bytes); per executable, unlike the device's peak."""
   try:
     m = compiled.memory_analysis()
-  except Exception:   # pylint: disable=broad-except   # not every backend implements it
+  except Exception:  # pylint: disable=broad-except   # not every backend implements it
     return None
   if m is None:
     return None
-  keys = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
-          'temp_size_in_bytes', 'generated_code_size_in_bytes')
+  keys = (
+    'argument_size_in_bytes',
+    'output_size_in_bytes',
+    'alias_size_in_bytes',
+    'temp_size_in_bytes',
+    'generated_code_size_in_bytes',
+  )
   return {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
 
 
-def time_fn(fn: Callable, args: Sequence[Any], steps: int, warmup: int, *,
-            next_args: Callable[[tuple, Any], tuple] | None = None) -> dict:
+def time_fn(
+  fn: Callable,
+  args: Sequence[Any],
+  steps: int,
+  warmup: int,
+  *,
+  next_args: Callable[[tuple, Any], tuple] | None = None,
+) -> dict:
   """Compiles `fn` for `args` and times it.
 
   Args:
@@ -134,20 +149,31 @@ def time_fn(fn: Callable, args: Sequence[Any], steps: int, warmup: int, *,
   result = timed_steps(step, steps, warmup)
   flops = _cost(compiled.cost_analysis()).get('flops')
   flops_lowered = _cost(lowered.cost_analysis()).get('flops')
-  return {**result, 'lower_s': lower_s, 'compile_s': compile_s,
-          'flops': float(flops) if flops else None,
-          'flops_lowered': float(flops_lowered) if flops_lowered else None,
-          'memory': _memory_analysis(compiled)}
+  return {
+    **result,
+    'lower_s': lower_s,
+    'compile_s': compile_s,
+    'flops': float(flops) if flops else None,
+    'flops_lowered': float(flops_lowered) if flops_lowered else None,
+    'memory': _memory_analysis(compiled),
+  }
 
 
 # --- Device ceilings ------------------------------------------------------------------------------
+
 
 def _platform(device=None) -> str:
   return (device or jax.devices()[0]).platform
 
 
-def matmul_peak_flops(size: int | None = None, dtype: str | None = None, *, steps: int = 20,
-                      warmup: int = 3, device=None) -> dict:
+def matmul_peak_flops(
+  size: int | None = None,
+  dtype: str | None = None,
+  *,
+  steps: int = 20,
+  warmup: int = 3,
+  device=None,
+) -> dict:
   """The device's attainable FLOP/s: one size x size matrix product, 2 * size**3 FLOPs.
 
   Defaults by platform: 8192 bf16 on GPU/TPU, 1024 float32 on CPU (bf16 is emulated there).
@@ -161,13 +187,18 @@ def matmul_peak_flops(size: int | None = None, dtype: str | None = None, *, step
   b = jax.device_put(jax.random.normal(kb, (size, size), dtype), device)
   timing = time_fn(jnp.matmul, (a, b), steps, warmup)
   flops = 2.0 * size**3
-  return {'flops_per_s': flops / (timing['median_ms'] / 1e3), 'size': int(size),
-          'dtype': str(jnp.dtype(dtype)), 'flops': flops,
-          **{k: timing[k] for k in ('median_ms', 'p10_ms', 'p90_ms', 'steps', 'compile_s')}}
+  return {
+    'flops_per_s': flops / (timing['median_ms'] / 1e3),
+    'size': int(size),
+    'dtype': str(jnp.dtype(dtype)),
+    'flops': flops,
+    **{k: timing[k] for k in ('median_ms', 'p10_ms', 'p90_ms', 'steps', 'compile_s')},
+  }
 
 
-def memory_bandwidth(num_bytes: int | None = None, *, steps: int = 20, warmup: int = 3,
-                     device=None) -> dict:
+def memory_bandwidth(
+  num_bytes: int | None = None, *, steps: int = 20, warmup: int = 3, device=None
+) -> dict:
   """The device's attainable memory bandwidth: `x + 1` in place on a float32 array of `num_bytes`.
 
   Each call reads and writes the array once: 2 * num_bytes moved. Defaults: 64 MiB on CPU,
@@ -183,16 +214,20 @@ def memory_bandwidth(num_bytes: int | None = None, *, steps: int = 20, warmup: i
   add_one = jax.jit(lambda v: v + 1.0, donate_argnums=0)
   timing = time_fn(add_one, (x,), steps, warmup, next_args=lambda args, out: (out,))
   moved = 2.0 * 4 * n
-  return {'bytes_per_s': moved / (timing['median_ms'] / 1e3), 'num_bytes': 4 * n,
-          'bytes_moved': moved, 'dtype': 'float32',
-          **{k: timing[k] for k in ('median_ms', 'p10_ms', 'p90_ms', 'steps', 'compile_s')}}
+  return {
+    'bytes_per_s': moved / (timing['median_ms'] / 1e3),
+    'num_bytes': 4 * n,
+    'bytes_moved': moved,
+    'dtype': 'float32',
+    **{k: timing[k] for k in ('median_ms', 'p10_ms', 'p90_ms', 'steps', 'compile_s')},
+  }
 
 
 def datasheet_peak(device_kind: str) -> dict | None:
   """The data-sheet dense bf16 peak of a device kind: {'name', 'bf16_dense_flops_per_s',
   'device_kind'}, or None where the table has no entry (CPUs, GH200, the NVL parts, others)."""
   kind = device_kind.lower()
-  if 'nvl' in kind or 'gh200' in kind:   # other clocks and power than the parts in the table
+  if 'nvl' in kind or 'gh200' in kind:  # other clocks and power than the parts in the table
     return None
   if 'h100' in kind:
     name = 'H100 PCIe' if 'pcie' in kind else 'H100 SXM'
@@ -202,8 +237,11 @@ def datasheet_peak(device_kind: str) -> dict | None:
     name = 'A100'
   else:
     return None
-  return {'name': name, 'bf16_dense_flops_per_s': DATASHEET_BF16_DENSE_TFLOPS[name] * 1e12,
-          'device_kind': device_kind}
+  return {
+    'name': name,
+    'bf16_dense_flops_per_s': DATASHEET_BF16_DENSE_TFLOPS[name] * 1e12,
+    'device_kind': device_kind,
+  }
 
 
 def peak_bytes_in_use(device=None) -> int | None:
@@ -214,7 +252,7 @@ def peak_bytes_in_use(device=None) -> int | None:
   device = device or jax.devices()[0]
   try:
     stats = device.memory_stats()
-  except Exception:   # pylint: disable=broad-except
+  except Exception:  # pylint: disable=broad-except
     return None
   if not stats or 'peak_bytes_in_use' not in stats:
     return None
@@ -222,6 +260,7 @@ def peak_bytes_in_use(device=None) -> int | None:
 
 
 # --- Model FLOPs: XLA's count and by hand -------------------------------------------------------
+
 
 def model_flops_per_image(model: flax.linen.Module, height: int, width: int) -> float:
   """Forward FLOPs of one image at eval, from XLA's cost analysis of the lowered graph.
@@ -232,7 +271,8 @@ def model_flops_per_image(model: flax.linen.Module, height: int, width: int) -> 
   """
   images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False))
+    lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False)
+  )
   lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images)
   return float(_cost(lowered.cost_analysis())['flops'])
 
@@ -243,9 +283,14 @@ def _conv_taps(size: int, kernel: int) -> int:
   return sum(min(i + half, size - 1) - max(i - half, 0) + 1 for i in range(size))
 
 
-def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, width: int, *,
-                         num_classes: int = classes.PAPER_TABLE.num_classes,
-                         count_padding_taps: bool = True) -> dict[str, float]:
+def conv_flops_per_image(
+  model_config: ml_collections.ConfigDict,
+  height: int,
+  width: int,
+  *,
+  num_classes: int = classes.PAPER_TABLE.num_classes,
+  count_padding_taps: bool = True,
+) -> dict[str, float]:
   """Forward FLOPs of the convolutions of one image, by hand (2 per multiply-add).
 
   The input is padded to a multiple of 2**num_levels first, as the model does. A k x k SAME
@@ -254,7 +299,7 @@ def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, w
   adds, pooling, BatchNorm, softmax) is left out. Returns {'total': ..., per-part subtotals}.
   """
   m = model_config
-  multiple = 2 ** m.num_levels
+  multiple = 2**m.num_levels
   h, w = height + (-height % multiple), width + (-width % multiple)
   parts: dict[str, float] = {}
 
@@ -271,7 +316,7 @@ def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, w
       cin = features
     return cin
 
-  width_at = lambda level: m.base_width * 2 ** level
+  width_at = lambda level: m.base_width * 2**level
   cin = 3
   for level in range(m.num_levels):
     cin = stage(f'encoder{level}', cin, width_at(level), h >> level, w >> level)
@@ -290,8 +335,10 @@ def conv_flops_per_image(model_config: ml_collections.ConfigDict, height: int, w
 
 # --- Steps ----------------------------------------------------------------------------------------
 
-def with_overrides(config: ml_collections.ConfigDict,
-                   **model_overrides) -> ml_collections.ConfigDict:
+
+def with_overrides(
+  config: ml_collections.ConfigDict, **model_overrides
+) -> ml_collections.ConfigDict:
   """A copy of `config` with some `config.model` fields changed (the caller's is untouched)."""
   config = config.copy_and_resolve_references()
   for key, value in model_overrides.items():
@@ -299,15 +346,18 @@ def with_overrides(config: ml_collections.ConfigDict,
   return config
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0,
-                    device=None) -> dict[str, jax.Array]:
+def synthetic_batch(
+  config: ml_collections.ConfigDict, batch_size: int, seed: int = 0, device=None
+) -> dict[str, jax.Array]:
   """Random uint8 images and label maps of the configured size, placed on the device."""
   rng = np.random.default_rng(seed)
   size = config.data.image_size
-  batch = {'image': rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-           'label_map': rng.integers(0, classes.table_of(config.data).num_classes,
-                                     (batch_size, size, size),
-                                     dtype=np.uint8)}
+  batch = {
+    'image': rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+    'label_map': rng.integers(
+      0, classes.table_of(config.data).num_classes, (batch_size, size, size), dtype=np.uint8
+    ),
+  }
   return jax.device_put(batch, device or jax.devices()[0])
 
 
@@ -322,18 +372,19 @@ def _summary(timing: dict, batch_size: int, peak_flops_per_s: float | None, devi
   achieved = flops / seconds if flops else None
   datasheet = datasheet_peak(device.device_kind)
   return {
-      'images_per_s': batch_size / seconds,
-      'ms_per_step': timing['median_ms'],
-      'flops_per_step': flops,
-      'flops_per_image': flops / batch_size if flops else None,
-      'flops_source': 'compiled' if use_compiled else 'lowered',
-      'flops_per_s': achieved,
-      'mfu': achieved / peak_flops_per_s if achieved and peak_flops_per_s else None,
-      # Against the bf16 peak for every dtype: float32 steps (TF32 convolutions) score lower.
-      'mfu_datasheet': (achieved / datasheet['bf16_dense_flops_per_s']
-                        if achieved and datasheet else None),
-      'peak_bytes_in_use': peak_bytes_in_use(device),
-      'timing': timing,
+    'images_per_s': batch_size / seconds,
+    'ms_per_step': timing['median_ms'],
+    'flops_per_step': flops,
+    'flops_per_image': flops / batch_size if flops else None,
+    'flops_source': 'compiled' if use_compiled else 'lowered',
+    'flops_per_s': achieved,
+    'mfu': achieved / peak_flops_per_s if achieved and peak_flops_per_s else None,
+    # Against the bf16 peak for every dtype: float32 steps (TF32 convolutions) score lower.
+    'mfu_datasheet': (
+      achieved / datasheet['bf16_dense_flops_per_s'] if achieved and datasheet else None
+    ),
+    'peak_bytes_in_use': peak_bytes_in_use(device),
+    'timing': timing,
   }
 
 
@@ -343,9 +394,16 @@ def initial_state(config: ml_collections.ConfigDict, model, tx, device) -> train
   return jax.jit(init, out_shardings=jax.sharding.SingleDeviceSharding(device))(config.seed)
 
 
-def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
-                         steps: int, warmup: int, *, peak_flops_per_s: float | None = None,
-                         device=None) -> dict:
+def benchmark_train_step(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  dtype: str,
+  steps: int,
+  warmup: int,
+  *,
+  peak_flops_per_s: float | None = None,
+  device=None,
+) -> dict:
   """Times `train.train_step` (forward, backward, Adam) on synthetic batches on one device.
 
   The state is donated and threaded through the steps, as in training. `peak_flops_per_s`
@@ -361,16 +419,29 @@ def benchmark_train_step(config: ml_collections.ConfigDict, batch_size: int, dty
   batch = synthetic_batch(config, batch_size, config.seed, device)
   step = jax.jit(train.make_train_step(config), donate_argnums=0)
   num_params = models.count_params(state.params)
-  timing = time_fn(step, (state, batch), steps, warmup,
-                   next_args=lambda args, out: (out[0], args[1]))
-  return {'mode': 'train', 'batch_size': int(batch_size), 'dtype': dtype,
-          'image_size': int(config.data.image_size), 'num_params': num_params,
-          **_summary(timing, batch_size, peak_flops_per_s, device)}
+  timing = time_fn(
+    step, (state, batch), steps, warmup, next_args=lambda args, out: (out[0], args[1])
+  )
+  return {
+    'mode': 'train',
+    'batch_size': int(batch_size),
+    'dtype': dtype,
+    'image_size': int(config.data.image_size),
+    'num_params': num_params,
+    **_summary(timing, batch_size, peak_flops_per_s, device),
+  }
 
 
-def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtype: str,
-                        steps: int, warmup: int, *, peak_flops_per_s: float | None = None,
-                        device=None) -> dict:
+def benchmark_inference(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  dtype: str,
+  steps: int,
+  warmup: int,
+  *,
+  peak_flops_per_s: float | None = None,
+  device=None,
+) -> dict:
   """Times prediction (normalise, forward at eval, softmax, decoding; `config.eval.tta` and
   `config.eval.decode` honoured)."""
   device = device or jax.devices()[0]
@@ -380,23 +451,36 @@ def benchmark_inference(config: ml_collections.ConfigDict, batch_size: int, dtyp
   model = models.model_for(config)
   size = config.data.image_size
   table = classes.table_of(config.data)
-  variables = train.variables_of(initial_state(config, model, train.make_optimizer(
-      config.train, 1, 1), device))
+  variables = train.variables_of(
+    initial_state(config, model, train.make_optimizer(config.train, 1, 1), device)
+  )
 
   def predict(variables, images):
-    probs = probabilities.predict_probs(model, variables, images, config.data, config.eval.tta,
-                                   config.eval.tta_rotations)
+    probs = probabilities.predict_probs(
+      model, variables, images, config.data, config.eval.tta, config.eval.tta_rotations
+    )
     return decoding.decode(probs, table, config.eval.decode).astype(jnp.uint8)
 
   images = synthetic_batch(config, batch_size, config.seed, device)['image']
   timing = time_fn(predict, (variables, images), steps, warmup)
-  return {'mode': 'infer', 'batch_size': int(batch_size), 'dtype': dtype,
-          'image_size': int(size), 'num_params': models.count_params(variables['params']),
-          **_summary(timing, batch_size, peak_flops_per_s, device)}
+  return {
+    'mode': 'infer',
+    'batch_size': int(batch_size),
+    'dtype': dtype,
+    'image_size': int(size),
+    'num_params': models.count_params(variables['params']),
+    **_summary(timing, batch_size, peak_flops_per_s, device),
+  }
 
 
-def benchmark_input(config: ml_collections.ConfigDict, num_workers: int, num_batches: int, *,
-                    warmup_batches: int = 3, datasets=None) -> float:
+def benchmark_input(
+  config: ml_collections.ConfigDict,
+  num_workers: int,
+  num_batches: int,
+  *,
+  warmup_batches: int = 3,
+  datasets=None,
+) -> float:
   """Augmented training images per second from the input pipeline alone (no model).
 
   `num_workers` grain worker processes (0: in this process), `config.input.read_threads`
@@ -415,7 +499,7 @@ def benchmark_input(config: ml_collections.ConfigDict, num_workers: int, num_bat
       next(it)
     seconds = time.perf_counter() - start
   finally:
-    del it   # stops the worker processes
+    del it  # stops the worker processes
   return num_batches * config.train.batch_size / seconds
 
 
@@ -439,17 +523,30 @@ def conv_layers(config: ml_collections.ConfigDict, batch_size: int) -> list[dict
     if isinstance(module, flax.linen.Conv) and context.method_name == '__call__':
       strides = module.strides or 1
       strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
-      key = (tuple(args[0].shape), int(module.features), tuple(module.kernel_size), strides,
-             _padding_key(module.padding))
+      key = (
+        tuple(args[0].shape),
+        int(module.features),
+        tuple(module.kernel_size),
+        strides,
+        _padding_key(module.padding),
+      )
       seen[key] = seen.get(key, 0) + 1
     return next_fun(*args, **kwargs)
 
   images = jnp.zeros((batch_size, size, size, 3), jnp.float32)
   with flax.linen.intercept_methods(record):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-  return [{'input_shape': list(shape), 'features': features, 'kernel_size': list(kernel),
-           'strides': list(strides), 'padding': padding, 'count': count}
-          for (shape, features, kernel, strides, padding), count in seen.items()]
+  return [
+    {
+      'input_shape': list(shape),
+      'features': features,
+      'kernel_size': list(kernel),
+      'strides': list(strides),
+      'padding': padding,
+      'count': count,
+    }
+    for (shape, features, kernel, strides, padding), count in seen.items()
+  ]
 
 
 def _padding_key(padding) -> str | tuple:
@@ -469,8 +566,9 @@ def conv_flops(layer: dict) -> float:
   return 2.0 * batch * out_h * out_w * taps * channels * layer['features']
 
 
-def benchmark_conv(layer: dict, steps: int, warmup: int, dtype: str = 'float32',
-                   device=None) -> dict[str, float]:
+def benchmark_conv(
+  layer: dict, steps: int, warmup: int, dtype: str = 'float32', device=None
+) -> dict[str, float]:
   """Median ms of one conv's forward, input-gradient and kernel-gradient passes, each jitted
   alone, as XLA compiles them inside the train step (same shapes, NHWC, HWIO kernels)."""
   device = device or jax.devices()[0]
@@ -481,35 +579,50 @@ def benchmark_conv(layer: dict, steps: int, warmup: int, dtype: str = 'float32',
   kernel = jax.device_put(jnp.asarray(rng.normal(size=kernel_shape) * 0.1, dtype), device)
 
   def conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, tuple(layer['strides']), layer['padding'],
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      tuple(layer['strides']),
+      layer['padding'],
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
 
   dy = jax.device_put(jnp.ones(jax.eval_shape(conv, x, kernel).shape, dtype), device)
   passes = {
-      'forward': (conv, (x, kernel)),
-      'input_grad': (lambda k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0], (kernel, dy)),
-      'kernel_grad': (lambda x_, g: jax.vjp(lambda k: conv(x_, k), kernel)[1](g)[0], (x, dy)),
+    'forward': (conv, (x, kernel)),
+    'input_grad': (lambda k, g: jax.vjp(lambda x_: conv(x_, k), x)[1](g)[0], (kernel, dy)),
+    'kernel_grad': (lambda x_, g: jax.vjp(lambda k: conv(x_, k), kernel)[1](g)[0], (x, dy)),
   }
-  return {name: time_fn(fn, args, steps, warmup)['median_ms']
-          for name, (fn, args) in passes.items()}
+  return {
+    name: time_fn(fn, args, steps, warmup)['median_ms'] for name, (fn, args) in passes.items()
+  }
 
 
 # --- Reports --------------------------------------------------------------------------------------
+
 
 def environment(device=None) -> dict[str, Any]:
   """What the numbers were measured on: device, platform, library versions, date (UTC)."""
   device = device or jax.devices()[0]
   return {
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'device_kind': device.device_kind, 'platform': device.platform,
-      'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
-      'python': platform.python_version(), 'jax': jax.__version__,
-      'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
-      'numpy': np.__version__,
-      # Other work on the machine skews CPU timings (PyTorch's OpenMP threads most of all).
-      'load_average_1min': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
-      'env': {k: os.environ[k] for k in ('XLA_FLAGS', 'XLA_PYTHON_CLIENT_PREALLOCATE',
-                                         'XLA_PYTHON_CLIENT_MEM_FRACTION') if k in os.environ},
+    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    'device_kind': device.device_kind,
+    'platform': device.platform,
+    'device_count': jax.device_count(),
+    'cpu_count': os.cpu_count(),
+    'python': platform.python_version(),
+    'jax': jax.__version__,
+    'jaxlib': jaxlib.__version__,
+    'flax': flax.__version__,
+    'optax': optax.__version__,
+    'numpy': np.__version__,
+    # Other work on the machine skews CPU timings (PyTorch's OpenMP threads most of all).
+    'load_average_1min': os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
+    'env': {
+      k: os.environ[k]
+      for k in ('XLA_FLAGS', 'XLA_PYTHON_CLIENT_PREALLOCATE', 'XLA_PYTHON_CLIENT_MEM_FRACTION')
+      if k in os.environ
+    },
   }
 
 
@@ -518,47 +631,66 @@ def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   size = config.data.image_size
   num_classes = classes.table_of(config.data).num_classes
   model = models.create_model(config.model, num_classes)
-  return {'image_size': int(size),
-          'forward_xla': model_flops_per_image(model, size, size),
-          'forward_convs_dense': conv_flops_per_image(config.model, size, size,
-                                                      num_classes=num_classes)['total'],
-          'forward_convs_exact': conv_flops_per_image(
-              config.model, size, size, num_classes=num_classes,
-              count_padding_taps=False)['total']}
+  return {
+    'image_size': int(size),
+    'forward_xla': model_flops_per_image(model, size, size),
+    'forward_convs_dense': conv_flops_per_image(config.model, size, size, num_classes=num_classes)[
+      'total'
+    ],
+    'forward_convs_exact': conv_flops_per_image(
+      config.model, size, size, num_classes=num_classes, count_padding_taps=False
+    )['total'],
+  }
 
 
-def add_torch_flops(results: Sequence[dict], peak_flops_per_s: float | None,
-                    datasheet_flops_per_s: float | None = None) -> None:
+def add_torch_flops(
+  results: Sequence[dict],
+  peak_flops_per_s: float | None,
+  datasheet_flops_per_s: float | None = None,
+) -> None:
   """Gives each PyTorch row the FLOPs XLA counted for the same JAX step, hence its MFUs.
 
   The two models are the same network (equal parameter counts), so the same work per image.
   """
-  jax_rows = {(r['mode'], r['batch_size'], r['dtype']): r for r in results
-              if r.get('flops_per_image') and 'dtype' in r}
+  jax_rows = {
+    (r['mode'], r['batch_size'], r['dtype']): r
+    for r in results
+    if r.get('flops_per_image') and 'dtype' in r
+  }
   for r in results:
     if not r['mode'].startswith('torch_') or 'images_per_s' not in r:
       continue
-    twin = jax_rows.get((r['mode'][len('torch_'):], r['batch_size'], r['dtype']))
+    twin = jax_rows.get((r['mode'][len('torch_') :], r['batch_size'], r['dtype']))
     if twin is not None:
       r['flops_per_image'] = twin['flops_per_image']
       r['flops_per_s'] = twin['flops_per_image'] * r['images_per_s']
       r['mfu'] = r['flops_per_s'] / peak_flops_per_s if peak_flops_per_s else None
-      r['mfu_datasheet'] = (r['flops_per_s'] / datasheet_flops_per_s
-                            if datasheet_flops_per_s else None)
+      r['mfu_datasheet'] = (
+        r['flops_per_s'] / datasheet_flops_per_s if datasheet_flops_per_s else None
+      )
 
 
 def speed_ratios(results: Sequence[dict]) -> list[dict]:
   """JAX over PyTorch images/s for every (mode, batch size, dtype) measured by both."""
-  by_key = {(r['mode'], r['batch_size'], r['dtype']): r for r in results
-            if 'images_per_s' in r and 'dtype' in r}
+  by_key = {
+    (r['mode'], r['batch_size'], r['dtype']): r
+    for r in results
+    if 'images_per_s' in r and 'dtype' in r
+  }
   ratios = []
   for (mode, batch_size, dtype), r in by_key.items():
     other = by_key.get((f'torch_{mode}', batch_size, dtype))
     if other is not None:
-      ratios.append({'mode': mode, 'batch_size': batch_size, 'dtype': dtype,
-                     'jax_images_per_s': r['images_per_s'],
-                     'torch_images_per_s': other['images_per_s'],
-                     'jax_over_torch': r['images_per_s'] / other['images_per_s']})
+      ratios.append(
+        {
+          'mode': mode,
+          'batch_size': batch_size,
+          'dtype': dtype,
+          'jax_images_per_s': r['images_per_s'],
+          'torch_images_per_s': other['images_per_s'],
+          'jax_over_torch': r['images_per_s'] / other['images_per_s'],
+        }
+      )
   return ratios
 
 
@@ -571,56 +703,73 @@ def _fmt(value, width: int, scale: float = 1.0) -> str:
 def format_report(report: dict) -> str:
   """The report of tools/benchmark.py as text tables."""
   env, lines = report['environment'], []
-  lines.append(f"{env['device_kind']} ({env['platform']}), jax {env['jax']}, {env['date']}")
+  lines.append(f'{env["device_kind"]} ({env["platform"]}), jax {env["jax"]}, {env["date"]}')
   mm, bw = report['ceilings'].get('matmul'), report['ceilings'].get('memory_bandwidth')
   if mm:
-    lines.append(f"matmul peak: {mm['flops_per_s'] / 1e12:.3f} TFLOP/s "
-                 f"({mm['size']}x{mm['size']} {mm['dtype']}, {mm['median_ms']:.2f} ms)")
+    lines.append(
+      f'matmul peak: {mm["flops_per_s"] / 1e12:.3f} TFLOP/s '
+      f'({mm["size"]}x{mm["size"]} {mm["dtype"]}, {mm["median_ms"]:.2f} ms)'
+    )
   if bw:
-    lines.append(f"memory bandwidth: {bw['bytes_per_s'] / 1e9:.1f} GB/s "
-                 f"({bw['num_bytes'] / 2**20:.0f} MiB x+1 in place, {bw['median_ms']:.2f} ms)")
+    lines.append(
+      f'memory bandwidth: {bw["bytes_per_s"] / 1e9:.1f} GB/s '
+      f'({bw["num_bytes"] / 2**20:.0f} MiB x+1 in place, {bw["median_ms"]:.2f} ms)'
+    )
   if 'datasheet' in report['ceilings']:
     ds = report['ceilings']['datasheet']
-    lines.append(f"data-sheet dense bf16 peak: {ds['bf16_dense_flops_per_s'] / 1e12:.0f} TFLOP/s "
-                 f"({ds['name']}; MFU ds)" if ds else
-                 f"data-sheet dense bf16 peak: none for {env['device_kind']!r} (MFU ds '-')")
+    lines.append(
+      f'data-sheet dense bf16 peak: {ds["bf16_dense_flops_per_s"] / 1e12:.0f} TFLOP/s '
+      f'({ds["name"]}; MFU ds)'
+      if ds
+      else f"data-sheet dense bf16 peak: none for {env['device_kind']!r} (MFU ds '-')"
+    )
   f = report.get('model_flops')
   if f:
-    lines.append(f"forward GFLOP/image at {f['image_size']}: XLA {_fmt(f['forward_xla'], 0, 1e9)}, "
-                 f"convs by hand {_fmt(f['forward_convs_exact'], 0, 1e9)} (inside the image) / "
-                 f"{_fmt(f['forward_convs_dense'], 0, 1e9)} (all taps)")
-  header = (f"{'mode':<12}{'batch':>6} {'dtype':<9}{'images/s':>10}{'ms/step':>10}"
-            f"{'p10 ms':>10}{'p90 ms':>10}{'compile s':>10}{'GFLOP/img':>10}{'TFLOP/s':>9}"
-            f"{'MFU':>7}{'MFU ds':>7}{'peak MiB':>10}")
+    lines.append(
+      f'forward GFLOP/image at {f["image_size"]}: XLA {_fmt(f["forward_xla"], 0, 1e9)}, '
+      f'convs by hand {_fmt(f["forward_convs_exact"], 0, 1e9)} (inside the image) / '
+      f'{_fmt(f["forward_convs_dense"], 0, 1e9)} (all taps)'
+    )
+  header = (
+    f'{"mode":<12}{"batch":>6} {"dtype":<9}{"images/s":>10}{"ms/step":>10}'
+    f'{"p10 ms":>10}{"p90 ms":>10}{"compile s":>10}{"GFLOP/img":>10}{"TFLOP/s":>9}'
+    f'{"MFU":>7}{"MFU ds":>7}{"peak MiB":>10}'
+  )
   rows = [r for r in report['results'] if r['mode'] != 'input']
   if rows:
     lines += ['', header, '-' * len(header)]
   for r in rows:
     if 'error' in r or 'skipped' in r:
-      why = r['error'] if 'error' in r else f"skipped: {r['skipped']}"
-      lines.append(f"{r['mode']:<12}{r['batch_size']:>6} {r['dtype']:<9}  {why[:90]}")
+      why = r['error'] if 'error' in r else f'skipped: {r["skipped"]}'
+      lines.append(f'{r["mode"]:<12}{r["batch_size"]:>6} {r["dtype"]:<9}  {why[:90]}')
       continue
     t = r['timing']
     # JAX: lowering + XLA compilation; PyTorch: the first step (torch.compile's, if on).
     compile_s = t['lower_s'] + t['compile_s'] if 'lower_s' in t else t.get('first_step_s')
     lines.append(
-        f"{r['mode']:<12}{r['batch_size']:>6} {r['dtype']:<9}{_fmt(r['images_per_s'], 10)}"
-        f"{_fmt(r['ms_per_step'], 10)}{_fmt(t['p10_ms'], 10)}{_fmt(t['p90_ms'], 10)}"
-        f"{_fmt(compile_s, 10)}{_fmt(r.get('flops_per_image'), 10, 1e9)}"
-        f"{_fmt(r.get('flops_per_s'), 9, 1e12)}{_fmt(r.get('mfu'), 7)}"
-        f"{_fmt(r.get('mfu_datasheet'), 7)}"
-        f"{_fmt(r.get('peak_bytes_in_use'), 10, 2**20)}")
+      f'{r["mode"]:<12}{r["batch_size"]:>6} {r["dtype"]:<9}{_fmt(r["images_per_s"], 10)}'
+      f'{_fmt(r["ms_per_step"], 10)}{_fmt(t["p10_ms"], 10)}{_fmt(t["p90_ms"], 10)}'
+      f'{_fmt(compile_s, 10)}{_fmt(r.get("flops_per_image"), 10, 1e9)}'
+      f'{_fmt(r.get("flops_per_s"), 9, 1e12)}{_fmt(r.get("mfu"), 7)}'
+      f'{_fmt(r.get("mfu_datasheet"), 7)}'
+      f'{_fmt(r.get("peak_bytes_in_use"), 10, 2**20)}'
+    )
   inputs = [r for r in report['results'] if r['mode'] == 'input']
   if inputs:
-    lines += ['', f"{'input workers':<14}{'batch':>6}{'images/s':>10}"]
+    lines += ['', f'{"input workers":<14}{"batch":>6}{"images/s":>10}']
     for r in inputs:
-      value = (_fmt(r['images_per_s'], 10) if 'images_per_s' in r else
-               '  ' + r.get('error', f"skipped: {r.get('skipped')}")[:90])
-      lines.append(f"{r['num_workers']:<14}{r['batch_size']:>6}{value}")
+      value = (
+        _fmt(r['images_per_s'], 10)
+        if 'images_per_s' in r
+        else '  ' + r.get('error', f'skipped: {r.get("skipped")}')[:90]
+      )
+      lines.append(f'{r["num_workers"]:<14}{r["batch_size"]:>6}{value}')
   for ratio in report.get('ratios', []):
-    lines.append(f"JAX/PyTorch {ratio['mode']} batch {ratio['batch_size']} {ratio['dtype']}: "
-                 f"{ratio['jax_over_torch']:.2f}x ({_fmt(ratio['jax_images_per_s'], 0)} vs "
-                 f"{_fmt(ratio['torch_images_per_s'], 0)} images/s)")
+    lines.append(
+      f'JAX/PyTorch {ratio["mode"]} batch {ratio["batch_size"]} {ratio["dtype"]}: '
+      f'{ratio["jax_over_torch"]:.2f}x ({_fmt(ratio["jax_images_per_s"], 0)} vs '
+      f'{_fmt(ratio["torch_images_per_s"], 0)} images/s)'
+    )
   for note in report.get('notes', []):
     lines.append(f'note: {note}')
   return '\n'.join(lines)

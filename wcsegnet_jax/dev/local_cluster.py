@@ -17,7 +17,7 @@ import time
 from typing import Sequence, TextIO
 
 MAIN_COMMAND = (sys.executable, '-m', 'wcsegnet_jax.main')
-STOP_GRACE_SECONDS = 10   # after SIGTERM (a run saves and exits), before SIGKILL
+STOP_GRACE_SECONDS = 10  # after SIGTERM (a run saves and exits), before SIGKILL
 
 
 def free_port() -> int:
@@ -29,8 +29,11 @@ def free_port() -> int:
 
 def process_args(process_id: int, num_processes: int, port: int) -> list[str]:
   """The flags that make a process of `wcsegnet_jax.main` process `process_id` of the run."""
-  return [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
-          f'--process_id={process_id}']
+  return [
+    f'--coordinator_address=127.0.0.1:{port}',
+    f'--num_processes={num_processes}',
+    f'--process_id={process_id}',
+  ]
 
 
 def _exit_status(returncode: int) -> int:
@@ -92,10 +95,17 @@ def _wait(procs: Sequence[subprocess.Popen], deadline: float | None) -> int | No
   return next((i for i, p in enumerate(procs) if p.returncode != 0), None)
 
 
-def run(num_processes: int, args: Sequence[str], port: int | None = None,
-        command: Sequence[str] = MAIN_COMMAND, out: TextIO | None = None,
-        env: dict[str, str] | None = None, cwd: str | None = None,
-        grace: float = STOP_GRACE_SECONDS, timeout: float | None = None) -> int:
+def run(
+  num_processes: int,
+  args: Sequence[str],
+  port: int | None = None,
+  command: Sequence[str] = MAIN_COMMAND,
+  out: TextIO | None = None,
+  env: dict[str, str] | None = None,
+  cwd: str | None = None,
+  grace: float = STOP_GRACE_SECONDS,
+  timeout: float | None = None,
+) -> int:
   """Runs `command ARGS COORDINATOR_FLAGS` as processes 0..num_processes-1; returns 0 when all
   succeed, else the exit status of the first to fail (the others are stopped: SIGTERM, then
   SIGKILL after `grace` seconds). Ctrl-C or SIGTERM stops them all (status 130), as does
@@ -104,45 +114,62 @@ def run(num_processes: int, args: Sequence[str], port: int | None = None,
     raise ValueError(f'num_processes must be at least 1, not {num_processes}')
   out = out or sys.stdout
   port = port or free_port()
-  env = {**os.environ, **(env or {}),
-         # gloo: JAX's CPU collectives across processes (harmless for GPU and TPU runs).
-         'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
+  env = {
+    **os.environ,
+    **(env or {}),
+    # gloo: JAX's CPU collectives across processes (harmless for GPU and TPU runs).
+    'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
+  }
   printer, procs, readers = _Printer(out), [], []
   message = None
   # SIGTERM (a scheduler's or `kill`'s stop) to this tool stops the processes as Ctrl-C does;
   # they run in sessions of their own, so would otherwise go on without it.
-  previous = (signal.signal(signal.SIGTERM, _raise_interrupt)
-              if threading.current_thread() is threading.main_thread() else None)
+  previous = (
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if threading.current_thread() is threading.main_thread()
+    else None
+  )
   try:
     for i in range(num_processes):
-      procs.append(subprocess.Popen(
-          [*command, *args, *process_args(i, num_processes, port)], cwd=cwd, env=env,
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors='replace',
-          start_new_session=True))   # its own group: stopping it stops its workers too
-      readers.append(threading.Thread(target=printer.copy, args=(f'[{i}] ', procs[-1].stdout),
-                                      daemon=True))
+      procs.append(
+        subprocess.Popen(
+          [*command, *args, *process_args(i, num_processes, port)],
+          cwd=cwd,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+          errors='replace',
+          start_new_session=True,
+        )
+      )  # its own group: stopping it stops its workers too
+      readers.append(
+        threading.Thread(target=printer.copy, args=(f'[{i}] ', procs[-1].stdout), daemon=True)
+      )
       readers[-1].start()
     failed = _wait(procs, None if timeout is None else time.monotonic() + timeout)
     status = 0
     if failed is not None:
       _stop(procs, signal.SIGTERM, grace)
       status = _exit_status(procs[failed].returncode)
-      message = (f'local_cluster: process {failed} of {num_processes} failed (exit status '
-                 f'{status}); stopped the others\n')
+      message = (
+        f'local_cluster: process {failed} of {num_processes} failed (exit status '
+        f'{status}); stopped the others\n'
+      )
   except TimeoutError:
     _stop(procs, signal.SIGTERM, grace)
     status = 124
     message = f'local_cluster: stopped all {num_processes} processes after {timeout} s\n'
   except KeyboardInterrupt:
-    _stop(procs, signal.SIGTERM, grace)   # what a run stops on whatever its SIGINT handling
+    _stop(procs, signal.SIGTERM, grace)  # what a run stops on whatever its SIGINT handling
     status = 128 + signal.SIGINT
   finally:
-    _stop(procs, signal.SIGKILL, 0)   # none is left behind, whatever happened above
+    _stop(procs, signal.SIGKILL, 0)  # none is left behind, whatever happened above
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
     for reader in readers:
       reader.join(timeout=5)
-  if message:   # after the processes' last lines
+  if message:  # after the processes' last lines
     out.write(message)
     out.flush()
   return status

@@ -25,10 +25,11 @@ MISSED = 'missed'
 @dataclasses.dataclass
 class FieldOutcome:
   """One field's predicted cells matched to its typed ones."""
+
   file: str
   true_types: list[str]
-  matched_types: list[str | None]   # per true cell: the type of its match, None if missed
-  matched_confidence: list[float | None]   # and the confidence of that type
+  matched_types: list[str | None]  # per true cell: the type of its match, None if missed
+  matched_confidence: list[float | None]  # and the confidence of that type
   false_cells: int
   extra_in_box: int
   predicted_cells: int
@@ -40,38 +41,50 @@ def _box_centre(cell: cells.Cell) -> tuple[float, float]:
   return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-def _inside_boxes(field: typed_fields.TypedField, found: Sequence[cells.Cell]
-                  ) -> list[list[cells.Cell]]:
+def _inside_boxes(
+  field: typed_fields.TypedField, found: Sequence[cells.Cell]
+) -> list[list[cells.Cell]]:
   """Per true cell: the found cells whose box centre lies in its box."""
   return [[c for c in found if truth.holds(*_box_centre(c))] for truth in field.cells]
 
 
-def matched_cells(field: typed_fields.TypedField, found: Sequence[cells.Cell]
-                  ) -> list[cells.Cell | None]:
+def matched_cells(
+  field: typed_fields.TypedField, found: Sequence[cells.Cell]
+) -> list[cells.Cell | None]:
   """Per true cell: its match among `found` (the largest nucleus of those inside its box), or
   None where it was missed."""
-  return [max(cands, key=lambda c: c.nucleus_area_px) if cands else None
-          for cands in _inside_boxes(field, found)]
+  return [
+    max(cands, key=lambda c: c.nucleus_area_px) if cands else None
+    for cands in _inside_boxes(field, found)
+  ]
 
 
-def match_field(field: typed_fields.TypedField, found: Sequence[cells.Cell],
-                type_names: Sequence[str], scale: float = 1.0) -> FieldOutcome:
+def match_field(
+  field: typed_fields.TypedField,
+  found: Sequence[cells.Cell],
+  type_names: Sequence[str],
+  scale: float = 1.0,
+) -> FieldOutcome:
   """Matches `found` (boxes in the field's own pixels, types by class id into `type_names`)
   to the field's typed cells."""
   inside = _inside_boxes(field, found)
   matched = matched_cells(field, found)
   in_any = {id(c) for cands in inside for c in cands}
   return FieldOutcome(
-      file=field.path.name, true_types=[c.cell_type for c in field.cells],
-      matched_types=[None if m is None else type_names[m.class_id] for m in matched],
-      matched_confidence=[None if m is None else float(m.confidence) for m in matched],
-      false_cells=sum(id(c) not in in_any for c in found),
-      extra_in_box=sum(len(cands) - 1 for cands in inside if cands),
-      predicted_cells=len(found), scale=float(scale))
+    file=field.path.name,
+    true_types=[c.cell_type for c in field.cells],
+    matched_types=[None if m is None else type_names[m.class_id] for m in matched],
+    matched_confidence=[None if m is None else float(m.confidence) for m in matched],
+    false_cells=sum(id(c) not in in_any for c in found),
+    extra_in_box=sum(len(cands) - 1 for cands in inside if cands),
+    predicted_cells=len(found),
+    scale=float(scale),
+  )
 
 
-def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str],
-              uncertain_below: float | None = None) -> dict:
+def summarize(
+  outcomes: Sequence[FieldOutcome], cell_types: Sequence[str], uncertain_below: float | None = None
+) -> dict:
   """found, exactly_one, false_cells_per_field, type_right (all true cells), type_right_found
   (among found ones), per-type recall, a confusion table {true: {predicted or missed: n}} and
   the calibration of the found cells' confidences (`metrics.calibration`)."""
@@ -86,69 +99,102 @@ def summarize(outcomes: Sequence[FieldOutcome], cell_types: Sequence[str],
     key = MISSED if match is None else match
     confusion[truth][key] = confusion[truth].get(key, 0) + 1
   right = sum(t == m for t, m in pairs)
-  calls = [(c, t == m) for o in outcomes
-           for t, m, c in zip(o.true_types, o.matched_types, o.matched_confidence) if m is not None]
+  calls = [
+    (c, t == m)
+    for o in outcomes
+    for t, m, c in zip(o.true_types, o.matched_types, o.matched_confidence)
+    if m is not None
+  ]
   ratio = lambda a, b: a / b if b else None
   return {
-      'fields': n_fields, 'cells': n_cells,
-      'found': ratio(len(found), n_cells),
-      'exactly_one': ratio(sum(o.predicted_cells == len(o.true_types)
-                               and None not in o.matched_types for o in outcomes), n_fields),
-      'false_cells_per_field': ratio(sum(o.false_cells for o in outcomes), n_fields),
-      'extra_in_box_per_field': ratio(sum(o.extra_in_box for o in outcomes), n_fields),
-      'type_right': ratio(right, n_cells),
-      'type_right_found': ratio(right, len(found)),
-      'type_recall': {t: ratio(row.get(t, 0), sum(row.values())) for t, row in confusion.items()},
-      'confusion': confusion,
-      'calibration': metrics.calibration([c for c, _ in calls], [r for _, r in calls],
-                                         uncertain_below=uncertain_below),
+    'fields': n_fields,
+    'cells': n_cells,
+    'found': ratio(len(found), n_cells),
+    'exactly_one': ratio(
+      sum(o.predicted_cells == len(o.true_types) and None not in o.matched_types for o in outcomes),
+      n_fields,
+    ),
+    'false_cells_per_field': ratio(sum(o.false_cells for o in outcomes), n_fields),
+    'extra_in_box_per_field': ratio(sum(o.extra_in_box for o in outcomes), n_fields),
+    'type_right': ratio(right, n_cells),
+    'type_right_found': ratio(right, len(found)),
+    'type_recall': {t: ratio(row.get(t, 0), sum(row.values())) for t, row in confusion.items()},
+    'confusion': confusion,
+    'calibration': metrics.calibration(
+      [c for c, _ in calls], [r for _, r in calls], uncertain_below=uncertain_below
+    ),
   }
 
 
 def markdown(summary: dict, title: str) -> str:
   """The summary as a short markdown section: the headline figures, then the confusion."""
   fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
-  lines = [f'### {title}', '',
-           f'{summary["fields"]} fields, {summary["cells"]} typed cells', '',
-           '| found | exactly one | false cells / field | type right | type right (found) |',
-           '|---:|---:|---:|---:|---:|',
-           f'| {fmt(summary["found"])} | {fmt(summary["exactly_one"])} | '
-           f'{fmt(summary["false_cells_per_field"])} | {fmt(summary["type_right"])} | '
-           f'{fmt(summary["type_right_found"])} |', '']
+  lines = [
+    f'### {title}',
+    '',
+    f'{summary["fields"]} fields, {summary["cells"]} typed cells',
+    '',
+    '| found | exactly one | false cells / field | type right | type right (found) |',
+    '|---:|---:|---:|---:|---:|',
+    f'| {fmt(summary["found"])} | {fmt(summary["exactly_one"])} | '
+    f'{fmt(summary["false_cells_per_field"])} | {fmt(summary["type_right"])} | '
+    f'{fmt(summary["type_right_found"])} |',
+    '',
+  ]
   calibration = summary.get('calibration') or {}
   if calibration.get('ece') is not None:
     line = f'Confidence: expected calibration error {calibration["ece"]:.3f}'
     if calibration.get('flagged') is not None:
-      line += (f'; {calibration["flagged"]:.0%} of the found cells fall below '
-               f'{calibration["uncertain_below"]:g} (flagged for review), typed right '
-               f'{fmt(calibration["accuracy_flagged"])}, the others '
-               f'{fmt(calibration["accuracy_kept"])}')
+      line += (
+        f'; {calibration["flagged"]:.0%} of the found cells fall below '
+        f'{calibration["uncertain_below"]:g} (flagged for review), typed right '
+        f'{fmt(calibration["accuracy_flagged"])}, the others '
+        f'{fmt(calibration["accuracy_kept"])}'
+      )
     lines += [line + '.', '']
   confusion = summary['confusion']
   if confusion:
     columns = list(next(iter(confusion.values())))
-    lines += ['| true \\ predicted | ' + ' | '.join(columns) + ' | recall |',
-              '|---|' + '---:|' * (len(columns) + 1)]
+    lines += [
+      '| true \\ predicted | ' + ' | '.join(columns) + ' | recall |',
+      '|---|' + '---:|' * (len(columns) + 1),
+    ]
     for truth, row in confusion.items():
-      lines.append(f'| {truth} | ' + ' | '.join(str(row.get(c, 0)) for c in columns)
-                   + f' | {fmt(summary["type_recall"][truth])} |')
+      lines.append(
+        f'| {truth} | '
+        + ' | '.join(str(row.get(c, 0)) for c in columns)
+        + f' | {fmt(summary["type_recall"][truth])} |'
+      )
   return '\n'.join(lines) + '\n'
 
 
-def cells_at_field_scale(probs, table, rules: cells.CellRules, decode: str,
-                         scale: float) -> list[cells.Cell]:
+def cells_at_field_scale(
+  probs, table, rules: cells.CellRules, decode: str, scale: float
+) -> list[cells.Cell]:
   """The cells of a field's probabilities at the training scale (`Segmenter.field`), their
   boxes and centres mapped back to the field's own pixels (divided by `scale`)."""
   found, _ = cells.find_cells(decoding.decode(probs, table, decode), probs, table, rules)
   back = lambda v: v / scale
-  return [dataclasses.replace(
-      c, bbox=tuple(int(round(back(v))) for v in c.bbox),
-      centre=(back(c.centre[0]), back(c.centre[1]))) for c in found]
+  return [
+    dataclasses.replace(
+      c,
+      bbox=tuple(int(round(back(v))) for v in c.bbox),
+      centre=(back(c.centre[0]), back(c.centre[1])),
+    )
+    for c in found
+  ]
 
 
-def score_fields(segment, fields: Sequence[typed_fields.TypedField], scale_of, table,
-                 rules: cells.CellRules, decode: str, progress=None,
-                 typer=None) -> list[FieldOutcome]:
+def score_fields(
+  segment,
+  fields: Sequence[typed_fields.TypedField],
+  scale_of,
+  table,
+  rules: cells.CellRules,
+  decode: str,
+  progress=None,
+  typer=None,
+) -> list[FieldOutcome]:
   """Segments each field with `segment` (a `segmenter.Segmenter`) at `scale_of(image)` and
   matches its cells to the typed ones; with `typer` (`cell_typing.CellTyper`), cells are typed
   by it, as predict types them."""

@@ -30,26 +30,33 @@ from wcsegnet_jax.model import metrics
 # Dice 0.982 on both.
 PAPER_COLUMNS = ('accuracy', 'precision', 'recall', 'dice', 'miou')
 PAPER_TABLE1 = {
-    'jiangxi': (
-        ('U-Net (ReLU)', {}),
-        ('U-Net (LeakyReLU)', {}),
-        ('WCSegNet', {'dice': 0.9653, 'miou': 0.9599}),
-        ('Fan et al. 2019', {'dice': 0.982}),
-    ),
-    'cellavision': (
-        ('U-Net (ReLU)', {}),
-        ('U-Net (LeakyReLU)', {}),
-        ('WCSegNet', {'dice': 0.9662, 'miou': 0.9609}),
-        ('Fan et al. 2019', {'dice': 0.982}),
-    ),
+  'jiangxi': (
+    ('U-Net (ReLU)', {}),
+    ('U-Net (LeakyReLU)', {}),
+    ('WCSegNet', {'dice': 0.9653, 'miou': 0.9599}),
+    ('Fan et al. 2019', {'dice': 0.982}),
+  ),
+  'cellavision': (
+    ('U-Net (ReLU)', {}),
+    ('U-Net (LeakyReLU)', {}),
+    ('WCSegNet', {'dice': 0.9662, 'miou': 0.9609}),
+    ('Fan et al. 2019', {'dice': 0.982}),
+  ),
 }
-COLUMN_TITLES = {'accuracy': 'Accuracy', 'precision': 'Precision', 'recall': 'Recall',
-                 'dice': 'Dice', 'miou': 'mIoU', 'iou': 'IoU'}
+COLUMN_TITLES = {
+  'accuracy': 'Accuracy',
+  'precision': 'Precision',
+  'recall': 'Recall',
+  'dice': 'Dice',
+  'miou': 'mIoU',
+  'iou': 'IoU',
+}
 
 
 # ------------------------------------------------------------------------------------------------
 # Numbers, tables and PNGs: the one way every report, benchmark and tool writes them.
 # ------------------------------------------------------------------------------------------------
+
 
 def format_number(value: Any, digits: int | None = 4, missing: str = 'n/a') -> str:
   """A number as report text: `missing` for None, an integer as it is, else `digits` decimals.
@@ -67,8 +74,9 @@ def format_number(value: Any, digits: int | None = 4, missing: str = 'n/a') -> s
   return f'{v:.{digits}f}'
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
-                   right_aligned: Sequence[int] = ()) -> str:
+def markdown_table(
+  header: Sequence[str], rows: Sequence[Sequence[Any]], right_aligned: Sequence[int] = ()
+) -> str:
   """A GitHub-flavoured markdown table; the columns numbered in `right_aligned` align right."""
   rule = ['---:' if i in right_aligned else '---' for i in range(len(header))]
   lines = [header, rule] + [[str(c) for c in row] for row in rows]
@@ -93,9 +101,15 @@ def figure_bytes(fig: Figure, **savefig_kwargs) -> bytes:
 # Figures: rows of original | ground truth | prediction, as the paper's Figure 7.
 # ------------------------------------------------------------------------------------------------
 
-def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarray,
-               row_titles: Sequence[str], title: str = '',
-               table: classes.ClassTable = classes.PAPER_TABLE) -> bytes:
+
+def figure_png(
+  images: np.ndarray,
+  label_maps: np.ndarray,
+  predictions: np.ndarray,
+  row_titles: Sequence[str],
+  title: str = '',
+  table: classes.ClassTable = classes.PAPER_TABLE,
+) -> bytes:
   """A PNG grid: one row per image; columns original | ground truth | prediction, in the
   colours of `table`'s classes."""
   n = len(images)
@@ -115,10 +129,12 @@ def figure_png(images: np.ndarray, label_maps: np.ndarray, predictions: np.ndarr
     axes[0, 1].text(0.5, 0.5, 'no images', ha='center', va='center')
     for ax in axes[0]:
       ax.set_axis_off()
-  legend = [patches.Patch(color=color / 255.0, label=name)
-            for color, name in zip(table.colors, table.names)]
-  fig.legend(handles=legend, loc='lower center', ncol=min(len(legend), 4), fontsize=8,
-             frameon=False)
+  legend = [
+    patches.Patch(color=color / 255.0, label=name) for color, name in zip(table.colors, table.names)
+  ]
+  fig.legend(
+    handles=legend, loc='lower center', ncol=min(len(legend), 4), fontsize=8, frameon=False
+  )
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
@@ -136,8 +152,9 @@ def figure_indices(cell_types: np.ndarray, n: int) -> list[int]:
   return picked
 
 
-def worst_indices(nucleus_dice: np.ndarray, k: int, mistyped: np.ndarray | None = None
-                  ) -> list[int]:
+def worst_indices(
+  nucleus_dice: np.ndarray, k: int, mistyped: np.ndarray | None = None
+) -> list[int]:
   """The `k` worst images: those whose cell was mistyped (`mistyped`, bool per image) first,
   then the lowest nucleus Dice; by Dice within each (ties keep the dataset's order). A cell
   typed wrong is the error a differential count feels, however well it is outlined."""
@@ -150,6 +167,7 @@ def worst_indices(nucleus_dice: np.ndarray, k: int, mistyped: np.ndarray | None 
 # report.md
 # ------------------------------------------------------------------------------------------------
 
+
 def table_of_summary(summary: dict) -> classes.ClassTable:
   """The classes an `evaluate.summarize` summary was computed with (the paper's if it predates
   recording them)."""
@@ -159,14 +177,25 @@ def table_of_summary(summary: dict) -> classes.ClassTable:
 def paper_comparison_table(summary: dict, paper_key: str | None, ours_label: str) -> str:
   """The paper's Table 1 rows for `paper_key` (if any) and ours: pooled and per-image means."""
   header = ['Method'] + [COLUMN_TITLES[k] for k in PAPER_COLUMNS]
-  rows = [[f'{method} (paper)'] + [format_number(values.get(k)) for k in PAPER_COLUMNS]
-          for method, values in PAPER_TABLE1.get(paper_key, ()) if values]   # none: no row
-  rows.append([f'**{ours_label}**, pooled pixels']
-              + [format_number(summary['paper'][k]) for k in PAPER_COLUMNS])
+  rows = [
+    [f'{method} (paper)'] + [format_number(values.get(k)) for k in PAPER_COLUMNS]
+    for method, values in PAPER_TABLE1.get(paper_key, ())
+    if values
+  ]  # none: no row
+  rows.append(
+    [f'**{ours_label}**, pooled pixels']
+    + [format_number(summary['paper'][k]) for k in PAPER_COLUMNS]
+  )
   per_image = summary['per_image']['paper']
-  rows.append([f'{ours_label}, mean ± std over images']
-              + [f"{format_number(per_image[k]['mean'])} ± {format_number(per_image[k]['std'])}"
-                 if per_image[k]['mean'] is not None else 'n/a' for k in PAPER_COLUMNS])
+  rows.append(
+    [f'{ours_label}, mean ± std over images']
+    + [
+      f'{format_number(per_image[k]["mean"])} ± {format_number(per_image[k]["std"])}'
+      if per_image[k]['mean'] is not None
+      else 'n/a'
+      for k in PAPER_COLUMNS
+    ]
+  )
   return markdown_table(header, rows)
 
 
@@ -176,27 +205,36 @@ def whole_cell_lines(summary: dict) -> list[str]:
   if 'cell_dice' not in summary['paper']:
     return []
   per_image = summary['per_image']['paper']
-  spread = lambda k: (f"{format_number(per_image[k]['mean'])} ± "
-                      f"{format_number(per_image[k]['std'])}")
-  return ['## Whole cells (nucleus or cytoplasm vs background)', '',
-          markdown_table(['', 'Dice', 'IoU'], [
-              ['pooled pixels'] + [format_number(summary['paper'][k])
-                                   for k in metrics.CELL_METRICS],
-              ['mean ± std over images'] + [spread(k) for k in metrics.CELL_METRICS]]),
-          '']
+  spread = lambda k: f'{format_number(per_image[k]["mean"])} ± {format_number(per_image[k]["std"])}'
+  return [
+    '## Whole cells (nucleus or cytoplasm vs background)',
+    '',
+    markdown_table(
+      ['', 'Dice', 'IoU'],
+      [
+        ['pooled pixels'] + [format_number(summary['paper'][k]) for k in metrics.CELL_METRICS],
+        ['mean ± std over images'] + [spread(k) for k in metrics.CELL_METRICS],
+      ],
+    ),
+    '',
+  ]
 
 
 def per_class_table(summary: dict) -> str:
   pc = summary['per_class']
-  rows = [[name if pc['support'][name] else f'{name} (none labelled)',
-           format_number(pc['support'][name])]
-          + [format_number(pc[k][name]) for k in metrics.CLASS_METRICS]
-          for name in pc['support'] if pc['support'][name] or pc['dice'][name] is not None]
+  rows = [
+    [name if pc['support'][name] else f'{name} (none labelled)', format_number(pc['support'][name])]
+    + [format_number(pc[k][name]) for k in metrics.CLASS_METRICS]
+    for name in pc['support']
+    if pc['support'][name] or pc['dice'][name] is not None
+  ]
   means = metrics.labelled_class_means(pc)
-  rows.append(['mean (labelled classes)', ''] + [format_number(means[k])
-                                                 for k in metrics.CLASS_METRICS])
-  header = ['Class', 'Labelled pixels'] + [COLUMN_TITLES.get(k, k.capitalize())
-                                           for k in metrics.CLASS_METRICS]
+  rows.append(
+    ['mean (labelled classes)', ''] + [format_number(means[k]) for k in metrics.CLASS_METRICS]
+  )
+  header = ['Class', 'Labelled pixels'] + [
+    COLUMN_TITLES.get(k, k.capitalize()) for k in metrics.CLASS_METRICS
+  ]
   return markdown_table(header, rows)
 
 
@@ -204,60 +242,70 @@ def cell_table(summary: dict) -> str:
   cells, table = summary['cells'], table_of_summary(summary)
   cm = np.asarray(cells['confusion_matrix'])
   names = [table.name(c) for c in range(cm.shape[0])]
-  rows = [[names[t]] + [str(v) for v in cm[t]]
-          + [format_number(cells['recall'][table.names[t]])]
-          for t in range(cm.shape[0]) if cm[t].sum() > 0]
+  rows = [
+    [names[t]] + [str(v) for v in cm[t]] + [format_number(cells['recall'][table.names[t]])]
+    for t in range(cm.shape[0])
+    if cm[t].sum() > 0
+  ]
   return markdown_table(['true \\ predicted'] + names + ['Recall'], rows)
 
 
-def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key: str | None,
-                    n_shown: int) -> str:
-  ours = f"ours ({meta['config_name']}, step {meta['checkpoint_step']})"
+def markdown_report(
+  summary: dict, meta: dict, worst: Sequence[dict], paper_key: str | None, n_shown: int
+) -> str:
+  ours = f'ours ({meta["config_name"]}, step {meta["checkpoint_step"]})'
   cells = summary['cells']
   lines = [
-      f"# Evaluation of {summary['dataset']}",
-      '',
-      f"Checkpoint step {meta['checkpoint_step']} ({meta['checkpoint_dir']}), config "
-      f"`{meta['config_name']}`, {summary['n_images']} images at {meta['image_size']}x"
-      f"{meta['image_size']}, test-time augmentation {'on' if meta['tta'] else 'off'}, "
-      f"mean loss {format_number(summary['loss'])}.",
-      '',
-      '## Nucleus vs background (the paper\'s Table 1)',
-      '',
-      paper_comparison_table(summary, paper_key, ours),
-      '',
-      ('Paper rows: WCSegNet (Nasser et al. 2025), Table 1; "n/a" marks values we do not hold. '
-       if paper_key else 'The paper has no rows for this data. ') +
-      'Ours: "pooled" counts every pixel of the split at once; the per-image rows average each '
-      'image\'s own value (an image with no nucleus in label nor prediction scores 1). mIoU is '
-      'the mean of the background IoU and the nucleus IoU (see `wcsegnet_jax/model/metrics.py`).',
-      '',
-      *whole_cell_lines(summary),
-      '## Per class (pooled pixels)',
-      '',
-      per_class_table(summary),
-      '',
-      '## Per cell (type = majority vote of the predicted nucleus pixels)',
-      '',
-      f"Cell accuracy {format_number(cells['cell_accuracy'])} over {cells['n_cells']} cells, "
-      f"mean recall {format_number(cells['mean_recall'])}, "
-      f"{cells['n_no_nucleus_predicted']} cells with no predicted "
-      'nucleus ("none").',
-      '',
-      cell_table(summary),
-      '',
-      f'## The {len(worst)} worst images: mistyped cells first, then lowest nucleus Dice',
-      '',
-      markdown_table(['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
-                     [[i + 1, w['file_id'], w['true_type'], w['predicted_type'],
-                       format_number(w['nucleus_dice'])] for i, w in enumerate(worst)]),
-      '',
-      '![worst images](worst.png)',
-      '',
-      f'## Examples ({n_shown} images, cell types in turn)',
-      '',
-      '![original | ground truth | prediction](figure.png)',
-      '',
+    f'# Evaluation of {summary["dataset"]}',
+    '',
+    f'Checkpoint step {meta["checkpoint_step"]} ({meta["checkpoint_dir"]}), config '
+    f'`{meta["config_name"]}`, {summary["n_images"]} images at {meta["image_size"]}x'
+    f'{meta["image_size"]}, test-time augmentation {"on" if meta["tta"] else "off"}, '
+    f'mean loss {format_number(summary["loss"])}.',
+    '',
+    "## Nucleus vs background (the paper's Table 1)",
+    '',
+    paper_comparison_table(summary, paper_key, ours),
+    '',
+    (
+      'Paper rows: WCSegNet (Nasser et al. 2025), Table 1; "n/a" marks values we do not hold. '
+      if paper_key
+      else 'The paper has no rows for this data. '
+    )
+    + 'Ours: "pooled" counts every pixel of the split at once; the per-image rows average each '
+    "image's own value (an image with no nucleus in label nor prediction scores 1). mIoU is "
+    'the mean of the background IoU and the nucleus IoU (see `wcsegnet_jax/model/metrics.py`).',
+    '',
+    *whole_cell_lines(summary),
+    '## Per class (pooled pixels)',
+    '',
+    per_class_table(summary),
+    '',
+    '## Per cell (type = majority vote of the predicted nucleus pixels)',
+    '',
+    f'Cell accuracy {format_number(cells["cell_accuracy"])} over {cells["n_cells"]} cells, '
+    f'mean recall {format_number(cells["mean_recall"])}, '
+    f'{cells["n_no_nucleus_predicted"]} cells with no predicted '
+    'nucleus ("none").',
+    '',
+    cell_table(summary),
+    '',
+    f'## The {len(worst)} worst images: mistyped cells first, then lowest nucleus Dice',
+    '',
+    markdown_table(
+      ['Rank', 'Image', 'True type', 'Predicted type', 'Nucleus Dice'],
+      [
+        [i + 1, w['file_id'], w['true_type'], w['predicted_type'], format_number(w['nucleus_dice'])]
+        for i, w in enumerate(worst)
+      ],
+    ),
+    '',
+    '![worst images](worst.png)',
+    '',
+    f'## Examples ({n_shown} images, cell types in turn)',
+    '',
+    '![original | ground truth | prediction](figure.png)',
+    '',
   ]
   return '\n'.join(lines)
 
@@ -266,9 +314,17 @@ def markdown_report(summary: dict, meta: dict, worst: Sequence[dict], paper_key:
 # One dataset's reports.
 # ------------------------------------------------------------------------------------------------
 
-def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
-                          predicted_types: np.ndarray, meta: dict, paper_key: str | None,
-                          figure_rows: int, worst_k: int) -> dict:
+
+def write_dataset_reports(
+  out_dir: str | pathlib.Path,
+  result,
+  summary: dict,
+  predicted_types: np.ndarray,
+  meta: dict,
+  paper_key: str | None,
+  figure_rows: int,
+  worst_k: int,
+) -> dict:
   """Writes metrics.json, per_image.csv, report.md, figure.png and worst.png into `out_dir`.
 
   `result` is an `evaluate.EvalResult` with maps kept, `summary` its `evaluate.summarize`,
@@ -281,30 +337,57 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
   table = table_of_summary(summary)
   dice = metrics.dice_per_image(result.confusion, table=table)
   predicted = np.asarray(predicted_types)
-  rows = [{'file_id': str(result.file_ids[i]),
-           'true_type': table.name(int(result.cell_types[i])),
-           'predicted_type': table.name(int(predicted[i])),
-           'nucleus_dice': float(dice[i]), 'loss': float(result.loss[i])}
-          for i in range(len(result.file_ids))]
+  rows = [
+    {
+      'file_id': str(result.file_ids[i]),
+      'true_type': table.name(int(result.cell_types[i])),
+      'predicted_type': table.name(int(predicted[i])),
+      'nucleus_dice': float(dice[i]),
+      'loss': float(result.loss[i]),
+    }
+    for i in range(len(result.file_ids))
+  ]
   worst_idx = worst_indices(dice, worst_k, predicted != np.asarray(result.cell_types))
   worst = [rows[i] for i in worst_idx]
   shown = figure_indices(result.cell_types, figure_rows)
 
   def grid(indices, title, label):
-    return figure_png(result.images[indices], result.label_maps[indices],
-                      result.prediction[indices], [label(i) for i in indices], title, table)
+    return figure_png(
+      result.images[indices],
+      result.label_maps[indices],
+      result.prediction[indices],
+      [label(i) for i in indices],
+      title,
+      table,
+    )
 
-  write_bytes_atomic(out_dir / 'figure.png', grid(
-      shown, summary['dataset'],
-      lambda i: f"{rows[i]['file_id']}\n{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
-  write_bytes_atomic(out_dir / 'worst.png', grid(
-      worst_idx, f"{summary['dataset']}: mistyped cells, then lowest nucleus Dice",
-      lambda i: f"{rows[i]['file_id']}  Dice {rows[i]['nucleus_dice']:.3f}\n"
-                f"{rows[i]['true_type']} -> {rows[i]['predicted_type']}"))
-  write_csv_atomic(out_dir / 'per_image.csv', list(rows[0]) if rows else ['file_id'],
-                   [list(r.values()) for r in rows])
-  write_text_atomic(out_dir / 'report.md',
-                    markdown_report(summary, meta, worst, paper_key, len(shown)))
+  write_bytes_atomic(
+    out_dir / 'figure.png',
+    grid(
+      shown,
+      summary['dataset'],
+      lambda i: f'{rows[i]["file_id"]}\n{rows[i]["true_type"]} -> {rows[i]["predicted_type"]}',
+    ),
+  )
+  write_bytes_atomic(
+    out_dir / 'worst.png',
+    grid(
+      worst_idx,
+      f'{summary["dataset"]}: mistyped cells, then lowest nucleus Dice',
+      lambda i: (
+        f'{rows[i]["file_id"]}  Dice {rows[i]["nucleus_dice"]:.3f}\n'
+        f'{rows[i]["true_type"]} -> {rows[i]["predicted_type"]}'
+      ),
+    ),
+  )
+  write_csv_atomic(
+    out_dir / 'per_image.csv',
+    list(rows[0]) if rows else ['file_id'],
+    [list(r.values()) for r in rows],
+  )
+  write_text_atomic(
+    out_dir / 'report.md', markdown_report(summary, meta, worst, paper_key, len(shown))
+  )
   # metrics.json last: when it is there, the files it describes are complete.
   report = {**meta, **summary, 'worst': worst}
   write_json_atomic(out_dir / 'metrics.json', report)
@@ -314,11 +397,14 @@ def write_dataset_reports(out_dir: str | pathlib.Path, result, summary: dict,
 def summary_table(reports: dict[str, dict]) -> str:
   """A short plain-text table of the datasets' headline numbers, for the terminal."""
   header = ('dataset', 'images', 'accuracy', 'dice', 'miou', 'cell acc')
-  rows = [(name, str(r['n_images']))
-          + tuple(format_number(r['paper'][k]) for k in ('accuracy', 'dice', 'miou'))
-          + (format_number(r['cells']['cell_accuracy']),)
-          for name, r in reports.items()]
-  widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-            for i, h in enumerate(header)]
+  rows = [
+    (name, str(r['n_images']))
+    + tuple(format_number(r['paper'][k]) for k in ('accuracy', 'dice', 'miou'))
+    + (format_number(r['cells']['cell_accuracy']),)
+    for name, r in reports.items()
+  ]
+  widths = [
+    max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)
+  ]
   fmt = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths))
   return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows])

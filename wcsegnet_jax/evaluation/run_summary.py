@@ -19,8 +19,9 @@ DICE_TARGET = 0.96
 DICE_THRESHOLDS = (0.95, 0.96, 0.965)
 
 
-def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False,
-                variant: str = '') -> dict[str, float | None]:
+def run_metrics(
+  workdir: pathlib.Path, dataset: str, tta: bool = False, variant: str = ''
+) -> dict[str, float | None]:
   """One run's numbers for one dataset: the paper's metrics, per-class Dice, cell accuracy,
   and the first epoch (and wall-clock seconds) at which its test Dice reached DICE_TARGET.
 
@@ -28,15 +29,21 @@ def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False,
   '-raw' or '-by_part'."""
   path = workdir / 'eval' / ((f'{dataset}-tta' if tta else dataset) + variant) / 'metrics.json'
   if not path.exists():
-    raise FileNotFoundError(f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
-                            f'{" --config.eval.tta=True" if tta else ""})')
+    raise FileNotFoundError(
+      f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
+      f'{" --config.eval.tta=True" if tta else ""})'
+    )
   m = json.loads(path.read_text())
   out = {k: m['paper'][k] for k in PAPER_KEYS}
   support = m['per_class'].get('support', {})
   # The run's classes (metrics.json records them; older ones had the paper's four).
   table = classes.table_from_names(m.get('classes', classes.PAPER_TABLE.names))
-  out.update({f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
-              for c in table.names[1:]})   # None: no such cell in the test split
+  out.update(
+    {
+      f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
+      for c in table.names[1:]
+    }
+  )  # None: no such cell in the test split
   out.update({k: m['paper'][k] for k in ('cell_dice', 'cell_iou') if k in m['paper']})
   out['cell_accuracy'] = m['cells']['cell_accuracy']
   records = run_files.read_metrics(workdir)
@@ -47,8 +54,9 @@ def run_metrics(workdir: pathlib.Path, dataset: str, tta: bool = False,
   out['seconds_to_target'] = _seconds_to(records, key, DICE_TARGET)
   out['train_seconds'] = records[-1]['time'] - records[0]['time'] if 'time' in records[0] else None
   for threshold in DICE_THRESHOLDS:
-    out[f'epochs_to_{threshold}'] = (curves.first_epoch_reaching(c, key, threshold)
-                                     if key in c else None)
+    out[f'epochs_to_{threshold}'] = (
+      curves.first_epoch_reaching(c, key, threshold) if key in c else None
+    )
     out[f'seconds_to_{threshold}'] = _seconds_to(records, key, threshold)
   return out
 
@@ -71,8 +79,9 @@ def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
   return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
 
 
-def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
-              tta: bool = False, variant: str = '') -> dict[str, dict]:
+def summarize(
+  groups: dict[str, list[pathlib.Path]], dataset: str, tta: bool = False, variant: str = ''
+) -> dict[str, dict]:
   """{group name: {metric: (mean, std, n) or None}} over the group's runs."""
   out = {}
   for name, workdirs in groups.items():
@@ -82,7 +91,7 @@ def summarize(groups: dict[str, list[pathlib.Path]], dataset: str,
   return out
 
 
-RUNS = 'runs'   # summarize's key for how many runs a group has
+RUNS = 'runs'  # summarize's key for how many runs a group has
 
 
 def class_metric_keys(summary: dict[str, dict]) -> tuple[str, ...]:
@@ -90,8 +99,9 @@ def class_metric_keys(summary: dict[str, dict]) -> tuple[str, ...]:
   metrics where present, then cell-type accuracy."""
   keys = []
   for row in summary.values():
-    keys += [k for k in row if (k.startswith('dice_') or k in ('cell_dice', 'cell_iou'))
-             and k not in keys]
+    keys += [
+      k for k in row if (k.startswith('dice_') or k in ('cell_dice', 'cell_iou')) and k not in keys
+    ]
   return tuple(sorted(keys, key=lambda k: k.startswith('cell_'))) + ('cell_accuracy',)
 
 
@@ -108,7 +118,8 @@ def format_mean_std(cell, digits: int = 4, runs: int | None = None) -> str:
 
 def markdown(summary: dict[str, dict], keys: tuple[str, ...], digits: int = 4) -> str:
   """One row per group, one right-aligned column per metric of `keys`."""
-  rows = [[name] + [format_mean_std(row[k], digits, row.get(RUNS)) for k in keys]
-          for name, row in summary.items()]
-  return reports.markdown_table(['run', *keys], rows,
-                                right_aligned=range(1, len(keys) + 1))
+  rows = [
+    [name] + [format_mean_std(row[k], digits, row.get(RUNS)) for k in keys]
+    for name, row in summary.items()
+  ]
+  return reports.markdown_table(['run', *keys], rows, right_aligned=range(1, len(keys) + 1))

@@ -47,7 +47,7 @@ INFO_FILE = 'model.json'
 INPUT = 'image'
 STANDARDIZED = 'standardized'
 OUTPUT = 'probabilities'
-METADATA_KEY = 'wcsegnet_jax'   # the graph's metadata_props entry holding model.json
+METADATA_KEY = 'wcsegnet_jax'  # the graph's metadata_props entry holding model.json
 FORMAT = 'wcsegnet_jax-onnx-1'
 # Opsets the exported graph is tested with: from 18 (jax2onnx writes ReduceMean's axes as an input,
 # which opset 18 introduced) to 23 (the newest ONNX Runtime 1.2x reads). 18 is the default: the
@@ -57,14 +57,20 @@ DEFAULT_OPSET = 18
 EXTRA_HINT = "install the export extra: pip install -e '.[export]'"
 
 # CIELAB of sRGB under D65, with the constants OpenCV uses (color.py's conversion).
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
-                        [0.212671, 0.715160, 0.072169],
-                        [0.019334, 0.119193, 0.950227]], np.float32)
-_XYZ_TO_RGB = np.array([[3.240479, -1.53715, -0.498535],
-                        [-0.969256, 1.875991, 0.041556],
-                        [0.055648, -0.204043, 1.057311]], np.float32)
+_RGB_TO_XYZ = np.array(
+  [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+  np.float32,
+)
+_XYZ_TO_RGB = np.array(
+  [
+    [3.240479, -1.53715, -0.498535],
+    [-0.969256, 1.875991, 0.041556],
+    [0.055648, -0.204043, 1.057311],
+  ],
+  np.float32,
+)
 _WHITE = np.array([0.950456, 1.0, 1.088754], np.float32)
-_EPSILON = 0.008856   # CIE's (6/29)^3, as OpenCV rounds it
+_EPSILON = 0.008856  # CIE's (6/29)^3, as OpenCV rounds it
 _KAPPA = 903.3
 _F_EPSILON = 7.787 * _EPSILON + 16.0 / 116.0
 
@@ -84,22 +90,27 @@ def require_extra() -> None:
 
 def check_opset(opset: int) -> int:
   if int(opset) not in OPSETS:
-    raise ExportError(f'--opset={opset}: not an opset this export supports; use one of '
-                      f'{OPSETS[0]}..{OPSETS[-1]} (default {DEFAULT_OPSET})')
+    raise ExportError(
+      f'--opset={opset}: not an opset this export supports; use one of '
+      f'{OPSETS[0]}..{OPSETS[-1]} (default {DEFAULT_OPSET})'
+    )
   return int(opset)
 
 
 # --- The colour step in jax.numpy (traced into the graph) ---
 
+
 def rgb_to_lab(rgb: jax.Array) -> jax.Array:
   """(..., 3) RGB in [0, 1] -> CIELAB (L 0..100)."""
   linear = jnp.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
   xyz = linear @ jnp.asarray((_RGB_TO_XYZ / _WHITE[:, None]).T)
-  f = jnp.where(xyz > _EPSILON, jnp.maximum(xyz, _EPSILON) ** (1.0 / 3.0),
-                7.787 * xyz + 16.0 / 116.0)
+  f = jnp.where(
+    xyz > _EPSILON, jnp.maximum(xyz, _EPSILON) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0
+  )
   lightness = jnp.where(xyz[..., 1] > _EPSILON, 116.0 * f[..., 1] - 16.0, _KAPPA * xyz[..., 1])
-  return jnp.stack([lightness, 500.0 * (f[..., 0] - f[..., 1]),
-                    200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+  return jnp.stack(
+    [lightness, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1
+  )
 
 
 def lab_to_rgb(lab: jax.Array) -> jax.Array:
@@ -107,13 +118,14 @@ def lab_to_rgb(lab: jax.Array) -> jax.Array:
   lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
   dark = lightness <= _KAPPA * _EPSILON
   fy = jnp.where(dark, 7.787 * (lightness / _KAPPA) + 16.0 / 116.0, (lightness + 16.0) / 116.0)
-  y = jnp.where(dark, lightness / _KAPPA, fy ** 3)
+  y = jnp.where(dark, lightness / _KAPPA, fy**3)
   fxz = jnp.stack([a / 500.0 + fy, fy - b / 200.0], axis=-1)
-  fxz = jnp.where(fxz <= _F_EPSILON, (fxz - 16.0 / 116.0) / 7.787, fxz ** 3)
+  fxz = jnp.where(fxz <= _F_EPSILON, (fxz - 16.0 / 116.0) / 7.787, fxz**3)
   xyz = jnp.stack([fxz[..., 0], y, fxz[..., 1]], axis=-1)
   rgb = jnp.clip(xyz @ jnp.asarray((_XYZ_TO_RGB * _WHITE[None, :]).T), 0.0, 1.0)
-  return jnp.where(rgb <= 0.0031308, 12.92 * rgb,
-                   1.055 * jnp.maximum(rgb, 0.0031308) ** (1.0 / 2.4) - 0.055)
+  return jnp.where(
+    rgb <= 0.0031308, 12.92 * rgb, 1.055 * jnp.maximum(rgb, 0.0031308) ** (1.0 / 2.4) - 0.055
+  )
 
 
 def reinhard(images: jax.Array, reference) -> jax.Array:
@@ -135,14 +147,17 @@ def colour_fn(data_config: ml_collections.ConfigDict) -> Callable | None:
   if name == 'reinhard':
     reference = tuple(float(v) for v in data_config.color_reference)
     return lambda images: reinhard(images, reference)
-  raise ExportError(f'data.color={name!r}: no ONNX form of this colour step; expected one of '
-                    f'{color.COLOR_STEPS}')
+  raise ExportError(
+    f'data.color={name!r}: no ONNX form of this colour step; expected one of {color.COLOR_STEPS}'
+  )
 
 
 # --- The network ---
 
-def probabilities_fn(config: ml_collections.ConfigDict, variables: dict,
-                     tta: bool) -> Callable[[jax.Array], jax.Array]:
+
+def probabilities_fn(
+  config: ml_collections.ConfigDict, variables: dict, tta: bool
+) -> Callable[[jax.Array], jax.Array]:
   """(B, S, S, 3) uint8 (after the colour step) -> (B, S, S, C) float32 probabilities, as
   `probabilities.predict_probs`; the flip views are split by a reshape, which a symbolic batch
   allows (predict_probs slices by the batch size)."""
@@ -152,8 +167,10 @@ def probabilities_fn(config: ml_collections.ConfigDict, variables: dict,
   if not tta:
     return lambda images: probabilities.predict_probs(model, variables, images, data, False)
   if config.eval.get('tta_rotations', False):
-    raise ExportError('eval.tta_rotations: the export averages the four flips only; export '
-                      'without --tta (predict then averages the eight views itself)')
+    raise ExportError(
+      'eval.tta_rotations: the export averages the four flips only; export '
+      'without --tta (predict then averages the eight views itself)'
+    )
 
   views = probabilities.tta_views(False)
 
@@ -163,7 +180,7 @@ def probabilities_fn(config: ml_collections.ConfigDict, variables: dict,
     viewed = probabilities.predict_probs(model, variables, stacked, data, False)
     viewed = viewed.reshape((len(views),) + shape[:3] + viewed.shape[-1:])
     total = viewed[0]
-    for i, (_, undo) in enumerate(views[1:], start=1):   # summed in predict_probs' order
+    for i, (_, undo) in enumerate(views[1:], start=1):  # summed in predict_probs' order
       total = total + undo(viewed[i])
     return total / len(views)
 
@@ -174,9 +191,9 @@ def _not_jax2onnx_info(record: logging.LogRecord) -> bool:
   return not ('jax2onnx' in record.pathname and record.levelno <= logging.INFO)
 
 
-def _to_onnx(fn: Callable, size: int, opset: int, input_name: str, output_name: str,
-             name: str):
-  import jax2onnx   # the export extra
+def _to_onnx(fn: Callable, size: int, opset: int, input_name: str, output_name: str, name: str):
+  import jax2onnx  # the export extra
+
   # jax2onnx logs each conversion's parameters on the root logger, onnx_ir a line per layer:
   # none a user can act on.
   logging.getLogger('onnx_ir').setLevel(logging.ERROR)
@@ -184,34 +201,50 @@ def _to_onnx(fn: Callable, size: int, opset: int, input_name: str, output_name: 
   if _not_jax2onnx_info not in root.filters:
     root.addFilter(_not_jax2onnx_info)
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'B, {size}, {size}, 3'), jnp.uint8)
-  return jax2onnx.to_onnx(fn, [spec], model_name=name, opset=opset, input_names=[input_name],
-                          output_names=[output_name])
+  return jax2onnx.to_onnx(
+    fn, [spec], model_name=name, opset=opset, input_names=[input_name], output_names=[output_name]
+  )
 
 
-def build_graph(config: ml_collections.ConfigDict, variables: dict, opset: int = DEFAULT_OPSET,
-                tta: bool = False, info: dict | None = None):
+def build_graph(
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  opset: int = DEFAULT_OPSET,
+  tta: bool = False,
+  info: dict | None = None,
+):
   """The onnx.ModelProto of the model: 'image' -> ['standardized' ->] 'probabilities'."""
-  import onnx   # the export extra
+  import onnx  # the export extra
   import onnx.compose
+
   opset = check_opset(opset)
   size = int(config.data.image_size)
-  core = _to_onnx(probabilities_fn(config, variables, tta), size, opset,
-                  STANDARDIZED if colour_fn(config.data) else INPUT, OUTPUT, 'wcsegnet')
+  core = _to_onnx(
+    probabilities_fn(config, variables, tta),
+    size,
+    opset,
+    STANDARDIZED if colour_fn(config.data) else INPUT,
+    OUTPUT,
+    'wcsegnet',
+  )
   step = colour_fn(config.data)
   if step is None:
     graph = core
   else:
     colour = _to_onnx(step, size, opset, INPUT, STANDARDIZED, 'colour_step')
-    colour = onnx.compose.add_prefix(colour, 'colour_step/', rename_inputs=False,
-                                     rename_outputs=False)
-    graph = onnx.compose.merge_models(colour, core, io_map=[(STANDARDIZED, STANDARDIZED)],
-                                      producer_name='wcsegnet_jax')
+    colour = onnx.compose.add_prefix(
+      colour, 'colour_step/', rename_inputs=False, rename_outputs=False
+    )
+    graph = onnx.compose.merge_models(
+      colour, core, io_map=[(STANDARDIZED, STANDARDIZED)], producer_name='wcsegnet_jax'
+    )
   # jax2onnx annotates intermediate shapes, and names the flip views' 4B batch 'B' as well, which
   # ONNX Runtime then takes at its word; without the annotations it infers them itself.
   del graph.graph.value_info[:]
-  if step is not None:   # kept: where predict's ONNX backend starts the graph
-    graph.graph.value_info.append(onnx.helper.make_tensor_value_info(
-        STANDARDIZED, onnx.TensorProto.UINT8, ['B', size, size, 3]))
+  if step is not None:  # kept: where predict's ONNX backend starts the graph
+    graph.graph.value_info.append(
+      onnx.helper.make_tensor_value_info(STANDARDIZED, onnx.TensorProto.UINT8, ['B', size, size, 3])
+    )
   graph.graph.name = 'wcsegnet'
   graph.producer_name = 'wcsegnet_jax'
   if info is not None:
@@ -224,65 +257,101 @@ def build_graph(config: ml_collections.ConfigDict, variables: dict, opset: int =
 
 # --- What the JSON beside the graph records ---
 
+
 def variables_sha256(variables: dict) -> str:
   """SHA-256 of the float32 parameters and BatchNorm statistics as flax msgpack: the same
   number for the same weights, whether read from a checkpoint or a shipped model."""
   stored = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
   data = serialization.msgpack_serialize(
-      jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(stored)))
+    jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(stored))
+  )
   return hashlib.sha256(data).hexdigest()
 
 
 def training_data(config: ml_collections.ConfigDict, shipped_info: dict | None) -> dict:
-  data = {'datasets': list(config.data.datasets), 'cell_types': list(config.data.cell_types),
-          'cytoplasm': bool(config.data.cytoplasm)}
+  data = {
+    'datasets': list(config.data.datasets),
+    'cell_types': list(config.data.cell_types),
+    'cytoplasm': bool(config.data.cytoplasm),
+  }
   if shipped_info and shipped_info.get('images'):
-    data['train_images'] = {name: len(split.get('train', []))
-                            for name, split in shipped_info['images'].items()}
+    data['train_images'] = {
+      name: len(split.get('train', [])) for name, split in shipped_info['images'].items()
+    }
   if shipped_info and shipped_info.get('licence'):
     data['licence'] = shipped_info['licence']
   return data
 
 
-def describe(config: ml_collections.ConfigDict, variables: dict, source: str, opset: int,
-             tta: bool, shipped_info: dict | None = None, name: str = 'model') -> dict:
+def describe(
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  source: str,
+  opset: int,
+  tta: bool,
+  shipped_info: dict | None = None,
+  name: str = 'model',
+) -> dict:
   """model.json: everything a consumer of the graph needs to feed it and read its output."""
   import jax2onnx
   import onnx
+
   table = classes.table_of(config.data)
   size = int(config.data.image_size)
   colour_step = config.data.get('color', 'none')
   return {
-      'format': FORMAT,
-      'name': name,
-      'opset': int(opset),
-      'input': {'name': INPUT, 'dtype': 'uint8', 'shape': ['batch', size, size, 3],
-                'layout': 'NHWC, RGB as read (0..255)'},
-      'output': {'name': OUTPUT, 'dtype': 'float32',
-                 'shape': ['batch', size, size, table.num_classes],
-                 'meaning': 'class probabilities (softmax), summing to 1 over the last axis'},
-      'classes': [{'id': i, 'name': name, 'color': [int(c) for c in rgb]}
-                  for i, (name, rgb) in enumerate(zip(table.names, table.colors))],
-      'image_size': size,
-      'scale': ('the training crops\' magnification: a white cell about 60-75 pixels across in '
-                f'a {size}x{size} input; resize fields to it first (predict --field_scale)'),
-      'colour_step': {'name': colour_step,
-                      'reference': [float(v) for v in config.data.get('color_reference', ())],
-                      'in_graph': colour_step != 'none',
-                      'output': STANDARDIZED if colour_step != 'none' else None},
-      'normalisation': {'normalize': config.data.normalize,
-                        'mean': [float(v) for v in config.data.mean],
-                        'std': [float(v) for v in config.data.std]},
-      'tta_in_graph': bool(tta),
-      'decode': config.eval.get('decode', 'argmax'),
-      'training_data': training_data(config, shipped_info),
-      'source': {'model': source, 'variables_sha256': variables_sha256(variables),
-                 'shipped_file_sha256': (shipped_info or {}).get('variables_sha256'),
-                 'parameters': models.count_params(variables['params'])},
-      'exported': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'versions': {'jax': jax.__version__, 'jax2onnx': getattr(jax2onnx, '__version__', '?'),
-                   'onnx': onnx.__version__, 'python': platform.python_version()},
-      'config': json.loads(config.to_json()),
+    'format': FORMAT,
+    'name': name,
+    'opset': int(opset),
+    'input': {
+      'name': INPUT,
+      'dtype': 'uint8',
+      'shape': ['batch', size, size, 3],
+      'layout': 'NHWC, RGB as read (0..255)',
+    },
+    'output': {
+      'name': OUTPUT,
+      'dtype': 'float32',
+      'shape': ['batch', size, size, table.num_classes],
+      'meaning': 'class probabilities (softmax), summing to 1 over the last axis',
+    },
+    'classes': [
+      {'id': i, 'name': name, 'color': [int(c) for c in rgb]}
+      for i, (name, rgb) in enumerate(zip(table.names, table.colors))
+    ],
+    'image_size': size,
+    'scale': (
+      "the training crops' magnification: a white cell about 60-75 pixels across in "
+      f'a {size}x{size} input; resize fields to it first (predict --field_scale)'
+    ),
+    'colour_step': {
+      'name': colour_step,
+      'reference': [float(v) for v in config.data.get('color_reference', ())],
+      'in_graph': colour_step != 'none',
+      'output': STANDARDIZED if colour_step != 'none' else None,
+    },
+    'normalisation': {
+      'normalize': config.data.normalize,
+      'mean': [float(v) for v in config.data.mean],
+      'std': [float(v) for v in config.data.std],
+    },
+    'tta_in_graph': bool(tta),
+    'decode': config.eval.get('decode', 'argmax'),
+    'training_data': training_data(config, shipped_info),
+    'source': {
+      'model': source,
+      'variables_sha256': variables_sha256(variables),
+      'shipped_file_sha256': (shipped_info or {}).get('variables_sha256'),
+      'parameters': models.count_params(variables['params']),
+    },
+    'exported': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    'versions': {
+      'jax': jax.__version__,
+      'jax2onnx': getattr(jax2onnx, '__version__', '?'),
+      'onnx': onnx.__version__,
+      'python': platform.python_version(),
+    },
+    'config': json.loads(config.to_json()),
   }
 
 
@@ -292,15 +361,24 @@ def prepare_output(out_dir: str | pathlib.Path, overwrite: bool) -> pathlib.Path
   if out_dir.exists() and not out_dir.is_dir():
     raise ExportError(f'--output={out_dir}: a file, not a folder')
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-    raise ExportError(f'--output={out_dir}: exists and holds files; give a new folder, or '
-                      f'--overwrite to replace them')
+    raise ExportError(
+      f'--output={out_dir}: exists and holds files; give a new folder, or '
+      f'--overwrite to replace them'
+    )
   out_dir.mkdir(parents=True, exist_ok=True)
   return out_dir
 
 
-def export(config: ml_collections.ConfigDict, variables: dict, out_dir: str | pathlib.Path,
-           source: str, opset: int = DEFAULT_OPSET, tta: bool = False,
-           shipped_info: dict | None = None, name: str = 'model') -> tuple[pathlib.Path, dict]:
+def export(
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  out_dir: str | pathlib.Path,
+  source: str,
+  opset: int = DEFAULT_OPSET,
+  tta: bool = False,
+  shipped_info: dict | None = None,
+  name: str = 'model',
+) -> tuple[pathlib.Path, dict]:
   """Writes DIR/model.onnx and DIR/model.json; returns the graph's path and the JSON."""
   require_extra()
   opset = check_opset(opset)

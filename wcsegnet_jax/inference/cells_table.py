@@ -13,45 +13,79 @@ from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import files
 
 
-CSV_COLUMNS = ('file', 'cell', 'x0', 'y0', 'x1', 'y1', 'touches_border', 'predicted_type',
-               'confidence', 'review', 'counted', 'exclusion_reason', 'nucleus_area_px',
-               'nucleus_area_um2', 'cell_area_px', 'cell_area_um2', 'nc_ratio', 'perimeter_px',
-               'perimeter_um', 'circularity', 'solidity', 'nucleus_parts', 'mask_file',
-               'field_scale')
+CSV_COLUMNS = (
+  'file',
+  'cell',
+  'x0',
+  'y0',
+  'x1',
+  'y1',
+  'touches_border',
+  'predicted_type',
+  'confidence',
+  'review',
+  'counted',
+  'exclusion_reason',
+  'nucleus_area_px',
+  'nucleus_area_um2',
+  'cell_area_px',
+  'cell_area_um2',
+  'nc_ratio',
+  'perimeter_px',
+  'perimeter_um',
+  'circularity',
+  'solidity',
+  'nucleus_parts',
+  'mask_file',
+  'field_scale',
+)
 
 
 DIFFERENTIAL_COLUMNS = ('cell_type', 'count', 'percent')
 
 
-def cell_row(file: str, mask_file: str, index: int, cell: cells.Cell,
-             class_names: Sequence[str], pixel_size_um: float | None,
-             exclusion_reason: str = '', counted: bool = True) -> dict:
+def cell_row(
+  file: str,
+  mask_file: str,
+  index: int,
+  cell: cells.Cell,
+  class_names: Sequence[str],
+  pixel_size_um: float | None,
+  exclusion_reason: str = '',
+  counted: bool = True,
+) -> dict:
   """One cells.csv row: where the cell is, its voted type and confidence, whether the
   differential counts it (and why not: `cells.not_counted_reasons`), its sizes and nucleus
   measurements (areas and lengths in micrometres too with `pixel_size_um`)."""
   m = cell.nucleus
-  um = lambda v, power: '' if pixel_size_um is None or v is None else (
-      f'{v * pixel_size_um**power:.4f}')
+  um = lambda v, power: (
+    '' if pixel_size_um is None or v is None else (f'{v * pixel_size_um**power:.4f}')
+  )
   x0, y0, x1, y1 = cell.bbox
   return {
-      'file': file, 'cell': index, 'x0': x0, 'y0': y0, 'x1': x1, 'y1': y1,
-      'touches_border': int(cell.touches_border),
-      'predicted_type': class_names[cell.class_id],
-      'confidence': f'{cell.confidence:.4f}',
-      'review': 0,
-      'counted': int(counted),
-      'exclusion_reason': exclusion_reason,
-      'nucleus_area_px': m['area_px'],
-      'nucleus_area_um2': um(m['area_px'], 2),
-      'cell_area_px': '' if cell.cell_area_px is None else cell.cell_area_px,
-      'cell_area_um2': um(cell.cell_area_px, 2),
-      'nc_ratio': '' if cell.nc_ratio is None else f'{cell.nc_ratio:.4f}',
-      'perimeter_px': f"{m['perimeter_px']:.2f}",
-      'perimeter_um': um(m['perimeter_px'], 1),
-      'circularity': f"{m['circularity']:.4f}",
-      'solidity': f"{m['solidity']:.4f}",
-      'nucleus_parts': m['nucleus_parts'],
-      'mask_file': mask_file,
+    'file': file,
+    'cell': index,
+    'x0': x0,
+    'y0': y0,
+    'x1': x1,
+    'y1': y1,
+    'touches_border': int(cell.touches_border),
+    'predicted_type': class_names[cell.class_id],
+    'confidence': f'{cell.confidence:.4f}',
+    'review': 0,
+    'counted': int(counted),
+    'exclusion_reason': exclusion_reason,
+    'nucleus_area_px': m['area_px'],
+    'nucleus_area_um2': um(m['area_px'], 2),
+    'cell_area_px': '' if cell.cell_area_px is None else cell.cell_area_px,
+    'cell_area_um2': um(cell.cell_area_px, 2),
+    'nc_ratio': '' if cell.nc_ratio is None else f'{cell.nc_ratio:.4f}',
+    'perimeter_px': f'{m["perimeter_px"]:.2f}',
+    'perimeter_um': um(m['perimeter_px'], 1),
+    'circularity': f'{m["circularity"]:.4f}',
+    'solidity': f'{m["solidity"]:.4f}',
+    'nucleus_parts': m['nucleus_parts'],
+    'mask_file': mask_file,
   }
 
 
@@ -62,9 +96,11 @@ def write_cells(path: pathlib.Path, rows: Sequence[dict]) -> None:
 
 def write_differential(path: pathlib.Path, differential: Sequence[dict]) -> None:
   """differential.csv: a row per cell type and the total (`cells.differential`)."""
-  files.write_csv_atomic(path, DIFFERENTIAL_COLUMNS,
-                         [[r['cell_type'], r['count'], f"{r['percent']:.2f}"]
-                          for r in differential])
+  files.write_csv_atomic(
+    path,
+    DIFFERENTIAL_COLUMNS,
+    [[r['cell_type'], r['count'], f'{r["percent"]:.2f}'] for r in differential],
+  )
 
 
 def append_cells(path: pathlib.Path, rows: Sequence[dict]) -> None:
@@ -83,10 +119,13 @@ def read_cells(path: pathlib.Path, mask_files: set[str]) -> list[dict]:
     with open(path, encoding='utf-8', newline='') as f:
       reader = csv.DictReader(f)
       if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-        raise errors.DataError(f'{path}: not the columns predict writes; it cannot be resumed: '
-                               f'use --overwrite to start again, or choose another --output')
-      return [row for row in reader
-              if None not in row.values() and row['mask_file'] in mask_files]
+        raise errors.DataError(
+          f'{path}: not the columns predict writes; it cannot be resumed: '
+          f'use --overwrite to start again, or choose another --output'
+        )
+      return [row for row in reader if None not in row.values() and row['mask_file'] in mask_files]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise errors.DataError(f'{path}: unreadable ({e}); the images done before cannot be kept: '
-                           f'use --overwrite to start again, or choose another --output') from None
+    raise errors.DataError(
+      f'{path}: unreadable ({e}); the images done before cannot be kept: '
+      f'use --overwrite to start again, or choose another --output'
+    ) from None

@@ -42,13 +42,17 @@ def resize_field(image: np.ndarray, scale: float) -> np.ndarray:
     return image
   height, width = image.shape[:2]
   size = (max(1, round(width * scale)), max(1, round(height * scale)))
-  return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else
-                    cv2.INTER_LINEAR)
+  return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def segment_field(predict_tiles: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-                  tile: int, margin: int | None = None, batch_size: int = 16,
-                  tiles_done: Callable[[int, int], None] | None = None) -> np.ndarray:
+def segment_field(
+  predict_tiles: Callable[[np.ndarray], np.ndarray],
+  image: np.ndarray,
+  tile: int,
+  margin: int | None = None,
+  batch_size: int = 16,
+  tiles_done: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
   """Class probabilities (H, W, C) of an (H, W, 3) image of any size, from overlapping tiles.
 
   predict_tiles: (batch_size, tile, tile, 3) uint8 -> (batch_size, tile, tile, C) probabilities
@@ -64,15 +68,15 @@ def segment_field(predict_tiles: Callable[[np.ndarray], np.ndarray], image: np.n
   places = [(r, c) for r in rows for c in cols]
   out = None
   for first in range(0, len(places), batch_size):
-    chunk = places[first:first + batch_size]
+    chunk = places[first : first + batch_size]
     batch = np.zeros((batch_size, tile, tile, 3), np.uint8)
     for i, ((y, _, _), (x, _, _)) in enumerate(chunk):
-      batch[i] = padded[y:y + tile, x:x + tile]
+      batch[i] = padded[y : y + tile, x : x + tile]
     probs = np.asarray(predict_tiles(batch), np.float32)
     if out is None:
       out = np.zeros(padded.shape[:2] + probs.shape[-1:], np.float32)
     for i, ((y, y0, y1), (x, x0, x1)) in enumerate(chunk):
-      out[y0:y1, x0:x1] = probs[i, y0 - y:y1 - y, x0 - x:x1 - x]
+      out[y0:y1, x0:x1] = probs[i, y0 - y : y1 - y, x0 - x : x1 - x]
     if tiles_done is not None:
       tiles_done(first + len(chunk), len(places))
   return out[:height, :width]

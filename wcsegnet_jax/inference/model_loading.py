@@ -22,8 +22,9 @@ def load_workdir_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDic
     raise errors.CheckpointError(f'{path} is not a readable config: {e}') from None
   if saved is None:
     raise errors.CheckpointError(
-        f'{path} does not exist: {workdir} is not a training workdir (train first with '
-        f'--workdir={workdir}, or point --workdir at one)')
+      f'{path} does not exist: {workdir} is not a training workdir (train first with '
+      f'--workdir={workdir}, or point --workdir at one)'
+    )
   return ml_collections.ConfigDict(config_lib.with_defaults(saved))
 
 
@@ -34,7 +35,8 @@ def load_model(workdir: str | None, which: str | None = None, model: str | None 
   its cell typer would be (`cell_typing.load_typer`)."""
   if model is not None and (workdir or which):
     raise errors.CheckpointError(
-        f'--model={model} names a shipped model: give it, or --workdir/--checkpoint, not both')
+      f'--model={model} names a shipped model: give it, or --workdir/--checkpoint, not both'
+    )
   directory = restore.pretrained_dir(which) if which else None
   if directory is None and not workdir and which is None:
     directory = shipped_model.model_dir(model)
@@ -52,8 +54,7 @@ def _workdir_model(workdir: str | None, which: str | None):
     which = str(load_workdir_config(workdir).eval.checkpoint).strip()
   ckpt_workdir, _ = restore.resolve_checkpoint(workdir or '.', which)
   workdir = workdir or ckpt_workdir
-  config_dir = (ckpt_workdir if (ckpt_workdir / run_files.CONFIG_FILE).is_file()
-                else workdir)
+  config_dir = ckpt_workdir if (ckpt_workdir / run_files.CONFIG_FILE).is_file() else workdir
   config = load_workdir_config(config_dir)
   variables, step = restore.load_variables(config, workdir, which)
   return config, variables, f'step {step} of {ckpt_workdir}', ckpt_workdir

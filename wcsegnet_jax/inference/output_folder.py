@@ -18,8 +18,8 @@ from wcsegnet_jax.core import errors
 DataError = errors.DataError
 CELLS_FILE = 'cells.csv'
 DIFFERENTIAL_FILE = 'differential.csv'
-CONTACT_SHEET_FILE = 'contact_sheet.png'   # every image's overlay, small, for review
-OUTPUTS_FILE = 'predict_outputs.json'   # what a run wrote, so --overwrite removes only that
+CONTACT_SHEET_FILE = 'contact_sheet.png'  # every image's overlay, small, for review
+OUTPUTS_FILE = 'predict_outputs.json'  # what a run wrote, so --overwrite removes only that
 
 
 def image_output_names(stem: str) -> tuple[str, str]:
@@ -35,20 +35,29 @@ def earlier_outputs(output: pathlib.Path) -> list[pathlib.Path]:
   try:
     names = json.loads(listing.read_text())['files']
   except (ValueError, KeyError, TypeError) as e:
-    raise DataError(f'{listing}: not a readable list of earlier outputs ({e}); remove '
-                        f'the folder by hand or choose another --output') from None
+    raise DataError(
+      f'{listing}: not a readable list of earlier outputs ({e}); remove '
+      f'the folder by hand or choose another --output'
+    ) from None
   safe = [n for n in names if isinstance(n, str) and n and pathlib.Path(n).name == n]
-  return [output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE,
-                                      OUTPUTS_FILE]]
+  return [
+    output / n for n in safe + [CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE, OUTPUTS_FILE]
+  ]
 
 
-def run_settings(model: str, cell_types: Sequence[str], tta: bool, field_scale, pixel_size_um,
-                 cell_rules: dict) -> dict:
+def run_settings(
+  model: str, cell_types: Sequence[str], tta: bool, field_scale, pixel_size_um, cell_rules: dict
+) -> dict:
   """What makes two runs' rows comparable: the model, the types it tells apart, and the options
   that change masks or cells.csv. A resumed run must have every one of them as the earlier."""
-  return {'model': model, 'cell_types': list(cell_types), 'tta': bool(tta),
-          'field_scale': None if field_scale is None else str(field_scale),
-          'pixel_size_um': pixel_size_um, 'cell_rules': dict(cell_rules)}
+  return {
+    'model': model,
+    'cell_types': list(cell_types),
+    'tta': bool(tta),
+    'field_scale': None if field_scale is None else str(field_scale),
+    'pixel_size_um': pixel_size_um,
+    'cell_rules': dict(cell_rules),
+  }
 
 
 def resumable_run(output: pathlib.Path, settings: dict) -> dict | None:
@@ -64,14 +73,17 @@ def resumable_run(output: pathlib.Path, settings: dict) -> dict | None:
     if not all(isinstance(d, dict) and {'file', 'stem'} <= set(d) for d in done):
       raise ValueError('its "done" entries are not images')
   except (ValueError, KeyError, TypeError) as e:
-    raise DataError(f'{listing_path}: no record of the images done ({e}); it cannot be resumed: '
-                    f'use --overwrite to start again there, or choose another --output') from None
+    raise DataError(
+      f'{listing_path}: no record of the images done ({e}); it cannot be resumed: '
+      f'use --overwrite to start again there, or choose another --output'
+    ) from None
   for key, value in settings.items():
     if listing.get(key) != value:
       raise DataError(
-          f'{listing_path}: the run there has {key}={listing.get(key)!r}, this one '
-          f'{key}={value!r}; --resume continues a run with the same model and options only: '
-          f'give those, or --overwrite to replace it, or another --output')
+        f'{listing_path}: the run there has {key}={listing.get(key)!r}, this one '
+        f'{key}={value!r}; --resume continues a run with the same model and options only: '
+        f'give those, or --overwrite to replace it, or another --output'
+      )
   return listing
 
 
@@ -80,11 +92,16 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   used = set()
   stems = [_unique_stem(path, used) for path in paths]
   return [name for stem in stems for name in image_output_names(stem)] + [
-      CELLS_FILE, DIFFERENTIAL_FILE, CONTACT_SHEET_FILE, OUTPUTS_FILE]
+    CELLS_FILE,
+    DIFFERENTIAL_FILE,
+    CONTACT_SHEET_FILE,
+    OUTPUTS_FILE,
+  ]
 
 
-def prepare_output(output: str | pathlib.Path, overwrite: bool,
-                   planned: Sequence[str] = (), resume: bool = False) -> pathlib.Path:
+def prepare_output(
+  output: str | pathlib.Path, overwrite: bool, planned: Sequence[str] = (), resume: bool = False
+) -> pathlib.Path:
   """The output folder, created; one holding files is refused unless `overwrite`, which first
   removes what an earlier predict wrote there, so two runs' results never mix, or `resume`,
   which keeps them to continue that run (`resumable_run` checks it is the same model's); either
@@ -96,30 +113,35 @@ def prepare_output(output: str | pathlib.Path, overwrite: bool,
     raise DataError(f'--output={output} runs through {above}, a file, not a folder')
   present = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
   if present and resume and not (output / OUTPUTS_FILE).is_file():
-    raise DataError(f'--output={output} holds files but no {OUTPUTS_FILE}: no earlier predict '
-                    f'to resume there; give a new or empty folder')
+    raise DataError(
+      f'--output={output} holds files but no {OUTPUTS_FILE}: no earlier predict '
+      f'to resume there; give a new or empty folder'
+    )
   if present and not (overwrite or resume):
     shown = ', '.join(present[:3]) + (', ...' if len(present) > 3 else '')
     raise DataError(
-        f'--output={output} already holds {len(present)} files ({shown}); give a new or empty '
-        f'folder, --resume to continue an interrupted predict there, or --overwrite to replace '
-        f'its results')
+      f'--output={output} already holds {len(present)} files ({shown}); give a new or empty '
+      f'folder, --resume to continue an interrupted predict there, or --overwrite to replace '
+      f'its results'
+    )
   earlier = {p.name for p in earlier_outputs(output)} if present else set()
   theirs = [name for name in planned if (output / name).exists() and name not in earlier]
-  if theirs:   # checked before anything is removed: a refusal leaves the folder as it was
+  if theirs:  # checked before anything is removed: a refusal leaves the folder as it was
     raise DataError(
-        f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
-        f'this one would replace; move it away or choose another --output')
+      f'--output={output} holds {", ".join(theirs[:3])}, which no earlier predict wrote and '
+      f'this one would replace; move it away or choose another --output'
+    )
   try:
     for name in () if resume else earlier:
       (output / name).unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
-    probe = output / f'.write_test.{os.getpid()}'   # a read-only mount passes os.access
+    probe = output / f'.write_test.{os.getpid()}'  # a read-only mount passes os.access
     probe.write_bytes(b'')
     probe.unlink()
   except OSError as e:
-    raise errors.WriteError(f'--output={output} cannot be written ({e.strerror or e}); choose '
-                            f'another folder') from None
+    raise errors.WriteError(
+      f'--output={output} cannot be written ({e.strerror or e}); choose another folder'
+    ) from None
   return output
 
 
@@ -130,8 +152,9 @@ MAX_STEM_BYTES = 255 - len('._99999_overlay.png.9999999.tmp')
 def _unique_stem(path: pathlib.Path, used: set[str]) -> str:
   """The stem of an image's outputs: its own, as valid UTF-8 (a byte of another encoding
   becomes '_'), numbered when another image has it."""
-  own = path.stem.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace').replace(
-      '\ufffd', '_')
+  own = (
+    path.stem.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace').replace('\ufffd', '_')
+  )
   # Shortened to fit the file system with its suffixes (cells.csv links image and outputs).
   own = own.encode('utf-8')[:MAX_STEM_BYTES].decode('utf-8', 'ignore')
   stem, k = own, 2

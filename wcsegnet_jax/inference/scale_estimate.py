@@ -23,8 +23,8 @@ from wcsegnet_jax.core import classes
 from wcsegnet_jax.model import decoding
 
 REFERENCE_NUCLEUS_DIAMETER_PX = 45.0
-AGREEMENT = 1.10         # two passes within this factor end the search
-GROWTH = 1.5             # a pass with no nucleus tries a scale this much larger
+AGREEMENT = 1.10  # two passes within this factor end the search
+GROWTH = 1.5  # a pass with no nucleus tries a scale this much larger
 MAX_STEP = 2.0
 MAX_PASSES = 8
 MAX_SCALE = 4.0
@@ -52,8 +52,9 @@ def estimate_scale(segment, image: np.ndarray, decode: str = 'by_part') -> float
   better = None
   for _ in range(MAX_PASSES):
     probs = segment.field(standardized, scale, standardized=True)
-    found, _ = cells.find_cells(decoding.decode(probs, table, decode), probs, table,
-                                cells.CellRules())
+    found, _ = cells.find_cells(
+      decoding.decode(probs, table, decode), probs, table, cells.CellRules()
+    )
     if not found:
       scale *= GROWTH
       if scale > MAX_SCALE:
@@ -64,11 +65,12 @@ def estimate_scale(segment, image: np.ndarray, decode: str = 'by_part') -> float
       return better
     # At most 2x per pass: a first view far off the training zoom measures its nuclei poorly.
     scale = min(max(better, scale / MAX_STEP), scale * MAX_STEP, MAX_SCALE)
-  return better   # passes that never agreed: the last measurement
+  return better  # passes that never agreed: the last measurement
 
 
-def scale_function(spec: str | float | None, segment,
-                   warn: Callable[[str], None] = print) -> Callable[[np.ndarray], float]:
+def scale_function(
+  spec: str | float | None, segment, warn: Callable[[str], None] = print
+) -> Callable[[np.ndarray], float]:
   """image -> scale: a fixed `spec` (a positive number), or 'auto' (`estimate_scale`, with
   FALLBACK_SCALE and a warning through `warn` where no estimate is possible)."""
   if str(spec).strip().lower() != 'auto':
@@ -78,8 +80,11 @@ def scale_function(spec: str | float | None, segment,
   def auto(image: np.ndarray) -> float:
     scale = estimate_scale(segment, image, segment.config.eval.decode)
     if scale is None:
-      warn(f'no nucleus found at any scale up to {MAX_SCALE}: the scale cannot be estimated; '
-           f'using {FALLBACK_SCALE}')
+      warn(
+        f'no nucleus found at any scale up to {MAX_SCALE}: the scale cannot be estimated; '
+        f'using {FALLBACK_SCALE}'
+      )
       return FALLBACK_SCALE
     return scale
+
   return auto

@@ -22,8 +22,9 @@ from wcsegnet_jax.model import probabilities
 class Segmenter:
   """Class probabilities of a model (config + variables) for crops and fields, float32 numpy."""
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict, tta: bool,
-               batch_size: int = 16):
+  def __init__(
+    self, config: ml_collections.ConfigDict, variables: dict, tta: bool, batch_size: int = 16
+  ):
     self.config = config
     self.size = int(config.data.image_size)
     self.batch_size = int(batch_size)
@@ -32,8 +33,11 @@ class Segmenter:
     self._plain = None
     model = models.model_for(config)
     # One compile: every call sees a (batch_size, size, size, 3) uint8 batch.
-    jitted = jax.jit(lambda v, x: probabilities.predict_probs(model, v, x, config.data, tta,
-                                                        config.eval.tta_rotations))
+    jitted = jax.jit(
+      lambda v, x: probabilities.predict_probs(
+        model, v, x, config.data, tta, config.eval.tta_rotations
+      )
+    )
     self._tiles = lambda x: np.asarray(jax.device_get(jitted(variables, x)), np.float32)
 
   def without_tta(self) -> 'Segmenter':
@@ -52,18 +56,28 @@ class Segmenter:
     """(size, size, C) probabilities of each image taken as one cell crop, resized whole."""
     out = []
     for first in range(0, len(images), self.batch_size):
-      chunk = images[first:first + self.batch_size]
+      chunk = images[first : first + self.batch_size]
       batch = np.zeros((self.batch_size, self.size, self.size, 3), np.uint8)
       for i, image in enumerate(chunk):
         batch[i] = image_files.resize_image(self.standardize(image), self.size)
-      out += list(self._tiles(batch)[:len(chunk)])
+      out += list(self._tiles(batch)[: len(chunk)])
     return out
 
-  def field(self, image: np.ndarray, scale: float, standardized: bool = False,
-            tiles_done: Callable[[int, int], None] | None = None) -> np.ndarray:
+  def field(
+    self,
+    image: np.ndarray,
+    scale: float,
+    standardized: bool = False,
+    tiles_done: Callable[[int, int], None] | None = None,
+  ) -> np.ndarray:
     """(round(H * scale), round(W * scale), C) probabilities of a field resized by `scale`, in
     overlapping tiles; `standardized` when the colour step was already applied; `tiles_done`
     as `fields.segment_field`'s."""
     image = image if standardized else self.standardize(image)
-    return fields.segment_field(self._tiles, fields.resize_field(image, scale), self.size,
-                                batch_size=self.batch_size, tiles_done=tiles_done)
+    return fields.segment_field(
+      self._tiles,
+      fields.resize_field(image, scale),
+      self.size,
+      batch_size=self.batch_size,
+      tiles_done=tiles_done,
+    )

@@ -34,8 +34,9 @@ def _moments(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array,
-              epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def normalize(
+  x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(y, mean, var): float32 `x` normalised over all axes but the last."""
   outputs, _ = _normalize_fwd(x, scale, bias, epsilon)
   return outputs
@@ -74,6 +75,7 @@ class BatchNorm(nn.Module):
 
   Outputs float32 whatever the input dtype, as Flax's does with float32 parameters.
   """
+
   use_running_average: bool
   momentum: float = 0.99
   epsilon: float = 1e-5

@@ -25,13 +25,15 @@ def decode(probs, table: classes.ClassTable, rule: str):
     return xp.argmax(probs, axis=-1).astype(xp.int32)
   if rule != 'by_part':
     raise ValueError(f'unknown decoding rule {rule!r}; expected one of {RULES}')
-  first, last = table.nucleus_ids[0], table.nucleus_ids[-1]   # the ids are consecutive
-  nucleus = probs[..., first:last + 1]
+  first, last = table.nucleus_ids[0], table.nucleus_ids[-1]  # the ids are consecutive
+  nucleus = probs[..., first : last + 1]
   parts = [probs[..., classes.BACKGROUND], nucleus.sum(-1)]
-  ids = [xp.zeros(probs.shape[:-1], xp.int32) + classes.BACKGROUND,
-         xp.argmax(nucleus, axis=-1).astype(xp.int32) + first]
+  ids = [
+    xp.zeros(probs.shape[:-1], xp.int32) + classes.BACKGROUND,
+    xp.argmax(nucleus, axis=-1).astype(xp.int32) + first,
+  ]
   if table.cytoplasm:
     parts.append(probs[..., table.cytoplasm_id])
     ids.append(xp.zeros(probs.shape[:-1], xp.int32) + table.cytoplasm_id)
-  part = xp.argmax(xp.stack(parts, axis=-1), axis=-1)   # ties: background, then nucleus
+  part = xp.argmax(xp.stack(parts, axis=-1), axis=-1)  # ties: background, then nucleus
   return xp.take_along_axis(xp.stack(ids, axis=-1), part[..., None], axis=-1)[..., 0]

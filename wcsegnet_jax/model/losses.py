@@ -23,9 +23,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, class_weights=()) -> jax
   return (w * ce).sum() / jnp.maximum(w.sum(), 1e-12)
 
 
-def soft_dice_loss(logits: jax.Array, labels: jax.Array,
-                   class_weights: Optional[Sequence[float]] = None,
-                   eps: float = 1.0) -> jax.Array:
+def soft_dice_loss(
+  logits: jax.Array,
+  labels: jax.Array,
+  class_weights: Optional[Sequence[float]] = None,
+  eps: float = 1.0,
+) -> jax.Array:
   """Soft Dice loss, a differentiable scalar.
 
   p = softmax(logits) (B, H, W, C), y = one_hot(labels) (B, H, W, C), C the logits' classes
@@ -64,7 +67,8 @@ def make_loss_fn(train_config: ml_collections.ConfigDict) -> Callable:
     loss = cross_entropy(logits, labels, weights)
     if train_config.loss == 'dice_ce':
       loss = loss + train_config.dice_weight * soft_dice_loss(
-          logits, labels, class_weights=weights or None)
+        logits, labels, class_weights=weights or None
+      )
     return loss
 
   return loss_fn

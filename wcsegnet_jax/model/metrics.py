@@ -40,18 +40,19 @@ from wcsegnet_jax.core.classes import NUM_CLASSES
 
 PAPER = classes.PAPER_TABLE
 
-PAPER_METRICS = ('accuracy', 'precision', 'recall', 'dice', 'nucleus_iou', 'background_iou',
-                 'miou')
+PAPER_METRICS = ('accuracy', 'precision', 'recall', 'dice', 'nucleus_iou', 'background_iou', 'miou')
 CLASS_METRICS = ('precision', 'recall', 'dice', 'iou')
-CELL_METRICS = ('cell_dice', 'cell_iou')   # whole cells, with a cytoplasm class only
+CELL_METRICS = ('cell_dice', 'cell_iou')  # whole cells, with a cytoplasm class only
 
 
 # ------------------------------------------------------------------------------------------------
 # Device side: pure jnp, jit-friendly.
 # ------------------------------------------------------------------------------------------------
 
-def per_image_confusion(labels: jax.Array, preds: jax.Array,
-                        num_classes: int = NUM_CLASSES) -> jax.Array:
+
+def per_image_confusion(
+  labels: jax.Array, preds: jax.Array, num_classes: int = NUM_CLASSES
+) -> jax.Array:
   """Pixel confusion matrix of each image, (B, C, C) int32: cm[b, t, p] = #pixels of image b
   with label t predicted as p.
 
@@ -63,7 +64,7 @@ def per_image_confusion(labels: jax.Array, preds: jax.Array,
   """
   labels, preds = jnp.asarray(labels), jnp.asarray(preds)
   pixels = lambda x: x.reshape(x.shape[0], -1).astype(jnp.int32)
-  true = jax.nn.one_hot(pixels(labels), num_classes, dtype=jnp.int32)   # (B, P, C)
+  true = jax.nn.one_hot(pixels(labels), num_classes, dtype=jnp.int32)  # (B, P, C)
   predicted = jax.nn.one_hot(pixels(preds), num_classes, dtype=jnp.int32)
   return jnp.einsum('bpt,bpq->btq', true, predicted, preferred_element_type=jnp.int32)
 
@@ -71,6 +72,7 @@ def per_image_confusion(labels: jax.Array, preds: jax.Array,
 # ------------------------------------------------------------------------------------------------
 # Host side: numpy on confusion matrices; plain Python values out.
 # ------------------------------------------------------------------------------------------------
+
 
 def _ratio(numerator: float, denominator: float) -> Optional[float]:
   """numerator / denominator as a float, or None when the denominator is 0 (undefined)."""
@@ -85,8 +87,10 @@ def _mean_defined(values) -> Optional[float]:
 
 def _check_size(num_classes: int, table: classes.ClassTable) -> None:
   if num_classes != table.num_classes:
-    raise ValueError(f'{num_classes} classes in the confusion matrix but {table.num_classes} in '
-                     f'the class table ({table.describe()})')
+    raise ValueError(
+      f'{num_classes} classes in the confusion matrix but {table.num_classes} in '
+      f'the class table ({table.describe()})'
+    )
 
 
 def _as_cm(cm: Any, table: classes.ClassTable) -> np.ndarray:
@@ -103,7 +107,7 @@ def _binary_counts(cm: np.ndarray, positive_ids: Sequence[int]):
   positive = np.zeros(cm.shape[-1], bool)
   positive[list(positive_ids)] = True
   rows_pos, rows_neg = cm[..., positive, :], cm[..., ~positive, :]
-  tp = rows_pos[..., positive].sum((-2, -1))   # positive predicted positive, any class of them
+  tp = rows_pos[..., positive].sum((-2, -1))  # positive predicted positive, any class of them
   fn = rows_pos[..., ~positive].sum((-2, -1))
   fp = rows_neg[..., positive].sum((-2, -1))
   tn = rows_neg[..., ~positive].sum((-2, -1))
@@ -123,10 +127,10 @@ def _class_scores(tp: float, fp: float, fn: float) -> dict:
   if tp + fp + fn == 0:
     return {k: None for k in CLASS_METRICS}
   return {
-      'precision': float(tp) / (tp + fp) if tp + fp else 0.0,
-      'recall': float(tp) / (tp + fn) if tp + fn else 0.0,
-      'dice': 2.0 * tp / (2.0 * tp + fp + fn),
-      'iou': float(tp) / (tp + fp + fn),
+    'precision': float(tp) / (tp + fp) if tp + fp else 0.0,
+    'recall': float(tp) / (tp + fn) if tp + fn else 0.0,
+    'dice': 2.0 * tp / (2.0 * tp + fp + fn),
+    'iou': float(tp) / (tp + fp + fn),
   }
 
 
@@ -154,13 +158,13 @@ def paper_metrics(cm: Any, table: classes.ClassTable = PAPER) -> dict:
   nucleus = _class_scores(tp, fp, fn)
   background_iou = _ratio(tn, tn + fn + fp)
   out = {
-      'accuracy': _ratio(tp + tn, tp + fp + fn + tn),
-      'precision': nucleus['precision'],
-      'recall': nucleus['recall'],
-      'dice': nucleus['dice'],
-      'nucleus_iou': nucleus['iou'],
-      'background_iou': background_iou,
-      'miou': _mean_defined([background_iou, nucleus['iou']]),
+    'accuracy': _ratio(tp + tn, tp + fp + fn + tn),
+    'precision': nucleus['precision'],
+    'recall': nucleus['recall'],
+    'dice': nucleus['dice'],
+    'nucleus_iou': nucleus['iou'],
+    'background_iou': background_iou,
+    'miou': _mean_defined([background_iou, nucleus['iou']]),
   }
   if table.cytoplasm:
     cell = _class_scores(*(int(x) for x in _binary_counts(cm, _cell_ids(table))[:3]))
@@ -222,8 +226,9 @@ def _as_cms(per_image_cms: Any, table: classes.ClassTable) -> np.ndarray:
   return cms
 
 
-def dice_per_image(per_image_cms: Any, empty_score: float = 1.0,
-                   table: classes.ClassTable = PAPER) -> np.ndarray:
+def dice_per_image(
+  per_image_cms: Any, empty_score: float = 1.0, table: classes.ClassTable = PAPER
+) -> np.ndarray:
   """Nucleus Dice of each image, (N,) float64: 2TP / (2TP + FP + FN) of nucleus vs the rest.
 
   An image with no nucleus in its label nor its prediction (0/0) scores `empty_score` (1.0:
@@ -231,8 +236,7 @@ def dice_per_image(per_image_cms: Any, empty_score: float = 1.0,
   """
   tp, fp, fn, _ = _binary_counts(_as_cms(per_image_cms, table), table.nucleus_ids)
   denominator = 2 * tp + fp + fn
-  return np.where(denominator == 0, float(empty_score),
-                  2.0 * tp / np.maximum(denominator, 1))
+  return np.where(denominator == 0, float(empty_score), 2.0 * tp / np.maximum(denominator, 1))
 
 
 def _summary(values: Sequence[Optional[float]], fill: Optional[float]) -> dict:
@@ -241,15 +245,16 @@ def _summary(values: Sequence[Optional[float]], fill: Optional[float]) -> dict:
   used = [fill if v is None else v for v in values]
   used = [v for v in used if v is not None]
   return {
-      'mean': float(np.mean(used)) if used else None,
-      'std': float(np.std(used)) if used else None,
-      'n_images': len(used),
-      'n_undefined': n_undefined,
+    'mean': float(np.mean(used)) if used else None,
+    'std': float(np.std(used)) if used else None,
+    'n_images': len(used),
+    'n_undefined': n_undefined,
   }
 
 
-def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0,
-                      table: classes.ClassTable = PAPER) -> dict:
+def per_image_summary(
+  per_image_cms: Any, empty_score: Optional[float] = 1.0, table: classes.ClassTable = PAPER
+) -> dict:
   """Mean and std over images of the per-image paper metrics (with whole-cell Dice / IoU when
   the table has a cytoplasm class) and per-class Dice / IoU.
 
@@ -274,17 +279,20 @@ def per_image_summary(per_image_cms: Any, empty_score: Optional[float] = 1.0,
   names = table.names
   keys = PAPER_METRICS + (CELL_METRICS if table.cytoplasm else ())
   return {
-      'n_images': int(cms.shape[0]),
-      'empty_score': empty_score,
-      'paper': {k: _summary([m[k] for m in paper], empty_score) for k in keys},
-      'per_class': {k: {name: _summary([m[k][name] for m in per_class], None) for name in names}
-                    for k in ('dice', 'iou')},
+    'n_images': int(cms.shape[0]),
+    'empty_score': empty_score,
+    'paper': {k: _summary([m[k] for m in paper], empty_score) for k in keys},
+    'per_class': {
+      k: {name: _summary([m[k][name] for m in per_class], None) for name in names}
+      for k in ('dice', 'iou')
+    },
   }
 
 
 # ------------------------------------------------------------------------------------------------
 # Per-cell classification: one cell per image, its type voted by the nucleus pixels.
 # ------------------------------------------------------------------------------------------------
+
 
 def voted_cell_type(predicted_pixels: Any, table: classes.ClassTable = PAPER) -> np.ndarray:
   """The cell type voted by predicted pixel counts per class, (..., C) -> (...) int.
@@ -296,13 +304,14 @@ def voted_cell_type(predicted_pixels: Any, table: classes.ClassTable = PAPER) ->
   """
   predicted_pixels = np.asarray(predicted_pixels)
   _check_size(predicted_pixels.shape[-1], table)
-  first, last = table.nucleus_ids[0], table.nucleus_ids[-1]   # the ids are consecutive
-  nucleus = predicted_pixels[..., first:last + 1]
+  first, last = table.nucleus_ids[0], table.nucleus_ids[-1]  # the ids are consecutive
+  nucleus = predicted_pixels[..., first : last + 1]
   return np.where(nucleus.sum(-1) > 0, nucleus.argmax(-1) + first, BACKGROUND)
 
 
-def predicted_cell_type(pred_map: Any, probs: Any = None,
-                        table: classes.ClassTable = PAPER) -> tuple[int, float]:
+def predicted_cell_type(
+  pred_map: Any, probs: Any = None, table: classes.ClassTable = PAPER
+) -> tuple[int, float]:
   """The cell type of one image, voted by its predicted nucleus pixels: (class_id, confidence).
 
   pred_map: (H, W) int predicted classes; class_id is `voted_cell_type` of its pixel counts.
@@ -323,8 +332,9 @@ def predicted_cell_type(pred_map: Any, probs: Any = None,
   return class_id, float(probs[..., class_id][nucleus].mean())
 
 
-def cell_confusion(true_types: Any, pred_types: Any,
-                   table: classes.ClassTable = PAPER) -> np.ndarray:
+def cell_confusion(
+  true_types: Any, pred_types: Any, table: classes.ClassTable = PAPER
+) -> np.ndarray:
   """Cell-level confusion matrix (T, T) int64 over 0 and the T - 1 cell types' ids: cm[t, p] =
   #cells of true type t predicted p.
 
@@ -337,8 +347,9 @@ def cell_confusion(true_types: Any, pred_types: Any,
     raise ValueError(f'{true_types.size} true types but {pred_types.size} predicted types')
   for name, types in (('true', true_types), ('predicted', pred_types)):
     if types.size and (types.min() < 0 or types.max() >= num_classes):
-      raise ValueError(f'{name} cell types must lie in [0, {num_classes}), got '
-                       f'[{types.min()}, {types.max()}]')
+      raise ValueError(
+        f'{name} cell types must lie in [0, {num_classes}), got [{types.min()}, {types.max()}]'
+      )
   counts = np.bincount(true_types * num_classes + pred_types, minlength=num_classes**2)
   return counts.reshape(num_classes, num_classes)
 
@@ -354,18 +365,20 @@ def cell_metrics(cell_cm: Any, table: classes.ClassTable = PAPER) -> dict:
   Returns those, plus 'n_cells' and 'confusion_matrix' (nested lists, rows = true type).
   """
   cm = np.asarray(cell_cm, dtype=np.int64)
-  names = table.names[:1 + len(table.cell_types)]
+  names = table.names[: 1 + len(table.cell_types)]
   if cm.shape != (len(names),) * 2:
-    raise ValueError(f'expected a {len(names)}x{len(names)} cell confusion matrix (no nucleus and '
-                     f'{table.cell_types}), got shape {cm.shape}')
+    raise ValueError(
+      f'expected a {len(names)}x{len(names)} cell confusion matrix (no nucleus and '
+      f'{table.cell_types}), got shape {cm.shape}'
+    )
   recall = {name: _ratio(cm[c, c], cm[c, :].sum()) for c, name in enumerate(names)}
   return {
-      'cell_accuracy': _ratio(np.trace(cm), cm.sum()),
-      'recall': recall,
-      'mean_recall': _mean_defined(recall.values()),
-      'n_cells': int(cm.sum()),
-      'n_no_nucleus_predicted': int(cm[:, BACKGROUND].sum()),
-      'confusion_matrix': cm.tolist(),
+    'cell_accuracy': _ratio(np.trace(cm), cm.sum()),
+    'recall': recall,
+    'mean_recall': _mean_defined(recall.values()),
+    'n_cells': int(cm.sum()),
+    'n_no_nucleus_predicted': int(cm[:, BACKGROUND].sum()),
+    'confusion_matrix': cm.tolist(),
   }
 
 
@@ -373,8 +386,10 @@ def cell_metrics(cell_cm: Any, table: classes.ClassTable = PAPER) -> dict:
 # Calibration: does a cell's confidence say how often such calls are right?
 # ------------------------------------------------------------------------------------------------
 
-def calibration(confidence: Any, correct: Any, bins: int = 10,
-                uncertain_below: float | None = None) -> dict:
+
+def calibration(
+  confidence: Any, correct: Any, bins: int = 10, uncertain_below: float | None = None
+) -> dict:
   """Expected calibration error and a reliability table of cell-type calls.
 
   The calls are binned by confidence into `bins` equal-width bins of [0, 1]; per bin, its
@@ -390,17 +405,27 @@ def calibration(confidence: Any, correct: Any, bins: int = 10,
   for b in range(bins):
     here = which == b
     if here.any():
-      table.append({'from': b / bins, 'to': (b + 1) / bins, 'n': int(here.sum()),
-                    'confidence': float(confidence[here].mean()),
-                    'accuracy': float(correct[here].mean())})
-  out = {'n': n, 'accuracy': _ratio(correct.sum(), n),
-         'ece': (sum(r['n'] / n * abs(r['accuracy'] - r['confidence']) for r in table)
-                 if n else None),
-         'reliability': table}
+      table.append(
+        {
+          'from': b / bins,
+          'to': (b + 1) / bins,
+          'n': int(here.sum()),
+          'confidence': float(confidence[here].mean()),
+          'accuracy': float(correct[here].mean()),
+        }
+      )
+  out = {
+    'n': n,
+    'accuracy': _ratio(correct.sum(), n),
+    'ece': (sum(r['n'] / n * abs(r['accuracy'] - r['confidence']) for r in table) if n else None),
+    'reliability': table,
+  }
   if uncertain_below is not None:
     flagged = confidence < uncertain_below
-    out.update(uncertain_below=uncertain_below,
-               flagged=_ratio(flagged.sum(), n),
-               accuracy_flagged=_ratio(correct[flagged].sum(), flagged.sum()),
-               accuracy_kept=_ratio(correct[~flagged].sum(), (~flagged).sum()))
+    out.update(
+      uncertain_below=uncertain_below,
+      flagged=_ratio(flagged.sum(), n),
+      accuracy_flagged=_ratio(correct[flagged].sum(), flagged.sum()),
+      accuracy_kept=_ratio(correct[~flagged].sum(), (~flagged).sum()),
+    )
   return out

@@ -35,9 +35,10 @@ def activation_fn(name: str, leaky_relu_slope: float) -> Callable[[jax.Array], j
 
 class ConvBlock(nn.Module):
   """The paper's residual Conv-Block; with `residual=False`, the plain U-Net double conv."""
+
   features: int
   residual: bool = True
-  block_norm: str = 'none'        # 'batch' puts a BatchNorm after each conv (the paper has none)
+  block_norm: str = 'none'  # 'batch' puts a BatchNorm after each conv (the paper has none)
   bn_momentum: float = 0.99
   activation: str = 'leaky_relu'
   leaky_relu_slope: float = 0.3
@@ -50,11 +51,18 @@ class ConvBlock(nn.Module):
 
     def conv_norm(y, i):
       # A bias right before a BatchNorm is cancelled by its mean subtraction: drop it.
-      y = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not normalised,
-                  dtype=self.dtype, name=f'conv{i}')(y)
+      y = nn.Conv(
+        self.features,
+        (3, 3),
+        padding='SAME',
+        use_bias=not normalised,
+        dtype=self.dtype,
+        name=f'conv{i}',
+      )(y)
       if normalised:
-        y = batch_norm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                 name=f'norm{i}')(y)
+        y = batch_norm.BatchNorm(
+          use_running_average=not train, momentum=self.bn_momentum, name=f'norm{i}'
+        )(y)
       return y
 
     branch = act(conv_norm(x, 1))
@@ -70,6 +78,7 @@ class ConvBlock(nn.Module):
 
 class EncoderStage(nn.Module):
   """ConvBlocks at one level's width; returns the (optionally dropped) features = the skip."""
+
   features: int
   block: Callable[..., nn.Module]
   num_blocks: int
@@ -90,13 +99,15 @@ class TransposedConv2x2(nn.Module):
   2x2 output patch. XLA:CPU runs the gradient of the general transposed convolution ~10x
   slower than this product's (docs/benchmarks.md); the result is the same to float rounding.
   """
+
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (2, 2, x.shape[-1], self.features), jnp.float32)
+    kernel = self.param(
+      'kernel', nn.initializers.lecun_normal(), (2, 2, x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # lax.conv_transpose (flax's, transpose_kernel=False) applies the kernel flipped in space.
@@ -114,6 +125,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 class DecoderStage(nn.Module):
   """2x2 upsample, concat the skip, ConvBlocks at the level's width, optional dropout."""
+
   features: int
   block: Callable[..., nn.Module]
   num_blocks: int
@@ -131,7 +143,7 @@ class DecoderStage(nn.Module):
       x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method='nearest')
     else:
       raise ValueError(f"model.upsample must be 'transpose' or 'nearest', got {self.upsample!r}")
-    x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)   # skip first, as Keras' U-Net
+    x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)  # skip first, as Keras' U-Net
     for i in range(self.num_blocks):
       x = self.block(self.features, name=f'block{i}')(x, train=train)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -139,29 +151,33 @@ class DecoderStage(nn.Module):
 
 class Head(nn.Module):
   """conv3x3 + BatchNorm + act + dropout, then a 1x1 conv to float32 logits."""
+
   features: int
   num_classes: int
   act: Callable[[jax.Array], jax.Array]
   dropout: float = 0.0
   bn_momentum: float = 0.99
   dtype: Any = jnp.float32
-  logits_per_class: int = 1   # p*p sub-pixel logits per class with model.patch_size p
+  logits_per_class: int = 1  # p*p sub-pixel logits per class with model.patch_size p
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
-                name='conv')(x)
+    x = nn.Conv(
+      self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype, name='conv'
+    )(x)
     # Computes in float32. Its running statistics are what evaluation uses: if the activations
     # it sees keep growing (no normalisation in the paper's blocks), statistics averaged with a
     # long memory lag behind and the eval-mode net can predict all background (docs/results.md).
-    x = batch_norm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                             name='norm')(x)
+    x = batch_norm.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name='norm')(
+      x
+    )
     x = self.act(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     # The logits conv runs in float32 whatever the compute dtype: it is tiny (width -> classes)
     # and the softmax / cross-entropy that follow want full-precision logits.
-    return nn.Conv(self.num_classes * self.logits_per_class, (1, 1), dtype=jnp.float32,
-                   name='logits')(x)
+    return nn.Conv(
+      self.num_classes * self.logits_per_class, (1, 1), dtype=jnp.float32, name='logits'
+    )(x)
 
 
 class Refinement(nn.Module):
@@ -170,6 +186,7 @@ class Refinement(nn.Module):
   net's output. Not in the paper: with 2x2 patches (patch_size 2) the U-Net decides each 2x2
   block's four pixels from 1/2-resolution features; this sees every pixel next to its
   neighbours."""
+
   features: int
   act: Callable[[jax.Array], jax.Array]
   dtype: Any = jnp.float32
@@ -178,10 +195,16 @@ class Refinement(nn.Module):
   def __call__(self, image: jax.Array, logits: jax.Array) -> jax.Array:
     x = jnp.concatenate([image, logits.astype(self.dtype)], axis=-1)
     for i in range(2):
-      x = self.act(nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
-                           name=f'conv{i}')(x))
-    return logits + nn.Conv(logits.shape[-1], (1, 1), dtype=jnp.float32,
-                            kernel_init=nn.initializers.zeros, name='correction')(x)
+      x = self.act(
+        nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype, name=f'conv{i}')(x)
+      )
+    return logits + nn.Conv(
+      logits.shape[-1],
+      (1, 1),
+      dtype=jnp.float32,
+      kernel_init=nn.initializers.zeros,
+      name='correction',
+    )(x)
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
@@ -212,6 +235,7 @@ def _pad_amounts(size: int, multiple: int) -> tuple[int, int]:
 class WCSegNet(nn.Module):
   """WCSegNet; the fields mirror `config.model` (see configs/base.py for their meaning), and
   `num_classes` the data's (wcsegnet_jax/core/classes.py)."""
+
   num_classes: int = 4
   base_width: int = 64
   num_levels: int = 4
@@ -236,18 +260,24 @@ class WCSegNet(nn.Module):
     """(B, H, W, 3) normalised images -> (B, H, W, num_classes) float32 logits."""
     _, height, width, _ = images.shape
     p = self.patch_size
-    multiple = 2 ** self.num_levels * p
+    multiple = 2**self.num_levels * p
     if height < multiple or width < multiple:
       raise ValueError(
-          f'images of {height}x{width} are smaller than 2**model.num_levels (x patch_size '
-          f'{p}) = {multiple}, the downsampling of the {self.num_levels} 2x2 poolings (and the '
-          f'patches); use larger images or a smaller model.num_levels.')
+        f'images of {height}x{width} are smaller than 2**model.num_levels (x patch_size '
+        f'{p}) = {multiple}, the downsampling of the {self.num_levels} 2x2 poolings (and the '
+        f'patches); use larger images or a smaller model.num_levels.'
+      )
     dtype = jnp.dtype(self.dtype)
     block = functools.partial(
-        ConvBlock, residual=self.residual, block_norm=self.block_norm,
-        bn_momentum=self.bn_momentum, activation=self.activation,
-        leaky_relu_slope=self.leaky_relu_slope, dtype=dtype)
-    width_at = lambda level: self.base_width * 2 ** level
+      ConvBlock,
+      residual=self.residual,
+      block_norm=self.block_norm,
+      bn_momentum=self.bn_momentum,
+      activation=self.activation,
+      leaky_relu_slope=self.leaky_relu_slope,
+      dtype=dtype,
+    )
+    width_at = lambda level: self.base_width * 2**level
 
     # Every pooling must halve an even size and every upsample must land back on its skip's
     # size, so the input is padded up to a multiple of 2**num_levels (120 -> 128, 4 pixels each
@@ -267,31 +297,51 @@ class WCSegNet(nn.Module):
       # stage. As in the Keras U-Net it follows (drop4 feeds both pool4 and the merge), the
       # dropped features are both pooled and used as the skip.
       deepest = level == self.num_levels - 1
-      x = EncoderStage(width_at(level), block, self.blocks_per_stage,
-                       dropout=self.encoder_dropout if deepest else 0.0,
-                       name=f'encoder{level}')(x, train=train)
+      x = EncoderStage(
+        width_at(level),
+        block,
+        self.blocks_per_stage,
+        dropout=self.encoder_dropout if deepest else 0.0,
+        name=f'encoder{level}',
+      )(x, train=train)
       skips.append(x)
-      x = max_pool_2x2(x)   # sizes are even: padded to a multiple of 2**num_levels
+      x = max_pool_2x2(x)  # sizes are even: padded to a multiple of 2**num_levels
 
-    x = EncoderStage(width_at(self.num_levels), block, self.blocks_per_stage,
-                     name='bottleneck')(x, train=train)
+    x = EncoderStage(width_at(self.num_levels), block, self.blocks_per_stage, name='bottleneck')(
+      x, train=train
+    )
 
     # Decoder stage 0 is the deepest; the paper's "two dropouts mid-path" follow stages (0, 1).
     for stage, level in enumerate(reversed(range(self.num_levels))):
-      x = DecoderStage(width_at(level), block, self.blocks_per_stage, upsample=self.upsample,
-                       dropout=self.decoder_dropout if stage in self.decoder_dropout_stages
-                       else 0.0,
-                       dtype=dtype, name=f'decoder{stage}')(x, skips[level], train=train)
+      x = DecoderStage(
+        width_at(level),
+        block,
+        self.blocks_per_stage,
+        upsample=self.upsample,
+        dropout=self.decoder_dropout if stage in self.decoder_dropout_stages else 0.0,
+        dtype=dtype,
+        name=f'decoder{stage}',
+      )(x, skips[level], train=train)
 
-    logits = Head(self.base_width, self.num_classes,
-                  activation_fn(self.activation, self.leaky_relu_slope),
-                  dropout=self.head_dropout, bn_momentum=self.bn_momentum, dtype=dtype,
-                  name='head', logits_per_class=p * p)(x, train=train)
+    logits = Head(
+      self.base_width,
+      self.num_classes,
+      activation_fn(self.activation, self.leaky_relu_slope),
+      dropout=self.head_dropout,
+      bn_momentum=self.bn_momentum,
+      dtype=dtype,
+      name='head',
+      logits_per_class=p * p,
+    )(x, train=train)
     logits = depth_to_space(logits, p)
     if self.refine_width:
-      logits = Refinement(self.refine_width, activation_fn(self.activation, self.leaky_relu_slope),
-                          dtype=dtype, name='refine')(padded, logits)
-    return logits[:, pad_h[0]:pad_h[0] + height, pad_w[0]:pad_w[0] + width].astype(jnp.float32)
+      logits = Refinement(
+        self.refine_width,
+        activation_fn(self.activation, self.leaky_relu_slope),
+        dtype=dtype,
+        name='refine',
+      )(padded, logits)
+    return logits[:, pad_h[0] : pad_h[0] + height, pad_w[0] : pad_w[0] + width].astype(jnp.float32)
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -311,8 +361,11 @@ def model_for(config: ml_collections.ConfigDict) -> nn.Module:
 def abstract_variables(config: ml_collections.ConfigDict) -> dict:
   """The shapes (nothing allocated) of `model_for(config)`'s {'params', 'batch_stats'}."""
   size = config.data.image_size
-  variables = jax.eval_shape(lambda: model_for(config).init(
-      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+  variables = jax.eval_shape(
+    lambda: model_for(config).init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False
+    )
+  )
   return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 

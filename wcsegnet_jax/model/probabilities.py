@@ -14,17 +14,23 @@ def tta_views(rotations: bool) -> list[tuple[Callable, Callable]]:
   """[(view, undo)] of (B, H, W, C) arrays, identity first: the four flips (identity,
   left-right, up-down, both), or with `rotations` the eight symmetries of the square (the four
   quarter turns, each also mirrored). A cell has no up or left; square images are assumed."""
+
   def flip(axes):
     return lambda x: jnp.flip(x, axes) if axes else x
+
   if not rotations:
     return [(flip(axes), flip(axes)) for axes in ((), (2,), (1,), (1, 2))]
   turn = lambda k: lambda x: jnp.rot90(x, k, axes=(1, 2))
-  return [(lambda x, k=k, m=m: flip(m)(turn(k)(x)), lambda y, k=k, m=m: turn(-k)(flip(m)(y)))
-          for k in range(4) for m in ((), (2,))]
+  return [
+    (lambda x, k=k, m=m: flip(m)(turn(k)(x)), lambda y, k=k, m=m: turn(-k)(flip(m)(y)))
+    for k in range(4)
+    for m in ((), (2,))
+  ]
 
 
-def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: bool,
-                  rotations: bool = False) -> jax.Array:
+def predict_probs(
+  model, variables, images_uint8: jax.Array, data_config, tta: bool, rotations: bool = False
+) -> jax.Array:
   """Softmax probabilities (B, H, W, C) float32; with `tta`, averaged over the views of
   `tta_views(rotations)`: the four flips, or the eight symmetries of the square.
 
@@ -43,6 +49,6 @@ def predict_probs(model, variables, images_uint8: jax.Array, data_config, tta: b
   batch = images.shape[0]
   viewed = probs(jnp.concatenate([view(images) for view, _ in views]))
   total = viewed[:batch]
-  for i, (_, undo) in enumerate(views[1:], start=1):   # summed in the order of separate passes
-    total = total + undo(viewed[i * batch:(i + 1) * batch])
+  for i, (_, undo) in enumerate(views[1:], start=1):  # summed in the order of separate passes
+    total = total + undo(viewed[i * batch : (i + 1) * batch])
   return total / len(views)

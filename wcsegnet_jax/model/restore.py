@@ -20,9 +20,7 @@ from wcsegnet_jax.model import models
 from wcsegnet_jax.model import shipped_model
 
 
-
-
-PRETRAINED = 'pretrained'   # --checkpoint value naming the model shipped in the package
+PRETRAINED = 'pretrained'  # --checkpoint value naming the model shipped in the package
 
 
 def pretrained_dir(checkpoint: str | int | None) -> pathlib.Path | None:
@@ -36,8 +34,9 @@ def pretrained_dir(checkpoint: str | int | None) -> pathlib.Path | None:
   return None
 
 
-def resolve_checkpoint(workdir: str | pathlib.Path,
-                       checkpoint: str | int) -> tuple[pathlib.Path, str]:
+def resolve_checkpoint(
+  workdir: str | pathlib.Path, checkpoint: str | int
+) -> tuple[pathlib.Path, str]:
   """(the workdir holding the checkpoints, 'best' | 'latest' | a step) from --checkpoint.
 
   `checkpoint` is 'best', 'latest', a step number (of `workdir`), or a path: a step folder
@@ -55,8 +54,9 @@ def resolve_checkpoint(workdir: str | pathlib.Path,
   if (path / 'checkpoints').is_dir():
     return path, 'latest'
   raise errors.CheckpointError(
-      f'--checkpoint={checkpoint!r} is neither best, latest, a step number, nor a checkpoint '
-      f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/')
+    f'--checkpoint={checkpoint!r} is neither best, latest, a step number, nor a checkpoint '
+    f'folder (WORKDIR/checkpoints/<step>) or a workdir holding checkpoints/'
+  )
 
 
 def keeps_average(workdir: str | pathlib.Path, checkpoint: str | int) -> bool:
@@ -73,8 +73,9 @@ def _run_kept_average(run_workdir: pathlib.Path) -> bool:
   return saved.get('train', {}).get('ema_decay', 0.0) > 0
 
 
-def reads_average(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                  checkpoint: str | int) -> bool:
+def reads_average(
+  config: ml_collections.ConfigDict, workdir: str | pathlib.Path, checkpoint: str | int
+) -> bool:
   """Whether `load_variables` gives the parameters' moving average: the run kept one and
   `config.eval.ema` asks for it."""
   return bool(config.eval.ema) and keeps_average(workdir, checkpoint)
@@ -88,33 +89,44 @@ def check_classes(saved: dict, config: ml_collections.ConfigDict, where: str) ->
   data_table = classes.table_of(config.data)
   if model_table != data_table:
     raise errors.CheckpointError(
-        f'the model of {where} has the classes {model_table.describe()} '
-        f'(data.cell_types={model_table.cell_types}, data.cytoplasm={model_table.cytoplasm}), '
-        f'but the config gives {data_table.describe()} (data.cell_types='
-        f'{data_table.cell_types}, data.cytoplasm={data_table.cytoplasm}); pass the cell types '
-        f'and cytoplasm setting it was trained with')
+      f'the model of {where} has the classes {model_table.describe()} '
+      f'(data.cell_types={model_table.cell_types}, data.cytoplasm={model_table.cytoplasm}), '
+      f'but the config gives {data_table.describe()} (data.cell_types='
+      f'{data_table.cell_types}, data.cytoplasm={data_table.cytoplasm}); pass the cell types '
+      f'and cytoplasm setting it was trained with'
+    )
 
 
-def check_eval_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                      also_free: tuple[str, ...] = ()) -> None:
+def check_eval_config(
+  workdir: pathlib.Path, config: ml_collections.ConfigDict, also_free: tuple[str, ...] = ()
+) -> None:
   """The classes, model and normalisation must be those the checkpoint was trained with."""
   saved = run_files.load_saved_config(workdir)
   if saved is None:
     return
   check_classes(saved, config, str(workdir))
-  diffs = config_lib.config_mismatches(saved, json.loads(config.to_json()),
-                                          config_keys.EVAL_FREE + also_free,
-                                          within=config_keys.EVAL_CHECKED)
+  diffs = config_lib.config_mismatches(
+    saved,
+    json.loads(config.to_json()),
+    config_keys.EVAL_FREE + also_free,
+    within=config_keys.EVAL_CHECKED,
+  )
   if diffs:
     raise errors.CheckpointError(
-        f'the checkpoint in {workdir} was trained with another config '
-        f'({workdir / run_files.CONFIG_FILE}); ' + '; '.join(diffs) +
-        '. Pass the config it was trained with.')
+      f'the checkpoint in {workdir} was trained with another config '
+      f'({workdir / run_files.CONFIG_FILE}); '
+      + '; '.join(diffs)
+      + '. Pass the config it was trained with.'
+    )
 
 
-def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                   checkpoint: str | int = 'latest', sharding=None,
-                   also_free: tuple[str, ...] = ()) -> tuple[dict, int]:
+def load_variables(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  checkpoint: str | int = 'latest',
+  sharding=None,
+  also_free: tuple[str, ...] = (),
+) -> tuple[dict, int]:
   """Restores {'params', 'batch_stats'} of a training checkpoint; returns (variables, step).
 
   Only those two parts of the saved train state are read (the optimizer that trained it does
@@ -132,8 +144,9 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   directory = checkpoints.checkpoint_dir(ckpt_workdir)
   if not directory.is_dir():
     raise errors.CheckpointError(
-        f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
-        f'(--mode=train with this workdir), or pass --checkpoint=PATH')
+      f'no checkpoint in {ckpt_workdir}: {directory} does not exist. Train first '
+      f'(--mode=train with this workdir), or pass --checkpoint=PATH'
+    )
   check_eval_config(ckpt_workdir, config, also_free)
   run_files.check_classes_record(ckpt_workdir, classes.table_of(config.data).names)
   manager = checkpoints.make_manager(ckpt_workdir, read_only=True)
@@ -143,21 +156,28 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     manager.close()
   try:
     averaged = bool(config.eval.ema) and _run_kept_average(ckpt_workdir)
-    variables = checkpoints.restore_variables(directory, step, models.abstract_variables(config),
-                                                sharding, ema=averaged)
+    variables = checkpoints.restore_variables(
+      directory, step, models.abstract_variables(config), sharding, ema=averaged
+    )
   except errors.CheckpointError as e:
     if (ckpt_workdir / run_files.CONFIG_FILE).exists():
       raise
     raise errors.CheckpointError(
-        f'{e}. {ckpt_workdir} has no {run_files.CONFIG_FILE} to say how it was trained: '
-        f'pass the --config it was trained with') from None
-  logging.info('Restored step %d from %s%s.', step, directory,
-               ' (the parameters\' moving average)' if averaged else '')
+      f'{e}. {ckpt_workdir} has no {run_files.CONFIG_FILE} to say how it was trained: '
+      f'pass the --config it was trained with'
+    ) from None
+  logging.info(
+    'Restored step %d from %s%s.',
+    step,
+    directory,
+    " (the parameters' moving average)" if averaged else '',
+  )
   return variables, step
 
 
-def training_ids(workdir: str | pathlib.Path, checkpoint: str | int
-                 ) -> tuple[dict[str, set[str]], pathlib.Path] | None:
+def training_ids(
+  workdir: str | pathlib.Path, checkpoint: str | int
+) -> tuple[dict[str, set[str]], pathlib.Path] | None:
   """({dataset: ids of the images the model trained on}, the file recording them) for a
   checkpoint: its run's data.json, or the shipped model's info.json; None where none is."""
   if (directory := pretrained_dir(checkpoint)) is not None:
@@ -171,18 +191,27 @@ def training_ids(workdir: str | pathlib.Path, checkpoint: str | int
   return {name: set(split.get('train', [])) for name, split in images.items()}, path
 
 
-def _pretrained_variables(config: ml_collections.ConfigDict, sharding, directory: pathlib.Path,
-                          also_free: tuple[str, ...] = ()) -> tuple[dict, int]:
+def _pretrained_variables(
+  config: ml_collections.ConfigDict,
+  sharding,
+  directory: pathlib.Path,
+  also_free: tuple[str, ...] = (),
+) -> tuple[dict, int]:
   """The shipped model's variables, if `config` computes what it was trained to compute."""
   shipped = shipped_model.load_config(directory)
   check_classes(shipped.to_dict(), config, f'the pretrained model ({directory})')
-  diffs = config_lib.config_mismatches(shipped.to_dict(), config.to_dict(),
-                                          config_keys.EVAL_FREE + also_free,
-                                          within=config_keys.EVAL_CHECKED)
+  diffs = config_lib.config_mismatches(
+    shipped.to_dict(),
+    config.to_dict(),
+    config_keys.EVAL_FREE + also_free,
+    within=config_keys.EVAL_CHECKED,
+  )
   if diffs:
     raise errors.CheckpointError(
-        f'the pretrained model ({directory}) was trained with another config: '
-        + '; '.join(diffs) + '. Use --config=configs/pretrained.py (its own config).')
+      f'the pretrained model ({directory}) was trained with another config: '
+      + '; '.join(diffs)
+      + '. Use --config=configs/pretrained.py (its own config).'
+    )
   variables = shipped_model.load_variables(shipped, directory)
   step = int(shipped_model.load_info(directory).get('step', 0))
   return jax.device_put(variables, sharding), step

@@ -31,7 +31,7 @@ from wcsegnet_jax.model import checkpoints
 
 BEST_METRIC = 'test_dice'
 run_files.CONFIG_FILE = 'config.json'
-run_files.DATA_FILE = 'data.json'   # the images a run started on (input_pipeline.data_record)
+run_files.DATA_FILE = 'data.json'  # the images a run started on (input_pipeline.data_record)
 
 
 CheckpointError = errors.CheckpointError
@@ -44,8 +44,9 @@ def _interrupts_deferred() -> Iterator[None]:
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  watched = [sig for sig in (signal.SIGINT, signal.SIGTERM)
-             if callable(signal.getsignal(sig))]   # only signals Python code handles
+  watched = [
+    sig for sig in (signal.SIGINT, signal.SIGTERM) if callable(signal.getsignal(sig))
+  ]  # only signals Python code handles
   caught = []
   previous = {sig: signal.signal(sig, lambda *_: caught.append(True)) for sig in watched}
   try:
@@ -57,19 +58,27 @@ def _interrupts_deferred() -> Iterator[None]:
     raise KeyboardInterrupt
 
 
-def _write_failed(manager: ocp.CheckpointManager, what: str,
-                  error: Exception) -> errors.WriteError | None:
+def _write_failed(
+  manager: ocp.CheckpointManager, what: str, error: Exception
+) -> errors.WriteError | None:
   """The one-line error for a save the storage refused (a full disk, permissions); None for
   any other error, which is a bug and keeps its traceback."""
   reason = errors.storage_failure(error)
   if reason is None:
     return None
-  return errors.WriteError(f'writing {what} to {manager.directory} failed: {reason}. Earlier '
-                           f'complete checkpoints there are intact.')
+  return errors.WriteError(
+    f'writing {what} to {manager.directory} failed: {reason}. Earlier '
+    f'complete checkpoints there are intact.'
+  )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iter: grain.DatasetIterator | None, metrics: dict[str, float] | None) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  data_iter: grain.DatasetIterator | None,
+  metrics: dict[str, float] | None,
+) -> None:
   """Starts an asynchronous save of the state (and the iterator's position) at `step`.
 
   Raises errors.WriteError if this save cannot start or an earlier one failed in the background.
@@ -80,7 +89,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   try:
     with _interrupts_deferred():
       manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+  except (OSError, ValueError) as e:  # TensorStore's storage failures are ValueErrors
     raise _write_failed(manager, f'the checkpoint of step {step}', e) or e
 
 
@@ -88,35 +97,46 @@ def finish(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight and closes `manager`; errors.WriteError if a save failed."""
   try:
     manager.wait_until_finished()
-    manager.close()   # writes the last metadata: a full disk can fail here too
-  except (OSError, ValueError) as e:   # TensorStore's storage failures are ValueErrors
+    manager.close()  # writes the last metadata: a full disk can fail here too
+  except (OSError, ValueError) as e:  # TensorStore's storage failures are ValueErrors
     with contextlib.suppress(OSError, ValueError):
-      manager.close()   # waits again; the error is already in hand
+      manager.close()  # waits again; the error is already in hand
     raise _write_failed(manager, 'a checkpoint', e) or e
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iter: grain.DatasetIterator | None = None) -> Any:
+def restore(
+  manager: ocp.CheckpointManager,
+  step: int,
+  abstract_state: Any,
+  data_iter: grain.DatasetIterator | None = None,
+) -> Any:
   """Restores the state at `step` into the structure (and shardings) of `abstract_state`; a
   damaged step is a CheckpointError naming an intact one and how to resume from it."""
   step_dir = pathlib.Path(manager.directory) / str(step)
-  damage = (checkpoints.state_damage(step_dir)
-            or (data_iter is not None and data_iter_damage(step_dir)))
+  damage = checkpoints.state_damage(step_dir) or (
+    data_iter is not None and data_iter_damage(step_dir)
+  )
   if damage:
-    raise checkpoints.damaged_error(step_dir, damage, lambda good: (
+    raise checkpoints.damaged_error(
+      step_dir,
+      damage,
+      lambda good: (
         f'to resume from step {good}, move the damaged step aside (mv {step_dir} '
-        f'{step_dir}.damaged) and run the same command'))
+        f'{step_dir}.damaged) and run the same command'
+      ),
+    )
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     _check_process_count(manager.directory / str(step))
     items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError) as e:   # orbax's tree or shape mismatch; the cause is kept
+  except (ValueError, KeyError) as e:  # orbax's tree or shape mismatch; the cause is kept
     raise CheckpointError(
-        f'checkpoint {manager.directory / str(step)} cannot be restored into this run (another '
-        f'model config, or another number of processes for the data iterator?): '
-        f'{type(e).__name__}: {str(e)[:500]}') from e
+      f'checkpoint {manager.directory / str(step)} cannot be restored into this run (another '
+      f'model config, or another number of processes for the data iterator?): '
+      f'{type(e).__name__}: {str(e)[:500]}'
+    ) from e
   return restored['state']
 
 
@@ -133,8 +153,11 @@ def data_iter_damage(step_dir: pathlib.Path) -> str | None:
 def saved_process_count(step_dir: pathlib.Path) -> int | None:
   """How many processes wrote a checkpoint: grain saves one iterator position per process
   (`data_iter/process_<i>-of-<n>.json`). None when it holds no iterator."""
-  counts = {int(m[1]) for p in (pathlib.Path(step_dir) / 'data_iter').glob('process_*-of-*.json')
-            if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))}
+  counts = {
+    int(m[1])
+    for p in (pathlib.Path(step_dir) / 'data_iter').glob('process_*-of-*.json')
+    if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))
+  }
   return max(counts) if counts else None
 
 
@@ -143,10 +166,11 @@ def _check_process_count(step_dir: pathlib.Path) -> None:
   saved = saved_process_count(step_dir)
   if saved is not None and saved != jax.process_count():
     raise CheckpointError(
-        f'checkpoint {step_dir} was written by a run of {saved} processes, and this run has '
-        f'{jax.process_count()}: each process resumes its own share of the data. Resume with '
-        f'{saved} processes (e.g. tools/local_cluster.py --num_processes={saved}), or train '
-        f'anew in another --workdir.')
+      f'checkpoint {step_dir} was written by a run of {saved} processes, and this run has '
+      f'{jax.process_count()}: each process resumes its own share of the data. Resume with '
+      f'{saved} processes (e.g. tools/local_cluster.py --num_processes={saved}), or train '
+      f'anew in another --workdir.'
+    )
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:
@@ -162,8 +186,10 @@ def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict
   diffs = config_lib.config_mismatches(saved, json.loads(config.to_json()))
   if diffs:
     raise CheckpointError(
-        f'{workdir} holds a checkpoint trained with another config; these keys differ: '
-        + '; '.join(diffs) + '. Use a new --workdir, or restore the old values.')
+      f'{workdir} holds a checkpoint trained with another config; these keys differ: '
+      + '; '.join(diffs)
+      + '. Use a new --workdir, or restore the old values.'
+    )
   run_files.check_classes_record(workdir, classes.table_of(config.data).names)
 
 
@@ -197,8 +223,7 @@ def _some(ids: set[str], most: int = 5) -> str:
   return ', '.join(shown) + (', ...' if len(ids) > most else '')
 
 
-def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool,
-                      step: int) -> None:
+def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool, step: int) -> None:
   """A resume must see the images the run started on: with others, its test metrics and best
   checkpoint would mix two data sets (and steps per epoch shift). Error naming what changed,
   unless `allow_changed` (train.resume_on_changed_data), which warns and keeps the earlier
@@ -210,14 +235,15 @@ def check_resume_data(workdir: pathlib.Path, record: dict, allow_changed: bool,
   if not changes:
     return
   if allow_changed:
-    logging.warning('Resuming on changed data (train.resume_on_changed_data): %s',
-                    '; '.join(changes))
-    if jax.process_index() == 0:   # one writer; every process warns (its own log)
+    logging.warning(
+      'Resuming on changed data (train.resume_on_changed_data): %s', '; '.join(changes)
+    )
+    if jax.process_index() == 0:  # one writer; every process warns (its own log)
       files.write_bytes_atomic(path.with_name(f'data.until_step_{step}.json'), path.read_bytes())
     return
   raise CheckpointError(
-      f'the data changed since this run started ({path}): ' + '; '.join(changes) +
-      '. Restore the data it started on, start a new --workdir, or pass '
-      '--config.train.resume_on_changed_data=True to go on with the new data.')
-
-
+    f'the data changed since this run started ({path}): '
+    + '; '.join(changes)
+    + '. Restore the data it started on, start a new --workdir, or pass '
+    '--config.train.resume_on_changed_data=True to go on with the new data.'
+  )

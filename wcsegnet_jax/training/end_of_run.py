@@ -18,8 +18,7 @@ from wcsegnet_jax.model import restore
 CURVES_FILE = 'curves.png'
 
 
-def report(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-           seconds: float) -> str | None:
+def report(config: ml_collections.ConfigDict, workdir: pathlib.Path, seconds: float) -> str | None:
   """Evaluates the run's checkpoint (config.eval.checkpoint) on every test split, writes the
   curves figure, and returns the summary (None on processes other than 0)."""
   checkpoint = str(config.eval.checkpoint).strip()
@@ -28,32 +27,46 @@ def report(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   if jax.process_index() != 0:
     return None
   keeps_average = restore.keeps_average(workdir, checkpoint)
-  report_dirs = {name: workdir / 'eval' / evaluate.report_folder(name, config, keeps_average)
-                 for name in written}
-  curves_png = workdir / CURVES_FILE if written else None   # curves are per evaluated epoch
+  report_dirs = {
+    name: workdir / 'eval' / evaluate.report_folder(name, config, keeps_average) for name in written
+  }
+  curves_png = workdir / CURVES_FILE if written else None  # curves are per evaluated epoch
   try:
     if curves_png:
       curves.plot_runs({config.name: workdir}, curves_png)
-  except ValueError:   # no epoch logged (a run of fewer steps than one log)
+  except ValueError:  # no epoch logged (a run of fewer steps than one log)
     curves_png = None
   dice = {name: metrics['paper']['dice'] for name, metrics in written.items()}
   return summary_text(workdir, seconds, dice, report_dirs, curves_png)
 
 
-def summary_text(workdir: pathlib.Path, seconds: float, nucleus_dice: dict[str, float | None],
-                 report_dirs: dict[str, pathlib.Path], curves_png: pathlib.Path | None) -> str:
+def summary_text(
+  workdir: pathlib.Path,
+  seconds: float,
+  nucleus_dice: dict[str, float | None],
+  report_dirs: dict[str, pathlib.Path],
+  curves_png: pathlib.Path | None,
+) -> str:
   """The lines a finished run ends on: its results, where they are, the next command."""
-  dice = ', '.join(f'{name} {"n/a" if d is None else f"{d:.3f}"}'
-                   for name, d in nucleus_dice.items())
-  lines = [f'Training done in {_duration(seconds)}; results in {workdir}',
-           f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}' if dice
-           else '  no test split (data.test_fraction=0): nothing evaluated']
-  lines += [f'  report: {folder / "report.md"} (figures: {folder / "figure.png"}, '
-            f'{folder / "worst.png"})' for folder in report_dirs.values()]
+  dice = ', '.join(
+    f'{name} {"n/a" if d is None else f"{d:.3f}"}' for name, d in nucleus_dice.items()
+  )
+  lines = [
+    f'Training done in {_duration(seconds)}; results in {workdir}',
+    f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}'
+    if dice
+    else '  no test split (data.test_fraction=0): nothing evaluated',
+  ]
+  lines += [
+    f'  report: {folder / "report.md"} (figures: {folder / "figure.png"}, {folder / "worst.png"})'
+    for folder in report_dirs.values()
+  ]
   if curves_png is not None:
     lines.append(f'  training curves: {curves_png}')
-  lines.append(f'Next, segment your own images: python -m wcsegnet_jax.predict '
-               f'--workdir={workdir} --output={workdir / "predictions"} IMAGE_OR_FOLDER...')
+  lines.append(
+    f'Next, segment your own images: python -m wcsegnet_jax.predict '
+    f'--workdir={workdir} --output={workdir / "predictions"} IMAGE_OR_FOLDER...'
+  )
   return '\n'.join(lines)
 
 

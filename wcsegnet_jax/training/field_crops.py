@@ -42,13 +42,14 @@ def window(centre: float, size: int, length: int) -> int:
 
 def crop(array: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
   """array[y0:y0+size, x0:x0+size], mirrored out where the array is smaller than `size`."""
-  part = array[y0:y0 + size, x0:x0 + size]
+  part = array[y0 : y0 + size, x0 : x0 + size]
   pad = ((0, size - part.shape[0]), (0, size - part.shape[1])) + ((0, 0),) * (part.ndim - 2)
   return np.pad(part, pad, mode='symmetric') if any(p[1] for p in pad) else part
 
 
-def pseudo_label_map(pred_map: np.ndarray, field: typed_fields.TypedField, scale: float,
-                     table: classes.ClassTable) -> np.ndarray:
+def pseudo_label_map(
+  pred_map: np.ndarray, field: typed_fields.TypedField, scale: float, table: classes.ClassTable
+) -> np.ndarray:
   """A label map of the field at `scale`: in each typed box, predicted nucleus pixels take the
   box's type, cytoplasm stays cytoplasm; background elsewhere."""
   nucleus = np.isin(pred_map, table.nucleus_ids)
@@ -62,14 +63,19 @@ def pseudo_label_map(pred_map: np.ndarray, field: typed_fields.TypedField, scale
   return out
 
 
-def write_field_crops(config: ml_collections.ConfigDict, variables: dict,
-                      fields: list[typed_fields.TypedField], out_dir: pathlib.Path) -> dict:
+def write_field_crops(
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  fields: list[typed_fields.TypedField],
+  out_dir: pathlib.Path,
+) -> dict:
   """Writes out_dir/images/ and masks/ (one crop per typed cell); returns the manifest."""
   table = classes.table_of(config.data)
   size = int(config.data.image_size)
   segment = segmenter.Segmenter(config, variables, tta=bool(config.eval.tta))
-  scale_of = scale_estimate.scale_function(config.data.fields_scale or 'auto', segment,
-                                           warn=logging.warning)
+  scale_of = scale_estimate.scale_function(
+    config.data.fields_scale or 'auto', segment, warn=logging.warning
+  )
   for sub in ('images', 'masks'):
     (out_dir / sub).mkdir(parents=True, exist_ok=True)
   written, unlabelled = [], []
@@ -77,8 +83,9 @@ def write_field_crops(config: ml_collections.ConfigDict, variables: dict,
     image = image_files.read_rgb(field.path)
     scale = float(scale_of(image))
     probs = segment.field(image, scale)
-    labels = pseudo_label_map(decoding.decode(probs, table, config.eval.decode), field, scale,
-                              table)
+    labels = pseudo_label_map(
+      decoding.decode(probs, table, config.eval.decode), field, scale, table
+    )
     scaled = fields_lib.resize_field(image, scale)
     for k, cell in enumerate(field.cells):
       x0, y0, x1, y1 = (v * scale for v in cell.box)
@@ -89,14 +96,19 @@ def write_field_crops(config: ml_collections.ConfigDict, variables: dict,
       if not (label_crop == table.type_id(cell.cell_type)).any():
         unlabelled.append(name)
         continue
-      files.write_bytes_atomic(out_dir / 'images' / f'{name}.png', _png(crop(scaled, left, top,
-                                                                              size)[..., ::-1]))
+      files.write_bytes_atomic(
+        out_dir / 'images' / f'{name}.png', _png(crop(scaled, left, top, size)[..., ::-1])
+      )
       files.write_bytes_atomic(out_dir / 'masks' / f'{name}.png', _png(label_crop))
-      written.append({'crop': name, 'field': field.path.name, 'type': cell.cell_type,
-                      'scale': scale})
+      written.append(
+        {'crop': name, 'field': field.path.name, 'type': cell.cell_type, 'scale': scale}
+      )
   if unlabelled:
-    logging.warning('%d typed cell(s) left out of fine-tuning: the model finds no nucleus in '
-                    'their box (%s)', len(unlabelled), ', '.join(unlabelled[:5]))
+    logging.warning(
+      '%d typed cell(s) left out of fine-tuning: the model finds no nucleus in their box (%s)',
+      len(unlabelled),
+      ', '.join(unlabelled[:5]),
+    )
   return {'crops': written, 'left_out': unlabelled}
 
 
@@ -109,31 +121,48 @@ def _png(array: np.ndarray) -> bytes:
 
 def fields_key(fields: list[typed_fields.TypedField]) -> list:
   """What the crops depend on in the fields folder: names, sizes, times and typed cells."""
-  return [[f.path.name, f.path.stat().st_size, f.path.stat().st_mtime_ns,
-           [[c.cell_type, list(c.box)] for c in f.cells]] for f in fields]
+  return [
+    [
+      f.path.name,
+      f.path.stat().st_size,
+      f.path.stat().st_mtime_ns,
+      [[c.cell_type, list(c.box)] for c in f.cells],
+    ]
+    for f in fields
+  ]
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-            load_initial_variables) -> ml_collections.ConfigDict:
+def prepare(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, load_initial_variables
+) -> ml_collections.ConfigDict:
   """The config to train with: `data.fields_dir`'s typed cells as pseudo-labelled crops in
   `workdir/field_crops/` (written once; reused while the fields and the model are the same),
   read as the `folder` source. `load_initial_variables(config)` gives the model to label with."""
-  fields = typed_fields.read_typed_fields(config.data.fields_dir,
-                                          cell_types=tuple(config.data.cell_types))
+  fields = typed_fields.read_typed_fields(
+    config.data.fields_dir, cell_types=tuple(config.data.cell_types)
+  )
   out_dir = workdir / CROPS_DIR
-  key = {'fields': fields_key(fields), 'init_from': str(config.train.init_from),
-         'fields_scale': float(config.data.fields_scale)}
+  key = {
+    'fields': fields_key(fields),
+    'init_from': str(config.train.init_from),
+    'fields_scale': float(config.data.fields_scale),
+  }
   manifest_path = out_dir / MANIFEST
   done = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
   if done.get('key') != key:
-    logging.info('Labelling the typed cells of %d fields of %s with the initial model.',
-                 len(fields), config.data.fields_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)   # this run's own folder: crops of other fields go
+    logging.info(
+      'Labelling the typed cells of %d fields of %s with the initial model.',
+      len(fields),
+      config.data.fields_dir,
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)  # this run's own folder: crops of other fields go
     manifest = write_field_crops(config, load_initial_variables(config), fields, out_dir)
     if not manifest['crops']:
-      raise errors.DataError(f'{config.data.fields_dir}: the model finds no nucleus in any typed '
-                          f'box, so there is nothing to fine-tune on (is data.fields_scale '
-                          f'right?)')
+      raise errors.DataError(
+        f'{config.data.fields_dir}: the model finds no nucleus in any typed '
+        f'box, so there is nothing to fine-tune on (is data.fields_scale '
+        f'right?)'
+      )
     files.write_json_atomic(manifest_path, {'key': key, **manifest})
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.datasets = ('folder',)

@@ -30,8 +30,13 @@ def _step_of(line: str) -> int | None:
 class MetricWriter:
   """Writes scalars to TensorBoard, `workdir/metrics.jsonl` and the log (process 0 only)."""
 
-  def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int | None = None,
-               started_at: float | None = None):
+  def __init__(
+    self,
+    workdir: pathlib.Path,
+    enabled: bool = True,
+    resume_step: int | None = None,
+    started_at: float | None = None,
+  ):
     """`resume_step`: the checkpoint a run resumed from; records logged after it (by the run
     that was interrupted, and about to be logged again) are dropped. `started_at` (a
     `time.time()`): each JSON line gets `elapsed_seconds` since then, for time-to-accuracy."""
@@ -39,8 +44,11 @@ class MetricWriter:
     if enabled:
       path = workdir / METRICS_FILE
       if resume_step is not None and path.exists():
-        kept = [line for line in path.read_text().splitlines()
-                if _step_of(line) is not None and _step_of(line) <= resume_step]
+        kept = [
+          line
+          for line in path.read_text().splitlines()
+          if _step_of(line) is not None and _step_of(line) <= resume_step
+        ]
         files.write_text_atomic(path, ''.join(line + '\n' for line in kept))
       purge = {'purge_step': resume_step + 1} if resume_step is not None else {}
       self._tb = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'), **purge)
@@ -78,15 +86,23 @@ class MetricWriter:
     try:
       yield
     except OSError as e:
-      raise errors.WriteError(f'writing the metrics to {self.workdir} failed: {e}; what was '
-                              f'written before (metrics, checkpoints) is intact') from e
+      raise errors.WriteError(
+        f'writing the metrics to {self.workdir} failed: {e}; what was '
+        f'written before (metrics, checkpoints) is intact'
+      ) from e
 
 
 # How the log names the training scalars; test scalars show only these, per dataset (all of
 # them are in metrics.jsonl and TensorBoard).
-_SHORT_NAMES = {'loss': 'loss', 'pixel_accuracy': 'acc', 'grad_norm': 'grad',
-                'learning_rate': 'lr', 'images_per_second': 'img/s', 'epoch': 'epoch',
-                'test_dice': 'mean test dice'}
+_SHORT_NAMES = {
+  'loss': 'loss',
+  'pixel_accuracy': 'acc',
+  'grad_norm': 'grad',
+  'learning_rate': 'lr',
+  'images_per_second': 'img/s',
+  'epoch': 'epoch',
+  'test_dice': 'mean test dice',
+}
 _TEST_SHOWN = {'dice': 'dice', 'cell_accuracy': 'cell acc'}
 
 
@@ -133,8 +149,9 @@ class FinishedStepProgress:
   never idles it.
   """
 
-  def __init__(self, bar: Any, in_flight: int = 1,
-               wait: Callable[[Any], Any] = jax.block_until_ready):
+  def __init__(
+    self, bar: Any, in_flight: int = 1, wait: Callable[[Any], Any] = jax.block_until_ready
+  ):
     self.bar, self.in_flight, self.wait = bar, in_flight, wait
     self.pending = collections.deque()
 
@@ -159,8 +176,9 @@ class FinishedStepProgress:
     self.bar.close()
 
 
-def training_time_warning(seconds_per_step: float, steps_left: int, backend: str,
-                          config_name: str, limit_s: float = 3600.0) -> str | None:
+def training_time_warning(
+  seconds_per_step: float, steps_left: int, backend: str, config_name: str, limit_s: float = 3600.0
+) -> str | None:
   """One line for a run that would train for over `limit_s` without an accelerator, else None.
 
   The estimate counts train steps only (evaluation and checkpoints add to it): a lower bound.
@@ -168,13 +186,17 @@ def training_time_warning(seconds_per_step: float, steps_left: int, backend: str
   estimate = seconds_per_step * steps_left
   if backend != 'cpu' or estimate <= limit_s:
     return None
-  line = (f'this run needs about {_duration(estimate)} or more on this CPU ({seconds_per_step:.2f} '
-          f's per step x {steps_left} steps)')
-  if config_name == 'cpu':   # already the CPU recipe: only a smaller run would help
+  line = (
+    f'this run needs about {_duration(estimate)} or more on this CPU ({seconds_per_step:.2f} '
+    f's per step x {steps_left} steps)'
+  )
+  if config_name == 'cpu':  # already the CPU recipe: only a smaller run would help
     return line + '; fewer --config.train.num_epochs would shorten it.'
   # Its figures (score, time) are in docs/results.md, not copied here to go stale.
-  return (line + ': its config is sized for a GPU. On a CPU use --config=configs/cpu.py, '
-          'the CPU recipe (its scores and time: docs/results.md).')
+  return (
+    line + ': its config is sized for a GPU. On a CPU use --config=configs/cpu.py, '
+    'the CPU recipe (its scores and time: docs/results.md).'
+  )
 
 
 def _duration(seconds: float) -> str:

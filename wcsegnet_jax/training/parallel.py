@@ -13,8 +13,9 @@ from wcsegnet_jax.core import errors
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
   """The two shardings a data-parallel step needs, and how a host batch reaches them."""
-  batch: NamedSharding        # leading axis split over the devices of all processes
-  replicated: NamedSharding   # parameters, optimizer state, metrics
+
+  batch: NamedSharding  # leading axis split over the devices of all processes
+  replicated: NamedSharding  # parameters, optimizer state, metrics
 
   def to_device(self, batch: dict) -> dict:
     """This process's share of the global batch -> one global array per leaf."""
@@ -23,22 +24,27 @@ class DataParallel:
 
 def data_parallel() -> DataParallel:
   # Auto axes: XLA propagates the batch sharding through the model (no sharding-typed code).
-  mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   return DataParallel(batch=NamedSharding(mesh, P('data')), replicated=NamedSharding(mesh, P()))
 
 
-def coordinator_problems(coordinator_address: str | None, num_processes: int | None,
-                         process_id: int | None) -> list[str]:
+def coordinator_problems(
+  coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> list[str]:
   """What is wrong with explicit coordinator settings (all three, or none)."""
-  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
-           '--process_id': process_id}
+  given = {
+    '--coordinator_address': coordinator_address,
+    '--num_processes': num_processes,
+    '--process_id': process_id,
+  }
   if all(v is None for v in given.values()):
     return []
   missing = [name for name, v in given.items() if v is None]
   if missing:
-    return [f'{", ".join(missing)} missing: give --coordinator_address, --num_processes and '
-            f'--process_id together (or none, to let JAX detect the cluster, e.g. under SLURM)']
+    return [
+      f'{", ".join(missing)} missing: give --coordinator_address, --num_processes and '
+      f'--process_id together (or none, to let JAX detect the cluster, e.g. under SLURM)'
+    ]
   found = []
   host, _, port = coordinator_address.rpartition(':')
   if not host or not port.isdigit():
@@ -50,8 +56,12 @@ def coordinator_problems(coordinator_address: str | None, num_processes: int | N
   return found
 
 
-def initialize(distributed: bool, coordinator_address: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None) -> None:
+def initialize(
+  distributed: bool,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins a multi-process run; call before any other JAX call. No-op for a one-process run.
 
   With the coordinator settings (what tools/local_cluster.py passes), joins as told; with
@@ -64,18 +74,23 @@ def initialize(distributed: bool, coordinator_address: str | None = None,
     raise errors.ConfigError('; '.join(problems))
   if coordinator_address is None and not distributed:
     return
-  if process_id:   # known before joining: quiet JAX's lines about it too
+  if process_id:  # known before joining: quiet JAX's lines about it too
     logging.set_verbosity(logging.WARNING)
   try:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-  except (RuntimeError, ValueError) as e:   # no cluster detected, or the coordinator unreachable
-    where = (f'the coordinator {coordinator_address} ({num_processes} processes)'
-             if coordinator_address else 'a cluster (config.train.distributed=True)')
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+  except (RuntimeError, ValueError) as e:  # no cluster detected, or the coordinator unreachable
+    where = (
+      f'the coordinator {coordinator_address} ({num_processes} processes)'
+      if coordinator_address
+      else 'a cluster (config.train.distributed=True)'
+    )
     reason = str(e).splitlines()[0][:300].rstrip('.')
     raise errors.ConfigError(
-        f'cannot join {where}: {reason}. Under SLURM, start one process per task with srun; '
-        f'elsewhere pass --coordinator_address, --num_processes and --process_id '
-        f'(tools/local_cluster.py does, on one machine).') from e
+      f'cannot join {where}: {reason}. Under SLURM, start one process per task with srun; '
+      f'elsewhere pass --coordinator_address, --num_processes and --process_id '
+      f'(tools/local_cluster.py does, on one machine).'
+    ) from e
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)

@@ -38,6 +38,7 @@ TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
 class TypedCrops:
   """Cell crops at the training scale (after the colour step), their type index into the
   model's cell types, the image or field each came from, and its weight in the fit."""
+
   crops: np.ndarray
   labels: np.ndarray
   groups: np.ndarray
@@ -46,12 +47,14 @@ class TypedCrops:
   @staticmethod
   def join(parts: Sequence['TypedCrops']) -> 'TypedCrops':
     parts = [p for p in parts if len(p.labels)]
-    return TypedCrops(*(np.concatenate([getattr(p, f.name) for p in parts])
-                        for f in dataclasses.fields(TypedCrops)))
+    return TypedCrops(
+      *(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TypedCrops))
+    )
 
 
-def dataset_crops(datasets, split: str, config: ml_collections.ConfigDict, views: int,
-                  seed: int) -> TypedCrops:
+def dataset_crops(
+  datasets, split: str, config: ml_collections.ConfigDict, views: int, seed: int
+) -> TypedCrops:
   """The `split` examples of the run's datasets (`input_pipeline.load_datasets`), each in
   `views` views: as stored, then augmented by `config.augment`."""
   table = classes.table_of(config.data)
@@ -63,19 +66,24 @@ def dataset_crops(datasets, split: str, config: ml_collections.ConfigDict, views
       example = source[i]
       label = list(table.nucleus_ids).index(int(example['cell_type']))
       for view in range(views):
-        image = example['image'] if view == 0 else augment.augment_example(
-            example, rng, config.augment)['image']
+        image = (
+          example['image']
+          if view == 0
+          else augment.augment_example(example, rng, config.augment)['image']
+        )
         # Stored after the colour step on the whole image, which is one cell's crop: with
         # typer.crop_color 'crop' a view's colours are standardized again, on their own.
-        crops.append(image if config.typer.crop_color == 'field'
-                     else color.standardize(image, config.data))
+        crops.append(
+          image if config.typer.crop_color == 'field' else color.standardize(image, config.data)
+        )
         labels.append(label)
         groups.append(f'{dataset.name}/{i}')
   return _typed_crops(crops, labels, groups, 1.0, int(config.data.image_size))
 
 
-def field_crops(segment: segmenter.Segmenter, typed: Sequence[typed_fields.TypedField],
-                weight: float) -> TypedCrops:
+def field_crops(
+  segment: segmenter.Segmenter, typed: Sequence[typed_fields.TypedField], weight: float
+) -> TypedCrops:
   """A crop around each typed cell of a lab's fields, at the field's estimated scale."""
   config = segment.config
   table = classes.table_of(config.data)
@@ -84,25 +92,39 @@ def field_crops(segment: segmenter.Segmenter, typed: Sequence[typed_fields.Typed
   for field in typed:
     image = image_files.read_rgb(field.path)
     scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
-    found = field_scoring.cells_at_field_scale(plain.field(image, scale), table,
-                                               cells.CellRules(), config.eval.decode, scale)
-    centres = [_centre(truth, match, scale) for truth, match
-               in zip(field.cells, field_scoring.matched_cells(field, found))]
-    crops += list(cell_typing.cell_crops(fields.resize_field(image, scale), centres,
-                                         segment.size, config.data, config.typer.crop_color))
+    found = field_scoring.cells_at_field_scale(
+      plain.field(image, scale), table, cells.CellRules(), config.eval.decode, scale
+    )
+    centres = [
+      _centre(truth, match, scale)
+      for truth, match in zip(field.cells, field_scoring.matched_cells(field, found))
+    ]
+    crops += list(
+      cell_typing.cell_crops(
+        fields.resize_field(image, scale),
+        centres,
+        segment.size,
+        config.data,
+        config.typer.crop_color,
+      )
+    )
     labels += [list(table.cell_types).index(truth.cell_type) for truth in field.cells]
     groups += [field.path.name] * len(field.cells)
   return _typed_crops(crops, labels, groups, weight, segment.size)
 
 
 def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
-  return TypedCrops(np.asarray(crops, np.uint8).reshape(-1, size, size, 3),
-                    np.asarray(labels, np.int32), np.asarray(groups, str),
-                    np.full(len(labels), float(weight)))
+  return TypedCrops(
+    np.asarray(crops, np.uint8).reshape(-1, size, size, 3),
+    np.asarray(labels, np.int32),
+    np.asarray(groups, str),
+    np.full(len(labels), float(weight)),
+  )
 
 
-def _centre(truth: typed_fields.TypedCell, match: cells.Cell | None,
-            scale: float) -> tuple[float, float]:
+def _centre(
+  truth: typed_fields.TypedCell, match: cells.Cell | None, scale: float
+) -> tuple[float, float]:
   """Where to cut a typed cell's crop, at `scale`: the centre of the model's cell that matches
   it (`field_scoring.matched_cells`), else the centre of its box."""
   if match is not None:
@@ -118,31 +140,36 @@ def _folds_of(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
   return np.array([fold_of[g] for g in groups])
 
 
-def out_of_fold_logits(features: np.ndarray, data: TypedCrops, cell_types: Sequence[str],
-                       l2: float, seed: int = 0) -> np.ndarray:
+def out_of_fold_logits(
+  features: np.ndarray, data: TypedCrops, cell_types: Sequence[str], l2: float, seed: int = 0
+) -> np.ndarray:
   """Each cell's logits from a typer fitted without its image or field (FOLDS folds)."""
   folds = _folds_of(data.groups, FOLDS, seed)
   logits = np.zeros((len(data.labels), len(cell_types)), np.float32)
   for k in range(FOLDS):
     held = folds == k
-    typer = cell_typing.fit_linear(features[~held], data.labels[~held], cell_types,
-                                   data.weights[~held], l2)
+    typer = cell_typing.fit_linear(
+      features[~held], data.labels[~held], cell_types, data.weights[~held], l2
+    )
     logits[held] = typer.logits(features[held])
   return logits
 
 
 def best_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
   """The temperature minimising the weighted negative log-likelihood (a grid, 0.25-8)."""
+
   def nll(t):
     z = logits / t
     z = z - z.max(1, keepdims=True)
     log_p = z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(1))
     return -(weights * log_p).sum() / weights.sum()
+
   return float(min(TEMPERATURES, key=nll))
 
 
-def fit(config: ml_collections.ConfigDict, variables: dict, datasets,
-        fields_dir: str | None = None) -> cell_typing.LinearTyper:
+def fit(
+  config: ml_collections.ConfigDict, variables: dict, datasets, fields_dir: str | None = None
+) -> cell_typing.LinearTyper:
   """A calibrated typer for the model (config + variables) from its datasets' training cells
   and, with `fields_dir`, a lab's typed fields; its test-split accuracy in `info`."""
   t = config.typer
@@ -151,19 +178,27 @@ def fit(config: ml_collections.ConfigDict, variables: dict, datasets,
   parts = [dataset_crops(datasets, 'train', config, t.views, config.seed)]
   if fields_dir:
     typed = typed_fields.read_typed_fields(fields_dir, cell_types=table.cell_types)
-    parts.append(field_crops(segmenter.Segmenter(config, variables, tta=False), typed,
-                             t.field_weight))
+    parts.append(
+      field_crops(segmenter.Segmenter(config, variables, tta=False), typed, t.field_weight)
+    )
   data = TypedCrops.join(parts)
   logging.info('Cell typer: features of %d cell crops.', len(data.labels))
   x, _ = features(data.crops)
   temperature = best_temperature(
-      out_of_fold_logits(x, data, table.cell_types, t.l2), data.labels, data.weights)
+    out_of_fold_logits(x, data, table.cell_types, t.l2), data.labels, data.weights
+  )
   typer = cell_typing.fit_linear(x, data.labels, table.cell_types, data.weights, t.l2)
   typer.temperature = temperature
-  typer.info = {'levels': list(features.levels), 'cells': int(len(np.unique(data.groups))),
-                'lab_fields': fields_dir or '', 'l2': t.l2, 'views': t.views,
-                'uncertain_below': t.uncertain_below, 'crop_color': t.crop_color,
-                'test': _test_scores(typer, features, datasets, config)}
+  typer.info = {
+    'levels': list(features.levels),
+    'cells': int(len(np.unique(data.groups))),
+    'lab_fields': fields_dir or '',
+    'l2': t.l2,
+    'views': t.views,
+    'uncertain_below': t.uncertain_below,
+    'crop_color': t.crop_color,
+    'test': _test_scores(typer, features, datasets, config),
+  }
   return typer
 
 
@@ -176,8 +211,12 @@ def _test_scores(typer, features, datasets, config) -> dict:
     if len(test.labels):
       probs = typer.probabilities(features(test.crops)[0])
       right = probs.argmax(1) == test.labels
-      out[dataset.name] = {'accuracy': float(right.mean()), 'calibration': metrics.calibration(
-          probs.max(1), right, uncertain_below=config.typer.uncertain_below)}
+      out[dataset.name] = {
+        'accuracy': float(right.mean()),
+        'calibration': metrics.calibration(
+          probs.max(1), right, uncertain_below=config.typer.uncertain_below
+        ),
+      }
   return out
 
 
@@ -185,11 +224,16 @@ def accuracy_text(typer: cell_typing.LinearTyper) -> str:
   return ', '.join(f'{name} {v["accuracy"]:.3f}' for name, v in typer.info['test'].items())
 
 
-def fit_into(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, variables: dict,
-             datasets) -> cell_typing.LinearTyper:
+def fit_into(
+  workdir: str | pathlib.Path, config: ml_collections.ConfigDict, variables: dict, datasets
+) -> cell_typing.LinearTyper:
   """Fits the typer (`fit`, with the run's `data.fields_dir`) and saves it in `workdir`."""
   typer = fit(config, variables, datasets, config.data.fields_dir or None)
   typer.save(workdir)
-  logging.info('Cell typer saved in %s (test accuracy %s, temperature %.2f).', workdir,
-               accuracy_text(typer), typer.temperature)
+  logging.info(
+    'Cell typer saved in %s (test accuracy %s, temperature %.2f).',
+    workdir,
+    accuracy_text(typer),
+    typer.temperature,
+  )
   return typer

@@ -28,8 +28,9 @@ WorkdirBusyError = errors.WorkdirBusyError
 def resolve(workdir: str | os.PathLike | None) -> pathlib.Path:
   """The absolute workdir; an empty one is an error, never the current folder."""
   if workdir is None or not str(workdir).strip():
-    raise WorkdirError('no workdir given (--workdir is empty): name the folder for the '
-                       "run's checkpoints and logs")
+    raise WorkdirError(
+      "no workdir given (--workdir is empty): name the folder for the run's checkpoints and logs"
+    )
   return pathlib.Path(workdir).expanduser().resolve()
 
 
@@ -44,26 +45,27 @@ def _check_folder(path: pathlib.Path) -> None:
   existing = _nearest_existing(path)
   where = '' if existing == path else f', so {path} cannot be made'
   if not existing.is_dir():
-    raise WorkdirError(f'{existing} is a file, not a folder{where}; move it away or choose '
-                       f'another --workdir')
+    raise WorkdirError(
+      f'{existing} is a file, not a folder{where}; move it away or choose another --workdir'
+    )
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise WorkdirError(f'{existing} is not writable{where}; fix its permissions or choose '
-                       f'another --workdir')
+    raise WorkdirError(
+      f'{existing} is not writable{where}; fix its permissions or choose another --workdir'
+    )
 
 
 def _check_file(path: pathlib.Path) -> None:
   """`path` is (or can be created as) a file we can write."""
   if path.is_dir():
-    raise WorkdirError(f'{path} is a folder, not a file; move it away or choose another '
-                       f'--workdir')
+    raise WorkdirError(f'{path} is a folder, not a file; move it away or choose another --workdir')
   if path.exists() and not os.access(path, os.W_OK):
-    raise WorkdirError(f'{path} is not writable; fix its permissions or choose another '
-                       f'--workdir')
+    raise WorkdirError(f'{path} is not writable; fix its permissions or choose another --workdir')
   _check_folder(path.parent)
 
 
-def check_writable(workdir: pathlib.Path, folders: Sequence[str] = (),
-                   files: Sequence[str] = (), create: bool = True) -> None:
+def check_writable(
+  workdir: pathlib.Path, folders: Sequence[str] = (), files: Sequence[str] = (), create: bool = True
+) -> None:
   """Checks that every folder and file a run writes under `workdir` can be written (creating
   `workdir` if `create`): one error naming the first path that cannot."""
   _check_folder(workdir)
@@ -73,7 +75,7 @@ def check_writable(workdir: pathlib.Path, folders: Sequence[str] = (),
       probe = workdir / f'.write_test.{socket.gethostname()}.{os.getpid()}'
       probe.write_text('ok')
       probe.unlink()
-    except OSError as e:   # e.g. a read-only file system, which os.access does not see
+    except OSError as e:  # e.g. a read-only file system, which os.access does not see
       raise WorkdirError(f'workdir {workdir} is not writable: {e.strerror}') from None
   for name in folders:
     _check_folder(workdir / name)
@@ -107,8 +109,10 @@ def held(workdir: pathlib.Path) -> Iterator[None]:
     if multihost_utils.broadcast_one_to_all(np.int32(failed is not None)):
       if failed is not None:
         raise failed
-      raise WorkdirBusyError(f'workdir {workdir} could not be locked by process 0 (in use by '
-                             f'another run? its output says why)')
+      raise WorkdirBusyError(
+        f'workdir {workdir} could not be locked by process 0 (in use by '
+        f'another run? its output says why)'
+      )
     yield
 
 
@@ -122,11 +126,14 @@ def _locked(workdir: pathlib.Path) -> Iterator[None]:
     lock.seek(0)
     holder = lock.read().strip() or 'a process that is starting'
     lock.close()
-    raise WorkdirBusyError(f'workdir {workdir} is in use by another run ({holder}); wait for it '
-                           f'to end, or use another --workdir') from None
-  except OSError as e:   # a file system without locks (some NFS): run, but say it is unguarded
-    logging.warning('cannot lock %s (%s); nothing stops a second run in this workdir',
-                    lock.name, e.strerror)
+    raise WorkdirBusyError(
+      f'workdir {workdir} is in use by another run ({holder}); wait for it '
+      f'to end, or use another --workdir'
+    ) from None
+  except OSError as e:  # a file system without locks (some NFS): run, but say it is unguarded
+    logging.warning(
+      'cannot lock %s (%s); nothing stops a second run in this workdir', lock.name, e.strerror
+    )
   try:
     lock.truncate(0)
     lock.write(_holder() + '\n')
@@ -134,4 +141,4 @@ def _locked(workdir: pathlib.Path) -> Iterator[None]:
     yield
   finally:
     lock.truncate(0)
-    lock.close()   # releases the lock
+    lock.close()  # releases the lock
