@@ -86,3 +86,24 @@ def test_boxes_found_at_the_training_scale_map_back_to_the_field():
   probs[10:30, 20:40, TABLE.type_id('lymphocyte')] = 1
   found = field_scoring.cells_at_field_scale(probs, TABLE, cells.CellRules(), 'argmax', 0.5)
   assert [(c.bbox, TABLE.names[c.class_id]) for c in found] == [((40, 20, 80, 60), 'lymphocyte')]
+
+
+def test_false_cells_a_differential_counts_are_told_apart():
+  plausible = {'area_px': 600, 'circularity': 0.8, 'solidity': 0.9}
+  sliver = {'area_px': 600, 'circularity': 0.03, 'solidity': 0.9}
+  found = [
+    cell((10, 10, 40, 40), 'neutrophil'),  # the true cell
+    cell((60, 60, 90, 90), 'lymphocyte'),  # a false cell a differential counts
+    cell((100, 60, 130, 90), 'lymphocyte'),  # a false sliver: not counted
+    cell((0, 60, 30, 90), 'lymphocyte'),  # a false cell cut by the border: not counted
+  ]
+  for c, m in zip(found, (plausible, plausible, sliver, plausible)):
+    c.nucleus = m
+  found[3].touches_border = True
+  truth = field(('neutrophil', (0, 0, 50, 50)))
+  outcome = field_scoring.match_field(truth, found, TABLE.names, rules=cells.CellRules())
+  assert outcome.false_cells == 3 and outcome.false_counted == 1
+  s = field_scoring.summarize([outcome], TABLE.cell_types)
+  assert s['false_counted_per_field'] == 1.0
+  unjudged = field_scoring.match_field(truth, found, TABLE.names)
+  assert field_scoring.summarize([unjudged], TABLE.cell_types)['false_counted_per_field'] is None

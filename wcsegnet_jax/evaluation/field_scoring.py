@@ -31,6 +31,9 @@ class FieldOutcome:
   matched_types: list[str | None]  # per true cell: the type of its match, None if missed
   matched_confidence: list[float | None]  # and the confidence of that type
   false_cells: int
+  # Of those, the ones a differential counts (`cells.not_counted_reasons`: not cut by the image
+  # border, not too small or misshapen); None where not judged.
+  false_counted: int | None
   extra_in_box: int
   predicted_cells: int
   scale: float
@@ -64,9 +67,12 @@ def match_field(
   found: Sequence[cells.Cell],
   type_names: Sequence[str],
   scale: float = 1.0,
+  rules: cells.CellRules | None = None,
 ) -> FieldOutcome:
-  """Matches `found` (boxes in the field's own pixels, types by class id into `type_names`)
-  to the field's typed cells."""
+  """Matches `found` (boxes in the field's own pixels, types by class id into `type_names`;
+  sizes at the training scale, as `cells_at_field_scale` gives them) to the field's typed
+  cells; with `rules` (the training scale's), false cells a differential counts are told
+  apart."""
   inside = _inside_boxes(field, found)
   matched = matched_cells(field, found)
   in_any = {id(c) for cands in inside for c in cands}
@@ -76,6 +82,9 @@ def match_field(
     matched_types=[None if m is None else type_names[m.class_id] for m in matched],
     matched_confidence=[None if m is None else float(m.confidence) for m in matched],
     false_cells=sum(id(c) not in in_any for c in found),
+    false_counted=None
+    if rules is None
+    else sum(id(c) not in in_any and not cells.not_counted_reasons(c, rules) for c in found),
     extra_in_box=sum(len(cands) - 1 for cands in inside if cands),
     predicted_cells=len(found),
     scale=float(scale),
@@ -115,6 +124,9 @@ def summarize(
       n_fields,
     ),
     'false_cells_per_field': ratio(sum(o.false_cells for o in outcomes), n_fields),
+    'false_counted_per_field': None
+    if any(o.false_counted is None for o in outcomes)
+    else ratio(sum(o.false_counted for o in outcomes), n_fields),
     'extra_in_box_per_field': ratio(sum(o.extra_in_box for o in outcomes), n_fields),
     'type_right': ratio(right, n_cells),
     'type_right_found': ratio(right, len(found)),
@@ -141,6 +153,12 @@ def markdown(summary: dict, title: str) -> str:
     f'{fmt(summary["type_right_found"])} |',
     '',
   ]
+  if summary.get('false_counted_per_field') is not None:
+    lines += [
+      f'False cells a differential counts (not cut by the border, not too small or misshapen): '
+      f'{fmt(summary["false_counted_per_field"])} per field.',
+      '',
+    ]
   calibration = summary.get('calibration') or {}
   if calibration.get('ece') is not None:
     line = f'Confidence: expected calibration error {calibration["ece"]:.3f}'
@@ -206,7 +224,7 @@ def score_fields(
     found = cells_at_field_scale(probs, table, rules, decode, scale)
     if typer is not None and found:
       found = typer.retyped(found, fields_lib.resize_field(image, scale), (scale, scale))
-    outcomes.append(match_field(field, found, table.names, scale))
+    outcomes.append(match_field(field, found, table.names, scale, rules))
     if progress:
       progress(outcomes[-1])
   return outcomes
