@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import grain
 import jax
@@ -711,3 +712,17 @@ def test_a_second_ctrl_c_in_the_last_checkpoint_wait_says_what_is_left(
     f'(left out if incomplete); last complete checkpoint {spe}; run the '
     f'same command to resume'
   )
+
+
+def test_a_full_disk_failing_again_in_the_last_checkpoint_wait_is_not_a_second_line(
+  monkeypatch, caplog, tmp_path
+):
+  def full_disk(manager):
+    raise errors.WriteError(f'writing a checkpoint to {tmp_path} failed: disk full')
+
+  monkeypatch.setattr(checkpointing, 'finish', full_disk)
+  writer = types.SimpleNamespace(close=lambda: None)
+  failure = errors.WriteError(f'writing the metrics to {tmp_path} failed: disk full')
+  with caplog.at_level('ERROR'):
+    train.close_run(writer, types.SimpleNamespace(directory=tmp_path), failure)
+  assert not [r for r in caplog.records if 'While stopping' in r.getMessage()]

@@ -400,6 +400,8 @@ def close_run(
   except Exception as e:  # pylint: disable=broad-except
     if failure is None:
       raise
+    if errors.storage_failure(e) and errors.storage_failure(failure):
+      return  # the same storage (a full disk) failing again: its line is the one on its way
     logging.error('While stopping: %s', errors.user_error(e) or e)
 
 
