@@ -18,8 +18,9 @@ from the shipped model's config:
 - typer.crop_color 'field': fitted on the lab's cells, the colour step on the whole field types
   better than on each crop (cross-validated 0.87 against 0.81 on bccd_fields' features).
 Measured by 5-fold cross-validation on bccd_fields (tools/cross_lab.py finetune_cv;
-docs/results.md, "Other labs' smears", 2026-12-07): 99.3% of white cells found, 84.6% typed
-right (67.6% before fitting on the lab's cells), calibration error 0.046; ~2 minutes on 2 shared
+docs/results.md, 2026-12-07): 99.3% of white cells found, 85.8% +- 1.1% typed right over three
+deals of the fields into folds (67.6% before fitting on the lab's cells), calibration error
+0.046-0.091; ~2 minutes on 2 shared
 cores for ~110 fields, most of it the features of the training cells and the lab's fields.
 """
 
