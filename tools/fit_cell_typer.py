@@ -46,6 +46,7 @@ def main(argv):
     config = shipped_model.load_config(folder)
     config.data.update({k: FLAGS.config.data[k] for k in ('raw_dir', 'tfds_dir')})
     config.typer.update(FLAGS.config.typer)
+    config.augment.update(FLAGS.config.augment)  # the typer's views; the network's weights stay
     config_checks.validate(config)
     variables = shipped_model.load_variables(config, folder)
     datasets = input_pipeline.load_datasets(config.data)
