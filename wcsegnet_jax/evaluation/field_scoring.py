@@ -56,10 +56,11 @@ def matched_cells(
 ) -> list[cells.Cell | None]:
   """Per true cell: its match among `found` (the largest nucleus of those inside its box), or
   None where it was missed."""
-  return [
-    max(cands, key=lambda c: c.nucleus_area_px) if cands else None
-    for cands in _inside_boxes(field, found)
-  ]
+  return [_largest(cands) for cands in _inside_boxes(field, found)]
+
+
+def _largest(candidates: Sequence[cells.Cell]) -> cells.Cell | None:
+  return max(candidates, key=lambda c: c.nucleus_area_px) if candidates else None
 
 
 def match_field(
@@ -74,7 +75,7 @@ def match_field(
   cells; with `rules` (the training scale's), false cells a differential counts are told
   apart."""
   inside = _inside_boxes(field, found)
-  matched = matched_cells(field, found)
+  matched = [_largest(cands) for cands in inside]
   in_any = {id(c) for cands in inside for c in cands}
   return FieldOutcome(
     file=field.path.name,

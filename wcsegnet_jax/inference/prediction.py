@@ -199,16 +199,16 @@ def _crop_retype(typer, segment: segmenter.Segmenter, image: np.ndarray):
   if typer is None:
     return None
   height, width = image.shape[:2]
-  seen = image_files.resize_image(image, segment.size)
-  return lambda found: typer.retyped(found, seen, (segment.size / width, segment.size / height))
+  factors = (segment.size / width, segment.size / height)
+  # Resized only for an image that has cells to type.
+  return lambda found: typer.retyped(found, image_files.resize_image(image, segment.size), factors)
 
 
 def _field_retype(typer, segment: segmenter.Segmenter, image: np.ndarray, scale: float):
   """Types the cells of a field on the field at the training scale, or None."""
   if typer is None:
     return None
-  seen = fields.resize_field(image, scale)
-  return lambda found: typer.retyped(found, seen, (scale, scale))
+  return lambda found: typer.retyped(found, fields.resize_field(image, scale), (scale, scale))
 
 
 def predict_files(
