@@ -176,6 +176,10 @@ def get_config() -> ml_collections.ConfigDict:
   t.init_from = ''
   t.progress_bar = True  # one bar over the whole run (its ETA), shown on a terminal only
   t.distributed = False  # call jax.distributed.initialize() for multi-host runs
+  # A multi-process run: how long each process waits for all of them to join, and how long a
+  # process may stay silent (dead or hung) before the others stop (docs/multi_host.md).
+  t.join_timeout_s = 300
+  t.heartbeat_timeout_s = 100
 
   # --- Evaluation / prediction --------------------------------------------------------------------
   # A cell typer (wcsegnet_jax/cells/cell_typing.py): a linear classifier over the net's features

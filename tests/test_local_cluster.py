@@ -17,8 +17,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import base
 from conftest import ROOT
 from test_train import cli_args, tiny_config
+from wcsegnet_jax.core import config_checks
 from wcsegnet_jax.core import errors as errors_lib
 from wcsegnet_jax.data import input_pipeline
 from wcsegnet_jax.dev import local_cluster
@@ -268,3 +270,78 @@ def test_coordinator_settings_are_checked_before_jax_sees_them():
     '--process_id=2 must be in 0..1',
   ]
   assert parallel.coordinator_problems(None, 2, 0)[0].startswith('--coordinator_address missing')
+
+
+def test_join_timeouts_are_checked_before_joining():
+  with pytest.raises(
+    errors_lib.ConfigError,
+    match=r'^train.join_timeout_s=0 must be a number of seconds > 0; '
+    r'train.heartbeat_timeout_s=-1 must be a number of seconds > 0$',
+  ):
+    parallel.initialize(False, join_timeout_s=0, heartbeat_timeout_s=-1)
+  c = base.get_config()
+  c.train.heartbeat_timeout_s = 0
+  assert config_checks.problems(c) == [
+    'train.heartbeat_timeout_s=0 must be a number of seconds > 0'
+  ]
+
+
+def _process(args, process_id, port, **kwargs) -> subprocess.Popen:
+  """Process `process_id` of a two-process run of wcsegnet_jax.main, started without the tool."""
+  return subprocess.Popen(
+    [*local_cluster.MAIN_COMMAND, *args, *local_cluster.process_args(process_id, 2, port)],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    **kwargs,
+  )
+
+
+def test_a_process_whose_partner_never_comes_stops_in_time_naming_the_setting(tmp_path):
+  """Without the tool nothing stops a lone process: it waits train.join_timeout_s, not JAX's
+  five minutes, then says so in one line (JAX itself aborts with a native stack trace)."""
+  port = local_cluster.free_port()
+  args = [f'--config={ROOT}/configs/smoke.py', f'--workdir={tmp_path / "wd"}']
+  started = time.monotonic()
+  lone = _process([*args, '--config.train.join_timeout_s=3'], 1, port)
+  _, stderr = lone.communicate(timeout=60)
+  assert lone.returncode == 2 and time.monotonic() - started < 30, stderr
+  assert stderr.splitlines() == [
+    f'error: the run could not join within 3 s: 2 processes expected at the coordinator '
+    f'127.0.0.1:{port}, this is process 1; start every process (the same --coordinator_address '
+    f'and --num_processes, each its own --process_id), or raise train.join_timeout_s (e.g. '
+    f'--config.train.join_timeout_s=6) when some start later'
+  ]
+  assert not (tmp_path / 'wd').exists()
+
+
+def test_a_killed_partner_stops_the_survivor_within_the_heartbeat_timeout(wbc_raw, tmp_path):
+  """A partner that dies after joining (SIGKILL: nothing of ours runs) is noticed by JAX's
+  coordination service when its heartbeats stop: JAX then aborts the survivor, its own lines
+  naming the silent process, within train.heartbeat_timeout_s instead of JAX's 100 s."""
+  c = cluster_config(wbc_raw[0], tmp_path / 'tfds')
+  heartbeat_s, port = 3, local_cluster.free_port()
+  args = [
+    *main_args(c),
+    f'--workdir={tmp_path / "wd"}',
+    f'--config.train.heartbeat_timeout_s={heartbeat_s}',
+    '--config.train.num_epochs=50',  # still training when the partner dies
+  ]
+  survivor, partner = [_process(args, i, port) for i in range(2)]
+  try:
+    seen = []
+    while not any('steps per epoch' in line for line in seen):  # joined, data built
+      seen.append(survivor.stderr.readline())
+      assert seen[-1], ''.join(seen)[-3000:]
+    partner.kill()
+    killed = time.monotonic()
+    rest = survivor.communicate(timeout=60)[1]
+    waited = time.monotonic() - killed
+  finally:
+    for p in (survivor, partner):
+      p.kill()
+      p.wait()
+  assert survivor.returncode != 0 and waited < heartbeat_s + 15, (waited, rest[-3000:])
+  named = 'The following tasks are unhealthy (stopped sending heartbeats):\n1\n'
+  assert named in rest, rest[-3000:]

@@ -52,6 +52,8 @@ def main(argv):
       FLAGS.coordinator_address,
       FLAGS.num_processes,
       FLAGS.process_id,
+      FLAGS.config.train.join_timeout_s,
+      FLAGS.config.train.heartbeat_timeout_s,
     )  # before any other JAX call
     if FLAGS.mode == 'train':
       errors.terminate_as_interrupt()

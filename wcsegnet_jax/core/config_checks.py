@@ -1,5 +1,7 @@
 """Start-up validation of a config: every problem reported at once, before anything compiles."""
 
+import math
+
 import ml_collections
 
 from wcsegnet_jax.core import classes
@@ -160,7 +162,23 @@ def problems(
     )
   if config.input.num_workers < 0 or config.input.read_threads < 1:
     found.append('input.num_workers must be >= 0 and input.read_threads >= 1')
-  return found
+  return found + join_problems(t.join_timeout_s, t.heartbeat_timeout_s)
+
+
+def join_problems(join_timeout_s, heartbeat_timeout_s) -> list[str]:
+  """What is wrong with a multi-process run's timeouts; checked before joining too, as the
+  join comes before the config's full check (it needs the devices of every process)."""
+  given = {'train.join_timeout_s': join_timeout_s, 'train.heartbeat_timeout_s': heartbeat_timeout_s}
+  return [
+    f'{key}={value!r} must be a number of seconds > 0'
+    for key, value in given.items()
+    if not _positive_number(value)
+  ]
+
+
+def _positive_number(value) -> bool:
+  numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return numeric and math.isfinite(value) and value > 0
 
 
 def validate(

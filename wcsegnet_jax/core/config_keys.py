@@ -53,6 +53,8 @@ KEY_ROLES = {
   'train.keep_checkpoints': {RESUME_FREE_ROLE},
   'train.progress_bar': {RESUME_FREE_ROLE},
   'train.distributed': {RESUME_FREE_ROLE},
+  'train.join_timeout_s': {RESUME_FREE_ROLE},
+  'train.heartbeat_timeout_s': {RESUME_FREE_ROLE},
   'train.resume_on_changed_data': {RESUME_FREE_ROLE},
   'eval': {RESUME_FREE_ROLE},
   'eval.raw_dir': {MACHINE_PATH, RESUME_FREE_ROLE},

@@ -7,6 +7,7 @@ with the shell's status for it (130).
 """
 
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -114,3 +115,11 @@ def user_errors_as_messages():
       raise
     print(f'error: {cause}', file=sys.stderr)
     sys.exit(USAGE_STATUS)
+
+
+def exit_now(error: UserError) -> None:
+  """Prints `error` as `user_errors_as_messages` does and ends the process at once (exit 2): for
+  a thread that cannot raise into a main thread held in native code (JAX's join)."""
+  sys.stdout.flush()
+  print(f'error: {error}', file=sys.stderr, flush=True)
+  os._exit(USAGE_STATUS)

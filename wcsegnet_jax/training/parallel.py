@@ -1,12 +1,18 @@
 """Data parallelism: a 1-D mesh over all devices, the batch split along it, the state replicated;
 and joining the processes of a multi-process (multi-host) run."""
 
+import contextlib
 import dataclasses
+import math
+import threading
+from typing import Iterator
 
 from absl import logging
 import jax
+from jax._src import distributed as jax_distributed  # where JAX keeps the settings it resolved
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from wcsegnet_jax.core import config_checks
 from wcsegnet_jax.core import errors
 
 
@@ -56,11 +62,18 @@ def coordinator_problems(
   return found
 
 
+# JAX's own join timeout comes this long after ours: its abort (a native stack trace) is left only
+# for a process whose deadline thread could not run.
+JAX_JOIN_BACKSTOP_S = 30
+
+
 def initialize(
   distributed: bool,
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  join_timeout_s: float = 300,
+  heartbeat_timeout_s: float = 100,
 ) -> None:
   """Joins a multi-process run; call before any other JAX call. No-op for a one-process run.
 
@@ -68,8 +81,17 @@ def initialize(
   `distributed` (config.train.distributed) alone, JAX detects the cluster (SLURM, Open MPI,
   Cloud TPU, or JAX_COORDINATOR_ADDRESS). Processes other than 0 then log warnings only: process
   0 speaks for the run, as it alone writes its files.
+
+  A process not joined by all the others within `join_timeout_s` (config.train.join_timeout_s)
+  ends with one line naming the setting (exit 2). After joining, JAX's coordination service
+  watches the processes: one silent for `heartbeat_timeout_s` (dead, hung, its host gone) makes
+  JAX abort the others (exit 134) with its own lines, which name it ("The following tasks are
+  unhealthy (stopped sending heartbeats): 1"), and a native stack trace; a dead process 0, which
+  hosts the service, aborts them at once ("Failed to send RPC to coordination service"). That
+  abort stays JAX's: its binding cannot hand the failure to a Python callback (std::bad_cast).
   """
   problems = coordinator_problems(coordinator_address, num_processes, process_id)
+  problems += config_checks.join_problems(join_timeout_s, heartbeat_timeout_s)
   if problems:
     raise errors.ConfigError('; '.join(problems))
   if coordinator_address is None and not distributed:
@@ -77,9 +99,14 @@ def initialize(
   if process_id:  # known before joining: quiet JAX's lines about it too
     logging.set_verbosity(logging.WARNING)
   try:
-    jax.distributed.initialize(
-      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-    )
+    with _join_deadline(join_timeout_s, coordinator_address, num_processes, process_id):
+      jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=math.ceil(join_timeout_s) + JAX_JOIN_BACKSTOP_S,
+        heartbeat_timeout_seconds=math.ceil(heartbeat_timeout_s),
+      )
   except (RuntimeError, ValueError) as e:  # no cluster detected, or the coordinator unreachable
     where = (
       f'the coordinator {coordinator_address} ({num_processes} processes)'
@@ -94,3 +121,48 @@ def initialize(
     ) from e
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _join_deadline(
+  seconds: float, coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> Iterator[None]:
+  """Ends the process with `join_timeout_message` if the block (JAX's join, which holds the main
+  thread in native code until its own timeout, then aborts with a stack trace) outlasts
+  `seconds`."""
+  joined = threading.Event()
+
+  def give_up():
+    if not joined.wait(seconds):
+      # A detected cluster's settings: JAX has resolved them before it waits.
+      state = getattr(jax_distributed, 'global_state', None)
+      errors.exit_now(
+        errors.ConfigError(
+          join_timeout_message(
+            seconds,
+            coordinator_address or getattr(state, 'coordinator_address', None),
+            num_processes or getattr(state, 'num_processes', None),
+            process_id if process_id is not None else getattr(state, 'process_id', None),
+          )
+        )
+      )
+
+  threading.Thread(target=give_up, name='join_deadline', daemon=True).start()
+  try:
+    yield
+  finally:
+    joined.set()
+
+
+def join_timeout_message(
+  seconds: float, coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> str:
+  """The one line of a run whose processes did not all join in time."""
+  expected = f'{num_processes} processes' if num_processes else 'the processes of the cluster'
+  return (
+    f'the run could not join within {seconds:g} s: {expected} expected at the coordinator '
+    f'{coordinator_address or "(detected)"}, this is process {process_id}; start every process '
+    f'(the same --coordinator_address and --num_processes, each its own --process_id), or raise '
+    f'train.join_timeout_s (e.g. --config.train.join_timeout_s={2 * math.ceil(seconds)}) when '
+    f'some start later'
+  )
