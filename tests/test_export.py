@@ -355,3 +355,93 @@ def test_predict_refuses_another_models_onnx_file(tiny, tmp_path):
   default = shipped_model.load_config(shipped_model.model_dir())
   assert classes.table_of(config.data).describe() in str(e.value)
   assert classes.table_of(default.data).describe() in str(e.value)
+
+
+@pytest.fixture(scope='module')
+def paper_onnx_file(tmp_path_factory) -> pathlib.Path:
+  """The shipped paper model exported once to a file, for predict's --onnx_file."""
+  config, variables, _ = shipped_model.load(shipped_model.model_dir('paper'))
+  info = onnx_export.describe(config, variables, 'paper', onnx_export.DEFAULT_OPSET, False)
+  graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
+  path = tmp_path_factory.mktemp('paper_onnx') / 'model.onnx'
+  path.write_bytes(graph.SerializeToString())
+  return path
+
+
+def test_resume_continues_an_interrupted_run_of_either_backend(
+  paper_onnx_file, tmp_path, monkeypatch
+):
+  """predict --resume with --backend=onnx, and across backends: the resume check records the
+  model and what shapes the results, not what runs the network, as both backends give the same
+  masks and cells.csv (the test above); so an interrupted run of one backend continued by
+  either ends with the tables of one uninterrupted run."""
+  from wcsegnet_jax.inference import output_folder, prediction  # pylint: disable=g-import-not-at-top
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i, crop in enumerate(cell_crops(5, 120, seed=21)):
+    fixtures.write_rgb(images / f'crop{i}.png', crop)
+  backends = {'jax': {}, 'onnx': {'backend': 'onnx', 'onnx_file': str(paper_onnx_file)}}
+  run = lambda out, backend, **kw: prediction.run(
+    [str(images)],
+    prediction.PredictOptions(output=out, model='paper', batch_size=2, **backends[backend], **kw),
+  )
+  run(tmp_path / 'whole', 'jax')
+  real_crops, calls = segmenter.Segmenter.crops, []  # OnnxSegmenter's too
+
+  def counted_crops(self, crops):
+    calls.append(len(crops))
+    if len(calls) == 3 and interrupt:
+      raise KeyboardInterrupt
+    return real_crops(self, crops)
+
+  monkeypatch.setattr(segmenter.Segmenter, 'crops', counted_crops)
+  for first, then in (('onnx', 'onnx'), ('jax', 'onnx'), ('onnx', 'jax')):
+    out = tmp_path / f'{first}_then_{then}'
+    calls.clear()
+    interrupt = True
+    with pytest.raises(errors.PredictionInterrupted, match='4 of 5 images done'):
+      run(out, first)
+    calls.clear()
+    interrupt = False
+    summary = run(out, then, resume=True)
+    assert calls == [1] and summary.kept == 4 and len(summary.done) == 5, (first, then)
+    assert _masks(out) == _masks(tmp_path / 'whole'), (first, then)
+    for name in (output_folder.CELLS_FILE, output_folder.DIFFERENTIAL_FILE):
+      assert (out / name).read_text() == (tmp_path / 'whole' / name).read_text(), (first, then)
+
+
+def test_a_stop_while_onnx_is_set_up_says_how_to_resume(paper_onnx_file, tmp_path, monkeypatch):
+  """Ctrl-C (or SIGTERM) while ONNX Runtime's model is read or exported (seconds, once the
+  output folder records the run) gets predict's line on how to resume; a resume with nothing
+  left to do sets nothing up."""
+  from wcsegnet_jax.inference import prediction  # pylint: disable=g-import-not-at-top
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i, crop in enumerate(cell_crops(3, 120, seed=5)):
+    fixtures.write_rgb(images / f'crop{i}.png', crop)
+  out = tmp_path / 'out'
+  run = lambda **kw: prediction.run(
+    [str(images)],
+    prediction.PredictOptions(
+      output=out, model='paper', backend='onnx', onnx_file=str(paper_onnx_file), **kw
+    ),
+  )
+  real_segmenter_for, calls = onnx_backend.segmenter_for, []
+
+  def stopped(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(onnx_backend, 'segmenter_for', stopped)
+  with pytest.raises(
+    errors.PredictionInterrupted, match=r'^interrupted: 0 of 3 images .*--resume$'
+  ):
+    run()
+  monkeypatch.setattr(
+    onnx_backend,
+    'segmenter_for',
+    lambda *args, **kwargs: calls.append(1) or real_segmenter_for(*args, **kwargs),
+  )
+  assert len(run(resume=True).done) == 3 and calls == [1]
+  assert run(resume=True).kept == 3 and calls == [1]

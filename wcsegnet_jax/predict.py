@@ -56,7 +56,9 @@ continues the run in OUT: the images it did are kept, not redone (an image is kn
 as given: run the same command), the rest are segmented and the tables and contact sheet cover
 all of them. It is refused, naming both values, when the run there used another model, cell
 types, --tta, --field_scale, --pixel_size_um or cell rules, so one table never mixes two models;
-on a new or empty OUT it is a plain run.
+on a new or empty OUT it is a plain run. --backend, --batch_size and --threads may change: they
+change the probabilities by float rounding only (docs/export.md), so a run of one backend is
+resumed by the other with the masks and rows one run would have written.
 
 On a terminal a bar shows the images done and, for a field of many tiles, its tiles; a log file
 or pipe gets no bar.

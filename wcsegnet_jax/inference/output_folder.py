@@ -49,7 +49,8 @@ def run_settings(
   model: str, cell_types: Sequence[str], tta: bool, field_scale, pixel_size_um, cell_rules: dict
 ) -> dict:
   """What makes two runs' rows comparable: the model, the types it tells apart, and the options
-  that change masks or cells.csv. A resumed run must have every one of them as the earlier."""
+  that change masks or cells.csv. A resumed run must have every one of them as the earlier.
+  What runs the network (--backend) is not one: both give the same masks and rows."""
   return {
     'model': model,
     'cell_types': list(cell_types),

@@ -211,6 +211,31 @@ def _field_retype(typer, segment: segmenter.Segmenter, image: np.ndarray, scale:
   return lambda found: typer.retyped(found, fields.resize_field(image, scale), (scale, scale))
 
 
+def _segmenter(
+  config: ml_collections.ConfigDict,
+  variables: dict,
+  tta: bool,
+  batch_size: int,
+  options: PredictOptions,
+  model_source: str,
+) -> segmenter.Segmenter:
+  """What runs the network: JAX, or ONNX Runtime (the export extra: docs/export.md)."""
+  if options.backend == 'jax' and not options.onnx_file:
+    return segmenter.Segmenter(config, variables, tta, batch_size)
+  from wcsegnet_jax.export import onnx_backend  # pylint: disable=g-import-not-at-top
+
+  return onnx_backend.segmenter_for(
+    config,
+    variables,
+    tta,
+    batch_size,
+    options.backend,
+    options.onnx_file,
+    options.threads,
+    model_source,
+  )
+
+
 def predict_files(
   config: ml_collections.ConfigDict,
   variables: dict,
@@ -264,24 +289,13 @@ def predict_files(
   size = int(config.data.image_size)
   if field_scale is None:  # crops are batched across images, a field's tiles per image
     batch_size = max(1, min(batch_size, len(todo)))
-  if options.backend == 'jax' and not options.onnx_file:
-    segment = segmenter.Segmenter(config, variables, tta, batch_size)
-  else:  # ONNX Runtime (the export extra): docs/export.md
-    from wcsegnet_jax.export import onnx_backend  # pylint: disable=g-import-not-at-top
-
-    segment = onnx_backend.segmenter_for(
-      config,
-      variables,
-      tta,
-      batch_size,
-      options.backend,
-      options.onnx_file,
-      options.threads,
-      model_source,
-    )
   used_stems = {d['stem'] for d in done.values()}
   bars = _Progress(len(paths), len(paths) - len(todo), progress)
   try:
+    # Set up inside: a stop during ONNX's export (seconds) says how to resume, as any other.
+    segment = (
+      _segmenter(config, variables, tta, batch_size, options, model_source) if todo else None
+    )
     for chunk in _chunks(todo, 1 if field_scale else batch_size):
       images = []
       for path in chunk:
