@@ -69,6 +69,7 @@ def test_rules_scale_with_the_map():
   assert len(find(label_map, rules=RULES.scaled(2.0))[0]) == 1
   scaled = RULES.scaled(0.5)
   assert (scaled.merge_gap_px, scaled.min_nucleus_px) == (7.0, 37.5)
+  assert scaled.max_cytoplasm_px == RULES.max_cytoplasm_px / 2
 
 
 def test_a_cell_cut_by_the_border_is_flagged():
@@ -132,6 +133,25 @@ def test_with_cytoplasm_cells_are_nucleus_and_cytoplasm_regions():
   assert (labels > 0).sum() == (label_map > 0).sum()
   # Without a cytoplasm class there is no cell area or N:C ratio.
   assert all(c.cell_area_px is None and c.nc_ratio is None for c in find(label_map)[0])
+
+
+def test_cytoplasm_beyond_a_cells_reach_is_left_out():
+  cyto = 4
+  # A cell (nucleus radius 15, cytoplasm radius 30) whose cytoplasm runs on as a 6 px band to
+  # x = 230, as cytoplasm-coloured pixels over a row of red cells do in a smear field.
+  label_map = disk_map((80, 240), [(40, 40, 30, cyto), (40, 40, 15, 2)])
+  label_map[37:43, 40:230] = np.where(label_map[37:43, 40:230] == 2, 2, cyto)
+  ((cell,), labels) = find(label_map, cytoplasm_id=cyto)
+  reach = RULES.max_cytoplasm_px
+  # The band is cut where it leaves the reach (measured from the nucleus edge at x = 55).
+  assert cell.bbox[2] == pytest.approx(40 + 15 + reach + 1, abs=2)
+  assert (labels[37:43, 12 : int(40 + 15 + reach)] > 0).all()
+  # The cell's own round cytoplasm is whole, and the box shrinks with the rule.
+  assert (labels[disk_map((80, 240), [(40, 40, 30, 1)]) > 0] > 0).all()
+  assert cell.cell_area_px < int((label_map > 0).sum())
+  (small,), _ = find(label_map, cytoplasm_id=cyto, rules=RULES.scaled(0.5))
+  assert small.bbox[2] == pytest.approx(40 + 15 + reach / 2 + 1, abs=2)
+  assert small.bbox[:2] == (10, 10)
 
 
 def test_differential_counts_and_percentages():

@@ -162,6 +162,12 @@ def define_flags() -> None:
     defaults.min_nucleus_px,
     'Cells with a smaller nucleus (pixels at the training scale) are dropped as specks.',
   )
+  flags.DEFINE_float(
+    'cell_max_cytoplasm_px',
+    defaults.max_cytoplasm_px,
+    "A cell's cytoplasm reaches at most this far from its nucleus (pixels at the training "
+    'scale); farther cytoplasm-coloured pixels are left out of every cell.',
+  )
   flags.DEFINE_bool(
     'overwrite',
     False,
@@ -199,6 +205,7 @@ def options_from_flags() -> options_lib.PredictOptions:
     FLAGS.cell_merge_gap_px,
     FLAGS.cell_split_radius_px,
     FLAGS.cell_min_nucleus_px,
+    FLAGS.cell_max_cytoplasm_px,
     count_excluded=FLAGS.count_all_cells,
   )
   return options_lib.PredictOptions(
