@@ -17,6 +17,7 @@ features already hold what the segmentation learned.
 """
 
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -38,6 +39,7 @@ from wcsegnet_jax.model import decoding
 from wcsegnet_jax.model import models
 
 TYPER_FILE = 'cell_typer.npz'
+ROW_BLOCK = 256  # fit_linear's rows are padded to a multiple of this
 TYPER_INFO_FILE = 'cell_typer.json'
 SHAPE_FEATURES = (
   'log_nucleus_area',
@@ -286,8 +288,6 @@ def fit_linear(
   """A `LinearTyper` fitted by full-batch L-BFGS on the weighted cross-entropy plus
   l2 * |weights|^2 (features standardized first); classes weighted to equal total weight, so
   the rare types (basophils, eosinophils) are not ignored."""
-  import optax  # pylint: disable=g-import-not-at-top  # fitting only: predict never loads it
-
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels, np.int32)
   k = len(cell_types)
@@ -303,29 +303,19 @@ def fit_linear(
   weight = weight / weight.sum()
   mean = features.mean(0)
   scale = features.std(0) + 1e-6
-  x = jnp.asarray((features - mean) / scale)
-  y = jnp.asarray(labels)
-  w = jnp.asarray(weight)
-
-  def loss(params):
-    logits = x @ params['w'] + params['b']
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return (w * ce).sum() + l2 * (params['w'] ** 2).sum()
-
-  params = {'w': jnp.zeros((x.shape[1], k)), 'b': jnp.zeros(k)}
-  solver = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(loss)
-
-  @jax.jit
-  def step(carry):
-    params, state = carry
-    value, grad = value_and_grad(params, state=state)
-    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-    return optax.apply_updates(params, updates), state
-
-  carry = (params, solver.init(params))
+  # Rows padded with weight 0 to a multiple of ROW_BLOCK: the loss is the same, and folds of
+  # nearby sizes share one compiled step.
+  pad = -len(labels) % ROW_BLOCK
+  data = (
+    jnp.asarray(np.pad((features - mean) / scale, ((0, pad), (0, 0)))),
+    jnp.asarray(np.pad(labels, (0, pad))),
+    jnp.asarray(np.pad(weight, (0, pad)), jnp.float32),
+    jnp.float32(l2),
+  )
+  init, step = _lbfgs()
+  carry = init({'w': jnp.zeros((features.shape[1], k)), 'b': jnp.zeros(k)})
   for _ in range(steps):
-    carry = step(carry)
+    carry = step(carry, data)
   params = jax.device_get(carry[0])
   return LinearTyper(
     tuple(cell_types),
@@ -334,6 +324,30 @@ def fit_linear(
     np.asarray(params['w'], np.float32),
     np.asarray(params['b'], np.float32),
   )
+
+
+@functools.cache
+def _lbfgs():
+  """(init, step) of L-BFGS on `fit_linear`'s loss, built once: `step` is jitted with the data
+  as arguments, so fits of the same shapes (cross-validation folds) compile once."""
+  import optax  # pylint: disable=g-import-not-at-top  # fitting only: predict never loads it
+
+  def loss(params, data):
+    x, y, w, l2 = data
+    ce = optax.softmax_cross_entropy_with_integer_labels(x @ params['w'] + params['b'], y)
+    return (w * ce).sum() + l2 * (params['w'] ** 2).sum()
+
+  solver = optax.lbfgs()
+
+  @jax.jit
+  def step(carry, data):
+    params, state = carry
+    value_fn = functools.partial(loss, data=data)
+    value, grad = optax.value_and_grad_from_state(value_fn)(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=value_fn)
+    return optax.apply_updates(params, updates), state
+
+  return (lambda params: (params, solver.init(params))), step
 
 
 class CellTyper:
