@@ -193,6 +193,7 @@ def get_config() -> ml_collections.ConfigDict:
   y.views = 6  # augmented views of each training crop
   y.l2 = 0.01  # weight decay of the classifier
   y.field_weight = 20.0  # a lab's typed cell (data.fields_dir) counts as this many crops
+  y.field_views = 4  # ...in this many views: as cut, mirrored, flipped, turned (1-4)
   y.uncertain_below = 0.5  # a cell whose calibrated confidence is lower is flagged for review
 
   c.eval = e = ml_collections.ConfigDict()

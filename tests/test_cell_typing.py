@@ -13,6 +13,7 @@ from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.cells import cells
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import config_checks
+from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.inference import model_loading
 from wcsegnet_jax.inference import output_folder
 from wcsegnet_jax.inference import prediction
@@ -186,6 +187,29 @@ def test_no_epochs_needs_a_model_and_a_typer(tmp_path):
   assert any('train.num_epochs=0' in p for p in config_checks.problems(config))
   config.train.init_from, config.typer.fit = str(tmp_path), True
   assert not any('num_epochs' in p for p in config_checks.problems(config))
+
+
+def test_a_labs_cells_are_fitted_in_turned_views_sharing_their_weight(
+  tiny_model, tmp_path, monkeypatch
+):
+  lab = test_field_crops._field_folder(tmp_path, np.random.default_rng(0), 32)
+  monkeypatch.setattr(segmenter.Segmenter, 'field', test_field_crops._oracle_field)
+  config = test_evaluate.tiny_config(tiny_model['raw_dir'], tmp_path / 'tfds')
+  variables, _ = restore.load_variables(config, str(tiny_model['workdir']), 'latest')
+  segment = segmenter.Segmenter(config, variables, tta=False)
+  typed = typed_fields.read_typed_fields(lab, cell_types=classes.table_of(config.data).cell_types)
+  one = typer_fitting.field_crops(segment, typed, 20.0)
+  four = typer_fitting.field_crops(segment, typed, 20.0, views=4)
+  assert len(one.labels) == 4 and len(four.labels) == 16
+  np.testing.assert_array_equal(four.crops[0::4], one.crops)
+  np.testing.assert_array_equal(four.crops[1::4], one.crops[:, :, ::-1])
+  np.testing.assert_array_equal(four.crops[2::4], one.crops[:, ::-1])
+  np.testing.assert_array_equal(four.crops[3::4], np.rot90(one.crops, axes=(1, 2)))
+  np.testing.assert_array_equal(four.labels, np.repeat(one.labels, 4))
+  np.testing.assert_array_equal(four.groups, np.repeat(one.groups, 4))  # folds keep them together
+  assert four.weights.sum() == pytest.approx(one.weights.sum()) == 80.0
+  config.typer.field_views = 5
+  assert any('typer.field_views=5' in p for p in config_checks.problems(config))
 
 
 @pytest.mark.slow

@@ -63,6 +63,8 @@ def problems(
       f'typer.encoder_stages={y.encoder_stages} and typer.decoder_stages='
       f'{y.decoder_stages} must be >= 0, one of them >= 1'
     )
+  if not 1 <= y.field_views <= 4:
+    found.append(f'typer.field_views={y.field_views} must be 1 to 4 (as cut, mirrored, ...)')
   if y.crop_color not in ('crop', 'field'):
     found.append(f"typer.crop_color={y.crop_color!r} must be 'crop' or 'field'")
   if y.views < 1 or y.l2 < 0 or y.field_weight <= 0 or not 0 <= y.uncertain_below < 1:

@@ -81,10 +81,20 @@ def dataset_crops(
   return _typed_crops(crops, labels, groups, 1.0, int(config.data.image_size))
 
 
+def turned_views(crop: np.ndarray, views: int) -> list[np.ndarray]:
+  """The first `views` of: the crop as cut, mirrored, flipped and turned a quarter; a stain's
+  cells look the same every way up, so each is another typed example of the lab's cell."""
+  return [crop, crop[:, ::-1], crop[::-1], np.rot90(crop)][:views]
+
+
 def field_crops(
-  segment: segmenter.Segmenter, typed: Sequence[typed_fields.TypedField], weight: float
+  segment: segmenter.Segmenter,
+  typed: Sequence[typed_fields.TypedField],
+  weight: float,
+  views: int = 1,
 ) -> TypedCrops:
-  """A crop around each typed cell of a lab's fields, at the field's estimated scale."""
+  """A crop around each typed cell of a lab's fields, at the field's estimated scale, in
+  `views` views (`turned_views`) that share the cell's `weight`."""
   config = segment.config
   table = classes.table_of(config.data)
   plain = segment.without_tta()
@@ -99,18 +109,14 @@ def field_crops(
       _centre(truth, match, scale)
       for truth, match in zip(field.cells, field_scoring.matched_cells(field, found))
     ]
-    crops += list(
-      cell_typing.cell_crops(
-        fields.resize_field(image, scale),
-        centres,
-        segment.size,
-        config.data,
-        config.typer.crop_color,
-      )
+    cut = cell_typing.cell_crops(
+      fields.resize_field(image, scale), centres, segment.size, config.data, config.typer.crop_color
     )
-    labels += [list(table.cell_types).index(truth.cell_type) for truth in field.cells]
-    groups += [field.path.name] * len(field.cells)
-  return _typed_crops(crops, labels, groups, weight, segment.size)
+    for crop, truth in zip(cut, field.cells):
+      crops += turned_views(crop, views)
+      labels += [list(table.cell_types).index(truth.cell_type)] * views
+    groups += [field.path.name] * (len(field.cells) * views)
+  return _typed_crops(crops, labels, groups, weight / views, segment.size)
 
 
 def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
@@ -179,7 +185,9 @@ def fit(
   if fields_dir:
     typed = typed_fields.read_typed_fields(fields_dir, cell_types=table.cell_types)
     parts.append(
-      field_crops(segmenter.Segmenter(config, variables, tta=False), typed, t.field_weight)
+      field_crops(
+        segmenter.Segmenter(config, variables, tta=False), typed, t.field_weight, t.field_views
+      )
     )
   data = TypedCrops.join(parts)
   logging.info('Cell typer: features of %d cell crops.', len(data.labels))
@@ -195,6 +203,7 @@ def fit(
     'lab_fields': fields_dir or '',
     'l2': t.l2,
     'views': t.views,
+    'field_views': t.field_views if fields_dir else 0,
     'uncertain_below': t.uncertain_below,
     'crop_color': t.crop_color,
     'test': _test_scores(typer, features, datasets, config),
