@@ -12,8 +12,10 @@ import numpy as np
 from configs import base
 from conftest import ROOT
 from tools import show_augmentations
+from tools import typer_variants
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import run_files
+from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.evaluation import curves
 from wcsegnet_jax.evaluation import run_summary
 from wcsegnet_jax.model import models
@@ -206,3 +208,46 @@ def test_make_mosaics_with_a_negative_gap_is_one_line(wbc_raw, tmp_path):
   )
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr and '--gap=-50' in result.stderr
+
+
+def _variant_data(rng, labels, informative: bool) -> tuple[dict, list]:
+  """Cached features as typer_variants writes them: 40 training cells, a lab's cells one per
+  field, 12 views each; features carry the type (a type-specific offset) or nothing."""
+  types = ('neutrophil', 'lymphocyte', 'monocyte')
+  width, views = 30, len(typer_variants.ALL_VIEWS)
+  centres = rng.normal(0, 3, (len(types), width)) * informative
+  train_y = np.arange(40) % len(types)
+  lab_x = centres[labels][:, None] + 2.0 + rng.normal(0, 1, (len(labels), views, width))
+  data = {
+    'train_x': centres[train_y] + rng.normal(0, 1, (40, width)),
+    'train_y': train_y,
+    'lab_x': lab_x.astype(np.float32),
+    'lab_y': labels,
+    'lab_groups': np.array([f'f{i:03d}.jpg' for i in range(len(labels))]),
+    'cell_types': np.array(types),
+    'l2': 0.01,
+    'field_weight': 20.0,
+  }
+  typed = [
+    typed_fields.TypedField(
+      typer_variants.pathlib.Path(g), (typed_fields.TypedCell(types[y], (0, 0, 9, 9)),)
+    )
+    for g, y in zip(data['lab_groups'], labels)
+  ]
+  return data, typed
+
+
+def test_typer_variants_score_each_lab_cell_with_its_fold_held_out():
+  # Three variants that cover the paths: the fit as shipped, views fitted and averaged, and
+  # each source standardized to itself (its own statistics from the fitting cells only).
+  variants = [typer_variants.VARIANTS[i] for i in (0, 6, -1)]
+  rng = np.random.default_rng(0)
+  labels = np.arange(30) % 3
+  data, typed = _variant_data(rng, labels, informative=True)
+  for variant in variants:
+    assert typer_variants.type_right(data, variant, typed, 0, 3) >= 0.9, variant.name
+  # Features that say nothing of the type (30 of them for 20 fitting lab cells: a fit scored on
+  # its own cells would be right on all of them): held out, chance.
+  data, typed = _variant_data(rng, rng.permutation(labels), informative=False)
+  scores = [typer_variants.type_right(data, v, typed, 0, 3) for v in variants]
+  assert max(scores) < 0.65 and np.mean(scores) < 0.5
