@@ -23,16 +23,13 @@ from absl import flags
 import numpy as np
 
 from wcsegnet_jax.cells import cell_typing
-from wcsegnet_jax.cells import cells
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import logs
 from wcsegnet_jax.data import image_files
 from wcsegnet_jax.data import input_pipeline
 from wcsegnet_jax.data import typed_fields
-from wcsegnet_jax.evaluation import field_scoring
 from wcsegnet_jax.inference import fields as fields_lib
-from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
 from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import typer_fitting
@@ -58,16 +55,12 @@ def lab_views(segment: segmenter.Segmenter, typed) -> tuple[np.ndarray, np.ndarr
   crops, labels, groups = [], [], []
   for field in typed:
     image = image_files.read_rgb(field.path)
-    scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
-    found = field_scoring.cells_at_field_scale(
-      plain.field(image, scale), table, cells.CellRules(), config.eval.decode, scale
-    )
-    matches = field_scoring.matched_cells(field, found)
+    scale, matches = typer_fitting.found_at_scale(plain, field, image)
     views = [[] for _ in field.cells]
     for factor in SCALES:
       resized = fields_lib.resize_field(image, scale * factor)
       centres = [
-        typer_fitting._centre(truth, match, scale * factor)  # pylint: disable=protected-access
+        typer_fitting.cut_centre(truth, match, scale * factor)
         for truth, match in zip(field.cells, matches)
       ]
       cut = cell_typing.cell_crops(resized, centres, segment.size, config.data, 'field')

@@ -101,14 +101,8 @@ def field_crops(
   crops, labels, groups = [], [], []
   for field in typed:
     image = image_files.read_rgb(field.path)
-    scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
-    found = field_scoring.cells_at_field_scale(
-      plain.field(image, scale), table, cells.CellRules(), config.eval.decode, scale
-    )
-    centres = [
-      _centre(truth, match, scale)
-      for truth, match in zip(field.cells, field_scoring.matched_cells(field, found))
-    ]
+    scale, matches = found_at_scale(plain, field, image)
+    centres = [cut_centre(truth, match, scale) for truth, match in zip(field.cells, matches)]
     cut = cell_typing.cell_crops(
       fields.resize_field(image, scale), centres, segment.size, config.data, config.typer.crop_color
     )
@@ -117,6 +111,22 @@ def field_crops(
       labels += [list(table.cell_types).index(truth.cell_type)] * views
     groups += [field.path.name] * (len(field.cells) * views)
   return _typed_crops(crops, labels, groups, weight / views, segment.size)
+
+
+def found_at_scale(
+  plain: segmenter.Segmenter, field: typed_fields.TypedField, image: np.ndarray
+) -> tuple[float, list[cells.Cell | None]]:
+  """(the field's estimated scale, per typed cell the model's cell matching it or None)."""
+  config = plain.config
+  scale = scale_estimate.estimate_scale(plain, image, config.eval.decode) or 1.0
+  found = field_scoring.cells_at_field_scale(
+    plain.field(image, scale),
+    classes.table_of(config.data),
+    cells.CellRules(),
+    config.eval.decode,
+    scale,
+  )
+  return scale, field_scoring.matched_cells(field, found)
 
 
 def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
@@ -128,7 +138,7 @@ def _typed_crops(crops, labels, groups, weight: float, size: int) -> TypedCrops:
   )
 
 
-def _centre(
+def cut_centre(
   truth: typed_fields.TypedCell, match: cells.Cell | None, scale: float
 ) -> tuple[float, float]:
   """Where to cut a typed cell's crop, at `scale`: the centre of the model's cell that matches
