@@ -8,12 +8,14 @@ import sys
 import cv2
 import jax
 import numpy as np
+import pytest
 
 from configs import base
 from conftest import ROOT
 from tools import show_augmentations
 from tools import typer_variants
 from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import run_files
 from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.evaluation import curves
@@ -251,3 +253,13 @@ def test_typer_variants_score_each_lab_cell_with_its_fold_held_out():
   data, typed = _variant_data(rng, rng.permutation(labels), informative=False)
   scores = [typer_variants.type_right(data, v, typed, 0, 3) for v in variants]
   assert max(scores) < 0.65 and np.mean(scores) < 0.5
+
+
+def test_typer_variants_name_a_features_file_they_cannot_read(tmp_path):
+  bad = tmp_path / 'features.npz'
+  bad.write_bytes(b'PK\x03\x04 cut short')
+  with pytest.raises(errors.UserError, match='features.npz: not a features file'):
+    typer_variants.read_cache(bad)
+  np.savez(bad, train_x=np.zeros(3))  # another file's arrays
+  with pytest.raises(errors.UserError, match='not a features file'):
+    typer_variants.read_cache(bad)

@@ -17,6 +17,7 @@ Needs WCSEG_DATA_DIR (or --raw_dir) for the training cells.
 import dataclasses
 import os
 import pathlib
+import zipfile
 
 from absl import app
 from absl import flags
@@ -98,6 +99,22 @@ def build_cache(path: pathlib.Path) -> None:
     l2=config.typer.l2,
     field_weight=config.typer.field_weight,
   )
+
+
+CACHED = ('train_x', 'train_y', 'lab_x', 'lab_y', 'lab_groups', 'cell_types', 'l2', 'field_weight')
+
+
+def read_cache(path: pathlib.Path) -> dict:
+  """The arrays `build_cache` wrote; one line naming the file where it is not such a file."""
+  try:
+    with np.load(path) as arrays:
+      data = {k: arrays[k] for k in CACHED}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise errors.UserError(
+      f'{path}: not a features file of this tool ({type(e).__name__}: {e}); remove it to '
+      f'compute the features again'
+    ) from e
+  return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +204,7 @@ def main(argv):
     path = pathlib.Path(FLAGS.cache)
     if not path.is_file():
       build_cache(path)
-    with np.load(path) as arrays:
-      data = dict(arrays)
+    data = read_cache(path)
     typed = typed_fields.read_typed_fields(FLAGS.fields_dir)
     if sorted(f.path.name for f in typed) != sorted(set(data['lab_groups'])):
       raise errors.UserError(f'{path}: cached for other fields than {FLAGS.fields_dir}')
