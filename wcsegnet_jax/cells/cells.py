@@ -142,7 +142,11 @@ def label_cells(
     # Cytoplasm farther from every nucleus than a cell's reaches is not a cell's: without the
     # bound, cytoplasm-coloured pixels running across red cells join a white cell to far-off
     # debris, and its box (where a lab's box is matched) and area go with them.
-    reach = ndimage.distance_transform_edt(~nucleus) <= rules.max_cytoplasm_px
+    reach = (
+      ndimage.distance_transform_edt(~nucleus) <= rules.max_cytoplasm_px
+      if nucleus.any()
+      else nucleus
+    )
     region = member = nucleus | ((pred_map == cytoplasm_id) & reach)
   groups, _ = ndimage.label(region, EIGHT_CONNECTED)
   labels, n = np.zeros(pred_map.shape, np.int32), 0
