@@ -140,7 +140,10 @@ def fold_predictions(data: dict, variant: Variant, held: np.ndarray) -> np.ndarr
   views = list(variant.train_views)
   fit_x = lab_x[~held][:, views].reshape(-1, lab_x.shape[-1])
   fit_y = np.repeat(lab_y[~held], len(views))
-  weight = np.full(len(fit_y), (variant.field_weight or float(data['field_weight'])) / len(views))
+  field_weight = (
+    float(data['field_weight']) if variant.field_weight is None else variant.field_weight
+  )
+  weight = np.full(len(fit_y), field_weight / len(views))
   lab_ref = fit_x
   wbc_x = data['train_x']
   if variant.per_lab_standardized:
@@ -150,7 +153,11 @@ def fold_predictions(data: dict, variant: Variant, held: np.ndarray) -> np.ndarr
     fit_y = np.concatenate([data['train_y'], fit_y])
     weight = np.concatenate([np.ones(len(data['train_y'])), weight])
   typer = cell_typing.fit_linear(
-    fit_x, fit_y, tuple(data['cell_types']), weight, variant.l2 or float(data['l2'])
+    fit_x,
+    fit_y,
+    tuple(data['cell_types']),
+    weight,
+    float(data['l2']) if variant.l2 is None else variant.l2,
   )
   probs = 0
   for v in variant.test_views:
@@ -161,18 +168,18 @@ def fold_predictions(data: dict, variant: Variant, held: np.ndarray) -> np.ndarr
   return np.asarray(probs).argmax(1)
 
 
-def type_right(data: dict, variant: Variant, typed, fold_seed: int, k: int) -> float:
+def type_right(data: dict, variant: Variant, typed, fold_seed: int, num_folds: int) -> float:
   """The share of lab cells typed right, each predicted with its fold held out (the fields
   dealt as `cross_lab.py finetune_cv` deals them)."""
   fold_of = {
     field.path.name: k
-    for k, fold in enumerate(typed_fields.stratified_folds(typed, k, fold_seed))
+    for k, fold in enumerate(typed_fields.stratified_folds(typed, num_folds, fold_seed))
     for field in fold
   }
   folds = np.array([fold_of[g] for g in data['lab_groups']])
   predicted = np.zeros(len(data['lab_y']), int)
-  for fold in range(k):
-    held = folds == fold
+  for k in range(num_folds):
+    held = folds == k
     predicted[held] = fold_predictions(data, variant, held)
   return float((predicted == data['lab_y']).mean())
 
