@@ -117,6 +117,29 @@ def _tiny(tiny_model):
   return config, variables
 
 
+def test_cells_whose_crops_show_no_cell_keep_their_voted_type(tiny_model):
+  """A field's cell the typer's own pass does not find again (its crop shows no cell) keeps
+  the type and confidence of its nucleus pixels' vote, also when no crop shows one."""
+  config, variables = _tiny(tiny_model)
+  types = classes.table_of(config.data).cell_types
+  width = 5  # any: no crop reaches the linear typer
+  linear = cell_typing.LinearTyper(
+    types,
+    np.zeros(width),
+    np.ones(width),
+    np.zeros((width, len(types))),
+    np.zeros(len(types)),
+    info={'levels': cell_typing.levels_of(config)},
+  )
+  typer = cell_typing.CellTyper(config, variables, linear)
+  blank = np.full((64, 64, 3), 230, np.uint8)
+  assert not typer.features(np.stack([blank[:32, :32]] * 2))[1].any()
+  probs = typer.probabilities(blank, [(20.0, 20.0), (40.0, 40.0)])
+  assert probs.shape == (2, len(types)) and np.isnan(probs).all()
+  voted = cells.Cell((10, 10, 30, 30), (20.0, 20.0), False, 1, 0.8, 400, None, None, {})
+  assert typer.retyped([voted], blank, (1.0, 1.0)) == [voted]
+
+
 def test_recoloured_maps_give_each_nucleus_its_cells_type():
   pred = np.zeros((10, 20), np.uint8)
   pred[2:6, 2:6] = FIVE.type_id('neutrophil')

@@ -378,6 +378,8 @@ class CellTyper:
       image, centres, self.features.size, self.features.config.data, self.crop_color
     )
     x, found = self.features(crops)
+    if not found.any():  # then x has no columns: no feature width to take from a found cell
+      return np.full((len(centres), len(self.class_ids)), np.nan, np.float32)
     probs = self.linear.probabilities(x).astype(np.float32)
     probs[~found] = np.nan
     return probs
