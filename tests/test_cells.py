@@ -17,7 +17,7 @@ from wcsegnet_jax.dev import mosaics
 from wcsegnet_jax.inference import fields
 
 NUCLEUS_IDS = (1, 2, 3)
-RULES = cells.CellRules()  # merge gap 14, split radius 16, min nucleus 150 (training scale)
+RULES = cells.CellRules()  # merge gap 14, split radius 16, min nucleus 280 (training scale)
 
 
 def disk_map(shape, disks) -> np.ndarray:
@@ -57,8 +57,8 @@ def test_a_lobed_nucleus_is_one_cell():
   assert cell.nucleus['nucleus_parts'] == 3 and cell.class_id == 1
   assert cell.nucleus_area_px == int((label_map > 0).sum())
   assert cell.bbox == (16, 21, 91, 40)
-  # Farther apart than the merge gap, they are three cells.
-  apart = disk_map((60, 160), [(20, 30, 9, 1), (70, 30, 9, 1), (120, 30, 9, 1)])
+  # Farther apart than the merge gap, they are three cells (each above the speck size).
+  apart = disk_map((60, 160), [(20, 30, 10, 1), (70, 30, 10, 1), (120, 30, 10, 1)])
   assert len(find(apart)[0]) == 3
 
 
@@ -68,7 +68,7 @@ def test_rules_scale_with_the_map():
   assert len(find(label_map)[0]) == 3
   assert len(find(label_map, rules=RULES.scaled(2.0))[0]) == 1
   scaled = RULES.scaled(0.5)
-  assert (scaled.merge_gap_px, scaled.min_nucleus_px) == (7.0, 37.5)
+  assert (scaled.merge_gap_px, scaled.min_nucleus_px) == (7.0, 70.0)
   assert scaled.max_cytoplasm_px == RULES.max_cytoplasm_px / 2
 
 
@@ -349,12 +349,14 @@ def test_shipped_model_counts_the_cells_of_a_real_mosaic(tmp_path):
 
 
 def test_border_cut_small_and_misshapen_objects_are_not_counted_and_say_why():
-  """At the training scale: a whole round nucleus counts; one cut by the border, a 170-pixel
+  """At the training scale: a whole round nucleus counts; one cut by the border, a
   blob of 197 px (a nucleus has >= ~400) and a thin sliver do not."""
   label_map = disk_map((160, 240), [(40, 100, 20, 1), (230, 100, 20, 3), (120, 130, 8, 2)])
   # A curved sliver, as the rim of a cell segmented as nucleus: ~400 px.
   cv2.ellipse(label_map, (120, 80), (90, 60), 0, 220, 320, 1, thickness=3)
-  found, _ = find(label_map, rules=cells.CellRules(merge_gap_px=4))
+  # The default speck size (280) drops the blob; the counting rule acts below it.
+  assert len(find(label_map, rules=cells.CellRules(merge_gap_px=4))[0]) == 3
+  found, _ = find(label_map, rules=cells.CellRules(merge_gap_px=4, min_nucleus_px=150))
   by_place = {(round(c.centre[0] / 20), round(c.centre[1] / 20)): c for c in found}
   assert len(found) == 4, [c.centre for c in found]
   whole, cut = by_place[(2, 5)], by_place[(11, 5)]

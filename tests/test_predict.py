@@ -3,6 +3,7 @@
 Uses the tiny model that tests/test_evaluate.py trains once per session.
 """
 
+import dataclasses
 import csv
 import io
 import json
@@ -199,7 +200,7 @@ def test_grayscale_images_warn_but_are_segmented(tiny_model, tmp_path, capfd):
   paths = sorted(tmp_path.glob('*.*'))
   summary = predict_files(*_tiny_variables(tiny_model), paths, tmp_path / 'out')
   assert summary.done == [str(p) for p in paths] and not summary.skipped
-  warnings = [line for line in capfd.readouterr().err.splitlines() if 'grayscale' in line]
+  warnings = [line for line in capfd.readouterr().err.splitlines() if 'a grayscale image' in line]
   assert len(warnings) == 2 and 'colour' in warnings[0]
   assert {pathlib.Path(line.split(': ')[1]).name for line in warnings} == {
     'one_channel.png',
@@ -753,8 +754,9 @@ def _one_hot(label_map: np.ndarray, num_classes: int) -> np.ndarray:
 
 def test_border_cut_and_implausible_cells_are_listed_but_not_counted(tmp_path):
   """A 120x120 crop holding a whole lymphocyte nucleus, a neutrophil one cut by the border
-  and a small basophil-typed fragment: all three in cells.csv, the whole one alone counted;
-  --count_all_cells (CellRules.count_excluded) counts the three."""
+  and a small basophil-typed fragment: the fragment is a speck by default; with specks kept, all
+  three are in cells.csv, the whole one alone counted; --count_all_cells
+  (CellRules.count_excluded) counts the three."""
   table = classes.class_table(classes.DEFAULT_CELL_TYPES, cytoplasm=False)
   label_map = np.zeros((120, 120), np.uint8)
   cv2.circle(label_map, (50, 60), 18, 3, thickness=-1)  # lymphocyte
@@ -762,8 +764,14 @@ def test_border_cut_and_implausible_cells_are_listed_but_not_counted(tmp_path):
   cv2.circle(label_map, (95, 100), 8, 2, thickness=-1)  # a 197-pixel fragment
   image = np.full((120, 120, 3), 200, np.uint8)
   probs = _one_hot(label_map, table.num_classes)
-  rows, counted_ids = prediction.write_image_outputs(
+  rows, _ = prediction.write_image_outputs(
     tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table, cells.CellRules(), 'argmax'
+  )
+  assert {r['predicted_type'] for r in rows} == {'neutrophil', 'lymphocyte'}  # a speck (< 280)
+  # Specks kept (a smaller min_nucleus_px): the counting rule says why the fragment is not counted.
+  kept = cells.CellRules(min_nucleus_px=150)
+  rows, counted_ids = prediction.write_image_outputs(
+    tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table, kept, 'argmax'
   )
   by_type = {r['predicted_type']: r for r in rows}
   assert set(by_type) == {'neutrophil', 'basophil', 'lymphocyte'}
@@ -775,7 +783,7 @@ def test_border_cut_and_implausible_cells_are_listed_but_not_counted(tmp_path):
   assert by_type['basophil']['counted'] == 0
   assert by_type['basophil']['exclusion_reason'].startswith('nucleus 197 px < 200')
   assert counted_ids == [3]
-  every = cells.CellRules(count_excluded=True)
+  every = dataclasses.replace(kept, count_excluded=True)
   rows, counted_ids = prediction.write_image_outputs(
     tmp_path, 'crop', tmp_path / 'crop.png', image, probs, None, table, every, 'argmax'
   )

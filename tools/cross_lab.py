@@ -48,6 +48,7 @@ from wcsegnet_jax.inference import segmenter
 flags.DEFINE_string('fields_dir', None, 'fields: a typed-fields folder (fields/ + truth.csv).')
 flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipped model).')
 flags.DEFINE_string('checkpoint', None, "fields: as predict's --checkpoint.")
+flags.DEFINE_string('model', None, "fields: a shipped model by name or folder, as predict's.")
 flags.DEFINE_string(
   'field_scale',
   'auto',
@@ -76,9 +77,9 @@ FLAGS = flags.FLAGS
 WBC_DATASETS = ('jiangxi', 'cellavision')
 
 
-def score_model(workdir, checkpoint, fields) -> tuple[list, dict, str]:
+def score_model(workdir, checkpoint, fields, model=None) -> tuple[list, dict, str]:
   """(outcomes, summary, description) of a model on typed fields."""
-  config, variables, source, folder = model_loading.load_model(workdir, checkpoint)
+  config, variables, source, folder = model_loading.load_model(workdir, checkpoint, model)
   table = classes.table_of(config.data)
   tta = bool(config.eval.tta) if FLAGS.tta is None else FLAGS.tta
   segment = segmenter.Segmenter(config, variables, tta)
@@ -118,7 +119,7 @@ def write_report(out: pathlib.Path, sections: list[tuple[str, dict]], record: di
 def score_fields_command() -> None:
   """Scores a model on a typed-fields folder; writes <output>.json and .md."""
   fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
-  outcomes, summary, description = score_model(FLAGS.workdir, FLAGS.checkpoint, fields)
+  outcomes, summary, description = score_model(FLAGS.workdir, FLAGS.checkpoint, fields, FLAGS.model)
   write_report(
     pathlib.Path(FLAGS.output),
     [(f'{description}, {FLAGS.fields_dir}', summary)],

@@ -2,12 +2,12 @@ r"""Builds mosaics of real single-cell crops, predicts their cells, and scores t
 
   python tools/make_mosaics.py --raw_dir=../shared/datasets/segmentation_WBC --subset=jiangxi \
       --out=/tmp/mosaics_jiangxi [--n_mosaics=10 --per_mosaic=4 --columns=2 --seed=0] \
-      [--field_scale=1.0] [--workdir=DIR] [--no_predict]
+      [--field_scale=1.0] [--workdir=DIR | --model=paper] [--no_predict]
 
 Only the crops the model was tested on are used (the pretrained model's info.json test list,
 or with --workdir that run's data.json test split and its config's cell types), unless
 --all_crops, so the figures are not on training images. The mosaics and their truth go to
-OUT/mosaics/; predict's outputs (the shipped model without --workdir, --field_scale default 1.0
+OUT/mosaics/; predict's outputs (a shipped model without --workdir, --field_scale default 1.0
 for Jiangxi, 0.4 for CellaVision) to OUT/predicted/; the score (`mosaics.score`) to
 OUT/score.json and stdout.
 """
@@ -40,19 +40,23 @@ flags.DEFINE_integer(
 flags.DEFINE_integer('seed', 0, 'Seed of the crop draws.')
 flags.DEFINE_bool('all_crops', False, 'Use every crop, training ones too.')
 flags.DEFINE_float('field_scale', None, 'predict --field_scale; default by subset.')
-flags.DEFINE_string('workdir', None, "Predict with this workdir's model, not the shipped one.")
+flags.DEFINE_string('workdir', None, "Predict with this workdir's model, not a shipped one.")
+flags.DEFINE_string('model', None, "A shipped model by name or folder (default: predict's).")
 flags.DEFINE_bool('no_predict', False, 'Only build the mosaics.')
 flags.mark_flags_as_required(['raw_dir', 'out'])
 FLAGS = flags.FLAGS
 
 
-def test_crops_of_the_model(workdir: str | None, subset: str) -> tuple[list[str], list[str]]:
+def test_crops_of_the_model(
+  workdir: str | None, subset: str, model: str | None = None
+) -> tuple[list[str], list[str]]:
   """(test image ids, cell types) of the model that predicts: a run's (its data.json and
-  config.json) or the pretrained model's (its info.json and config)."""
+  config.json) or a shipped model's (its info.json and config)."""
   if workdir is None:
+    folder = shipped_model.model_dir(model)
     return (
-      shipped_model.load_info()['images'][subset]['test'],
-      list(shipped_model.load_config().data.cell_types),
+      shipped_model.load_info(folder)['images'][subset]['test'],
+      list(shipped_model.load_config(folder).data.cell_types),
     )
   workdir = pathlib.Path(workdir)
   data_file = workdir / run_files.DATA_FILE
@@ -75,7 +79,7 @@ def main(argv):
 def _make_and_score(out: pathlib.Path) -> None:
   ids, cell_types = None, None
   if not FLAGS.all_crops:
-    ids, cell_types = test_crops_of_the_model(FLAGS.workdir, FLAGS.subset)
+    ids, cell_types = test_crops_of_the_model(FLAGS.workdir, FLAGS.subset, FLAGS.model)
   crops = mosaics.load_crops(pathlib.Path(FLAGS.raw_dir), FLAGS.subset, ids, cell_types)
   if not crops:
     raise errors.DataError(f'no {FLAGS.subset} crops in {FLAGS.raw_dir} to build mosaics from')
@@ -92,7 +96,11 @@ def _make_and_score(out: pathlib.Path) -> None:
   prediction.run(
     [str(out / 'mosaics')],
     prediction.PredictOptions(
-      output=out / 'predicted', workdir=FLAGS.workdir, overwrite=True, field_scale=scale
+      output=out / 'predicted',
+      workdir=FLAGS.workdir,
+      model=FLAGS.model,
+      overwrite=True,
+      field_scale=scale,
     ),
   )
   cells_csv = out / 'predicted' / output_folder.CELLS_FILE
