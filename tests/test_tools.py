@@ -263,3 +263,24 @@ def test_typer_variants_name_a_features_file_they_cannot_read(tmp_path):
   np.savez(bad, train_x=np.zeros(3))  # another file's arrays
   with pytest.raises(errors.UserError, match='not a features file'):
     typer_variants.read_cache(bad)
+
+
+def test_cross_lab_fields_scores_a_shipped_model_by_name(tmp_path):
+  """`cross_lab.py fields --model=NAME` scores that shipped model (here on blank fields: the
+  cells are missed, none is made up); with --workdir too it is one line."""
+  from test_typed_fields import make_fields_folder  # pylint: disable=g-import-not-at-top
+
+  folder = make_fields_folder(
+    tmp_path / 'lab', ['a.jpg,neutrophil,4,4,30,30', 'b.png,lymphocyte,10,10,40,40']
+  )
+  out = tmp_path / 'scored'
+  args = ('fields', f'--fields_dir={folder}', '--field_scale=1.0', f'--output={out}')
+  result = run_tool('cross_lab.py', *args, '--model=paper')
+  assert result.returncode == 0, result.stderr[-2000:]
+  record = json.loads(out.with_suffix('.json').read_text())
+  assert record['model'].startswith('the pretrained model in ')
+  assert record['model'].split(',')[0].endswith('paper')
+  assert record['summary']['found'] == 0.0 and record['summary']['false_cells_per_field'] == 0.0
+  both = run_tool('cross_lab.py', *args, '--model=paper', f'--workdir={tmp_path}')
+  assert both.returncode != 0
+  assert 'Traceback' not in both.stderr and '--model=paper' in both.stderr
