@@ -15,9 +15,10 @@ What differs from configs/differential.py (all five types and the cytoplasm) and
   other microscopes, cameras and compressed files.
 Measured (seed 0, 2026-12-06, docs/results.md "Other labs' smears"; the shipped `differential`
 model): test nucleus Dice 0.954 / 0.963 (Jiangxi / CellaVision), five-type cell accuracy 0.85 /
-0.67; on another lab's fields (bccd_fields, --field_scale=auto) 99.3% of white cells found, 0.06
-false cells per field, 62% typed right by the nucleus-pixel vote, 68% by the cell typer shipped
-with it (tools/fit_cell_typer.py). ~17 minutes on 2 cores (shared with other jobs).
+0.67; on another lab's fields (bccd_fields, --field_scale=auto) 99.3% of white cells found, 0.015
+false cells per field (0.06 before the speck size of 280 px, 2026-12-07), 62% typed right by the
+nucleus-pixel vote, 68% by the cell typer shipped with it (tools/fit_cell_typer.py). ~17
+minutes on 2 cores (shared with other jobs).
 """
 
 from configs import differential

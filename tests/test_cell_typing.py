@@ -265,4 +265,5 @@ def test_fine_tuning_only_the_typer_keeps_the_network_and_writes_a_typer(
   typer = cell_typing.LinearTyper.load(workdir)
   assert typer.cell_types == classes.table_of(config.data).cell_types
   assert typer.info['lab_fields'] == str(lab) and 0.25 <= typer.temperature <= 8
+  assert typer.weights.shape[0] > 0  # fitted on features of cells found, not on none
   assert not (workdir / 'field_crops').exists()  # no pseudo-labelled crops without epochs

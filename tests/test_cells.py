@@ -83,7 +83,7 @@ def test_a_cell_cut_by_the_border_is_flagged():
 def test_no_cell_and_specks_give_no_rows():
   found, labels = find(np.zeros((50, 50), np.uint8))
   assert found == [] and labels.shape == (50, 50) and not labels.any()
-  speck = disk_map((50, 50), [(25, 25, 4, 1)])  # ~50 px < 150
+  speck = disk_map((50, 50), [(25, 25, 4, 1)])  # ~50 px < 280
   found, labels = find(speck)
   assert found == [] and not labels.any()
   assert len(find(speck, rules=cells.CellRules(min_nucleus_px=10))[0]) == 1

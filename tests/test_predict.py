@@ -3,8 +3,8 @@
 Uses the tiny model that tests/test_evaluate.py trains once per session.
 """
 
-import dataclasses
 import csv
+import dataclasses
 import io
 import json
 import os

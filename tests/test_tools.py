@@ -284,3 +284,16 @@ def test_cross_lab_fields_scores_a_shipped_model_by_name(tmp_path):
   both = run_tool('cross_lab.py', *args, '--model=paper', f'--workdir={tmp_path}')
   assert both.returncode != 0
   assert 'Traceback' not in both.stderr and '--model=paper' in both.stderr
+  assert len(both.stderr.strip().splitlines()) == 1, both.stderr
+
+
+def test_make_mosaics_takes_a_shipped_model_or_a_run_not_both(wbc_raw, tmp_path):
+  result = run_tool(
+    'make_mosaics.py',
+    f'--raw_dir={wbc_raw[0]}',
+    f'--out={tmp_path / "m"}',
+    '--model=paper',
+    f'--workdir={tmp_path}',
+  )
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'not both' in result.stderr and not (tmp_path / 'm').exists()

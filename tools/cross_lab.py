@@ -228,6 +228,8 @@ def lodo_command() -> None:
 def main(argv):
   if len(argv) != 2 or argv[1] not in ('fields', 'lodo', 'finetune_cv'):
     raise app.UsageError('give one subcommand: fields, lodo or finetune_cv')
+  if FLAGS.model and argv[1] != 'fields':
+    raise app.UsageError(f'--model is for fields; {argv[1]} starts from its config')
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     if argv[1] == 'fields':

@@ -4,7 +4,7 @@ r"""Builds mosaics of real single-cell crops, predicts their cells, and scores t
       --out=/tmp/mosaics_jiangxi [--n_mosaics=10 --per_mosaic=4 --columns=2 --seed=0] \
       [--field_scale=1.0] [--workdir=DIR | --model=paper] [--no_predict]
 
-Only the crops the model was tested on are used (the pretrained model's info.json test list,
+Only the crops the model was tested on are used (the shipped model's info.json test list,
 or with --workdir that run's data.json test split and its config's cell types), unless
 --all_crops, so the figures are not on training images. The mosaics and their truth go to
 OUT/mosaics/; predict's outputs (a shipped model without --workdir, --field_scale default 1.0
@@ -72,6 +72,8 @@ def test_crops_of_the_model(
 
 def main(argv):
   del argv
+  if FLAGS.model and FLAGS.workdir:
+    raise app.UsageError('give --model (a shipped model) or --workdir (a run), not both')
   with errors.user_errors_as_messages():
     _make_and_score(pathlib.Path(FLAGS.out))
 

@@ -42,9 +42,10 @@ without a cytoplasm class), nucleus measurements (see `morphometry.py`), in micr
 with --pixel_size_um, and the scale the image was segmented at. An image with no cell has no row
 and is named on stderr and in the
 summary. `differential.csv` counts the cells of each type over all images, with percentages, as
-a lab's differential count; cells cut by the image border and objects too small or misshapen for
-a cell (`cells.CellRules`) have counted=0 and the reason in cells.csv, and are counted only with
---count_all_cells. `predict_outputs.json` lists the files written and the model.
+a lab's differential count; cells cut by the image border and objects too misshapen for a cell
+(`cells.CellRules`) have counted=0 and the reason in cells.csv, and are counted only with
+--count_all_cells; objects with a nucleus under --cell_min_nucleus_px are not listed.
+`predict_outputs.json` lists the files written and the model.
 
 OUT must be new or empty, so results of two runs never mix; --overwrite first removes what an
 earlier predict wrote there (the files its `predict_outputs.json` lists) and leaves the rest.

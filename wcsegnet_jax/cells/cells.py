@@ -53,8 +53,9 @@ EIGHT_CONNECTED = np.ones((3, 3), bool)
 class CellRules:
   """How nucleus pixels group into cells (see the module doc), in pixels of the training scale.
 
-  Defaults from the WBC Image Dataset's 348 true nucleus masks at 120x120: neutrophil lobes lie
-  <= 14 px apart; a whole nucleus is >= ~560 px; a lobe is at most ~10 px from edge to centre,
+  Defaults from the WBC Image Dataset's 348 true nucleus masks of three types at 120x120:
+  neutrophil lobes lie <= 14 px apart; a whole nucleus is >= ~560 px (399 over the 320 masks of
+  all five types, CellaVision's shrunk from 300); a lobe is at most ~10 px from edge to centre,
   a lymphocyte's nucleus ~20. With them, 347 of the 348 masks are one cell each (one monocyte
   splits); two true lymphocyte nuclei set touching split into two cells in 13-18 of 20 pairs,
   two touching neutrophil nuclei (no core) in 0 of 20: without a cytoplasm class, the gap
