@@ -20,9 +20,9 @@ from the shipped model's config:
 - typer.field_views 4 (the base default): each lab cell fitted as cut, mirrored, flipped and
   turned a quarter (tools/typer_variants.py: 0.884 against 0.866 over five deals into folds).
 Measured by 5-fold cross-validation on bccd_fields (tools/cross_lab.py finetune_cv;
-docs/results.md, 2026-12-07): 99.3% of white cells found, 87.3% +- 1.9% typed right over three
+docs/results.md, 2026-12-07): 99.3% of white cells found, 87.0% +- 1.5% typed right over three
 deals of the fields into folds (67.6% before fitting on the lab's cells), calibration error
-0.07-0.11; under 2 minutes on 2 shared cores for ~110 fields, most of it the features of the
+0.07-0.10; under 2 minutes on 2 shared cores for ~110 fields, most of it the features of the
 training cells and the lab's fields.
 """
 
