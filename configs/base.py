@@ -65,12 +65,20 @@ def get_config() -> ml_collections.ConfigDict:
   d.mean = (0.5, 0.5, 0.5)
   d.std = (0.25, 0.25, 0.25)
   # The colour step (wcsegnet_jax/data/color.py), on each image as read (whole, before resizing or
-  # tiling) in data preparation, evaluation and predict alike: 'none' (the paper) | 'reinhard'
-  # (each image's CIELAB channel means and stds moved to color_reference, so another lab's
-  # stain, lamp and camera reach the model in the training images' colours).
+  # tiling) in data preparation, evaluation and predict alike, so another lab's stain, lamp and
+  # camera reach the model in the training images' colours: 'none' (the paper) | 'reinhard'
+  # (each image's CIELAB channel means and stds moved to color_reference's) | 'two_point' (each
+  # CIELAB channel mapped so the image's background and nucleus anchors, its brightest 30% and
+  # darkest 3% of pixels, go to color_anchors; configs/cross_lab.py).
   d.color = 'none'
-  # L, a, b means, then L, a, b stds (CIELAB; L 0-100): the CellaVision images' average.
+  # reinhard's: L, a, b means, then L, a, b stds (CIELAB; L 0-100): the CellaVision images'
+  # average.
   d.color_reference = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
+  # two_point's: the background's L, a, b, then the nucleus', the CellaVision images' average
+  # over the 80 images of Dataset 2 (its test split among them: six colour numbers, no labels;
+  # the 47 training images alone give 90.2, 5.3, 15.7, 22.7, 42.2, -46.1 by
+  # `color.two_point_anchors`).
+  d.color_anchors = (90.2, 5.3, 15.7, 24.2, 42.6, -45.4)
   # Fine-tuning on a lab's typed cells (wcsegnet_jax/training/field_crops.py): a folder of
   # fields/ and
   # truth.csv (type and box per white cell, no masks). The model of train.init_from labels each

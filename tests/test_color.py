@@ -15,15 +15,19 @@ from wcsegnet_jax.data import tfds_builder
 from wcsegnet_jax.inference import segmenter
 
 REFERENCE = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
+ANCHORS = (90.2, 5.3, 15.7, 24.2, 42.6, -45.4)  # two_point's, base.py's data.color_anchors
+STEPS = {'reinhard': REFERENCE, 'two_point': ANCHORS}
 
 
-def smear(rng, size=96):
+def smear(rng, size=96, nucleus_radius=None, nucleus=True):
   """A stained-smear-like picture: pink background, red cells, a purple nucleus, noise."""
   image = np.zeros((size, size, 3), np.uint8) + np.array([235, 215, 225], np.uint8)
   for _ in range(6):
     centre = tuple(int(v) for v in rng.integers(10, size - 10, 2))
     cv2.circle(image, centre, int(rng.integers(8, 14)), (200, 120, 140), -1)
-  cv2.circle(image, (size // 2, size // 2), size // 6, (110, 50, 150), -1)
+  if nucleus:
+    radius = nucleus_radius or size // 6
+    cv2.circle(image, (size // 2, size // 2), radius, (110, 50, 150), -1)
   return np.clip(image + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
 
 
@@ -33,15 +37,48 @@ def test_reinhard_moves_the_lab_statistics_to_the_reference():
   np.testing.assert_allclose(stats, REFERENCE, atol=1.5)  # uint8 rounding and gamut clipping
 
 
-def test_a_lab_of_other_colours_reaches_the_model_in_the_same_colours():
+def test_two_point_moves_the_anchors_to_the_reference():
+  image = smear(np.random.default_rng(0))
+  bright, dark = color.two_point_anchors(color.two_point(image, ANCHORS))
+  np.testing.assert_allclose(np.concatenate([bright, dark]), ANCHORS, atol=2.0)
+
+
+@pytest.mark.parametrize('step', sorted(STEPS))
+def test_a_lab_of_other_colours_reaches_the_model_in_the_same_colours(step):
   """Another lamp and stain (a per-channel gain and offset, then dimmer) is undone: the two
   standardised images differ far less than the originals."""
+  standardize = color.color_step(step, STEPS[step])
   image = smear(np.random.default_rng(1))
   other = np.clip(image.astype(np.float32) * (0.85, 0.95, 1.1) - (10, 0, -15), 0, 255)
   other = other.astype(np.uint8)
   before = np.abs(image.astype(int) - other).mean()
-  after = np.abs(color.reinhard(image, REFERENCE).astype(int) - color.reinhard(other, REFERENCE))
+  after = np.abs(standardize(image).astype(int) - standardize(other))
   assert before > 10 and after.mean() < before / 4
+
+
+def test_two_point_keeps_the_background_where_the_cell_fills_the_crop():
+  """The same stain with a nucleus filling 3% or 40% of the crop: two_point maps the background
+  alike; reinhard, measuring the whole crop, moves it with the cell's size."""
+  small = smear(np.random.default_rng(3), nucleus_radius=10)
+  large = smear(np.random.default_rng(3), nucleus_radius=34)
+  background = (small == large).all(-1)  # the pixels the larger nucleus leaves alone
+
+  def shift(step):
+    standardize = color.color_step(step, STEPS[step])
+    return np.abs(standardize(small).astype(int) - standardize(large))[background].mean()
+
+  assert shift('two_point') < 2.0 < 3 * shift('two_point') < shift('reinhard')
+
+
+def test_two_point_without_a_nucleus_is_not_blown_up():
+  """A field without a white cell has no nucleus anchor: no channel is stretched past
+  STRETCH_RANGE, and a flat image stays flat."""
+  image = smear(np.random.default_rng(4), nucleus=False)
+  lab = lambda x: cv2.cvtColor(x.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # noqa: E731
+  spread = lab(color.two_point(image, ANCHORS)).std((0, 1)) / lab(image).std((0, 1))
+  assert (spread < color.STRETCH_RANGE[1] + 0.3).all()
+  flat = np.full((8, 8, 3), 128, np.uint8)
+  assert color.two_point(flat, ANCHORS).std(axis=(0, 1)).max() < 1.0
 
 
 def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():
@@ -54,10 +91,13 @@ def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():
     color.color_step('macenko')
 
 
-def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_path):
+@pytest.mark.parametrize('step', sorted(STEPS))
+def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_path, step):
   """The built training example, the held-out reader's example and the batch predict sends to
   the model hold the same uint8 pixels: the colour step on the image as read, then resized."""
-  config = conftest.data_config(wbc_raw[0], tmp_path / 'tfds', color='reinhard')
+  config = conftest.data_config(
+    wbc_raw[0], tmp_path / 'tfds', color=step
+  )
   builder = tfds_builder.prepare('cellavision', config.data)
   file_id, built = test_data.read_split(builder, 'train')[0]
   record = next(
@@ -68,7 +108,9 @@ def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_p
     if r.file_id == file_id
   )
   as_read = image_files.read_rgb(record.image_path)
-  expected = image_files.resize_image(color.reinhard(as_read, REFERENCE), config.data.image_size)
+  expected = image_files.resize_image(
+    color.color_step(step, STEPS[step])(as_read), config.data.image_size
+  )
   np.testing.assert_array_equal(built['image'], expected)
   assert not np.array_equal(expected, image_files.resize_image(as_read, config.data.image_size))
   evaluated = held_out.RawExamples([record], config.data)[0]

@@ -23,6 +23,8 @@ SHIPPED_CONFIGS = sorted(
   [
     ('data.color', 'macenko', "data.color='macenko'"),
     ('data.color_reference', (70.0, 10.0, 5.0, 20.0, 0.0, 10.0), 'data.color_reference'),
+    ('data.color_anchors', (20.0, 0.0, 0.0, 90.0, 5.0, 15.0), 'data.color_anchors'),
+    ('data.color_anchors', (90.0, 5.0, 15.0), 'data.color_anchors'),
     ('augment.blur_sigma', -1.0, 'blur_sigma'),
     ('augment.jpeg_quality', 99, 'jpeg_quality'),
   ],

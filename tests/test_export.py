@@ -114,6 +114,13 @@ def test_whole_graph_takes_raw_rgb(tiny):
   assert [i.name for i in graph.graph.input] == [onnx_export.INPUT]
   assert graph.graph.input[0].type.tensor_type.elem_type == 2  # uint8
   images = cell_crops(4, config.data.image_size, seed=7)
+  assert_colour_part_matches_color_py(graph, config, images)
+  whole = onnx_backend.session(graph).run(None, {onnx_export.INPUT: images})[0]
+  reference = jax_probabilities(config, variables, images)
+  assert (whole.argmax(-1) == reference.argmax(-1)).mean() > 0.99
+
+
+def assert_colour_part_matches_color_py(graph, config, images):
   import onnx.utils
 
   colour_part = onnx_backend.session(
@@ -123,9 +130,20 @@ def test_whole_graph_takes_raw_rgb(tiny):
   opencv = np.stack([color.standardize(image, config.data) for image in images]).astype(int)
   assert np.abs(ours - opencv).max() <= 2
   assert (ours != opencv).mean() < 0.15
-  whole = onnx_backend.session(graph).run(None, {onnx_export.INPUT: images})[0]
-  reference = jax_probabilities(config, variables, images)
-  assert (whole.argmax(-1) == reference.argmax(-1)).mean() > 0.99
+
+
+def test_two_point_colour_step_in_the_graph():
+  """The two_point step's graph form (sorted L, the same anchor ranks) stands in for color.py's
+  as reinhard's does, on crops with and without a nucleus."""
+  config = tiny_config('two_point')
+  variables = random_variables(config)
+  info = onnx_export.describe(
+    config, variables, 'a tiny test model', onnx_export.DEFAULT_OPSET, False, name='tiny'
+  )
+  graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
+  images = cell_crops(3, config.data.image_size, seed=9)
+  blank = np.full_like(images[:1], 200) + np.arange(images.shape[2], dtype=np.uint8)[:, None]
+  assert_colour_part_matches_color_py(graph, config, np.concatenate([images, blank]))
 
 
 def test_flips_in_the_graph_match_predict_probs_tta(tiny):

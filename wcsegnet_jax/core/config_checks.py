@@ -80,6 +80,12 @@ def problems(
       f'data.color_reference={reference} must be 6 numbers: the L, a, b means, then '
       f'their stds (> 0)'
     )
+  anchors = tuple(d.get('color_anchors', ()))
+  if d.color == 'two_point' and (len(anchors) != 6 or anchors[0] <= anchors[3]):
+    found.append(
+      f"data.color_anchors={anchors} must be 6 numbers: the background's L, a, b, then the "
+      f"nucleus' (the background the brighter)"
+    )
   if m.refine_width < 0:
     found.append(f'model.refine_width={m.refine_width} must be >= 0 (0 = no refinement)')
   if not 0 <= m.bn_momentum < 1:

@@ -89,7 +89,7 @@ CHOICES = {
   'eval.raw_layout': ('auto', 'wbc', 'folder'),
   'eval.decode': ('argmax', 'by_part'),
   'data.normalize': ('dataset', 'per_image'),
-  'data.color': ('none', 'reinhard'),
+  'data.color': ('none', 'reinhard', 'two_point'),
 }
 # The names data.datasets takes: the WBC Image Dataset's two subsets (`records.WBC_SUBSETS`) and
 # a plain folder (data.folder_dir).

@@ -1,12 +1,18 @@
 """The colour step: each image's stain colours standardised before the model sees it.
 
 Labs differ in stain, lamp and camera far more than cells of one type differ in colour; a model
-trained on one lab's colours misses another lab's nuclei. `data.color` 'reinhard' (Reinhard et
-al., "Color transfer between images", IEEE CG&A 2001) moves each image's CIELAB channels to the
-mean and standard deviation of `data.color_reference`, so every image, from any lab, reaches the
-model in one colour range. It acts on each image as read, whole (a crop, or a whole field before
-it is cut into tiles), in training data preparation, evaluation and predict alike: the one
-function below, called from `label_maps.load_example` and predict.
+trained on one lab's colours misses another lab's nuclei. Each step maps every image, from any
+lab, into one colour range (`data.color`, its numbers in `data.color_reference`):
+- 'reinhard' (Reinhard et al., "Color transfer between images", IEEE CG&A 2001): each image's
+  CIELAB channel means and standard deviations moved to the reference's. They are measured on
+  the whole image, so a crop that its cell fills is moved by the cell as much as by the stain.
+- 'two_point': each CIELAB channel mapped by the line that takes two anchors of the image to
+  `data.color_anchors`: its brightest 30% of pixels (the plasma between cells) and its darkest 3% (a
+  white cell's nucleus, where the image shows one). Both are what the stain and lamp make of
+  the same things in any smear, whatever share of the image the cell fills.
+It acts on each image as read, whole (a crop, or a whole field before it is cut into tiles), in
+training data preparation, evaluation and predict alike: the one function below, called from
+`label_maps.load_example` and predict (export/onnx_export.py holds its graph form).
 """
 
 from typing import Callable
@@ -40,19 +46,79 @@ def reinhard(image: np.ndarray, reference) -> np.ndarray:
   return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+# two_point's anchors: the brightest and the darkest shares of an image's pixels, by L.
+BACKGROUND_SHARE = 0.30
+NUCLEUS_SHARE = 0.03
+# The factor stretching a channel is kept in this range, and is 1 where the anchors' order in
+# that channel is not the reference's (an image without a white cell has no nucleus anchor).
+STRETCH_RANGE = (0.5, 3.0)
+MIN_SPAN = 1.0  # CIELAB units: anchors closer than this in a channel leave it unstretched
+
+
+def anchor_ranks(num_pixels: int) -> tuple[int, int]:
+  """(rank of the brightest share's lowest L, rank of the darkest share's highest L) among
+  `num_pixels` L values sorted ascending; shared with the graph form, so both pick alike."""
+  bright = min(num_pixels - 1, int(num_pixels * (1.0 - BACKGROUND_SHARE)))
+  dark = max(0, int(np.ceil(num_pixels * NUCLEUS_SHARE)) - 1)
+  return bright, dark
+
+
+def stretch(span, reference_span, xp=np):
+  """two_point's per-channel factor, reference_span / span: 1 where the span is under MIN_SPAN
+  or of the other sign, else clipped to STRETCH_RANGE. `xp` is numpy, or jax.numpy in the graph
+  form."""
+  usable = abs(span) > MIN_SPAN
+  ratio = reference_span / xp.where(usable, span, 1.0)
+  return xp.where(usable & (ratio > 0), xp.clip(ratio, *STRETCH_RANGE), 1.0)
+
+
+def two_point_anchors(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(the mean CIELAB of the image's brightest BACKGROUND_SHARE pixels, that of its darkest
+  NUCLEUS_SHARE) of an (H, W, 3) uint8 RGB image."""
+  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+  order = np.sort(lab[:, 0])
+  bright_rank, dark_rank = anchor_ranks(len(order))
+  bright = lab[lab[:, 0] >= order[bright_rank]].mean(0)
+  dark = lab[lab[:, 0] <= order[dark_rank]].mean(0)
+  return bright, dark
+
+
+def two_point(image: np.ndarray, reference) -> np.ndarray:
+  """`image` (uint8 RGB) with each CIELAB channel mapped so that its background anchor goes to
+  reference[:3] and its nucleus anchor to reference[3:] (`two_point_anchors`); uint8 RGB."""
+  reference = np.asarray(reference, np.float32)
+  bright, dark = two_point_anchors(image)
+  factor = stretch((dark - bright).astype(np.float32), reference[3:] - reference[:3])
+  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+  lab = (lab - bright) * factor + reference[:3]
+  rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+  return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def color_step(name: str, reference=()) -> Callable[[np.ndarray], np.ndarray]:
-  """The colour step `name` ('none' or 'reinhard' to `reference`): uint8 RGB -> uint8 RGB."""
+  """The colour step `name` ('none', or 'reinhard' or 'two_point' to `reference`): uint8 RGB
+  -> uint8 RGB."""
   if name == 'none':
     return lambda image: image
   if name == 'reinhard':
     reference = tuple(float(v) for v in reference)
     return lambda image: reinhard(image, reference)
+  if name == 'two_point':
+    reference = tuple(float(v) for v in reference)
+    return lambda image: two_point(image, reference)
   raise ValueError(f'unknown colour step {name!r}; expected one of {COLOR_STEPS}')
 
 
+def reference_of(data_config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The numbers a data config's colour step maps to: `data.color_anchors` for two_point, else
+  `data.color_reference`."""
+  key = 'color_anchors' if data_config.get('color', 'none') == 'two_point' else 'color_reference'
+  return tuple(float(v) for v in data_config.get(key, ()))
+
+
 def step_of(data_config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """The colour step a data config names (`data.color`, `data.color_reference`)."""
-  return color_step(data_config.get('color', 'none'), data_config.get('color_reference', ()))
+  """The colour step a data config names (`data.color`, its numbers by `reference_of`)."""
+  return color_step(data_config.get('color', 'none'), reference_of(data_config))
 
 
 def standardize(image: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:

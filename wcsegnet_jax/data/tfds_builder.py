@@ -263,7 +263,7 @@ def get_builder(source: str, data_config: ml_collections.ConfigDict) -> WbcSegme
   if data_config.get('color', 'none') != 'none':  # builds without a colour step keep their names
     settings.update(
       color=str(data_config.color),
-      color_reference=tuple(float(v) for v in data_config.color_reference),
+      color_reference=color_lib.reference_of(data_config),
     )
   table = classes.class_table(settings['cell_types'], settings['cytoplasm'])
   fingerprint = _fingerprint(source, raw_dir, settings, table)

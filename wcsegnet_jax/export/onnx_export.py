@@ -2,9 +2,9 @@
 
 The graph, in order (tensor names in quotes):
   'image'          (B, S, S, 3) uint8 RGB as read, S the model's input size, B any batch size
-  colour step      data.color 'reinhard': each image's CIELAB means and stds moved to the
-                   reference (wcsegnet_jax/data/color.py), rounded back to uint8 -> 'standardized';
-                   absent for data.color 'none'
+  colour step      data.color 'reinhard' or 'two_point' (wcsegnet_jax/data/color.py): each
+                   image's CIELAB mapped to the reference, rounded back to uint8 ->
+                   'standardized'; absent for data.color 'none'
   normalisation    data.normalize ('dataset': (x - mean) / std; 'per_image')
   WCSegNet         in inference mode (BatchNorm's running statistics), softmax over classes;
                    with `tta`, the average over the four flips, in predict's order
@@ -139,14 +139,39 @@ def reinhard(images: jax.Array, reference) -> jax.Array:
   return rgb.astype(jnp.uint8)
 
 
+def two_point(images: jax.Array, reference) -> jax.Array:
+  """color.two_point on a (B, H, W, 3) uint8 batch, each image by its own anchors (the same
+  ranks of its sorted L values as color.py picks)."""
+  reference = np.asarray(reference, np.float32)
+  lab = rgb_to_lab(images.astype(jnp.float32) / 255.0)
+  flat = lab.reshape(lab.shape[0], -1, 3)
+  lightness = flat[..., 0]
+  order = jnp.sort(lightness, axis=1)
+  bright_rank, dark_rank = color.anchor_ranks(flat.shape[1])
+  bright_mask = lightness >= order[:, bright_rank : bright_rank + 1]
+  dark_mask = lightness <= order[:, dark_rank : dark_rank + 1]
+
+  def masked_mean(mask):
+    weights = mask.astype(jnp.float32)[..., None]
+    return (flat * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
+  bright, dark = masked_mean(bright_mask), masked_mean(dark_mask)
+  factor = color.stretch(dark - bright, reference[3:] - reference[:3], xp=jnp)
+  lab = (lab - bright[:, None, None]) * factor[:, None, None] + reference[:3]
+  rgb = jnp.floor(jnp.clip(lab_to_rgb(lab) * 255.0 + 0.5, 0.0, 255.0))
+  return rgb.astype(jnp.uint8)
+
+
 def colour_fn(data_config: ml_collections.ConfigDict) -> Callable | None:
   """The colour step of `data_config` on a uint8 batch, or None for 'none'."""
   name = data_config.get('color', 'none')
   if name == 'none':
     return None
+  reference = color.reference_of(data_config)
   if name == 'reinhard':
-    reference = tuple(float(v) for v in data_config.color_reference)
     return lambda images: reinhard(images, reference)
+  if name == 'two_point':
+    return lambda images: two_point(images, reference)
   raise ExportError(
     f'data.color={name!r}: no ONNX form of this colour step; expected one of {color.COLOR_STEPS}'
   )
@@ -326,7 +351,7 @@ def describe(
     ),
     'colour_step': {
       'name': colour_step,
-      'reference': [float(v) for v in config.data.get('color_reference', ())],
+      'reference': list(color.reference_of(config.data)),
       'in_graph': colour_step != 'none',
       'output': STANDARDIZED if colour_step != 'none' else None,
     },
