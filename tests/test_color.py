@@ -95,9 +95,7 @@ def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():
 def test_training_data_evaluation_and_predict_apply_the_same_step(wbc_raw, tmp_path, step):
   """The built training example, the held-out reader's example and the batch predict sends to
   the model hold the same uint8 pixels: the colour step on the image as read, then resized."""
-  config = conftest.data_config(
-    wbc_raw[0], tmp_path / 'tfds', color=step
-  )
+  config = conftest.data_config(wbc_raw[0], tmp_path / 'tfds', color=step)
   builder = tfds_builder.prepare('cellavision', config.data)
   file_id, built = test_data.read_split(builder, 'train')[0]
   record = next(

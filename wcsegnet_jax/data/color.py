@@ -2,14 +2,16 @@
 
 Labs differ in stain, lamp and camera far more than cells of one type differ in colour; a model
 trained on one lab's colours misses another lab's nuclei. Each step maps every image, from any
-lab, into one colour range (`data.color`, its numbers in `data.color_reference`):
+lab, into one colour range (`data.color`):
 - 'reinhard' (Reinhard et al., "Color transfer between images", IEEE CG&A 2001): each image's
-  CIELAB channel means and standard deviations moved to the reference's. They are measured on
-  the whole image, so a crop that its cell fills is moved by the cell as much as by the stain.
+  CIELAB channel means and standard deviations moved to `data.color_reference`. They are
+  measured on the whole image, so a crop that its cell fills is moved by the cell as much as by
+  the stain.
 - 'two_point': each CIELAB channel mapped by the line that takes two anchors of the image to
-  `data.color_anchors`: its brightest 30% of pixels (the plasma between cells) and its darkest 3% (a
-  white cell's nucleus, where the image shows one). Both are what the stain and lamp make of
-  the same things in any smear, whatever share of the image the cell fills.
+  `data.color_anchors`: its brightest 30% of pixels (the plasma between cells) and its darkest
+  3% (a white cell's nucleus, where the image shows one). Both are what the stain and lamp make
+  of the same things in any smear, whatever share of the image the cell fills (the shipped
+  `differential` model's step; docs/changelog.md has the comparison).
 It acts on each image as read, whole (a crop, or a whole field before it is cut into tiles), in
 training data preparation, evaluation and predict alike: the one function below, called from
 `label_maps.load_example` and predict (export/onnx_export.py holds its graph form).
