@@ -67,18 +67,36 @@ def test_two_point_keeps_the_background_where_the_cell_fills_the_crop():
     standardize = color.color_step(step, STEPS[step])
     return np.abs(standardize(small).astype(int) - standardize(large))[background].mean()
 
-  assert shift('two_point') < 2.0 < 3 * shift('two_point') < shift('reinhard')
+  assert shift('two_point') < 2.0 and 3 * shift('two_point') < shift('reinhard')
 
 
-def test_two_point_without_a_nucleus_is_not_blown_up():
-  """A field without a white cell has no nucleus anchor: no channel is stretched past
-  STRETCH_RANGE, and a flat image stays flat."""
+def test_two_point_without_a_nucleus_is_not_stretched():
+  """A view without a white cell has no nucleus anchor (its darkest pixels are red cells, no
+  bluer than the plasma): it is shifted, not stretched, so its red cells keep their contrast
+  instead of being pushed towards nucleus colours; a flat image stays flat."""
   image = smear(np.random.default_rng(4), nucleus=False)
   lab = lambda x: cv2.cvtColor(x.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # noqa: E731
   spread = lab(color.two_point(image, ANCHORS)).std((0, 1)) / lab(image).std((0, 1))
-  assert (spread < color.STRETCH_RANGE[1] + 0.3).all()
+  np.testing.assert_allclose(spread, 1.0, atol=0.1)
+  with_nucleus = smear(np.random.default_rng(4))
+  after = lab(color.two_point(with_nucleus, ANCHORS)).std((0, 1))
+  assert (after / lab(with_nucleus).std((0, 1))).max() > 1.3  # with a nucleus: stretched
   flat = np.full((8, 8, 3), 128, np.uint8)
   assert color.two_point(flat, ANCHORS).std(axis=(0, 1)).max() < 1.0
+
+
+def test_stretch_known_values():
+  """The factor: the span ratio, clipped; 1 for a reversed channel or a near-flat one (eased
+  in, no jump); 1 everywhere when the dark anchor is not bluer than the background."""
+  reference = np.array([-60.0, 40.0, -60.0], np.float32)
+  np.testing.assert_allclose(color.stretch(np.array([-30.0, 20.0, -30.0]), reference), [2, 2, 2])
+  np.testing.assert_allclose(color.stretch(np.array([-10.0, 40.0, -60.0]), reference), [3, 1, 1])
+  np.testing.assert_allclose(color.stretch(np.array([-60.0, -20.0, -60.0]), reference), [1, 1, 1])
+  eased = color.stretch(np.array([-60.0, 2.0, -60.0]), reference)[1]  # halfway up the ramp
+  np.testing.assert_allclose(eased, 1 + (color.STRETCH_RANGE[1] - 1) * 0.5)
+  np.testing.assert_allclose(color.stretch(np.array([-30.0, 20.0, 3.0]), reference), [1, 1, 1])
+  half_blue = color.stretch(np.array([-30.0, 20.0, -12.0]), reference)  # half the full stretch
+  np.testing.assert_allclose(half_blue, [1.5, 1.5, 2.0])
 
 
 def test_none_is_the_identity_and_a_flat_image_is_not_blown_up():

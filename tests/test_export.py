@@ -142,7 +142,8 @@ def test_two_point_colour_step_in_the_graph():
   )
   graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
   images = cell_crops(3, config.data.image_size, seed=9)
-  blank = np.full_like(images[:1], 200) + np.arange(images.shape[2], dtype=np.uint8)[:, None]
+  columns = (np.arange(images.shape[2]) // 4).astype(np.uint8)[:, None]
+  blank = np.full_like(images[:1], 180) + columns  # a grey ramp: no nucleus, nothing stretched
   assert_colour_part_matches_color_py(graph, config, np.concatenate([images, blank]))
 
 

@@ -47,8 +47,15 @@ def flatten(config, prefix: str = '') -> dict:
 
 def unused_keys(flat: dict) -> set[str]:
   """Keys of a flattened config whose value another knob replaces, so changing it changes
-  nothing: augment.zoom under a non-empty augment.zoom_range."""
-  return {'augment.zoom'} if flat.get('augment.zoom_range') else set()
+  nothing: augment.zoom under a non-empty augment.zoom_range; the numbers of the colour steps
+  data.color does not name."""
+  unused = {'augment.zoom'} if flat.get('augment.zoom_range') else set()
+  step = flat.get('data.color', 'none')
+  if step != 'reinhard':
+    unused.add('data.color_reference')
+  if step != 'two_point':
+    unused.add('data.color_anchors')
+  return unused
 
 
 def with_defaults(saved: dict) -> dict:

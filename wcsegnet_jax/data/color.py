@@ -52,9 +52,17 @@ def reinhard(image: np.ndarray, reference) -> np.ndarray:
 BACKGROUND_SHARE = 0.30
 NUCLEUS_SHARE = 0.03
 # The factor stretching a channel is kept in this range, and is 1 where the anchors' order in
-# that channel is not the reference's (an image without a white cell has no nucleus anchor).
+# that channel is not the reference's; it ramps in from 1 over anchors MIN_SPAN to 3 * MIN_SPAN
+# apart, so a near-flat channel is not stretched by a hair's difference.
 STRETCH_RANGE = (0.5, 3.0)
-MIN_SPAN = 1.0  # CIELAB units: anchors closer than this in a channel leave it unstretched
+MIN_SPAN = 1.0  # CIELAB units
+# Whether the dark anchor is a nucleus: a Romanowsky-stained nucleus is far bluer (lower b) than
+# the plasma, a red cell hardly. The share of the reference's b span the image's spans decides:
+# no stretch below the first, the full stretch above the second, a ramp between. Without it, a
+# view without a white cell stretched its red cells towards nucleus colours, and the model took
+# some for lymphocytes (bccd_fields' cell-free strips: b spans 0.00-0.40 of the reference's,
+# their white cells' fields 0.37-1.05, the WBC Image Dataset's 0.54-1.42; docs/changelog.md).
+NUCLEUS_B_SHARE = (0.1, 0.3)
 
 
 def anchor_ranks(num_pixels: int) -> tuple[int, int]:
@@ -66,12 +74,18 @@ def anchor_ranks(num_pixels: int) -> tuple[int, int]:
 
 
 def stretch(span, reference_span, xp=np):
-  """two_point's per-channel factor, reference_span / span: 1 where the span is under MIN_SPAN
-  or of the other sign, else clipped to STRETCH_RANGE. `xp` is numpy, or jax.numpy in the graph
-  form."""
-  usable = abs(span) > MIN_SPAN
-  ratio = reference_span / xp.where(usable, span, 1.0)
-  return xp.where(usable & (ratio > 0), xp.clip(ratio, *STRETCH_RANGE), 1.0)
+  """two_point's per-channel factors (..., 3) from the anchors' spans (..., 3), dark minus
+  bright: reference_span / span clipped to STRETCH_RANGE, eased to 1 for a near-flat channel,
+  a channel the other way round, and an image whose dark anchor is no nucleus. `xp` is numpy,
+  or jax.numpy in the graph form."""
+  magnitude = abs(span)
+  ratio = reference_span / xp.where(magnitude > 0, span, 1.0)
+  full = xp.where(ratio > 0, xp.clip(ratio, *STRETCH_RANGE), 1.0)
+  flat_weight = xp.clip((magnitude - MIN_SPAN) / (2 * MIN_SPAN), 0.0, 1.0)
+  low, high = NUCLEUS_B_SHARE
+  blue_share = span[..., 2:3] / reference_span[2]
+  nucleus_weight = xp.clip((blue_share - low) / (high - low), 0.0, 1.0)
+  return 1.0 + (full - 1.0) * flat_weight * nucleus_weight
 
 
 def two_point_anchors(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

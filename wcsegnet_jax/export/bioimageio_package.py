@@ -36,6 +36,12 @@ DATASET = (
   '10.1016/j.micron.2018.01.010',
 )
 WBC_DATASETS = ('jiangxi', 'cellavision')
+# What each colour step does, for the package's README (its numbers follow).
+COLOUR_STEPS = {
+  'reinhard': "each image's CIELAB means and standard deviations moved to",
+  'two_point': "each image's background (brightest 30% of pixels) and nucleus (darkest 3%) "
+  'colours moved to, in CIELAB,',
+}
 WBC_LICENCE = 'GPL-3.0-only'  # the WBC Image Dataset's, which the shipped weights keep
 
 
@@ -117,8 +123,8 @@ def documentation(info: dict, licence: str) -> str:
     '',
     'Inside the graph: '
     + (
-      f"the colour step ({step['name']}: each image's CIELAB means and standard deviations "
-      f'moved to {step["reference"]}), then '
+      f'the colour step ({step["name"]}: {COLOUR_STEPS.get(step["name"], "")} '
+      f'{step["reference"]}), then '
       if step['in_graph']
       else ''
     )
