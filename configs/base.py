@@ -75,9 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # average.
   d.color_reference = (73.1, 16.0, 3.0, 18.6, 11.6, 16.7)
   # two_point's: the background's L, a, b, then the nucleus', the CellaVision images' average
-  # over the 80 images of Dataset 2 (its test split among them: six colour numbers, no labels;
-  # the 47 training images alone give 90.2, 5.3, 15.7, 22.7, 42.2, -46.1 by
-  # `color.two_point_anchors`).
+  # over the 80 images of Dataset 2 (test images among them: six colour numbers, no labels;
+  # `color.two_point_anchors` over the 65 training images of the five-type split alone gives
+  # 90.2, 5.3, 15.7, 24.3, 42.5, -45.5, over the three-type split's 47 22.7, 42.2, -46.1).
   d.color_anchors = (90.2, 5.3, 15.7, 24.2, 42.6, -45.4)
   # Fine-tuning on a lab's typed cells (wcsegnet_jax/training/field_crops.py): a folder of
   # fields/ and

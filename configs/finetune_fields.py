@@ -14,14 +14,16 @@ cell is cut around the model's cell in its box at the field's estimated scale. W
 from the shipped model's config:
 - train.init_from 'pretrained:differential', train.num_epochs 0 (the network is not trained:
   fine-tuning it on pseudo-labelled crops typed 68% right by cross-validation and found fewer
-  cells), typer.fit True and data.fields_dir, the lab's folder;
+  cells, measured with the earlier colour step 'reinhard'), typer.fit True and
+  data.fields_dir, the lab's folder;
 - typer.crop_color 'field': fitted on the lab's cells, the colour step on the whole field types
-  better than on each crop (cross-validated 0.87 against 0.81 on bccd_fields' features).
+  better than on each crop (cross-validated 0.87 against 0.81 on bccd_fields' features, with
+  'reinhard').
 - typer.field_views 4 (the base default): each lab cell fitted as cut, mirrored, flipped and
   turned a quarter (tools/typer_variants.py: 0.884 against 0.866 over five deals into folds).
 Measured by 5-fold cross-validation on bccd_fields (tools/cross_lab.py finetune_cv;
-docs/results.md, 2026-12-07): 99.3% of white cells found, 87.0% +- 1.5% typed right over three
-deals of the fields into folds (67.6% before fitting on the lab's cells), calibration error
+docs/results.md, 2026-12-07): 99.3% of white cells found, 87.5% +- 1.0% typed right over three
+deals of the fields into folds (69.1% before fitting on the lab's cells), calibration error
 0.07-0.10; under 2 minutes on 2 shared cores for ~110 fields, most of it the features of the
 training cells and the lab's fields.
 """
