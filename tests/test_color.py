@@ -39,7 +39,7 @@ def test_reinhard_moves_the_lab_statistics_to_the_reference():
 
 def test_two_point_moves_the_anchors_to_the_reference():
   image = smear(np.random.default_rng(0))
-  bright, dark = color.two_point_anchors(color.two_point(image, ANCHORS))
+  bright, dark = color.two_point_anchors(color.to_lab(color.two_point(image, ANCHORS)))
   np.testing.assert_allclose(np.concatenate([bright, dark]), ANCHORS, atol=2.0)
 
 

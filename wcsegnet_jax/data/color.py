@@ -30,9 +30,20 @@ COLOR_STEPS = config_keys.CHOICES['data.color']
 MIN_STD = 1.0
 
 
+def to_lab(image: np.ndarray) -> np.ndarray:
+  """(H, W, 3) float32 CIELAB (L 0-100) of a uint8 RGB image."""
+  return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def _to_rgb(lab: np.ndarray) -> np.ndarray:
+  """uint8 RGB of a CIELAB image, clipped to the gamut."""
+  rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+  return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def lab_statistics(image: np.ndarray) -> np.ndarray:
   """(6,) float64: the mean and the std of the L, a, b channels of an (H, W, 3) uint8 RGB image."""
-  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+  lab = to_lab(image).reshape(-1, 3)
   return np.concatenate([lab.mean(0), lab.std(0)]).astype(np.float64)
 
 
@@ -40,12 +51,10 @@ def reinhard(image: np.ndarray, reference) -> np.ndarray:
   """`image` (uint8 RGB) with each CIELAB channel's mean and std moved to `reference`'s
   (L, a, b means, then L, a, b stds); uint8 RGB, clipped to the gamut."""
   reference = np.asarray(reference, np.float32)
-  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+  lab = to_lab(image)
   flat = lab.reshape(-1, 3)
   mean, std = flat.mean(0), np.maximum(flat.std(0), MIN_STD)
-  lab = (lab - mean) * (reference[3:] / std) + reference[:3]
-  rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
-  return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  return _to_rgb((lab - mean) * (reference[3:] / std) + reference[:3])
 
 
 # two_point's anchors: the brightest and the darkest shares of an image's pixels, by L.
@@ -88,10 +97,10 @@ def stretch(span, reference_span, xp=np):
   return 1.0 + (full - 1.0) * flat_weight * nucleus_weight
 
 
-def two_point_anchors(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def two_point_anchors(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(the mean CIELAB of the image's brightest BACKGROUND_SHARE pixels, that of its darkest
-  NUCLEUS_SHARE) of an (H, W, 3) uint8 RGB image."""
-  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+  NUCLEUS_SHARE) of an (H, W, 3) CIELAB image (`to_lab`)."""
+  lab = lab.reshape(-1, 3)
   order = np.sort(lab[:, 0])
   bright_rank, dark_rank = anchor_ranks(len(order))
   bright = lab[lab[:, 0] >= order[bright_rank]].mean(0)
@@ -103,12 +112,13 @@ def two_point(image: np.ndarray, reference) -> np.ndarray:
   """`image` (uint8 RGB) with each CIELAB channel mapped so that its background anchor goes to
   reference[:3] and its nucleus anchor to reference[3:] (`two_point_anchors`); uint8 RGB."""
   reference = np.asarray(reference, np.float32)
-  bright, dark = two_point_anchors(image)
+  lab = to_lab(image)
+  bright, dark = two_point_anchors(lab)
   factor = stretch((dark - bright).astype(np.float32), reference[3:] - reference[:3])
-  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-  lab = (lab - bright) * factor + reference[:3]
-  rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
-  return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+  return _to_rgb((lab - bright) * factor + reference[:3])
+
+
+_STEPS = {'reinhard': reinhard, 'two_point': two_point}
 
 
 def color_step(name: str, reference=()) -> Callable[[np.ndarray], np.ndarray]:
@@ -116,13 +126,10 @@ def color_step(name: str, reference=()) -> Callable[[np.ndarray], np.ndarray]:
   -> uint8 RGB."""
   if name == 'none':
     return lambda image: image
-  if name == 'reinhard':
-    reference = tuple(float(v) for v in reference)
-    return lambda image: reinhard(image, reference)
-  if name == 'two_point':
-    reference = tuple(float(v) for v in reference)
-    return lambda image: two_point(image, reference)
-  raise ValueError(f'unknown colour step {name!r}; expected one of {COLOR_STEPS}')
+  if name not in _STEPS:
+    raise ValueError(f'unknown colour step {name!r}; expected one of {COLOR_STEPS}')
+  step, reference = _STEPS[name], tuple(float(v) for v in reference)
+  return lambda image: step(image, reference)
 
 
 def reference_of(data_config: ml_collections.ConfigDict) -> tuple[float, ...]:

@@ -134,7 +134,11 @@ def reinhard(images: jax.Array, reference) -> jax.Array:
   lab = rgb_to_lab(images.astype(jnp.float32) / 255.0)
   mean = lab.mean(axis=(1, 2), keepdims=True)
   std = jnp.sqrt(jnp.mean(jnp.square(lab - mean), axis=(1, 2), keepdims=True))
-  lab = (lab - mean) * (reference[3:] / jnp.maximum(std, color.MIN_STD)) + reference[:3]
+  return _to_uint8((lab - mean) * (reference[3:] / jnp.maximum(std, color.MIN_STD)) + reference[:3])
+
+
+def _to_uint8(lab: jax.Array) -> jax.Array:
+  """uint8 RGB of a CIELAB batch, rounded as color.py rounds."""
   rgb = jnp.floor(jnp.clip(lab_to_rgb(lab) * 255.0 + 0.5, 0.0, 255.0))
   return rgb.astype(jnp.uint8)
 
@@ -157,9 +161,7 @@ def two_point(images: jax.Array, reference) -> jax.Array:
 
   bright, dark = masked_mean(bright_mask), masked_mean(dark_mask)
   factor = color.stretch(dark - bright, reference[3:] - reference[:3], xp=jnp)
-  lab = (lab - bright[:, None, None]) * factor[:, None, None] + reference[:3]
-  rgb = jnp.floor(jnp.clip(lab_to_rgb(lab) * 255.0 + 0.5, 0.0, 255.0))
-  return rgb.astype(jnp.uint8)
+  return _to_uint8((lab - bright[:, None, None]) * factor[:, None, None] + reference[:3])
 
 
 def colour_fn(data_config: ml_collections.ConfigDict) -> Callable | None:
@@ -167,14 +169,13 @@ def colour_fn(data_config: ml_collections.ConfigDict) -> Callable | None:
   name = data_config.get('color', 'none')
   if name == 'none':
     return None
-  reference = color.reference_of(data_config)
-  if name == 'reinhard':
-    return lambda images: reinhard(images, reference)
-  if name == 'two_point':
-    return lambda images: two_point(images, reference)
-  raise ExportError(
-    f'data.color={name!r}: no ONNX form of this colour step; expected one of {color.COLOR_STEPS}'
-  )
+  steps = {'reinhard': reinhard, 'two_point': two_point}
+  if name not in steps:
+    raise ExportError(
+      f'data.color={name!r}: no ONNX form of this colour step; expected one of {color.COLOR_STEPS}'
+    )
+  step, reference = steps[name], color.reference_of(data_config)
+  return lambda images: step(images, reference)
 
 
 # --- The network ---
