@@ -75,7 +75,7 @@ def test_two_point_without_a_nucleus_is_not_stretched():
   bluer than the plasma): it is shifted, not stretched, so its red cells keep their contrast
   instead of being pushed towards nucleus colours; a flat image stays flat."""
   image = smear(np.random.default_rng(4), nucleus=False)
-  lab = lambda x: cv2.cvtColor(x.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)  # noqa: E731
+  lab = color.to_lab
   spread = lab(color.two_point(image, ANCHORS)).std((0, 1)) / lab(image).std((0, 1))
   np.testing.assert_allclose(spread, 1.0, atol=0.1)
   with_nucleus = smear(np.random.default_rng(4))

@@ -86,15 +86,20 @@ def jax_probabilities(config, variables, images, tta=False) -> np.ndarray:
   )
 
 
-@pytest.fixture(scope='module')
-def tiny():
-  config = tiny_config()
+def tiny_model(colour: str = 'reinhard'):
+  """(config, variables, graph, info) of a tiny model with the colour step `colour`."""
+  config = tiny_config(colour)
   variables = random_variables(config)
   info = onnx_export.describe(
     config, variables, 'a tiny test model', onnx_export.DEFAULT_OPSET, False, name='tiny'
   )
   graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
   return config, variables, graph, info
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  return tiny_model()
 
 
 def test_tiny_model_network_matches_jax_at_any_batch_size(tiny):
@@ -135,12 +140,7 @@ def assert_colour_part_matches_color_py(graph, config, images):
 def test_two_point_colour_step_in_the_graph():
   """The two_point step's graph form (sorted L, the same anchor ranks) stands in for color.py's
   as reinhard's does, on crops with and without a nucleus."""
-  config = tiny_config('two_point')
-  variables = random_variables(config)
-  info = onnx_export.describe(
-    config, variables, 'a tiny test model', onnx_export.DEFAULT_OPSET, False, name='tiny'
-  )
-  graph = onnx_export.build_graph(config, variables, onnx_export.DEFAULT_OPSET, False, info)
+  config, _, graph, _ = tiny_model('two_point')
   images = cell_crops(3, config.data.image_size, seed=9)
   columns = (np.arange(images.shape[2]) // 4).astype(np.uint8)[:, None]
   blank = np.full_like(images[:1], 180) + columns  # a grey ramp: no nucleus, nothing stretched
