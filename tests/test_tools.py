@@ -133,6 +133,15 @@ def test_run_summary_means_over_seeds(tmp_path):
   )  # the fake runs' test splits hold no basophil
 
 
+def test_summarize_runs_names_a_run_not_yet_evaluated_in_one_line(tmp_path):
+  _write_fake_evaluated_run(tmp_path / 's0', 0.97)
+  (tmp_path / 's1').mkdir()  # a run still training: no eval/ yet
+  result = run_tool('summarize_runs.py', '--datasets=jiangxi', f'net={tmp_path}/s*')
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  assert f'{tmp_path / "s1"}' in result.stderr and '--mode=evaluate' in result.stderr
+
+
 def test_per_class_columns_follow_the_runs_classes():
   paper = {'dice_neutrophil': 1, 'dice_basophil': 1, 'dice_lymphocyte': 1, 'cell_accuracy': 1}
   five = {

@@ -10,6 +10,7 @@ import pathlib
 from absl import app
 from absl import flags
 
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.evaluation import run_summary
 
 flags.DEFINE_list('datasets', ['jiangxi', 'cellavision'], 'Datasets to tabulate.')
@@ -37,8 +38,13 @@ TABLES = {
 
 
 def main(argv):
+  with errors.user_errors_as_messages():
+    _print_tables(argv[1:])
+
+
+def _print_tables(patterns):
   groups = {}
-  for arg in argv[1:]:
+  for arg in patterns:
     name, pattern = arg.split('=', 1)
     groups[name] = sorted(pathlib.Path(p) for p in glob.glob(pattern) if pathlib.Path(p).is_dir())
     if not groups[name]:

@@ -9,6 +9,7 @@ import pathlib
 import numpy as np
 
 from wcsegnet_jax.core import classes
+from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import run_files
 from wcsegnet_jax.evaluation import curves
 from wcsegnet_jax.evaluation import reports
@@ -29,7 +30,7 @@ def run_metrics(
   '-raw' or '-by_part'."""
   path = workdir / 'eval' / ((f'{dataset}-tta' if tta else dataset) + variant) / 'metrics.json'
   if not path.exists():
-    raise FileNotFoundError(
+    raise errors.DataError(
       f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
       f'{" --config.eval.tta=True" if tta else ""})'
     )
