@@ -142,6 +142,25 @@ def test_summarize_runs_names_a_run_not_yet_evaluated_in_one_line(tmp_path):
   assert f'{tmp_path / "s1"}' in result.stderr and '--mode=evaluate' in result.stderr
 
 
+@pytest.mark.parametrize('damage', ['no_equals', 'no_match', 'corrupt_report', 'no_log'])
+def test_summarize_runs_bad_input_is_one_line(tmp_path, damage):
+  _write_fake_evaluated_run(tmp_path / 's0', 0.97)
+  report = tmp_path / 's0' / 'eval' / 'jiangxi' / 'metrics.json'
+  arg = f'net={tmp_path}/s*'
+  if damage == 'no_equals':
+    arg = f'{tmp_path}/s*'
+  elif damage == 'no_match':
+    arg = f'net={tmp_path}/nothing*'
+  elif damage == 'corrupt_report':
+    report.write_text('{"paper": ')
+  else:
+    (tmp_path / 's0' / run_files.METRICS_FILE).unlink()
+  result = run_tool('summarize_runs.py', '--datasets=jiangxi', arg)
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_per_class_columns_follow_the_runs_classes():
   paper = {'dice_neutrophil': 1, 'dice_basophil': 1, 'dice_lymphocyte': 1, 'cell_accuracy': 1}
   five = {

@@ -44,11 +44,15 @@ def main(argv):
 
 def _print_tables(patterns):
   groups = {}
+  if not patterns:
+    raise errors.UsageError("give one or more NAME=GLOB, e.g. cpu='runs/cpu_s*'")
   for arg in patterns:
-    name, pattern = arg.split('=', 1)
+    name, sep, pattern = arg.partition('=')
+    if not sep:
+      raise errors.UsageError(f"{arg}: give NAME=GLOB, e.g. cpu='runs/cpu_s*'")
     groups[name] = sorted(pathlib.Path(p) for p in glob.glob(pattern) if pathlib.Path(p).is_dir())
     if not groups[name]:
-      raise app.UsageError(f'{pattern} matches no workdir')
+      raise errors.UsageError(f'{pattern} matches no workdir')
   for dataset in flags.FLAGS.datasets:
     summary = run_summary.summarize(groups, dataset, flags.FLAGS.tta, flags.FLAGS.variant)
     for title, keys in TABLES.items():

@@ -30,24 +30,17 @@ def run_metrics(
   '-raw' or '-by_part'."""
   path = workdir / 'eval' / ((f'{dataset}-tta' if tta else dataset) + variant) / 'metrics.json'
   if not path.exists():
+    settings = ' --config.eval.tta=True' if tta else ''
+    if variant:
+      settings += f' and the settings that {variant!r} names'
     raise errors.DataError(
-      f'{path} does not exist: evaluate {workdir} first (--mode=evaluate'
-      f'{" --config.eval.tta=True" if tta else ""})'
+      f'{path} does not exist: evaluate {workdir} first (--mode=evaluate{settings})'
     )
-  m = json.loads(path.read_text())
-  out = {k: m['paper'][k] for k in PAPER_KEYS}
-  support = m['per_class'].get('support', {})
-  # The run's classes (metrics.json records them; older ones had the paper's four).
-  table = classes.table_from_names(m.get('classes', classes.PAPER_TABLE.names))
-  out.update(
-    {
-      f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
-      for c in table.names[1:]
-    }
-  )  # None: no such cell in the test split
-  out.update({k: m['paper'][k] for k in ('cell_dice', 'cell_iou') if k in m['paper']})
-  out['cell_accuracy'] = m['cells']['cell_accuracy']
-  records = run_files.read_metrics(workdir)
+  try:
+    out = _report_numbers(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise errors.DataError(f'{path}: not an evaluation report ({type(e).__name__}: {e})') from e
+  records = _training_records(workdir)
   c = curves.epoch_curves(records)
   key = f'test/{dataset}/dice'
   epoch = curves.first_epoch_reaching(c, key, DICE_TARGET) if key in c else None
@@ -60,6 +53,32 @@ def run_metrics(
     )
     out[f'seconds_to_{threshold}'] = _seconds_to(records, key, threshold)
   return out
+
+
+def _report_numbers(m: dict) -> dict[str, float | None]:
+  """The paper's metrics, per-class Dice and cell accuracy of an evaluation's metrics.json."""
+  out = {k: m['paper'][k] for k in PAPER_KEYS}
+  support = m['per_class'].get('support', {})
+  # The run's classes (metrics.json records them; older ones had the paper's four).
+  table = classes.table_from_names(m.get('classes', classes.PAPER_TABLE.names))
+  out.update(
+    {
+      f'dice_{c}': (None if support.get(c) == 0 else m['per_class']['dice'][c])
+      for c in table.names[1:]
+    }
+  )  # None: no such cell in the test split
+  out.update({k: m['paper'][k] for k in ('cell_dice', 'cell_iou') if k in m['paper']})
+  out['cell_accuracy'] = m['cells']['cell_accuracy']
+  return out
+
+
+def _training_records(workdir: pathlib.Path) -> list[dict]:
+  """The run's training log (`run_files.METRICS_FILE`); one line naming it where it has none."""
+  path = workdir / run_files.METRICS_FILE
+  records = run_files.read_metrics(workdir) if path.is_file() else []
+  if not records:
+    raise errors.DataError(f'{path}: no training records (not a training workdir?)')
+  return records
 
 
 def _seconds_to(records: list[dict], key: str, threshold: float) -> float | None:

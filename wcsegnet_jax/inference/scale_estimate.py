@@ -7,10 +7,10 @@ larger). The model itself finds the nuclei, as Cellpose estimates a diameter fro
 field is segmented at a first guess (the whole image in one tile), then again at the scale that
 brings the largest nucleus found (a white cell's; false finds are platelet-sized) to 45 px, at most
 2x per pass, until two passes agree within 10%. A guess too small to show any nucleus grows 1.5x
-per pass. The model finds nuclei within its training zoom (0.7-1.43x), so a guess within that range
-converges in one or two passes. The estimate is equivariant (a field enlarged 2x gets half the
-scale) and only as exact as one cell's type allows: a lymphocyte-only field reads up to ~1.3x too
-large a scale.
+per pass. The model finds nuclei within its training zoom (`configs/cpu.py`: 0.87-1.43x), so a
+guess within that range converges in one or two passes. The estimate is equivariant (a field
+enlarged 2x gets half the scale) and only as exact as one cell's type allows: a lymphocyte-only
+field reads up to ~1.3x too large a scale.
 """
 
 import math
