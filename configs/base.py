@@ -217,6 +217,9 @@ def get_config() -> ml_collections.ConfigDict:
   # most probable part, background / nucleus / cytoplasm, summed over its classes, then its
   # most probable class: an unsure type does not turn a sure nucleus into background).
   e.decode = 'argmax'
+  # > 0: each image shows one white cell at its centre (the WBC Image Dataset's crops); all but
+  # that cell (its nucleus lobes joined within this many px) becomes background (central_cell.py).
+  e.central_cell_radius = 0
   e.ema = True  # the averaged parameters, where the run kept them (train.ema_decay)
   e.worst_k = 8
   e.figure_rows = 8

@@ -94,6 +94,12 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
   assert report.name.endswith('-tta-by_part')
   assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
   assert written[name]['n_images'] == 8
+  # Keeping the central cell only: its own reports; it can only take nucleus pixels away.
+  config.eval.central_cell_radius = 7
+  central = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))[name]
+  assert evaluate.report_folder(name, config, False).endswith('-tta-by_part-central7')
+  assert central['paper']['recall'] <= written[name]['paper']['recall']
+  assert central['n_images'] == 8
 
 
 def test_pretrained_with_another_model_config_is_refused(tmp_path):

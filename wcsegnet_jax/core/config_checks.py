@@ -72,6 +72,10 @@ def problems(
       f'typer: views ({y.views}) must be >= 1, l2 ({y.l2}) >= 0, field_weight '
       f'({y.field_weight}) > 0 and uncertain_below ({y.uncertain_below}) in [0, 1)'
     )
+  if config.eval.central_cell_radius < 0:
+    found.append(
+      f'eval.central_cell_radius={config.eval.central_cell_radius} must be >= 0 (0: off)'
+    )
   if d.fields_scale < 0:
     found.append(f'data.fields_scale={d.fields_scale} must be > 0, or 0 to estimate it')
   reference = tuple(d.color_reference)

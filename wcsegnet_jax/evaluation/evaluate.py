@@ -26,6 +26,7 @@ from wcsegnet_jax.data import held_out
 from wcsegnet_jax.data import input_pipeline
 from wcsegnet_jax.data import tfds_builder
 from wcsegnet_jax.evaluation import reports
+from wcsegnet_jax.model import central_cell
 from wcsegnet_jax.model import checkpoints
 from wcsegnet_jax.model import decoding
 from wcsegnet_jax.model import losses
@@ -49,6 +50,8 @@ def make_eval_step(model, config: ml_collections.ConfigDict) -> Callable:
     )
     labels = batch['label_map'].astype(jnp.int32)
     preds = decoding.decode(probs, table, config.eval.decode)
+    if config.eval.central_cell_radius:
+      preds = central_cell.central_cell(preds, int(config.eval.central_cell_radius))
     logits = jnp.log(jnp.maximum(probs, 1e-12))  # the loss of the (possibly averaged) prediction
     return {
       'confusion': metrics.per_image_confusion(labels, preds, probs.shape[-1]),
@@ -249,7 +252,8 @@ def eval_sources(
 def report_folder(name: str, config: ml_collections.ConfigDict, keeps_average: bool) -> str:
   """`<dataset>`, then `-tta` with test-time flips (`-tta-rot` with rotations too), `-raw` for a
   run's parameters where it also kept their average, `-<rule>` for a decoding other than the
-  paper's argmax: each way of evaluating keeps its own reports."""
+  paper's argmax, `-central<r>` keeping the central cell only: each way of evaluating keeps its
+  own reports."""
   raw = keeps_average and not config.eval.ema
   tta = ('-tta' + ('-rot' if config.eval.tta_rotations else '')) if config.eval.tta else ''
   return (
@@ -257,6 +261,7 @@ def report_folder(name: str, config: ml_collections.ConfigDict, keeps_average: b
     + tta
     + ('-raw' if raw else '')
     + ('' if config.eval.decode == 'argmax' else f'-{config.eval.decode}')
+    + (f'-central{r}' if (r := config.eval.central_cell_radius) else '')
   )
 
 
@@ -308,6 +313,7 @@ def evaluate_checkpoint(
     'tta': bool(config.eval.tta),
     'ema': restore.reads_average(config, workdir, checkpoint),
     'decode': config.eval.decode,
+    'central_cell_radius': int(config.eval.central_cell_radius),
     'image_size': int(config.data.image_size),
   }
   written, folders = {}, []
