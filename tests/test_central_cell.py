@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wcsegnet_jax.core import config_checks
 from wcsegnet_jax.model import central_cell
+from configs import base
 
 
 def _maps():
@@ -44,3 +46,9 @@ def test_kept_pixels_keep_their_class_and_nothing_is_added():
   assert kept.sum() <= (m != 0).sum()
   # A radius that joins everything keeps everything.
   np.testing.assert_array_equal(np.asarray(central_cell.central_cell(jnp.asarray(m), 40)), m)
+
+
+def test_a_negative_radius_is_named():
+  config = base.get_config()
+  config.eval.central_cell_radius = -1
+  assert any('eval.central_cell_radius=-1' in p for p in config_checks.problems(config))
