@@ -218,7 +218,8 @@ def get_config() -> ml_collections.ConfigDict:
   # most probable class: an unsure type does not turn a sure nucleus into background).
   e.decode = 'argmax'
   # > 0: each image shows one white cell at its centre (the WBC Image Dataset's crops); all but
-  # that cell (its nucleus lobes joined within this many px) becomes background (central_cell.py).
+  # that cell becomes background, its parts grown by this many px to join (lobes up to ~2r px
+  # apart stay one cell; px of data.image_size; central_cell.py).
   e.central_cell_radius = 0
   e.ema = True  # the averaged parameters, where the run kept them (train.ema_decay)
   e.worst_k = 8

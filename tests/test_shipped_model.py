@@ -95,9 +95,13 @@ def test_evaluate_pretrained_on_a_folder(tmp_path):
   assert (report / 'metrics.json').is_file() and (report / 'report.md').is_file()
   assert written[name]['n_images'] == 8
   # Keeping the central cell only: its own reports; it can only take nucleus pixels away.
+  before = (report / 'metrics.json').read_bytes()
   config.eval.central_cell_radius = 7
   central = evaluate.evaluate_checkpoint(config, str(tmp_path / 'eval'))[name]
-  assert evaluate.report_folder(name, config, False).endswith('-tta-by_part-central7')
+  folder = report.with_name(report.name + '-central7')
+  assert tmp_path / 'eval' / 'eval' / evaluate.report_folder(name, config, False) == folder
+  assert (folder / 'metrics.json').is_file() and central['central_cell_radius'] == 7
+  assert (report / 'metrics.json').read_bytes() == before  # the other report is left alone
   assert central['paper']['recall'] <= written[name]['paper']['recall']
   assert central['n_images'] == 8
 

@@ -20,7 +20,8 @@ flags.DEFINE_string(
   '',
   'Read eval/<dataset>[-tta]<variant>: "-rot" (with --tta: '
   'eval.tta_rotations), "-raw" (a run\'s own parameters where it kept their '
-  'average), "-by_part" (eval.decode), in that order, e.g. "-raw-by_part"',
+  'average), "-by_part" (eval.decode), "-central7" (eval.central_cell_radius), in that order, '
+  'e.g. "-raw-by_part"',
 )
 
 TIME_TABLE = (

@@ -6,8 +6,9 @@ platelet or a stain speck that the net calls nucleus is an error there. With
 `eval.central_cell_radius` r > 0, a label map keeps the foreground (nucleus, or any part of a
 cell where there is a cytoplasm class) that is joined to the foreground pixel nearest the
 centre once every foreground pixel is grown by a disk of radius r; the rest becomes
-background. r joins the separate lobes of one nucleus: in the training masks of the WBC Image
-Dataset every nucleus is one piece once grown by 7 px at 120x120 (docs/results.md).
+background. r joins the separate lobes of one nucleus (lobes up to ~2r px apart): in the
+training masks of the WBC Image Dataset every nucleus is one piece once grown by 7 px at
+120x120 (docs/changelog.md, "The central cell, ..."). r is in pixels of `data.image_size`.
 
 In jax (a flood fill by repeated 3x3 growth), so it runs inside the jitted evaluation step.
 """
@@ -35,6 +36,7 @@ def central_cell(label_maps: jax.Array, radius: int) -> jax.Array:
   """(B, H, W) class maps with everything but the central cell set to background."""
   foreground = label_maps != classes.BACKGROUND
   b, h, w = foreground.shape
+  radius = min(int(radius), h + w)  # a larger disk joins nothing more
   y, x = jnp.mgrid[:h, :w]
   distance = jnp.hypot(y - (h - 1) / 2, x - (w - 1) / 2)
   nearest = jnp.argmin(jnp.where(foreground, distance, jnp.inf).reshape(b, -1), axis=1)
