@@ -98,6 +98,11 @@ def test_levels_are_the_finest_stages_of_any_depth():
   )
   config.model.num_levels = 1
   assert cell_typing.levels_of(config) == ('encoder0', 'decoder0')
+  config.typer.encoder_stages = config.typer.decoder_stages = 0
+  assert cell_typing.levels_of(config) == ()
+  assert not any('typer' in p for p in config_checks.problems(config))
+  config.typer.decoder_stages = -1
+  assert any('typer.decoder_stages=-1' in p for p in config_checks.problems(config))
 
 
 def test_features_of_the_tiny_model_have_one_width(tiny_model):
@@ -109,6 +114,19 @@ def test_features_of_the_tiny_model_have_one_width(tiny_model):
   x, found = features(crops)
   assert x.shape[0] == 5 and found.shape == (5,) and x.dtype == np.float32
   assert np.isfinite(x).all() and (x[~found] == 0).all()
+
+
+def test_without_stages_the_features_are_the_colour_and_shape_of_the_full_ones(tiny_model):
+  """A typer of no stages sees the same cell, colours and shape as one that pools the net's
+  features too: the last columns of those, the same for each crop."""
+  config, variables = _tiny(tiny_model)
+  crops = np.random.default_rng(1).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+  full, found = cell_typing.CellFeatures(config, variables, cell_typing.levels_of(config))(crops)
+  bare, bare_found = cell_typing.CellFeatures(config, variables, ())(crops)
+  table = classes.table_of(config.data)
+  assert bare.shape == (6, len(table.nucleus_ids) + 3 * 6 + len(cell_typing.SHAPE_FEATURES))
+  np.testing.assert_array_equal(bare_found, found)
+  np.testing.assert_allclose(bare, full[:, -bare.shape[1] :], atol=1e-6)
 
 
 def _tiny(tiny_model):

@@ -58,10 +58,10 @@ def problems(
       f'its typed cells and that fine-tuning starts from (e.g. pretrained)'
     )
   y = config.typer
-  if min(y.encoder_stages, y.decoder_stages) < 0 or y.encoder_stages + y.decoder_stages < 1:
+  if min(y.encoder_stages, y.decoder_stages) < 0:
     found.append(
       f'typer.encoder_stages={y.encoder_stages} and typer.decoder_stages='
-      f'{y.decoder_stages} must be >= 0, one of them >= 1'
+      f'{y.decoder_stages} must be >= 0 (both 0: colour and shape only)'
     )
   if not 1 <= y.field_views <= 4:
     found.append(f'typer.field_views={y.field_views} must be 1 to 4 (as cut, mirrored, ...)')
