@@ -285,3 +285,16 @@ def test_fine_tuning_only_the_typer_keeps_the_network_and_writes_a_typer(
   assert typer.info['lab_fields'] == str(lab) and 0.25 <= typer.temperature <= 8
   assert typer.weights.shape[0] > 0  # fitted on features of cells found, not on none
   assert not (workdir / 'field_crops').exists()  # no pseudo-labelled crops without epochs
+  typed = typed_fields.read_typed_fields(lab)
+  scored = typer.info['lab_cross_validated']
+  assert scored['cells'] == sum(len(f.cells) for f in typed) and 0 <= scored['accuracy'] <= 1
+
+
+def test_a_labs_cells_are_scored_once_each_by_their_first_view():
+  labels = np.repeat([0, 1, 2], 4)
+  logits = np.zeros((12, 3), np.float32)
+  logits[np.arange(12), labels] = 1.0  # every view right...
+  logits[4, 1], logits[4, 0] = 0.0, 2.0  # ...but the second cell's first view
+  logits[9, 0] = 5.0  # a later view of the third cell does not count
+  got = typer_fitting.lab_type_right(logits, labels, views=4)
+  assert got == {'cells': 3, 'accuracy': pytest.approx(2 / 3)}

@@ -202,9 +202,8 @@ def fit(
   data = TypedCrops.join(parts)
   logging.info('Cell typer: features of %d cell crops.', len(data.labels))
   x, _ = features(data.crops)
-  temperature = best_temperature(
-    out_of_fold_logits(x, data, table.cell_types, t.l2), data.labels, data.weights
-  )
+  logits = out_of_fold_logits(x, data, table.cell_types, t.l2)
+  temperature = best_temperature(logits, data.labels, data.weights)
   typer = cell_typing.fit_linear(x, data.labels, table.cell_types, data.weights, t.l2)
   typer.temperature = temperature
   typer.info = {
@@ -218,7 +217,20 @@ def fit(
     'crop_color': t.crop_color,
     'test': _test_scores(typer, features, datasets, config),
   }
+  lab = len(parts[-1].labels) if fields_dir else 0
+  if lab:  # the lab's cells are the last rows
+    typer.info['lab_cross_validated'] = lab_type_right(
+      logits[-lab:], parts[-1].labels, t.field_views
+    )
   return typer
+
+
+def lab_type_right(logits: np.ndarray, labels: np.ndarray, views: int) -> dict:
+  """How many of a lab's typed cells a typer fitted without their field types right (the
+  out-of-fold logits of each cell's first view, as cut): what fitting on the lab's cells
+  promises, to weigh against the model's typer before it (`tools/cross_lab.py fields`)."""
+  right = logits[::views].argmax(1) == labels[::views]
+  return {'cells': int(len(right)), 'accuracy': float(right.mean()) if len(right) else 0.0}
 
 
 def _test_scores(typer, features, datasets, config) -> dict:
@@ -255,4 +267,13 @@ def fit_into(
     accuracy_text(typer),
     typer.temperature,
   )
+  lab = typer.info.get('lab_cross_validated')
+  if lab:
+    logging.info(
+      "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of "
+      '%d. Compare the model before fitting on them: tools/cross_lab.py fields --fields_dir=%s',
+      lab['accuracy'],
+      lab['cells'],
+      config.data.fields_dir,
+    )
   return typer
