@@ -19,9 +19,12 @@ from wcsegnet_jax.inference import output_folder
 from wcsegnet_jax.inference import prediction
 from wcsegnet_jax.inference import segmenter
 from wcsegnet_jax.model import restore
+from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import train
 from wcsegnet_jax.training import typer_fitting
+from configs import cross_lab
 from configs import differential
+from configs import finetune_fields
 
 FIVE = classes.class_table(classes.ALL_CELL_TYPES, cytoplasm=True)
 
@@ -103,6 +106,17 @@ def test_levels_are_the_finest_stages_of_any_depth():
   assert not any('typer' in p for p in config_checks.problems(config))
   config.typer.decoder_stages = -1
   assert any('typer.decoder_stages=-1' in p for p in config_checks.problems(config))
+
+
+def test_the_shipped_typer_types_by_colour_and_shape_and_a_labs_fit_adds_the_net():
+  """Untrained on another lab's cells the net's features mislead (docs/changelog.md, "A typer of
+  colour and shape"); fitted on a lab's own cells they help. The shipped typer was fitted as
+  configs/cross_lab.py says, and configs/finetune_fields.py puts the net's stages back."""
+  folder = shipped_model.model_dir('differential')
+  shipped = cell_typing.LinearTyper.load(folder)
+  assert shipped.info['levels'] == list(cell_typing.levels_of(cross_lab.get_config())) == []
+  assert cell_typing.levels_of(shipped_model.load_config(folder)) == ()
+  assert len(cell_typing.levels_of(finetune_fields.get_config())) == 5
 
 
 def test_features_of_the_tiny_model_have_one_width(tiny_model):

@@ -34,6 +34,7 @@ from wcsegnet_jax.inference import fields as fields_lib
 from wcsegnet_jax.inference import segmenter
 from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import typer_fitting
+from configs import finetune_fields
 
 flags.DEFINE_string('fields_dir', None, 'A typed-fields folder (fields/ + truth.csv).')
 flags.DEFINE_string('model', 'differential', 'A shipped model: its name or folder.')
@@ -78,7 +79,7 @@ def build_cache(path: pathlib.Path) -> None:
   folder = shipped_model.model_dir(FLAGS.model)
   config = shipped_model.load_config(folder)
   config.data.raw_dir = FLAGS.raw_dir or os.environ.get('WCSEG_DATA_DIR', '')
-  config.typer.crop_color = 'field'  # as configs/finetune_fields.py fits
+  config.typer.update(finetune_fields.get_config().typer)  # fitted as configs/finetune_fields.py
   variables = shipped_model.load_variables(config, folder)
   table = classes.table_of(config.data)
   datasets = input_pipeline.load_datasets(config.data)

@@ -13,7 +13,9 @@ lab fits it on its own typed cells in seconds, and it is fitted on the WBC Image
 for the shipped model (`tools/fit_cell_typer.py`).
 
 Why linear: a few hundred typed cells per lab cannot fit more without overfitting; the net's
-features already hold what the segmentation learned.
+features already hold what the segmentation learned. The shipped five-type model's own typer
+uses none of them (colour, shape and nucleus probabilities only): on another lab's cells, before
+any fitting on them, the net's features misled it more than they helped.
 """
 
 import dataclasses
@@ -57,8 +59,10 @@ def _captured(module: nn.Module, method: str) -> bool:
 
 def levels_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The stages whose features a typer pools: the `typer.encoder_stages` finest encoder
-  stages and the `typer.decoder_stages` finest decoder stages (the deep ones are the most
-  specific to the training lab's images: with them, typing on another lab's cells was worse)."""
+  stages and the `typer.decoder_stages` finest decoder stages; none when both are 0 (the cell's
+  colour, shape and nucleus probabilities only). The deeper the stages, the more specific to
+  the training labs' images: untrained on another lab's cells, the fewer the better; fitted on
+  that lab's own cells, a few help (docs/changelog.md, "A typer of colour and shape")."""
   levels = int(config.model.num_levels)
   return tuple(f'encoder{i}' for i in range(min(config.typer.encoder_stages, levels))) + tuple(
     f'decoder{levels - 1 - j}' for j in range(min(config.typer.decoder_stages, levels))
