@@ -115,6 +115,26 @@ def test_unknown_command_line_overrides_are_one_line_each():
     'unknown config key trainn.batch_size (did you mean train.batch_size?)',
     'unknown config key zzzz',
   ]
+  assert config_flags.overridden_keys(argv) == [
+    'train.batch_sizee',
+    'train.batch_size',
+    'train.progress_barr',
+    'data.mean',
+    'trainn.batch_size',
+    'zzzz',
+  ]
+
+
+def test_a_tool_takes_only_the_keys_given_from_its_flag_config():
+  """fit_cell_typer starts from a model folder's config: the flag config's other typer values
+  (another model's) must not replace the folder's."""
+  own, parsed = base.get_config(), base.get_config()
+  own.typer.encoder_stages, own.typer.views = 0, 6
+  parsed.typer.encoder_stages, parsed.typer.views, parsed.train.batch_size = 3, 2, 4
+  argv = ['tool.py', '--config.typer.views=2', '--config.train.batch_size=4', '--model=x']
+  config_flags.apply_given(own, parsed, argv, sections=('typer', 'augment'))
+  assert (own.typer.views, own.typer.encoder_stages) == (2, 0)
+  assert own.train.batch_size == base.get_config().train.batch_size  # not a section given
 
 
 def test_config_file_argument_is_passed_to_get_config():

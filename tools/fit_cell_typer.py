@@ -31,8 +31,8 @@ config_flags.define_config_file(
   'config',
   'configs/pretrained.py',
   "The model's config (give "
-  '--model, not this; its keys typer.* and data.raw_dir may be '
-  'overridden).',
+  '--model, not this; its keys typer.*, augment.* and data.raw_dir may be '
+  "overridden; the rest, and the typer keys not given, are the model folder's).",
   lock_config=False,
 )
 FLAGS = flags.FLAGS
@@ -43,10 +43,11 @@ def main(argv):
   logs.quiet_library_logs()
   with errors.user_errors_as_messages():
     folder = shipped_model.model_dir(FLAGS.model)
+    # The folder's own config, but for the data paths and the typer.* and augment.* keys given
+    # (augment: the typer's views; the network's weights stay as they are).
     config = shipped_model.load_config(folder)
     config.data.update({k: FLAGS.config.data[k] for k in ('raw_dir', 'tfds_dir')})
-    config.typer.update(FLAGS.config.typer)
-    config.augment.update(FLAGS.config.augment)  # the typer's views; the network's weights stay
+    config_flags.apply_given(config, FLAGS.config, sys.argv, sections=('typer', 'augment'))
     config_checks.validate(config)
     variables = shipped_model.load_variables(config, folder)
     datasets = input_pipeline.load_datasets(config.data)

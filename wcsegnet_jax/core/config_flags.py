@@ -25,18 +25,42 @@ def _keys(config, prefix: str = '') -> list[str]:
   return out
 
 
+def overridden_keys(argv: list[str], name: str = 'config') -> list[str]:
+  """The KEY of each `--name.KEY=...` of `argv`, in order ('a.b[0]' indexes a.b: 'a.b')."""
+  keys = []
+  for arg in argv:
+    match = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
+    if match:
+      keys.append(re.sub(r'\[[^]]*\]', '', match.group(1)))
+  return keys
+
+
+def apply_given(
+  config: ml_collections.ConfigDict,
+  parsed: ml_collections.ConfigDict,
+  argv: list[str],
+  sections: tuple[str, ...],
+  name: str = 'config',
+) -> None:
+  """Sets in `config` the keys of `sections` that `argv` gives (`--name.SECTION.KEY=...`), to
+  their values in `parsed` (the flag's config): a tool starts from a model's own config and
+  takes only what its user changed, not the flag's default config's other values."""
+  for key in overridden_keys(argv, name):
+    section, _, leaf = key.partition('.')
+    if section in sections and leaf in config[section]:
+      config[section][leaf] = parsed[section][leaf]
+
+
 def unknown_overrides(
   argv: list[str], config: ml_collections.ConfigDict, name: str = 'config'
 ) -> list[str]:
   """A line per `--name.KEY=...` of `argv` whose KEY is not in `config`."""
   known = set(_keys(config))
-  lines = []
-  for arg in argv:
-    match = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
-    key = match and re.sub(r'\[[^]]*\]', '', match.group(1))  # 'a.b[0]' indexes a.b
-    if key and key not in known:
-      lines.append(config_lib.unknown_key_line(key, known))
-  return lines
+  return [
+    config_lib.unknown_key_line(key, known)
+    for key in overridden_keys(argv, name)
+    if key not in known
+  ]
 
 
 def bad_index_overrides(
