@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from configs import base
+from configs import finetune_fields
 from conftest import ROOT
 from tools import show_augmentations
 from tools import typer_variants
+from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.core import classes
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import run_files
@@ -291,6 +293,17 @@ def test_typer_variants_name_a_features_file_they_cannot_read(tmp_path):
   np.savez(bad, train_x=np.zeros(3))  # another file's arrays
   with pytest.raises(errors.UserError, match='not a features file'):
     typer_variants.read_cache(bad)
+
+
+def test_typer_variants_refuse_features_pooled_otherwise_than_the_fit():
+  """A cache of the shipped typer's stages (none) is not what configs/finetune_fields.py fits
+  with (the net's features too): refused by name, not scored as if it were."""
+  config = finetune_fields.get_config()
+  fitted = {'levels': np.array(sorted(cell_typing.levels_of(config))), 'crop_color': 'field'}
+  typer_variants.check_fitting(typer_variants.pathlib.Path('f.npz'), fitted, config)
+  for other in ({**fitted, 'levels': np.array([], str)}, {**fitted, 'crop_color': 'crop'}):
+    with pytest.raises(errors.UserError, match=r'f.npz: features of stages .* remove it'):
+      typer_variants.check_fitting(typer_variants.pathlib.Path('f.npz'), other, config)
 
 
 def test_cross_lab_fields_scores_a_shipped_model_by_name(tmp_path):

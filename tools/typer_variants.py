@@ -74,12 +74,18 @@ def lab_views(segment: segmenter.Segmenter, typed) -> tuple[np.ndarray, np.ndarr
   return np.stack(crops), np.array(labels, np.int32), np.array(groups, str)
 
 
+def fitting_config():
+  """The model's config with the typer section configs/finetune_fields.py fits with."""
+  config = shipped_model.load_config(shipped_model.model_dir(FLAGS.model))
+  config.data.raw_dir = FLAGS.raw_dir or os.environ.get('WCSEG_DATA_DIR', '')
+  config.typer.update(finetune_fields.get_config().typer)
+  return config
+
+
 def build_cache(path: pathlib.Path) -> None:
   """The features of the model's training cells and of the lab's cells, saved at `path`."""
   folder = shipped_model.model_dir(FLAGS.model)
-  config = shipped_model.load_config(folder)
-  config.data.raw_dir = FLAGS.raw_dir or os.environ.get('WCSEG_DATA_DIR', '')
-  config.typer.update(finetune_fields.get_config().typer)  # fitted as configs/finetune_fields.py
+  config = fitting_config()
   variables = shipped_model.load_variables(config, folder)
   table = classes.table_of(config.data)
   datasets = input_pipeline.load_datasets(config.data)
@@ -99,10 +105,23 @@ def build_cache(path: pathlib.Path) -> None:
     cell_types=np.array(table.cell_types),
     l2=config.typer.l2,
     field_weight=config.typer.field_weight,
+    levels=np.array(features.levels, str),
+    crop_color=config.typer.crop_color,
   )
 
 
-CACHED = ('train_x', 'train_y', 'lab_x', 'lab_y', 'lab_groups', 'cell_types', 'l2', 'field_weight')
+CACHED = (
+  'train_x',
+  'train_y',
+  'lab_x',
+  'lab_y',
+  'lab_groups',
+  'cell_types',
+  'l2',
+  'field_weight',
+  'levels',
+  'crop_color',
+)
 
 
 def read_cache(path: pathlib.Path) -> dict:
@@ -116,6 +135,18 @@ def read_cache(path: pathlib.Path) -> dict:
       f'compute the features again'
     ) from e
   return data
+
+
+def check_fitting(path: pathlib.Path, data: dict, config) -> None:
+  """One line naming the cache where its features were pooled or coloured otherwise than the
+  fit now would (`fitting_config`)."""
+  levels = tuple(sorted(cell_typing.levels_of(config)))
+  cached = (tuple(str(v) for v in data['levels']), str(data['crop_color']))
+  if cached != (levels, config.typer.crop_color):
+    raise errors.UserError(
+      f'{path}: features of stages {list(cached[0])} and colour step {cached[1]!r}, the fit now '
+      f'uses {list(levels)} and {config.typer.crop_color!r}; remove it to compute them again'
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +247,7 @@ def main(argv):
     typed = typed_fields.read_typed_fields(FLAGS.fields_dir)
     if sorted(f.path.name for f in typed) != sorted(set(data['lab_groups'])):
       raise errors.UserError(f'{path}: cached for other fields than {FLAGS.fields_dir}')
+    check_fitting(path, data, fitting_config())
     seeds = [int(s) for s in FLAGS.fold_seeds]
     print(f'| variant | {" | ".join(f"fold seed {s}" for s in seeds)} | mean |')
     print('|---|' + '---:|' * (len(seeds) + 1))
