@@ -24,9 +24,10 @@ the nucleus"):
   (docs/changelog.md, "A typer of colour and shape", 2026-12-08).
 Measured (seed 0, 2026-12-07, docs/results.md "Another lab's smear fields"; the shipped
 `differential` model): test nucleus Dice 0.955 / 0.965 (Jiangxi / CellaVision), five-type cell
-accuracy 0.85 / 0.67 by the nucleus-pixel vote, 0.92 / 0.67 by the cell typer (typer.fit, fitted
-at the end of the run); on another lab's fields (bccd_fields, --field_scale=auto) 99.3% of white
-cells found, 0.007 false cells per field, 65% typed right by the vote, 77% by the cell typer;
+accuracy 0.85 / 0.67 by the nucleus-pixel vote, 0.92 / 0.67 by the cell typer (fitted again on
+2026-12-08 by tools/fit_cell_typer.py, as typer.fit does at the end of a run); on another lab's
+fields (bccd_fields, --field_scale=auto) 99.3% of white cells found, 0.007 false cells per
+field, 65% typed right by the vote, 77% by the cell typer;
 fitted on the lab's typed cells (configs/finetune_fields.py) 87.5% +- 1.0% by 5-fold
 cross-validation over three deals. ~17 minutes on 2 cores (shared with another run).
 """

@@ -26,7 +26,8 @@ from the shipped model's config:
   typer's colours and shape alone, which type another lab's cells better untrained).
 Measured by 5-fold cross-validation on bccd_fields (tools/cross_lab.py finetune_cv;
 docs/results.md, 2026-12-07): 99.3% of white cells found, 87.5% +- 1.0% typed right over three
-deals of the fields into folds (77.2% before fitting on the lab's cells), calibration error
+deals of the fields into folds (77.2% before fitting on the lab's cells, with the shipped typer
+of 2026-12-08), calibration error
 0.07-0.10; under 2 minutes on 2 shared cores for ~110 fields, most of it the features of the
 training cells and the lab's fields. It pays with about a hundred typed fields: fitted on 10 / 27
 / 108, held-out fields were typed 0.75 / 0.64 / 0.82 right, the shipped typer 0.79. The fit logs

@@ -1,14 +1,15 @@
-"""Typing a cell from its crop and masks: the segmentation net's features pooled over the cell.
+"""Typing a cell from its crop and masks: its colours, shape and (optionally) the net's features.
 
 The nucleus-pixel vote (`metrics.predicted_cell_type`) types a cell by what most of its nucleus
 pixels look like, one pixel's context at a time. Haematologists type a cell by the whole of it:
 the nucleus' shape and the colour and granules of the cytoplasm (an eosinophil's orange granules,
 a basophil's dark ones). A cell typer sees the same: the cell's crop at the training scale (the
-cell centred, as in the training crops) goes through the segmentation net once more; the net's
-features at every level (`models.EncoderStage` and `models.DecoderStage` outputs) are averaged
-over the cell's nucleus and over its cytoplasm, and joined by the cell's colour (CIELAB mean and
-spread of nucleus and cytoplasm) and shape (`morphometry`). A linear softmax classifier
-(`LinearTyper`) turns these into type probabilities. It is small (a few thousand weights), so a
+cell centred, as in the training crops) goes through the segmentation net once more, for its
+masks and nucleus class probabilities, the cell's colour (CIELAB mean and spread of nucleus,
+cytoplasm and surroundings) and shape (`morphometry`); the net's features at the levels
+`levels_of` names (`models.EncoderStage` and `models.DecoderStage` outputs) may join them,
+averaged over the nucleus and over the cytoplasm. A linear softmax classifier (`LinearTyper`)
+turns these into type probabilities. It is small (a few thousand weights at most), so a
 lab fits it on its own typed cells in seconds, and it is fitted on the WBC Image Dataset's cells
 for the shipped model (`tools/fit_cell_typer.py`).
 
