@@ -3,6 +3,7 @@ through a folder, predict's use of it, and a fine-tuning run that fits only it."
 
 import csv
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -321,6 +322,48 @@ def test_fine_tuning_only_the_typer_keeps_the_network_and_writes_a_typer(
   assert 0 < lab_rows.sum() < len(lab_rows)
   np.testing.assert_array_equal(seen['lab_logits'], seen['logits'][lab_rows])
   assert typer.info['lab_cross_validated']['cells'] == sum(len(f.cells) for f in typed)
+
+
+@pytest.mark.slow
+def test_a_typer_only_fit_scores_the_starting_models_typer_on_the_labs_cells(
+  tiny_model, tmp_path, monkeypatch
+):
+  """The fit also types the lab's cells with the typer of the model it starts from, as predict
+  would (untrained on them): here one that calls every cell a neutrophil, 2 of the 4."""
+  lab = test_field_crops._field_folder(tmp_path, np.random.default_rng(0), 32)
+  monkeypatch.setattr(segmenter.Segmenter, 'field', test_field_crops._oracle_field)
+  start = tmp_path / 'start'
+  shutil.copytree(tiny_model['workdir'], start)
+  config = test_evaluate.tiny_config(
+    tiny_model['raw_dir'],
+    tmp_path / 'tfds',
+    **{
+      'data.fields_dir': str(lab),
+      'train.init_from': str(start),
+      'train.num_epochs': 0,
+      'typer.fit': True,
+      'typer.views': 1,
+    },
+  )
+  types = classes.table_of(config.data).cell_types
+  width = 4  # any: its probabilities are replaced below
+  cell_typing.LinearTyper(
+    types,
+    np.zeros(width),
+    np.ones(width),
+    np.zeros((width, len(types))),
+    np.zeros(len(types)),
+    info={'levels': [], 'uncertain_below': 0.5, 'crop_color': 'crop'},
+  ).save(start)
+  neutrophil = np.eye(len(types), dtype=np.float32)[types.index('neutrophil')]
+  monkeypatch.setattr(
+    cell_typing.CellTyper,
+    'probabilities',
+    lambda self, image, centres: np.tile(neutrophil, (len(centres), 1)),
+  )
+  train.train_and_evaluate(config, str(tmp_path / 'fitted'))
+  typer = cell_typing.LinearTyper.load(tmp_path / 'fitted')
+  assert typer.info['lab_before'] == {'cells': 4, 'accuracy': 0.5}
 
 
 def test_a_labs_cells_are_scored_once_each_by_their_first_view():

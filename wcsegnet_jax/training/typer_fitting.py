@@ -29,6 +29,7 @@ from wcsegnet_jax.inference import fields
 from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
 from wcsegnet_jax.model import metrics
+from wcsegnet_jax.model import restore
 
 FOLDS = 5
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
@@ -92,9 +93,11 @@ def field_crops(
   typed: Sequence[typed_fields.TypedField],
   weight: float,
   views: int = 1,
+  on_cut=None,
 ) -> TypedCrops:
   """A crop around each typed cell of a lab's fields, at the field's estimated scale, in
-  `views` views (`turned_views`) that share the cell's `weight`."""
+  `views` views (`turned_views`) that share the cell's `weight`. `on_cut(image, centres,
+  labels)`, if given, sees each field at that scale, where its cells are cut and their types."""
   config = segment.config
   table = classes.table_of(config.data)
   plain = segment.without_tta()
@@ -103,12 +106,14 @@ def field_crops(
     image = image_files.read_rgb(field.path)
     scale, matches = found_at_scale(plain, field, image)
     centres = [cut_centre(truth, match, scale) for truth, match in zip(field.cells, matches)]
-    cut = cell_typing.cell_crops(
-      fields.resize_field(image, scale), centres, segment.size, config.data, config.typer.crop_color
-    )
-    for crop, truth in zip(cut, field.cells):
+    image = fields.resize_field(image, scale)
+    types = [list(table.cell_types).index(truth.cell_type) for truth in field.cells]
+    if on_cut is not None:
+      on_cut(image, centres, types)
+    cut = cell_typing.cell_crops(image, centres, segment.size, config.data, config.typer.crop_color)
+    for crop, label in zip(cut, types):
       crops += turned_views(crop, views)
-      labels += [list(table.cell_types).index(truth.cell_type)] * views
+      labels += [label] * views
     groups += [field.path.name] * (len(field.cells) * views)
   return _typed_crops(crops, labels, groups, weight / views, segment.size)
 
@@ -192,11 +197,16 @@ def fit(
   table = classes.table_of(config.data)
   features = cell_typing.CellFeatures(config, variables, levels=cell_typing.levels_of(config))
   parts = [dataset_crops(datasets, 'train', config, t.views, config.seed)]
+  before, right_before = _typer_before(config, variables) if fields_dir else None, []
   if fields_dir:
     typed = typed_fields.read_typed_fields(fields_dir, cell_types=table.cell_types)
     parts.append(
       field_crops(
-        segmenter.Segmenter(config, variables, tta=False), typed, t.field_weight, t.field_views
+        segmenter.Segmenter(config, variables, tta=False),
+        typed,
+        t.field_weight,
+        t.field_views,
+        on_cut=None if before is None else _scorer(before, right_before),
       )
     )
   data = TypedCrops.join(parts)
@@ -222,7 +232,35 @@ def fit(
     typer.info['lab_cross_validated'] = lab_type_right(
       logits[-lab:], parts[-1].labels, t.field_views
     )
+  if right_before:
+    typer.info['lab_before'] = {
+      'cells': len(right_before),
+      'accuracy': float(np.mean(right_before)),
+    }
   return typer
+
+
+def _typer_before(config: ml_collections.ConfigDict, variables: dict):
+  """The typer of the model a typer-only fit starts from (train.init_from, the network kept:
+  train.num_epochs 0), which types the lab's cells untrained on them; else None."""
+  source = str(config.train.init_from).strip()
+  if not source or config.train.num_epochs:
+    return None
+  folder = restore.pretrained_dir(source) or pathlib.Path(source)
+  return cell_typing.load_typer(folder, config, variables)
+
+
+def _scorer(typer: cell_typing.CellTyper, right: list):
+  """An `on_cut` that appends to `right` whether `typer` types each cell right (a cell its crop
+  shows no cell in counts as wrong, as end to end)."""
+
+  def score(image, centres, labels):
+    probs = typer.probabilities(image, centres)
+    right.extend(
+      bool(np.isfinite(p).all() and int(p.argmax()) == label) for p, label in zip(probs, labels)
+    )
+
+  return score
 
 
 def lab_type_right(logits: np.ndarray, labels: np.ndarray, views: int) -> dict:
@@ -267,13 +305,23 @@ def fit_into(
     accuracy_text(typer),
     typer.temperature,
   )
-  lab = typer.info.get('lab_cross_validated')
+  lab, before = typer.info.get('lab_cross_validated'), typer.info.get('lab_before')
   if lab:
     logging.info(
-      "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of "
-      '%d. Compare the model before fitting on them: tools/cross_lab.py fields --fields_dir=%s',
+      "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of %d%s",
       lab['accuracy'],
       lab['cells'],
-      config.data.fields_dir,
+      f"; by the starting model's typer, untrained on them: {before['accuracy']:.3f}."
+      if before
+      else '.',
+    )
+  if lab and before and lab['accuracy'] < before['accuracy']:
+    logging.warning(
+      "Fitting on the lab's cells typed them worse than the starting model's typer (%.3f "
+      'against %.3f): more typed cells may help; until then predict with that model '
+      '(train.init_from=%s) instead of this workdir.',
+      lab['accuracy'],
+      before['accuracy'],
+      config.train.init_from,
     )
   return typer
