@@ -297,9 +297,9 @@ def test_fine_tuning_only_the_typer_keeps_the_network_and_writes_a_typer(
     seen['groups'], seen['logits'] = data.groups, oof(features, data, *args, **kwargs)
     return seen['logits']
 
-  def spy_scored(logits, labels, views):
+  def spy_scored(logits, *args):
     seen['lab_logits'] = logits
-    return scored(logits, labels, views)
+    return scored(logits, *args)
 
   monkeypatch.setattr(typer_fitting, 'out_of_fold_logits', spy_oof)
   monkeypatch.setattr(typer_fitting, 'lab_type_right', spy_scored)
@@ -364,6 +364,10 @@ def test_a_typer_only_fit_scores_the_starting_models_typer_on_the_labs_cells(
   train.train_and_evaluate(config, str(tmp_path / 'fitted'))
   typer = cell_typing.LinearTyper.load(tmp_path / 'fitted')
   assert typer.info['lab_before'] == {'cells': 4, 'accuracy': 0.5}
+  # A starting typer fitted on a lab's cells already is not untrained on them: not scored.
+  config.train.init_from = str(tmp_path / 'fitted')
+  variables = train.initial_variables(config)
+  assert typer_fitting._typer_before(config, variables) is None
 
 
 def test_a_labs_cells_are_scored_once_each_by_their_first_view():
@@ -374,3 +378,47 @@ def test_a_labs_cells_are_scored_once_each_by_their_first_view():
   logits[9, 0] = 5.0  # a later view of the third cell does not count
   got = typer_fitting.lab_type_right(logits, labels, views=4)
   assert got == {'cells': 3, 'accuracy': pytest.approx(2 / 3)}
+  found = np.ones(12, bool)
+  found[0] = False  # the first cell's crop showed no cell: wrong, whatever its logits say
+  got = typer_fitting.lab_type_right(logits, labels, views=4, found=found)
+  assert got == {'cells': 3, 'accuracy': pytest.approx(1 / 3)}
+
+
+def test_the_starting_typer_is_scored_as_predict_types_and_a_miss_counts_wrong():
+  class Typer:
+    def probabilities(self, image, centres):
+      del image
+      probs = np.eye(3, dtype=np.float32)[[0, 1, 2]][: len(centres)]
+      probs[1] = np.nan  # the second crop shows no cell
+      return probs
+
+  right = []
+  typer_fitting._scorer(Typer(), right)(None, [(0, 0)] * 3, [0, 1, 1])
+  assert right == [True, False, False]
+
+
+@pytest.mark.parametrize(
+  'init_from, keep',
+  [
+    ('pretrained', 'predict without --workdir'),
+    ('pretrained:differential', 'predict --model=differential'),
+    ('runs/cross_lab', 'predict --workdir=runs/cross_lab'),
+  ],
+)
+def test_a_fit_worse_than_its_start_warns_with_the_predict_flag_that_keeps_it(
+  init_from, keep, caplog
+):
+  info = {
+    'lab_cross_validated': {'cells': 10, 'accuracy': 0.7},
+    'lab_before': {'cells': 10, 'accuracy': 0.9},
+  }
+  with caplog.at_level('INFO'):
+    typer_fitting.log_lab_scores(info, init_from)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1 and warnings[0].endswith(keep) and '0.700 against 0.900' in warnings[0]
+  caplog.clear()
+  info['lab_before']['accuracy'] = 0.7  # as good: no warning
+  with caplog.at_level('INFO'):
+    typer_fitting.log_lab_scores(info, init_from)
+  assert not [r for r in caplog.records if r.levelname == 'WARNING']
+  assert any('0.700 right of 10' in r.getMessage() for r in caplog.records)

@@ -211,7 +211,7 @@ def fit(
     )
   data = TypedCrops.join(parts)
   logging.info('Cell typer: features of %d cell crops.', len(data.labels))
-  x, _ = features(data.crops)
+  x, found = features(data.crops)
   logits = out_of_fold_logits(x, data, table.cell_types, t.l2)
   temperature = best_temperature(logits, data.labels, data.weights)
   typer = cell_typing.fit_linear(x, data.labels, table.cell_types, data.weights, t.l2)
@@ -230,7 +230,7 @@ def fit(
   lab = len(parts[-1].labels) if fields_dir else 0
   if lab:  # the lab's cells are the last rows
     typer.info['lab_cross_validated'] = lab_type_right(
-      logits[-lab:], parts[-1].labels, t.field_views
+      logits[-lab:], parts[-1].labels, t.field_views, found[-lab:]
     )
   if right_before:
     typer.info['lab_before'] = {
@@ -242,17 +242,23 @@ def fit(
 
 def _typer_before(config: ml_collections.ConfigDict, variables: dict):
   """The typer of the model a typer-only fit starts from (train.init_from, the network kept:
-  train.num_epochs 0), which types the lab's cells untrained on them; else None."""
+  train.num_epochs 0), where it was fitted on no lab's cells: it types the lab's cells
+  untrained on them. Else None (a figure for the log only: a typer it cannot read is skipped)."""
   source = str(config.train.init_from).strip()
   if not source or config.train.num_epochs:
     return None
-  folder = restore.pretrained_dir(source) or pathlib.Path(source)
-  return cell_typing.load_typer(folder, config, variables)
+  folder = restore.pretrained_dir(source) or pathlib.Path(source).expanduser()
+  try:
+    before = cell_typing.load_typer(folder, config, variables)
+  except (OSError, KeyError, ValueError) as e:  # a hand-copied or mismatched typer file
+    logging.warning('%s: its cell typer is not scored on the lab (%s)', folder, e)
+    return None
+  return None if before is None or before.linear.info.get('lab_fields') else before
 
 
 def _scorer(typer: cell_typing.CellTyper, right: list):
-  """An `on_cut` that appends to `right` whether `typer` types each cell right (a cell its crop
-  shows no cell in counts as wrong, as end to end)."""
+  """An `on_cut` that appends to `right` whether `typer` types each cell right (a cell whose
+  crop shows no cell counts as wrong, as in `lab_type_right`)."""
 
   def score(image, centres, labels):
     probs = typer.probabilities(image, centres)
@@ -263,11 +269,16 @@ def _scorer(typer: cell_typing.CellTyper, right: list):
   return score
 
 
-def lab_type_right(logits: np.ndarray, labels: np.ndarray, views: int) -> dict:
+def lab_type_right(
+  logits: np.ndarray, labels: np.ndarray, views: int, found: np.ndarray | None = None
+) -> dict:
   """How many of a lab's typed cells a typer fitted without their field types right (the
-  out-of-fold logits of each cell's first view, as cut): what fitting on the lab's cells
-  promises, to weigh against the model's typer before it (`tools/cross_lab.py fields`)."""
+  out-of-fold logits of each cell's first view, as cut; a crop showing no cell, where `found`
+  is False, counts as wrong): what fitting on the lab's cells promises, to weigh against the
+  starting model's typer (`lab_before`)."""
   right = logits[::views].argmax(1) == labels[::views]
+  if found is not None:
+    right &= np.asarray(found, bool)[::views]
   return {'cells': int(len(right)), 'accuracy': float(right.mean()) if len(right) else 0.0}
 
 
@@ -305,23 +316,38 @@ def fit_into(
     accuracy_text(typer),
     typer.temperature,
   )
-  lab, before = typer.info.get('lab_cross_validated'), typer.info.get('lab_before')
-  if lab:
-    logging.info(
-      "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of %d%s",
-      lab['accuracy'],
-      lab['cells'],
-      f"; by the starting model's typer, untrained on them: {before['accuracy']:.3f}."
-      if before
-      else '.',
-    )
-  if lab and before and lab['accuracy'] < before['accuracy']:
+  log_lab_scores(typer.info, str(config.train.init_from))
+  return typer
+
+
+def log_lab_scores(info: dict, init_from: str) -> None:
+  """The fit's two figures on the lab's cells (`lab_cross_validated`, `lab_before`), and a
+  warning, with the predict flag that keeps the starting model, where fitting did worse."""
+  lab, before = info.get('lab_cross_validated'), info.get('lab_before')
+  if not lab:
+    return
+  logging.info(
+    "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of %d%s",
+    lab['accuracy'],
+    lab['cells'],
+    f"; by the starting model's typer, untrained on them: {before['accuracy']:.3f}."
+    if before
+    else '.',
+  )
+  if before and lab['accuracy'] < before['accuracy']:
     logging.warning(
       "Fitting on the lab's cells typed them worse than the starting model's typer (%.3f "
-      'against %.3f): more typed cells may help; until then predict with that model '
-      '(train.init_from=%s) instead of this workdir.',
+      'against %.3f); more typed cells may help. Until then keep the starting model: %s',
       lab['accuracy'],
       before['accuracy'],
-      config.train.init_from,
+      _predicting_with(init_from.strip()),
     )
-  return typer
+
+
+def _predicting_with(source: str) -> str:
+  """The predict command line that uses the model `train.init_from` names."""
+  if source == restore.PRETRAINED:
+    return 'predict without --workdir'
+  if restore.pretrained_dir(source) is not None:
+    return f'predict --model={source.partition(":")[2]}'
+  return f'predict --workdir={source}'
