@@ -197,7 +197,8 @@ def fit(
   table = classes.table_of(config.data)
   features = cell_typing.CellFeatures(config, variables, levels=cell_typing.levels_of(config))
   parts = [dataset_crops(datasets, 'train', config, t.views, config.seed)]
-  before, right_before = _typer_before(config, variables) if fields_dir else None, []
+  before = _typer_before(config, variables) if fields_dir else None
+  right_before = []  # per lab cell: typed right by `before`
   if fields_dir:
     typed = typed_fields.read_typed_fields(fields_dir, cell_types=table.cell_types)
     parts.append(
