@@ -110,11 +110,12 @@ def get_config() -> ml_collections.ConfigDict:
   a.hue_deg = 0.0
   # Optics jitter (not in the paper; 0 = off): another microscope and camera. Gamma exp(U(-g, g)),
   # Gaussian blur of sigma U(0, blur_sigma) px, noise of std U(0, noise_std) levels, JPEG at a
-  # quality U(jpeg_quality, 95).
+  # quality U(jpeg_quality, 95); on a share optics_prob of the images (1 = all).
   a.gamma = 0.0
   a.blur_sigma = 0.0
   a.noise_std = 0.0
   a.jpeg_quality = 0
+  a.optics_prob = 1.0
   a.augment_repeats = 10  # an epoch sees each training image this many times (ten-fold)
 
   # --- Input pipeline -----------------------------------------------------------------------------

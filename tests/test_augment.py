@@ -324,6 +324,31 @@ def test_optics_jitter_off_is_the_identity_and_each_part_acts_within_its_range()
   assert 0 < np.abs(compressed.astype(int) - image).mean() < 20
 
 
+def test_optics_prob_jitters_that_share_of_the_images_and_at_one_replays_runs_before_it():
+  image = cv2.GaussianBlur(
+    np.random.default_rng(8).integers(0, 256, (32, 32, 3), dtype=np.uint8), (0, 0), 2
+  )
+  knobs = dict(gamma=0.3, noise_std=5.0, jpeg_quality=50)
+  without_key = _jitter_config(**knobs).to_dict()
+  del without_key['optics_prob']  # a run's config from before the knob
+  for k in range(5):  # optics_prob 1 draws nothing more: the same images as without the key
+    before = augment.optics_jitter(
+      image, np.random.default_rng(k), ml_collections.ConfigDict(without_key)
+    )
+    at_one = augment.optics_jitter(
+      image, np.random.default_rng(k), _jitter_config(optics_prob=1.0, **knobs)
+    )
+    np.testing.assert_array_equal(at_one, before)
+    never = augment.optics_jitter(
+      image, np.random.default_rng(k), _jitter_config(optics_prob=0.0, **knobs)
+    )
+    assert never is image
+  rng = np.random.default_rng(9)
+  half = _jitter_config(optics_prob=0.5, **knobs)
+  changed = [augment.optics_jitter(image, rng, half) is not image for _ in range(400)]
+  assert 0.4 < np.mean(changed) < 0.6  # binomial sd 0.025
+
+
 def test_import_leaves_opencv_threads_alone():
   # Only a training pipeline turns OpenCV's threads off (input_pipeline), not every importer.
   code = (

@@ -27,6 +27,7 @@ SHIPPED_CONFIGS = sorted(
     ('data.color_anchors', (90.0, 5.0, 15.0), 'data.color_anchors'),
     ('augment.blur_sigma', -1.0, 'blur_sigma'),
     ('augment.jpeg_quality', 99, 'jpeg_quality'),
+    ('augment.optics_prob', 1.5, 'optics_prob'),
   ],
 )
 def test_colour_and_optics_knobs_are_checked(key, value, message):

@@ -145,6 +145,8 @@ def problems(
     )
   if a.augment_repeats < 1:
     found.append('augment.augment_repeats must be >= 1')
+  if not 0 <= a.optics_prob <= 1:
+    found.append('augment.optics_prob must be in [0, 1]')
   if min(a.gamma, a.blur_sigma, a.noise_std) < 0 or not (
     a.jpeg_quality == 0 or 1 <= a.jpeg_quality <= 95
   ):

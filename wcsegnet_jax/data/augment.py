@@ -120,8 +120,12 @@ def optics_jitter(
 ) -> np.ndarray:
   """Another microscope and camera (not in the paper; 0 = off): a gamma exp(U(-g, g)), a
   Gaussian blur of sigma U(0, blur_sigma) pixels (defocus), sensor noise of std
-  U(0, noise_std) levels and JPEG compression at a quality U(jpeg_quality, 95). uint8 in/out."""
+  U(0, noise_std) levels and JPEG compression at a quality U(jpeg_quality, 95), all of them on a
+  share `optics_prob` of the images (the others keep their own camera's look). uint8 in/out."""
   x = image
+  prob = aug.get('optics_prob', 1.0)
+  if prob < 1.0 and rng.uniform() >= prob:  # no draw at 1: runs before the knob replay alike
+    return x
   if aug.gamma:
     table = 255.0 * (np.arange(256) / 255.0) ** np.exp(rng.uniform(-aug.gamma, aug.gamma))
     x = np.clip(table + 0.5, 0, 255).astype(np.uint8)[x]
