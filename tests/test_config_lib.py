@@ -3,7 +3,9 @@
 import importlib
 import json
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags as ml_config_flags
 import pytest
 
 from configs import base
@@ -126,15 +128,31 @@ def test_unknown_command_line_overrides_are_one_line_each():
   ]
 
 
-def test_a_tool_takes_only_the_keys_given_from_its_flag_config():
+def test_a_tool_takes_only_the_keys_given_from_its_flag_config(tmp_path):
   """fit_cell_typer starts from a model folder's config: the flag config's other typer values
-  (another model's) must not replace the folder's."""
-  own, parsed = base.get_config(), base.get_config()
+  (another model's) must not replace the folder's, and keys given in a --flagfile count."""
+  flagfile = tmp_path / 'typer.flags'
+  flagfile.write_text('--config.typer.views=2\n')
+  argv = [
+    'tool.py',
+    f'--flagfile={flagfile}',
+    '--config.train.batch_size=4',
+    '--config.augment.zoom_range=(0.8,1.2)',
+    '--model=x',
+  ]
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string('model', '', '', flag_values=flag_values)
+  ml_config_flags.DEFINE_config_file(
+    'config', str(config_lib.BASE_CONFIG), flag_values=flag_values, sys_argv=argv
+  )
+  flag_values(argv)
+  keys = config_flags.given_keys(flag_values['config'])
+  assert sorted(keys) == ['augment.zoom_range', 'train.batch_size', 'typer.views']
+  own = base.get_config()
   own.typer.encoder_stages, own.typer.views = 0, 6
-  parsed.typer.encoder_stages, parsed.typer.views, parsed.train.batch_size = 3, 2, 4
-  argv = ['tool.py', '--config.typer.views=2', '--config.train.batch_size=4', '--model=x']
-  config_flags.apply_given(own, parsed, argv, sections=('typer', 'augment'))
+  config_flags.apply_given(own, flag_values.config, keys, sections=('typer', 'augment'))
   assert (own.typer.views, own.typer.encoder_stages) == (2, 0)
+  assert tuple(own.augment.zoom_range) == (0.8, 1.2)
   assert own.train.batch_size == base.get_config().train.batch_size  # not a section given
 
 

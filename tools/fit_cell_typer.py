@@ -47,7 +47,12 @@ def main(argv):
     # (augment: the typer's views; the network's weights stay as they are).
     config = shipped_model.load_config(folder)
     config.data.update({k: FLAGS.config.data[k] for k in ('raw_dir', 'tfds_dir')})
-    config_flags.apply_given(config, FLAGS.config, sys.argv, sections=('typer', 'augment'))
+    config_flags.apply_given(
+      config,
+      FLAGS.config,
+      config_flags.given_keys(FLAGS['config']),
+      sections=('typer', 'augment'),
+    )
     config_checks.validate(config)
     variables = shipped_model.load_variables(config, folder)
     datasets = input_pipeline.load_datasets(config.data)

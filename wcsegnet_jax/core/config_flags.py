@@ -35,17 +35,22 @@ def overridden_keys(argv: list[str], name: str = 'config') -> list[str]:
   return keys
 
 
+def given_keys(flag) -> list[str]:
+  """The dotted KEY of each `--NAME.KEY=...` a config flag was given, on the command line or in a
+  --flagfile (ml_collections' record of them; 'a.b[0]' indexes a.b: 'a.b')."""
+  return [re.sub(r'\[[^]]*\]', '', path) for path in flag.override_values]
+
+
 def apply_given(
   config: ml_collections.ConfigDict,
   parsed: ml_collections.ConfigDict,
-  argv: list[str],
+  keys: list[str],
   sections: tuple[str, ...],
-  name: str = 'config',
 ) -> None:
-  """Sets in `config` the keys of `sections` that `argv` gives (`--name.SECTION.KEY=...`), to
-  their values in `parsed` (the flag's config): a tool starts from a model's own config and
-  takes only what its user changed, not the flag's default config's other values."""
-  for key in overridden_keys(argv, name):
+  """Sets in `config` the `keys` (`given_keys`) of `sections` to their values in `parsed` (the
+  flag's config): a tool starts from a model's own config and takes only what its user changed,
+  not the flag's default config's other values."""
+  for key in keys:
     section, _, leaf = key.partition('.')
     if section in sections and leaf in config[section]:
       config[section][leaf] = parsed[section][leaf]
