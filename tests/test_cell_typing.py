@@ -422,3 +422,22 @@ def test_a_fit_worse_than_its_start_warns_with_the_predict_flag_that_keeps_it(
     typer_fitting.log_lab_scores(info, init_from)
   assert not [r for r in caplog.records if r.levelname == 'WARNING']
   assert any('0.700 right of 10' in r.getMessage() for r in caplog.records)
+
+
+def test_lab_estimates_read_the_two_figures_and_whether_the_fit_warned():
+  """What cross_lab.py finetune_cv records per fold beside the held-out scores."""
+  fitted = {'cells': 10, 'accuracy': 0.7}
+  assert typer_fitting.lab_estimates({}) == {}  # not fitted on a lab's cells
+  assert typer_fitting.lab_estimates({'lab_cross_validated': fitted}) == {
+    'cells': 10,
+    'cross_validated': 0.7,
+  }  # a starting typer that was not scored: nothing to warn against
+  both = {'lab_cross_validated': fitted, 'lab_before': {'cells': 10, 'accuracy': 0.9}}
+  assert typer_fitting.lab_estimates(both) == {
+    'cells': 10,
+    'cross_validated': 0.7,
+    'before': 0.9,
+    'warned': True,
+  }
+  both['lab_before']['accuracy'] = 0.6
+  assert typer_fitting.lab_estimates(both)['warned'] is False

@@ -44,6 +44,7 @@ from wcsegnet_jax.evaluation import field_scoring
 from wcsegnet_jax.inference import model_loading
 from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
+from wcsegnet_jax.training import typer_fitting
 
 flags.DEFINE_string('fields_dir', None, 'fields: a typed-fields folder (fields/ + truth.csv).')
 flags.DEFINE_string('workdir', None, 'fields: a training workdir (else the shipped model).')
@@ -153,6 +154,21 @@ def _finetune(fields, run_dir: pathlib.Path) -> str:
   return workdir
 
 
+def fit_estimates(workdir: str) -> dict:
+  """The fit's own figures on the lab's cells it was given (`typer_fitting.lab_estimates`)."""
+  typer = cell_typing.LinearTyper.load(workdir)
+  return {} if typer is None else typer_fitting.lab_estimates(typer.info)
+
+
+def _estimates_line(estimates: dict) -> str:
+  if 'cross_validated' not in estimates:
+    return ''
+  line = f"; the fit's estimate {estimates['cross_validated']:.3f}"
+  if 'before' in estimates:
+    line += f' against {estimates["before"]:.3f} before{" (warned)" if estimates["warned"] else ""}'
+  return line
+
+
 def finetune_cv_command() -> None:
   """k-fold fine-tuning on typed fields; the held-out folds pooled, and a learning curve."""
   fields = typed_fields.read_typed_fields(FLAGS.fields_dir)
@@ -164,9 +180,16 @@ def finetune_cv_command() -> None:
     workdir = _finetune(train_fields, prefix / f'fold{k}')
     outcomes, summary, _ = score_model(workdir, None, held_out)
     pooled += outcomes
-    record['folds'].append({'fold': k, 'train_fields': len(train_fields), 'summary': summary})
+    estimates = fit_estimates(workdir)
+    record['folds'].append(
+      {'fold': k, 'train_fields': len(train_fields), 'summary': summary, 'fit': estimates}
+    )
     sections.append(
-      (f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on {len(held_out)}', summary)
+      (
+        f'fold {k}: fine-tuned on {len(train_fields)} fields, scored on {len(held_out)}'
+        + _estimates_line(estimates),
+        summary,
+      )
     )
   table_types = classes.table_of(model_loading.load_workdir_config(workdir).data).cell_types
   typer = cell_typing.LinearTyper.load(workdir)
@@ -185,8 +208,15 @@ def finetune_cv_command() -> None:
     subset = typed_fields.stratified_folds(train_fields, max(1, round(len(train_fields) / n)))[0]
     workdir = _finetune(subset, prefix / f'curve{n}')
     _, summary, _ = score_model(workdir, None, folds[0])
-    record['curve'].append({'train_fields': len(subset), 'summary': summary})
-    sections.append((f'learning curve: {len(subset)} training fields, scored on fold 0', summary))
+    estimates = fit_estimates(workdir)
+    record['curve'].append({'train_fields': len(subset), 'summary': summary, 'fit': estimates})
+    sections.append(
+      (
+        f'learning curve: {len(subset)} training fields, scored on fold 0'
+        + _estimates_line(estimates),
+        summary,
+      )
+    )
   write_report(prefix.with_name(prefix.name + '_summary'), sections, record)
 
 

@@ -321,26 +321,39 @@ def fit_into(
   return typer
 
 
-def log_lab_scores(info: dict, init_from: str) -> None:
-  """The fit's two figures on the lab's cells (`lab_cross_validated`, `lab_before`), and a
-  warning, with the predict flag that keeps the starting model, where fitting did worse."""
+def lab_estimates(info: dict) -> dict:
+  """A fitted typer's two figures on the lab's cells (its info's `lab_cross_validated` and
+  `lab_before`) as 'cross_validated' and 'before' accuracies, and 'warned': fitting did worse
+  than the starting model's typer. {} where the typer was not fitted on a lab's cells."""
   lab, before = info.get('lab_cross_validated'), info.get('lab_before')
   if not lab:
+    return {}
+  out = {'cells': lab['cells'], 'cross_validated': lab['accuracy']}
+  if before:
+    out.update(before=before['accuracy'], warned=lab['accuracy'] < before['accuracy'])
+  return out
+
+
+def log_lab_scores(info: dict, init_from: str) -> None:
+  """The fit's two figures on the lab's cells (`lab_estimates`), and a warning, with the
+  predict flag that keeps the starting model, where fitting did worse."""
+  estimates = lab_estimates(info)
+  if not estimates:
     return
   logging.info(
     "The lab's typed cells, each typed by a typer fitted without its field: %.3f right of %d%s",
-    lab['accuracy'],
-    lab['cells'],
-    f"; by the starting model's typer, untrained on them: {before['accuracy']:.3f}."
-    if before
+    estimates['cross_validated'],
+    estimates['cells'],
+    f"; by the starting model's typer, untrained on them: {estimates['before']:.3f}."
+    if 'before' in estimates
     else '.',
   )
-  if before and lab['accuracy'] < before['accuracy']:
+  if estimates.get('warned'):
     logging.warning(
       "Fitting on the lab's cells typed them worse than the starting model's typer (%.3f "
       'against %.3f); more typed cells may help. Until then keep the starting model: %s',
-      lab['accuracy'],
-      before['accuracy'],
+      estimates['cross_validated'],
+      estimates['before'],
       _predicting_with(init_from.strip()),
     )
 
