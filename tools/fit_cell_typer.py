@@ -32,7 +32,8 @@ config_flags.define_config_file(
   'configs/pretrained.py',
   "The model's config (give "
   '--model, not this; its keys typer.*, augment.* and data.raw_dir may be '
-  "overridden; the rest, and the typer keys not given, are the model folder's).",
+  'overridden, on the command line or in a --flagfile; the rest, and the typer keys not '
+  "given, are the model folder's).",
   lock_config=False,
 )
 FLAGS = flags.FLAGS
