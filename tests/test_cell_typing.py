@@ -409,8 +409,8 @@ def test_a_fit_worse_than_its_start_warns_with_the_predict_flag_that_keeps_it(
   init_from, keep, caplog
 ):
   info = {
-    'lab_cross_validated': {'cells': 10, 'accuracy': 0.7},
-    'lab_before': {'cells': 10, 'accuracy': 0.9},
+    'lab_cross_validated': {'cells': 200, 'accuracy': 0.7},
+    'lab_before': {'cells': 200, 'accuracy': 0.9},
   }
   with caplog.at_level('INFO'):
     typer_fitting.log_lab_scores(info, init_from)
@@ -421,7 +421,45 @@ def test_a_fit_worse_than_its_start_warns_with_the_predict_flag_that_keeps_it(
   with caplog.at_level('INFO'):
     typer_fitting.log_lab_scores(info, init_from)
   assert not [r for r in caplog.records if r.levelname == 'WARNING']
-  assert any('0.700 right of 10' in r.getMessage() for r in caplog.records)
+  assert any('0.700 right of 200' in r.getMessage() for r in caplog.records)
+
+
+def test_a_fit_on_few_typed_cells_warns_that_its_figures_are_rough(caplog):
+  info = {
+    'lab_cross_validated': {'cells': 12, 'accuracy': 0.75},
+    'lab_before': {'cells': 12, 'accuracy': 0.667},
+  }
+  with caplog.at_level('INFO'):
+    typer_fitting.log_lab_scores(info, 'pretrained')
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1 and 'Only 12 typed cells' in warnings[0] and '8.3%' in warnings[0]
+  caplog.clear()
+  for n in (typer_fitting.FEW_LAB_CELLS, 500):
+    info['lab_cross_validated']['cells'] = info['lab_before']['cells'] = n
+    with caplog.at_level('INFO'):
+      typer_fitting.log_lab_scores(info, 'pretrained')
+  assert not [r for r in caplog.records if r.levelname == 'WARNING']
+
+
+def _typer_fitted_on(lab_cells: int | None) -> cell_typing.LinearTyper:
+  info = {'lab_fields': 'my_lab'}
+  if lab_cells:
+    info['lab_cross_validated'] = {'cells': lab_cells, 'accuracy': 0.8}
+  k = len(classes.ALL_CELL_TYPES)
+  return cell_typing.LinearTyper(
+    classes.ALL_CELL_TYPES, np.zeros(3), np.ones(3), np.zeros((3, k)), np.zeros(k), info=info
+  )
+
+
+def test_refitting_on_other_cells_says_the_workdirs_typer_is_replaced(tmp_path, caplog):
+  _typer_fitted_on(12).save(tmp_path)
+  with caplog.at_level('INFO'):
+    typer_fitting._log_if_replacing(tmp_path, _typer_fitted_on(12))  # the same cells: quiet
+    assert not caplog.records
+    typer_fitting._log_if_replacing(tmp_path, _typer_fitted_on(8))
+    typer_fitting._log_if_replacing(tmp_path / 'no_typer_yet', _typer_fitted_on(8))
+  (message,) = [r.getMessage() for r in caplog.records]
+  assert 'fitted on 12 typed cells of my_lab, is replaced by one fitted on 8' in message
 
 
 def test_lab_estimates_read_the_two_figures_and_whether_the_fit_warned():

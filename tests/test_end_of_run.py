@@ -104,3 +104,23 @@ def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw,
     json.loads((workdir / 'eval' / 'jiangxi' / 'metrics.json').read_text())['paper']
     == (json.loads((tmp_path / 'first_eval' / 'jiangxi' / 'metrics.json').read_text())['paper'])
   )
+
+
+def test_summary_of_a_fit_on_a_labs_fields_gives_its_figures_and_a_fields_command(tmp_path):
+  lab_fit = {'cells': 136, 'cross_validated': 0.86, 'before': 0.787, 'warned': False}
+  text = end_of_run.summary_text(tmp_path, 90, {'jiangxi': 0.95}, {}, None, lab_fit)
+  lines = text.splitlines()
+  assert lines[2] == (
+    "  the lab's 136 typed cells: 0.860 typed right by a typer fitted without their field, "
+    "0.787 by the starting model's typer"
+  )
+  assert lines[-1].endswith(
+    f'python -m wcsegnet_jax.predict --workdir={tmp_path} --field_scale=auto '
+    f'--output={tmp_path}/predictions FIELDS_OR_FOLDER...'
+  )
+  worse = end_of_run.summary_text(
+    tmp_path, 90, {}, {}, None, {**lab_fit, 'before': 0.9, 'warned': True}
+  )
+  assert 'fitting did worse: see the warning above' in worse
+  # A fit that kept no figures (the network fine-tuned, no typer): still a fields command.
+  assert '--field_scale=auto' in end_of_run.summary_text(tmp_path, 90, {}, {}, None, {})

@@ -128,3 +128,28 @@ def test_fields_dir_needs_a_model_to_start_from(tmp_path):
         tmp_path, tmp_path, **{'train.init_from': str(tmp_path / 'no_such_workdir')}
       )
     )
+
+
+@pytest.mark.parametrize('epochs', [0, 1])
+def test_a_bad_row_of_the_labs_fields_stops_a_run_before_its_workdir_holds_anything(
+  tiny_model, tmp_path, epochs
+):
+  """Found only at the typer's fit, a bad row would leave a checkpoint that predict takes
+  for a fitted run."""
+  lab = _field_folder(tmp_path, np.random.default_rng(0), 32)
+  truth = lab / typed_fields.TRUTH_FILE
+  truth.write_text(truth.read_text().replace('basophil', 'lymfocyte'))
+  config = test_evaluate.tiny_config(
+    tiny_model['raw_dir'],
+    tmp_path / 'tfds',
+    **{
+      'data.fields_dir': str(lab),
+      'train.init_from': str(tiny_model['workdir']),
+      'train.num_epochs': epochs,
+      'typer.fit': True,
+    },
+  )
+  workdir = tmp_path / 'run'
+  with pytest.raises(errors.DataError, match="unknown type 'lymfocyte'"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()

@@ -219,6 +219,26 @@ def test_predict_workdir_without_checkpoint(tiny_model, tmp_path):
     run(str(tmp_path / 'nothing_here'), str(tmp_path / 'out'), [str(image)])
 
 
+def test_predict_warns_where_a_runs_cell_typer_was_never_fitted(tiny_model, tmp_path, caplog):
+  """A run with typer.fit that stopped before its fit (e.g. a bad row of its lab's fields)
+  is not taken silently as one typing cells with its typer."""
+  workdir = tmp_path / 'unfitted'
+  shutil.copytree(tiny_model['workdir'], workdir)
+  for name in ('cell_typer.npz', 'cell_typer.json'):
+    (workdir / name).unlink(missing_ok=True)
+  saved = json.loads((workdir / 'config.json').read_text())
+  image = next((tiny_model['raw_dir'] / 'Dataset 1').glob('*.bmp'))
+  for fit, warned in ((False, False), (True, True)):
+    saved['typer']['fit'] = fit
+    (workdir / 'config.json').write_text(json.dumps(saved))
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      run(str(workdir), str(tmp_path / f'out_{fit}'), [str(image)])
+    messages = [r.getMessage() for r in caplog.records if 'never fitted' in r.getMessage()]
+    assert bool(messages) == warned
+  assert str(workdir) in messages[0]
+
+
 def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):
   """With TTA over the four flips, segmenting a mirrored image gives the mirrored mask."""
   rng = np.random.default_rng(1)

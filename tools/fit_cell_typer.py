@@ -1,6 +1,8 @@
-r"""Fits a cell typer (wcsegnet_jax/cells/cell_typing.py) for a shipped model; saves it beside it.
+r"""Fits a cell typer (wcsegnet_jax/cells/cell_typing.py) for a shipped model; saves it beside it,
+replacing the folder's (fit a copy of the folder to keep it). Needs the WBC Image Dataset
+($WCSEG_DATA_DIR or --config.data.raw_dir).
 
-  python tools/fit_cell_typer.py [--model=differential] \
+  python tools/fit_cell_typer.py --model=differential \
       [--config.data.raw_dir=/path/to/segmentation_WBC] [--config.typer.views=6 ...]
 
 The typer learns from the training split the model was built with (its info.json's images,
@@ -26,7 +28,9 @@ from wcsegnet_jax.data import tfds_builder
 from wcsegnet_jax.model import shipped_model
 from wcsegnet_jax.training import typer_fitting
 
-flags.DEFINE_string('model', 'differential', 'A shipped model: its name or folder.')
+flags.DEFINE_string(
+  'model', None, 'A shipped model (its name) or a model folder: its cell typer is replaced.'
+)
 config_flags.define_config_file(
   'config',
   'configs/pretrained.py',
@@ -34,8 +38,10 @@ config_flags.define_config_file(
   '--model, not this; its keys typer.*, augment.* and data.raw_dir may be '
   'overridden, on the command line or in a --flagfile; the rest, and the typer keys not '
   "given, are the model folder's).",
+  example='typer.l2=0.1',
   lock_config=False,
 )
+flags.mark_flag_as_required('model')
 FLAGS = flags.FLAGS
 
 

@@ -123,6 +123,7 @@ def define_config_file(
   name: str = 'config',
   default: str | None = None,
   help_string: str = 'Config file (configs/*.py).',
+  example: str = 'train.batch_size=64',
   **kwargs,
 ):
   """`config_flags.DEFINE_config_file`, with unknown override keys as one line (exit 2).
@@ -130,9 +131,7 @@ def define_config_file(
   A default config applies the command line's overrides here, when the flag is defined.
   """
   _DEFAULT_CONFIG_FILES[name] = default
-  help_string += (
-    f' Override its keys with --{name}.SECTION.KEY=VALUE, e.g. --{name}.train.batch_size=64.'
-  )
+  help_string += f' Override its keys with --{name}.SECTION.KEY=VALUE, e.g. --{name}.{example}.'
   try:
     holder = config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
   except (AttributeError, KeyError):

@@ -488,6 +488,12 @@ def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
   )
   config, variables, source, folder = model_loading.load_model(workdir, which, options.model)
   typer = cell_typing.load_typer(folder, config, variables, options.batch_size)
+  if typer is None and config.typer.fit:
+    logging.warning(
+      "%s: the run's cell typer was never fitted (its run stopped before the fit at its end); "
+      "cells are typed by their nucleus pixels' vote. Its training command, run again, fits it.",
+      folder,
+    )
   logging.info(
     'Segmenting %d image(s) with %s%s.',
     len(paths),

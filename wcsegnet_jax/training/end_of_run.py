@@ -11,9 +11,11 @@ import pathlib
 import jax
 import ml_collections
 
+from wcsegnet_jax.cells import cell_typing
 from wcsegnet_jax.evaluation import curves
 from wcsegnet_jax.evaluation import evaluate
 from wcsegnet_jax.model import restore
+from wcsegnet_jax.training import typer_fitting
 
 CURVES_FILE = 'curves.png'
 
@@ -37,7 +39,15 @@ def report(config: ml_collections.ConfigDict, workdir: pathlib.Path, seconds: fl
   except ValueError:  # no epoch logged (a run of fewer steps than one log)
     curves_png = None
   dice = {name: metrics['paper']['dice'] for name, metrics in written.items()}
-  return summary_text(workdir, seconds, dice, report_dirs, curves_png)
+  return summary_text(workdir, seconds, dice, report_dirs, curves_png, _lab_fit(config, workdir))
+
+
+def _lab_fit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict | None:
+  """A run on a lab's typed fields: its typer's two figures on them (`lab_estimates`); else None."""
+  if not config.data.fields_dir:
+    return None
+  typer = cell_typing.LinearTyper.load(workdir) if config.typer.fit else None
+  return {} if typer is None else typer_fitting.lab_estimates(typer.info)
 
 
 def summary_text(
@@ -46,8 +56,11 @@ def summary_text(
   nucleus_dice: dict[str, float | None],
   report_dirs: dict[str, pathlib.Path],
   curves_png: pathlib.Path | None,
+  lab_fit: dict | None = None,
 ) -> str:
-  """The lines a finished run ends on: its results, where they are, the next command."""
+  """The lines a finished run ends on: its results, where they are, the next command. A run on
+  a lab's typed fields (`lab_fit` not None: its typer's `lab_estimates`) adds how its cells were
+  typed, and its predict command types whole fields (`--field_scale=auto`)."""
   dice = ', '.join(
     f'{name} {"n/a" if d is None else f"{d:.3f}"}' for name, d in nucleus_dice.items()
   )
@@ -63,9 +76,23 @@ def summary_text(
   ]
   if curves_png is not None:
     lines.append(f'  training curves: {curves_png}')
+  if lab_fit is None:
+    lines.append(
+      f'Next, segment your own images: python -m wcsegnet_jax.predict '
+      f'--workdir={workdir} --output={workdir / "predictions"} IMAGE_OR_FOLDER...'
+    )
+    return '\n'.join(lines)
+  if 'cross_validated' in lab_fit:
+    before = lab_fit.get('before')
+    lines.append(
+      f"  the lab's {lab_fit['cells']} typed cells: {lab_fit['cross_validated']:.3f} typed right "
+      f'by a typer fitted without their field'
+      + ('' if before is None else f", {before:.3f} by the starting model's typer")
+      + (' (fitting did worse: see the warning above)' if lab_fit.get('warned') else '')
+    )
   lines.append(
-    f'Next, segment your own images: python -m wcsegnet_jax.predict '
-    f'--workdir={workdir} --output={workdir / "predictions"} IMAGE_OR_FOLDER...'
+    f'Next, find and type the cells of your fields: python -m wcsegnet_jax.predict '
+    f'--workdir={workdir} --field_scale=auto --output={workdir / "predictions"} FIELDS_OR_FOLDER...'
   )
   return '\n'.join(lines)
 

@@ -28,6 +28,7 @@ from wcsegnet_jax.core import config_keys
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import run_files
 from wcsegnet_jax.data import input_pipeline
+from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.data import normalize
 from wcsegnet_jax.data import tfds_builder
 from wcsegnet_jax.evaluation import evaluate
@@ -238,6 +239,11 @@ def train_and_evaluate(
   final state. Set-up, restore, then the loop; its periodic actions are counted in steps."""
   started_at = time.time()  # time-to-accuracy counts data preparation and compilation too
   config_checks.validate(config, jax.device_count(), jax.process_count())
+  if config.data.fields_dir:  # a lab's typed fields: every row checked before the workdir holds
+    # anything, or a bad row found at the typer's fit would leave a run predict takes as fitted
+    typed_fields.read_typed_fields(
+      config.data.fields_dir, cell_types=classes.table_of(config.data).cell_types
+    )
   workdir = workdirs.resolve(workdir)
   # Before any data is built or compiled: paths, the lock, and what a resume may change.
   workdirs.check_writable(workdir, RUN_FOLDERS, RUN_FILES)
