@@ -44,9 +44,9 @@ def test_reads_every_field_with_its_typed_cells(tmp_path):
   'rows,images,message',
   [
     (
-      ['a.jpg,neutrophil,10,10,70,40'],
+      ['a.jpg,neutrophil,1,1,5,5', 'a.jpg,neutrophil,10,10,70,40'],
       ('a.jpg',),
-      r'a\.jpg: the box \(10, 10, 70, 40\) lies '
+      r'line 3: a\.jpg: the box \(10, 10, 70, 40\) lies '
       r'outside its 64x48 image',
     ),
     (['a.jpg,platelet,1,1,5,5'], ('a.jpg',), r"line 2: unknown type 'platelet'"),
@@ -77,6 +77,9 @@ def test_a_folder_in_another_layout_is_named_with_the_expected_one(tmp_path):
     typed_fields.read_typed_fields(tmp_path)
   (tmp_path / 'truth.csv').write_text('name,kind\nx,y\n')
   with pytest.raises(errors.DataError, match=r'no column file, type, xmin'):
+    typed_fields.read_typed_fields(tmp_path)
+  (tmp_path / 'truth.csv').write_text('')
+  with pytest.raises(errors.DataError, match=r'truth\.csv: empty \(it needs a header'):
     typed_fields.read_typed_fields(tmp_path)
 
 

@@ -57,7 +57,11 @@ def _read_rows(truth: pathlib.Path) -> list[dict]:
   try:
     with truth.open(newline='', encoding='utf-8-sig') as f:
       reader = csv.DictReader(f)
-      header = [h.strip().lower() for h in reader.fieldnames or []]
+      if reader.fieldnames is None:
+        raise errors.DataError(
+          f'{truth}: empty (it needs a header, {",".join(TRUTH_COLUMNS)}, and a row per typed cell)'
+        )
+      header = [h.strip().lower() for h in reader.fieldnames]
       missing = [c for c in TRUTH_COLUMNS if c not in header]
       if missing:
         raise errors.DataError(
@@ -113,12 +117,14 @@ def read_typed_fields(
     if p.is_file() and p.suffix.lower() in image_files.IMAGE_SUFFIXES
   }
   by_file: dict[str, list[TypedCell]] = {}
+  line_of: dict[tuple[str, int], int] = {}  # (file, its k-th cell): its line in truth.csv
   for line, row in enumerate(_read_rows(truth), start=2):
     where = f'{truth}, line {line}'
     if not row.get('file'):
       raise errors.DataError(f'{where}: no file name')
     if row['file'] not in images:
       raise errors.DataError(f'{where}: {row["file"]} is not in {images_dir}')
+    line_of[row['file'], len(by_file.get(row['file'], []))] = line
     by_file.setdefault(row['file'], []).append(_typed_cell(row, where, cell_types))
   if not by_file:
     raise _layout_error(folder, f'{TRUTH_FILE} has no rows')
@@ -133,8 +139,9 @@ def read_typed_fields(
   if check_images:
     for field in fields:
       height, width = image_files.read_rgb(field.path).shape[:2]
-      for cell in field.cells:
-        _check_box(cell, f'{truth}: {field.path.name}', width, height)
+      for k, cell in enumerate(field.cells):
+        where = f'{truth}, line {line_of[field.path.name, k]}: {field.path.name}'
+        _check_box(cell, where, width, height)
   return fields
 
 
