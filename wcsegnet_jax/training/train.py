@@ -28,9 +28,9 @@ from wcsegnet_jax.core import config_keys
 from wcsegnet_jax.core import errors
 from wcsegnet_jax.core import run_files
 from wcsegnet_jax.data import input_pipeline
-from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.data import normalize
 from wcsegnet_jax.data import tfds_builder
+from wcsegnet_jax.data import typed_fields
 from wcsegnet_jax.evaluation import evaluate
 from wcsegnet_jax.model import checkpoints
 from wcsegnet_jax.model import losses
