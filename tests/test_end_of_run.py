@@ -108,8 +108,11 @@ def test_training_ends_with_reports_and_evaluate_needs_no_data_variable(wbc_raw,
 
 def test_summary_of_a_fit_on_a_labs_fields_gives_its_figures_and_a_fields_command(tmp_path):
   lab_fit = {'cells': 136, 'cross_validated': 0.86, 'before': 0.787, 'warned': False}
-  text = end_of_run.summary_text(tmp_path, 90, {'jiangxi': 0.95}, {}, None, lab_fit)
+  text = end_of_run.summary_text(tmp_path, 90, {'jiangxi': 0.95}, {}, None, lab_fit, trained=False)
   lines = text.splitlines()
+  assert lines[0] == (
+    f'Cell typer fitted, the network kept, done in 1 min 30 s; results in {tmp_path}'
+  )
   assert lines[2] == (
     "  the lab's 136 typed cells: 0.860 typed right by a typer fitted without their field, "
     "0.787 by the starting model's typer"

@@ -39,7 +39,15 @@ def report(config: ml_collections.ConfigDict, workdir: pathlib.Path, seconds: fl
   except ValueError:  # no epoch logged (a run of fewer steps than one log)
     curves_png = None
   dice = {name: metrics['paper']['dice'] for name, metrics in written.items()}
-  return summary_text(workdir, seconds, dice, report_dirs, curves_png, _lab_fit(config, workdir))
+  return summary_text(
+    workdir,
+    seconds,
+    dice,
+    report_dirs,
+    curves_png,
+    _lab_fit(config, workdir),
+    trained=bool(config.train.num_epochs),
+  )
 
 
 def _lab_fit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict | None:
@@ -57,15 +65,18 @@ def summary_text(
   report_dirs: dict[str, pathlib.Path],
   curves_png: pathlib.Path | None,
   lab_fit: dict | None = None,
+  trained: bool = True,
 ) -> str:
   """The lines a finished run ends on: its results, where they are, the next command. A run on
   a lab's typed fields (`lab_fit` not None: its typer's `lab_estimates`) adds how its cells were
-  typed, and its predict command types whole fields (`--field_scale=auto`)."""
+  typed, and its predict command types whole fields (`--field_scale=auto`). A run of no epochs
+  (`trained` False) kept its network and fitted its cell typer only."""
   dice = ', '.join(
     f'{name} {"n/a" if d is None else f"{d:.3f}"}' for name, d in nucleus_dice.items()
   )
   lines = [
-    f'Training done in {_duration(seconds)}; results in {workdir}',
+    f'{"Training" if trained else "Cell typer fitted, the network kept,"} done in '
+    f'{_duration(seconds)}; results in {workdir}',
     f'  test nucleus Dice (1 = perfect overlap with the labelled nuclei): {dice}'
     if dice
     else '  no test split (data.test_fraction=0): nothing evaluated',
