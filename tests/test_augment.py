@@ -344,6 +344,9 @@ def test_optics_prob_jitters_that_share_of_the_images_and_at_one_replays_runs_be
     )
     assert never is image
   rng = np.random.default_rng(9)
+  off = _jitter_config(optics_prob=0.5)  # no optics knob on: no draw either, whatever the share
+  assert augment.optics_jitter(image, rng, off) is image
+  assert rng.integers(1 << 30) == np.random.default_rng(9).integers(1 << 30)
   half = _jitter_config(optics_prob=0.5, **knobs)
   changed = [augment.optics_jitter(image, rng, half) is not image for _ in range(400)]
   assert 0.4 < np.mean(changed) < 0.6  # binomial sd 0.025

@@ -156,6 +156,18 @@ def test_a_tool_takes_only_the_keys_given_from_its_flag_config(tmp_path):
   assert own.train.batch_size == base.get_config().train.batch_size  # not a section given
 
 
+def test_a_misspelled_key_in_a_flagfile_is_one_line(tmp_path, capsys):
+  flagfile = tmp_path / 'run.flags'
+  flagfile.write_text('--config.typer.viewz=2\n')
+  argv = ['tool.py', f'--config={config_lib.BASE_CONFIG}', f'--flagfile={flagfile}']
+  with pytest.raises(SystemExit) as e:
+    config_flags._exit_if_unknown_overrides(argv, 'config', str(config_lib.BASE_CONFIG))
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (
+    'error: unknown config key typer.viewz (did you mean typer.views?)\n'
+  )
+
+
 def test_config_file_argument_is_passed_to_get_config():
   config = config_lib.load_config_file(f'{config_lib.BASE_CONFIG.parent}/cpu_small.py:unet_relu')
   assert (config.model.residual, config.model.activation) == (False, 'relu')

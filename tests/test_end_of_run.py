@@ -125,5 +125,8 @@ def test_summary_of_a_fit_on_a_labs_fields_gives_its_figures_and_a_fields_comman
     tmp_path, 90, {}, {}, None, {**lab_fit, 'before': 0.9, 'warned': True}
   )
   assert 'fitting did worse: see the warning above' in worse
-  # A fit that kept no figures (the network fine-tuned, no typer): still a fields command.
+  # A fit that kept no figures (the network fine-tuned, no typer): still a fields command, at
+  # the scale its crops were cut at where one was given.
   assert '--field_scale=auto' in end_of_run.summary_text(tmp_path, 90, {}, {}, None, {})
+  fixed = end_of_run.summary_text(tmp_path, 90, {}, {}, None, {}, field_scale='0.387')
+  assert '--field_scale=0.387 ' in fixed

@@ -234,9 +234,9 @@ def test_predict_warns_where_a_runs_cell_typer_was_never_fitted(tiny_model, tmp_
     caplog.clear()
     with caplog.at_level('WARNING'):
       run(str(workdir), str(tmp_path / f'out_{fit}'), [str(image)])
-    messages = [r.getMessage() for r in caplog.records if 'never fitted' in r.getMessage()]
+    messages = [r.getMessage() for r in caplog.records if 'it has none' in r.getMessage()]
     assert bool(messages) == warned
-  assert str(workdir) in messages[0]
+  assert str(workdir) in messages[0] and 'training command, run again' in messages[0]
 
 
 def test_predict_tta_is_flip_equivariant(tiny_model, tmp_path):

@@ -57,6 +57,7 @@ def test_reads_every_field_with_its_typed_cells(tmp_path):
       r'line 3: c\.jpg is not in',
     ),
     (['a.jpg,neutrophil,1,1,x,5'], ('a.jpg',), r'line 2: the box .* is not four numbers'),
+    (['a.jpg,neutrophil,1,1,5,5', '', 'a.jpg,neutrophil,1,1,5,99'], ('a.jpg',), r'line 4: a\.jpg'),
     (['a.jpg,neutrophil,5,1,5,5'], ('a.jpg',), r'line 2: empty box'),
     ([], ('a.jpg',), r'truth\.csv has no rows'),
   ],

@@ -99,9 +99,18 @@ def _config_path(argv: list[str], name: str) -> str | None:
   return None
 
 
+def _with_flagfiles_read(argv: list[str]) -> list[str]:
+  """`argv` with each --flagfile's flags in its place (as absl and ml_collections read them)."""
+  try:
+    return flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+  except Exception:  # pylint: disable=broad-except  # absl reports a bad flagfile itself
+    return argv
+
+
 def _exit_if_unknown_overrides(argv: list[str], name: str, path: str | None) -> None:
-  """Prints a line per unknown override (or index past a tuple's end) and exits 2; returns if
-  none is found."""
+  """Prints a line per unknown override (or index past a tuple's end), on the command line or
+  in a --flagfile, and exits 2; returns if none is found."""
+  argv = _with_flagfiles_read(argv)
   try:
     config = config_lib.load_config_file(path) if path else None
     lines = (

@@ -123,6 +123,8 @@ def optics_jitter(
   U(0, noise_std) levels and JPEG compression at a quality U(jpeg_quality, 95), all of them on a
   share `optics_prob` of the images (the others keep their own camera's look). uint8 in/out."""
   x = image
+  if not (aug.gamma or aug.blur_sigma or aug.noise_std or aug.jpeg_quality):
+    return x
   prob = aug.get('optics_prob', 1.0)
   if prob < 1.0 and rng.uniform() >= prob:  # no draw at 1: runs before the knob replay alike
     return x

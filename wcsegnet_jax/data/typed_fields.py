@@ -53,7 +53,9 @@ def _layout_error(folder: pathlib.Path, what: str) -> errors.DataError:
   )
 
 
-def _read_rows(truth: pathlib.Path) -> list[dict]:
+def _read_rows(truth: pathlib.Path) -> list[tuple[int, dict]]:
+  """(line number, row) of each row of truth.csv (the csv reader's count: blank lines and
+  quoted line breaks included), its keys stripped and lower-cased."""
   try:
     with truth.open(newline='', encoding='utf-8-sig') as f:
       reader = csv.DictReader(f)
@@ -68,7 +70,10 @@ def _read_rows(truth: pathlib.Path) -> list[dict]:
           f'{truth}: no column {", ".join(missing)} (the header must name '
           f'{",".join(TRUTH_COLUMNS)})'
         )
-      return [{k.strip().lower(): (v or '').strip() for k, v in row.items() if k} for row in reader]
+      return [
+        (reader.line_num, {k.strip().lower(): (v or '').strip() for k, v in row.items() if k})
+        for row in reader
+      ]
   except (UnicodeDecodeError, csv.Error) as e:
     raise errors.DataError(f'{truth}: not a readable CSV ({e})') from None
 
@@ -118,7 +123,7 @@ def read_typed_fields(
   }
   by_file: dict[str, list[TypedCell]] = {}
   line_of: dict[tuple[str, int], int] = {}  # (file, its k-th cell): its line in truth.csv
-  for line, row in enumerate(_read_rows(truth), start=2):
+  for line, row in _read_rows(truth):
     where = f'{truth}, line {line}'
     if not row.get('file'):
       raise errors.DataError(f'{where}: no file name')

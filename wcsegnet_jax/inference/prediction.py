@@ -490,9 +490,12 @@ def run(inputs: Sequence[str], options: PredictOptions) -> PredictionSummary:
   typer = cell_typing.load_typer(folder, config, variables, options.batch_size)
   if typer is None and config.typer.fit:
     logging.warning(
-      "%s: the run's cell typer was never fitted (its run stopped before the fit at its end); "
-      "cells are typed by their nucleus pixels' vote. Its training command, run again, fits it.",
+      '%s: its config fits a cell typer but it has none, so cells are typed by their nucleus '
+      "pixels' vote. %s",
       folder,
+      'Its run stopped before the fit at its end; its training command, run again, fits it.'
+      if workdir and not options.model
+      else f'tools/fit_cell_typer.py --model={folder} fits one.',
     )
   logging.info(
     'Segmenting %d image(s) with %s%s.',

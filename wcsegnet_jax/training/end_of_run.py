@@ -47,6 +47,7 @@ def report(config: ml_collections.ConfigDict, workdir: pathlib.Path, seconds: fl
     curves_png,
     _lab_fit(config, workdir),
     trained=bool(config.train.num_epochs),
+    field_scale=f'{config.data.fields_scale:g}' if config.data.fields_scale else 'auto',
   )
 
 
@@ -66,10 +67,12 @@ def summary_text(
   curves_png: pathlib.Path | None,
   lab_fit: dict | None = None,
   trained: bool = True,
+  field_scale: str = 'auto',
 ) -> str:
   """The lines a finished run ends on: its results, where they are, the next command. A run on
   a lab's typed fields (`lab_fit` not None: its typer's `lab_estimates`) adds how its cells were
-  typed, and its predict command types whole fields (`--field_scale=auto`). A run of no epochs
+  typed, and its predict command types whole fields at the run's `field_scale` (the scale its
+  crops were cut at: 'auto', estimated per field, unless data.fields_scale). A run of no epochs
   (`trained` False) kept its network and fitted its cell typer only."""
   dice = ', '.join(
     f'{name} {"n/a" if d is None else f"{d:.3f}"}' for name, d in nucleus_dice.items()
@@ -103,7 +106,8 @@ def summary_text(
     )
   lines.append(
     f'Next, find and type the cells of your fields: python -m wcsegnet_jax.predict '
-    f'--workdir={workdir} --field_scale=auto --output={workdir / "predictions"} FIELDS_OR_FOLDER...'
+    f'--workdir={workdir} --field_scale={field_scale} --output={workdir / "predictions"} '
+    f'FIELDS_OR_FOLDER...'
   )
   return '\n'.join(lines)
 

@@ -10,6 +10,8 @@ the same cells (out-of-fold logits, whole images or fields per fold), never on a
 """
 
 import dataclasses
+import hashlib
+import json
 import pathlib
 from typing import Sequence
 
@@ -231,6 +233,8 @@ def fit(
     'crop_color': t.crop_color,
     'test': _test_scores(typer, features, datasets, config),
   }
+  if fields_dir:
+    typer.info['lab_rows'] = lab_rows_digest(typed)
   lab = len(parts[-1].labels) if fields_dir else 0
   if lab:  # the lab's cells are the last rows
     typer.info['lab_cross_validated'] = lab_type_right(
@@ -325,6 +329,13 @@ def fit_into(
   return typer
 
 
+def lab_rows_digest(typed: Sequence[typed_fields.TypedField]) -> str:
+  """A digest of a lab's typed cells (each field's name, and its cells' types and boxes): an
+  edited truth.csv gives another."""
+  rows = [[f.path.name, [[c.cell_type, list(c.box)] for c in f.cells]] for f in typed]
+  return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def _fitted_on(info: dict) -> str:
   lab = info.get('lab_cross_validated')
   if not lab:
@@ -336,14 +347,19 @@ def _log_if_replacing(workdir, typer: cell_typing.LinearTyper) -> None:
   """Says so where the workdir's typer was fitted on other cells (an edited truth.csv)."""
   try:
     earlier = cell_typing.LinearTyper.load(workdir)
-  except (OSError, KeyError, ValueError):  # unreadable: replaced by a readable one
-    earlier = None
-  if earlier is not None and _fitted_on(earlier.info) != _fitted_on(typer.info):
+    if earlier is None:
+      return
+    before, digest = _fitted_on(earlier.info), earlier.info.get('lab_rows')
+  except Exception:  # pylint: disable=broad-except  # unreadable: replaced by a readable one
+    return
+  now = _fitted_on(typer.info)
+  if before != now or digest != typer.info.get('lab_rows'):
     logging.info(
-      'The cell typer in %s, fitted on %s, is replaced by one fitted on %s.',
+      'The cell typer in %s, fitted on %s, is replaced by one fitted on %s%s.',
       workdir,
-      _fitted_on(earlier.info),
-      _fitted_on(typer.info),
+      before,
+      now,
+      ' (rows of truth.csv changed)' if before == now else '',
     )
 
 
