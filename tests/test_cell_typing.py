@@ -3,7 +3,6 @@ through a folder, predict's use of it, and a fine-tuning run that fits only it."
 
 import csv
 import dataclasses
-import pathlib
 import shutil
 
 import numpy as np
@@ -463,26 +462,26 @@ def test_refitting_on_other_cells_says_the_workdirs_typer_is_replaced(tmp_path, 
   assert 'fitted on 12 typed cells of my_lab, is replaced by one fitted on 8' in message
   caplog.clear()
   retyped = _typer_fitted_on(12)  # as many cells, one retyped: another digest of the rows
-  retyped.info['lab_rows'] = 'another'
+  retyped.info['lab_fields_digest'] = 'another'
   with caplog.at_level('INFO'):
     typer_fitting._log_if_replacing(tmp_path, retyped)
   (message,) = [r.getMessage() for r in caplog.records]
-  assert message.endswith('(rows of truth.csv changed).')
+  assert message.endswith("(the lab's fields or truth.csv changed).")
   (tmp_path / cell_typing.TYPER_FILE).write_bytes(b'PK cut short')  # unreadable: no message
   typer_fitting._log_if_replacing(tmp_path, retyped)
 
 
-def test_the_lab_rows_digest_changes_with_a_type_or_a_box():
-  field = typed_fields.TypedField(
-    pathlib.Path('f.jpg'), (typed_fields.TypedCell('neutrophil', (1, 2, 30, 40)),)
-  )
-  digest = typer_fitting.lab_rows_digest([field])
-  assert digest == typer_fitting.lab_rows_digest([field])
+def test_the_lab_fields_digest_changes_with_a_type_or_a_box(tmp_path):
+  path = tmp_path / 'f.jpg'
+  path.write_bytes(b'a field')
+  field = typed_fields.TypedField(path, (typed_fields.TypedCell('neutrophil', (1, 2, 30, 40)),))
+  digest = typer_fitting.lab_fields_digest([field])
+  assert digest == typer_fitting.lab_fields_digest([field])
   for cell in (
     typed_fields.TypedCell('eosinophil', (1, 2, 30, 40)),
     typed_fields.TypedCell('neutrophil', (1, 2, 31, 40)),
   ):
-    assert typer_fitting.lab_rows_digest([typed_fields.TypedField(field.path, (cell,))]) != digest
+    assert typer_fitting.lab_fields_digest([typed_fields.TypedField(path, (cell,))]) != digest
 
 
 def test_lab_estimates_read_the_two_figures_and_whether_the_fit_warned():

@@ -32,6 +32,7 @@ from wcsegnet_jax.inference import scale_estimate
 from wcsegnet_jax.inference import segmenter
 from wcsegnet_jax.model import metrics
 from wcsegnet_jax.model import restore
+from wcsegnet_jax.training import field_crops as field_crops_lib
 
 FOLDS = 5
 # Below this many typed cells of a lab, its two figures are rough: on bccd_fields fitting typed
@@ -234,7 +235,7 @@ def fit(
     'test': _test_scores(typer, features, datasets, config),
   }
   if fields_dir:
-    typer.info['lab_rows'] = lab_rows_digest(typed)
+    typer.info['lab_fields_digest'] = lab_fields_digest(typed)
   lab = len(parts[-1].labels) if fields_dir else 0
   if lab:  # the lab's cells are the last rows
     typer.info['lab_cross_validated'] = lab_type_right(
@@ -329,11 +330,10 @@ def fit_into(
   return typer
 
 
-def lab_rows_digest(typed: Sequence[typed_fields.TypedField]) -> str:
-  """A digest of a lab's typed cells (each field's name, and its cells' types and boxes): an
-  edited truth.csv gives another."""
-  rows = [[f.path.name, [[c.cell_type, list(c.box)] for c in f.cells]] for f in typed]
-  return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+def lab_fields_digest(typed: Sequence[typed_fields.TypedField]) -> str:
+  """A digest of what a fit read of a lab's folder (`field_crops_lib.fields_key`: its fields, and
+  their cells' types and boxes): an edited truth.csv or a changed field gives another."""
+  return hashlib.sha256(json.dumps(field_crops_lib.fields_key(typed)).encode()).hexdigest()[:16]
 
 
 def _fitted_on(info: dict) -> str:
@@ -349,17 +349,17 @@ def _log_if_replacing(workdir, typer: cell_typing.LinearTyper) -> None:
     earlier = cell_typing.LinearTyper.load(workdir)
     if earlier is None:
       return
-    before, digest = _fitted_on(earlier.info), earlier.info.get('lab_rows')
+    before, digest = _fitted_on(earlier.info), earlier.info.get('lab_fields_digest')
   except Exception:  # pylint: disable=broad-except  # unreadable: replaced by a readable one
     return
   now = _fitted_on(typer.info)
-  if before != now or digest != typer.info.get('lab_rows'):
+  if before != now or digest != typer.info.get('lab_fields_digest'):
     logging.info(
       'The cell typer in %s, fitted on %s, is replaced by one fitted on %s%s.',
       workdir,
       before,
       now,
-      ' (rows of truth.csv changed)' if before == now else '',
+      " (the lab's fields or truth.csv changed)" if before == now else '',
     )
 
 
