@@ -25,20 +25,25 @@ def _keys(config, prefix: str = '') -> list[str]:
   return out
 
 
+def _unindexed(key: str) -> str:
+  """'a.b[0]' indexes a.b: 'a.b'."""
+  return re.sub(r'\[[^]]*\]', '', key)
+
+
 def overridden_keys(argv: list[str], name: str = 'config') -> list[str]:
   """The KEY of each `--name.KEY=...` of `argv`, in order ('a.b[0]' indexes a.b: 'a.b')."""
   keys = []
   for arg in argv:
     match = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
     if match:
-      keys.append(re.sub(r'\[[^]]*\]', '', match.group(1)))
+      keys.append(_unindexed(match.group(1)))
   return keys
 
 
 def given_keys(flag) -> list[str]:
   """The dotted KEY of each `--NAME.KEY=...` a config flag was given, on the command line or in a
   --flagfile (ml_collections' record of them; 'a.b[0]' indexes a.b: 'a.b')."""
-  return [re.sub(r'\[[^]]*\]', '', path) for path in flag.override_values]
+  return [_unindexed(path) for path in flag.override_values]
 
 
 def apply_given(
